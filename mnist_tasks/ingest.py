@@ -1,0 +1,587 @@
+"""Ingest: fetch the four MNIST IDX files, verify them, parse them, validate them, cache them.
+
+Sources (``IngestConfig.source``):
+
+* a local folder or ``file:///path``;
+* ``"default"``: the public mirrors in :data:`~mnist_tasks.config.MNIST_MIRRORS`, tried in
+  turn; or one or more ``https://`` URL prefixes separated by commas (``http://`` works too:
+  integrity comes from the payload checksums, not from TLS);
+* ``s3://bucket/prefix``: a raw-data landing zone, read with boto3 (standard AWS configuration,
+  ``AWS_ENDPOINT_URL_S3`` included, or ``s3_client_kwargs`` from an Airflow connection).
+
+Verification is by SHA-256 of the *decompressed* IDX payload (mirrors re-compress the archives,
+so the ``.gz`` hash differs between them): MNIST's pinned values, a user mapping, or nothing
+(``checksums="off"``, logged as a warning and recorded as ``"verification": "off"``).
+
+The result is cached, content-addressed, in the store::
+
+    cache/datasets/<key>/mnist.npz         uint8 x_train (N, 28, 28), y_train (N,), x_test, y_test
+    cache/datasets/<key>/validation.json   the validation report (see mnist_tasks.validation)
+    cache/datasets/<key>/COMPLETE.json     written last; an entry without it is ignored
+
+The key is derived from the four payload hashes. When they are known in advance (pinned or
+custom checksums) a cached re-run skips download and parse entirely; with checksums off the
+files are downloaded and hashed, and parse and validation are skipped on a hit. Validation
+metrics are cached with the data and re-checked against the current thresholds on every run.
+
+Run it alone: ``python -m mnist_tasks ingest --source ../shared/datasets/mnist --store URI``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import http.client
+import json
+import logging
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from mnist_tasks import __version__, idx, validation
+from mnist_tasks.config import MNIST_FILES, MNIST_MIRRORS, ConfigError, IngestConfig
+from mnist_tasks.preprocess import RAW_ARRAYS, data_sha256, load_npz, save_npz
+from mnist_tasks.storage import ObjectNotFound, StorageError, Store, open_store
+from mnist_tasks.validation import DataValidationError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ChecksumMismatch",
+    "DataValidationError",
+    "DatasetError",
+    "FetchError",
+    "SourceNotFound",
+    "dataset_key",
+    "ingest",
+    "load_dataset",
+]
+
+CACHE_PREFIX = "cache/datasets"
+CACHE_FORMAT = "mnist-tasks/dataset-cache/1"  # bump when the entry's layout or parsing changes
+DATASET_FILE = "mnist.npz"
+REPORT_FILE = "validation.json"
+COMPLETE_FILE = "COMPLETE.json"
+
+MAX_ARCHIVE_BYTES = 1 << 30  # refuse downloads larger than this (MNIST's largest is 9.9 MB)
+MAX_BACKOFF_S = 60.0
+_RETRY_HTTP_STATUS = frozenset({408, 425, 429})  # plus every 5xx
+_NOT_FOUND_HTTP_STATUS = frozenset({404, 410})
+
+
+class FetchError(RuntimeError):
+    """A file could not be fetched from its source (network, HTTP or storage error)."""
+
+
+class SourceNotFound(FetchError, FileNotFoundError):
+    """A source file, folder, bucket or key does not exist (HTTP 404, no such file/object)."""
+
+
+class ChecksumMismatch(ValueError):
+    """A file's decompressed payload does not have the expected SHA-256."""
+
+
+class DatasetError(ValueError):
+    """The files are well-formed IDX but do not form a digit data set (types, counts, labels)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+
+
+class _Source(ABC):
+    """One place the four files can come from."""
+
+    uri: str  # the base, for messages
+
+    def uri_of(self, name: str) -> str:
+        return f"{self.uri.rstrip('/')}/{name}"
+
+    @abstractmethod
+    def fetch(self, name: str, workdir: Path) -> bytes:
+        """The file's bytes as stored (usually gzip). Raises FetchError / SourceNotFound."""
+
+
+class _LocalSource(_Source):
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.uri = folder.as_uri()
+
+    def fetch(self, name: str, workdir: Path) -> bytes:
+        path = self.folder / name
+        uri = self.uri_of(name)
+        if not self.folder.is_dir():
+            raise SourceNotFound(f"{uri}: the source folder {self.folder} does not exist")
+        try:
+            size = path.stat().st_size
+            if size > MAX_ARCHIVE_BYTES:
+                raise FetchError(f"{uri}: {size:,} bytes is larger than {MAX_ARCHIVE_BYTES:,}")
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise SourceNotFound(f"{uri}: no such file") from None
+        except OSError as exc:
+            raise FetchError(f"{uri}: cannot read: {exc.strerror or exc}") from None
+
+
+class _HttpSource(_Source):
+    """A URL prefix; files are GET with timeouts and retries with exponential backoff."""
+
+    def __init__(self, prefix: str, timeout_s: float, retries: int, backoff_s: float) -> None:
+        self.uri = prefix if prefix.endswith("/") else prefix + "/"
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+
+    def fetch(self, name: str, workdir: Path) -> bytes:
+        url = self.uri_of(name)
+        # Stream to a temp name in the private work dir and rename only once the transfer is
+        # complete, so a half-transferred file is never taken for a whole one.
+        part = workdir / f"{name}.part"
+        final = workdir / name
+        problem = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                delay = min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+                log.warning("ingest: GET %s failed (%s); retry %d of %d in %.1f s",
+                            url, problem, attempt, self.retries, delay)
+                time.sleep(delay)
+            try:
+                size = self._get(url, part)
+            except _Transient as exc:
+                problem = str(exc)
+                continue
+            os.replace(part, final)
+            log.info("ingest: downloaded %s (%s bytes)", url, f"{size:,}")
+            return final.read_bytes()
+        part.unlink(missing_ok=True)
+        raise FetchError(f"{url}: failed after {self.retries + 1} attempt(s): {problem}")
+
+    def _get(self, url: str, part: Path) -> int:
+        request = urllib.request.Request(
+            url, headers={"User-Agent": f"mnist-tasks/{__version__}", "Accept-Encoding": "identity"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as resp, \
+                    open(part, "wb") as fh:
+                length = resp.headers.get("Content-Length")
+                total = 0
+                while chunk := resp.read(1 << 20):
+                    total += len(chunk)
+                    if total > MAX_ARCHIVE_BYTES:
+                        raise FetchError(f"{url}: response is larger than "
+                                         f"{MAX_ARCHIVE_BYTES:,} bytes; refusing it")
+                    fh.write(chunk)
+        except urllib.error.HTTPError as exc:
+            status = f"HTTP {exc.code} {exc.reason}"
+            if exc.code in _RETRY_HTTP_STATUS or exc.code >= 500:
+                raise _Transient(status) from None
+            if exc.code in _NOT_FOUND_HTTP_STATUS:
+                raise SourceNotFound(f"{url}: {status}") from None
+            raise FetchError(f"{url}: {status}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise _Transient(_describe_network_error(exc, self.timeout_s)) from None
+        if length is not None and length.isdigit() and total != int(length):
+            raise _Transient(f"incomplete download: {total:,} of {int(length):,} bytes")
+        return total
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connection error, timeout, 5xx, 429)."""
+
+
+def _describe_network_error(exc: BaseException, timeout_s: float) -> str:
+    reason: Any = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, TimeoutError):
+        return f"timed out after {timeout_s:g} s"
+    if isinstance(reason, OSError) and reason.strerror:
+        return f"{type(reason).__name__}: {reason.strerror}"
+    return f"{type(reason).__name__}: {reason}"
+
+
+class _S3Source(_Source):
+    def __init__(self, uri: str, client: Any) -> None:
+        self.store = open_store(uri, client=client)
+        self.uri = self.store.uri
+
+    def fetch(self, name: str, workdir: Path) -> bytes:
+        try:
+            return self.store.read_bytes(name)
+        except ObjectNotFound as exc:
+            raise SourceNotFound(str(exc)) from None
+        except StorageError as exc:
+            raise FetchError(str(exc)) from None
+
+
+def _s3_client(cfg: IngestConfig, client_kwargs: Mapping[str, Any] | None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    kwargs = dict(client_kwargs or {})
+    config = Config(
+        connect_timeout=cfg.timeout_s,
+        read_timeout=cfg.timeout_s,
+        retries={"max_attempts": cfg.retries + 1, "mode": "standard"},
+    )
+    if isinstance(kwargs.get("config"), Config):
+        config = kwargs.pop("config").merge(config)
+    return boto3.client("s3", config=config, **kwargs)
+
+
+def _sources(cfg: IngestConfig, s3_client_kwargs: Mapping[str, Any] | None) -> list[_Source]:
+    """Parse ``cfg.source`` into the sources to try in turn (no network access)."""
+    source = cfg.source.strip()
+    if source == "default":
+        prefixes: list[str] = list(MNIST_MIRRORS)
+    elif source.startswith(("https://", "http://")):
+        prefixes = [p.strip() for p in source.split(",") if p.strip()]
+    else:
+        prefixes = []
+    if prefixes:
+        for p in prefixes:
+            parsed = urlparse(p)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise ConfigError(f"parameter 'source' = {cfg.source!r} is invalid: {p!r} is "
+                                  "not an http(s):// URL prefix")
+        return [_HttpSource(p, cfg.timeout_s, cfg.retries, cfg.backoff_s) for p in prefixes]
+    parsed = urlparse(source)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ConfigError(f"parameter 'source' = {cfg.source!r} is invalid: "
+                              "use s3://bucket/prefix")
+        return [_S3Source(source, _s3_client(cfg, s3_client_kwargs))]
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ConfigError(f"parameter 'source' = {cfg.source!r} is invalid: file:// URIs "
+                              "must be local (file:///path)")
+        return [_LocalSource(Path(unquote(parsed.path)))]
+    if parsed.scheme == "":
+        return [_LocalSource(Path(source).expanduser().absolute())]
+    raise ConfigError(f"parameter 'source' = {cfg.source!r} is invalid: unsupported scheme "
+                      f"{parsed.scheme!r} (use a folder, file://, https://, s3:// or 'default')")
+
+
+# --------------------------------------------------------------------------------------------
+# Fetch and verify
+
+
+def _fetch_verified(
+    sources: list[_Source],
+    name: str,
+    workdir: Path,
+    expected: str | None,
+    verification: str,
+) -> tuple[bytes, str, str]:
+    """Fetch ``name`` from the first source that gives a good copy.
+
+    Returns:
+        (decompressed payload, its SHA-256, the URI it came from). On success the source is
+        moved to the front of ``sources`` so the next file tries it first.
+    """
+    errors: list[Exception] = []
+    for source in list(sources):
+        uri = source.uri_of(name)
+        start = time.perf_counter()
+        try:
+            raw = source.fetch(name, workdir)
+            payload = idx.decompress(raw, source=uri)
+            digest = hashlib.sha256(payload).hexdigest()
+            if expected is not None and digest != expected:
+                raise ChecksumMismatch(
+                    f"{uri}: SHA-256 of the decompressed payload is {digest}, expected "
+                    f"{expected} ({verification} checksum): the file is corrupt or not the "
+                    "expected data (checksums='off' accepts other IDX data)"
+                )
+        except (FetchError, idx.IdxFormatError, ChecksumMismatch) as exc:
+            errors.append(exc)
+            if len(errors) < len(sources):
+                log.warning("ingest: %s; trying the next source", exc)
+            continue
+        verdict = f"verified ({verification})" if expected else "NOT verified (checksums off)"
+        log.info("ingest: %s: %s bytes from %s, payload %s bytes, SHA-256 %s… %s [%.2f s]",
+                 name, f"{len(raw):,}", uri, f"{len(payload):,}", digest[:16], verdict,
+                 time.perf_counter() - start)
+        sources.remove(source)
+        sources.insert(0, source)
+        return payload, digest, uri
+    if len(errors) == 1:
+        raise errors[0]
+    kinds = {type(e) for e in errors}
+    kind: type[Exception] = kinds.pop() if len(kinds) == 1 else FetchError
+    raise kind(f"{name}: no source gave a good copy: " + "; ".join(str(e) for e in errors))
+
+
+def _parse(payloads: dict[str, bytes], uris: dict[str, str]) -> dict[str, np.ndarray]:
+    """The four payloads as uint8 arrays, after checking they form one digit data set."""
+    u8 = np.dtype("u1")
+    arrays: dict[str, np.ndarray] = {}
+    for split in ("train", "test"):
+        img, lab = MNIST_FILES[f"{split}_images"], MNIST_FILES[f"{split}_labels"]
+        x = idx.parse_idx(payloads[img], source=uris[img], ndim=3, dtype=u8)
+        y = idx.parse_idx(payloads[lab], source=uris[lab], ndim=1, dtype=u8)
+        if len(x) != len(y):
+            raise DatasetError(
+                f"{uris[img]} has {len(x):,} images but {uris[lab]} has {len(y):,} labels; "
+                "the counts must agree"
+            )
+        bad = np.flatnonzero(y >= validation.NUM_CLASSES)
+        if len(bad):
+            raise DatasetError(
+                f"{uris[lab]}: {len(bad):,} labels outside 0-{validation.NUM_CLASSES - 1} "
+                f"(first: {int(y[bad[0]])} at index {int(bad[0])})"
+            )
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = x, y
+    train_img, test_img = MNIST_FILES["train_images"], MNIST_FILES["test_images"]
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DatasetError(
+            f"{uris[train_img]} has images of {arrays['x_train'].shape[1:]} pixels but "
+            f"{uris[test_img]} has {arrays['x_test'].shape[1:]}; they must agree"
+        )
+    return arrays
+
+
+# --------------------------------------------------------------------------------------------
+# Cache
+
+
+def dataset_key(checksums: Mapping[str, str]) -> str:
+    """The cache key of the data set with these payload SHA-256s (one per MNIST file name).
+
+    Raises:
+        KeyError: if a file's checksum is missing.
+    """
+    h = hashlib.sha256(CACHE_FORMAT.encode())
+    for name in sorted(MNIST_FILES.values()):
+        h.update(f"\n{name}={checksums[name]}".encode())
+    return "idx-" + h.hexdigest()[:32]
+
+
+def _entry(key: str, file: str) -> str:
+    return f"{CACHE_PREFIX}/{key}/{file}"
+
+
+def _read_cache(
+    store: Store, key: str, checksums: Mapping[str, str] | None
+) -> dict[str, Any] | None:
+    """The complete cache entry ``key`` (its COMPLETE.json plus the report), or None."""
+    try:
+        complete = json.loads(store.read_bytes(_entry(key, COMPLETE_FILE)))
+    except ObjectNotFound:
+        return None
+    except ValueError as exc:
+        log.warning("ingest: ignoring cache entry %s: unreadable %s (%s)",
+                    store.uri_for(_entry(key, "")[:-1]), COMPLETE_FILE, exc)
+        return None
+    problem = ""
+    if not isinstance(complete, dict) or complete.get("format") != CACHE_FORMAT:
+        problem = f"format is not {CACHE_FORMAT}"
+    elif complete.get("key") != key or (checksums and complete.get("checksums") != dict(checksums)):
+        problem = "its key or checksums do not match"
+    elif not store.exists(_entry(key, DATASET_FILE)):
+        problem = f"{DATASET_FILE} is missing"
+    else:
+        try:
+            report = json.loads(store.read_bytes(_entry(key, REPORT_FILE)))
+            if not {"train", "test", "leakage"} <= set(report["metrics"]):
+                raise KeyError("metrics")
+            complete["report"] = report
+        except (ObjectNotFound, ValueError, KeyError, TypeError) as exc:
+            problem = f"{REPORT_FILE} is missing or unreadable ({type(exc).__name__})"
+    if problem:
+        log.warning("ingest: ignoring incomplete cache entry %s: %s; rebuilding it",
+                    store.uri_for(_entry(key, COMPLETE_FILE)), problem)
+        return None
+    return dict(complete)
+
+
+def _write_cache(
+    store: Store, key: str, arrays: dict[str, np.ndarray], report: dict[str, Any],
+    complete: dict[str, Any],
+) -> None:
+    """Write the entry: data, report, then the COMPLETE marker.
+
+    A key's content is determined by the key, so an entry that two runs write at once ends up
+    the same either way. On failure the data and report are removed unless a marker exists
+    (then the entry is complete, e.g. written by a concurrent run, and is left alone); without
+    a marker, leftovers are ignored and overwritten by the next run anyway.
+    """
+    data_key, report_key, marker_key = (
+        _entry(key, f) for f in (DATASET_FILE, REPORT_FILE, COMPLETE_FILE)
+    )
+    try:
+        save_npz(store, data_key, arrays)
+        store.write_bytes(report_key, json.dumps(report, indent=2).encode())
+        store.write_bytes(marker_key, json.dumps(complete, indent=2).encode())
+    except BaseException:
+        try:
+            if not store.exists(marker_key):
+                for k in (report_key, data_key):
+                    store.delete(k)
+        except StorageError as exc:
+            log.warning("ingest: could not tidy up the unfinished cache entry %s: %s",
+                        store.uri_for(marker_key), exc)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# The stage
+
+
+def _check_and_log(report: dict[str, Any], cfg: IngestConfig, report_uri: str,
+                   cached: bool) -> dict[str, Any]:
+    """Re-evaluate the report's checks with the current thresholds, log, raise on failure."""
+    metrics = report["metrics"]
+    checks = validation.evaluate_checks(metrics, cfg.thresholds)
+    for line in validation.summary_lines(metrics, checks):
+        log.info("ingest: validation%s: %s", " (cached metrics)" if cached else "", line)
+    validation.raise_if_failed(checks, report_uri)
+    log.info("ingest: validation report %s", report_uri)
+    return validation.summarize(metrics, checks)
+
+
+def _result(
+    store: Store, key: str, entry: dict[str, Any], summary: dict[str, Any], *, cached: bool,
+    cfg: IngestConfig, verification: str, start: float,
+) -> dict[str, Any]:
+    return {
+        "dataset_uri": store.uri_for(_entry(key, DATASET_FILE)),
+        "dataset_key": key,
+        "cached": cached,
+        "source": cfg.source,
+        "verification": verification,
+        "checksums": dict(entry["checksums"]),
+        "counts": dict(entry["counts"]),
+        "image_shape": list(entry["image_shape"]),
+        "data_sha256": entry["data_sha256"],
+        "report_uri": store.uri_for(_entry(key, REPORT_FILE)),
+        "report_summary": summary,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def ingest(
+    cfg: IngestConfig,
+    store: Store,
+    *,
+    s3_client_kwargs: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fetch, verify, parse, validate and cache the four MNIST files; reuse the cache if it can.
+
+    Args:
+        cfg: the source, checksum policy, network settings and validation thresholds.
+        store: where the cache lives (``cache/datasets/<key>/``).
+        s3_client_kwargs: extra ``boto3.client("s3", ...)`` arguments for an ``s3://`` source
+            (e.g. credentials and endpoint from an Airflow connection); by default boto3 uses
+            the standard AWS configuration.
+
+    Returns:
+        A small JSON-serialisable dict: ``dataset_uri`` (the ``mnist.npz``), ``dataset_key``,
+        ``cached``, ``source``, ``verification`` (``"pinned"``, ``"custom"`` or ``"off"``),
+        ``checksums`` (file name -> payload SHA-256), ``counts`` (``{"train": n, "test": n}``),
+        ``image_shape``, ``data_sha256`` (the arrays' identity, as preprocess computes it),
+        ``report_uri``, ``report_summary`` and ``seconds``.
+
+    Raises:
+        ConfigError: for a malformed source.
+        SourceNotFound: a file, folder, bucket or key does not exist (HTTP 404 on every mirror).
+        FetchError: a file could not be fetched (timeouts, connection errors, 5xx after retries).
+        idx.IdxFormatError: a file is not well-formed gzip / IDX.
+        ChecksumMismatch: a payload's SHA-256 differs from the expected one.
+        DatasetError: the files disagree (image and label counts, shapes) or a label is not 0-9.
+        DataValidationError: a validation threshold is violated (the report is stored, and the
+            message gives its URI).
+        StorageError: the store cannot be read or written.
+    """
+    start = time.perf_counter()
+    expected = cfg.expected_sha256()
+    verification = ("off" if expected is None
+                    else "pinned" if cfg.checksums == "pinned" else "custom")
+    sources = _sources(cfg, s3_client_kwargs)
+    log.info("ingest: source %s (%s), verification %s, store %s",
+             cfg.source, ", ".join(s.uri for s in sources), verification, store.uri)
+    key: str | None = None
+    if expected is None:
+        log.warning("ingest: checksum verification is OFF (checksums='off'): any well-formed IDX "
+                    "files are accepted; their payload SHA-256s are recorded, not checked")
+    else:
+        key = dataset_key(expected)
+        cached = _read_cache(store, key, expected)
+        if cached is not None:
+            log.info("ingest: cache hit: skipped download and parse (key %s, %s)",
+                     key, store.uri_for(_entry(key, DATASET_FILE)))
+            summary = _check_and_log(cached["report"], cfg,
+                                     store.uri_for(_entry(key, REPORT_FILE)), cached=True)
+            return _result(store, key, cached, summary, cached=True, cfg=cfg,
+                           verification=verification, start=start)
+        log.info("ingest: cache miss (key %s): fetching the four files", key)
+
+    payloads: dict[str, bytes] = {}
+    checksums: dict[str, str] = {}
+    uris: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="mnist-ingest-") as tmp:
+        for name in MNIST_FILES.values():
+            payloads[name], checksums[name], uris[name] = _fetch_verified(
+                sources, name, Path(tmp), expected[name] if expected else None, verification
+            )
+
+    if key is None:
+        key = dataset_key(checksums)
+        cached = _read_cache(store, key, checksums)
+        if cached is not None:
+            log.info("ingest: cache hit (key %s): files downloaded and hashed, parse and "
+                     "validation skipped", key)
+            summary = _check_and_log(cached["report"], cfg,
+                                     store.uri_for(_entry(key, REPORT_FILE)), cached=True)
+            return _result(store, key, cached, summary, cached=True, cfg=cfg,
+                           verification=verification, start=start)
+        log.info("ingest: cache miss (key %s)", key)
+
+    arrays = _parse(payloads, uris)
+    metrics = validation.compute_metrics(
+        arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
+    )
+    report = validation.build_report(metrics, cfg.thresholds, dataset_key=key, source=cfg.source)
+    complete: dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "key": key,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source": cfg.source,
+        "fetched_from": uris,
+        "verification": verification,
+        "checksums": checksums,
+        "counts": {"train": len(arrays["y_train"]), "test": len(arrays["y_test"])},
+        "image_shape": list(arrays["x_train"].shape[1:]),
+        "data_sha256": data_sha256({n: arrays[n] for n in RAW_ARRAYS}),
+        "files": {"dataset": DATASET_FILE, "report": REPORT_FILE},
+    }
+    # The entry is written even when a check fails: it records verified, parsed data and its
+    # metrics, and the checks are re-evaluated (and fail again) on every run that hits it.
+    _write_cache(store, key, arrays, report, complete)
+    log.info("ingest: cached %s train + %s test images at %s",
+             f"{complete['counts']['train']:,}", f"{complete['counts']['test']:,}",
+             store.uri_for(_entry(key, DATASET_FILE)))
+    summary = _check_and_log(report, cfg, store.uri_for(_entry(key, REPORT_FILE)), cached=False)
+    return _result(store, key, complete, summary, cached=False, cfg=cfg,
+                   verification=verification, start=start)
+
+
+def load_dataset(dataset_uri: str, store: Store) -> dict[str, np.ndarray]:
+    """Load the arrays :func:`ingest` cached at ``dataset_uri``.
+
+    Returns:
+        ``{"x_train", "y_train", "x_test", "y_test"}`` as uint8 arrays.
+
+    Raises:
+        ObjectNotFound: if the data set does not exist.
+        InvalidKey: if ``dataset_uri`` is not inside ``store``.
+        ValueError: if an array is missing.
+    """
+    return load_npz(store, store.key_of(dataset_uri), RAW_ARRAYS)

@@ -1,0 +1,191 @@
+"""The Markdown model card stored with every registered version (``model_card.md``).
+
+It says what the model is, what data and recipe made it, how well it does (per digit), where it
+is weak, what it is for and not for, and how to load it. Rendering is a pure function of the
+version's metadata and evaluation metrics, so a retried registration writes the same card.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+INTENDED_USE = (
+    "Classifying single handwritten digits (0-9) in 28×28 grayscale images, centred and "
+    "size-normalised the way MNIST is, with white strokes on a black background and pixel "
+    "values scaled to [0, 1]. Suited to teaching, demos and as a baseline for this pipeline."
+)
+
+LIMITATIONS = (
+    "Accuracy was measured on the MNIST test set only (American census staff and students, "
+    "1990s); other handwriting, scanners or preprocessing will do worse.",
+    "Images that are not centred, inverted (dark on light), rotated, multi-digit or not digits "
+    "at all still get one of ten labels: there is no reject option.",
+    "The softmax scores are not calibrated probabilities; do not threshold them as confidence "
+    "without checking calibration first.",
+    "Not for decisions with legal, financial or safety consequences (e.g. reading cheques or "
+    "forms) without human review.",
+)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.{digits}f}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_fmt(v, digits)}" for k, v in value.items())
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    return _fmt(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _digit_sort_key(item: tuple[str, Any]) -> tuple[int, str]:
+    key = item[0]
+    return (int(key), key) if str(key).isdigit() else (10**6, str(key))
+
+
+def render_model_card(
+    *,
+    model_name: str,
+    version: int,
+    created_at: str,
+    model_uri: str,
+    store_uri: str,
+    metadata: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None,
+) -> str:
+    """The model card as Markdown.
+
+    Args:
+        model_name, version, created_at, model_uri: identify the registered version.
+        store_uri: the store the registry lives in (for the download command).
+        metadata: the version metadata (``run``, ``code_version``, ``packages``, ``dataset``,
+            ``parameters``, ``training``, ``metrics``, ``gate``); missing parts are shown as -.
+        metrics: evaluate's ``metrics.json`` (``per_digit``, ``macro_avg``,
+            ``most_confused_pairs``...), or None.
+
+    Returns:
+        The Markdown text.
+    """
+    metrics = metrics or {}
+    run = metadata.get("run") or {}
+    dataset = metadata.get("dataset") or {}
+    gate = metadata.get("gate") or {}
+    summary = metadata.get("metrics") or {}
+    accuracy = metrics.get("test_accuracy", summary.get("test_accuracy"))
+    loss = metrics.get("test_loss", summary.get("test_loss"))
+
+    out = [f"# Model card: {model_name} v{version}", ""]
+    out += _table(["", ""], [
+        ["Model", f"{model_name}, version {version}"],
+        ["Created (UTC)", created_at],
+        ["Test accuracy", _fmt(accuracy)],
+        ["Gate decision", gate.get("decision")],
+        ["Run", f"{run.get('dag_id') or '-'} / {run.get('run_id') or '-'}"],
+        ["Run key", metadata.get("run_key")],
+        ["Code version", metadata.get("code_version")],
+        ["Model file", f"`{model_uri}`"],
+    ])
+
+    out += ["", "## Data", ""]
+    out += _table(["", ""], [
+        ["Fingerprint (data + preprocessing)", f"`{dataset.get('fingerprint') or '-'}`"],
+        ["Raw data SHA-256", f"`{dataset.get('data_sha256') or '-'}`"],
+        ["Images: train / validation / test",
+         f"{_fmt(dataset.get('n_train'))} / {_fmt(dataset.get('n_val'))} / "
+         f"{_fmt(dataset.get('n_test'))}"],
+        ["Preprocessing", "pixels scaled to float32 in [0, 1]; seeded validation split "
+                          f"(fraction {_fmt(dataset.get('val_fraction'))}, "
+                          f"seed {_fmt(dataset.get('seed'))})"],
+        ["Source", dataset.get("dataset_uri")],
+    ])
+
+    params = metadata.get("parameters") or {}
+    training = metadata.get("training") or {}
+    out += ["", "## Recipe and parameters", ""]
+    if params:
+        out += _table(["parameter", "value"], sorted(params.items()))
+    else:
+        out.append("No training parameters were recorded.")
+    if training:
+        out += ["", "Training run:", ""]
+        out += _table(["", ""], sorted(training.items()))
+    packages = metadata.get("packages") or {}
+    if packages:
+        versions = ", ".join(f"{k} {v or '-'}" for k, v in sorted(packages.items()))
+        out += ["", f"Software: {versions}"]
+
+    out += ["", "## Metrics (test set)", ""]
+    out.append(f"Accuracy {_fmt(accuracy)}, loss {_fmt(loss)}, on {_fmt(metrics.get('n_test'))} "
+               "test images.")
+    for name in ("macro_avg", "weighted_avg"):
+        avg = metrics.get(name)
+        if isinstance(avg, Mapping):
+            out.append(f"{name.replace('_', ' ').capitalize()}: precision "
+                       f"{_fmt(avg.get('precision'))}, recall {_fmt(avg.get('recall'))}, "
+                       f"F1 {_fmt(avg.get('f1'))}.")
+    per_digit = metrics.get("per_digit") or {}
+    if per_digit:
+        out += ["", "### Per digit", ""]
+        out += _table(["digit", "precision", "recall", "F1", "support"], [
+            [digit, m.get("precision"), m.get("recall"), m.get("f1"), m.get("support")]
+            for digit, m in sorted(per_digit.items(), key=_digit_sort_key)
+        ])
+
+    out += ["", "## Gate", ""]
+    out.append(f"Decision: **{gate.get('decision') or '-'}**" + (
+        f" (champion at the time: v{gate['champion_version']})"
+        if gate.get("champion_version") else " (no champion at the time)"))
+    out += [f"- {reason}" for reason in gate.get("reasons") or []]
+
+    out += ["", "## Known weaknesses", ""]
+    pairs = metrics.get("most_confused_pairs") or []
+    if pairs:
+        out.append("Most frequent confusions on the test set (true → predicted):")
+        out.append("")
+        out += [f"- {p.get('true')} → {p.get('predicted')}: {p.get('count')} images"
+                for p in pairs[:5]]
+    weakest = sorted(
+        ((d, m.get("recall")) for d, m in per_digit.items()
+         if isinstance(m.get("recall"), int | float)),
+        key=lambda item: item[1],
+    )[:3]
+    if weakest:
+        out += ["", "Lowest recall: " + ", ".join(f"digit {d} ({_fmt(r)})" for d, r in weakest)
+                + "."]
+    if not pairs and not weakest:
+        out.append("No per-digit evaluation was recorded.")
+
+    out += ["", "## Intended use and limitations", "", INTENDED_USE, ""]
+    out += [f"- {item}" for item in LIMITATIONS]
+
+    out += [
+        "", "## How to load it", "",
+        "Download the version (files are checked against their SHA-256 in the manifest):", "",
+        "```bash",
+        f"python -m mnist_tasks.registry --store {store_uri} --model-name {model_name} "
+        f"download {version} ./{model_name}-v{version}",
+        "```", "",
+        "Then load it with Keras in safe mode and classify images:", "",
+        "```python",
+        "import keras",
+        "import numpy as np",
+        "",
+        f'model = keras.saving.load_model("{model_name}-v{version}/model.keras", safe_mode=True)',
+        "x = images.astype(np.float32) / 255.0  # uint8 array of shape (N, 28, 28)",
+        "digits = model.predict(x).argmax(axis=1)",
+        "```", "",
+    ]
+    return "\n".join(out)

@@ -1,0 +1,256 @@
+"""The Keras 3 model of each training preset, and how it is compiled.
+
+Read a model top to bottom in :func:`build_model`; the presets' numbers (epochs, batch size,
+learning rate, ...) live in :mod:`mnist_tasks.config`. Only Keras 3 APIs are used here, so the
+same code runs with ``KERAS_BACKEND=tensorflow`` or ``jax``; Keras itself is imported inside the
+functions, so importing this module is cheap and never pulls in TensorFlow.
+
+Presets:
+
+* ``seed_mlp``: the first notebook, exactly (784-128-64-10, dropout 0.3, Adam, categorical
+  cross-entropy on one-hot labels).
+* ``seed_wide_mlp``: the second notebook (784-512-10, L2(0.001), dropout 0.3, sparse
+  categorical cross-entropy; early stopping is set up by :mod:`mnist_tasks.train`).
+* ``fast_mlp``: one hidden layer of 256, large batches and a one-cycle learning-rate
+  schedule: the shortest wall time to >= 97.5 % test accuracy on a small CPU.
+* ``cnn``: a small VGG-style convnet (32-32 | 64-64 filters) with batch normalisation and
+  random shift/rotation/zoom augmentation (never flips: a mirrored digit is another symbol),
+  for >= 99.5 %.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from mnist_tasks.config import TrainConfig
+
+if TYPE_CHECKING:
+    import keras
+
+NUM_CLASSES = 10
+IMAGE_SHAPE: tuple[int, int] = (28, 28)
+
+# Presets trained on one-hot labels with categorical cross-entropy (as the first notebook);
+# the others use integer labels with sparse categorical cross-entropy.
+ONE_HOT_PRESETS: frozenset[str] = frozenset({"seed_mlp"})
+
+# cnn augmentation: shifts up to 10 % of the image (about 3 pixels), rotations up to 10
+# degrees and zoom by up to 10 %; never flips. MNIST digits are centred by mass and
+# size-normalised, so larger changes only add noise.
+CNN_SHIFT = 0.1
+CNN_ROTATION_DEGREES = 10.0
+CNN_ZOOM = 0.1  # +-10 % size
+
+
+def uses_one_hot(cfg: TrainConfig) -> bool:
+    """Whether the preset's loss expects one-hot labels (else integer labels)."""
+    return cfg.preset in ONE_HOT_PRESETS
+
+
+def build_model(
+    cfg: TrainConfig,
+    *,
+    input_shape: tuple[int, ...] = IMAGE_SHAPE,
+    num_classes: int = NUM_CLASSES,
+    mixed_precision: bool = False,
+) -> keras.Model:
+    """Build the (uncompiled) model of ``cfg.preset``.
+
+    Args:
+        cfg: the training config; only ``preset`` and ``seed`` shape the model.
+        input_shape: one image's shape, (rows, cols).
+        num_classes: the number of output classes.
+        mixed_precision: compute in bfloat16 (``mixed_bfloat16``) with float32 weights; the
+            softmax output stays float32 either way.
+
+    Returns:
+        A ``keras.Sequential`` model that maps float32 images in [0, 1] of ``input_shape`` to
+        class probabilities of shape (num_classes,).
+
+    Raises:
+        ValueError: for an input shape the preset cannot take (the cnn needs 2-D images).
+    """
+    import keras
+
+    if len(input_shape) != 2 and cfg.preset == "cnn":
+        raise ValueError(
+            f"preset 'cnn' needs 2-D images (rows, cols); got input_shape={input_shape}"
+        )
+    previous_policy = keras.config.dtype_policy()
+    if mixed_precision:
+        # Layers take the global policy when they are built; restore it right after.
+        keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        return _build(cfg, input_shape, num_classes)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def _build(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    import keras
+    from keras import layers
+
+    seed = cfg.seed
+
+    if cfg.preset == "seed_mlp":
+        body: list[keras.Layer] = [
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dropout(0.3, seed=seed),
+            layers.Dense(64, activation="relu"),
+            layers.Dropout(0.3, seed=seed + 1),
+        ]
+    elif cfg.preset == "seed_wide_mlp":
+        body = [
+            layers.Flatten(),
+            layers.Dense(
+                512,
+                activation="relu",
+                kernel_regularizer=keras.regularizers.L2(0.001),
+            ),
+            layers.Dropout(0.3, seed=seed),
+        ]
+    elif cfg.preset == "fast_mlp":
+        body = [
+            layers.Flatten(),
+            layers.Dense(256, activation="relu"),
+        ]
+    elif cfg.preset == "cnn":
+        body = [
+            layers.Reshape((*input_shape, 1)),
+            # Augmentation runs in float32 and only while training (identity at inference).
+            layers.RandomTranslation(CNN_SHIFT, CNN_SHIFT, fill_mode="constant", seed=seed,
+                                     dtype="float32"),
+            layers.RandomRotation(CNN_ROTATION_DEGREES / 360.0, fill_mode="constant",
+                                  seed=seed + 1, dtype="float32"),
+            layers.RandomZoom(CNN_ZOOM, fill_mode="constant", seed=seed + 2, dtype="float32"),
+            # Valid padding keeps the maps small (28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4): about
+            # 10 M multiply-adds per image, about a minute per epoch on two CPU cores. Half the
+            # width (16-32 | 32-64) stalls at about 99.4 %.
+            *_conv_block(32, 32),
+            *_conv_block(64, 64),
+            layers.Flatten(),
+            layers.Dense(128, use_bias=False),
+            layers.BatchNormalization(),
+            layers.Activation("relu"),
+            # The only dropout: after the last batch norm. Dropout in front of a batch-norm
+            # layer shifts its statistics between training and inference.
+            layers.Dropout(0.3, seed=seed + 3),
+        ]
+    else:  # TrainConfig validates the preset; this guards a preset added without a model.
+        raise ValueError(f"no model is defined for preset {cfg.preset!r}")
+
+    # The output layer always computes in float32: bfloat16 probabilities lose too much.
+    head = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")
+    model = keras.Sequential([keras.Input(shape=input_shape), *body, head], name=cfg.preset)
+    return allow_jit(model)
+
+
+def _conv_block(first: int, second: int) -> list[Any]:
+    """Two 3x3 convolutions (valid padding) with batch norm, then 2x2 max-pooling."""
+    from keras import layers
+
+    block: list[Any] = []
+    for filters in (first, second):
+        block += [
+            layers.Conv2D(filters, 3, use_bias=False),
+            layers.BatchNormalization(),
+            layers.Activation("relu"),
+        ]
+    return [*block, layers.MaxPooling2D(2)]
+
+
+def allow_jit(model: keras.Model) -> keras.Model:
+    """Let XLA compile a model with random image-augmentation layers on the JAX backend.
+
+    Keras marks RandomTranslation/RandomRotation/RandomZoom ``supports_jit = False`` for every
+    backend (TensorFlow's image-transform op has no XLA kernel), which on JAX would run the
+    whole training step op by op. Their JAX implementation is plain ``jax.numpy`` and compiles
+    fine, so on JAX the flag is lifted; on other backends the model is left as it is.
+
+    Returns:
+        ``model``.
+    """
+    import keras
+
+    if keras.backend.backend() == "jax":
+        for layer in model.layers:
+            layer.supports_jit = True
+    return model
+
+
+def supports_jit(model: keras.Model) -> bool:
+    """Whether every layer of ``model`` can run under XLA on the active backend."""
+    return all(layer.supports_jit for layer in model.layers)
+
+
+def make_optimizer(cfg: TrainConfig, *, steps_per_epoch: int, learning_rate: float) -> Any:
+    """The preset's optimizer: Adam; for fast_mlp and cnn with a one-cycle schedule.
+
+    Args:
+        cfg: the training config.
+        steps_per_epoch: optimizer steps in one epoch (for the schedules).
+        learning_rate: the peak learning rate (``cfg.learning_rate`` unless scaled for a GPU
+            batch).
+
+    Returns:
+        A ``keras.optimizers.Adam``.
+    """
+    import keras
+
+    total = max(1, steps_per_epoch * cfg.epochs)
+    if cfg.preset in ("fast_mlp", "cnn"):
+        # One cycle: a short linear warm-up to the peak, then cosine decay to zero by the last
+        # step; with a fixed, small epoch budget this beats a constant rate clearly.
+        warmup = max(1, min(steps_per_epoch // 2, total // 10))
+        lr: Any = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=learning_rate / 10,
+            decay_steps=max(1, total - warmup),
+            alpha=0.0,
+            warmup_target=learning_rate,
+            warmup_steps=warmup,
+        )
+    else:
+        lr = learning_rate
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+def compile_model(
+    model: keras.Model,
+    cfg: TrainConfig,
+    *,
+    steps_per_epoch: int,
+    learning_rate: float | None = None,
+    jit_compile: bool | str = "auto",
+) -> keras.Model:
+    """Compile ``model`` with the preset's optimizer, loss and accuracy metric.
+
+    Args:
+        model: from :func:`build_model`.
+        cfg: the training config (loss, learning rate, steps_per_execution).
+        steps_per_epoch: optimizer steps per epoch, for learning-rate schedules.
+        learning_rate: the peak learning rate; ``cfg.learning_rate`` if None.
+        jit_compile: passed to ``model.compile``.
+
+    Returns:
+        ``model``, compiled.
+    """
+    loss = "categorical_crossentropy" if uses_one_hot(cfg) else "sparse_categorical_crossentropy"
+    model.compile(
+        optimizer=make_optimizer(
+            cfg,
+            steps_per_epoch=steps_per_epoch,
+            learning_rate=cfg.learning_rate if learning_rate is None else learning_rate,
+        ),
+        loss=loss,
+        metrics=["accuracy"],
+        steps_per_execution=cfg.steps_per_execution,
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def steps_per_epoch(n_samples: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch of ``n_samples`` (the last batch may be partial)."""
+    return max(1, math.ceil(n_samples / batch_size))

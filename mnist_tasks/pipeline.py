@@ -1,0 +1,224 @@
+"""The six stages bound to one run: what each DAG task calls, and ``run-all`` chains in-process.
+
+A :class:`Pipeline` holds a validated :class:`~mnist_tasks.config.PipelineConfig`, the opened
+store and the run's key. Each method runs one stage and returns the small dict that the next
+stage (or XCom) needs; nothing here knows about Airflow.
+
+Usage::
+
+    pipe = Pipeline(pipeline_config({"store": "file:///tmp/store", "source": "/data/mnist"}),
+                    run_id="manual__2026-11-21")
+    result = pipe.run_all()   # {"model_uri": ..., "version": 1, "test_accuracy": 0.978, ...}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mnist_tasks.config import PipelineConfig, run_key
+from mnist_tasks.storage import ObjectNotFound, Store, open_store
+
+log = logging.getLogger(__name__)
+
+
+def code_version() -> str | None:
+    """The git commit of the code that runs, when it runs from a checkout; else None."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+class Pipeline:
+    """The stages of one run.
+
+    Args:
+        cfg: the validated run configuration.
+        run_id: the Airflow run id (or any unique name for a CLI run); artifacts are keyed by it.
+        dag_id: recorded in the registry metadata.
+        s3_client_kwargs: boto3 client arguments (endpoint, credentials) handed in by the DAG
+            from an Airflow connection; None means the standard AWS configuration.
+    """
+
+    def __init__(
+        self,
+        cfg: PipelineConfig,
+        run_id: str,
+        *,
+        dag_id: str | None = None,
+        s3_client_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.run_id = run_id
+        self.run_key = run_key(run_id)
+        self.dag_id = dag_id
+        self.s3_client_kwargs = dict(s3_client_kwargs) if s3_client_kwargs else None
+        self.store: Store = open_store(cfg.store, client_kwargs=self.s3_client_kwargs)
+
+    def registry(self) -> Any:
+        from mnist_tasks.registry import Registry
+
+        return Registry(self.store, self.cfg.model_name)
+
+    def ingest(self) -> dict[str, Any]:
+        from mnist_tasks import ingest as stage
+
+        return stage.ingest(self.cfg.ingest, self.store, s3_client_kwargs=self.s3_client_kwargs)
+
+    def preprocess(self, ingested: Mapping[str, Any]) -> dict[str, Any]:
+        from mnist_tasks import preprocess as stage
+
+        return stage.preprocess(
+            ingested["dataset_uri"], self.cfg.preprocess, self.store, self.run_key
+        )
+
+    def train(self, prepared: Mapping[str, Any]) -> dict[str, Any]:
+        from mnist_tasks import train as stage
+
+        return stage.train(prepared["prepared_uri"], self.cfg.train, self.store, self.run_key)
+
+    def evaluate(self, prepared: Mapping[str, Any], trained: Mapping[str, Any]) -> dict[str, Any]:
+        from mnist_tasks import evaluate as stage
+
+        result: dict[str, Any] = stage.evaluate(
+            trained["model_uri"],
+            prepared["prepared_uri"],
+            self.store,
+            self.run_key,
+            history_uri=trained.get("history_uri"),
+        )
+        self._update_summary(test_accuracy=result["test_accuracy"], preset=self.cfg.train.preset)
+        return result
+
+    def gate(self, prepared: Mapping[str, Any], evaluation: Mapping[str, Any]) -> dict[str, Any]:
+        from mnist_tasks import gate as stage
+
+        result: dict[str, Any] = stage.gate(
+            evaluation,
+            self.cfg.gate,
+            self.registry(),
+            prepared["prepared_uri"],
+            self.store,
+            self.run_key,
+        )
+        self._update_summary(
+            test_accuracy=evaluation["test_accuracy"],
+            decision=result["decision"],
+            reasons=result.get("reasons", []),
+        )
+        return result
+
+    def register(
+        self,
+        prepared: Mapping[str, Any],
+        trained: Mapping[str, Any],
+        evaluation: Mapping[str, Any],
+        gate_result: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        from mnist_tasks import register as stage
+
+        result: dict[str, Any] = stage.register(
+            self.run_key,
+            train_result=trained,
+            evaluation=evaluation,
+            gate_result=gate_result,
+            prepared_uri=prepared["prepared_uri"],
+            store=self.store,
+            registry=self.registry(),
+            dag_id=self.dag_id,
+            run_id=self.run_id,
+            code_version=code_version(),
+        )
+        self._update_summary(
+            version=result["version"], model_uri=result["model_uri"],
+            champion=result.get("champion"),
+        )
+        return result
+
+    def _update_summary(self, **fields: Any) -> None:
+        """Merge ``fields`` into the run's ``summary.json``: what this run did, at a glance."""
+        key = f"runs/{self.run_key}/summary.json"
+        try:
+            summary = json.loads(self.store.read_bytes(key))
+        except ObjectNotFound:
+            summary = {"run_id": self.run_id, "dag_id": self.dag_id}
+        summary.update(fields, updated_at=datetime.now(UTC).isoformat())
+        self.store.write_bytes(key, json.dumps(summary, indent=2).encode())
+
+    def run_all(self) -> dict[str, Any]:
+        """Run every stage in this process; registration only when the gate says PROMOTE.
+
+        Returns:
+            ``decision``, ``test_accuracy``, ``seconds``, per-stage ``timings``, and on PROMOTE
+            ``model_uri`` and ``version``.
+        """
+        timings: dict[str, float] = {}
+
+        def timed(name: str, fn: Any, *args: Any) -> dict[str, Any]:
+            start = time.perf_counter()
+            log.info("== %s", name)
+            out: dict[str, Any] = fn(*args)
+            timings[name] = round(time.perf_counter() - start, 3)
+            return out
+
+        start = time.perf_counter()
+        ingested = timed("ingest", self.ingest)
+        prepared = timed("preprocess", self.preprocess, ingested)
+        trained = timed("train", self.train, prepared)
+        evaluation = timed("evaluate", self.evaluate, prepared, trained)
+        decision = timed("gate", self.gate, prepared, evaluation)
+        result: dict[str, Any] = {
+            "run_id": self.run_id,
+            "decision": decision["decision"],
+            "test_accuracy": evaluation["test_accuracy"],
+        }
+        if decision["decision"] == "PROMOTE":
+            registered = timed(
+                "register", self.register, prepared, trained, evaluation, decision
+            )
+            result.update(
+                model_uri=registered["model_uri"],
+                version=registered["version"],
+                champion=registered.get("champion"),
+            )
+        else:
+            log.warning("gate rejected the model; nothing registered: %s",
+                        "; ".join(decision.get("reasons", [])))
+        result["seconds"] = round(time.perf_counter() - start, 3)
+        result["timings"] = timings
+        return result
+
+
+def run_summary(store: Store, run_id: str | None = None) -> dict[str, Any]:
+    """What a run did (decision, accuracy, version), for ``run_id`` or else the latest run.
+
+    Raises:
+        ObjectNotFound: if the run (or any run, for the latest) has no summary yet.
+    """
+    if run_id is not None:
+        return dict(json.loads(store.read_bytes(f"runs/{run_key(run_id)}/summary.json")))
+    summaries: list[dict[str, Any]] = []
+    for name in store.list_children("runs"):
+        try:
+            summaries.append(json.loads(store.read_bytes(f"runs/{name}/summary.json")))
+        except ObjectNotFound:
+            continue
+    if not summaries:
+        raise ObjectNotFound(f"{store.uri_for('runs')}: no run has reached evaluation yet")
+    latest: dict[str, Any] = max(summaries, key=lambda run: str(run.get("updated_at", "")))
+    return latest

@@ -1,0 +1,958 @@
+"""The model registry: numbered, immutable versions with manifests, and aliases moved by CAS.
+
+Everything goes through a :class:`~mnist_tasks.storage.Store`, so the registry behaves the same
+on ``file://`` and ``s3://``. Layout under ``registry/<model-name>/`` (see docs/registry.md):
+
+* ``versions/<NNNNNN>/claim.json``: the version number, claimed with ``write_if_absent``;
+* ``versions/<NNNNNN>/model.keras``, ``metadata.json``, ``metrics.json``, plots, report,
+  ``model_card.md``; then ``MANIFEST.json``, written last. A version exists for readers only
+  once its manifest does; a version with a manifest is never written again;
+* ``runs/<run-key>.json``: which version a run created, so registering a run again returns it;
+* ``aliases/<alias>.json``: e.g. ``champion``, moved by compare-and-swap, with its history.
+
+Command line::
+
+    python -m mnist_tasks.registry --store s3://bucket/mnist list
+    python -m mnist_tasks.registry --store file:///tmp/store show 3 --json
+    python -m mnist_tasks.registry --store file:///tmp/store promote 3
+    python -m mnist_tasks.registry --store file:///tmp/store rollback
+    python -m mnist_tasks.registry --store file:///tmp/store download 3 ./model-v3
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import platform
+import random
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import EllipsisType
+from typing import Any
+
+from mnist_tasks.config import DEFAULT_MODEL_NAME
+from mnist_tasks.storage import ObjectNotFound, Store, open_store
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+MODEL_FILE = "model.keras"
+METADATA_FILE = "metadata.json"
+MANIFEST_FILE = "MANIFEST.json"
+CLAIM_FILE = "claim.json"
+RESERVED_FILES = frozenset({METADATA_FILE, MANIFEST_FILE, CLAIM_FILE})
+
+MAX_VERSION = 999_999  # version folders are six zero-padded digits
+MAX_CLAIM_ATTEMPTS = 1000  # lost races while claiming a number, before giving up
+HISTORY_LIMIT = 1000  # alias moves kept in an alias object (newest kept)
+PREVIOUS_LIMIT = 100  # depth of the rollback stack
+SCHEMA = 1
+
+_MODEL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # same rule as PipelineConfig
+_ALIAS_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_RUN_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=@+-]{0,199}")  # what config.run_key makes
+_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_VERSION_RE = re.compile(r"[0-9]{1,6}")
+
+
+class RegistryError(RuntimeError):
+    """A registry operation failed; the message names the model, version or alias."""
+
+
+class InvalidName(RegistryError, ValueError):
+    """A model name, version, alias, run key or file name from outside is malformed."""
+
+
+class VersionNotFound(RegistryError, LookupError):
+    """The version does not exist, or is not complete (no manifest yet)."""
+
+
+class ImmutableVersionError(RegistryError):
+    """An attempt to write into a version that is already complete."""
+
+
+class AliasConflict(RegistryError):
+    """An alias did not hold the expected version, or kept changing under us."""
+
+
+# --- validation of outside inputs -------------------------------------------------------------
+
+
+def _check_name(kind: str, value: object, pattern: re.Pattern[str], rule: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value) or ".." in value:
+        raise InvalidName(f"invalid {kind} {value!r}: {rule}")
+    return value
+
+
+def validate_model_name(name: object) -> str:
+    """Return ``name`` if it is a valid model name, else raise :class:`InvalidName`."""
+    return _check_name("model name", name, _MODEL_NAME_RE,
+                       "must be 1-63 lowercase letters, digits, '.', '_' or '-', "
+                       "starting with a letter or digit")
+
+
+def validate_alias(alias: object) -> str:
+    """Return ``alias`` if it is a valid alias name, else raise :class:`InvalidName`."""
+    return _check_name("alias", alias, _ALIAS_RE,
+                       "must be 1-63 lowercase letters, digits, '_' or '-', starting with a letter")
+
+
+def validate_run_key(run_key: object) -> str:
+    """Return ``run_key`` if it is a storage-safe run key, else raise :class:`InvalidName`."""
+    return _check_name("run key", run_key, _RUN_KEY_RE,
+                       "must be 1-200 characters from A-Z a-z 0-9 . _ = @ + -, starting with a "
+                       "letter or digit (use mnist_tasks.config.run_key(run_id))")
+
+
+def validate_file_name(name: object) -> str:
+    """Return ``name`` if it may be stored in a version folder, else raise :class:`InvalidName`."""
+    _check_name("file name", name, _FILE_RE,
+                "must be one path segment of letters, digits, '.', '_' or '-'")
+    if name in RESERVED_FILES:
+        raise InvalidName(f"invalid file name {name!r}: reserved for the registry")
+    assert isinstance(name, str)
+    return name
+
+
+def parse_version(value: object) -> int:
+    """The version number in ``value`` (an int, or a string of digits such as ``"3"``).
+
+    Raises:
+        InvalidName: for anything else (signs, letters, ``../``, 0, more than six digits).
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _VERSION_RE.fullmatch(value):
+        number = int(value)
+    else:
+        raise InvalidName(
+            f"invalid version {value!r}: must be a positive whole number (digits only, e.g. 3)"
+        )
+    if not 1 <= number <= MAX_VERSION:
+        raise InvalidName(f"invalid version {value!r}: must be between 1 and {MAX_VERSION}")
+    return number
+
+
+# --- small helpers ------------------------------------------------------------------------------
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{value!r} ({type(value).__name__}) is not JSON-serialisable")
+
+
+def _dumps(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode()
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that shape a model, read from installed metadata.
+
+    Never imports the packages themselves (importing TensorFlow takes seconds).
+
+    Returns:
+        ``python``, ``keras``, ``tensorflow``, ``jax``, ``numpy``, ``scikit-learn``: a version
+        string, or None when not installed.
+    """
+    from importlib import metadata
+
+    def version(*dists: str) -> str | None:
+        for dist in dists:
+            try:
+                return metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    return {
+        "python": platform.python_version(),
+        "keras": version("keras"),
+        "tensorflow": version("tensorflow", "tensorflow-cpu", "tensorflow_cpu"),
+        "jax": version("jax"),
+        "numpy": version("numpy"),
+        "scikit-learn": version("scikit-learn"),
+    }
+
+
+# --- public value types -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One complete (visible) version, as its manifest and metadata describe it."""
+
+    model_name: str
+    version: int
+    run_key: str
+    created_at: str
+    uri: str  # the version folder
+    model_uri: str
+    files: Mapping[str, Mapping[str, Any]]  # name -> {"sha256": ..., "size": ...}
+    metadata: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def test_accuracy(self) -> float | None:
+        """The test accuracy recorded at registration, if any."""
+        value = (self.metadata.get("metrics") or {}).get("test_accuracy")
+        return float(value) if value is not None else None
+
+    @property
+    def gate_decision(self) -> str | None:
+        """PROMOTE or REJECT as recorded at registration, if any."""
+        value = (self.metadata.get("gate") or {}).get("decision")
+        return str(value) if value is not None else None
+
+    @property
+    def run_id(self) -> str | None:
+        """The Airflow (or CLI) run id that produced this version, if recorded."""
+        value = (self.metadata.get("run") or {}).get("run_id")
+        return str(value) if value is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (metadata included)."""
+        return {
+            "model_name": self.model_name,
+            "version": self.version,
+            "run_key": self.run_key,
+            "run_id": self.run_id,
+            "created_at": self.created_at,
+            "test_accuracy": self.test_accuracy,
+            "gate_decision": self.gate_decision,
+            "uri": self.uri,
+            "model_uri": self.model_uri,
+            "files": {k: dict(v) for k, v in self.files.items()},
+            "metadata": dict(self.metadata),
+        }
+
+
+@dataclass(frozen=True)
+class AliasRecord:
+    """An alias and where it has been.
+
+    ``previous`` is the rollback stack (the most recent former target last); ``history`` is
+    every move, oldest first, each ``{"seq", "version", "action", "at", "token"}`` where action
+    is ``set`` or ``rollback``.
+    """
+
+    alias: str
+    version: int
+    previous: tuple[int, ...]
+    history: tuple[Mapping[str, Any], ...]
+    updated_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alias": self.alias,
+            "version": self.version,
+            "previous": list(self.previous),
+            "history": [dict(h) for h in self.history],
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class PendingVersion:
+    """A claimed version being written: what late-rendered files and the verifier are given."""
+
+    model_name: str
+    version: int
+    run_key: str
+    created_at: str
+    uri: str
+    model_uri: str
+
+
+# A file to store: a local path, bytes, or a function of the pending version (e.g. a model card
+# that names its own version number).
+FileSource = Path | bytes | Callable[[PendingVersion], bytes]
+Verifier = Callable[[PendingVersion], Mapping[str, Any] | None]
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+
+class Registry:
+    """The versions and aliases of one model in a store.
+
+    Args:
+        store: where the registry lives (under ``registry/<model_name>/``).
+        model_name: validated with :func:`validate_model_name`.
+        cas_retries: attempts for an alias compare-and-swap before :class:`AliasConflict`.
+
+    Raises:
+        InvalidName: for a bad model name.
+    """
+
+    def __init__(
+        self, store: Store, model_name: str = DEFAULT_MODEL_NAME, *, cas_retries: int = 10
+    ) -> None:
+        self.store = store
+        self.model_name = validate_model_name(model_name)
+        self.prefix = f"registry/{self.model_name}"
+        self.uri = store.uri_for(self.prefix)
+        self.cas_retries = max(1, int(cas_retries))
+
+    def __repr__(self) -> str:
+        return f"Registry({self.uri!r})"
+
+    # keys --------------------------------------------------------------------------------------
+
+    def _version_dir(self, version: int) -> str:
+        return f"{self.prefix}/versions/{version:06d}"
+
+    def _key(self, version: int, name: str) -> str:
+        return f"{self._version_dir(version)}/{name}"
+
+    def _run_key_path(self, run_key: str) -> str:
+        return f"{self.prefix}/runs/{run_key}.json"
+
+    def _alias_key(self, alias: str) -> str:
+        return f"{self.prefix}/aliases/{alias}.json"
+
+    def _pending(self, version: int, run_key: str, created_at: str) -> PendingVersion:
+        return PendingVersion(
+            model_name=self.model_name,
+            version=version,
+            run_key=run_key,
+            created_at=created_at,
+            uri=self.store.uri_for(self._version_dir(version)),
+            model_uri=self.store.uri_for(self._key(version, MODEL_FILE)),
+        )
+
+    # reading -----------------------------------------------------------------------------------
+
+    def _version_folders(self, marker: str | None = None) -> list[int]:
+        """Version numbers that have a folder (``marker=None``) or hold the object ``marker``."""
+        base = f"{self.prefix}/versions/"
+        found = set()
+        for key in self.store.list(f"{self.prefix}/versions"):
+            folder, _, rest = key[len(base):].partition("/")
+            if len(folder) == 6 and folder.isdigit() and (marker is None or rest == marker):
+                found.add(int(folder))
+        return sorted(found)
+
+    def _claimed_numbers(self) -> list[int]:
+        return self._version_folders()
+
+    def _visible_numbers(self) -> list[int]:
+        return self._version_folders(MANIFEST_FILE)
+
+    def _read_json(self, key: str) -> Any:
+        data = self.store.read_bytes(key)
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise RegistryError(f"{self.store.uri_for(key)}: not valid JSON ({exc})") from None
+
+    def get(self, version: int | str) -> VersionInfo:
+        """The complete version ``version``.
+
+        Raises:
+            InvalidName: for a malformed version.
+            VersionNotFound: if it does not exist or has no manifest (incomplete).
+            RegistryError: if its metadata does not match the manifest (corruption).
+        """
+        number = parse_version(version)
+        try:
+            manifest = self._read_json(self._key(number, MANIFEST_FILE))
+        except ObjectNotFound:
+            raise VersionNotFound(
+                f"model {self.model_name!r} has no version {number} "
+                f"(not registered, or its registration never completed) in {self.uri}"
+            ) from None
+        objects = manifest.get("objects") or {}
+        meta_key = self._key(number, METADATA_FILE)
+        meta_bytes = self.store.read_bytes(meta_key)
+        expected = (objects.get(METADATA_FILE) or {}).get("sha256")
+        if hashlib.sha256(meta_bytes).hexdigest() != expected:
+            raise RegistryError(
+                f"{self.store.uri_for(meta_key)}: content does not match its manifest "
+                "(the version is corrupted)"
+            )
+        return VersionInfo(
+            model_name=self.model_name,
+            version=number,
+            run_key=str(manifest["run_key"]),
+            created_at=str(manifest["created_at"]),
+            uri=self.store.uri_for(self._version_dir(number)),
+            model_uri=self.store.uri_for(self._key(number, MODEL_FILE)),
+            files={name: dict(entry) for name, entry in objects.items()},
+            metadata=json.loads(meta_bytes),
+        )
+
+    def exists(self, version: int | str) -> bool:
+        """Whether version ``version`` is complete (has its manifest)."""
+        return self.store.exists(self._key(parse_version(version), MANIFEST_FILE))
+
+    def list_versions(self) -> list[VersionInfo]:
+        """Every complete version, oldest first; incomplete ones are left out."""
+        return [self.get(n) for n in self._visible_numbers()]
+
+    def latest(self) -> VersionInfo | None:
+        """The newest complete version, or None if there is none."""
+        numbers = self._visible_numbers()
+        return self.get(numbers[-1]) if numbers else None
+
+    def model_uri(self, version: int | str) -> str:
+        """The URI of the version's ``model.keras``.
+
+        Raises:
+            VersionNotFound: if the version is not complete.
+        """
+        number = parse_version(version)
+        if not self.exists(number):
+            self.get(number)  # raises VersionNotFound with the full message
+        return self.store.uri_for(self._key(number, MODEL_FILE))
+
+    def version_for_run(self, run_key: str) -> VersionInfo | None:
+        """The complete version that run ``run_key`` registered, or None."""
+        try:
+            record = self._read_json(self._run_key_path(validate_run_key(run_key)))
+        except ObjectNotFound:
+            return None
+        number = int(record["version"])
+        return self.get(number) if self.exists(number) else None
+
+    def download(self, version: int | str, dest_dir: str | os.PathLike[str]) -> Path:
+        """Copy every object of the version (and its manifest) into ``dest_dir``, verified.
+
+        Returns:
+            ``dest_dir`` as a Path.
+
+        Raises:
+            VersionNotFound: if the version is not complete.
+            RegistryError: if a downloaded object does not match its SHA-256 or size.
+        """
+        info = self.get(version)
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in info.files:
+            self._fetch_verified(info, name, dest / name)
+        self.store.download_file(self._key(info.version, MANIFEST_FILE), dest / MANIFEST_FILE)
+        log.info("registry: downloaded %s v%d (%d objects, verified) to %s",
+                 self.model_name, info.version, len(info.files), dest)
+        return dest
+
+    def fetch_model(self, version: int | str, dest_dir: str | os.PathLike[str]) -> Path:
+        """Download only the version's ``model.keras`` into ``dest_dir``, verified.
+
+        Returns:
+            The path of the downloaded model file.
+
+        Raises:
+            VersionNotFound: if the version is not complete.
+            RegistryError: if the file does not match its manifest.
+        """
+        info = self.get(version)
+        return self._fetch_verified(info, MODEL_FILE, Path(dest_dir) / MODEL_FILE)
+
+    def _fetch_verified(self, info: VersionInfo, name: str, dest: Path) -> Path:
+        entry = info.files.get(name)
+        if entry is None:
+            raise RegistryError(f"{info.uri}: the manifest lists no {name!r}")
+        key = self._key(info.version, name if name == METADATA_FILE else validate_file_name(name))
+        self.store.download_file(key, dest)
+        digest, size = _sha256_file(dest)
+        if digest != entry.get("sha256") or size != entry.get("size"):
+            dest.unlink(missing_ok=True)
+            raise RegistryError(
+                f"{self.store.uri_for(key)}: SHA-256/size {digest[:12]}…/{size} does not match "
+                f"the manifest ({str(entry.get('sha256'))[:12]}…/{entry.get('size')}); "
+                "the version is corrupted"
+            )
+        return dest
+
+    # registering -------------------------------------------------------------------------------
+
+    def register(
+        self,
+        run_key: str,
+        files: Mapping[str, FileSource],
+        metadata: Mapping[str, Any],
+        *,
+        verify: Verifier | None = None,
+    ) -> VersionInfo:
+        """Store ``files`` and ``metadata`` as a new version; idempotent per ``run_key``.
+
+        The version number is claimed first; then every file is written, ``verify`` (if given)
+        is called with the pending version (it may load the stored model and raise), then
+        ``metadata.json`` (with ``verification`` set to what ``verify`` returned) and finally
+        ``MANIFEST.json``. Until the manifest exists no reader sees the version.
+
+        Registering the same run again returns the version it created; if an earlier attempt
+        died before the manifest, this call completes that same version.
+
+        Args:
+            run_key: the run's storage key (:func:`mnist_tasks.config.run_key`).
+            files: name -> local path, bytes, or a function of the :class:`PendingVersion`
+                returning bytes. Must include ``model.keras``. Names are single segments;
+                ``metadata.json``, ``MANIFEST.json`` and ``claim.json`` are reserved.
+            metadata: JSON-serialisable; stored as ``metadata.json`` together with
+                ``model_name``, ``version``, ``run_key`` and ``created_at``.
+            verify: called after the files are written, before the version becomes visible.
+
+        Returns:
+            The complete version.
+
+        Raises:
+            InvalidName: for a bad run key or file name.
+            ValueError: if ``model.keras`` is missing from ``files``.
+            TypeError: if ``metadata`` is not JSON-serialisable.
+            RegistryError: on conflicts that cannot be resolved (see docs/registry.md).
+            StorageError: if the store fails; the version stays invisible and a retry resumes.
+            Exception: whatever ``verify`` raises; the version stays invisible.
+        """
+        run_key = validate_run_key(run_key)
+        for name in files:
+            validate_file_name(name)
+        if MODEL_FILE not in files:
+            raise ValueError(f"register({run_key!r}): files must include {MODEL_FILE!r}")
+        try:  # fail before claiming anything
+            _dumps(dict(metadata))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"register({run_key!r}): metadata is not JSON-serialisable: {exc}") \
+                from None
+
+        number = self._resume_or_claim(run_key)
+        claim = self._read_json(self._key(number, CLAIM_FILE))
+        if claim.get("run_key") != run_key:
+            raise RegistryError(
+                f"{self.uri}: run {run_key!r} is recorded against version {number}, which was "
+                f"claimed by run {claim.get('run_key')!r}; the registry is inconsistent"
+            )
+        if self.exists(number):
+            info = self.get(number)
+            if info.run_key != run_key:
+                raise RegistryError(f"{info.uri}: belongs to run {info.run_key!r}, not {run_key!r}")
+            log.info("registry: run %s already registered as %s v%d; nothing to do",
+                     run_key, self.model_name, number)
+            return info
+        return self._write_version(self._pending(number, run_key, str(claim["created_at"])),
+                                   files, metadata, verify)
+
+    def _resume_or_claim(self, run_key: str) -> int:
+        """The version this run owns: the one it claimed earlier, or a newly claimed one."""
+        record_key = self._run_key_path(run_key)
+        try:
+            return int(self._read_json(record_key)["version"])
+        except ObjectNotFound:
+            pass
+        number = self._claim_number(run_key)
+        token = uuid.uuid4().hex
+        record = {"run_key": run_key, "version": number, "token": token, "claimed_at": utc_now()}
+        if self.store.write_if_absent(record_key, _dumps(record)):
+            current = self._read_json(record_key)
+            if current.get("token") == token:
+                log.info("registry: run %s claimed %s v%d", run_key, self.model_name, number)
+                return number
+        # Another attempt of the same run got there first: use its version; ours is left as
+        # an orphan claim (invisible: it never gets a manifest).
+        winner = int(self._read_json(record_key)["version"])
+        log.warning("registry: run %s was claimed concurrently (v%d); leaving claim v%d unused",
+                    run_key, winner, number)
+        return winner
+
+    def _claim_number(self, run_key: str) -> int:
+        claimed = self._claimed_numbers()
+        number = (claimed[-1] if claimed else 0) + 1
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            if number > MAX_VERSION:
+                raise RegistryError(f"{self.uri}: no version numbers left (max {MAX_VERSION})")
+            token = uuid.uuid4().hex
+            claim = {
+                "model_name": self.model_name,
+                "version": number,
+                "run_key": run_key,
+                "token": token,
+                "created_at": utc_now(),
+            }
+            key = self._key(number, CLAIM_FILE)
+            # Read back: the conditional create decides, the token confirms (some S3-compatible
+            # servers check the condition and write in two steps).
+            if self.store.write_if_absent(key, _dumps(claim)) and \
+                    self._read_json(key).get("token") == token:
+                return number
+            number += 1
+        raise RegistryError(f"{self.uri}: could not claim a version number after "
+                            f"{MAX_CLAIM_ATTEMPTS} attempts")
+
+    def _put(self, pending: PendingVersion, name: str, source: Path | bytes) -> dict[str, Any]:
+        """Write one object of an incomplete version; return its manifest entry."""
+        if self.store.exists(self._key(pending.version, MANIFEST_FILE)):
+            raise ImmutableVersionError(
+                f"{pending.uri} is complete and immutable: refusing to write {name!r}"
+            )
+        key = self._key(pending.version, name)
+        if isinstance(source, bytes):
+            self.store.write_bytes(key, source)
+            return {"sha256": hashlib.sha256(source).hexdigest(), "size": len(source)}
+        digest, size = _sha256_file(source)
+        self.store.upload_file(source, key)
+        return {"sha256": digest, "size": size}
+
+    def _write_version(
+        self,
+        pending: PendingVersion,
+        files: Mapping[str, FileSource],
+        metadata: Mapping[str, Any],
+        verify: Verifier | None,
+    ) -> VersionInfo:
+        try:
+            manifest = self._write_objects(pending, files, metadata, verify)
+            key = self._key(pending.version, MANIFEST_FILE)
+            written = self.store.write_if_absent(key, _dumps(manifest))
+        except ImmutableVersionError:
+            written = False  # completed meanwhile: by another attempt of this run, we check
+        if not written:
+            existing = self._read_json(self._key(pending.version, MANIFEST_FILE))
+            if existing.get("run_key") != pending.run_key:
+                raise RegistryError(f"{pending.uri}: completed concurrently by run "
+                                    f"{existing.get('run_key')!r}, not {pending.run_key!r}")
+            log.info("registry: %s v%d was completed by a concurrent attempt of run %s",
+                     self.model_name, pending.version, pending.run_key)
+        info = self.get(pending.version)
+        log.info("registry: registered %s v%d for run %s (%d objects) at %s",
+                 self.model_name, info.version, info.run_key, len(info.files), info.uri)
+        return info
+
+    def _write_objects(
+        self,
+        pending: PendingVersion,
+        files: Mapping[str, FileSource],
+        metadata: Mapping[str, Any],
+        verify: Verifier | None,
+    ) -> dict[str, Any]:
+        """Write every object of the version except the manifest; return the manifest."""
+        objects: dict[str, dict[str, Any]] = {}
+        # The model first: it is the largest object and what the verifier needs.
+        for name in sorted(files, key=lambda n: (n != MODEL_FILE, n)):
+            source = files[name]
+            if callable(source):
+                source = source(pending)
+            if not isinstance(source, bytes | Path):
+                raise TypeError(f"file {name!r}: expected a Path, bytes or a callable returning "
+                                f"bytes, got {type(source).__name__}")
+            objects[name] = self._put(pending, name, source)
+        verification = verify(pending) if verify is not None else None
+        full_meta = {
+            **dict(metadata),
+            "schema": SCHEMA,
+            "model_name": pending.model_name,
+            "version": pending.version,
+            "run_key": pending.run_key,
+            "created_at": pending.created_at,
+            "verification": dict(verification) if verification is not None else None,
+        }
+        objects[METADATA_FILE] = self._put(pending, METADATA_FILE, _dumps(full_meta))
+        return {
+            "schema": SCHEMA,
+            "model_name": pending.model_name,
+            "version": pending.version,
+            "run_key": pending.run_key,
+            "created_at": pending.created_at,
+            "objects": dict(sorted(objects.items())),
+        }
+
+    # aliases -----------------------------------------------------------------------------------
+
+    def _parse_alias(self, alias: str, data: bytes) -> AliasRecord:
+        try:
+            obj = json.loads(data)
+            return AliasRecord(
+                alias=alias,
+                version=int(obj["version"]),
+                previous=tuple(int(v) for v in obj.get("previous", [])),
+                history=tuple(obj.get("history", [])),
+                updated_at=str(obj.get("updated_at", "")),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RegistryError(
+                f"{self.store.uri_for(self._alias_key(alias))}: malformed alias object ({exc})"
+            ) from None
+
+    def alias_record(self, alias: str) -> AliasRecord | None:
+        """The alias with its rollback stack and history, or None if it was never set."""
+        key = self._alias_key(validate_alias(alias))
+        try:
+            return self._parse_alias(alias, self.store.read_bytes(key))
+        except ObjectNotFound:
+            return None
+
+    def get_alias(self, alias: str) -> int | None:
+        """The version ``alias`` points to, or None if it was never set."""
+        record = self.alias_record(alias)
+        return record.version if record else None
+
+    def aliases(self) -> dict[str, int]:
+        """Every alias and the version it points to."""
+        base = f"{self.prefix}/aliases/"
+        out = {}
+        for key in self.store.list(f"{self.prefix}/aliases"):
+            name = key[len(base):].removesuffix(".json")
+            if key.endswith(".json") and _ALIAS_RE.fullmatch(name):
+                version = self.get_alias(name)
+                if version is not None:
+                    out[name] = version
+        return out
+
+    def set_alias(
+        self,
+        alias: str,
+        version: int | str,
+        *,
+        expected: int | EllipsisType | None = ...,
+    ) -> AliasRecord:
+        """Point ``alias`` at ``version`` by compare-and-swap; the old target goes on the stack.
+
+        Args:
+            alias: e.g. ``champion``.
+            version: a complete version.
+            expected: ``...`` (default) moves whatever the alias holds, retrying lost races;
+                ``None`` requires the alias not to exist yet; a number requires the alias to
+                hold that version.
+
+        Returns:
+            The alias after the move (unchanged if it already pointed at ``version``).
+
+        Raises:
+            InvalidName: for a bad alias or version.
+            VersionNotFound: if the version is not complete.
+            AliasConflict: if ``expected`` does not hold, or races kept being lost.
+        """
+        alias = validate_alias(alias)
+        number = parse_version(version)
+
+        def target(current: AliasRecord | None) -> tuple[int, str] | None:
+            if expected is not ... and (current.version if current else None) != expected:
+                raise AliasConflict(
+                    f"alias {alias!r} of {self.model_name!r} points to "
+                    f"{current.version if current else 'nothing'}, expected "
+                    f"{'nothing' if expected is None else expected}; not moved"
+                )
+            if current is not None and current.version == number:
+                return None
+            return number, "set"
+
+        return self._move_alias(alias, target)
+
+    def promote(self, version: int | str) -> AliasRecord:
+        """Make ``version`` the champion (see :meth:`set_alias`)."""
+        return self.set_alias(CHAMPION, version)
+
+    def rollback(self, alias: str = CHAMPION) -> AliasRecord:
+        """Move ``alias`` back to the version it pointed to before its last move.
+
+        Returns:
+            The alias after the move.
+
+        Raises:
+            RegistryError: if the alias is not set or has no previous version.
+        """
+        alias = validate_alias(alias)
+
+        def target(current: AliasRecord | None) -> tuple[int, str]:
+            if current is None:
+                raise RegistryError(f"alias {alias!r} of {self.model_name!r} is not set; "
+                                    "nothing to roll back")
+            if not current.previous:
+                raise RegistryError(f"alias {alias!r} of {self.model_name!r} has no previous "
+                                    f"version to roll back to (it points to {current.version})")
+            return current.previous[-1], "rollback"
+
+        return self._move_alias(alias, target)
+
+    def _move_alias(
+        self,
+        alias: str,
+        target: Callable[[AliasRecord | None], tuple[int, str] | None],
+    ) -> AliasRecord:
+        key = self._alias_key(alias)
+        for attempt in range(self.cas_retries):
+            try:
+                data, etag = self.store.read_with_etag(key)
+                current: AliasRecord | None = self._parse_alias(alias, data)
+            except ObjectNotFound:
+                current, etag = None, ""
+            move = target(current)
+            if move is None:
+                assert current is not None
+                return current
+            number, action = move
+            if not self.exists(number):
+                raise VersionNotFound(f"cannot point alias {alias!r} at version {number} of "
+                                      f"{self.model_name!r}: no such complete version")
+            token = uuid.uuid4().hex
+            now = utc_now()
+            previous = list(current.previous) if current else []
+            if action == "set" and current is not None:
+                previous.append(current.version)
+            elif action == "rollback":
+                previous.pop()
+            history = [dict(h) for h in current.history] if current else []
+            seq = int(history[-1]["seq"]) + 1 if history else 1
+            history.append({"seq": seq, "version": number, "action": action, "at": now,
+                            "token": token})
+            body = _dumps({
+                "alias": alias,
+                "model_name": self.model_name,
+                "version": number,
+                "previous": previous[-PREVIOUS_LIMIT:],
+                "history": history[-HISTORY_LIMIT:],
+                "updated_at": now,
+            })
+            if current is None:
+                written = self.store.write_if_absent(key, body)
+            else:
+                written = self.store.write_if_match(key, body, etag)
+            if written:
+                # Belt and braces: our move must be in the alias's history now (a later mover
+                # builds on it); if it is not, the server lost it and we try again.
+                after = self.alias_record(alias)
+                if after is not None and any(h.get("token") == token for h in after.history):
+                    log.info("registry: alias %s of %s -> v%d (%s; was %s)", alias,
+                             self.model_name, number, action,
+                             current.version if current else "unset")
+                    return self._parse_alias(alias, body)
+                log.warning("registry: alias %s update was lost; retrying", alias)
+            # Lost a race: back off with jitter, then re-read and try again.
+            time.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
+        raise AliasConflict(f"alias {alias!r} of {self.model_name!r}: gave up after "
+                            f"{self.cas_retries} attempts (it kept changing concurrently)")
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def _table(rows: Sequence[Sequence[str]]) -> Iterator[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        yield "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+
+
+def _fmt_acc(value: float | None) -> str:
+    return f"{value:.4f}" if value is not None else "-"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mnist_tasks.registry",
+        description="List, inspect, promote, roll back and download registered models.",
+    )
+    parser.add_argument("--store", default=os.environ.get("MNIST_STORE"),
+                        help="store URI: s3://bucket/prefix, file:///path or a folder "
+                             "(default: $MNIST_STORE)")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
+                        help=f"registered model name (default {DEFAULT_MODEL_NAME})")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("list", parents=[common], help="every version, newest last")
+    p = sub.add_parser("show", parents=[common], help="one version's details")
+    p.add_argument("version")
+    p = sub.add_parser("promote", parents=[common], help="make VERSION the champion")
+    p.add_argument("version")
+    sub.add_parser("rollback", parents=[common], help="move champion back to the previous one")
+    p = sub.add_parser("download", parents=[common], help="copy a version's files, verified")
+    p.add_argument("version")
+    p.add_argument("dest")
+    return parser
+
+
+def _alias_line(before: int | None, record: AliasRecord) -> str:
+    was = f"was v{before}" if before is not None else "was unset"
+    return f"{record.alias} -> v{record.version} ({was})"
+
+
+def _run_cli(args: argparse.Namespace) -> tuple[Any, str]:
+    """Run one command; return (JSON result, human-readable text)."""
+    if not args.store:
+        raise InvalidName("no store given: pass --store URI or set MNIST_STORE")
+    registry = Registry(open_store(args.store), args.model_name)
+    if args.command == "list":
+        champion = registry.get_alias(CHAMPION)
+        versions = registry.list_versions()
+        rows = [["", "VERSION", "CREATED (UTC)", "TEST ACC", "GATE", "RUN ID"]]
+        for v in versions:
+            rows.append(["*" if v.version == champion else "", str(v.version),
+                         v.created_at[:19].replace("T", " "), _fmt_acc(v.test_accuracy),
+                         v.gate_decision or "-", v.run_id or v.run_key])
+        text = "\n".join(_table(rows)) if versions else f"no versions of {registry.model_name}"
+        if versions:
+            text += "\n(* = champion)"
+        return [{**v.to_dict(), "champion": v.version == champion} for v in versions], text
+    if args.command == "show":
+        info = registry.get(args.version)
+        aliases = sorted(a for a, v in registry.aliases().items() if v == info.version)
+        lines = [
+            f"{info.model_name} v{info.version}" + (f"  [{', '.join(aliases)}]" if aliases else ""),
+            f"  created       {info.created_at}",
+            f"  run           {info.run_id or '-'} (key {info.run_key})",
+            f"  test accuracy {_fmt_acc(info.test_accuracy)}",
+            f"  gate          {info.gate_decision or '-'}",
+            f"  code version  {info.metadata.get('code_version') or '-'}",
+            f"  model         {info.model_uri}",
+            "  files:",
+        ]
+        lines += [f"    {name}  {e['size']} bytes  sha256 {e['sha256'][:16]}…"
+                  for name, e in sorted(info.files.items())]
+        return {**info.to_dict(), "aliases": aliases}, "\n".join(lines)
+    if args.command == "promote":
+        before = registry.get_alias(CHAMPION)
+        record = registry.promote(args.version)
+        return record.to_dict(), _alias_line(before, record)
+    if args.command == "rollback":
+        before = registry.get_alias(CHAMPION)
+        record = registry.rollback(CHAMPION)
+        return record.to_dict(), _alias_line(before, record)
+    assert args.command == "download"
+    info = registry.get(args.version)
+    dest = registry.download(info.version, args.dest)
+    result = {"version": info.version, "dest": str(dest), "files": sorted(info.files)}
+    return result, (f"downloaded {info.model_name} v{info.version} ({len(info.files)} files, "
+                    f"SHA-256 verified) to {dest}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The registry command line; returns the exit status (2 on any error)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result, text = _run_cli(args)
+    except (ValueError, OSError, RuntimeError) as exc:  # RegistryError, StorageError included
+        message = " ".join(str(exc).split())
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2, default=str) if args.json else text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

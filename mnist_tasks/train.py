@@ -1,0 +1,665 @@
+"""Train: fit the preset's Keras 3 model on the prepared data, with checkpoints for resume.
+
+Reads ``prepared.npz`` (see :mod:`mnist_tasks.preprocess`) and writes, under
+``runs/<run-key>/train/``:
+
+* ``model.keras``: the trained model (Keras 3 format, loads with ``safe_mode=True``);
+* ``history.json``: per-epoch metrics and seconds (``{"epoch": [1, ...], "loss": [...],
+  "accuracy": [...], "val_loss": [...], "val_accuracy": [...], "seconds": [...]}``);
+* ``result.json``: what :func:`train` returned, written last (a retry finds it and returns it);
+* ``checkpoints/``: while training, the model and optimizer state after the latest epoch
+  (``epoch-NNNN/model.keras``) and ``checkpoint.json`` naming it, written after the files it
+  names, so a half-uploaded checkpoint is never trusted. A killed task resumes from there.
+  Deleted after a successful run.
+
+Each epoch logs one line (``epoch 3/10 loss=... val_accuracy=... time=1.3s samples/s=41230
+eta=9.1s``) and the run ends with a one-line summary. Only Keras 3 APIs are used, so this also
+runs with ``KERAS_BACKEND=jax``; :func:`describe_devices` and :func:`_enable_determinism` are
+the one backend-specific spot.
+
+Run it alone: ``python -m mnist_tasks train --prepared URI --store URI --run-id ID``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mnist_tasks import models
+from mnist_tasks.config import PRESETS, TrainConfig
+from mnist_tasks.storage import ObjectNotFound, Store
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# On a GPU, a preset's default batch is too small to fill the device: it is multiplied by this
+# (capped at GPU_MAX_BATCH), and the learning rate by its square root, unless the user chose
+# the batch size.
+GPU_BATCH_FACTOR = 4
+GPU_MAX_BATCH = 2048
+CHECKPOINT_MARKER = "checkpoint.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Devices and runtime settings. The backend-specific spot: the only code here that may import
+# TensorFlow or JAX, each only when it is the active Keras backend.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The device Keras trains on."""
+
+    kind: str  # "CPU" or "GPU"
+    name: str  # "CPU" or the GPU model, e.g. "NVIDIA H100 80GB HBM3"
+    count: int  # number of GPUs (1 for the CPU)
+    threads: int  # CPU threads available to this process
+    bfloat16: bool  # whether the device computes bfloat16 fast (GPU compute capability >= 8)
+    backend: str  # the Keras backend
+
+    def describe(self) -> str:
+        """A short phrase for logs: ``CPU (2 threads)`` or ``GPU: NVIDIA H100 ...``."""
+        if self.kind == "GPU":
+            more = f" (x{self.count})" if self.count > 1 else ""
+            return f"GPU: {self.name}{more}"
+        return f"CPU ({self.threads} threads)"
+
+
+def describe_devices() -> DeviceInfo:
+    """Which device Keras will train on.
+
+    Uses ``keras.distribution.list_devices()``; the GPU's model name and compute capability
+    come from the active backend (the one backend-specific helper, with
+    :func:`_enable_determinism`).
+
+    Returns:
+        A :class:`DeviceInfo`.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        threads = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        threads = os.cpu_count() or 1
+    gpus = [d for d in keras.distribution.list_devices() if d.lower().startswith("gpu")]
+    if not gpus:
+        return DeviceInfo("CPU", "CPU", 1, threads, False, backend)
+    name = "GPU"
+    capability: tuple[int, ...] = (0,)
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            details = tf.config.experimental.get_device_details(
+                tf.config.list_physical_devices("GPU")[0]
+            )
+            name = str(details.get("device_name", name))
+            capability = tuple(details.get("compute_capability", capability))
+        elif backend == "jax":
+            import jax
+
+            dev = jax.devices("gpu")[0]
+            name = str(getattr(dev, "device_kind", name))
+            cc = str(getattr(dev, "compute_capability", "0.0"))
+            capability = tuple(int(p) for p in cc.split(".")[:2])
+    except Exception as exc:  # the name is only for the log
+        log.debug("could not read GPU details: %s", exc)
+    return DeviceInfo("GPU", name, len(gpus), threads, capability >= (8, 0), backend)
+
+
+def _enable_determinism(device: DeviceInfo) -> bool:
+    """Make training reproducible where that is cheap; returns whether it is on.
+
+    On the CPU with TensorFlow, turns on TF op determinism (which also makes ``tf.data``
+    shuffling deterministic; Keras then skips XLA). JAX on the CPU is deterministic already.
+    On a GPU determinism costs speed, so it is left off there.
+    """
+    if device.kind != "CPU":
+        return False
+    if device.backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    return True
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The effective settings one training run uses (the config, resolved for the device)."""
+
+    device: DeviceInfo
+    batch_size: int
+    learning_rate: float
+    jit_compile: bool
+    mixed_precision: bool
+    deterministic: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device.describe(),
+            "backend": self.device.backend,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "jit_compile": self.jit_compile,
+            "mixed_precision": self.mixed_precision,
+            "deterministic": self.deterministic,
+        }
+
+
+def resolve_runtime(cfg: TrainConfig, device: DeviceInfo | None = None) -> Runtime:
+    """Seed everything and resolve the config's ``"auto"`` settings for the device.
+
+    * ``jit_compile="auto"``: XLA on a GPU; on the CPU only with JAX (with TensorFlow on the
+      CPU, op determinism wins and Keras runs without XLA).
+    * ``mixed_precision="auto"``: bfloat16 on a GPU that computes it fast (Ampere or newer).
+    * On a GPU, a preset's default batch size is scaled up (see :data:`GPU_BATCH_FACTOR`).
+
+    Returns:
+        The :class:`Runtime`; its settings are also logged.
+    """
+    import keras
+
+    device = device or describe_devices()
+    keras.utils.set_random_seed(cfg.seed)
+    on_gpu = device.kind == "GPU"
+    deterministic = _enable_determinism(device)
+
+    # XLA: on a GPU; with JAX always (it compiles anyway); with TensorFlow on the CPU not.
+    auto_jit = on_gpu or device.backend == "jax"
+    jit = auto_jit if cfg.jit_compile == "auto" else bool(cfg.jit_compile)
+    if jit and deterministic and device.backend == "tensorflow":
+        log.warning("jit_compile=True is ignored on the CPU with TensorFlow: op determinism "
+                    "(for reproducible runs) and XLA do not mix there")
+        jit = False
+
+    if cfg.mixed_precision == "auto":
+        mixed = on_gpu and device.bfloat16
+    else:
+        mixed = bool(cfg.mixed_precision)
+        if mixed and not on_gpu:
+            log.warning("mixed_precision=True on the CPU: bfloat16 is usually slower there")
+
+    batch, lr = cfg.batch_size, cfg.learning_rate
+    if on_gpu and cfg.batch_size == PRESETS[cfg.preset].get("batch_size"):
+        batch = min(GPU_MAX_BATCH, max(cfg.batch_size, cfg.batch_size * GPU_BATCH_FACTOR))
+        lr = cfg.learning_rate * math.sqrt(batch / cfg.batch_size)
+        log.info("GPU: batch size %d -> %d, learning rate %g -> %g (square-root scaling); "
+                 "set batch_size to choose it yourself", cfg.batch_size, batch,
+                 cfg.learning_rate, lr)
+    runtime = Runtime(device, batch, lr, jit, mixed, deterministic)
+    log.info("training on %s with Keras %s (%s backend): batch %d, jit_compile=%s, "
+             "mixed_precision=%s, deterministic=%s", device.describe(), keras.__version__,
+             device.backend, batch, jit, "bfloat16" if mixed else "off", deterministic)
+    return runtime
+
+
+# --------------------------------------------------------------------------------------------
+# The fit itself, on in-memory arrays (also what bench/train.py calls).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_arrays` produced."""
+
+    model: keras.Model
+    history: dict[str, list[float]]  # "epoch", "loss", "accuracy", "val_loss", ..., "seconds"
+    fit_seconds: float  # wall time of model.fit in this process (incl. checkpoint uploads)
+    epochs_run: int  # epochs completed in total (including those before a resume)
+    runtime: Runtime
+    stopped_early: bool = False
+    best_epoch: int | None = None  # 1-based epoch of the best val_loss (early stopping)
+    checkpoint_seconds: float = 0.0
+
+
+@dataclass
+class _Resume:
+    """State restored from a checkpoint."""
+
+    epoch: int  # epochs already completed
+    history: dict[str, list[float]]
+    early_stopping: dict[str, Any] | None = None
+    best_weights: list[np.ndarray] | None = None
+    uri: str = ""
+
+
+# Called after each epoch with (epoch completed, model, history so far, early-stopping state,
+# best weights); returns the seconds it took.
+CheckpointFn = Callable[
+    [int, "keras.Model", dict[str, list[float]], dict[str, Any] | None, list[np.ndarray] | None],
+    float,
+]
+
+
+@dataclass
+class _EpochTracker:
+    """Per-epoch bookkeeping: timing, history, checkpoint, one log line."""
+
+    model: Any
+    epochs: int
+    n_train: int
+    history: dict[str, list[float]]
+    early_stopping: Any = None
+    checkpoint: CheckpointFn | None = None
+    checkpoint_seconds: float = 0.0
+    _t0: float = 0.0
+    _elapsed: list[float] = field(default_factory=list)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        seconds = time.perf_counter() - self._t0
+        logs = logs or {}
+        done = epoch + 1
+        self.history.setdefault("epoch", []).append(done)
+        for key in HISTORY_KEYS:
+            if key in logs:
+                self.history.setdefault(key, []).append(float(logs[key]))
+        self.history.setdefault("seconds", []).append(round(seconds, 4))
+        ckpt = 0.0
+        if self.checkpoint is not None:
+            es_state, best = _early_stopping_state(self.early_stopping)
+            ckpt = self.checkpoint(done, self.model, self.history, es_state, best)
+            self.checkpoint_seconds += ckpt
+        self._elapsed.append(seconds + ckpt)
+        recent = self._elapsed[-3:]
+        eta = (self.epochs - done) * sum(recent) / len(recent)
+        metrics = " ".join(f"{k}={float(logs[k]):.4f}" for k in HISTORY_KEYS if k in logs)
+        log.info("epoch %d/%d %s time=%.1fs samples/s=%.0f eta=%.1fs%s", done, self.epochs,
+                 metrics, seconds, self.n_train / max(seconds, 1e-9), eta,
+                 f" checkpoint={ckpt:.2f}s" if self.checkpoint is not None else "")
+
+
+def _early_stopping_state(es: Any) -> tuple[dict[str, Any] | None, list[np.ndarray] | None]:
+    if es is None:
+        return None, None
+    best = None if es.best is None else float(es.best)
+    state = {"wait": int(es.wait), "best": best, "best_epoch": int(es.best_epoch),
+             "stopped_epoch": int(es.stopped_epoch)}
+    weights = None if es.best_weights is None else [np.asarray(w) for w in es.best_weights]
+    return state, weights
+
+
+def _check_arrays(x: np.ndarray, y: np.ndarray, name: str, num_classes: int) -> None:
+    if x.ndim < 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"{name}: x has shape {x.shape} but y has shape {y.shape}; "
+                         "expected N images and N labels")
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"{name}: labels must be in [0, {num_classes}), "
+                         f"got {int(y.min())}..{int(y.max())}")
+
+
+def fit_arrays(
+    cfg: TrainConfig,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    *,
+    runtime: Runtime | None = None,
+    checkpoint: CheckpointFn | None = None,
+    resume_model: keras.Model | None = None,
+    resume: _Resume | None = None,
+    callbacks: Sequence[Any] = (),
+    num_classes: int = models.NUM_CLASSES,
+) -> FitResult:
+    """Build, compile and fit the preset's model on in-memory arrays.
+
+    The plain fit path, with no store: :func:`train` adds loading, checkpoints and uploads;
+    ``bench/train.py`` calls this directly.
+
+    Args:
+        cfg: the training config.
+        x_train: float32 images in [0, 1], shape (N, rows, cols).
+        y_train: integer labels, shape (N,).
+        x_val: validation images (or None / empty for no validation).
+        y_val: validation labels.
+        runtime: from :func:`resolve_runtime` (resolved here if None).
+        checkpoint: called after each epoch to save a checkpoint.
+        resume_model: a compiled model restored from a checkpoint (then ``resume`` says where).
+        resume: the restored epoch, history and early-stopping state.
+        callbacks: more ``keras.callbacks.Callback`` objects, run after the built-in ones.
+        num_classes: the number of classes.
+
+    Returns:
+        A :class:`FitResult` with the trained model and its history.
+
+    Raises:
+        ValueError: if the arrays' shapes or labels do not fit together.
+    """
+    import keras
+
+    _check_arrays(x_train, y_train, "training data", num_classes)
+    has_val = x_val is not None and y_val is not None and len(x_val) > 0
+    if has_val:
+        assert x_val is not None and y_val is not None
+        _check_arrays(x_val, y_val, "validation data", num_classes)
+    runtime = runtime or resolve_runtime(cfg)
+    n_train = len(x_train)
+    steps = models.steps_per_epoch(n_train, runtime.batch_size)
+
+    if resume_model is not None:
+        model = resume_model
+    else:
+        model = models.build_model(cfg, input_shape=tuple(x_train.shape[1:]),
+                                   num_classes=num_classes,
+                                   mixed_precision=runtime.mixed_precision)
+    jit = runtime.jit_compile and models.supports_jit(model)
+    if runtime.jit_compile and not jit:
+        log.info("XLA off: the %s model has layers that cannot run under XLA on the %s "
+                 "backend", cfg.preset, runtime.device.backend)
+    if resume_model is not None:
+        model.jit_compile = jit  # restored with the compile settings of the saving process
+    else:
+        models.compile_model(model, cfg, steps_per_epoch=steps,
+                             learning_rate=runtime.learning_rate, jit_compile=jit)
+
+    def labels(y: np.ndarray) -> np.ndarray:
+        if models.uses_one_hot(cfg):
+            return np.asarray(keras.utils.to_categorical(y, num_classes), dtype=np.float32)
+        return np.asarray(y, dtype=np.int32)
+
+    initial_epoch = resume.epoch if resume else 0
+    history: dict[str, list[float]] = (
+        {k: list(v) for k, v in resume.history.items()} if resume else {}
+    )
+    hooks: list[Any] = []
+    es = None
+    if cfg.early_stopping_patience > 0:
+        monitor = "val_loss" if has_val else "loss"
+        if not has_val:
+            log.warning("no validation data: early stopping monitors the training loss")
+        es = keras.callbacks.EarlyStopping(monitor=monitor,
+                                           patience=cfg.early_stopping_patience,
+                                           restore_best_weights=True)
+        hooks.append(es)
+        if resume and resume.early_stopping:
+            state, best_weights = resume.early_stopping, resume.best_weights
+
+            def restore_es(logs: dict[str, Any] | None = None) -> None:
+                # Runs right after EarlyStopping.on_train_begin reset it.
+                es.wait = state["wait"]
+                es.best = state["best"]
+                es.best_epoch = state["best_epoch"]
+                es.best_weights = best_weights
+
+            hooks.append(keras.callbacks.LambdaCallback(on_train_begin=restore_es))
+
+    tracker = _EpochTracker(model, cfg.epochs, n_train, history, es, checkpoint)
+    hooks.append(keras.callbacks.LambdaCallback(on_epoch_begin=tracker.on_epoch_begin,
+                                                on_epoch_end=tracker.on_epoch_end))
+    hooks.extend(callbacks)
+    stopped_before = bool(resume and resume.early_stopping
+                          and resume.early_stopping.get("stopped_epoch", 0) > 0)
+    start = time.perf_counter()
+    fitted = not (initial_epoch >= cfg.epochs or stopped_before)
+    if not fitted:
+        # The checkpoint is of the last epoch (or early stopping had already ended training).
+        if resume and resume.best_weights is not None:
+            model.set_weights(resume.best_weights)
+    else:
+        model.fit(
+            x_train,
+            labels(y_train),
+            batch_size=runtime.batch_size,
+            epochs=cfg.epochs,
+            initial_epoch=initial_epoch,
+            validation_data=(x_val, labels(y_val)) if has_val else None,  # type: ignore[arg-type]
+            shuffle=True,
+            callbacks=hooks,
+            verbose=0,
+        )
+    fit_seconds = time.perf_counter() - start
+    epochs_run = len(history.get("epoch", []))
+    best_epoch = None
+    stopped = False
+    if es is not None and fitted:
+        stopped = es.stopped_epoch > 0
+        best_epoch = int(es.best_epoch) + 1 if es.best is not None else None
+    elif es is not None and resume and resume.early_stopping:
+        stopped = stopped_before
+        best_epoch = int(resume.early_stopping["best_epoch"]) + 1
+    return FitResult(model, history, fit_seconds, epochs_run, runtime, stopped, best_epoch,
+                     tracker.checkpoint_seconds)
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints in the store.
+# --------------------------------------------------------------------------------------------
+
+
+class _StoreCheckpoints:
+    """Checkpoints under ``runs/<run-key>/train/checkpoints/`` in the store.
+
+    Each epoch's files go to their own folder; ``checkpoint.json`` names the folder and is
+    written after its files, so a reader trusts only complete checkpoints. Older folders are
+    deleted once the marker points past them.
+    """
+
+    def __init__(self, store: Store, prefix: str, identity: dict[str, Any], workdir: Path):
+        self.store = store
+        self.prefix = prefix
+        self.identity = identity  # what must match for a checkpoint to be resumed
+        self.workdir = workdir
+
+    @property
+    def marker(self) -> str:
+        return f"{self.prefix}/{CHECKPOINT_MARKER}"
+
+    def save(
+        self,
+        epoch: int,
+        model: keras.Model,
+        history: dict[str, list[float]],
+        es_state: dict[str, Any] | None,
+        best_weights: list[np.ndarray] | None,
+    ) -> float:
+        start = time.perf_counter()
+        folder = f"{self.prefix}/epoch-{epoch:04d}"
+        local = self.workdir / f"epoch-{epoch:04d}"
+        local.mkdir(parents=True, exist_ok=True)
+        model.save(local / "model.keras")  # weights and optimizer state
+        self.store.upload_file(local / "model.keras", f"{folder}/model.keras")
+        best_key = None
+        if best_weights is not None:
+            best_key = f"{folder}/best_weights.npz"
+            np.savez(local / "best_weights.npz", *best_weights)
+            self.store.upload_file(local / "best_weights.npz", best_key)
+        marker = {
+            "epoch": epoch,
+            "model_key": f"{folder}/model.keras",
+            "best_weights_key": best_key,
+            "early_stopping": es_state,
+            "history": history,
+            "identity": self.identity,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self.store.write_bytes(self.marker, json.dumps(marker, indent=1).encode())
+        self._prune(keep=f"{folder}/")
+        for path in local.iterdir():
+            path.unlink()
+        local.rmdir()
+        return time.perf_counter() - start
+
+    def _prune(self, keep: str) -> None:
+        for key in self.store.list(self.prefix):
+            if key != self.marker and not key.startswith(keep):
+                self.store.delete(key)
+
+    def load(self) -> tuple[keras.Model, _Resume] | None:
+        """The latest complete checkpoint, if it was made by this same training job."""
+        try:
+            marker = json.loads(self.store.read_bytes(self.marker))
+        except ObjectNotFound:
+            return None
+        except ValueError as exc:
+            log.warning("ignoring unreadable checkpoint marker %s: %s",
+                        self.store.uri_for(self.marker), exc)
+            return None
+        uri = self.store.uri_for(marker.get("model_key") or self.marker)
+        if marker.get("identity") != self.identity:
+            log.warning("ignoring checkpoint %s: it was made with other parameters or data; "
+                        "training from scratch", uri)
+            self.clear()
+            return None
+        from mnist_tasks.evaluate import load_keras_model
+
+        local = self.workdir / "resume"
+        try:
+            self.store.download_file(marker["model_key"], local / "model.keras")
+            model = load_keras_model(local / "model.keras", compile=True)
+            best_weights = None
+            if marker.get("best_weights_key"):
+                self.store.download_file(marker["best_weights_key"], local / "best.npz")
+                with np.load(local / "best.npz", allow_pickle=False) as npz:
+                    best_weights = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+        except (ObjectNotFound, ValueError, OSError) as exc:
+            log.warning("ignoring incomplete checkpoint %s: %s", uri, exc)
+            return None
+        resume = _Resume(int(marker["epoch"]), marker["history"], marker.get("early_stopping"),
+                         best_weights, uri)
+        return model, resume
+
+    def clear(self) -> None:
+        for key in self.store.list(self.prefix):
+            self.store.delete(key)
+
+
+# --------------------------------------------------------------------------------------------
+# The train stage.
+# --------------------------------------------------------------------------------------------
+
+
+def train(prepared_uri: str, cfg: TrainConfig, store: Store, run_key: str) -> dict[str, Any]:
+    """Train ``cfg.preset`` on the prepared data and store the model and its history.
+
+    Resumes from the run's latest checkpoint when an earlier attempt was killed, and returns
+    the recorded result without training when this run already finished.
+
+    Args:
+        prepared_uri: ``prepared.npz`` written by the preprocess stage.
+        cfg: the training config.
+        store: the store holding the run's data.
+        run_key: the run's key (``config.run_key(run_id)``).
+
+    Returns:
+        ``model_uri``, ``history_uri``, ``preset``, ``epochs_run``, ``fit_seconds``,
+        ``device``, ``resumed_from_epoch`` (0 if fresh), ``best_val_accuracy`` (None without
+        validation data), ``best_epoch``, ``stopped_early``, ``params`` (the config),
+        ``runtime`` (the effective settings), ``n_train``, ``n_val``.
+
+    Raises:
+        ObjectNotFound: if the prepared data does not exist.
+        ValueError: if the prepared arrays are malformed.
+    """
+    from mnist_tasks.preprocess import load_prepared
+
+    prefix = f"runs/{run_key}/train"
+    params = dataclasses.asdict(cfg)
+    recorded = _recorded_result(store, prefix, params, prepared_uri)
+    if recorded is not None:
+        return recorded
+
+    prepared = load_prepared(prepared_uri, store)
+    for split in ("train", "val", "test"):
+        x, y = getattr(prepared, f"x_{split}"), getattr(prepared, f"y_{split}")
+        if x.ndim != 3 or x.shape[0] != y.shape[0] or x.shape[1:] != prepared.x_train.shape[1:]:
+            raise ValueError(f"{prepared_uri}: x_{split} has shape {x.shape} and y_{split} "
+                             f"{y.shape}; expected (N, rows, cols) images and N labels")
+    if len(prepared.x_train) == 0:
+        raise ValueError(f"{prepared_uri}: no training images")
+
+    runtime = resolve_runtime(cfg)
+    identity = {
+        "params": params,
+        "prepared_uri": prepared_uri,
+        "fingerprint": prepared.meta.get("fingerprint"),
+        "runtime": {k: v for k, v in runtime.as_dict().items() if k != "device"},
+    }
+    with tempfile.TemporaryDirectory(prefix="mnist-train-") as tmp:
+        workdir = Path(tmp)
+        checkpoints = _StoreCheckpoints(store, f"{prefix}/checkpoints", identity, workdir)
+        restored = checkpoints.load()
+        resume_model, resume = restored if restored else (None, None)
+        resumed_from = resume.epoch if resume else 0
+        if resume:
+            log.info("resuming from epoch %d of %d (%s)", resume.epoch, cfg.epochs, resume.uri)
+
+        fit = fit_arrays(cfg, prepared.x_train, prepared.y_train, prepared.x_val,
+                         prepared.y_val, runtime=runtime, checkpoint=checkpoints.save,
+                         resume_model=resume_model, resume=resume)
+
+        # The model and history first, the result marker last.
+        model_path = workdir / "model.keras"
+        fit.model.save(model_path)
+        store.upload_file(model_path, f"{prefix}/model.keras")
+        history_doc = {**fit.history, "preset": cfg.preset, "best_epoch": fit.best_epoch,
+                       "stopped_early": fit.stopped_early, "resumed_from_epoch": resumed_from}
+        store.write_bytes(f"{prefix}/history.json", json.dumps(history_doc, indent=1).encode())
+
+    val_acc = fit.history.get("val_accuracy") or []
+    best_val = max(val_acc) if val_acc else None
+    result: dict[str, Any] = {
+        "model_uri": store.uri_for(f"{prefix}/model.keras"),
+        "history_uri": store.uri_for(f"{prefix}/history.json"),
+        "prepared_uri": prepared_uri,
+        "preset": cfg.preset,
+        "epochs_run": fit.epochs_run,
+        "fit_seconds": round(fit.fit_seconds, 3),
+        "checkpoint_seconds": round(fit.checkpoint_seconds, 3),
+        "device": runtime.device.describe(),
+        "resumed_from_epoch": resumed_from,
+        "best_val_accuracy": best_val,
+        "best_epoch": fit.best_epoch,
+        "stopped_early": fit.stopped_early,
+        "n_train": len(prepared.x_train),
+        "n_val": len(prepared.x_val),
+        "params": params,
+        "runtime": runtime.as_dict(),
+    }
+    store.write_bytes(f"{prefix}/result.json", json.dumps(result, indent=2).encode())
+    checkpoints.clear()
+    best_txt = f"{best_val:.4f}" if best_val is not None else "n/a (no validation data)"
+    log.info("trained %s: %d epochs in %.1f s on %s%s, best val_accuracy=%s, model -> %s",
+             cfg.preset, fit.epochs_run, fit.fit_seconds, runtime.device.kind,
+             f" (resumed from epoch {resumed_from})" if resumed_from else "", best_txt,
+             result["model_uri"])
+    return result
+
+
+def _recorded_result(
+    store: Store, prefix: str, params: dict[str, Any], prepared_uri: str
+) -> dict[str, Any] | None:
+    """The result of a finished earlier attempt of this run with the same inputs, if any."""
+    try:
+        recorded = json.loads(store.read_bytes(f"{prefix}/result.json"))
+    except ObjectNotFound:
+        return None
+    except ValueError:
+        log.warning("ignoring unreadable %s", store.uri_for(f"{prefix}/result.json"))
+        return None
+    if recorded.get("params") != params or recorded.get("prepared_uri") != prepared_uri:
+        log.warning("%s was trained with other parameters or data; training again",
+                    store.uri_for(prefix))
+        return None
+    if not store.exists(f"{prefix}/model.keras"):
+        return None
+    log.info("train: %s already trained (%d epochs, best val_accuracy=%s); reusing it",
+             recorded["model_uri"], recorded["epochs_run"], recorded["best_val_accuracy"])
+    return dict(recorded)

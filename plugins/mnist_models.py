@@ -1,0 +1,343 @@
+"""A "Models" page in the Airflow UI: the model registry's versions, behind Airflow's login.
+
+The page lists every registered version of the model (version, creation time, test accuracy,
+champion marker, gate decision, producing run) and shows one version in detail: its plots
+(confusion matrix first) and its model card. It is reachable from the navigation bar
+("Models") and from every DAG run ("Model" tab: the version that run registered, if any).
+
+It is a server-rendered FastAPI app mounted by the api-server at ``/models/``:
+
+* ``GET /models/``: the page; ``?version=N`` selects a version, ``?run_id=...`` selects the
+  version a run registered (or explains why there is none);
+* ``GET /models/api/versions``: the same listing as JSON;
+* ``GET /models/versions/{version}/files/{name}``: a version's plots, model card, metrics and
+  report (``.png``, ``.md``, ``.json``, ``.txt``; never the model itself).
+
+Every route needs an authenticated Airflow user who may read the runs of the ``mnist_training``
+DAG; a browser without a session is sent to the login page, any other client gets 401.
+
+Settings (environment): ``MNIST_STORE`` (the registry's store, the DAG's default store) and
+the standard AWS configuration (``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ...) for s3://.
+
+Airflow imports every plugin file in every component (scheduler, workers, each task), so this
+module imports only the plugin base class at the top; FastAPI, Airflow's security dependencies
+and ``mnist_tasks`` are imported when the api-server first serves a request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from airflow.plugins_manager import AirflowPlugin
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from mnist_tasks.registry import Registry, VersionInfo
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "mnist_training"  # the DAG whose runs register models; its read permission gates the page
+URL_PREFIX = "/models"
+DEFAULT_STORE = "file:///tmp/mnist-store"  # the DAG's default when MNIST_STORE is unset
+TEMPLATE = Path(__file__).resolve().parent / "templates" / "mnist_models.html"
+# Files of a version the page serves, by suffix; anything else (the model itself) is not served.
+SERVED_TYPES = {
+    ".png": "image/png",
+    ".md": "text/markdown; charset=utf-8",
+    ".json": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+}
+
+# The nav icon: a stack of layers (a "model").
+ICON_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="none" stroke="#4a7ebb" '
+    'stroke-width="2" stroke-linejoin="round"><path d="M12 3 2 8l10 5 10-5z"/>'
+    '<path d="m2 13 10 5 10-5"/><path d="m2 18 10 5 10-5" opacity=".5"/></svg>'
+)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def store_uri() -> str:
+    """The registry's store URI: ``MNIST_STORE``, else the DAG's default."""
+    return os.environ.get("MNIST_STORE") or DEFAULT_STORE
+
+
+def _open_registry(uri: str) -> Registry:
+    from mnist_tasks.config import DEFAULT_MODEL_NAME
+    from mnist_tasks.registry import Registry
+    from mnist_tasks.storage import open_store
+
+    return Registry(open_store(uri), DEFAULT_MODEL_NAME)
+
+
+def _fmt_time(iso: str) -> str:
+    try:
+        return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except ValueError:
+        return iso
+
+
+def _version_row(info: VersionInfo, champion: int | None) -> dict[str, Any]:
+    return {
+        "version": info.version,
+        "created_at": info.created_at,
+        "created": _fmt_time(info.created_at),
+        "test_accuracy": info.test_accuracy,
+        "gate_decision": info.gate_decision,
+        "run_id": info.run_id,
+        "run_key": info.run_key,
+        "champion": info.version == champion,
+        "model_uri": info.model_uri,
+        "files": sorted(info.files),
+        "viewable": sorted(n for n in info.files if Path(n).suffix in SERVED_TYPES),
+    }
+
+
+def _plots(info: VersionInfo) -> list[str]:
+    """The version's PNG files, confusion matrix first."""
+    pngs = sorted(name for name in info.files if name.endswith(".png"))
+    return sorted(pngs, key=lambda name: name != "confusion_matrix.png")
+
+
+def render_markdown(text: str) -> str:
+    """Markdown as HTML with raw HTML disabled (a model card is data, not markup we trust)."""
+    from markdown_it import MarkdownIt
+
+    return str(MarkdownIt("js-default").render(text))  # js-default: tables on, html off
+
+
+def build_app() -> FastAPI:
+    """The FastAPI app behind the page; every route requires an authorised Airflow user."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+    from fastapi import Depends, FastAPI, HTTPException, Query, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from mnist_tasks.registry import InvalidName, RegistryError, VersionNotFound
+    from mnist_tasks.storage import StorageError
+
+    templates = Environment(
+        loader=FileSystemLoader(TEMPLATE.parent),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    registries: dict[str, Registry] = {}
+    lock = threading.Lock()
+
+    def store_error(exc: Exception) -> HTTPException:
+        log.warning("models page: cannot read the registry at %s: %s", store_uri(), exc)
+        return HTTPException(503, f"cannot read the model registry at {store_uri()}: {exc}")
+
+    def registry() -> Registry:
+        uri = store_uri()
+        with lock:
+            if uri not in registries:
+                try:
+                    registries[uri] = _open_registry(uri)
+                except ValueError as exc:  # a malformed MNIST_STORE
+                    raise store_error(exc) from None
+            return registries[uri]
+
+    can_read_runs = requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID)
+    app = FastAPI(
+        title="MNIST model registry",
+        description="The registered versions of the MNIST classifier.",
+        # Reading the DAG's runs is what the page shows; it also makes the user authenticate.
+        dependencies=[Depends(can_read_runs)],
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # A browser without a session goes to the login page and comes back; API clients get 401.
+        if exc.status_code == 401 and "text/html" in request.headers.get("accept", ""):
+            login = get_auth_manager().get_url_login(next_url=str(request.url))
+            return RedirectResponse(login, status_code=303)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.get("/", response_class=HTMLResponse)
+    def page(
+        version: str | None = Query(None, description="the version to show in detail"),
+        run_id: str | None = Query(None, description="show the version this run registered"),
+        dag_id: str | None = Query(None, description="the DAG of run_id (from the DAG run tab)"),
+    ) -> HTMLResponse:
+        reg = registry()
+        status = 200
+        error: str | None = None
+        rows: list[dict[str, Any]] = []
+        selected: VersionInfo | None = None
+        champion: int | None = None
+        run: dict[str, Any] | None = None
+        card_html: str | None = None
+        try:
+            infos = reg.list_versions()
+            champion = reg.get_alias("champion")
+            rows = [_version_row(i, champion) for i in reversed(infos)]  # newest first
+            by_number = {i.version: i for i in infos}
+            if run_id:
+                run = _run_banner(reg, run_id, dag_id)
+                if run.get("version") in by_number:
+                    selected = by_number[run["version"]]
+            if version is not None and selected is None:
+                try:
+                    selected = reg.get(version)
+                except (InvalidName, VersionNotFound) as exc:
+                    error, status = str(exc), 404
+            if selected is None and not run_id and not error and infos:
+                selected = by_number.get(champion or -1, infos[-1])
+            if selected is not None and "model_card.md" in selected.files:
+                card_html = render_markdown(_read_file(reg, selected, "model_card.md").decode())
+        except (StorageError, RegistryError, OSError, ValueError) as exc:
+            log.warning("models page: cannot read the registry at %s: %s", reg.uri, exc)
+            error, status = f"cannot read the model registry: {exc}", 503
+        html = templates.get_template(TEMPLATE.name).render(
+            model_name=reg.model_name,
+            registry_uri=reg.uri,
+            rows=rows,
+            champion=champion,
+            selected=_version_row(selected, champion) if selected else None,
+            selected_meta=dict(selected.metadata) if selected else {},
+            plots=_plots(selected) if selected else [],
+            card_html=card_html,
+            run=run,
+            error=error,
+        )
+        return HTMLResponse(html, status_code=status)
+
+    @app.get("/icon.svg")
+    def icon() -> Response:
+        return Response(ICON_SVG, media_type="image/svg+xml",
+                        headers={"Cache-Control": "private, max-age=86400"})
+
+    @app.get("/api/versions")
+    def api_versions() -> dict[str, Any]:
+        reg = registry()
+        try:
+            champion = reg.get_alias("champion")
+            infos = reg.list_versions()
+        except (StorageError, RegistryError, OSError) as exc:
+            raise store_error(exc) from None
+        return {
+            "model_name": reg.model_name,
+            "registry_uri": reg.uri,
+            "champion": champion,
+            "versions": [_version_row(i, champion) for i in infos],
+        }
+
+    @app.get("/versions/{version}/files/{name}")
+    def version_file(version: str, name: str) -> Response:
+        reg = registry()
+        media_type = SERVED_TYPES.get(Path(name).suffix)
+        try:
+            info = reg.get(version)
+        except (InvalidName, VersionNotFound) as exc:
+            raise HTTPException(404, str(exc)) from None
+        except (StorageError, RegistryError, OSError) as exc:
+            raise store_error(exc) from None
+        if media_type is None or name not in info.files:
+            raise HTTPException(404, f"version {info.version} has no viewable file {name!r}")
+        try:
+            data = _read_file(reg, info, name)
+        except (StorageError, OSError) as exc:
+            raise store_error(exc) from None
+        # Versions are immutable, so a browser may keep what it fetched.
+        return Response(data, media_type=media_type,
+                        headers={"Cache-Control": "private, max-age=86400, immutable"})
+
+    return app
+
+
+def _run_banner(reg: Registry, run_id: str, dag_id: str | None) -> dict[str, Any]:
+    """What the page says about a run: the version it registered, or why there is none."""
+    from mnist_tasks.config import run_key
+    from mnist_tasks.pipeline import run_summary
+    from mnist_tasks.registry import InvalidName
+    from mnist_tasks.storage import ObjectNotFound
+
+    banner: dict[str, Any] = {"run_id": run_id, "dag_id": dag_id, "version": None}
+    if dag_id and dag_id != DAG_ID:
+        banner["note"] = f"DAG {dag_id!r} does not register models; {DAG_ID!r} does."
+        return banner
+    try:
+        info = reg.version_for_run(run_key(run_id))
+    except (InvalidName, ValueError):
+        info = None
+    if info is not None:
+        banner["version"] = info.version
+        return banner
+    try:
+        summary = run_summary(reg.store, run_id)
+    except (ObjectNotFound, InvalidName, ValueError):
+        summary = {}
+    banner["decision"] = summary.get("decision")
+    banner["reasons"] = summary.get("reasons") or []
+    banner["test_accuracy"] = summary.get("test_accuracy")
+    return banner
+
+
+def _read_file(reg: Registry, info: VersionInfo, name: str) -> bytes:
+    """One object of a complete version (``name`` must be listed in its manifest)."""
+    return reg.store.read_bytes(reg.store.key_of(f"{info.uri}/{name}"))
+
+
+class LazyApp:
+    """An ASGI app that builds :func:`build_app` on the first request.
+
+    Keeps importing this plugin cheap for the components that never serve it.
+    """
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._app: Any = None
+        self._lock = threading.Lock()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._app is None:
+            with self._lock:
+                if self._app is None:
+                    self._app = self._factory()
+        await self._app(scope, receive, send)
+
+
+class MnistModelsPlugin(AirflowPlugin):
+    """Adds the "Models" page (nav bar) and a "Model" tab on every DAG run."""
+
+    name = "mnist_models"
+    fastapi_apps = [  # noqa: RUF012 (the plugin API reads class attributes)
+        {"app": LazyApp(build_app), "url_prefix": URL_PREFIX, "name": "MNIST model registry"},
+    ]
+    external_views = [  # noqa: RUF012
+        {
+            # Relative hrefs resolve against Airflow's base URL, so a sub-path deployment works.
+            "name": "Models",
+            "href": "models/",
+            "icon": "models/icon.svg",
+            "url_route": "models",
+            "destination": "nav",
+            "nav_top_level": True,
+        },
+        {
+            "name": "Model",
+            "href": "models/?dag_id={DAG_ID}&run_id={RUN_ID}",
+            "icon": "models/icon.svg",
+            "url_route": "models-run",
+            "destination": "dag_run",
+        },
+    ]

@@ -1,0 +1,69 @@
+"""Shared fixtures: the real MNIST folder, an S3 server over HTTP on loopback, and stores."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mnist_tasks.storage import LocalStore, S3Store, Store
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MNIST_DIR = Path(os.environ.get("MNIST_DIR", REPO_ROOT.parent / "shared" / "datasets" / "mnist"))
+TEST_BUCKET = "mnist-test"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The real MNIST IDX files (../shared/datasets/mnist, or $MNIST_DIR)."""
+    if not (MNIST_DIR / "train-images-idx3-ubyte.gz").is_file():
+        pytest.fail(f"real MNIST not found in {MNIST_DIR}: set MNIST_DIR to the folder")
+    return MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A moto S3 server over real HTTP on a free loopback port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Reset the S3 server, create the test bucket, and point boto3 at it the standard way."""
+    import boto3
+    import requests
+
+    requests.post(f"{s3_server}/moto-api/reset", timeout=10).raise_for_status()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
+    boto3.client("s3").create_bucket(Bucket=TEST_BUCKET)
+    return s3_server
+
+
+@pytest.fixture
+def s3_store(s3_env: str) -> S3Store:
+    return S3Store(TEST_BUCKET, "store")
+
+
+@pytest.fixture
+def file_store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request: pytest.FixtureRequest) -> Store:
+    """The same test against file:// and against S3 over HTTP."""
+    name = "file_store" if request.param == "file" else "s3_store"
+    return request.getfixturevalue(name)

@@ -1,0 +1,202 @@
+"""Start real Airflow service processes (api-server, scheduler, ...) for integration tests.
+
+Each service runs as its own process group with its output in a log file, so a test can stop
+everything it started (children included) and show the logs when something fails. Used by
+``test_models_page.py`` and ``test_celery_deployment.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def airflow_env(home: Path, api_port: int, **settings: str) -> dict[str, str]:
+    """The environment for every Airflow process of one test deployment.
+
+    A known admin user (``admin`` / ``admin-password``) for the simple auth manager, this repo's
+    dags/ and plugins/, no examples, and the secrets that the processes must share.
+    ``settings`` are extra environment variables (e.g. ``AIRFLOW__CORE__EXECUTOR``).
+    """
+    passwords = home / "simple_auth_manager_passwords.json"
+    passwords.write_text(json.dumps({"admin": "admin-password"}))
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__CORE__AUTH_MANAGER": (
+            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+        ),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(api_port),
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{api_port}",
+        "AIRFLOW__API__WORKERS": "1",
+        # Shared by every process: task tokens are signed by one and checked by another.
+        "AIRFLOW__API_AUTH__JWT_SECRET": "integration-test-jwt-secret-" + "0123456789abcdef" * 3,
+        "AIRFLOW__API__SECRET_KEY": "integration-test-secret-key",
+        "AIRFLOW__CORE__FERNET_KEY": "5R0-0Ke3hDDk2NqWdkKFRtCj7GeyNfNB6xl4dGBFGZc=",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__TRIGGERER__TRIGGERER_LOG_SERVER_PORT": str(free_port()),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+        **settings,
+    }
+    return env
+
+
+class Services:
+    """Airflow processes started for one test, each in its own process group.
+
+    Args:
+        env: the environment for every process (see :func:`airflow_env`).
+        log_dir: where each service's output goes (``<name>.log``).
+    """
+
+    def __init__(self, env: Mapping[str, str], log_dir: Path) -> None:
+        self.env = dict(env)
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """Run one ``airflow`` CLI command to completion; fails the caller's assert on error."""
+        return subprocess.run(
+            [AIRFLOW, *args], env=self.env, cwd=REPO, capture_output=True, text=True,
+            timeout=timeout,
+        )
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        """Start ``airflow <args>`` in the background as service ``name``."""
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                [AIRFLOW, *args], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def check_alive(self) -> None:
+        """Raise if any service has exited, with the end of its log."""
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"airflow {name} exited with {proc.returncode}:\n{self.log_tail(name)}"
+                )
+
+    def log_tail(self, name: str, chars: int = 4000) -> str:
+        """The last ``chars`` characters of a service's log."""
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+    def all_logs(self, chars: int = 3000) -> str:
+        """The end of every service's log, for a failure message."""
+        return "\n".join(f"==== {name}\n{self.log_tail(name, chars)}" for name in self.procs)
+
+    def wait_http(self, url: str, timeout: float = 180) -> None:
+        """Wait until ``url`` answers (any status below 500) while the services stay up.
+
+        Raises:
+            RuntimeError: if a service dies first.
+            TimeoutError: if ``url`` does not answer in time.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if requests.get(url, timeout=5).status_code < 500:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"{url} did not answer within {timeout:.0f} s\n{self.all_logs()}")
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop every service and its children: SIGTERM to each group, then SIGKILL."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        for proc in self.procs.values():
+            # The group may outlive its leader (task processes); kill whatever is left.
+            _signal_group(proc.pid, signal.SIGKILL)
+            if proc.poll() is None:
+                proc.wait(timeout=10)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+class ApiClient:
+    """The Airflow REST API (/api/v2) with a JWT from /auth/token."""
+
+    def __init__(self, base_url: str, username: str = "admin",
+                 password: str = "admin-password") -> None:
+        self.base_url = base_url.rstrip("/")
+        self.session = requests.Session()
+        self.session.trust_env = False  # loopback only; never through a proxy
+        self.token = self.get_token(username, password)
+        self.session.headers["Authorization"] = f"Bearer {self.token}"
+
+    def get_token(self, username: str, password: str) -> str:
+        """A JWT for the user (simple auth manager: POST /auth/token)."""
+        response = self.session.post(
+            f"{self.base_url}/auth/token", json={"username": username, "password": password},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """A request to ``path`` (relative to the server root)."""
+        kwargs.setdefault("timeout", 30)
+        return self.session.request(method, f"{self.base_url}{path}", **kwargs)
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The JSON body of a successful request; raises with the body on an error status."""
+        response = self.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            raise AssertionError(f"{method} {path}: {response.status_code} {response.text[:2000]}")
+        return response.json()

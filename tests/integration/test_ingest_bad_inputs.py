@@ -1,0 +1,328 @@
+"""Bad inputs to ingest: each fails with an error naming the file and the problem, and leaves
+nothing in the cache (no entry without COMPLETE.json, no entry for the failed key)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+
+from mnist_tasks import ingest as ingest_mod
+from mnist_tasks.config import MNIST_FILES, IngestConfig
+from mnist_tasks.idx import IdxFormatError, encode_idx
+from mnist_tasks.ingest import (
+    ChecksumMismatch,
+    DatasetError,
+    FetchError,
+    SourceNotFound,
+    ingest,
+)
+from mnist_tasks.storage import Store
+from tests.conftest import TEST_BUCKET
+from tests.ingest_helpers import (
+    TEST_IMAGES,
+    TEST_LABELS,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    http_server,
+    make_arrays,
+    payload_sha256,
+    silent_socket,
+    write_folder,
+)
+
+
+def assert_cache_clean(store: Store) -> None:
+    """No cache entry at all: nothing partial, nothing for the failed key."""
+    assert store.list("cache") == []
+
+
+def _gz(payload: bytes) -> bytes:
+    return gzip.compress(payload, mtime=0)
+
+
+def _header(code: int, dims: tuple[int, ...]) -> bytes:
+    return bytes([0, 0, code, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+Mutation = Callable[[Path, dict[str, np.ndarray]], dict[str, Any] | None]
+
+
+def truncated_gzip(folder: Path, a: dict[str, np.ndarray]) -> None:
+    data = (folder / TRAIN_IMAGES).read_bytes()
+    (folder / TRAIN_IMAGES).write_bytes(data[: len(data) // 2])
+
+
+def html_page_named_gz(folder: Path, a: dict[str, np.ndarray]) -> None:
+    (folder / TEST_LABELS).write_bytes(
+        b"<!DOCTYPE html>\n<html><head><title>Moved</title></head><body>See the new site</body>"
+    )
+
+
+def corrupt_crc(folder: Path, a: dict[str, np.ndarray]) -> None:
+    data = bytearray((folder / TEST_IMAGES).read_bytes())
+    data[-6] ^= 0x55
+    (folder / TEST_IMAGES).write_bytes(bytes(data))
+
+
+def wrong_magic(folder: Path, a: dict[str, np.ndarray]) -> None:
+    payload = bytearray(encode_idx(a["y_train"]))
+    payload[1] = 0x01
+    (folder / TRAIN_LABELS).write_bytes(_gz(bytes(payload)))
+
+
+def declared_size_larger(folder: Path, a: dict[str, np.ndarray]) -> None:
+    payload = _header(0x08, (61, 28, 28)) + a["x_train"].tobytes()  # 60 images present
+    (folder / TRAIN_IMAGES).write_bytes(_gz(payload))
+
+
+def trailing_bytes(folder: Path, a: dict[str, np.ndarray]) -> None:
+    (folder / TEST_IMAGES).write_bytes(_gz(encode_idx(a["x_test"]) + b"\x00" * 100))
+
+
+def count_mismatch(folder: Path, a: dict[str, np.ndarray]) -> None:
+    (folder / TRAIN_LABELS).write_bytes(_gz(encode_idx(a["y_train"][:-1])))
+
+
+def label_out_of_range(folder: Path, a: dict[str, np.ndarray]) -> None:
+    y = a["y_train"].copy()
+    y[5] = 10
+    (folder / TRAIN_LABELS).write_bytes(_gz(encode_idx(y)))
+
+
+def empty_file(folder: Path, a: dict[str, np.ndarray]) -> None:
+    (folder / TEST_IMAGES).write_bytes(b"")
+
+
+def billion_images(folder: Path, a: dict[str, np.ndarray]) -> None:
+    payload = _header(0x08, (1_000_000_000, 28, 28)) + a["x_train"].tobytes()
+    (folder / TRAIN_IMAGES).write_bytes(_gz(payload))
+
+
+def pinned_checksum_mismatch(folder: Path, a: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {"checksums": "pinned"}  # synthetic data is not MNIST
+
+
+def custom_checksum_mismatch(folder: Path, a: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {"checksums": {**payload_sha256(folder), TEST_LABELS: "0" * 64}}
+
+
+def missing_file(folder: Path, a: dict[str, np.ndarray]) -> None:
+    (folder / TEST_LABELS).unlink()
+
+
+def missing_folder(folder: Path, a: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {"source": str(folder / "no-such-folder")}
+
+
+def labels_not_uint8(folder: Path, a: dict[str, np.ndarray]) -> None:
+    (folder / TEST_LABELS).write_bytes(_gz(encode_idx(a["y_test"].astype(np.int32))))
+
+
+def images_with_two_dims(folder: Path, a: dict[str, np.ndarray]) -> None:
+    (folder / TRAIN_IMAGES).write_bytes(_gz(encode_idx(a["x_train"].reshape(60, 784))))
+
+
+def other_test_image_shape(folder: Path, a: dict[str, np.ndarray]) -> None:
+    (folder / TEST_IMAGES).write_bytes(_gz(encode_idx(a["x_test"][:, :20, :20])))
+
+
+CASES: list[tuple[Mutation, type[Exception], str, str]] = [
+    (truncated_gzip, IdxFormatError, TRAIN_IMAGES, r"truncated gzip file"),
+    (html_page_named_gz, IdxFormatError, TEST_LABELS,
+     r"not a gzip file and not an IDX file: it looks like an HTML/XML page"),
+    (corrupt_crc, IdxFormatError, TEST_IMAGES, r"corrupt gzip data"),
+    (wrong_magic, IdxFormatError, TRAIN_LABELS, r"wrong magic number 0x00010801"),
+    (declared_size_larger, IdxFormatError, TRAIN_IMAGES,
+     r"declares 61x28x28 uint8 values = 47,824 bytes, but only 47,040 bytes of data follow"),
+    (trailing_bytes, IdxFormatError, TEST_IMAGES, r"100 trailing bytes after the 23,520 bytes"),
+    (count_mismatch, DatasetError, TRAIN_LABELS, r"has 60 images but .* has 59 labels"),
+    (label_out_of_range, DatasetError, TRAIN_LABELS,
+     r"1 labels outside 0-9 \(first: 10 at index 5\)"),
+    (empty_file, IdxFormatError, TEST_IMAGES, r"empty file \(0 bytes\)"),
+    (billion_images, IdxFormatError, TRAIN_IMAGES,
+     r"declares 1000000000x28x28 uint8 values = 784,000,000,000 bytes, but only 47,040"),
+    (pinned_checksum_mismatch, ChecksumMismatch, TRAIN_IMAGES,
+     r"SHA-256 of the decompressed payload is [0-9a-f]{64}, expected ba891046\w+ "
+     r"\(pinned checksum\)"),
+    (custom_checksum_mismatch, ChecksumMismatch, TEST_LABELS,
+     r"expected 0{64} \(custom checksum\)"),
+    (missing_file, SourceNotFound, TEST_LABELS, r"no such file"),
+    (missing_folder, SourceNotFound, TRAIN_IMAGES, r"the source folder .* does not exist"),
+    (labels_not_uint8, IdxFormatError, TEST_LABELS,
+     r"values are int32 \(type code 0x0C\), expected uint8"),
+    (images_with_two_dims, IdxFormatError, TRAIN_IMAGES,
+     r"has 2 dimensions, expected 3 \(images"),
+    (other_test_image_shape, DatasetError, TEST_IMAGES, r"\(20, 20\); they must agree"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "error", "file", "problem"), CASES,
+                         ids=[c[0].__name__ for c in CASES])
+def test_bad_local_input(
+    tmp_path: Path, file_store: Store, mutate: Mutation, error: type[Exception], file: str,
+    problem: str,
+) -> None:
+    arrays = make_arrays()
+    folder = write_folder(tmp_path / "src", arrays)
+    good = payload_sha256(folder)
+    overrides = mutate(folder, arrays) or {}
+    try:  # checksums of the files as they now are, so the intended check is the one that fires
+        checksums: Any = {**good, **payload_sha256(folder)}
+    except (OSError, EOFError, gzip.BadGzipFile):
+        checksums = good
+    cfg_kwargs: dict[str, Any] = {"source": str(folder), "checksums": checksums, **overrides}
+    with pytest.raises(error, match=problem) as info:
+        ingest(IngestConfig(**cfg_kwargs), file_store)
+    message = str(info.value)
+    assert file in message, message
+    if not cfg_kwargs["source"].endswith("no-such-folder"):
+        assert str(folder) in message  # the source URI, not just the bare name
+    assert_cache_clean(file_store)
+
+
+def test_billion_image_header_fails_fast_without_allocating(
+    tmp_path: Path, file_store: Store
+) -> None:
+    arrays = make_arrays()
+    folder = write_folder(tmp_path / "src", arrays)
+    billion_images(folder, arrays)
+    cfg = IngestConfig(source=str(folder), checksums="off")
+    tracemalloc.start()
+    try:
+        start = time.perf_counter()
+        with pytest.raises(IdxFormatError, match="1000000000x28x28"):
+            ingest(cfg, file_store)
+        elapsed = time.perf_counter() - start
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert elapsed < 2.0
+    assert peak < 20_000_000  # the header declares 784 GB; a few small payloads were allocated
+    assert_cache_clean(file_store)
+
+
+def test_failed_cache_write_leaves_no_entry(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_folder(tmp_path / "src")
+    real_write = store.write_bytes
+
+    def write_bytes(key: str, data: bytes) -> None:
+        if key.endswith("/COMPLETE.json"):
+            raise OSError("disk full (simulated)")
+        real_write(key, data)
+
+    monkeypatch.setattr(store, "write_bytes", write_bytes)
+    with pytest.raises(OSError, match="simulated"):
+        ingest(IngestConfig(source=str(folder), checksums=payload_sha256(folder)), store)
+    assert_cache_clean(store)
+
+
+# --- S3 sources (moto server over HTTP) ----------------------------------------------------------
+
+
+def _upload(folder: Path, prefix: str) -> None:
+    s3 = boto3.client("s3")
+    for name in MNIST_FILES.values():
+        s3.upload_file(str(folder / name), TEST_BUCKET, f"{prefix}/{name}")
+
+
+def test_s3_missing_bucket(tmp_path: Path, s3_store: Store) -> None:
+    folder = write_folder(tmp_path / "src")
+    cfg = IngestConfig(source="s3://no-such-bucket/raw/mnist", checksums=payload_sha256(folder),
+                       retries=0)
+    with pytest.raises(SourceNotFound,
+                       match=rf"s3://no-such-bucket/raw/mnist/{TRAIN_IMAGES}: "
+                             r"bucket 'no-such-bucket' does not exist"):
+        ingest(cfg, s3_store)
+    assert_cache_clean(s3_store)
+
+
+def test_s3_missing_key(tmp_path: Path, s3_store: Store) -> None:
+    folder = write_folder(tmp_path / "src")
+    _upload(folder, "raw/mnist")
+    boto3.client("s3").delete_object(Bucket=TEST_BUCKET, Key=f"raw/mnist/{TEST_IMAGES}")
+    cfg = IngestConfig(source=f"s3://{TEST_BUCKET}/raw/mnist", checksums=payload_sha256(folder),
+                       retries=0)
+    with pytest.raises(SourceNotFound,
+                       match=rf"s3://{TEST_BUCKET}/raw/mnist/{TEST_IMAGES}: no such object"):
+        ingest(cfg, s3_store)
+    assert_cache_clean(s3_store)
+
+
+def test_s3_corrupt_object(tmp_path: Path, s3_store: Store) -> None:
+    folder = write_folder(tmp_path / "src")
+    checksums = payload_sha256(folder)
+    truncated_gzip(folder, make_arrays())
+    _upload(folder, "raw")
+    cfg = IngestConfig(source=f"s3://{TEST_BUCKET}/raw", checksums=checksums)
+    with pytest.raises(IdxFormatError, match=rf"s3://{TEST_BUCKET}/raw/{TRAIN_IMAGES}: truncated"):
+        ingest(cfg, s3_store)
+    assert_cache_clean(s3_store)
+
+
+# --- HTTP sources (a server on 127.0.0.1 only) --------------------------------------------------
+
+
+def test_unreachable_host_fails_within_the_timeout(file_store: Store) -> None:
+    timeout, retries, backoff = 0.5, 1, 0.1
+    with silent_socket() as port:
+        cfg = IngestConfig(source=f"http://127.0.0.1:{port}/mnist/", checksums="pinned",
+                           timeout_s=timeout, retries=retries, backoff_s=backoff)
+        start = time.perf_counter()
+        with pytest.raises(FetchError, match=rf"{TRAIN_IMAGES}: failed after 2 attempt\(s\): "
+                                             r"timed out after 0.5 s"):
+            ingest(cfg, file_store)
+        elapsed = time.perf_counter() - start
+    budget = timeout * (retries + 1) + backoff
+    assert budget - 0.1 <= elapsed < budget + 1.5, elapsed  # waited, retried, then gave up
+    assert_cache_clean(file_store)
+
+
+def test_404_on_every_mirror_is_not_retried(tmp_path: Path, file_store: Store) -> None:
+    (tmp_path / "www").mkdir()
+    with http_server(tmp_path / "www") as server:
+        source = f"{server.url}/a/,{server.url}/b"
+        cfg = IngestConfig(source=source, checksums="pinned", retries=3, backoff_s=0.01)
+        with pytest.raises(SourceNotFound) as info:
+            ingest(cfg, file_store)
+    msg = str(info.value)
+    assert msg.startswith(f"{TRAIN_IMAGES}: no source gave a good copy: ")
+    assert f"{server.url}/a/{TRAIN_IMAGES}: HTTP 404" in msg
+    assert f"{server.url}/b/{TRAIN_IMAGES}: HTTP 404" in msg
+    assert server.requests == [f"/a/{TRAIN_IMAGES}", f"/b/{TRAIN_IMAGES}"]  # no retries on 404
+    assert_cache_clean(file_store)
+
+
+def test_html_error_page_from_a_mirror(tmp_path: Path, file_store: Store) -> None:
+    www = write_folder(tmp_path / "www" / "mnist")
+    checksums = payload_sha256(www)
+    html_page_named_gz(www, make_arrays())
+    with http_server(tmp_path / "www") as server:
+        cfg = IngestConfig(source=f"{server.url}/mnist", checksums=checksums, retries=0)
+        with pytest.raises(IdxFormatError,
+                           match=rf"{server.url}/mnist/{TEST_LABELS}: not a gzip file and not an "
+                                 r"IDX file: it looks like an HTML/XML page"):
+            ingest(cfg, file_store)
+    assert_cache_clean(file_store)
+
+
+def test_unsupported_source_scheme(file_store: Store) -> None:
+    with pytest.raises(ValueError, match=r"parameter 'source' = 'ftp://x/y' is invalid: "
+                                         r"unsupported scheme 'ftp'"):
+        ingest(IngestConfig(source="ftp://x/y"), file_store)
+    assert_cache_clean(file_store)
+
+
+def test_module_exports_the_error_types() -> None:
+    assert issubclass(ingest_mod.SourceNotFound, FileNotFoundError)
+    assert issubclass(ingest_mod.DataValidationError, ValueError)

@@ -1,0 +1,249 @@
+"""The evaluate stage: metrics schema, report, predictions, plots, safe model loading."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mnist_tasks import evaluate as ev
+from mnist_tasks import plots
+from mnist_tasks.preprocess import load_prepared
+from mnist_tasks.storage import Store
+from tests.unit.test_train import RUN, make_prepared, small_cfg
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small seed_mlp trained for two epochs on synthetic digits, saved as .keras."""
+    from mnist_tasks.storage import LocalStore
+    from mnist_tasks.train import fit_arrays
+
+    store = LocalStore(tmp_path_factory.mktemp("data"))
+    data = load_prepared(make_prepared(store), store)
+    fit = fit_arrays(small_cfg(epochs=2), data.x_train, data.y_train, data.x_val, data.y_val)
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    fit.model.save(path)
+    return path
+
+
+def _put_model(store: Store, model_file: Path, key: str = f"runs/{RUN}/train/model.keras") -> str:
+    store.upload_file(model_file, key)
+    return store.uri_for(key)
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def test_classification_metrics_by_hand() -> None:
+    y_true = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+    y_pred = np.array([0, 0, 1, 1, 1, 2, 2, 3, 3, 3])
+    m = ev.classification_metrics(y_true, y_pred)
+    assert "test_loss" not in m
+    assert m["test_accuracy"] == pytest.approx(0.7)
+    assert m["n_test"] == 10
+    assert set(m["per_digit"]) == {str(d) for d in range(10)}
+    assert m["per_digit"]["0"] == {"precision": 1.0, "recall": pytest.approx(2 / 3),
+                                   "f1": pytest.approx(0.8), "support": 3}
+    assert m["per_digit"]["3"]["precision"] == pytest.approx(1 / 3)
+    assert m["per_digit"]["9"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    cm = np.array(m["confusion_matrix"])
+    assert cm.shape == (10, 10) and cm.sum() == 10
+    assert cm[0, 0] == 2 and cm[0, 1] == 1 and cm[2, 3] == 2  # rows true, columns predicted
+    assert m["most_confused_pairs"] == [
+        {"true": 2, "predicted": 3, "count": 2},
+        {"true": 0, "predicted": 1, "count": 1},
+    ]
+    for avg in ("macro_avg", "weighted_avg"):
+        assert set(m[avg]) == {"precision", "recall", "f1", "support"}
+        assert m[avg]["support"] == 10
+    json.dumps(m)
+
+
+def test_most_confused_pairs_keep_the_top_five_in_descending_order() -> None:
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 10, 2000)
+    y_pred = np.where(rng.random(2000) < 0.3, rng.integers(0, 10, 2000), y_true)
+    m = ev.classification_metrics(y_true, y_pred)
+    pairs = m["most_confused_pairs"]
+    assert len(pairs) == 5
+    counts = [p["count"] for p in pairs]
+    assert counts == sorted(counts, reverse=True)
+    cm = np.array(m["confusion_matrix"])
+    np.fill_diagonal(cm, 0)
+    assert counts[0] == cm.max()
+    assert all(p["true"] != p["predicted"] for p in pairs)
+
+
+def test_test_loss_is_the_cross_entropy_keras_computes() -> None:
+    import keras
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(50, 10))
+    proba = (np.exp(logits) / np.exp(logits).sum(1, keepdims=True)).astype(np.float32)
+    y = rng.integers(0, 10, 50)
+    m = ev.classification_metrics(y, proba.argmax(1), proba)
+    expected = float(keras.losses.SparseCategoricalCrossentropy()(y, proba))
+    assert m["test_loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_bad_inputs_are_rejected() -> None:
+    with pytest.raises(ValueError, match="same, non-zero number"):
+        ev.classification_metrics(np.array([1, 2]), np.array([1]))
+    with pytest.raises(ValueError, match=r"y_pred has labels outside 0..9"):
+        ev.classification_metrics(np.array([1, 2]), np.array([1, 10]))
+    with pytest.raises(ValueError, match=r"proba has shape \(2, 3\)"):
+        ev.classification_metrics(np.array([1, 2]), np.array([1, 2]), np.ones((2, 3)))
+
+
+# ---------------------------------------------------------------------------- models
+
+
+def test_predict_helpers(model_file: Path) -> None:
+    model = ev.load_keras_model(model_file)
+    x = np.random.default_rng(2).random((7, 28, 28), dtype=np.float32)
+    proba = ev.predict_proba(model, x, batch_size=3)
+    assert proba.shape == (7, 10) and proba.dtype == np.float32
+    classes = ev.predict_classes(model, x)
+    assert classes.dtype == np.int64
+    np.testing.assert_array_equal(classes, proba.argmax(1))
+    assert ev.predict_classes(model, x[:0]).shape == (0,)
+
+
+def test_load_keras_model_refuses_code_in_safe_mode(tmp_path: Path) -> None:
+    import keras
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Lambda(lambda t: t * 2)])
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    with pytest.raises(ValueError, match=r"lambda.keras: not a loadable Keras model"):
+        ev.load_keras_model(path)
+    junk = tmp_path / "junk.keras"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"junk\.keras: not a loadable Keras model"):
+        ev.load_keras_model(junk)
+    with pytest.raises(ValueError, match=r"missing\.keras: no such model file"):
+        ev.load_keras_model(tmp_path / "missing.keras")
+
+
+def test_load_model_from_store(store: Store, model_file: Path) -> None:
+    uri = _put_model(store, model_file)
+    model = ev.load_model_from_store(store, uri)
+    assert model.output_shape == (None, 10)
+    from mnist_tasks.storage import ObjectNotFound
+
+    with pytest.raises(ObjectNotFound):
+        ev.load_model_from_store(store, store.uri_for("runs/none/model.keras"))
+
+
+# ---------------------------------------------------------------------------- evaluate()
+
+
+def _history() -> dict[str, Any]:
+    return {"epoch": [1, 2], "loss": [0.9, 0.4], "accuracy": [0.7, 0.9], "val_loss": [0.5, 0.3],
+            "val_accuracy": [0.85, 0.93], "seconds": [1.0, 0.9], "preset": "seed_mlp",
+            "best_epoch": None}
+
+
+def test_evaluate_writes_metrics_report_predictions_and_plots(
+    store: Store, model_file: Path, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.INFO, logger="mnist_tasks.evaluate")
+    prepared_uri = make_prepared(store)
+    model_uri = _put_model(store, model_file)
+    store.write_bytes(f"runs/{RUN}/train/history.json", json.dumps(_history()).encode())
+    history_uri = store.uri_for(f"runs/{RUN}/train/history.json")
+
+    result = ev.evaluate(model_uri, prepared_uri, store, RUN, history_uri=history_uri)
+
+    base = f"runs/{RUN}/evaluate"
+    assert result["metrics_uri"] == store.uri_for(f"{base}/metrics.json")
+    assert result["report_uri"] == store.uri_for(f"{base}/report.txt")
+    assert result["predictions_uri"] == store.uri_for(f"{base}/predictions.npy")
+    assert set(result["plots"]) == {"confusion_matrix", "training_curves", "sample_grid",
+                                    "misclassified_grid"}
+    json.dumps(result)
+
+    metrics = json.loads(store.read_bytes(f"{base}/metrics.json"))
+    assert list(metrics) == ["test_accuracy", "test_loss", "n_test", "per_digit", "macro_avg",
+                             "weighted_avg", "confusion_matrix", "most_confused_pairs"]
+    assert metrics["n_test"] == 200
+    assert result["test_accuracy"] == metrics["test_accuracy"] > 0.8
+    assert result["test_loss"] == metrics["test_loss"] > 0
+
+    data = load_prepared(prepared_uri, store)
+    preds = np.load(io.BytesIO(store.read_bytes(f"{base}/predictions.npy")))
+    assert preds.dtype == np.int64 and preds.shape == (200,)
+    np.testing.assert_array_equal(preds, ev.predict_classes(ev.load_keras_model(model_file),
+                                                            data.x_test))
+    assert metrics["test_accuracy"] == pytest.approx(float(np.mean(preds == data.y_test)))
+    cm = np.array(metrics["confusion_matrix"])
+    assert cm.sum(axis=1).tolist() == np.bincount(data.y_test, minlength=10).tolist()
+
+    report = store.read_bytes(f"{base}/report.txt").decode()
+    assert "precision" in report and "recall" in report and "weighted avg" in report
+    for name, uri in result["plots"].items():
+        png = store.read_bytes(store.key_of(uri))
+        assert png.startswith(PNG_SIGNATURE), name
+        assert len(png) > 5000, name
+    assert "evaluated on 200 test images" in caplog.text
+    assert "worst recall:" in caplog.text and "most confused (true->pred):" in caplog.text
+
+    # A retry returns the recorded result; another model at the same URI is evaluated anew.
+    caplog.clear()
+    assert ev.evaluate(model_uri, prepared_uri, store, RUN, history_uri=history_uri) == result
+    assert "already evaluated" in caplog.text
+    without_history = ev.evaluate(model_uri, prepared_uri, store, RUN)
+    assert "training_curves" not in without_history["plots"]
+    assert without_history["test_accuracy"] == result["test_accuracy"]
+    caplog.clear()
+    retrained = tmp_path / "model.keras"
+    ev.load_keras_model(model_file).save(retrained)  # same weights, new file (save time)
+    _put_model(store, retrained)
+    again = ev.evaluate(model_uri, prepared_uri, store, RUN)
+    assert "already evaluated" not in caplog.text
+    assert again["model_sha256"] != without_history["model_sha256"]
+
+
+def test_evaluate_rejects_a_model_of_another_input_shape(file_store: Store,
+                                                         tmp_path: Path) -> None:
+    import keras
+
+    prepared_uri = make_prepared(file_store)
+    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, activation="softmax")])
+    model.save(tmp_path / "flat.keras")
+    uri = _put_model(file_store, tmp_path / "flat.keras")
+    with pytest.raises(ValueError, match=r"takes inputs of shape \(784,\) but the test images"):
+        ev.evaluate(uri, prepared_uri, file_store, RUN)
+
+
+# ---------------------------------------------------------------------------- plots
+
+
+def test_plots_write_pngs_and_handle_edge_cases(tmp_path: Path) -> None:
+    cm = np.diag(np.full(10, 100))
+    cm[4, 9] = 7
+    assert plots.confusion_matrix_png(cm, tmp_path / "cm.png").read_bytes()[:8] == PNG_SIGNATURE
+    curves = plots.training_curves_png({"loss": [1.0, 0.5]}, tmp_path / "c.png")
+    assert curves.read_bytes()[:8] == PNG_SIGNATURE  # no validation, no accuracy: still draws
+    with pytest.raises(ValueError, match="no per-epoch 'loss'"):
+        plots.training_curves_png({"accuracy": [0.5]}, tmp_path / "bad.png")
+    empty = plots.digit_grid_png(np.zeros((0, 28, 28)), [], tmp_path / "none.png", title="none")
+    assert empty.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_plots_do_not_touch_pyplot_state() -> None:
+    import sys
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plots.digit_grid_png(np.zeros((2, 28, 28)), ["a", "b"], Path(tmp) / "g.png", title="t")
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    assert pyplot is None or pyplot.get_fignums() == []

@@ -1,0 +1,125 @@
+"""Model builders: each preset's architecture, loss, schedule and dtype policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mnist_tasks import models
+from mnist_tasks.config import PRESET_NAMES, train_config
+
+
+def _layers(model: object) -> list[tuple[str, object]]:
+    out = []
+    for layer in model.layers:  # type: ignore[attr-defined]
+        cfg = layer.get_config()
+        detail = cfg.get("units") or cfg.get("rate") or cfg.get("filters")
+        out.append((type(layer).__name__, detail))
+    return out
+
+
+def test_seed_mlp_is_the_first_notebook_exactly() -> None:
+    model = models.build_model(train_config("seed_mlp"))
+    assert _layers(model) == [
+        ("Flatten", None), ("Dense", 128), ("Dropout", 0.3), ("Dense", 64), ("Dropout", 0.3),
+        ("Dense", 10),
+    ]
+    acts = [layer.get_config().get("activation") for layer in model.layers]
+    assert acts == [None, "relu", None, "relu", None, "softmax"]
+    assert model.count_params() == 784 * 128 + 128 + 128 * 64 + 64 + 64 * 10 + 10
+    assert model.input_shape == (None, 28, 28) and model.output_shape == (None, 10)
+
+
+def test_seed_wide_mlp_is_the_second_notebook() -> None:
+    model = models.build_model(train_config("seed_wide_mlp"))
+    assert _layers(model) == [("Flatten", None), ("Dense", 512), ("Dropout", 0.3), ("Dense", 10)]
+    reg = model.layers[1].get_config()["kernel_regularizer"]
+    assert reg["class_name"] == "L2" and reg["config"]["l2"] == pytest.approx(0.001)
+    assert model.count_params() == 784 * 512 + 512 + 512 * 10 + 10
+
+
+def test_cnn_augments_with_shift_and_rotation_but_never_flips() -> None:
+    import keras
+
+    model = models.build_model(train_config("cnn"))
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert {"RandomTranslation", "RandomRotation", "RandomZoom"} <= set(kinds)
+    assert not any("Flip" in k for k in kinds)
+    rotation = next(la for la in model.layers if isinstance(la, keras.layers.RandomRotation))
+    assert max(abs(f) for f in rotation.get_config()["factor"]) <= 15 / 360
+    # Augmentation is the identity at inference: two calls agree exactly.
+    x = np.random.default_rng(0).random((4, 28, 28), dtype=np.float32)
+    a = model(x, training=False)
+    b = model(x, training=False)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert model.output_shape == (None, 10)
+
+
+def test_cnn_needs_two_dimensional_images() -> None:
+    with pytest.raises(ValueError, match=r"preset 'cnn' needs 2-D images"):
+        models.build_model(train_config("cnn"), input_shape=(784,))
+
+
+@pytest.mark.parametrize("preset", PRESET_NAMES)
+def test_every_preset_outputs_probabilities(preset: str) -> None:
+    model = models.build_model(train_config(preset))
+    x = np.random.default_rng(1).random((3, 28, 28), dtype=np.float32)
+    proba = np.asarray(model(x, training=False))
+    assert proba.shape == (3, 10)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_mixed_precision_computes_in_bfloat16_with_a_float32_output() -> None:
+    import keras
+
+    before = keras.config.dtype_policy().name
+    model = models.build_model(train_config("seed_mlp"), mixed_precision=True)
+    assert keras.config.dtype_policy().name == before  # the global policy is restored
+    dense = [la for la in model.layers if isinstance(la, keras.layers.Dense)]
+    assert [la.dtype_policy.name for la in dense[:-1]] == ["mixed_bfloat16"] * 2
+    assert dense[0].kernel.dtype == "float32"  # weights stay float32
+    assert dense[-1].dtype_policy.name == "float32"
+    hidden = dense[0](np.zeros((2, 784), np.float32))
+    assert keras.backend.standardize_dtype(hidden.dtype) == "bfloat16"
+    out = model(np.zeros((2, 28, 28), np.float32))
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+
+
+def test_losses_follow_the_notebooks() -> None:
+    assert models.uses_one_hot(train_config("seed_mlp"))
+    assert not models.uses_one_hot(train_config("seed_wide_mlp"))
+    cfg = train_config("seed_wide_mlp")
+    model = models.compile_model(models.build_model(cfg), cfg, steps_per_epoch=10)
+    assert model.loss == "sparse_categorical_crossentropy"
+    cfg = train_config("seed_mlp", steps_per_execution=4)
+    model = models.compile_model(models.build_model(cfg), cfg, steps_per_epoch=10)
+    assert model.loss == "categorical_crossentropy"
+    assert model.steps_per_execution == 4
+    assert float(model.optimizer.learning_rate) == pytest.approx(1e-3)
+
+
+def test_fast_mlp_schedule_warms_up_then_decays_to_zero() -> None:
+    cfg = train_config("fast_mlp", epochs=4, learning_rate=0.004)
+    opt = models.make_optimizer(cfg, steps_per_epoch=100, learning_rate=0.004)
+    schedule = opt.learning_rate if callable(opt.learning_rate) else opt._learning_rate
+    lrs = [float(schedule(step)) for step in (0, 40, 200, 399)]  # warm-up: 40 steps
+    assert lrs[0] < lrs[1]  # warming up
+    assert lrs[1] == pytest.approx(0.004, rel=1e-3)  # the peak
+    assert lrs[1] > lrs[2] > lrs[3]
+    assert lrs[3] < 1e-4  # about zero at the end
+
+
+def test_steps_per_epoch_counts_the_partial_last_batch() -> None:
+    assert models.steps_per_epoch(1000, 128) == 8
+    assert models.steps_per_epoch(1024, 128) == 8
+    assert models.steps_per_epoch(0, 128) == 1
+
+
+def test_xla_is_allowed_for_augmentation_only_on_jax() -> None:
+    import keras
+
+    model = models.build_model(train_config("cnn"))
+    # This suite runs on TensorFlow, whose image-transform op has no XLA kernel.
+    assert keras.backend.backend() == "tensorflow"
+    assert models.supports_jit(model) is False
+    assert models.supports_jit(models.build_model(train_config("seed_mlp"))) is True

@@ -1,0 +1,380 @@
+"""The train stage on tiny synthetic digits: fit, logging, checkpoints, resume, idempotency."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mnist_tasks import train as train_mod
+from mnist_tasks.config import train_config
+from mnist_tasks.preprocess import preprocess, save_npz
+from mnist_tasks.storage import Store
+
+RUN = "r1"
+
+
+def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 28x28 images where class c is a bright 7x7 square at its own place, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 10
+    rng.shuffle(y)
+    x = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(y):
+        r, col = 2 + (c // 4) * 9, 1 + (c % 4) * 7
+        x[i, r:r + 7, col:col + 6] = rng.integers(180, 256, size=(7, 6))
+    return x, y.astype(np.uint8)
+
+
+def make_prepared(store: Store, run_key: str = RUN, n_train: int = 600, n_test: int = 200,
+                  val_fraction: float = 0.1) -> str:
+    """Write a synthetic data set and preprocess it; returns the prepared URI."""
+    from mnist_tasks.config import PreprocessConfig
+
+    x_train, y_train = synthetic_digits(n_train, seed=1)
+    x_test, y_test = synthetic_digits(n_test, seed=2)
+    save_npz(store, "data/mnist.npz",
+             {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test})
+    result = preprocess(store.uri_for("data/mnist.npz"),
+                        PreprocessConfig(val_fraction=val_fraction, seed=7), store, run_key)
+    return str(result["prepared_uri"])
+
+
+def small_cfg(preset: str = "seed_mlp", **overrides: Any) -> Any:
+    values = {"epochs": 3, "batch_size": 32, **overrides}
+    return train_config(preset, **values)
+
+
+def arrays(n: int = 400) -> tuple[np.ndarray, ...]:
+    x, y = synthetic_digits(n, seed=3)
+    xv, yv = synthetic_digits(100, seed=4)
+    return x.astype(np.float32) / 255, y, xv.astype(np.float32) / 255, yv
+
+
+EPOCH_LINE = re.compile(
+    r"^epoch (\d+)/(\d+) loss=\d\.\d{4} accuracy=\d\.\d{4} val_loss=\d\.\d{4} "
+    r"val_accuracy=\d\.\d{4} time=\d+\.\ds samples/s=\d+ eta=\d+\.\ds"
+)
+
+
+# ---------------------------------------------------------------------------- runtime
+
+
+def test_describe_devices_on_this_machine_is_the_cpu() -> None:
+    device = train_mod.describe_devices()
+    assert device.kind == "CPU"
+    assert device.threads >= 1
+    assert device.describe() == f"CPU ({device.threads} threads)"
+
+
+def test_runtime_on_cpu_keeps_the_config_and_is_deterministic() -> None:
+    rt = train_mod.resolve_runtime(train_config("seed_mlp"))
+    assert (rt.batch_size, rt.learning_rate) == (128, 1e-3)
+    assert rt.jit_compile is False  # TF on the CPU: op determinism instead of XLA
+    assert rt.mixed_precision is False
+    assert rt.deterministic is True
+
+
+def _gpu(bf16: bool = True) -> train_mod.DeviceInfo:
+    return train_mod.DeviceInfo("GPU", "NVIDIA H100 80GB HBM3", 1, 16, bf16, "tensorflow")
+
+
+def test_runtime_on_a_gpu_scales_the_default_batch_and_enables_xla_and_bf16(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
+    rt = train_mod.resolve_runtime(train_config("seed_mlp"), device=_gpu())
+    assert rt.batch_size == 512
+    assert rt.learning_rate == pytest.approx(2e-3)
+    assert rt.jit_compile is True and rt.mixed_precision is True
+    assert rt.deterministic is False
+    assert "batch size 128 -> 512" in caplog.text
+    assert "training on GPU: NVIDIA H100 80GB HBM3" in caplog.text
+
+
+def test_runtime_on_a_gpu_keeps_a_batch_size_the_user_chose() -> None:
+    rt = train_mod.resolve_runtime(train_config("seed_mlp", batch_size=64), device=_gpu(False))
+    assert (rt.batch_size, rt.learning_rate) == (64, 1e-3)
+    assert rt.mixed_precision is False  # no fast bfloat16 on this GPU
+    explicit = train_mod.resolve_runtime(
+        train_config("seed_mlp", mixed_precision=False, jit_compile=False), device=_gpu())
+    assert explicit.mixed_precision is False and explicit.jit_compile is False
+
+
+# ---------------------------------------------------------------------------- fit_arrays
+
+
+def test_fit_arrays_learns_and_logs_one_line_per_epoch(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
+    x, y, xv, yv = arrays()
+    fit = train_mod.fit_arrays(small_cfg("seed_mlp", epochs=3), x, y, xv, yv)
+    assert fit.epochs_run == 3
+    assert fit.history["epoch"] == [1, 2, 3]
+    assert set(fit.history) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy",
+                                "seconds"}
+    assert fit.history["val_accuracy"][-1] > 0.9
+    assert fit.history["loss"][-1] < fit.history["loss"][0]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 3
+    for i, line in enumerate(lines, 1):
+        m = EPOCH_LINE.match(line)
+        assert m, line
+        assert (int(m.group(1)), int(m.group(2))) == (i, 3)
+    proba = fit.model.predict(xv, verbose=0)
+    assert proba.shape == (100, 10)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["seed_wide_mlp", "fast_mlp", "cnn"])
+def test_every_preset_trains_on_integer_labels(preset: str) -> None:
+    x, y, xv, yv = arrays(200)
+    fit = train_mod.fit_arrays(small_cfg(preset, epochs=2), x, y, xv, yv)
+    assert fit.epochs_run == 2
+    assert fit.history["loss"][1] < fit.history["loss"][0]
+    # Well above chance (0.1) after 14 steps; the cnn's batch-norm statistics need more
+    # steps than that to serve inference, so judge it on its training accuracy.
+    key = "accuracy" if preset == "cnn" else "val_accuracy"
+    assert fit.history[key][-1] > 0.3
+
+
+def test_same_seed_gives_the_same_history_and_another_seed_does_not() -> None:
+    x, y, xv, yv = arrays(300)
+    a = train_mod.fit_arrays(small_cfg(seed=5, epochs=2), x, y, xv, yv)
+    b = train_mod.fit_arrays(small_cfg(seed=5, epochs=2), x, y, xv, yv)
+    c = train_mod.fit_arrays(small_cfg(seed=6, epochs=2), x, y, xv, yv)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert a.history[key] == b.history[key]
+    assert a.history["loss"] != c.history["loss"]
+    for wa, wb in zip(a.model.get_weights(), b.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_fit_without_validation_data_still_trains() -> None:
+    x, y, _, _ = arrays(200)
+    fit = train_mod.fit_arrays(small_cfg("seed_wide_mlp", epochs=2), x, y, None, None)
+    assert fit.epochs_run == 2
+    assert "val_loss" not in fit.history
+
+
+def test_bad_arrays_are_rejected_with_a_clear_message() -> None:
+    x, y, xv, yv = arrays(50)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 10\)"):
+        train_mod.fit_arrays(small_cfg(), x, np.full(50, 12, np.uint8), xv, yv)
+    with pytest.raises(ValueError, match="training data: x has shape"):
+        train_mod.fit_arrays(small_cfg(), x, y[:10], xv, yv)
+
+
+def test_early_stopping_state_restored_on_resume_stops_and_restores_best_weights() -> None:
+    from mnist_tasks import models
+
+    x, y, xv, yv = arrays(200)
+    cfg = small_cfg("seed_wide_mlp", epochs=10, early_stopping_patience=2)
+    model = models.compile_model(models.build_model(cfg), cfg, steps_per_epoch=7)
+    best = [np.zeros_like(w) for w in model.get_weights()]  # a recognisable "best" state
+    # As if two epochs were done, one without improvement, and a val_loss of 0 was the best:
+    # the next epoch cannot improve, so patience (2) runs out after exactly one more epoch.
+    resume = train_mod._Resume(
+        epoch=2,
+        history={"epoch": [1, 2], "loss": [1.0, 0.9], "val_loss": [0.0, 0.5]},
+        early_stopping={"wait": 1, "best": 0.0, "best_epoch": 0, "stopped_epoch": 0},
+        best_weights=best,
+    )
+    fit = train_mod.fit_arrays(cfg, x, y, xv, yv, resume_model=model, resume=resume)
+    assert fit.epochs_run == 3
+    assert fit.history["epoch"] == [1, 2, 3]
+    assert fit.stopped_early is True
+    assert fit.best_epoch == 1
+    for w in fit.model.get_weights():
+        assert not np.any(w)
+
+
+def test_resuming_a_run_that_early_stopping_had_ended_trains_no_more() -> None:
+    from mnist_tasks import models
+
+    x, y, xv, yv = arrays(100)
+    cfg = small_cfg("seed_wide_mlp", epochs=10, early_stopping_patience=1)
+    model = models.compile_model(models.build_model(cfg), cfg, steps_per_epoch=4)
+    best = [np.full_like(w, 0.5) for w in model.get_weights()]
+    resume = train_mod._Resume(
+        epoch=4, history={"epoch": [1, 2, 3, 4], "loss": [1.0, 0.8, 0.7, 0.75]},
+        early_stopping={"wait": 1, "best": 0.1, "best_epoch": 2, "stopped_epoch": 3},
+        best_weights=best,
+    )
+    fit = train_mod.fit_arrays(cfg, x, y, xv, yv, resume_model=model, resume=resume)
+    assert (fit.epochs_run, fit.stopped_early, fit.best_epoch) == (4, True, 3)
+    for w in fit.model.get_weights():
+        np.testing.assert_array_equal(w, 0.5)
+
+
+# ---------------------------------------------------------------------------- train()
+
+
+def test_train_stores_model_history_and_result(store: Store,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
+    prepared_uri = make_prepared(store)
+    cfg = small_cfg(epochs=2)
+    result = train_mod.train(prepared_uri, cfg, store, RUN)
+
+    assert result["model_uri"] == store.uri_for(f"runs/{RUN}/train/model.keras")
+    assert result["history_uri"] == store.uri_for(f"runs/{RUN}/train/history.json")
+    assert result["preset"] == "seed_mlp"
+    assert result["epochs_run"] == 2
+    assert result["resumed_from_epoch"] == 0
+    assert result["device"].startswith("CPU")
+    assert result["params"]["epochs"] == 2 and result["params"]["batch_size"] == 32
+    assert 0.5 < result["best_val_accuracy"] <= 1.0
+    assert result["fit_seconds"] > 0
+    assert (result["n_train"], result["n_val"]) == (540, 60)
+    json.dumps(result)  # XCom-safe
+
+    history = json.loads(store.read_bytes(f"runs/{RUN}/train/history.json"))
+    assert history["epoch"] == [1, 2] and len(history["val_accuracy"]) == 2
+    assert json.loads(store.read_bytes(f"runs/{RUN}/train/result.json")) == result
+    assert store.list(f"runs/{RUN}/train/checkpoints") == []  # cleaned up after success
+
+    from mnist_tasks.evaluate import load_model_from_store
+    from mnist_tasks.preprocess import load_prepared
+
+    model = load_model_from_store(store, result["model_uri"])
+    data = load_prepared(prepared_uri, store)
+    acc = float(np.mean(model.predict(data.x_val, verbose=0).argmax(1) == data.y_val))
+    assert acc == pytest.approx(history["val_accuracy"][-1], abs=1e-6)
+    assert re.search(r"trained seed_mlp: 2 epochs in \d+\.\d s on CPU, best val_accuracy="
+                     r"\d\.\d{4}, model -> ", caplog.text)
+
+    # A retry of the same run returns the recorded result without training again.
+    caplog.clear()
+    assert train_mod.train(prepared_uri, cfg, store, RUN) == result
+    assert "reusing it" in caplog.text
+    assert "epoch 1/2" not in caplog.text
+    # Other parameters for the same run key train again.
+    again = train_mod.train(prepared_uri, small_cfg(epochs=1), store, RUN)
+    assert again["epochs_run"] == 1
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+def _crash_after(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """Make training die right after the checkpoint of ``epoch`` is stored."""
+    original = train_mod._StoreCheckpoints.save
+
+    def save(self: Any, done: int, *args: Any) -> float:
+        seconds = original(self, done, *args)
+        if done == epoch:
+            raise _Crash(f"killed after epoch {done}")
+        return seconds
+
+    monkeypatch.setattr(train_mod._StoreCheckpoints, "save", save)
+
+
+def test_train_resumes_from_the_last_complete_checkpoint(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
+    prepared_uri = make_prepared(store)
+    cfg = small_cfg(epochs=4)
+    with monkeypatch.context() as m:
+        _crash_after(m, 2)
+        with pytest.raises(_Crash):
+            train_mod.train(prepared_uri, cfg, store, RUN)
+    ckpt = f"runs/{RUN}/train/checkpoints"
+    marker = json.loads(store.read_bytes(f"{ckpt}/checkpoint.json"))
+    assert marker["epoch"] == 2
+    # Only the latest checkpoint is kept.
+    assert store.list(ckpt) == [f"{ckpt}/checkpoint.json", f"{ckpt}/epoch-0002/model.keras"]
+    assert not store.exists(f"runs/{RUN}/train/result.json")
+
+    caplog.clear()
+    result = train_mod.train(prepared_uri, cfg, store, RUN)
+    assert result["resumed_from_epoch"] == 2
+    assert result["epochs_run"] == 4
+    assert f"resuming from epoch 2 of 4 ({store.uri_for(f'{ckpt}/epoch-0002/model.keras')})" \
+        in caplog.text
+    assert "epoch 3/4" in caplog.text and "epoch 1/4" not in caplog.text
+    history = json.loads(store.read_bytes(store.key_of(result["history_uri"])))
+    assert history["epoch"] == [1, 2, 3, 4]
+    assert history["epoch"][:2] == marker["history"]["epoch"]
+    assert history["loss"][:2] == marker["history"]["loss"]
+    assert store.list(ckpt) == []
+
+
+def test_a_half_written_checkpoint_is_not_trusted(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
+    prepared_uri = make_prepared(store)
+    cfg = small_cfg(epochs=3)
+    with monkeypatch.context() as m:
+        _crash_after(m, 1)
+        with pytest.raises(_Crash):
+            train_mod.train(prepared_uri, cfg, store, RUN)
+    ckpt = f"runs/{RUN}/train/checkpoints"
+    # A crash while uploading epoch 2: its model file is there, the marker still says 1.
+    store.write_bytes(f"{ckpt}/epoch-0002/model.keras", b"partial")
+    result = train_mod.train(prepared_uri, cfg, store, RUN)
+    assert result["resumed_from_epoch"] == 1
+    assert result["epochs_run"] == 3
+
+
+def test_a_checkpoint_of_other_parameters_is_ignored(
+    file_store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
+    prepared_uri = make_prepared(file_store)
+    with monkeypatch.context() as m:
+        _crash_after(m, 1)
+        with pytest.raises(_Crash):
+            train_mod.train(prepared_uri, small_cfg(epochs=3), file_store, RUN)
+    result = train_mod.train(prepared_uri, small_cfg(epochs=2, learning_rate=2e-3),
+                             file_store, RUN)
+    assert result["resumed_from_epoch"] == 0
+    assert result["epochs_run"] == 2
+    assert "made with other parameters or data" in caplog.text
+
+
+def test_an_unreadable_checkpoint_marker_means_a_fresh_start(
+    file_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
+    prepared_uri = make_prepared(file_store)
+    file_store.write_bytes(f"runs/{RUN}/train/checkpoints/checkpoint.json", b"{not json")
+    result = train_mod.train(prepared_uri, small_cfg(epochs=1), file_store, RUN)
+    assert result["resumed_from_epoch"] == 0
+    assert "ignoring unreadable checkpoint marker" in caplog.text
+
+
+def test_early_stopping_state_survives_a_resume_through_the_store(
+    file_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prepared_uri = make_prepared(file_store)
+    cfg = small_cfg("seed_wide_mlp", epochs=3, early_stopping_patience=5)
+    with monkeypatch.context() as m:
+        _crash_after(m, 2)
+        with pytest.raises(_Crash):
+            train_mod.train(prepared_uri, cfg, file_store, RUN)
+    marker = json.loads(file_store.read_bytes(f"runs/{RUN}/train/checkpoints/checkpoint.json"))
+    assert marker["early_stopping"]["best"] == pytest.approx(min(marker["history"]["val_loss"]))
+    assert marker["best_weights_key"].endswith("epoch-0002/best_weights.npz")
+    result = train_mod.train(prepared_uri, cfg, file_store, RUN)
+    assert result["resumed_from_epoch"] == 2 and result["epochs_run"] == 3
+    history = json.loads(file_store.read_bytes(file_store.key_of(result["history_uri"])))
+    assert result["best_epoch"] == int(np.argmin(history["val_loss"])) + 1
+
+
+def test_train_rejects_malformed_prepared_data(file_store: Store) -> None:
+    save_npz(file_store, f"runs/{RUN}/preprocess/prepared.npz", {
+        "x_train": np.zeros((10, 784), np.float32), "y_train": np.zeros(10, np.uint8),
+        "x_val": np.zeros((0, 784), np.float32), "y_val": np.zeros(0, np.uint8),
+        "x_test": np.zeros((5, 784), np.float32), "y_test": np.zeros(5, np.uint8),
+    })
+    file_store.write_bytes(f"runs/{RUN}/preprocess/prepared.json", b"{}")
+    uri = file_store.uri_for(f"runs/{RUN}/preprocess/prepared.npz")
+    with pytest.raises(ValueError, match=r"prepared.npz: x_train has shape \(10, 784\)"):
+        train_mod.train(uri, small_cfg(), file_store, RUN)
