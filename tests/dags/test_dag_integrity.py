@@ -135,7 +135,7 @@ def _dag_with_margin(monkeypatch, margin: str | None):  # type: ignore[no-untype
         monkeypatch.delenv("MNIST_DEADLINE_MARGIN_MINUTES", raising=False)
     else:
         monkeypatch.setenv("MNIST_DEADLINE_MARGIN_MINUTES", margin)
-    bag = DagBag(dag_folder=str(DAG_FILE), include_examples=False)
+    bag = DagBag(dag_folder=str(DAG_FILE))
     return bag, bag.dags.get("mnist_training")
 
 
