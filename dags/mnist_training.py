@@ -27,6 +27,7 @@ notifier called on failure and on a gate rejection, e.g. the SMTP or Slack provi
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -57,6 +58,10 @@ TRAIN_POOL = os.environ.get("MNIST_TRAIN_POOL", "default_pool")
 TRAIN_QUEUE = os.environ.get("MNIST_TRAIN_QUEUE", "default")
 NOTIFIER = os.environ.get("MNIST_NOTIFIER", "")
 DEADLINE_MARGIN = os.environ.get("MNIST_DEADLINE_MARGIN_MINUTES", "60")
+
+# The train task's key in Airflow's task state store (shared by its retries): the last
+# checkpointed epoch, for the log of a retry and a cross-check of the resume.
+TRAIN_PROGRESS_KEY = "train_progress"
 
 # Downstream DAGs can schedule on new model versions: `schedule=[MODEL_REGISTRY]`.
 MODEL_REGISTRY = Asset(name="mnist_model_registry", uri="mnist://registry/mnist-classifier")
@@ -262,7 +267,25 @@ def mnist_training() -> None:
 
     @task(pool=TRAIN_POOL, queue=TRAIN_QUEUE, execution_timeout=timedelta(hours=6))
     def train(prepared: dict[str, Any]) -> dict[str, Any]:
-        return _run_stage("train", _pipeline().train, prepared)
+        """Each checkpoint is noted in the task state store, which retries share; a retry
+        resumes from the store's checkpoint and checks it against that note."""
+        ctx = get_current_context()
+        state = ctx.get("task_state_store")
+        previous = state.get(TRAIN_PROGRESS_KEY) if state is not None else None
+        if isinstance(previous, dict):
+            log.info("try %s: the previous try checkpointed epoch %s of %s at %s (%s)",
+                     ctx["ti"].try_number, previous.get("epoch"), previous.get("epochs"),
+                     previous.get("saved_at"), previous.get("checkpoint_uri"))
+
+        def note(progress: dict[str, Any]) -> None:
+            if state is not None:
+                state.set(TRAIN_PROGRESS_KEY, progress)
+
+        return _run_stage(
+            "train", functools.partial(_pipeline().train, on_checkpoint=note,
+                                       previous=previous if isinstance(previous, dict) else None),
+            prepared,
+        )
 
     @task
     def evaluate(prepared: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:

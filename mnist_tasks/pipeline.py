@@ -17,7 +17,7 @@ import json
 import logging
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -87,10 +87,18 @@ class Pipeline:
             ingested["dataset_uri"], self.cfg.preprocess, self.store, self.run_key
         )
 
-    def train(self, prepared: Mapping[str, Any]) -> dict[str, Any]:
+    def train(
+        self,
+        prepared: Mapping[str, Any],
+        *,
+        on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+        previous: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Train; ``on_checkpoint`` / ``previous``: see :func:`mnist_tasks.train.train`."""
         from mnist_tasks import train as stage
 
-        return stage.train(prepared["prepared_uri"], self.cfg.train, self.store, self.run_key)
+        return stage.train(prepared["prepared_uri"], self.cfg.train, self.store, self.run_key,
+                           on_checkpoint=on_checkpoint, previous=previous)
 
     def evaluate(self, prepared: Mapping[str, Any], trained: Mapping[str, Any]) -> dict[str, Any]:
         from mnist_tasks import evaluate as stage

@@ -29,7 +29,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -546,7 +546,15 @@ class _StoreCheckpoints:
 # --------------------------------------------------------------------------------------------
 
 
-def train(prepared_uri: str, cfg: TrainConfig, store: Store, run_key: str) -> dict[str, Any]:
+def train(
+    prepared_uri: str,
+    cfg: TrainConfig,
+    store: Store,
+    run_key: str,
+    *,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    previous: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train ``cfg.preset`` on the prepared data and store the model and its history.
 
     Resumes from the run's latest checkpoint when an earlier attempt was killed, and returns
@@ -557,6 +565,12 @@ def train(prepared_uri: str, cfg: TrainConfig, store: Store, run_key: str) -> di
         cfg: the training config.
         store: the store holding the run's data.
         run_key: the run's key (``config.run_key(run_id)``).
+        on_checkpoint: called after each checkpoint is complete in the store with
+            ``{"epoch", "epochs", "checkpoint_uri", "saved_at"}`` (the DAG keeps it in
+            Airflow's task state store); an error in it is logged and training goes on.
+        previous: the last such record from an earlier attempt, if the caller kept one: the
+            resume is checked against it, and a mismatch (a checkpoint lost or older than
+            reported) is logged as a warning.
 
     Returns:
         ``model_uri``, ``history_uri``, ``preset``, ``epochs_run``, ``fit_seconds``,
@@ -600,9 +614,22 @@ def train(prepared_uri: str, cfg: TrainConfig, store: Store, run_key: str) -> di
         resumed_from = resume.epoch if resume else 0
         if resume:
             log.info("resuming from epoch %d of %d (%s)", resume.epoch, cfg.epochs, resume.uri)
+        _check_against_previous(previous, resumed_from)
+
+        def checkpoint(epoch: int, *state: Any) -> float:
+            seconds = checkpoints.save(epoch, *state)
+            if on_checkpoint is not None:
+                record = {"epoch": epoch, "epochs": cfg.epochs,
+                          "checkpoint_uri": store.uri_for(checkpoints.marker),
+                          "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                try:
+                    on_checkpoint(record)
+                except Exception as exc:  # progress bookkeeping must never stop training
+                    log.warning("could not record the progress of epoch %d: %s", epoch, exc)
+            return seconds
 
         fit = fit_arrays(cfg, prepared.x_train, prepared.y_train, prepared.x_val,
-                         prepared.y_val, runtime=runtime, checkpoint=checkpoints.save,
+                         prepared.y_val, runtime=runtime, checkpoint=checkpoint,
                          resume_model=resume_model, resume=resume)
 
         # The model and history first, the result marker last.
@@ -641,6 +668,26 @@ def train(prepared_uri: str, cfg: TrainConfig, store: Store, run_key: str) -> di
              f" (resumed from epoch {resumed_from})" if resumed_from else "", best_txt,
              result["model_uri"])
     return result
+
+
+def _check_against_previous(previous: Mapping[str, Any] | None, resumed_from: int) -> None:
+    """Compare what an earlier attempt reported with what the store holds now, and say so."""
+    if not previous or not isinstance(previous.get("epoch"), int):
+        return
+    reported, uri = previous["epoch"], previous.get("checkpoint_uri", "?")
+    if resumed_from == reported:
+        log.info("the previous attempt reported epoch %d as checkpointed (%s): resuming there",
+                 reported, uri)
+    elif resumed_from == 0:
+        log.warning("the previous attempt reported epoch %d as checkpointed (%s), but no usable "
+                    "checkpoint is in the store now: training from scratch", reported, uri)
+    elif resumed_from < reported:
+        log.warning("the previous attempt reported epoch %d as checkpointed (%s), but the "
+                    "store's newest is epoch %d: resuming from epoch %d", reported, uri,
+                    resumed_from, resumed_from)
+    else:  # the store is ahead: the attempt died between the checkpoint and its report
+        log.info("the store holds epoch %d, newer than the %d the previous attempt reported: "
+                 "resuming from epoch %d", resumed_from, reported, resumed_from)
 
 
 def _recorded_result(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import importlib.util
 import subprocess
 import sys
+import weakref
 from datetime import timedelta
 from pathlib import Path
 
@@ -179,10 +182,7 @@ def test_failure_callback_on_every_task(dag) -> None:  # type: ignore[no-untyped
 
 
 def test_stages_run_with_long_lived_objects_frozen_and_garbage_collected() -> None:
-    """`_run_stage` collects, then freezes what is alive, so full collections skip Airflow's heap."""
-    import gc
-    import importlib.util
-    import weakref
+    """`_run_stage` collects, then freezes what is alive: full collections skip Airflow's heap."""
 
     spec = importlib.util.spec_from_file_location("mnist_training_under_test", DAG_FILE)
     assert spec and spec.loader

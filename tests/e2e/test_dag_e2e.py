@@ -64,6 +64,13 @@ def test_two_dag_runs_register_versions_1_and_2_on_s3(
     with sqlite3.connect(airflow_home / "airflow.db") as db:
         values = [str(v) for (v,) in db.execute("select value from xcom")]
     assert values and not any(SECRET in v for v in values)
+    # Each run's train task noted its last checkpoint in Airflow's task state store.
+    with sqlite3.connect(airflow_home / "airflow.db") as db:
+        notes = [json.loads(v) for (v,) in db.execute(
+            "select value from task_state_store where task_id = 'train' and key = ? "
+            "order by id", ("train_progress",))]
+    assert [(n["epoch"], n["epochs"]) for n in notes] == [(10, 10), (10, 10)]
+    assert all(n["checkpoint_uri"].startswith(f"{store_uri}/runs/") for n in notes)
 
     from mnist_tasks.evaluate import load_model_from_store, predict_classes
     from mnist_tasks.idx import decompress, parse_idx

@@ -33,14 +33,23 @@ N_TRAIN, N_TEST = 5000, 1000
 RUN = "resume-run"
 
 # The training job, as a task runner would start it (its own process, its own store handle).
+# Like the DAG's train task with Airflow's task state store, it notes each checkpoint in a
+# record that outlives the process (a JSON file here), and hands the last one to a retry.
 SCRIPT = f"""
-import json, logging, sys
+import json, logging, os, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 from mnist_tasks.config import train_config
 from mnist_tasks.storage import open_store
 from mnist_tasks.train import train
+notes = sys.argv[4]
+previous = json.load(open(notes)) if os.path.exists(notes) else None
+def note(progress):
+    with open(notes + ".tmp", "w") as f:
+        json.dump(progress, f)
+    os.replace(notes + ".tmp", notes)
 cfg = train_config("seed_mlp", epochs={EPOCHS}, batch_size=32)
-print(json.dumps(train(sys.argv[1], cfg, open_store(sys.argv[2]), sys.argv[3])))
+print(json.dumps(train(sys.argv[1], cfg, open_store(sys.argv[2]), sys.argv[3],
+                       on_checkpoint=note, previous=previous)))
 """
 EPOCH_DONE = re.compile(r"^epoch (\d+)/(\d+) ", re.MULTILINE)
 
@@ -65,7 +74,8 @@ def _start(prepared_uri: str, store: Store, log_path: Path) -> subprocess.Popen[
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-c", SCRIPT, prepared_uri, store.uri, RUN],
+            [sys.executable, "-c", SCRIPT, prepared_uri, store.uri, RUN,
+             str(log_path.parent / "progress.json")],
             stdout=subprocess.PIPE, stderr=log, env=env, cwd=REPO,
         )
 
@@ -116,6 +126,8 @@ def test_training_killed_after_epoch_two_resumes_and_matches_an_uninterrupted_ru
     assert 2 <= done_before_kill < EPOCHS
     assert not store.exists(f"runs/{RUN}/train/result.json")
 
+    noted = json.loads((tmp_path / "progress.json").read_text())
+
     second_log = tmp_path / "second.log"
     result = _run(prepared_uri, store, second_log)
     text = second_log.read_text()
@@ -125,6 +137,14 @@ def test_training_killed_after_epoch_two_resumes_and_matches_an_uninterrupted_ru
     assert done_before_kill <= resumed <= done_before_kill + 1
     ckpt_uri = store.uri_for(f"runs/{RUN}/train/checkpoints/epoch-{resumed:04d}/model.keras")
     assert f"resuming from epoch {resumed} of {EPOCHS} ({ckpt_uri})" in text
+    # The note of the killed attempt agrees with the store, or trails it by the epoch whose
+    # checkpoint was stored just before the kill; the retry says which.
+    assert noted["epochs"] == EPOCHS
+    if noted["epoch"] == resumed:
+        assert f"the previous attempt reported epoch {resumed} as checkpointed" in text
+    else:
+        assert noted["epoch"] == resumed - 1
+        assert f"the store holds epoch {resumed}, newer than the {resumed - 1}" in text
     assert _epochs_logged(second_log) == list(range(resumed + 1, EPOCHS + 1))
     assert result["epochs_run"] == EPOCHS
 

@@ -305,6 +305,59 @@ def test_train_resumes_from_the_last_complete_checkpoint(
     assert store.list(ckpt) == []
 
 
+def test_each_checkpoint_is_reported_and_a_retry_checks_the_report(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the DAG keeps in Airflow's task state store: one record per checkpoint."""
+    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
+    prepared_uri = make_prepared(store)
+    cfg = small_cfg(epochs=4)
+    reports: list[dict[str, Any]] = []
+    with monkeypatch.context() as m:
+        _crash_after(m, 3)  # dies after storing epoch 3, before reporting it
+        with pytest.raises(_Crash):
+            train_mod.train(prepared_uri, cfg, store, RUN, on_checkpoint=reports.append)
+    marker_uri = store.uri_for(f"runs/{RUN}/train/checkpoints/checkpoint.json")
+    assert [(r["epoch"], r["epochs"], r["checkpoint_uri"]) for r in reports] == [
+        (1, 4, marker_uri), (2, 4, marker_uri)]
+    assert all(r["saved_at"].endswith("Z") for r in reports)
+
+    caplog.clear()
+    result = train_mod.train(prepared_uri, cfg, store, RUN, on_checkpoint=reports.append,
+                             previous=reports[-1])
+    assert result["resumed_from_epoch"] == 3
+    assert ("the store holds epoch 3, newer than the 2 the previous attempt reported: "
+            "resuming from epoch 3") in caplog.text
+    assert [r["epoch"] for r in reports] == [1, 2, 4]
+
+
+def test_a_reported_checkpoint_that_is_gone_is_a_warning_and_a_fresh_start(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
+    prepared_uri = make_prepared(store)
+    previous = {"epoch": 2, "epochs": 2, "checkpoint_uri": "s3://gone/checkpoint.json"}
+    result = train_mod.train(prepared_uri, small_cfg(epochs=2), store, RUN, previous=previous)
+    assert result["resumed_from_epoch"] == 0 and result["epochs_run"] == 2
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("reported epoch 2 as checkpointed (s3://gone/checkpoint.json), but no usable "
+               "checkpoint is in the store now: training from scratch" in r.getMessage()
+               for r in warnings)
+
+
+def test_a_failing_progress_report_does_not_stop_training(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(record: dict[str, Any]) -> None:
+        raise ConnectionError("api server unreachable")
+
+    result = train_mod.train(make_prepared(store), small_cfg(epochs=2), store, RUN,
+                             on_checkpoint=broken)
+    assert result["epochs_run"] == 2
+    assert "could not record the progress of epoch 1: api server unreachable" in caplog.text
+    assert "could not record the progress of epoch 2: api server unreachable" in caplog.text
+
+
 def test_a_half_written_checkpoint_is_not_trusted(
     store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
