@@ -274,16 +274,22 @@ def _crash_after(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
     monkeypatch.setattr(train_mod._StoreCheckpoints, "save", save)
 
 
+def _train_until_crash(monkeypatch: pytest.MonkeyPatch, epoch: int, prepared_uri: str,
+                       cfg: Any, store: Store, **kwargs: Any) -> None:
+    """Train until the process 'dies' right after the checkpoint of ``epoch`` is stored."""
+    with monkeypatch.context() as m:
+        _crash_after(m, epoch)
+        with pytest.raises(_Crash):
+            train_mod.train(prepared_uri, cfg, store, RUN, **kwargs)
+
+
 def test_train_resumes_from_the_last_complete_checkpoint(
     store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="mnist_tasks.train")
     prepared_uri = make_prepared(store)
     cfg = small_cfg(epochs=4)
-    with monkeypatch.context() as m:
-        _crash_after(m, 2)
-        with pytest.raises(_Crash):
-            train_mod.train(prepared_uri, cfg, store, RUN)
+    _train_until_crash(monkeypatch, 2, prepared_uri, cfg, store)
     ckpt = f"runs/{RUN}/train/checkpoints"
     marker = json.loads(store.read_bytes(f"{ckpt}/checkpoint.json"))
     assert marker["epoch"] == 2
@@ -313,10 +319,8 @@ def test_each_checkpoint_is_reported_and_a_retry_checks_the_report(
     prepared_uri = make_prepared(store)
     cfg = small_cfg(epochs=4)
     reports: list[dict[str, Any]] = []
-    with monkeypatch.context() as m:
-        _crash_after(m, 3)  # dies after storing epoch 3, before reporting it
-        with pytest.raises(_Crash):
-            train_mod.train(prepared_uri, cfg, store, RUN, on_checkpoint=reports.append)
+    # Dies after storing the checkpoint of epoch 3, before reporting it.
+    _train_until_crash(monkeypatch, 3, prepared_uri, cfg, store, on_checkpoint=reports.append)
     marker_uri = store.uri_for(f"runs/{RUN}/train/checkpoints/checkpoint.json")
     assert [(r["epoch"], r["epochs"], r["checkpoint_uri"]) for r in reports] == [
         (1, 4, marker_uri), (2, 4, marker_uri)]
@@ -364,10 +368,7 @@ def test_a_half_written_checkpoint_is_not_trusted(
     caplog.set_level(logging.INFO, logger="mnist_tasks.train")
     prepared_uri = make_prepared(store)
     cfg = small_cfg(epochs=3)
-    with monkeypatch.context() as m:
-        _crash_after(m, 1)
-        with pytest.raises(_Crash):
-            train_mod.train(prepared_uri, cfg, store, RUN)
+    _train_until_crash(monkeypatch, 1, prepared_uri, cfg, store)
     ckpt = f"runs/{RUN}/train/checkpoints"
     # A crash while uploading epoch 2: its model file is there, the marker still says 1.
     store.write_bytes(f"{ckpt}/epoch-0002/model.keras", b"partial")
@@ -381,10 +382,7 @@ def test_a_checkpoint_of_other_parameters_is_ignored(
 ) -> None:
     caplog.set_level(logging.INFO, logger="mnist_tasks.train")
     prepared_uri = make_prepared(file_store)
-    with monkeypatch.context() as m:
-        _crash_after(m, 1)
-        with pytest.raises(_Crash):
-            train_mod.train(prepared_uri, small_cfg(epochs=3), file_store, RUN)
+    _train_until_crash(monkeypatch, 1, prepared_uri, small_cfg(epochs=3), file_store)
     result = train_mod.train(prepared_uri, small_cfg(epochs=2, learning_rate=2e-3),
                              file_store, RUN)
     assert result["resumed_from_epoch"] == 0
@@ -408,10 +406,7 @@ def test_early_stopping_state_survives_a_resume_through_the_store(
 ) -> None:
     prepared_uri = make_prepared(file_store)
     cfg = small_cfg("seed_wide_mlp", epochs=3, early_stopping_patience=5)
-    with monkeypatch.context() as m:
-        _crash_after(m, 2)
-        with pytest.raises(_Crash):
-            train_mod.train(prepared_uri, cfg, file_store, RUN)
+    _train_until_crash(monkeypatch, 2, prepared_uri, cfg, file_store)
     marker = json.loads(file_store.read_bytes(f"runs/{RUN}/train/checkpoints/checkpoint.json"))
     assert marker["early_stopping"]["best"] == pytest.approx(min(marker["history"]["val_loss"]))
     assert marker["best_weights_key"].endswith("epoch-0002/best_weights.npz")
