@@ -4,7 +4,9 @@ What docker-compose.yaml deploys, as local processes: an api-server, a scheduler
 dag-processor and a Celery worker serving the ``default`` and ``gpu`` queues, with the train task
 routed to the ``gpu`` queue and pool (``MNIST_TRAIN_QUEUE`` / ``MNIST_TRAIN_POOL``). The run is
 triggered through the REST API, the new version is read back from the S3 store (the moto server
-over HTTP), and the train task's log is read through the API.
+over HTTP), and the train task's log is read through the API. A second run has its train task's
+process SIGKILLed after epoch 2, as a crashed worker would: Airflow retries the task, and the
+retry resumes from the checkpoint in S3 and from the note in the task state store.
 
 PostgreSQL (127.0.0.1:5432, trust auth for ``postgres``) and Redis (127.0.0.1:6379) are started
 if they are installed but stopped; the test skips, saying why, if either cannot be had. It uses a
@@ -14,7 +16,10 @@ fresh database and Redis DB 13, and drops / flushes them afterwards.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -163,6 +168,28 @@ def _wait_for_run(api: ApiClient, services: Services, run_id: str) -> dict[str, 
                 f"{services.all_logs(2000)}")
 
 
+def _kill_train_after_epoch(api: ApiClient, services: Services, home: Path, run_id: str,
+                            epoch: int, epochs: int) -> int:
+    """SIGKILL the train task's process (try 1) once its log shows ``epoch``; the epochs done."""
+    log_file = (home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / "task_id=train"
+                / "attempt=1.log")
+    done = re.compile(rf"epoch (\d+)/{epochs} ")
+    deadline = time.monotonic() + 300
+    while True:
+        services.check_alive()
+        assert time.monotonic() < deadline, f"no 'epoch {epoch}/{epochs}' in {log_file}"
+        text = log_file.read_text(errors="replace") if log_file.exists() else ""
+        epochs_done = [int(n) for n in done.findall(text)]
+        if epochs_done and max(epochs_done) >= epoch:
+            break
+        time.sleep(0.1)
+    assert max(epochs_done) < epochs, "training finished before it could be killed"
+    pid = _task_instances(api, run_id)["train"]["pid"]
+    assert isinstance(pid, int) and pid > 0
+    os.kill(pid, signal.SIGKILL)
+    return max(epochs_done)
+
+
 def test_dag_runs_on_celery_with_postgres_and_redis(
     postgres_db: str, redis_url: str, s3_env: str, mnist_dir: Path
 ) -> None:
@@ -244,6 +271,28 @@ def test_dag_runs_on_celery_with_postgres_and_redis(
         # The Models page of the same deployment shows the version.
         listing = api.json("GET", "/models/api/versions")
         assert [v["version"] for v in listing["versions"]] == [1] and listing["champion"] == 1
+
+        # A worker dies mid-training: its process is SIGKILLed after epoch 2. Airflow retries
+        # the task (after its retry delay), and the retry resumes instead of starting over.
+        conf = {"preset": "seed_mlp", "epochs": 4, "batch_size": 32, "min_accuracy": 0.9,
+                "source": str(mnist_dir), "store": store_uri}
+        run_id = api.json("POST", f"/api/v2/dags/{DAG_ID}/dagRuns",
+                          json={"logical_date": None, "conf": conf})["dag_run_id"]
+        killed_after = _kill_train_after_epoch(api, services, home, run_id, epoch=2, epochs=4)
+        _wait_for_run(api, services, run_id)
+        train = _task_instances(api, run_id)["train"]
+        assert (train["state"], train["try_number"]) == ("success", 2)
+        tries = api.json("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
+                                "/taskInstances/train/tries")["task_instances"]
+        assert [(t["try_number"], t["state"]) for t in tries] == [(1, "failed"), (2, "success")]
+        retry_log = _task_log(api, run_id, "train", 2)
+        resumed = re.search(r"resuming from epoch (\d+) of 4", retry_log)
+        assert resumed, retry_log[-3000:]
+        epoch = int(resumed.group(1))
+        assert killed_after <= epoch <= killed_after + 1  # at most the epoch in flight is lost
+        assert "try 2: the previous try checkpointed epoch" in retry_log, retry_log[-3000:]
+        assert "epoch 1/4" not in retry_log and "epoch 4/4" in retry_log
+        print(f"killed after epoch {killed_after}, resumed from epoch {epoch}")
         print(f"\ncelery deployment: run {run_seconds:.0f} s, "
               f"total {time.monotonic() - started:.0f} s")
     finally:
