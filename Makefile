@@ -27,8 +27,9 @@ export MNIST_STORE := $(STORE)
 export MNIST_SOURCE := $(SOURCE_URI)
 export TF_CPP_MIN_LOG_LEVEL := 2
 # `airflow dags test` on Airflow 3.3.2 crashes at the end of a run of a DAG with a deadline
-# alert (its test loop passes serialized alerts where ids are expected), so `make run` switches
-# the alert off; the scheduler (`make airflow`, a deployment) handles it fine.
+# alert (its test loop passes serialized alerts where ids are expected: apache/airflow#73428,
+# fix pending in #73430), so `make run` switches the alert off; the scheduler (`make airflow`,
+# a deployment) handles it fine.
 DAGS_TEST_DEADLINE ?= off
 
 .PHONY: help venv run airflow test test-fast lint bench clean

@@ -20,7 +20,7 @@ the standard AWS configuration is used when it does not exist),
 `default`; set `gpu` / `gpu` on a deployment with a GPU worker),
 `MNIST_DEADLINE_MARGIN_MINUTES` (alert when a run exceeds its recent average runtime by this
 much, default 60; `off` disables it, which `airflow dags test` needs on Airflow 3.3.2, whose
-test loop cannot load deadline alerts),
+test loop cannot load deadline alerts: apache/airflow#73428),
 `MNIST_NOTIFIER` (optional JSON `{"class": "dotted.path.Notifier", "kwargs": {...}}`: an Airflow
 notifier called on failure and on a gate rejection, e.g. the SMTP or Slack provider's).
 """
