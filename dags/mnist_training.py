@@ -272,20 +272,14 @@ def mnist_training() -> None:
         ctx = get_current_context()
         state = ctx.get("task_state_store")
         previous = state.get(TRAIN_PROGRESS_KEY) if state is not None else None
-        if isinstance(previous, dict):
+        previous = previous if isinstance(previous, dict) else None
+        if previous:
             log.info("try %s: the previous try checkpointed epoch %s of %s at %s (%s)",
                      ctx["ti"].try_number, previous.get("epoch"), previous.get("epochs"),
                      previous.get("saved_at"), previous.get("checkpoint_uri"))
-
-        def note(progress: dict[str, Any]) -> None:
-            if state is not None:
-                state.set(TRAIN_PROGRESS_KEY, progress)
-
-        return _run_stage(
-            "train", functools.partial(_pipeline().train, on_checkpoint=note,
-                                       previous=previous if isinstance(previous, dict) else None),
-            prepared,
-        )
+        note = functools.partial(state.set, TRAIN_PROGRESS_KEY) if state is not None else None
+        stage = functools.partial(_pipeline().train, on_checkpoint=note, previous=previous)
+        return _run_stage("train", stage, prepared)
 
     @task
     def evaluate(prepared: dict[str, Any], trained: dict[str, Any]) -> dict[str, Any]:
