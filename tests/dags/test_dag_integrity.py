@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import itertools
 import json
 import subprocess
 import sys
@@ -21,7 +22,7 @@ GLUE_FILE = DAGS / "mnist_airflow.py"
 
 # The chain of CONTRACT.md: each task takes only the previous task's result.
 CHAIN = ["ingest", "preprocess", "train", "evaluate", "gate", "register"]
-EXPECTED_EDGES = list(zip(CHAIN, CHAIN[1:], strict=False))
+EXPECTED_EDGES = list(itertools.pairwise(CHAIN))
 
 
 def _bag(dag_folder: Path):  # type: ignore[no-untyped-def]
@@ -196,7 +197,7 @@ def test_checksums_and_model_name_are_deployment_settings(dag, glue, tmp_path) -
     cfg = glue.pipeline_config(params, environ={"MNIST_CHECKSUMS": f"@{sums}"})
     assert cfg.ingest.expected_sha256()["t10k-labels-idx1-ubyte.gz"] == digest
     sums.write_text("not json")
-    with pytest.raises(AirflowFailException, match="MNIST_CHECKSUMS.*not JSON"):
+    with pytest.raises(AirflowFailException, match=r"MNIST_CHECKSUMS.*not JSON"):
         glue.pipeline_config(params, environ={"MNIST_CHECKSUMS": f"@{sums}"})
     with pytest.raises(AirflowFailException, match="MNIST_MODEL_NAME"):
         glue.pipeline_config(params, environ={"MNIST_MODEL_NAME": "../evil"})
