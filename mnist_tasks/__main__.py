@@ -3,13 +3,20 @@
 Examples::
 
     python -m mnist_tasks run-all --source ../shared/datasets/mnist --store file:///tmp/store
-    python -m mnist_tasks ingest --source https://example.org/mnist/ --store s3://bucket/mnist
-    python -m mnist_tasks train --prepared file:///tmp/store/runs/r1/preprocess/prepared.npz \\
-        --store file:///tmp/store --run-id r1 --preset fast_mlp
+    python -m mnist_tasks ingest --source ../shared/datasets/mnist --store file:///tmp/s > i.json
+    python -m mnist_tasks preprocess --ingested @i.json --store file:///tmp/s --run-id r1 > p.json
+    python -m mnist_tasks train --prepared @p.json --store file:///tmp/s --run-id r1 > t.json
+    python -m mnist_tasks evaluate --trained @t.json --store file:///tmp/s --run-id r1 > e.json
+    python -m mnist_tasks gate --evaluation @e.json --store file:///tmp/s --run-id r1 > g.json
+    python -m mnist_tasks register --gate @g.json --store file:///tmp/s --run-id r1
 
-Each command logs to stderr and prints one JSON line with its result on stdout. Defaults for
-``--store`` and ``--source`` come from ``MNIST_STORE`` and ``MNIST_SOURCE``. A bad argument or
-input exits with status 2 and a one-line message naming the problem.
+The stages form a chain, as in the DAG: each command takes the previous stage's JSON output
+(inline, or ``@file``) and prints its own as one JSON line on stdout; logs go to stderr. The
+trigger parameters' options (``--preset``, ``--epochs``, ...) are generated from
+``mnist_tasks.config.TRIGGER_PARAMS``; ``--checksums`` and ``--model-name`` are the deployment
+settings (defaults ``$MNIST_CHECKSUMS``, ``$MNIST_MODEL_NAME``). Defaults for ``--store`` and
+``--source`` come from ``MNIST_STORE`` and ``MNIST_SOURCE``. A bad argument or input exits
+with status 2 and one line naming the argument or the problem, never a traceback.
 """
 
 from __future__ import annotations
@@ -19,127 +26,150 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from mnist_tasks.config import PRESET_NAMES, ConfigError, pipeline_config
+from mnist_tasks.config import (
+    DEPLOYMENT_SETTINGS,
+    TRIGGER_PARAMS,
+    ConfigError,
+    parse_checksums,
+    pipeline_config,
+    read_json_file,
+)
 
 log = logging.getLogger("mnist_tasks")
+
+# What each stage command takes (the previous stage's output) and the keys it must carry.
+CHAIN: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    # command: (option, the stage whose output it is, required keys)
+    "preprocess": ("--ingested", "ingest", ("dataset_uri",)),
+    "train": ("--prepared", "preprocess", ("prepared_uri",)),
+    "evaluate": ("--trained", "train", ("model_uri", "prepared_uri")),
+    "gate": ("--evaluation", "evaluate", ("prepared_uri", "trained")),
+    "register": ("--gate", "gate", ("decision", "prepared_uri", "evaluation")),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line on stderr and exit status 2 (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _json_arg(value: str) -> dict[str, Any]:
     """A JSON object given inline or as ``@path``."""
-    text = Path(value[1:]).read_text() if value.startswith("@") else value
     try:
-        obj = json.loads(text)
+        obj = read_json_file(value[1:], value) if value.startswith("@") else json.loads(value)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"parameter {value!r}: ")) from None
     if not isinstance(obj, dict):
         raise argparse.ArgumentTypeError("must be a JSON object")
     return obj
 
 
+def _stage_output(stage: str, keys: tuple[str, ...]) -> Callable[[str], dict[str, Any]]:
+    def parse(value: str) -> dict[str, Any]:
+        obj = _json_arg(value)
+        missing = [k for k in keys if k not in obj]
+        if missing:
+            raise argparse.ArgumentTypeError(
+                f"missing {', '.join(missing)}: give {stage}'s JSON output (inline or @file)")
+        return obj
+
+    return parse
+
+
+def _checksums_arg(value: str) -> Any:
+    try:
+        return parse_checksums(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("parameter 'checksums': ")
+                                         ) from None
+
+
+def _add_params(p: argparse.ArgumentParser, *groups: str) -> None:
+    """The trigger parameters of ``groups``, as options: one definition in config.py."""
+    types: dict[str, type] = {"string": str, "integer": int, "number": float}
+    for spec in TRIGGER_PARAMS:
+        if spec.group not in groups:
+            continue
+        default = os.environ.get(spec.env) if spec.env else None
+        where = f"${spec.env}, else " if spec.env else ""
+        shown = "" if spec.nullable else f" (default: {where}{spec.default!r})"
+        p.add_argument(
+            "--" + spec.name.replace("_", "-"), type=types[spec.type], choices=spec.enum,
+            default=default, help=f"{spec.description}{shown}".replace("%", "%%"),
+        )
+
+
+def _add_setting(p: argparse.ArgumentParser, name: str) -> None:
+    """A deployment setting, as an option defaulting to its environment variable."""
+    setting = next(s for s in DEPLOYMENT_SETTINGS if s.name == name)
+    p.add_argument(
+        "--" + name.replace("_", "-"), default=os.environ.get(setting.env),
+        type=_checksums_arg if name == "checksums" else str,
+        help=f"{setting.description} (default: ${setting.env}, else {setting.default!r})"
+        .replace("%", "%%"),
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m mnist_tasks",
         description="The MNIST retraining pipeline's stages, without Airflow.",
     )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def common(p: argparse.ArgumentParser, *, run: bool = True) -> None:
-        p.add_argument("--store", default=os.environ.get("MNIST_STORE"),
-                       help="artifact store: s3://bucket/prefix, file:///path or a folder "
-                            "(default: $MNIST_STORE)")
+    def command(name: str, help: str, *groups: str, run: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help)
+        _add_params(p, "store", *groups)
         if run:
             p.add_argument("--run-id", default=None,
                            help="run id that keys the artifacts (default: manual__<UTC time>)")
+        if name in CHAIN:
+            option, stage, keys = CHAIN[name]
+            p.add_argument(option, type=_stage_output(stage, keys), required=True,
+                           help=f"{stage}'s JSON output, inline or @file")
+        return p
 
-    def data(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--source", default=os.environ.get("MNIST_SOURCE"),
-                       help="where the four IDX files are: a folder, file://, https:// mirror "
-                            "prefix(es) or s3://bucket/prefix (default: $MNIST_SOURCE, else the "
-                            "public mirrors)")
-        p.add_argument("--checksums", default=None,
-                       help="'pinned' (MNIST's payload SHA-256s, default), 'off', or @file.json "
-                            "mapping file name to SHA-256")
-
-    def training(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--preset", choices=PRESET_NAMES, default=None)
-        p.add_argument("--epochs", type=int, default=None)
-        p.add_argument("--batch-size", type=int, default=None)
-        p.add_argument("--learning-rate", type=float, default=None)
-        p.add_argument("--seed", type=int, default=None)
-
-    def gating(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--min-accuracy", type=float, default=None)
-        p.add_argument("--champion-margin", type=float, default=None)
-        p.add_argument("--max-recall-drop", type=float, default=None)
-        p.add_argument("--model-name", default=None)
-
-    p = sub.add_parser("ingest", help="fetch, verify, parse and validate the four IDX files")
-    common(p, run=False)
-    data(p)
-
-    p = sub.add_parser("preprocess", help="scale to [0, 1], seeded validation split")
-    common(p)
-    p.add_argument("--dataset", required=True, help="dataset_uri printed by ingest")
-    training(p)
-
-    p = sub.add_parser("train", help="train a preset on prepared data")
-    common(p)
-    p.add_argument("--prepared", required=True, help="prepared_uri printed by preprocess")
-    training(p)
-
-    p = sub.add_parser("evaluate", help="metrics, report and plots for a trained model")
-    common(p)
-    p.add_argument("--model", required=True, help="model_uri printed by train")
-    p.add_argument("--prepared", required=True, help="prepared_uri printed by preprocess")
-    p.add_argument("--history", default=None, help="history_uri printed by train")
-
-    p = sub.add_parser("gate", help="PROMOTE or REJECT a trained model")
-    common(p)
-    p.add_argument("--evaluation", type=_json_arg, required=True,
-                   help="evaluate's JSON output, inline or @file")
-    p.add_argument("--prepared", required=True, help="prepared_uri printed by preprocess")
-    gating(p)
-
-    p = sub.add_parser("register", help="register a gated model as a new version")
-    common(p)
-    p.add_argument("--prepared", required=True, help="prepared_uri printed by preprocess")
-    p.add_argument("--train", type=_json_arg, required=True, help="train's JSON output")
-    p.add_argument("--evaluation", type=_json_arg, required=True, help="evaluate's JSON output")
-    p.add_argument("--gate", type=_json_arg, required=True, help="gate's JSON output")
-    p.add_argument("--model-name", default=None)
+    p = command("ingest", "fetch, verify, parse and validate the four IDX files", "data",
+                run=False)
+    _add_setting(p, "checksums")
+    command("preprocess", "scale to [0, 1], seeded validation split", "training")
+    command("train", "train a preset on prepared data", "training")
+    command("evaluate", "metrics, report and plots for a trained model")
+    p = command("gate", "PROMOTE or REJECT a trained model", "gating")
+    _add_setting(p, "model_name")
+    p = command("register", "register a gated model as a new version")
+    _add_setting(p, "model_name")
 
     p = sub.add_parser("report", help="what a run did: decision, test accuracy, version")
-    common(p, run=False)
+    _add_params(p, "store")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--run-id", help="the run's id")
     which.add_argument("--latest", action="store_true", help="the most recent run in the store")
 
-    p = sub.add_parser("run-all", help="all stages in one process (no Airflow)")
-    common(p)
-    data(p)
-    training(p)
-    gating(p)
+    p = command("run-all", "all stages in one process (no Airflow)", "data", "training", "gating")
+    _add_setting(p, "checksums")
+    _add_setting(p, "model_name")
     return parser
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
-    checksums = getattr(args, "checksums", None)
-    if isinstance(checksums, str) and checksums.startswith("@"):
-        checksums = _json_arg(checksums)
-    names = {
-        "source": "source", "store": "store", "preset": "preset", "epochs": "epochs",
-        "batch_size": "batch_size", "learning_rate": "learning_rate", "seed": "seed",
-        "min_accuracy": "min_accuracy", "champion_margin": "champion_margin",
-        "max_recall_drop": "max_recall_drop", "model_name": "model_name",
-    }
-    params = {param: getattr(args, attr, None) for param, attr in names.items()}
-    params["checksums"] = checksums
+    """The flat params pipeline_config takes, from the options this command has."""
+    names = [spec.name for spec in TRIGGER_PARAMS] + [s.name for s in DEPLOYMENT_SETTINGS]
+    params = {name: getattr(args, name, None) for name in names}
+    store = params["store"]
+    if store and "://" not in store and not os.path.isabs(store):
+        params["store"] = os.path.abspath(store)  # a folder relative to where the CLI runs
     return params
 
 
@@ -155,26 +185,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = pipeline_config(_params(args))
     run_id = getattr(args, "run_id", None) or datetime.now(UTC).strftime("manual__%Y%m%dT%H%M%S")
     pipe = Pipeline(cfg, run_id)
-    prepared = {"prepared_uri": getattr(args, "prepared", None)}
     if args.command == "ingest":
         return pipe.ingest()
-    if args.command == "preprocess":
-        return pipe.preprocess({"dataset_uri": args.dataset})
-    if args.command == "train":
-        return pipe.train(prepared)
-    if args.command == "evaluate":
-        return pipe.evaluate(prepared, {"model_uri": args.model, "history_uri": args.history})
-    if args.command == "gate":
-        return pipe.gate(prepared, args.evaluation)
-    if args.command == "register":
-        return pipe.register(prepared, args.train, args.evaluation, args.gate)
-    return pipe.run_all()
+    if args.command == "run-all":
+        return pipe.run_all()
+    option = CHAIN[args.command][0]
+    previous = getattr(args, option.removeprefix("--"))
+    method: Callable[[dict[str, Any]], dict[str, Any]] = getattr(pipe, args.command)
+    return method(previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

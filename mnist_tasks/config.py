@@ -4,18 +4,25 @@ Configs are built at the edges (CLI, DAG task) from plain values and validated h
 value fails early with a message that names the parameter. Library functions take these
 objects; they never read Airflow Variables or environment variables themselves.
 
-This module is cheap to import (no numpy, no TensorFlow): the DAG file may use it at run time
-to build configs from params.
+The trigger parameters (what the DAG's trigger form offers and the CLI's options take) are
+defined once, in :data:`TRIGGER_PARAMS`: the DAG's ``Param``s and the CLI's options are generated
+from it, and the dataclasses below check their fields against the same ranges. The presets are
+the :data:`PRESETS` table; a new preset is one entry there plus its model in ``models.py``.
+
+This module is cheap to import (no numpy, no TensorFlow): the DAG file uses it at parse time to
+build its params.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import unquote, urlparse
 
 # The four IDX files, by role.
 MNIST_FILES: dict[str, str] = {
@@ -41,6 +48,7 @@ MNIST_MIRRORS: tuple[str, ...] = (
 )
 
 DEFAULT_SOURCE = "default"
+DEFAULT_STORE = "file:///tmp/mnist-store"
 DEFAULT_MODEL_NAME = "mnist-classifier"
 
 
@@ -62,6 +70,13 @@ def _check_range(param: str, value: Any, lo: float, hi: float, *, integer: bool 
         f"must be {'an integer' if integer else 'a number'}",
     )
     _check(lo <= value <= hi, param, value, f"must be between {lo} and {hi}")
+
+
+def _check_param(name: str, value: Any) -> None:
+    """Check ``value`` against the range of the trigger parameter ``name`` (one definition)."""
+    spec = PARAM_SPECS[name]
+    assert spec.minimum is not None and spec.maximum is not None
+    _check_range(name, value, spec.minimum, spec.maximum, integer=spec.type == "integer")
 
 
 @dataclass(frozen=True)
@@ -138,10 +153,7 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         _check_range("val_fraction", self.val_fraction, 0.0, 0.5)
-        _check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
-
-
-PRESET_NAMES: tuple[str, ...] = ("seed_mlp", "seed_wide_mlp", "fast_mlp", "cnn")
+        _check_param("seed", self.seed)
 
 
 @dataclass(frozen=True)
@@ -160,12 +172,10 @@ class TrainConfig:
     mixed_precision: bool | Literal["auto"] = "auto"  # bfloat16 on a capable GPU
 
     def __post_init__(self) -> None:
-        _check(self.preset in PRESET_NAMES, "preset", self.preset,
+        _check(self.preset in PRESETS, "preset", self.preset,
                f"must be one of {', '.join(PRESET_NAMES)}")
-        _check_range("epochs", self.epochs, 1, 1000, integer=True)
-        _check_range("batch_size", self.batch_size, 1, 65536, integer=True)
-        _check_range("learning_rate", self.learning_rate, 1e-6, 1.0)
-        _check_range("seed", self.seed, 0, 2**31 - 1, integer=True)
+        for name in ("epochs", "batch_size", "learning_rate", "seed"):
+            _check_param(name, getattr(self, name))
         _check_range("val_fraction", self.val_fraction, 0.0, 0.5)
         _check_range("early_stopping_patience", self.early_stopping_patience, 0, 1000,
                      integer=True)
@@ -176,12 +186,15 @@ class TrainConfig:
                self.mixed_precision, "must be true, false or 'auto'")
 
 
-# Each preset's defaults; user overrides replace single fields.
+# Each preset's defaults; user overrides replace single fields. A new preset is one entry here
+# (its "description" is what the trigger form and the CLI's help show) plus its model in
+# models.py. "description" is not a TrainConfig field: train_config leaves it out.
 PRESETS: dict[str, dict[str, Any]] = {
     # The first notebook, exactly: 784-128-64-10, dropout 0.3, Adam, 10 epochs, batch 128.
     # steps_per_execution only runs 16 of the same steps per call: the math is unchanged,
     # the per-step Python overhead (a third of the fit time on 2 cores) is not.
     "seed_mlp": {
+        "description": "the first notebook's 784-128-64-10 MLP",
         "epochs": 10,
         "batch_size": 128,
         "learning_rate": 1e-3,
@@ -190,6 +203,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The second notebook: 784-512-10, L2(0.001), dropout 0.3, early stopping (patience 3).
     "seed_wide_mlp": {
+        "description": "the second notebook's 784-512-10 MLP with L2 and early stopping",
         "epochs": 50,
         "batch_size": 128,
         "learning_rate": 1e-3,
@@ -199,6 +213,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # Tuned for wall time to >= 97.5 % on a small CPU: 784-256-10, big batches, one-cycle LR.
     "fast_mlp": {
+        "description": "tuned for CPU time",
         "epochs": 6,
         "batch_size": 512,
         "learning_rate": 5e-3,
@@ -207,8 +222,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # A 32-32 | 64-64 convnet with batch norm, shift/rotation/zoom augmentation (never flips),
     # one-cycle LR: 99.54 % test accuracy on MNIST.
-    "cnn": {"epochs": 15, "batch_size": 128, "learning_rate": 2e-3, "val_fraction": 0.1},
+    "cnn": {
+        "description": "a small convnet with augmentation (best accuracy)",
+        "epochs": 15,
+        "batch_size": 128,
+        "learning_rate": 2e-3,
+        "val_fraction": 0.1,
+    },
 }
+PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
 
 
 def train_config(preset: str = "seed_mlp", **overrides: Any) -> TrainConfig:
@@ -219,7 +241,7 @@ def train_config(preset: str = "seed_mlp", **overrides: Any) -> TrainConfig:
     """
     _check(preset in PRESETS, "preset", preset, f"must be one of {', '.join(PRESET_NAMES)}")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = dict(PRESETS[preset])
+    values = {k: v for k, v in PRESETS[preset].items() if k != "description"}
     for key, value in overrides.items():
         if value is None:
             continue
@@ -238,10 +260,213 @@ class GateConfig:
     significance: float = 0.05  # McNemar p-value below which a difference is called real
 
     def __post_init__(self) -> None:
-        _check_range("min_accuracy", self.min_accuracy, 0.0, 1.0)
-        _check_range("champion_margin", self.champion_margin, 0.0, 1.0)
-        _check_range("max_recall_drop", self.max_recall_drop, 0.0, 1.0)
+        for name in ("min_accuracy", "champion_margin", "max_recall_drop"):
+            _check_param(name, getattr(self, name))
         _check_range("significance", self.significance, 1e-9, 0.5)
+
+
+# -- Trigger parameters: the one definition the DAG's form, the CLI and the configs share ------
+
+# Where the store may be, for the trigger form: s3://bucket[/prefix], file:///path or an
+# absolute folder, never with a '..' segment (the lookahead; check_store_uri says why).
+STORE_PATTERN = (
+    r"^(?!(.*/)?\.\.(/|$))(s3://[a-z0-9][a-z0-9.-]+[a-z0-9](/.*)?|file:///.+|/.+)$"
+)
+MODEL_NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,62}"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One trigger parameter: a field of the DAG's trigger form and an option of the CLI.
+
+    ``type`` is the JSON-schema type; ``nullable`` parameters accept ``None`` (empty in the
+    form), which means "the preset's value". ``env`` names the environment variable that an
+    edge (the DAG, the CLI) uses as the default instead of ``default`` when it is set.
+    """
+
+    name: str
+    type: Literal["string", "integer", "number"]
+    default: Any
+    title: str
+    description: str
+    group: Literal["data", "store", "training", "gating"]
+    nullable: bool = False
+    minimum: float | None = None
+    maximum: float | None = None
+    enum: tuple[str, ...] | None = None
+    pattern: str | None = None
+    min_length: int | None = None
+    env: str | None = None
+
+    def schema(self) -> dict[str, Any]:
+        """The JSON schema of the value: what Airflow's ``Param`` validates a trigger against."""
+        schema: dict[str, Any] = {"type": ["null", self.type] if self.nullable else self.type}
+        for key, value in (("minimum", self.minimum), ("maximum", self.maximum),
+                           ("pattern", self.pattern), ("minLength", self.min_length)):
+            if value is not None:
+                schema[key] = value
+        if self.enum is not None:
+            schema["enum"] = list(self.enum)
+        return schema
+
+
+_OVERRIDE = "Unset (empty): the preset's."
+TRIGGER_PARAMS: tuple[ParamSpec, ...] = (
+    ParamSpec(
+        "preset", "string", TrainConfig.preset, "Training preset", " ".join(
+            f"{name}: {preset['description']}." for name, preset in PRESETS.items()),
+        "training", enum=PRESET_NAMES,
+    ),
+    ParamSpec("epochs", "integer", None, "Epochs",
+              f"Overrides the preset's number of epochs. {_OVERRIDE}", "training",
+              nullable=True, minimum=1, maximum=1000),
+    ParamSpec("batch_size", "integer", None, "Batch size",
+              f"Overrides the preset's batch size. {_OVERRIDE}", "training",
+              nullable=True, minimum=1, maximum=65536),
+    ParamSpec("learning_rate", "number", None, "Learning rate",
+              f"Overrides the preset's Adam learning rate. {_OVERRIDE}", "training",
+              nullable=True, minimum=1e-6, maximum=1.0),
+    ParamSpec("seed", "integer", TrainConfig.seed, "Seed",
+              "Seeds the validation split, weight initialisation and shuffling.", "training",
+              minimum=0, maximum=2**31 - 1),
+    ParamSpec("min_accuracy", "number", GateConfig.min_accuracy, "Minimum test accuracy",
+              "The gate rejects a model whose test accuracy is below this.", "gating",
+              minimum=0.0, maximum=1.0),
+    ParamSpec("champion_margin", "number", GateConfig.champion_margin, "Champion margin",
+              "The gate rejects a model that is worse than the champion by more than this "
+              "(absolute test accuracy).", "gating", minimum=0.0, maximum=1.0),
+    ParamSpec("max_recall_drop", "number", GateConfig.max_recall_drop,
+              "Max per-digit recall drop",
+              "The gate rejects a model whose recall on any digit drops by more than this "
+              "compared with the champion.", "gating", minimum=0.0, maximum=1.0),
+    ParamSpec("source", "string", DEFAULT_SOURCE, "Data source",
+              "Where the four MNIST IDX .gz files are: 'default' (the public mirrors), "
+              "https:// prefix(es), s3://bucket/prefix, file:///path or a folder on the worker.",
+              "data", min_length=1, env="MNIST_SOURCE"),
+    ParamSpec("store", "string", DEFAULT_STORE, "Artifact store",
+              "Where artifacts, cache and the model registry live: s3://bucket/prefix or "
+              "file:///path (no '..' segments).", "store", pattern=STORE_PATTERN,
+              env="MNIST_STORE"),
+)
+PARAM_SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in TRIGGER_PARAMS}
+
+
+@dataclass(frozen=True)
+class DeploymentSetting:
+    """A pipeline setting that a deployment fixes and a trigger may not change."""
+
+    name: str  # the pipeline_config key (and the CLI's option, --name-with-dashes)
+    env: str  # the environment variable the DAG reads (and the CLI's default)
+    default: str
+    description: str
+
+
+DEPLOYMENT_SETTINGS: tuple[DeploymentSetting, ...] = (
+    DeploymentSetting(
+        "checksums", "MNIST_CHECKSUMS", "pinned",
+        "'pinned' (MNIST's published payload SHA-256s), 'off' (accept any IDX data; logged and "
+        "recorded) or @/path/to/file.json (a JSON object: file name -> payload SHA-256)",
+    ),
+    DeploymentSetting(
+        "model_name", "MNIST_MODEL_NAME", DEFAULT_MODEL_NAME,
+        "the registry's model name (1-63 lowercase letters, digits, '.', '_' or '-')",
+    ),
+)
+
+# Cap on a JSON file given as @path (checksums, a stage's result): these are a few kB.
+MAX_JSON_FILE_BYTES = 1 << 20
+
+
+def read_json_file(path: str, param: str) -> Any:
+    """The JSON value in the file at ``path`` (given as ``@path`` for ``param``).
+
+    Raises:
+        ConfigError: naming ``param`` and the file, when it cannot be read, is larger than
+            :data:`MAX_JSON_FILE_BYTES` or is not JSON.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_JSON_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"parameter {param!r}: cannot read {path}: "
+                          f"{exc.strerror or exc}") from None
+    if len(data) > MAX_JSON_FILE_BYTES:
+        raise ConfigError(f"parameter {param!r}: {path} is larger than "
+                          f"{MAX_JSON_FILE_BYTES} bytes")
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"parameter {param!r}: {path} is not JSON ({exc})") from None
+
+
+def parse_checksums(value: str | Mapping[str, str], param: str = "checksums") -> Any:
+    """``"pinned"``, ``"off"``, a mapping, or ``@path`` to a JSON object: what IngestConfig takes.
+
+    Raises:
+        ConfigError: naming ``param``, for any other value or an unreadable or non-object file.
+    """
+    if isinstance(value, Mapping):
+        return dict(value)
+    _check(isinstance(value, str) and (value in ("pinned", "off") or value.startswith("@")),
+           param, value, "must be 'pinned', 'off' or @/path/to/file.json")
+    if value in ("pinned", "off"):
+        return value
+    obj = read_json_file(value[1:], param)
+    _check(isinstance(obj, dict), param, value,
+           "the file must hold a JSON object: file name -> payload SHA-256")
+    return obj
+
+
+def deployment_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The deployment settings from ``environ`` (the DAG passes ``os.environ``).
+
+    Raises:
+        ConfigError: naming the environment variable whose value is invalid.
+    """
+    checksums = parse_checksums(environ.get("MNIST_CHECKSUMS") or "pinned", "MNIST_CHECKSUMS")
+    model_name = environ.get("MNIST_MODEL_NAME") or DEFAULT_MODEL_NAME
+    _check(bool(re.fullmatch(MODEL_NAME_PATTERN, model_name)), "MNIST_MODEL_NAME", model_name,
+           "must be 1-63 lowercase letters, digits, '.', '_' or '-'")
+    return {"checksums": checksums, "model_name": model_name}
+
+
+def check_trigger_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The trigger's values, refusing every key that is not a field of the trigger form.
+
+    Airflow merges a run's ``conf`` into its params without checking the keys, so this is
+    where ``{"checksums": "off"}`` in a trigger is caught.
+
+    Raises:
+        ConfigError: naming all the unknown keys (and the variable of a deployment setting).
+    """
+    unknown = sorted(k for k in params if k not in PARAM_SPECS)
+    if unknown:
+        envs = {s.name: s.env for s in DEPLOYMENT_SETTINGS}
+        fixed = [f"{k} is set by the deployment ({envs[k]})" for k in unknown if k in envs]
+        raise ConfigError(
+            f"unknown trigger parameter(s) {', '.join(map(repr, unknown))}: a trigger may set "
+            f"only {', '.join(PARAM_SPECS)}" + (f"; {'; '.join(fixed)}" if fixed else "")
+        )
+    return dict(params)
+
+
+def check_store_uri(store: Any) -> None:
+    """Check a store URI: s3://bucket[/prefix], file:///path or a folder, without '..' segments.
+
+    A '..' would let a trigger point the store outside the tree it names
+    (``file:///data/../../etc/x``); it is refused rather than normalised, so the store a run
+    used is exactly the one written in its params.
+
+    Raises:
+        ConfigError: naming ``store`` and the problem.
+    """
+    _check(isinstance(store, str) and bool(store.strip()), "store", store,
+           "must be a URI: s3://bucket/prefix, file:///path or a folder")
+    parsed = urlparse(store)
+    path = parsed.path if parsed.scheme in ("s3", "file") else store
+    for candidate in (path, unquote(path)):
+        _check(".." not in candidate.replace("\\", "/").split("/"), "store", store,
+               "must not contain '..' path segments: give the path without them")
 
 
 _RUN_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._=@-]+")
@@ -273,18 +498,16 @@ class PipelineConfig:
     model_name: str = DEFAULT_MODEL_NAME
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.store, str) and bool(self.store), "store", self.store,
-               "must be a URI: s3://bucket/prefix, file:///path or a folder")
+        check_store_uri(self.store)
         _check(isinstance(self.model_name, str)
-               and bool(re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", self.model_name)),
+               and bool(re.fullmatch(MODEL_NAME_PATTERN, self.model_name)),
                "model_name", self.model_name,
                "must be 1-63 lowercase letters, digits, '.', '_' or '-'")
 
 
-# The flat parameter names shared by the DAG's trigger form and the CLI.
+# The flat parameter names pipeline_config takes: the trigger form's and the deployment's.
 PIPELINE_PARAMS: tuple[str, ...] = (
-    "source", "store", "checksums", "preset", "epochs", "batch_size", "learning_rate", "seed",
-    "min_accuracy", "champion_margin", "max_recall_drop", "model_name",
+    *PARAM_SPECS, *(setting.name for setting in DEPLOYMENT_SETTINGS)
 )
 
 
@@ -315,7 +538,7 @@ def pipeline_config(params: Mapping[str, Any]) -> PipelineConfig:
     return PipelineConfig(
         store=get("store", ""),
         ingest=IngestConfig(source=get("source", DEFAULT_SOURCE),
-                            checksums=get("checksums", "pinned")),
+                            checksums=parse_checksums(get("checksums", "pinned"))),
         preprocess=PreprocessConfig(val_fraction=train.val_fraction, seed=train.seed),
         train=train,
         gate=GateConfig(

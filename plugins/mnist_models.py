@@ -16,8 +16,11 @@ It is a server-rendered FastAPI app mounted by the api-server at ``/models/``:
 Every route needs an authenticated Airflow user who may read the runs of the ``mnist_training``
 DAG; a browser without a session is sent to the login page, any other client gets 401.
 
-Settings (environment): ``MNIST_STORE`` (the registry's store, the DAG's default store) and
-the standard AWS configuration (``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ...) for s3://.
+Settings (environment): ``MNIST_STORE`` (the registry's store, the DAG's default store),
+``MNIST_MODEL_NAME`` (the registry's model name, as the DAG's). S3 credentials come the way the
+tasks get them, from the DAG's glue module (``dags/mnist_airflow.py``, ``s3_client_kwargs``): the
+Airflow connection ``MNIST_S3_CONN_ID`` (default ``mnist_s3``) when it exists, else the standard
+AWS configuration (``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ...).
 
 Airflow imports every plugin file in every component (scheduler, workers, each task), so this
 module imports only the plugin base class at the top; FastAPI, Airflow's security dependencies
@@ -26,8 +29,10 @@ and ``mnist_tasks`` are imported when the api-server first serves a request.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime
@@ -37,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.plugins_manager import AirflowPlugin
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from fastapi import FastAPI
 
     from mnist_tasks.registry import Registry, VersionInfo
@@ -72,12 +79,35 @@ def store_uri() -> str:
     return os.environ.get("MNIST_STORE") or DEFAULT_STORE
 
 
+GLUE_MODULE = "mnist_airflow"  # dags/mnist_airflow.py: the DAG's Airflow glue
+
+
+def airflow_glue() -> ModuleType:
+    """The DAG's glue module, so that the page reads the store with the tasks' credentials.
+
+    Workers and the DAG processor have the DAGs folder on ``sys.path``; the API server, which
+    serves this page, does not, so the configured DAGs folder is added on first use.
+    """
+    try:
+        return importlib.import_module(GLUE_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != GLUE_MODULE:
+            raise
+    from airflow.configuration import conf
+
+    dags_folder = os.path.expanduser(conf.get("core", "dags_folder"))
+    if dags_folder not in sys.path:
+        sys.path.append(dags_folder)
+    return importlib.import_module(GLUE_MODULE)
+
+
 def _open_registry(uri: str) -> Registry:
     from mnist_tasks.config import DEFAULT_MODEL_NAME
     from mnist_tasks.registry import Registry
     from mnist_tasks.storage import open_store
 
-    return Registry(open_store(uri), DEFAULT_MODEL_NAME)
+    store = open_store(uri, client_kwargs=airflow_glue().s3_client_kwargs())
+    return Registry(store, os.environ.get("MNIST_MODEL_NAME") or DEFAULT_MODEL_NAME)
 
 
 def _fmt_time(iso: str) -> str:

@@ -1,9 +1,12 @@
-"""DAG integrity: it parses, has the expected graph and settings, and stays cheap to parse."""
+"""DAG integrity: it parses, is the stage chain with the expected settings, its params are the
+library's trigger parameters, and it stays cheap to parse."""
 
 from __future__ import annotations
 
 import gc
-import importlib.util
+import importlib
+import itertools
+import json
 import subprocess
 import sys
 import weakref
@@ -13,23 +16,26 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-DAG_FILE = REPO / "dags" / "mnist_training.py"
+DAGS = REPO / "dags"
+DAG_FILE = DAGS / "mnist_training.py"
+GLUE_FILE = DAGS / "mnist_airflow.py"
 
-EXPECTED_DOWNSTREAM = {
-    "ingest": {"preprocess"},
-    "preprocess": {"train", "evaluate", "gate", "register"},
-    "train": {"evaluate", "register"},
-    "evaluate": {"gate", "register"},
-    "gate": {"register"},
-    "register": set(),
-}
+# The chain of CONTRACT.md: each task takes only the previous task's result.
+CHAIN = ["ingest", "preprocess", "train", "evaluate", "gate", "register"]
+EXPECTED_EDGES = list(itertools.pairwise(CHAIN))
+
+
+def _bag(dag_folder: Path):  # type: ignore[no-untyped-def]
+    """Parse as the DAG processor, task runner and `airflow dags test` do: a BundleDagBag,
+    which puts the bundle's folder (dags/) on sys.path so the DAG file can import its glue."""
+    from airflow.dag_processing.dagbag import BundleDagBag
+
+    return BundleDagBag(dag_folder=str(dag_folder), bundle_path=DAGS)
 
 
 @pytest.fixture(scope="module")
 def dagbag():  # type: ignore[no-untyped-def]
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(REPO / "dags"))
+    return _bag(DAGS)
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +43,38 @@ def dag(dagbag):  # type: ignore[no-untyped-def]
     return dagbag.dags["mnist_training"]
 
 
+@pytest.fixture(scope="module")
+def glue(dagbag):  # type: ignore[no-untyped-def]
+    return importlib.import_module("mnist_airflow")
+
+
 def test_no_import_errors(dagbag) -> None:  # type: ignore[no-untyped-def]
     assert dagbag.import_errors == {}
-    assert "mnist_training" in dagbag.dag_ids
+    assert dagbag.dag_ids == ["mnist_training"]
 
 
-def test_task_graph(dag) -> None:  # type: ignore[no-untyped-def]
-    graph = {t.task_id: set(t.downstream_task_ids) for t in dag.tasks}
-    assert graph == EXPECTED_DOWNSTREAM
+def test_the_glue_module_is_not_parsed_as_a_dag_file(dagbag) -> None:  # type: ignore[no-untyped-def]
+    from airflow.utils.file import list_py_file_paths
+
+    assert "mnist_airflow.py" in (DAGS / ".airflowignore").read_text().split()
+    assert list_py_file_paths(str(DAGS)) == [str(DAG_FILE)]
+    assert [stat.file for stat in dagbag.dagbag_stats] == ["mnist_training.py"]
+
+
+def test_the_dag_file_parses_in_well_under_a_second(dagbag) -> None:  # type: ignore[no-untyped-def]
+    (stat,) = dagbag.dagbag_stats  # the first parse in this process: glue and config imported
+    assert stat.duration < timedelta(seconds=1), stat.duration
+
+
+def test_the_graph_is_the_stage_chain(dag) -> None:  # type: ignore[no-untyped-def]
+    edges = sorted((t.task_id, d) for t in dag.tasks for d in t.downstream_task_ids)
+    assert edges == sorted(EXPECTED_EDGES)
+    # ... and each task's only input is the previous task's result.
+    for previous, task_id in EXPECTED_EDGES:
+        args = dag.get_task(task_id).op_args
+        assert [a.operator.task_id for a in args] == [previous], task_id
+        assert dag.get_task(task_id).op_kwargs == {}, task_id
+    assert list(dag.get_task("ingest").op_args) == []
 
 
 def test_schedule_and_concurrency(dag) -> None:  # type: ignore[no-untyped-def]
@@ -61,6 +91,13 @@ def test_every_task_retries_with_backoff_and_timeout(dag) -> None:  # type: igno
         assert t.execution_timeout is not None and t.execution_timeout > timedelta(0), t.task_id
 
 
+def test_train_runs_in_its_pool_and_queue_with_a_long_timeout(dag, glue) -> None:  # type: ignore[no-untyped-def]
+    train = dag.get_task("train")
+    assert (train.pool, train.queue) == (glue.TRAIN_POOL, glue.TRAIN_QUEUE)
+    assert train.execution_timeout == timedelta(hours=6)
+    assert dag.get_task("evaluate").execution_timeout == timedelta(minutes=30)
+
+
 def test_gate_short_circuits_register(dag) -> None:  # type: ignore[no-untyped-def]
     gate = dag.get_task("gate")
     assert type(gate).__name__ == "_ShortCircuitDecoratedOperator"
@@ -71,6 +108,33 @@ def test_register_emits_the_registry_asset(dag) -> None:  # type: ignore[no-unty
     assert [a.name for a in outlets] == ["mnist_model_registry"]
 
 
+def test_params_are_the_librarys_trigger_parameters(dag) -> None:  # type: ignore[no-untyped-def]
+    """One definition: type, range, enum, default, title and description all come from config."""
+    import os
+
+    from mnist_tasks.config import PARAM_SPECS, PRESETS
+
+    assert list(dag.params) == list(PARAM_SPECS)
+    for name, spec in PARAM_SPECS.items():
+        param = dag.params.get_param(name)
+        assert param.schema == {"title": spec.title, **spec.schema()}, name
+        assert param.description == spec.description, name
+        default = (os.environ.get(spec.env) if spec.env else None) or spec.default
+        assert param.value == default, name
+    assert dag.params.get_param("preset").schema["enum"] == list(PRESETS)
+    assert dag.params.get_param("epochs").schema["type"] == ["null", "integer"]
+    assert (dag.params.get_param("seed").schema["minimum"],
+            dag.params.get_param("seed").schema["maximum"]) == (0, 2**31 - 1)
+    for preset in PRESETS:  # the form describes every preset
+        assert f"{preset}: " in PARAM_SPECS["preset"].description
+
+
+def test_a_deployment_default_comes_from_the_environment(glue) -> None:  # type: ignore[no-untyped-def]
+    params = glue.trigger_params({"MNIST_STORE": "s3://bucket/mnist", "MNIST_SOURCE": ""})
+    assert params["store"].value == "s3://bucket/mnist"
+    assert params["source"].value == "default"
+
+
 @pytest.mark.parametrize(
     ("conf", "param"),
     [
@@ -78,6 +142,8 @@ def test_register_emits_the_registry_asset(dag) -> None:  # type: ignore[no-unty
         ({"preset": "resnet"}, "preset"),
         ({"min_accuracy": 1.5}, "min_accuracy"),
         ({"store": "ftp://x"}, "store"),
+        ({"store": "file:///data/../../etc/x"}, "store"),
+        ({"store": "s3://bucket/a/../b"}, "store"),
         ({"batch_size": "big"}, "batch_size"),
     ],
 )
@@ -93,13 +159,57 @@ def test_bad_params_are_refused(dag, conf: dict, param: str) -> None:  # type: i
             params[key] = value
 
 
-def test_default_params_are_valid(dag) -> None:  # type: ignore[no-untyped-def]
-    from mnist_tasks.config import PIPELINE_PARAMS, pipeline_config
-
-    values = dag.params.validate()
-    assert set(values) <= set(PIPELINE_PARAMS)
-    cfg = pipeline_config(values)
+def test_default_params_are_valid(dag, glue) -> None:  # type: ignore[no-untyped-def]
+    cfg = glue.pipeline_config(dag.params.validate(), environ={})
     assert cfg.train.preset == "seed_mlp" and cfg.gate.min_accuracy == 0.97
+    assert cfg.ingest.checksums == "pinned" and cfg.model_name == "mnist-classifier"
+
+
+def test_unknown_conf_keys_fail_the_first_task_naming_them(dag, glue) -> None:  # type: ignore[no-untyped-def]
+    """Airflow itself accepts keys that are not params (it merges them in, unchecked), so the
+    glue that every task calls first refuses them, without retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    conf = {"checksums": "off", "model_name": "another-model", "epoch": 3}
+    served = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    merged = served.params.deep_merge(conf).validate()  # what a trigger's validation does
+    assert merged["checksums"] == "off"  # ... it lets them through
+
+    params = {**dag.params.validate(), **conf}
+    with pytest.raises(AirflowFailException) as err:
+        glue.pipeline_config(params, environ={})
+    message = str(err.value)
+    assert "'checksums', 'epoch', 'model_name'" in message
+    assert "MNIST_CHECKSUMS" in message and "MNIST_MODEL_NAME" in message
+
+
+def test_checksums_and_model_name_are_deployment_settings(dag, glue, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk.exceptions import AirflowFailException
+
+    params = dag.params.validate()
+    cfg = glue.pipeline_config(params, environ={"MNIST_CHECKSUMS": "off",
+                                                "MNIST_MODEL_NAME": "another-model"})
+    assert (cfg.ingest.checksums, cfg.model_name) == ("off", "another-model")
+    digest = "0" * 64
+    sums = tmp_path / "sums.json"
+    sums.write_text(json.dumps({"t10k-labels-idx1-ubyte.gz": digest}))
+    cfg = glue.pipeline_config(params, environ={"MNIST_CHECKSUMS": f"@{sums}"})
+    assert cfg.ingest.expected_sha256()["t10k-labels-idx1-ubyte.gz"] == digest
+    sums.write_text("not json")
+    with pytest.raises(AirflowFailException, match=r"MNIST_CHECKSUMS.*not JSON"):
+        glue.pipeline_config(params, environ={"MNIST_CHECKSUMS": f"@{sums}"})
+    with pytest.raises(AirflowFailException, match="MNIST_MODEL_NAME"):
+        glue.pipeline_config(params, environ={"MNIST_MODEL_NAME": "../evil"})
+
+
+def test_a_store_with_dot_dot_fails_the_task_naming_store(dag, glue) -> None:  # type: ignore[no-untyped-def]
+    """The form's pattern refuses it; a percent-encoded one gets past the pattern, not the task."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    params = {**dag.params.validate(), "store": "file:///data/%2e%2e/%2e%2e/etc/x"}
+    with pytest.raises(AirflowFailException, match=r"'store'.*'\.\.' path segments"):
+        glue.pipeline_config(params, environ={})
 
 
 def _modules_after(code: str) -> set[str]:
@@ -111,8 +221,12 @@ def _modules_after(code: str) -> set[str]:
 
 
 def test_parsing_the_dag_file_imports_no_heavy_libraries() -> None:
-    mods = _modules_after(f"import runpy; runpy.run_path({str(DAG_FILE)!r})")
-    heavy = {"tensorflow", "keras", "numpy", "sklearn", "matplotlib", "mnist_tasks.train"}
+    mods = _modules_after(
+        f"import runpy, sys; sys.path.insert(0, {str(DAGS)!r}); runpy.run_path({str(DAG_FILE)!r})"
+    )
+    assert "mnist_airflow" in mods and "mnist_tasks.config" in mods
+    heavy = {"tensorflow", "keras", "numpy", "sklearn", "matplotlib", "mnist_tasks.train",
+             "mnist_tasks.pipeline", "boto3"}
     assert not (heavy & mods), heavy & mods
 
 
@@ -130,15 +244,33 @@ def test_library_never_imports_airflow() -> None:
         assert "import airflow" not in text and "from airflow" not in text, path
 
 
+def test_the_plugin_gets_the_glue_where_the_dags_folder_is_not_on_sys_path() -> None:
+    """The API server loads plugins with plugins/ on sys.path, not dags/: the Models page still
+    reads the store with the tasks' credential function."""
+    code = (
+        "import sys, runpy\n"
+        f"assert {str(DAGS)!r} not in sys.path\n"
+        f"plugin = runpy.run_path({str(REPO / 'plugins' / 'mnist_models.py')!r})\n"
+        "glue = plugin['airflow_glue']()\n"
+        f"assert glue.__file__ == {str(GLUE_FILE)!r}, glue.__file__\n"
+        "print(glue.s3_client_kwargs.__qualname__)\n"
+    )
+    import os
+
+    env = {**os.environ, "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd="/", env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "s3_client_kwargs"
+
+
 def _dag_with_margin(monkeypatch, margin: str | None):  # type: ignore[no-untyped-def]
     """Parse the DAG file afresh with MNIST_DEADLINE_MARGIN_MINUTES set (or unset) for it."""
-    from airflow.dag_processing.dagbag import DagBag
-
     if margin is None:
         monkeypatch.delenv("MNIST_DEADLINE_MARGIN_MINUTES", raising=False)
     else:
         monkeypatch.setenv("MNIST_DEADLINE_MARGIN_MINUTES", margin)
-    bag = DagBag(dag_folder=str(DAG_FILE))
+    bag = _bag(DAG_FILE)
     return bag, bag.dags.get("mnist_training")
 
 
@@ -181,13 +313,8 @@ def test_failure_callback_on_every_task(dag) -> None:  # type: ignore[no-untyped
         assert [c.__name__ for c in callbacks] == ["on_failure"], t.task_id
 
 
-def test_stages_run_with_long_lived_objects_frozen_and_garbage_collected() -> None:
-    """`_run_stage` collects, then freezes what is alive: full collections skip Airflow's heap."""
-
-    spec = importlib.util.spec_from_file_location("mnist_training_under_test", DAG_FILE)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def test_stages_run_with_long_lived_objects_frozen_and_garbage_collected(glue) -> None:  # type: ignore[no-untyped-def]
+    """`run_stage` collects, then freezes what is alive: full collections skip Airflow's heap."""
 
     class Cycle:
         def __init__(self) -> None:
@@ -205,7 +332,7 @@ def test_stages_run_with_long_lived_objects_frozen_and_garbage_collected() -> No
         return {"model_uri": "file:///m.keras", "test_accuracy": 0.98}
 
     try:
-        assert module._run_stage("probe", stage) == {
+        assert glue.run_stage("probe", stage) == {
             "model_uri": "file:///m.keras", "test_accuracy": 0.98}
         assert isinstance(seen["frozen"], int) and seen["frozen"] > 10_000
         assert seen["garbage_alive"] is False

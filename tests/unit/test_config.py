@@ -98,3 +98,107 @@ def test_run_key_is_safe_deterministic_and_collision_free() -> None:
     assert run_key("manual_1") == "manual_1"
     with pytest.raises(ConfigError):
         run_key("  ")
+
+
+# -- the trigger parameters: one definition ----------------------------------------------------
+
+
+def test_presets_come_from_the_presets_table() -> None:
+    from mnist_tasks.config import PARAM_SPECS, PRESETS
+
+    assert tuple(PRESETS) == PRESET_NAMES
+    assert PARAM_SPECS["preset"].enum == PRESET_NAMES
+    assert all(isinstance(p["description"], str) and p["description"] for p in PRESETS.values())
+    assert "description" not in dataclasses.asdict(train_config("cnn"))
+
+
+def test_the_configs_enforce_the_trigger_parameters_ranges() -> None:
+    """The dataclasses check a field against the spec's range: change it once, both follow."""
+    from mnist_tasks.config import TRIGGER_PARAMS
+
+    ranged = [s for s in TRIGGER_PARAMS if s.minimum is not None]
+    assert {s.name for s in ranged} == {"epochs", "batch_size", "learning_rate", "seed",
+                                        "min_accuracy", "champion_margin", "max_recall_drop"}
+    for spec in ranged:
+        assert spec.maximum is not None
+        step = 1 if spec.type == "integer" else 1e-9
+        for value in (spec.minimum, spec.maximum):
+            value = int(value) if spec.type == "integer" else value
+            pipeline_config({"store": "/s", spec.name: value})
+        for value in (spec.minimum - step, spec.maximum + step):
+            value = int(value) if spec.type == "integer" else value
+            with pytest.raises(ConfigError, match=f"'{spec.name}'"):
+                pipeline_config({"store": "/s", spec.name: value})
+
+
+def test_trigger_parameter_defaults_are_the_configs() -> None:
+    from mnist_tasks.config import PARAM_SPECS, TrainConfig
+
+    cfg = pipeline_config({name: spec.default for name, spec in PARAM_SPECS.items()})
+    assert cfg.gate == GateConfig() and cfg.train == train_config(TrainConfig.preset)
+    assert cfg.store == "file:///tmp/mnist-store" and cfg.ingest.source == "default"
+
+
+def test_unknown_trigger_keys_are_named_with_where_the_setting_lives() -> None:
+    from mnist_tasks.config import check_trigger_params
+
+    assert check_trigger_params({"preset": "cnn"}) == {"preset": "cnn"}
+    with pytest.raises(ConfigError) as err:
+        check_trigger_params({"preset": "cnn", "model_name": "x", "checksums": "off", "lr": 1})
+    message = str(err.value)
+    assert "'checksums', 'lr', 'model_name'" in message
+    assert "checksums is set by the deployment (MNIST_CHECKSUMS)" in message
+    assert "model_name is set by the deployment (MNIST_MODEL_NAME)" in message
+
+
+@pytest.mark.parametrize(
+    "store",
+    ["file:///data/../../etc/x", "s3://bucket/a/../b", "/data/..", "../store",
+     "file:///data/%2E%2E/x", "s3://bucket/a/%2e%2e/b"],
+)
+def test_a_store_with_dot_dot_segments_is_refused(store: str) -> None:
+    with pytest.raises(ConfigError, match=r"'store'.*'\.\.' path segments"):
+        pipeline_config({"store": store})
+
+
+@pytest.mark.parametrize("store", ["file:///data/..x/y", "s3://bucket/a..b", "/data/x"])
+def test_a_store_with_dots_in_names_is_fine(store: str) -> None:
+    assert pipeline_config({"store": store}).store == store
+
+
+def test_the_forms_store_pattern_refuses_dot_dot_too() -> None:
+    import re
+
+    from mnist_tasks.config import STORE_PATTERN
+
+    assert re.match(STORE_PATTERN, "file:///data/x") and re.match(STORE_PATTERN, "s3://b-1/p")
+    for store in ("file:///data/../../etc/x", "/a/..", "s3://bucket/../x", "ftp://x"):
+        assert not re.match(STORE_PATTERN, store), store
+
+
+def test_checksums_from_a_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mnist_tasks.config import MAX_JSON_FILE_BYTES, parse_checksums
+
+    sums = tmp_path / "sums.json"
+    sums.write_text('{"t10k-labels-idx1-ubyte.gz": "' + "a" * 64 + '"}')
+    cfg = pipeline_config({"store": "/s", "checksums": f"@{sums}"})
+    assert cfg.ingest.expected_sha256()["t10k-labels-idx1-ubyte.gz"] == "a" * 64
+    for text, problem in (("nope", "is not JSON"), ("[1]", "JSON object"),
+                          (" " * (MAX_JSON_FILE_BYTES + 1), "larger than")):
+        sums.write_text(text)
+        with pytest.raises(ConfigError, match=f"'MNIST_CHECKSUMS'.*{problem}"):
+            parse_checksums(f"@{sums}", "MNIST_CHECKSUMS")
+    with pytest.raises(ConfigError, match=r"'checksums'.*cannot read .*missing\.json"):
+        parse_checksums(f"@{tmp_path / 'missing.json'}")
+
+
+def test_deployment_values() -> None:
+    from mnist_tasks.config import deployment_values
+
+    assert deployment_values({}) == {"checksums": "pinned", "model_name": "mnist-classifier"}
+    assert deployment_values({"MNIST_CHECKSUMS": "off", "MNIST_MODEL_NAME": "m2"}) == {
+        "checksums": "off", "model_name": "m2"}
+    with pytest.raises(ConfigError, match="'MNIST_MODEL_NAME'"):
+        deployment_values({"MNIST_MODEL_NAME": "Bad Name"})
+    with pytest.raises(ConfigError, match="'MNIST_CHECKSUMS'"):
+        deployment_values({"MNIST_CHECKSUMS": "sometimes"})

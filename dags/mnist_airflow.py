@@ -1,0 +1,275 @@
+"""The Airflow glue of the MNIST retraining DAG, so that ``mnist_training.py`` is wiring only.
+
+What is here: the trigger form's ``Param``s (generated from ``mnist_tasks.config``), the
+deployment settings read from the environment, the failure/rejection notifier, the stage
+wrapper (``gc.freeze``, a collapsible log group, one summary line), the Airflow connection →
+boto3 arguments (also used by the Models page plugin), the deadline alert, and the task bodies
+that need Airflow's context (train's progress note, gate's short-circuit, register's asset event).
+
+Not a DAG file: ``.airflowignore`` keeps the DAG processor from parsing it. The DAG file imports
+it by name: Airflow puts the DAG bundle's folder on ``sys.path`` in the DAG processor, in each
+task's process and in ``airflow dags test`` (``BundleDagBag``); the API server, which loads the
+plugin, does not, so the plugin adds the DAGs folder itself (``plugins/mnist_models.py``).
+
+Deployment settings (environment variables; see the README's deployment table):
+``MNIST_STORE`` / ``MNIST_SOURCE`` (the trigger form's defaults), ``MNIST_CHECKSUMS``
+(``pinned`` | ``off`` | ``@/path/to/file.json``) and ``MNIST_MODEL_NAME`` (fixed per deployment: a
+trigger cannot change them), ``MNIST_S3_CONN_ID``, ``MNIST_TRAIN_POOL`` / ``MNIST_TRAIN_QUEUE``,
+``MNIST_NOTIFIER``, ``MNIST_DEADLINE_MARGIN_MINUTES``.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import Asset, AsyncCallback, DeadlineAlert, DeadlineReference, Param
+from airflow.sdk import get_current_context as _context
+
+from mnist_tasks.config import TRIGGER_PARAMS
+
+if TYPE_CHECKING:
+    from mnist_tasks.config import PipelineConfig
+    from mnist_tasks.pipeline import Pipeline
+
+log = logging.getLogger("mnist_training")
+
+DAG_ID = "mnist_training"
+# Where the train task runs: `gpu` / `gpu` on a deployment with a GPU worker.
+TRAIN_POOL = os.environ.get("MNIST_TRAIN_POOL", "default_pool")
+TRAIN_QUEUE = os.environ.get("MNIST_TRAIN_QUEUE", "default")
+
+# The train task's key in Airflow's task state store (shared by its retries): the last
+# checkpointed epoch, for the log of a retry and a cross-check of the resume.
+TRAIN_PROGRESS_KEY = "train_progress"
+
+# Downstream DAGs can schedule on new model versions: `schedule=[MODEL_REGISTRY]`.
+MODEL_REGISTRY = Asset(name="mnist_model_registry", uri="mnist://registry/mnist-classifier")
+
+
+def trigger_params(environ: Mapping[str, str] = os.environ) -> dict[str, Param]:
+    """The trigger form: one ``Param`` per ``mnist_tasks.config.TRIGGER_PARAMS`` entry.
+
+    A parameter with an ``env`` (store, source) takes that variable's value as its default.
+    """
+    params: dict[str, Param] = {}
+    for spec in TRIGGER_PARAMS:
+        default = (environ.get(spec.env) if spec.env else None) or spec.default
+        params[spec.name] = Param(
+            default, description=spec.description, title=spec.title, **spec.schema()
+        )
+    return params
+
+
+def pipeline_config(params: Mapping[str, Any], environ: Mapping[str, str] = os.environ
+                    ) -> PipelineConfig:
+    """The run's config: the trigger's params plus the deployment settings from ``environ``.
+
+    Airflow merges a run's ``conf`` into ``params`` without checking its keys, so a key that is
+    not on the form (``checksums``, ``model_name``, a typo) is refused here, in the first task.
+
+    Raises:
+        AirflowFailException: (no retry: a retry cannot fix it) naming the bad keys or value.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mnist_tasks import config
+
+    try:
+        values = config.check_trigger_params(params)
+        return config.pipeline_config({**values, **config.deployment_values(environ)})
+    except config.ConfigError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+def pipeline() -> Pipeline:
+    """The library's Pipeline for the running task: its config, run id and S3 credentials."""
+    from mnist_tasks.pipeline import Pipeline
+
+    ctx = _context()
+    return Pipeline(
+        pipeline_config(ctx["params"]),
+        run_id=ctx["run_id"],
+        dag_id=ctx["dag"].dag_id,
+        s3_client_kwargs=s3_client_kwargs(),
+    )
+
+
+def s3_client_kwargs() -> dict[str, Any] | None:
+    """boto3 arguments from the Airflow connection ``MNIST_S3_CONN_ID`` (default ``mnist_s3``).
+
+    login = access key, password = secret key, extra ``endpoint_url`` (or the host) and
+    ``region_name``. None when the connection does not exist: boto3's standard configuration.
+    Works in a task (through the supervisor) and in the API server (the metadata database).
+    """
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        conn = Connection.get(os.environ.get("MNIST_S3_CONN_ID", "mnist_s3"))
+    except AirflowNotFoundException:
+        return None
+    extra = conn.extra_dejson
+    kwargs: dict[str, Any] = {}
+    if conn.login:
+        kwargs["aws_access_key_id"] = conn.login
+    if conn.password:
+        kwargs["aws_secret_access_key"] = conn.password
+    endpoint = extra.get("endpoint_url") or (conn.host if conn.host else None)
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+    if extra.get("region_name"):
+        kwargs["region_name"] = extra["region_name"]
+    return kwargs or None
+
+
+def notify(context: Any, message: str) -> None:
+    """Log ``message`` and, when MNIST_NOTIFIER is set, send it through that Airflow notifier.
+
+    MNIST_NOTIFIER: ``{"class": "dotted.path.Notifier", "kwargs": {...}}``, e.g. the SMTP or
+    Slack provider's notifier; its templates can use ``{{ mnist_alert }}``.
+    """
+    log.error("%s", message)
+    spec_text = os.environ.get("MNIST_NOTIFIER", "")
+    if not spec_text:
+        return
+    from airflow.sdk.module_loading import import_string
+
+    spec = json.loads(spec_text)
+    notifier = import_string(spec["class"])(**spec.get("kwargs", {}))
+    context["mnist_alert"] = message
+    notifier(context)
+
+
+def on_failure(context: Any) -> None:
+    """A clear, single-paragraph summary of what failed, for the log and the notifier."""
+    ti = context["ti"]
+    error = context.get("exception")
+    notify(
+        context,
+        f"ALERT {ti.dag_id} run {ti.run_id}: task {ti.task_id} failed on try {ti.try_number} "
+        f"with {type(error).__name__ if error else 'an error'}: {error}",
+    )
+
+
+def freeze_long_lived_objects() -> None:
+    """Collect once, then move every live object out of the cyclic GC's reach (``gc.freeze``).
+
+    A task process holds ~1M long-lived objects (Airflow's task runner, and TensorFlow's once a
+    stage imported it). Without this, each full collection rescans them all (0.3-0.9 s, a dozen
+    times in an `airflow dags test` run, plus the interpreter's teardown): measured 1.5-3 s of a
+    ~27 s run (docs/benchmarks.md). Collecting first means no garbage is frozen.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def run_stage(name: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run a library stage inside a collapsible log group, then log one summary line."""
+    start = time.perf_counter()
+    freeze_long_lived_objects()
+    log.info("::group::%s: details", name)
+    try:
+        result = fn(*args)
+    finally:
+        log.info("::endgroup::")
+    # Scalars only, and of the URIs only the model's: the details are in the group above.
+    brief = ", ".join(
+        f"{k}={v}"
+        for k, v in result.items()
+        if isinstance(v, str | int | float)
+        and (k == "model_uri" or not k.endswith(("_uri", "_key")))
+    )
+    log.info("SUMMARY %s finished in %.1f s: %s", name, time.perf_counter() - start, brief)
+    return result
+
+
+def stage(name: str, *args: Any) -> dict[str, Any]:
+    """Run the Pipeline method ``name`` (ingest, preprocess, evaluate) on the previous result."""
+    return run_stage(name, getattr(pipeline(), name), *args)
+
+
+def train(prepared: dict[str, Any]) -> dict[str, Any]:
+    """Train, noting each checkpoint in the task state store, which retries share: a retry
+    resumes from the store's checkpoint and checks it against that note."""
+    ctx = _context()
+    state = ctx.get("task_state_store")
+    previous = state.get(TRAIN_PROGRESS_KEY) if state is not None else None
+    previous = previous if isinstance(previous, dict) else None
+    if previous:
+        log.info("try %s: the previous try checkpointed epoch %s of %s at %s (%s)",
+                 ctx["ti"].try_number, previous.get("epoch"), previous.get("epochs"),
+                 previous.get("saved_at"), previous.get("checkpoint_uri"))
+    note = functools.partial(state.set, TRAIN_PROGRESS_KEY) if state is not None else None
+    fn = functools.partial(pipeline().train, on_checkpoint=note, previous=previous)
+    return run_stage("train", fn, prepared)
+
+
+def gate(evaluation: dict[str, Any]) -> dict[str, Any] | bool:
+    """The gate's decision when it is PROMOTE; on REJECT, notify and return False (the
+    short-circuit skips register)."""
+    decision = run_stage("gate", pipeline().gate, evaluation)
+    if decision["decision"] == "PROMOTE":
+        return decision
+    ctx = _context()
+    notify(
+        ctx,
+        f"ALERT {ctx['dag'].dag_id} run {ctx['run_id']}: gate REJECTED the model "
+        f"(test accuracy {evaluation['test_accuracy']:.4f}): "
+        + "; ".join(decision.get("reasons", [])),
+    )
+    return False
+
+
+def register(decision: dict[str, Any]) -> dict[str, Any]:
+    """Register the promoted model; the registry asset's event says which version and how good."""
+    result = run_stage("register", pipeline().register, decision)
+    _context()["outlet_events"][MODEL_REGISTRY].extra = {
+        k: result[k] for k in ("version", "test_accuracy", "model_uri") if k in result
+    }
+    return result
+
+
+def deadline_alert(environ: Mapping[str, str] = os.environ) -> DeadlineAlert | None:
+    """Alert when a run takes MNIST_DEADLINE_MARGIN_MINUTES (default 60) longer than its recent
+    average; ``off`` disables it (``airflow dags test`` on 3.3.2 needs that: apache/airflow#73428).
+
+    Raises:
+        ValueError: naming the variable, for a value that is not a positive number or ``off``.
+    """
+    margin = environ.get("MNIST_DEADLINE_MARGIN_MINUTES", "60")
+    if margin.strip().lower() in ("", "0", "off", "none"):
+        return None
+    try:
+        minutes = float(margin)
+    except ValueError:
+        minutes = -1.0
+    if not minutes > 0:
+        raise ValueError(
+            f"MNIST_DEADLINE_MARGIN_MINUTES={margin!r}: expected a positive number of "
+            "minutes, or 'off'"
+        )
+    return DeadlineAlert(
+        reference=DeadlineReference.AVERAGE_RUNTIME(max_runs=10, min_runs=3),
+        interval=timedelta(minutes=minutes),
+        callback=AsyncCallback("mnist_tasks.alerts.deadline_missed", kwargs={"dag_id": DAG_ID}),
+    )
+
+
+# Retries with exponential backoff and a timeout on every task; train overrides its timeout.
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "ml-platform",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": timedelta(minutes=10),
+    "execution_timeout": timedelta(minutes=30),
+    "on_failure_callback": on_failure,
+}

@@ -1,0 +1,110 @@
+"""The command line: options generated from the trigger parameters, and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_tasks.__main__ import CHAIN, _parser, main
+from mnist_tasks.config import DEPLOYMENT_SETTINGS, PRESET_NAMES, TRIGGER_PARAMS
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The real entry point in a fresh interpreter, so a traceback would show on stderr."""
+    return subprocess.run([sys.executable, "-m", "mnist_tasks", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def _one_line_error(out: subprocess.CompletedProcess[str], argument: str) -> str:
+    assert out.returncode == 2, out.stderr
+    assert out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert argument in lines[0]
+    return lines[0]
+
+
+def test_checksums_file_that_is_not_json(tmp_path: Path) -> None:
+    bad = tmp_path / "sums.json"
+    bad.write_text("train-images-idx3-ubyte.gz  abc\n")
+    line = _one_line_error(
+        _cli("ingest", "--store", str(tmp_path / "s"), "--checksums", f"@{bad}", cwd=tmp_path),
+        "argument --checksums",
+    )
+    assert f"{bad} is not JSON" in line
+
+
+def test_gate_with_a_missing_evaluation_file(tmp_path: Path) -> None:
+    missing = tmp_path / "evaluation.json"
+    line = _one_line_error(
+        _cli("gate", "--store", str(tmp_path / "s"), "--evaluation", f"@{missing}",
+             cwd=tmp_path),
+        "argument --evaluation",
+    )
+    assert f"cannot read {missing}" in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "argument", "detail"),
+    [
+        (["gate", "--evaluation", '{"test_accuracy": 0.9}'], "argument --evaluation",
+         "missing prepared_uri, trained: give evaluate's JSON output"),
+        (["register", "--gate", "[1, 2]"], "argument --gate", "must be a JSON object"),
+        (["register", "--gate", "{not json"], "argument --gate", "not valid JSON"),
+        (["train", "--prepared", "{}"], "argument --prepared", "missing prepared_uri"),
+        (["ingest", "--checksums", "maybe"], "argument --checksums", "'pinned', 'off'"),
+        (["train", "--prepared", '{"prepared_uri": "x"}', "--preset", "resnet"],
+         "argument --preset", "invalid choice"),
+        (["train", "--prepared", '{"prepared_uri": "x"}', "--epochs", "many"],
+         "argument --epochs", "invalid int value"),
+    ],
+)
+def test_bad_arguments_are_one_line_naming_the_argument(
+    argv: list[str], argument: str, detail: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--store", str(tmp_path / "s")])
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert argument in line and detail in line
+
+
+@pytest.mark.parametrize("store", ["file:///data/../../etc/x", "/data/../x",
+                                   "file:///data/%2e%2e/x"])
+def test_a_store_with_dot_dot_is_refused(store: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ingest", "--store", store]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "'store'" in line and "'..' path segments" in line
+
+
+def _options(command: str) -> dict[str, argparse.Action]:
+    sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return {a.dest: a for a in sub.choices[command]._actions}
+
+
+def test_run_all_options_are_the_trigger_parameters_and_deployment_settings() -> None:
+    options = _options("run-all")
+    types = {"string": str, "integer": int, "number": float}
+    for spec in TRIGGER_PARAMS:
+        action = options[spec.name]
+        assert action.option_strings == ["--" + spec.name.replace("_", "-")]
+        assert action.type is types[spec.type], spec.name
+        assert spec.description.replace("%", "%%") in (action.help or ""), spec.name
+    assert tuple(options["preset"].choices or ()) == PRESET_NAMES
+    for setting in DEPLOYMENT_SETTINGS:
+        assert f"${setting.env}" in (options[setting.name].help or "")
+
+
+def test_each_stage_takes_the_previous_stages_output() -> None:
+    assert {c: CHAIN[c][1] for c in CHAIN} == {
+        "preprocess": "ingest", "train": "preprocess", "evaluate": "train",
+        "gate": "evaluate", "register": "gate"}
+    for command, (option, _, _) in CHAIN.items():
+        action = _options(command)[option.removeprefix("--")]
+        assert action.required, command
