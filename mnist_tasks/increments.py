@@ -458,9 +458,13 @@ def _decode_png(data: bytes, uri: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
+        # verify() walks every chunk to IEND checking CRCs, so a file cut short after its
+        # pixel data (which decoding alone tolerates) is refused too; it consumes the image.
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()
         img = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise IncrementError(f"{uri}: unreadable PNG ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise IncrementError(f"{uri}: unreadable PNG ({exc or type(exc).__name__})") from None
     with img:
         if img.format != "PNG":
             raise IncrementError(f"{uri}: not a PNG file (Pillow reads it as {img.format})")
