@@ -42,6 +42,7 @@ import re
 import shutil
 import sys
 import uuid
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,11 +324,17 @@ def load_arrays(store: Store, entry: IncrementEntry) -> dict[str, np.ndarray]:
     except ObjectNotFound:
         raise DatasetError(f"{uri}: the arrays of increment {entry.id!r} are missing from the "
                            "store") from None
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        missing = [n for n in ARRAY_NAMES if n not in npz.files]
-        if missing:
-            raise DatasetError(f"{uri}: missing arrays {missing}")
-        arrays = {n: npz[n] for n in ARRAY_NAMES}
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            missing = [n for n in ARRAY_NAMES if n not in npz.files]
+            if missing:
+                raise DatasetError(f"{uri}: missing arrays {missing}")
+            arrays = {n: npz[n] for n in ARRAY_NAMES}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, DatasetError):
+            raise
+        raise DatasetError(f"{uri}: not a readable npz file of the increment's arrays "
+                           f"({type(exc).__name__})") from None
     if _arrays_sha256(arrays) != entry.arrays_sha256:
         raise DatasetError(f"{uri}: content does not match the recorded SHA-256 "
                            f"{entry.arrays_sha256[:16]}... (corrupt or replaced)")
