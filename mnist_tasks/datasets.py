@@ -16,13 +16,16 @@ Command line::
 
     python -m mnist_tasks.datasets --store file:///tmp/store list [--json]
     python -m mnist_tasks.datasets --store s3://bucket/mnist show 3f9c0a51d2e4b6a8 [--json]
-    python -m mnist_tasks.datasets make-demo --mnist ../shared/datasets/mnist --out /tmp/src
+    python -m mnist_tasks.datasets make-demo --mnist ../shared/datasets/mnist --out /tmp/src \\
+        --increments 1 --drifted 1000
     python -m mnist_tasks.datasets add-increment --mnist ../shared/datasets/mnist \\
         --out /tmp/src --id 2026-11-27 --kind drifted
 
 ``make-demo`` lays out a source from the real MNIST: a base of the first 50,000 training images
 (the test files unchanged) with ``payload-sha256.json`` (the mapping ``--checksums @file``
-takes), and increments ``demo-01`` ... of 5,000 held-back training images each.
+takes), increments ``demo-01`` ... of 5,000 held-back training images each, and with
+``--drifted N`` a ``demo-drifted`` increment of N transformed (thicker, inverted or shifted)
+held-back digits.
 ``add-increment`` lands one more (IDX, PNG folders, or drifted digits); its ``_SUCCESS``
 marker is written last. Errors print one line and exit with status 2.
 """
@@ -683,11 +686,20 @@ def write_increment(out: Path, inc_id: str, images: np.ndarray, labels: np.ndarr
     return folder
 
 
+def _drifted(images: np.ndarray, drift: str, seed: int) -> np.ndarray:
+    if drift not in ("thick", "invert", "shift"):
+        raise ConfigError(f"parameter 'drift' = {drift!r} is invalid: thick, invert or shift")
+    return shift(images, seed=seed) if drift == "shift" else DRIFTS[drift](images)
+
+
 def make_demo(mnist: Path, out: Path, *, base: int = 50_000, increments: int = 1,
-              size: int = 5_000) -> dict[str, Any]:
+              size: int = 5_000, drifted: int = 0, drift: str = "thick",
+              seed: int = 0) -> dict[str, Any]:
     """Lay out a demo source: the base (first ``base`` training images, the test files
     unchanged, ``payload-sha256.json``) and ``increments`` IDX increments ``demo-01``... of
-    ``size`` consecutive held-back training images each.
+    ``size`` consecutive held-back training images each; with ``drifted`` > 0, also
+    ``demo-drifted``: the next ``drifted`` held-back images transformed by ``drift``
+    (``thick``, ``invert`` or ``shift``, the latter seeded by ``seed``).
 
     Returns:
         ``{"source": str, "base": int, "increments": [ids], "payload_sha256": {...}}``.
@@ -698,17 +710,19 @@ def make_demo(mnist: Path, out: Path, *, base: int = 50_000, increments: int = 1
         IdxFormatError: if an MNIST file is malformed.
     """
     out = _check_out(Path(out))
-    for name, value, lo in (("base", base, 1), ("increments", increments, 0), ("size", size, 1)):
+    for name, value, lo in (("base", base, 1), ("increments", increments, 0), ("size", size, 1),
+                            ("drifted", drifted, 0)):
         if not isinstance(value, int) or value < lo:
             raise ConfigError(f"parameter {name!r} = {value!r} is invalid: must be an integer "
                               f">= {lo}")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"parameter 'out' = {str(out)!r} is not empty; make-demo writes a new "
                           "source (use add-increment to add to one)")
+    _drifted(np.zeros((0, 28, 28), np.uint8), drift, seed)  # validates drift first
     x, y, _ = _load_mnist(Path(mnist), "train")
-    if base + increments * size > len(x):
-        raise ConfigError(f"base {base:,} + {increments} x {size:,} images is more than the "
-                          f"{len(x):,} training images in {mnist}")
+    if base + increments * size + drifted > len(x):
+        raise ConfigError(f"base {base:,} + {increments} x {size:,} + {drifted:,} drifted images "
+                          f"is more than the {len(x):,} training images in {mnist}")
     out.mkdir(parents=True, exist_ok=True)
     train_payloads = {MNIST_FILES["train_images"]: idx.encode_idx(np.ascontiguousarray(x[:base])),
                       MNIST_FILES["train_labels"]: idx.encode_idx(np.ascontiguousarray(y[:base]))}
@@ -726,6 +740,11 @@ def make_demo(mnist: Path, out: Path, *, base: int = 50_000, increments: int = 1
         lo = base + i * size
         write_increment(out, inc_id, x[lo:lo + size], y[lo:lo + size])
         ids.append(inc_id)
+    if drifted:
+        lo = base + increments * size
+        write_increment(out, "demo-drifted", _drifted(np.array(x[lo:lo + drifted]), drift, seed),
+                        y[lo:lo + drifted])
+        ids.append("demo-drifted")
     # Written last: a source is usable once its checksum file is there.
     _atomic_write(out / "payload-sha256.json", (json.dumps(sha, indent=2, sort_keys=True)
                                                 + "\n").encode())
@@ -753,8 +772,7 @@ def add_increment(mnist: Path, out: Path, inc_id: str, *, kind: str = "idx",
     out = _check_out(Path(out))
     if kind not in ("idx", "png", "drifted"):
         raise ConfigError(f"parameter 'kind' = {kind!r} is invalid: idx, png or drifted")
-    if drift not in ("thick", "invert", "shift"):
-        raise ConfigError(f"parameter 'drift' = {drift!r} is invalid: thick, invert or shift")
+    _drifted(np.zeros((0, 28, 28), np.uint8), drift, seed)  # validates drift
     if split not in ("train", "test"):
         raise ConfigError(f"parameter 'split' = {split!r} is invalid: train or test")
     if not isinstance(size, int) or size < 1:
@@ -770,7 +788,7 @@ def add_increment(mnist: Path, out: Path, inc_id: str, *, kind: str = "idx",
                           f"{size:,}) must lie within the {len(x):,} {split} images")
     images, labels = np.array(x[start:start + size]), np.array(y[start:start + size])
     if kind == "drifted":
-        images = shift(images, seed=seed) if drift == "shift" else DRIFTS[drift](images)
+        images = _drifted(images, drift, seed)
     folder = write_increment(out, inc_id, images, labels, fmt="png" if kind == "png" else "idx")
     return {"id": inc_id, "path": str(folder), "images": size, "kind": kind, "offset": start,
             "split": split, **({"drift": drift} if kind == "drifted" else {})}
@@ -802,6 +820,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--base", type=int, default=50_000, help="base training images (50000)")
     p.add_argument("--increments", type=int, default=1, help="increments to land (1)")
     p.add_argument("--size", type=int, default=5_000, help="images per increment (5000)")
+    p.add_argument("--drifted", type=int, default=0,
+                   help="also land demo-drifted with this many transformed images (0)")
+    p.add_argument("--drift", choices=("thick", "invert", "shift"), default="thick",
+                   help="the transform of demo-drifted (thick)")
+    p.add_argument("--seed", type=int, default=0, help="seed of --drift shift (0)")
 
     p = sub.add_parser("add-increment", help="land one more increment in a source folder")
     p.add_argument("--mnist", required=True, type=Path, help="folder with the four MNIST files")
@@ -837,7 +860,8 @@ def run(args: argparse.Namespace) -> str:
         return json.dumps(version.to_dict(), indent=2) if args.json else format_show(version)
     if args.command == "make-demo":
         result = make_demo(args.mnist, args.out, base=args.base, increments=args.increments,
-                           size=args.size)
+                           size=args.size, drifted=args.drifted, drift=args.drift,
+                           seed=args.seed)
         return (f"wrote {result['source']}: base of {result['base']:,} training images, "
                 f"increments {', '.join(result['increments']) or 'none'}; checksums in "
                 f"{Path(result['source']) / 'payload-sha256.json'}")

@@ -42,6 +42,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -97,6 +98,8 @@ _MAX_LABELS_PAYLOAD = 8 + MAX_IMAGES
 _PNG_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK",
                         "YCbCr"})
 _PAYLOAD_TAG = b"mnist-tasks/increment-payload/1\n"
+_PNG_BATCH = 512  # PNGs fetched per batch: bounds the bytes held at once to 512 x 1 MiB
+_S3_READERS = 16  # parallel GETs for PNG increments on S3
 
 Status = Literal["ACCEPTED", "QUARANTINED"]
 Format = Literal["idx", "png"]
@@ -256,6 +259,8 @@ def discover(source: str, *, client_kwargs: Mapping[str, Any] | None = None) -> 
             continue  # the prefix itself, or an S3 console "folder" placeholder
         rest = key[len(base):]
         name, sep, inner = rest.partition("/")
+        if name.startswith("."):
+            continue  # an uploader's hidden temp folder or file
         if not sep:
             invalid[name] = "a file directly under increments/ (expected one folder per increment)"
             continue
@@ -491,11 +496,22 @@ def _read_png(ref: IncrementRef, keys: list[str]) -> tuple[np.ndarray, np.ndarra
     ordered = sorted(keys, key=lambda k: (int(k[base]), k[base + 2:]))
     images = np.empty((len(ordered), ROWS, COLS), dtype=np.uint8)
     labels = np.empty(len(ordered), dtype=np.uint8)
-    for i, key in enumerate(ordered):
-        uri = _uri(ref.store, key)
-        images[i] = _decode_png(_read_file(ref.store, key, MAX_PNG_BYTES), uri)
-        labels[i] = int(key[base])
+    for start in range(0, len(ordered), _PNG_BATCH):
+        batch = ordered[start:start + _PNG_BATCH]
+        for i, (key, data) in enumerate(zip(batch, _fetch_many(ref.store, batch), strict=True),
+                                        start):
+            images[i] = _decode_png(data, _uri(ref.store, key))
+            labels[i] = int(key[base])
     return images, labels
+
+
+def _fetch_many(store: Store, keys: list[str]) -> list[bytes]:
+    """The bytes of small files; on S3 in parallel (one GET per PNG is latency-bound)."""
+    if not isinstance(store, S3Store) or len(keys) < 2:
+        return [_read_file(store, k, MAX_PNG_BYTES) for k in keys]
+    _ = store.client  # build the client once, before the threads share it
+    with ThreadPoolExecutor(max_workers=_S3_READERS) as pool:
+        return list(pool.map(lambda k: _read_file(store, k, MAX_PNG_BYTES), keys))
 
 
 def read_increment(ref: IncrementRef) -> RawIncrement:

@@ -248,8 +248,8 @@ def tiny_mnist(tmp_path: Path) -> Path:
 
 def test_make_demo_lays_out_a_base_and_increments(tiny_mnist: Path, tmp_path: Path) -> None:
     out = tmp_path / "src"
-    result = make_demo(tiny_mnist, out, base=120, increments=2, size=30)
-    assert result["increments"] == ["demo-01", "demo-02"]
+    result = make_demo(tiny_mnist, out, base=120, increments=2, size=30, drifted=20)
+    assert result["increments"] == ["demo-01", "demo-02", "demo-drifted"]
     sha = json.loads((out / "payload-sha256.json").read_text())
     IngestConfig(source=str(out), checksums=sha)  # the mapping ingest's --checksums takes
     for name, digest in sha.items():
@@ -267,11 +267,13 @@ def test_make_demo_lays_out_a_base_and_increments(tiny_mnist: Path, tmp_path: Pa
     results = check_all(found, Reference.build(x[:120], y[:120], digits(40, seed=41)[0]),
                         IncrementPolicy())
     assert [(r.id, r.status, r.counts["received"]) for r in results] == [
-        ("demo-01", ACCEPTED, 30), ("demo-02", ACCEPTED, 30)]
+        ("demo-01", ACCEPTED, 30), ("demo-02", ACCEPTED, 30), ("demo-drifted", ACCEPTED, 20)]
     assert results[1].payload_sha256 == payload_sha256(x[150:180], y[150:180])
+    assert results[2].payload_sha256 == payload_sha256(ds.thicken(x[180:200]), y[180:200])
     with pytest.raises(ConfigError, match=r"is not empty"):
         make_demo(tiny_mnist, out, base=120, increments=1, size=30)
-    with pytest.raises(ConfigError, match=r"base 150 \+ 2 x 30 images is more than the 200"):
+    with pytest.raises(ConfigError, match=r"base 150 \+ 2 x 30 \+ 0 drifted images is more "
+                                          r"than the 200"):
         make_demo(tiny_mnist, tmp_path / "src2", base=150, increments=2, size=30)
 
 

@@ -99,6 +99,8 @@ def test_discover_sorts_complete_and_names_incomplete_and_invalid(tmp_path: Path
     raw_folder(tmp_path, "2026-12-01", {"images-idx3-ubyte.gz": gz_idx(x)}, marker=False)
     raw_folder(tmp_path, "-bad", {"images-idx3-ubyte.gz": gz_idx(x)})
     (tmp_path / "increments" / "stray.txt").write_text("hi")
+    raw_folder(tmp_path, ".uploading-x", {"images-idx3-ubyte.gz": b""})  # hidden: skipped
+    (tmp_path / "increments" / "2026-11-20" / ".notes").write_text("hidden")
     found = discover(f"file://{tmp_path}")
     assert [r.id for r in found.complete] == ["2026-11-20", "2026-11-27"]
     assert found.incomplete == ("2026-12-01",)
