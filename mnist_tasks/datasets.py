@@ -49,7 +49,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -797,8 +797,15 @@ def add_increment(mnist: Path, out: Path, inc_id: str, *, kind: str = "idx",
 # --------------------------------------------------------------------------- CLI
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line on stderr and exit status 2, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m mnist_tasks.datasets",
         description="Dataset versions (base + accepted increments) and demo data.",
     )

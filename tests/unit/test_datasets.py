@@ -228,6 +228,12 @@ def test_cli_errors_are_one_line_with_status_2(store: LocalStore,
     assert ds.main(["list"]) == 2
     assert capsys.readouterr().err == ("error: parameter 'store' is missing: pass --store or "
                                        "set MNIST_STORE\n")
+    with pytest.raises(SystemExit) as exit_info:
+        ds.main(["add-increment", "--mnist", "m", "--out", "o", "--id", "x", "--kind", "gif"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: python -m mnist_tasks.datasets add-increment: argument --kind")
+    assert err.count("\n") == 1
 
 
 # --------------------------------------------------------------------------- demo data
