@@ -73,6 +73,7 @@ __all__ = [
     "DatasetVersion",
     "IncrementEntry",
     "QuarantineEntry",
+    "accepted_images",
     "add_increment",
     "list_versions",
     "load_arrays",
@@ -203,7 +204,14 @@ class DatasetVersion:
 
     @property
     def increment_ids(self) -> tuple[str, ...]:
+        """Ids of the accepted increments, sorted."""
         return tuple(e.id for e in self.increments)
+
+    @property
+    def known_ids(self) -> frozenset[str]:
+        """Ids already decided (accepted or quarantined): a later run need not read them again
+        (increments are immutable once complete)."""
+        return frozenset(self.increment_ids) | {q.id for q in self.quarantined}
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest (JSON-able)."""
@@ -342,6 +350,21 @@ def load_arrays(store: Store, entry: IncrementEntry) -> dict[str, np.ndarray]:
         raise DatasetError(f"{uri}: content does not match the recorded SHA-256 "
                            f"{entry.arrays_sha256[:16]}... (corrupt or replaced)")
     return arrays
+
+
+def accepted_images(store: Store, version: DatasetVersion) -> list[np.ndarray]:
+    """The images (train and fresh parts) of each accepted increment of ``version``, for
+    :meth:`mnist_tasks.increments.Reference.build`'s ``accepted_images`` (so later increments
+    are checked for duplicates against them).
+
+    Raises:
+        DatasetError: as :func:`load_arrays`.
+    """
+    out = []
+    for entry in version.increments:
+        arrays = load_arrays(store, entry)
+        out.append(np.concatenate([arrays["x_train"], arrays["x_fresh"]]))
+    return out
 
 
 def _merge_quarantined(old: Sequence[QuarantineEntry],

@@ -145,6 +145,13 @@ def test_previous_increments_are_carried_without_their_arrays(store: LocalStore,
     v2 = save_version(store, BASE, [checked("b", 60, 13, reference)], fresh_fraction=0.2,
                       previous=v1)
     assert v2.increment_ids == ("a", "b") and v2.increments[0] == v1.increments[0]
+    images = ds.accepted_images(store, v2)
+    assert [len(i) for i in images] == [100, 60]
+    ref = Reference.build(*digits(2000, seed=1), digits(300, seed=2)[0], accepted_images=images)
+    assert checked("b", 60, 13, ref).counts["duplicates_accepted"] == 60  # already accepted
+    bad = checked("z", 5, 14, reference)
+    v3 = save_version(store, BASE, [bad], fresh_fraction=0.2, previous=v2)
+    assert v3.id == v2.id and v3.known_ids == {"a", "b", "z"}
     # 60 images = 6 per digit; round(6 * 0.2) = 1 fresh per digit.
     assert v2.train_images == 2000 + 80 + 50 and v2.fresh_images == 20 + 10
     changed = checked("a", 100, 99, reference)  # other digits under the same id
