@@ -1,0 +1,966 @@
+"""Labeled increments: new digits that land beside the base data set, read and validated.
+
+Layout of a source (a local folder, ``file://`` or ``s3://bucket/prefix``)::
+
+    train-images-idx3-ubyte.gz ... t10k-labels-idx1-ubyte.gz   the base data set (as today)
+    increments/<increment-id>/_SUCCESS                         the marker, written last
+    increments/<increment-id>/images-idx3-ubyte.gz             either an IDX pair ...
+    increments/<increment-id>/labels-idx1-ubyte.gz
+    increments/<increment-id>/0/*.png ... 9/*.png              ... or one folder per digit
+
+An increment id matches ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}`` (a date such as ``2026-11-20``
+works). An increment is read only once its ``_SUCCESS`` marker exists; folders without it are
+reported by name and ignored (an upload in progress). Increments are immutable once complete:
+to correct one, land a new id. Nothing here ever deletes or changes the user's files.
+
+PNG files must be 28x28; any Pillow mode with 8 bits per channel (``1``, ``L``, ``LA``, ``P``,
+``PA``, ``RGB``, ``RGBA``, ``CMYK``, ``YCbCr``) is converted to 8-bit grayscale ``L`` with
+Pillow's ``convert("L")`` (ITU-R 601-2 luma; an alpha channel is dropped, not composited).
+Other sizes, 16/32-bit or float modes, and files that are not PNG are errors naming the file.
+
+Flow (what the ingest stage calls)::
+
+    found = discover("s3://bucket/mnist")                        # complete + incomplete ids
+    ref = Reference.build(x_train, y_train, x_test)              # the base and the test set
+    results = check_all(found, ref, IncrementPolicy())           # one CheckedIncrement each
+    for r in results:
+        log.info(r.summary_line())                               # and r.to_dict() for reports
+
+Each :class:`CheckedIncrement` is ACCEPTED (its kept images split into train and a held-out
+"fresh" part) or QUARANTINED with its reasons; a file that cannot be read quarantines its
+increment with a message naming the file, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import math
+import os
+import re
+import stat
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from mnist_tasks import idx
+from mnist_tasks.config import ConfigError
+from mnist_tasks.storage import LocalStore, S3Store, StorageError, Store, open_store
+from mnist_tasks.validation import row_hashes
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGES_FILE",
+    "INCREMENTS_PREFIX",
+    "LABELS_FILE",
+    "MARKER",
+    "CheckedIncrement",
+    "Discovery",
+    "IncrementError",
+    "IncrementPolicy",
+    "IncrementQuarantined",
+    "IncrementRef",
+    "RawIncrement",
+    "Reference",
+    "check_all",
+    "discover",
+    "payload_sha256",
+    "raise_on_quarantine",
+    "read_increment",
+    "validate_increment",
+]
+
+INCREMENTS_PREFIX = "increments"
+MARKER = "_SUCCESS"
+IMAGES_FILE = "images-idx3-ubyte.gz"
+LABELS_FILE = "labels-idx1-ubyte.gz"
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+DIGITS = tuple(str(d) for d in range(10))
+NUM_CLASSES = 10
+ROWS = COLS = 28
+
+# Read bounds. An increment holds at most MAX_IMAGES images (a week of scans is thousands);
+# that bounds the IDX payloads' decompressed size, and each file's stored size is capped too,
+# so a wrong or hostile file costs at most a few hundred MB of memory, never unbounded.
+MAX_IMAGES = 100_000
+MAX_FILE_BYTES = 64 << 20  # one compressed IDX file
+MAX_PNG_BYTES = 1 << 20  # one PNG (a 28x28 digit is under 1 KB)
+_MAX_IMAGES_PAYLOAD = 16 + MAX_IMAGES * ROWS * COLS
+_MAX_LABELS_PAYLOAD = 8 + MAX_IMAGES
+
+# Pillow modes with 8 bits per channel, which convert("L") maps to grayscale without clipping.
+_PNG_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK",
+                        "YCbCr"})
+_PAYLOAD_TAG = b"mnist-tasks/increment-payload/1\n"
+_PNG_BATCH = 512  # PNGs fetched per batch: bounds the bytes held at once to 512 x 1 MiB
+_S3_READERS = 16  # parallel GETs for PNG increments on S3
+
+Status = Literal["ACCEPTED", "QUARANTINED"]
+Format = Literal["idx", "png"]
+ACCEPTED: Status = "ACCEPTED"
+QUARANTINED: Status = "QUARANTINED"
+
+
+class IncrementError(ValueError):
+    """An increment cannot be read; the message names the file (its URI) and the problem."""
+
+
+class IncrementQuarantined(RuntimeError):
+    """Raised by :func:`raise_on_quarantine` when the policy makes a quarantine fail the run."""
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def _require(cond: bool, param: str, value: Any, requirement: str) -> None:
+    if not cond:
+        raise ConfigError(f"parameter {param!r} = {value!r} is invalid: {requirement}")
+
+
+def _number(param: str, value: Any, lo: float, hi: float, *, integer: bool = False,
+            lo_open: bool = False, hi_open: bool = False) -> None:
+    kind: tuple[type, ...] = (int,) if integer else (int, float)
+    _require(isinstance(value, kind) and not isinstance(value, bool), param, value,
+             "must be an integer" if integer else "must be a number")
+    ok = (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
+    _require(ok and not (isinstance(value, float) and math.isnan(value)), param, value,
+             f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
+
+
+@dataclass(frozen=True)
+class IncrementPolicy:
+    """How increments are checked, split and (optionally) quarantined.
+
+    Drift is flagged for a statistic when its p-value is below ``drift_alpha`` *and* its effect
+    size is beyond the limit: with thousands of images a p-value alone flags differences too
+    small to matter, and with a few dozen an effect size alone is noise.
+
+    Raises:
+        ConfigError: naming the parameter, for a value out of range or of the wrong type.
+    """
+
+    fresh_fraction: float = 0.2  # share of each accepted increment held out as fresh test data
+    max_leakage_fraction: float = 0.05  # images identical to test images; above: quarantine
+    min_images: int = 10  # fewer images left after dropping: quarantine
+    drift_alpha: float = 0.001  # p-value below which a drift statistic can flag
+    max_cramers_v: float = 0.1  # class distribution: Cramér's V above this flags ("small")
+    max_ks_d: float = 0.2  # ink statistics: Kolmogorov-Smirnov D above this flags
+    quarantine_on_drift: bool = False  # drift quarantines instead of only warning
+    fail_on_quarantine: bool = False  # raise_on_quarantine() raises instead of warning
+    drift_sample_size: int = 10_000  # base images sampled (seeded) for the two-sample tests
+    seed: int = 0  # seed of the base sample
+
+    def __post_init__(self) -> None:
+        _number("fresh_fraction", self.fresh_fraction, 0.0, 1.0, hi_open=True)
+        _number("max_leakage_fraction", self.max_leakage_fraction, 0.0, 1.0)
+        _number("min_images", self.min_images, 1, MAX_IMAGES, integer=True)
+        _number("drift_alpha", self.drift_alpha, 0.0, 1.0, lo_open=True)
+        _number("max_cramers_v", self.max_cramers_v, 0.0, 10.0)
+        _number("max_ks_d", self.max_ks_d, 0.0, 1.0)
+        for name in ("quarantine_on_drift", "fail_on_quarantine"):
+            _require(isinstance(getattr(self, name), bool), name, getattr(self, name),
+                     "must be true or false")
+        _number("drift_sample_size", self.drift_sample_size, 100, 10**7, integer=True)
+        _number("seed", self.seed, 0, 2**32 - 1, integer=True)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> IncrementPolicy:
+        """Build from a mapping of field names (unknown or None values use the defaults).
+
+        Raises:
+            ConfigError: for an unknown parameter name or an invalid value.
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ConfigError(f"unknown increment policy parameter(s) {unknown}; "
+                              f"known: {sorted(names)}")
+        return cls(**{k: v for k, v in params.items() if v is not None})
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+@dataclass(frozen=True)
+class IncrementRef:
+    """A complete increment found by :func:`discover` (not read yet).
+
+    ``files`` are keys relative to the source root, the marker excluded, sorted.
+    """
+
+    id: str
+    source_uri: str
+    files: tuple[str, ...]
+    store: Store = field(compare=False, repr=False)
+
+    @property
+    def uri(self) -> str:
+        """The increment folder's URI."""
+        return f"{self.source_uri.rstrip('/')}/{INCREMENTS_PREFIX}/{self.id}"
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What :func:`discover` found under ``<source>/increments/``.
+
+    ``complete``: increments with their marker, sorted by id. ``incomplete``: ids of folders
+    without a marker (ignored until it appears). ``invalid``: (name, problem) for entries that
+    are not increment folders (a bad id, a stray file); they are ignored too.
+    """
+
+    source_uri: str
+    complete: tuple[IncrementRef, ...]
+    incomplete: tuple[str, ...]
+    invalid: tuple[tuple[str, str], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able summary (ids only)."""
+        return {
+            "source": self.source_uri,
+            "complete": [r.id for r in self.complete],
+            "incomplete": list(self.incomplete),
+            "invalid": [{"name": n, "problem": p} for n, p in self.invalid],
+        }
+
+
+def _safe_relative(key: str) -> bool:
+    parts = key.split("/")
+    return all(p and p not in (".", "..") and "\x00" not in p for p in parts)
+
+
+def discover(source: str, *, client_kwargs: Mapping[str, Any] | None = None) -> Discovery:
+    """List the increments under ``<source>/increments/`` with one listing call.
+
+    Args:
+        source: the source root: a folder, ``file:///path`` or ``s3://bucket/prefix``.
+        client_kwargs: boto3 client arguments for an ``s3://`` source (e.g. from an Airflow
+            connection); None uses the standard AWS configuration.
+
+    Returns:
+        A :class:`Discovery`; a source without an ``increments/`` folder gives an empty one.
+        Incomplete and invalid entries are logged as warnings, by name.
+
+    Raises:
+        ValueError: for an unsupported source URI.
+        StorageError: if the source cannot be listed (e.g. a missing bucket, no permission).
+    """
+    store = open_store(source, client_kwargs=client_kwargs)
+    by_id: dict[str, list[str]] = {}
+    invalid: dict[str, str] = {}
+    base = INCREMENTS_PREFIX + "/"
+    for key in store.list(INCREMENTS_PREFIX):
+        if not key.startswith(base) or key.endswith("/"):
+            continue  # the prefix itself, or an S3 console "folder" placeholder
+        rest = key[len(base):]
+        name, sep, inner = rest.partition("/")
+        if name.startswith("."):
+            continue  # an uploader's hidden temp folder or file
+        if not sep:
+            invalid[name] = "a file directly under increments/ (expected one folder per increment)"
+            continue
+        if not ID_PATTERN.fullmatch(name):
+            invalid[name] = ("not a valid increment id (letters, digits and ._-, starting with "
+                             "a letter or digit, at most 64 characters)")
+            continue
+        if any(p.startswith(".") for p in inner.split("/")):
+            continue  # hidden files (.DS_Store, an uploader's temp files) are never data
+        if not _safe_relative(key):
+            invalid[name] = f"unsafe file name {inner!r}"
+            continue
+        by_id.setdefault(name, []).append(key)
+    complete: list[IncrementRef] = []
+    incomplete: list[str] = []
+    for inc_id in sorted(by_id):
+        keys = by_id[inc_id]
+        marker = f"{base}{inc_id}/{MARKER}"
+        if marker in keys:
+            files = tuple(sorted(k for k in keys if k != marker))
+            complete.append(IncrementRef(inc_id, store.uri, files, store))
+        else:
+            incomplete.append(inc_id)
+            log.warning("increment %s/%s%s has no %s marker yet (upload in progress?); "
+                        "ignored until it appears", store.uri, base, inc_id, MARKER)
+    for name, problem in sorted(invalid.items()):
+        log.warning("ignored %s/%s%s: %s", store.uri, base, name, problem)
+    return Discovery(store.uri, tuple(complete), tuple(incomplete), tuple(sorted(invalid.items())))
+
+
+# --------------------------------------------------------------------------- bounded reads
+
+
+def _uri(store: Store, key: str) -> str:
+    return f"{store.uri.rstrip('/')}/{key}"
+
+
+def _read_local(store: LocalStore, key: str, limit: int) -> bytes:
+    """A regular file inside the store's folder, at most ``limit`` bytes."""
+    uri = _uri(store, key)
+    path = store.root.joinpath(*key.split("/"))
+    try:
+        real = path.resolve(strict=True)
+    except FileNotFoundError:
+        raise IncrementError(f"{uri}: no such file (removed after the listing?)") from None
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise IncrementError(f"{uri}: cannot resolve the path ({exc})") from None
+    if not real.is_relative_to(store.root.resolve()):
+        raise IncrementError(f"{uri}: a symbolic link to {real}, outside the source folder; "
+                             "refusing to read it")
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then rejects it.
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise IncrementError(f"{uri}: cannot open ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise IncrementError(f"{uri}: not a regular file (a FIFO, device or socket); "
+                                 "refusing to read it")
+        if st.st_size > limit:
+            raise IncrementError(f"{uri}: {st.st_size:,} bytes is over the {limit:,}-byte "
+                                 "limit for one increment file")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise IncrementError(f"{uri}: over the {limit:,}-byte limit for one increment file")
+    return data
+
+
+def _read_s3(store: S3Store, key: str, limit: int) -> bytes:
+    from botocore.exceptions import ClientError
+
+    uri = _uri(store, key)
+    full = f"{store.prefix}/{key}" if store.prefix else key
+    try:
+        resp = store.client.get_object(Bucket=store.bucket, Key=full)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise IncrementError(f"{uri}: no such object (removed after the listing?)") from None
+        raise StorageError(f"{uri}: S3 error {code}: {exc}") from exc
+    body = resp["Body"]
+    try:
+        size = resp.get("ContentLength")
+        if size is not None and size > limit:
+            raise IncrementError(f"{uri}: {size:,} bytes is over the {limit:,}-byte limit for "
+                                 "one increment file")
+        data = body.read(limit + 1)  # bounded even if ContentLength lies
+    finally:
+        body.close()
+    if len(data) > limit:
+        raise IncrementError(f"{uri}: over the {limit:,}-byte limit for one increment file")
+    return bytes(data)
+
+
+def _read_file(store: Store, key: str, limit: int) -> bytes:
+    if isinstance(store, LocalStore):
+        return _read_local(store, key, limit)
+    if isinstance(store, S3Store):
+        return _read_s3(store, key, limit)
+    data = store.read_bytes(key)  # another Store implementation: bounded after the fact
+    if len(data) > limit:
+        raise IncrementError(f"{_uri(store, key)}: over the {limit:,}-byte limit")
+    return data
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True, eq=False)
+class RawIncrement:
+    """An increment's decoded contents, before validation.
+
+    ``images``: uint8 (n, 28, 28); ``labels``: uint8 (n,) in 0..9; ``files``: the keys read.
+    ``payload_sha256``: see :func:`payload_sha256`.
+    """
+
+    id: str
+    uri: str
+    format: Format
+    images: np.ndarray
+    labels: np.ndarray
+    payload_sha256: str
+    files: tuple[str, ...]
+
+
+def payload_sha256(images: np.ndarray, labels: np.ndarray) -> str:
+    """SHA-256 over a canonical encoding of decoded digits: a tag, then the uncompressed IDX
+    bytes of the images (uint8 n x 28 x 28), then those of the labels (uint8 n).
+
+    The same digits in the same order hash the same whether they came as an IDX pair (in file
+    order) or as PNG folders (ordered by digit, then file name), however they were compressed.
+    """
+    h = hashlib.sha256(_PAYLOAD_TAG)
+    h.update(idx.encode_idx(np.ascontiguousarray(images, dtype=np.uint8)))
+    h.update(idx.encode_idx(np.ascontiguousarray(labels, dtype=np.uint8)))
+    return h.hexdigest()
+
+
+def _layout(ref: IncrementRef) -> tuple[Format, list[str]]:
+    """Decide the increment's format from its file names; errors name the odd file."""
+    base = f"{INCREMENTS_PREFIX}/{ref.id}/"
+    idx_files, png_files = [], []
+    for key in ref.files:
+        rel = key[len(base):]
+        parts = rel.split("/")
+        if len(parts) == 1 and rel in (IMAGES_FILE, LABELS_FILE):
+            idx_files.append(key)
+        elif len(parts) == 2 and parts[0] in DIGITS and parts[1].lower().endswith(".png"):
+            png_files.append(key)
+        else:
+            raise IncrementError(
+                f"{_uri(ref.store, key)}: unexpected file in increment {ref.id!r}: an increment "
+                f"holds either {IMAGES_FILE} and {LABELS_FILE}, or PNG files in folders 0 to 9"
+            )
+    if idx_files and png_files:
+        raise IncrementError(f"{ref.uri}: holds both IDX files and PNG folders; use one format "
+                             "per increment")
+    if png_files:
+        return "png", png_files
+    names = {k[len(base):] for k in idx_files}
+    missing = sorted({IMAGES_FILE, LABELS_FILE} - names)
+    if missing:
+        raise IncrementError(f"{ref.uri}/{missing[0]}: missing (an IDX increment needs both "
+                             f"{IMAGES_FILE} and {LABELS_FILE}; nothing else was found)"
+                             if idx_files else
+                             f"{ref.uri}: empty increment (the marker but no data files)")
+    return "idx", [f"{base}{IMAGES_FILE}", f"{base}{LABELS_FILE}"]
+
+
+def _read_idx(ref: IncrementRef, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    arrays: list[np.ndarray] = []
+    for key, ndim, limit in ((keys[0], 3, _MAX_IMAGES_PAYLOAD), (keys[1], 1, _MAX_LABELS_PAYLOAD)):
+        uri = _uri(ref.store, key)
+        data = _read_file(ref.store, key, MAX_FILE_BYTES)
+        try:
+            payload = idx.decompress(data, source=uri, max_bytes=limit)
+            arrays.append(idx.parse_idx(payload, source=uri, ndim=ndim, dtype=np.dtype("u1")))
+        except idx.IdxFormatError as exc:
+            raise IncrementError(str(exc)) from None
+    images, labels = arrays
+    img_uri, lab_uri = _uri(ref.store, keys[0]), _uri(ref.store, keys[1])
+    if images.shape[1:] != (ROWS, COLS):
+        raise IncrementError(f"{img_uri}: images are {images.shape[1]}x{images.shape[2]}, "
+                             f"expected {ROWS}x{COLS}")
+    if len(images) > MAX_IMAGES:
+        raise IncrementError(f"{img_uri}: {len(images):,} images, over the {MAX_IMAGES:,} limit "
+                             "for one increment")
+    if len(images) != len(labels):
+        raise IncrementError(f"{lab_uri}: {len(labels):,} labels for {len(images):,} images in "
+                             f"{img_uri}")
+    bad = np.flatnonzero(labels > 9)
+    if len(bad):
+        raise IncrementError(f"{lab_uri}: {len(bad):,} labels out of range 0..9 (first: label "
+                             f"{int(labels[bad[0]])} at index {int(bad[0])})")
+    return np.array(images), np.array(labels)
+
+
+def _decode_png(data: bytes, uri: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        # verify() walks every chunk to IEND checking CRCs, so a file cut short after its
+        # pixel data (which decoding alone tolerates) is refused too; it consumes the image.
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()
+        img = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise IncrementError(f"{uri}: unreadable PNG ({exc or type(exc).__name__})") from None
+    with img:
+        if img.format != "PNG":
+            raise IncrementError(f"{uri}: not a PNG file (Pillow reads it as {img.format})")
+        if img.size != (COLS, ROWS):
+            raise IncrementError(f"{uri}: PNG is {img.size[0]}x{img.size[1]}, expected "
+                                 f"{COLS}x{ROWS} (resize it before uploading)")
+        if img.mode not in _PNG_MODES:
+            raise IncrementError(f"{uri}: PNG mode {img.mode!r} is not supported (use 8-bit "
+                                 "grayscale L, or an 8-bit colour mode, converted to L)")
+        try:
+            gray = img.convert("L")
+            arr = np.asarray(gray, dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt pixel data
+            raise IncrementError(f"{uri}: unreadable PNG ({exc})") from None
+    return arr
+
+
+def _read_png(ref: IncrementRef, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    if len(keys) > MAX_IMAGES:
+        raise IncrementError(f"{ref.uri}: {len(keys):,} PNG files, over the {MAX_IMAGES:,} "
+                             "limit for one increment")
+    base = len(f"{INCREMENTS_PREFIX}/{ref.id}/")
+    # Canonical order: by digit, then file name (so the payload hash is stable).
+    ordered = sorted(keys, key=lambda k: (int(k[base]), k[base + 2:]))
+    images = np.empty((len(ordered), ROWS, COLS), dtype=np.uint8)
+    labels = np.empty(len(ordered), dtype=np.uint8)
+    for start in range(0, len(ordered), _PNG_BATCH):
+        batch = ordered[start:start + _PNG_BATCH]
+        for i, (key, data) in enumerate(zip(batch, _fetch_many(ref.store, batch), strict=True),
+                                        start):
+            images[i] = _decode_png(data, _uri(ref.store, key))
+            labels[i] = int(key[base])
+    return images, labels
+
+
+def _fetch_many(store: Store, keys: list[str]) -> list[bytes]:
+    """The bytes of small files; on S3 in parallel (one GET per PNG is latency-bound)."""
+    if not isinstance(store, S3Store) or len(keys) < 2:
+        return [_read_file(store, k, MAX_PNG_BYTES) for k in keys]
+    _ = store.client  # build the client once, before the threads share it
+    with ThreadPoolExecutor(max_workers=_S3_READERS) as pool:
+        return list(pool.map(lambda k: _read_file(store, k, MAX_PNG_BYTES), keys))
+
+
+def read_increment(ref: IncrementRef) -> RawIncrement:
+    """Read and decode one complete increment with the strict readers.
+
+    Returns:
+        A :class:`RawIncrement` with uint8 images (n, 28, 28), uint8 labels (n,) in 0..9.
+
+    Raises:
+        IncrementError: naming the file and the problem: an unexpected file or a mix of
+            formats, a missing half of the IDX pair, a file over the size limit, not a regular
+            file or a symlink out of the source folder, a truncated or corrupt gzip, a bad IDX
+            header, images not 28x28, label and image counts that differ, a label above 9,
+            an unreadable PNG, a PNG not 28x28 or in an unsupported mode.
+        StorageError: if the store fails for another reason (network, permission): a
+            transient failure that should fail (and retry) the task rather than quarantine.
+    """
+    fmt, keys = _layout(ref)
+    images, labels = _read_idx(ref, keys) if fmt == "idx" else _read_png(ref, keys)
+    return RawIncrement(
+        id=ref.id, uri=ref.uri, format=fmt, images=images, labels=labels,
+        payload_sha256=payload_sha256(images, labels), files=tuple(keys),
+    )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def ink_features(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image mean intensity (0..1) and stroke area (fraction of pixels >= 128)."""
+    flat = np.asarray(images, dtype=np.uint8).reshape(len(images), -1)
+    if flat.shape[1] == 0:
+        return np.zeros(len(images)), np.zeros(len(images))
+    mean = flat.mean(axis=1, dtype=np.float64) / 255.0
+    area = np.count_nonzero(flat >= 128, axis=1) / flat.shape[1]
+    return mean, area.astype(np.float64)
+
+
+def _unique_sorted(hashes: np.ndarray) -> np.ndarray:
+    return np.unique(np.asarray(hashes, dtype=np.uint64))
+
+
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """What increments are compared with: the base training set's class counts and ink
+    features (drift), the row hashes of the test images (leakage), and the row hashes of all
+    data already accepted, the base included (duplicates).
+
+    Hashes are :func:`mnist_tasks.validation.row_hashes` (64-bit); two different images share
+    one with probability about 2**-64 per pair, so hash equality is taken as image equality
+    against these sets (within an increment, bytes are compared).
+    """
+
+    class_counts: np.ndarray  # int64 (10,), base training labels
+    mean_intensity: np.ndarray  # float64 (N,), base training images
+    stroke_area: np.ndarray  # float64 (N,)
+    test_hashes: np.ndarray  # sorted unique uint64
+    accepted_hashes: np.ndarray  # sorted unique uint64
+
+    @classmethod
+    def build(
+        cls,
+        base_images: np.ndarray,
+        base_labels: np.ndarray,
+        test_images: np.ndarray,
+        accepted_images: Sequence[np.ndarray] = (),
+    ) -> Reference:
+        """Compute the reference from the base training set, the test set and the images of
+        increments accepted before (each an (n, 28, 28) array).
+
+        Raises:
+            ValueError: if the base is empty, or images and labels differ in count.
+        """
+        if len(base_images) == 0 or len(base_images) != len(base_labels):
+            raise ValueError(f"the base needs images and as many labels; got "
+                             f"{len(base_images):,} images and {len(base_labels):,} labels")
+        mean, area = ink_features(base_images)
+        accepted = [row_hashes(base_images)] + [row_hashes(a) for a in accepted_images if len(a)]
+        return cls(
+            class_counts=np.bincount(np.asarray(base_labels, dtype=np.int64),
+                                     minlength=NUM_CLASSES)[:NUM_CLASSES],
+            mean_intensity=mean,
+            stroke_area=area,
+            test_hashes=_unique_sorted(row_hashes(test_images)),
+            accepted_hashes=_unique_sorted(np.concatenate(accepted)),
+        )
+
+    def with_accepted(self, images: np.ndarray) -> Reference:
+        """A copy in which ``images`` count as already accepted (for the next increment)."""
+        if not len(images):
+            return self
+        merged = _unique_sorted(np.concatenate([self.accepted_hashes, row_hashes(images)]))
+        return dataclasses.replace(self, accepted_hashes=merged)
+
+
+def _no_images() -> np.ndarray:
+    return np.zeros((0, ROWS, COLS), dtype=np.uint8)
+
+
+def _no_labels() -> np.ndarray:
+    return np.zeros(0, dtype=np.uint8)
+
+
+@dataclass(frozen=True, eq=False)
+class CheckedIncrement:
+    """The outcome for one increment.
+
+    ``counts``: ``received``, ``leaked`` (identical to a test image), ``duplicates_within``
+    (extra copies inside the increment), ``duplicates_accepted`` (already in the accepted
+    data), ``kept``, ``train``, ``fresh``. ``class_counts``: per digit, of the kept images.
+    ``drift``: per statistic (``class_distribution``, ``mean_intensity``, ``stroke_area``) a
+    dict with ``test``, ``statistic``, ``p_value``, ``effect_size`` (and ``effect``, its name),
+    ``limit`` and ``flagged``; empty when not computed. ``reasons``: why it was quarantined,
+    and warnings (drift) for an accepted one. The arrays are empty unless ACCEPTED.
+    """
+
+    id: str
+    status: Status
+    reasons: tuple[str, ...]
+    uri: str
+    format: Format | None
+    payload_sha256: str | None
+    counts: Mapping[str, int]
+    class_counts: tuple[int, ...]
+    drift: Mapping[str, Mapping[str, Any]]
+    fresh_fraction: float
+    train_images: np.ndarray = field(default_factory=_no_images, repr=False)
+    train_labels: np.ndarray = field(default_factory=_no_labels, repr=False)
+    fresh_images: np.ndarray = field(default_factory=_no_images, repr=False)
+    fresh_labels: np.ndarray = field(default_factory=_no_labels, repr=False)
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == ACCEPTED
+
+    @property
+    def drift_flagged(self) -> bool:
+        """Whether any drift statistic is beyond its threshold."""
+        return any(s.get("flagged") for s in self.drift.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able report (no arrays) for logs, the run report and the model card.
+
+        Keys: id, status, reasons, uri, format, payload_sha256, counts, class_counts,
+        fresh_fraction, drift (bool), drift_statistics (the per-statistic dicts).
+        """
+        return {
+            "id": self.id,
+            "status": self.status,
+            "reasons": list(self.reasons),
+            "uri": self.uri,
+            "format": self.format,
+            "payload_sha256": self.payload_sha256,
+            "counts": dict(self.counts),
+            "class_counts": list(self.class_counts),
+            "fresh_fraction": self.fresh_fraction,
+            "drift": self.drift_flagged,
+            "drift_statistics": {k: dict(v) for k, v in self.drift.items()},
+        }
+
+    def summary_line(self) -> str:
+        """One log line, e.g. ``increment 2026-11-20: ACCEPTED, 5000 images (4000 train, 1000
+        fresh), 0 duplicates, 0 leaked; drift: none``."""
+        c = self.counts
+        dups = c.get("duplicates_within", 0) + c.get("duplicates_accepted", 0)
+        head = f"increment {self.id}: {self.status}"
+        if self.format is None:  # unreadable
+            return f"{head}: {'; '.join(self.reasons)}"
+        line = (f"{head}, {c.get('received', 0)} images ({c.get('train', 0)} train, "
+                f"{c.get('fresh', 0)} fresh), {dups} duplicates, {c.get('leaked', 0)} leaked")
+        flagged = [f"{name} ({_describe_stat(s)})" for name, s in self.drift.items()
+                   if s.get("flagged")]
+        line += f"; drift: {', '.join(flagged) if flagged else 'none'}"
+        quarantine = [r for r in self.reasons if not r.startswith("drift")]
+        if self.status == QUARANTINED and quarantine:
+            line += f"; quarantined: {'; '.join(quarantine)}"
+        return line
+
+
+def _fmt_p(p: Any) -> str:
+    return "n/a" if p is None else f"{p:.2g}"
+
+
+def _fmt(x: Any) -> str:
+    return "inf" if x is None else f"{x:.3g}"  # None: a non-finite value in the JSON report
+
+
+def _describe_stat(s: Mapping[str, Any]) -> str:
+    text = f"{s['statistic_name']}={_fmt(s['statistic'])}, p={_fmt_p(s['p_value'])}"
+    if s["effect"] != s["statistic_name"]:
+        text += f", {s['effect']}={_fmt(s['effect_size'])}"
+    if s.get("cohens_d") is not None:
+        text += f", Cohen's d={s['cohens_d']:.2f}"
+    return text
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def _class_drift(counts: np.ndarray, ref: Reference, policy: IncrementPolicy) -> dict[str, Any]:
+    from scipy import stats
+
+    n = int(counts.sum())
+    props = ref.class_counts / ref.class_counts.sum()
+    expected = n * props
+    present = expected > 0
+    k = int(present.sum())
+    if np.any(counts[~present] > 0):
+        chi2 = math.inf  # a digit the base never has
+    else:
+        chi2 = float((((counts[present] - expected[present]) ** 2) / expected[present]).sum())
+    p = float(stats.chi2.sf(chi2, k - 1)) if k > 1 else 1.0
+    v = math.sqrt(chi2 / (n * (k - 1))) if k > 1 and n else 0.0
+    return {
+        "test": "chi-square goodness of fit vs base class proportions",
+        "statistic_name": "chi2",
+        "statistic": _finite(chi2),
+        "dof": k - 1,
+        "p_value": p,
+        "effect": "cramers_v",
+        "effect_size": _finite(v),
+        "threshold": "max_cramers_v",
+        "limit": policy.max_cramers_v,
+        "flagged": bool(p < policy.drift_alpha and v > policy.max_cramers_v),
+    }
+
+
+def _ks_drift(sample: np.ndarray, base: np.ndarray, policy: IncrementPolicy,
+              what: str) -> dict[str, Any]:
+    from scipy import stats
+
+    res = stats.ks_2samp(sample, base)
+    d_stat, p = float(res.statistic), float(res.pvalue)
+    na, nb = len(sample), len(base)
+    pooled = math.sqrt(((na - 1) * sample.var(ddof=1) + (nb - 1) * base.var(ddof=1))
+                       / (na + nb - 2))
+    diff = float(sample.mean() - base.mean())
+    cohen = diff / pooled if pooled > 0 else (0.0 if diff == 0 else math.inf)
+    return {
+        "test": f"two-sample Kolmogorov-Smirnov of per-image {what} vs a seeded base sample "
+                f"of {nb}",
+        "statistic_name": "ks_d",
+        "statistic": d_stat,
+        "p_value": p,
+        "effect": "ks_d",
+        "effect_size": d_stat,
+        "cohens_d": _finite(cohen),
+        "increment_mean": float(sample.mean()),
+        "base_mean": float(base.mean()),
+        "threshold": "max_ks_d",
+        "limit": policy.max_ks_d,
+        "flagged": bool(p < policy.drift_alpha and d_stat > policy.max_ks_d),
+    }
+
+
+def _drift(images: np.ndarray, labels: np.ndarray, ref: Reference,
+           policy: IncrementPolicy) -> dict[str, dict[str, Any]]:
+    if len(images) < 2:
+        return {}
+    counts = np.bincount(labels.astype(np.int64), minlength=NUM_CLASSES)[:NUM_CLASSES]
+    n_base = len(ref.mean_intensity)
+    pick = np.sort(np.random.default_rng(policy.seed).choice(
+        n_base, size=min(n_base, policy.drift_sample_size), replace=False))
+    mean, area = ink_features(images)
+    return {
+        "class_distribution": _class_drift(counts, ref, policy),
+        "mean_intensity": _ks_drift(mean, ref.mean_intensity[pick], policy, "mean intensity"),
+        "stroke_area": _ks_drift(area, ref.stroke_area[pick], policy,
+                                 "stroke area (fraction of pixels >= 128)"),
+    }
+
+
+def _within_duplicates(images: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    """Mask of images that repeat an earlier image of the same array (bytes compared)."""
+    mask = np.zeros(len(images), dtype=bool)
+    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    seen: set[bytes] = set()
+    flat = images.reshape(len(images), -1)
+    for i in np.flatnonzero(counts[inverse] > 1):
+        b = flat[i].tobytes()
+        if b in seen:
+            mask[i] = True
+        else:
+            seen.add(b)
+    return mask
+
+
+def _split_seed(inc_id: str, payload: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{inc_id}|{payload}".encode()).digest()[:8], "big")
+
+
+def fresh_split(labels: np.ndarray, fraction: float, inc_id: str,
+                payload: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, fresh) indices: per digit, a seeded ``round(count * fraction)`` held out.
+
+    Seeded from the increment id and payload hash, so the same increment splits the same way
+    on every run and every machine; stratified so every digit present has fresh examples.
+    """
+    rng = np.random.default_rng(_split_seed(inc_id, payload))
+    fresh: list[np.ndarray] = []
+    for digit in range(NUM_CLASSES):
+        members = np.flatnonzero(labels == digit)
+        n_fresh = round(len(members) * fraction)
+        fresh.append(rng.permutation(members)[:n_fresh])
+    fresh_idx = np.sort(np.concatenate(fresh)).astype(np.int64)
+    train_idx = np.setdiff1d(np.arange(len(labels)), fresh_idx)
+    return train_idx, fresh_idx
+
+
+def validate_increment(
+    raw: RawIncrement, *, reference: Reference, policy: IncrementPolicy
+) -> CheckedIncrement:
+    """Check one increment against the reference and decide ACCEPTED or QUARANTINED.
+
+    Images identical to a test image (leaked) and duplicates (within the increment, or of
+    data already accepted) are dropped and counted. The increment is QUARANTINED when a label
+    is out of range, the leaked fraction is over ``policy.max_leakage_fraction``, fewer than
+    ``policy.min_images`` images are left, or (only with ``policy.quarantine_on_drift``) drift
+    is flagged. Drift otherwise is a warning in ``reasons``. An accepted increment's kept
+    images are split into train and fresh parts (:func:`fresh_split`).
+
+    Returns:
+        A :class:`CheckedIncrement`; never raises for bad data.
+
+    Raises:
+        ValueError: if ``raw``'s arrays are not (n, 28, 28) uint8 images and n labels.
+    """
+    images, labels = raw.images, raw.labels
+    if images.ndim != 3 or images.shape[1:] != (ROWS, COLS) or len(images) != len(labels):
+        raise ValueError(f"{raw.uri}: expected (n, {ROWS}, {COLS}) images and n labels, got "
+                         f"{images.shape} and {labels.shape}")
+    n = len(images)
+    reasons: list[str] = []
+    bad_labels = np.flatnonzero(labels > 9)
+    if len(bad_labels):
+        reasons.append(f"{len(bad_labels):,} labels out of range 0..9 (first: "
+                       f"{int(labels[bad_labels[0]])} at index {int(bad_labels[0])})")
+    hashes = row_hashes(images)
+    leaked = np.isin(hashes, reference.test_hashes)
+    within = _within_duplicates(images, hashes) & ~leaked
+    known = np.isin(hashes, reference.accepted_hashes) & ~leaked & ~within
+    keep = ~(leaked | within | known)
+    kept_images, kept_labels = images[keep], labels[keep]
+    counts = {
+        "received": n,
+        "leaked": int(leaked.sum()),
+        "duplicates_within": int(within.sum()),
+        "duplicates_accepted": int(known.sum()),
+        "kept": int(keep.sum()),
+        "train": 0,
+        "fresh": 0,
+    }
+    leak_fraction = counts["leaked"] / n if n else 0.0
+    if leak_fraction > policy.max_leakage_fraction:
+        reasons.append(f"leakage: {counts['leaked']:,} of {n:,} images ({leak_fraction:.1%}) "
+                       f"are identical to test images, over max_leakage_fraction "
+                       f"{policy.max_leakage_fraction:.1%}")
+    if counts["kept"] < policy.min_images:
+        reasons.append(f"too few images: {counts['kept']:,} left of {n:,} after dropping "
+                       f"{n - counts['kept']:,} (leaked or duplicate), min_images "
+                       f"{policy.min_images:,}")
+    ok_labels = kept_labels[kept_labels <= 9].astype(np.int64)
+    class_counts = tuple(int(c) for c in np.bincount(ok_labels, minlength=NUM_CLASSES))
+    drift = _drift(kept_images, kept_labels, reference, policy) if not len(bad_labels) else {}
+    drift_reasons = [f"drift: {name}: {s['effect']} = {_fmt(s['effect_size'])} > {s['threshold']} "
+                     f"{s['limit']:g} with p = {_fmt_p(s['p_value'])} < drift_alpha "
+                     f"{policy.drift_alpha:g} ({_describe_stat(s)})"
+                     for name, s in drift.items() if s["flagged"]]
+    quarantine = bool(reasons) or (policy.quarantine_on_drift and bool(drift_reasons))
+    reasons.extend(drift_reasons)
+    common: dict[str, Any] = dict(
+        id=raw.id, uri=raw.uri, format=raw.format, payload_sha256=raw.payload_sha256,
+        class_counts=class_counts, drift=drift, fresh_fraction=policy.fresh_fraction,
+    )
+    if quarantine:
+        return CheckedIncrement(status=QUARANTINED, reasons=tuple(reasons), counts=counts,
+                                **common)
+    train_idx, fresh_idx = fresh_split(kept_labels, policy.fresh_fraction, raw.id,
+                                       raw.payload_sha256)
+    counts["train"], counts["fresh"] = len(train_idx), len(fresh_idx)
+    return CheckedIncrement(
+        status=ACCEPTED, reasons=tuple(reasons), counts=counts,
+        train_images=kept_images[train_idx], train_labels=kept_labels[train_idx],
+        fresh_images=kept_images[fresh_idx], fresh_labels=kept_labels[fresh_idx],
+        **common,
+    )
+
+
+def unreadable(
+    ref: IncrementRef, error: IncrementError, policy: IncrementPolicy
+) -> CheckedIncrement:
+    """The QUARANTINED result for an increment that :func:`read_increment` refused."""
+    return CheckedIncrement(
+        id=ref.id, status=QUARANTINED, reasons=(str(error),), uri=ref.uri, format=None,
+        payload_sha256=None, counts={"received": 0, "leaked": 0, "duplicates_within": 0,
+                                     "duplicates_accepted": 0, "kept": 0, "train": 0,
+                                     "fresh": 0},
+        class_counts=(0,) * NUM_CLASSES, drift={}, fresh_fraction=policy.fresh_fraction,
+    )
+
+
+def check_all(
+    discovery: Discovery | Sequence[IncrementRef],
+    reference: Reference,
+    policy: IncrementPolicy,
+) -> list[CheckedIncrement]:
+    """Read and validate increments in id order; each accepted one counts as accepted data
+    for the next (duplicates across increments are dropped from the later one).
+
+    An increment that cannot be read is QUARANTINED with the reader's message (which names
+    the file); the others go on. Each outcome is logged with its summary line (a warning for
+    a quarantine or drift).
+
+    Returns:
+        One :class:`CheckedIncrement` per increment, in id order.
+
+    Raises:
+        StorageError: on a storage failure that is not the increment's fault (network,
+            permissions), so the task fails and is retried.
+    """
+    refs = discovery.complete if isinstance(discovery, Discovery) else tuple(discovery)
+    results: list[CheckedIncrement] = []
+    for ref in sorted(refs, key=lambda r: r.id):
+        try:
+            raw = read_increment(ref)
+        except IncrementError as exc:
+            result = unreadable(ref, exc, policy)
+        else:
+            result = validate_increment(raw, reference=reference, policy=policy)
+        if result.accepted:
+            reference = reference.with_accepted(
+                np.concatenate([result.train_images, result.fresh_images]))
+        level = logging.INFO if result.accepted and not result.drift_flagged else logging.WARNING
+        log.log(level, "%s", result.summary_line())
+        results.append(result)
+    return results
+
+
+def raise_on_quarantine(results: Sequence[CheckedIncrement], policy: IncrementPolicy) -> None:
+    """Fail the run on a quarantine when ``policy.fail_on_quarantine`` is set.
+
+    Raises:
+        IncrementQuarantined: naming each quarantined increment and its reasons.
+    """
+    bad = [r for r in results if not r.accepted]
+    if bad and policy.fail_on_quarantine:
+        raise IncrementQuarantined(
+            f"{len(bad)} increment(s) quarantined and fail_on_quarantine is set: "
+            + "; ".join(f"{r.id} ({'; '.join(r.reasons)})" for r in bad)
+        )
+

@@ -1,0 +1,139 @@
+"""Increments on an s3:// source and dataset versions in an S3 store, over a moto server (HTTP).
+
+Objects are uploaded with boto3 exactly as an uploader would (data files first, ``_SUCCESS``
+last); discovery, bounded reads and the version manifest then go through real HTTP.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+
+import boto3
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_tasks import datasets as ds
+from mnist_tasks import idx
+from mnist_tasks import increments as inc
+from mnist_tasks.config import MNIST_FILES
+from mnist_tasks.datasets import BaseInfo, list_versions, load_arrays, load_version, save_version
+from mnist_tasks.increments import (
+    ACCEPTED,
+    QUARANTINED,
+    IncrementError,
+    IncrementPolicy,
+    Reference,
+    check_all,
+    discover,
+    payload_sha256,
+    read_increment,
+)
+from mnist_tasks.storage import S3Store, StorageError
+from tests.conftest import TEST_BUCKET
+
+pytestmark = pytest.mark.integration
+
+SOURCE = f"s3://{TEST_BUCKET}/landing"
+
+
+def digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images = np.where(rng.random((n, 28, 28)) < 0.2, rng.integers(1, 256, (n, 28, 28)), 0)
+    return images.astype(np.uint8), (np.arange(n) % 10).astype(np.uint8)
+
+
+def put(key: str, data: bytes) -> None:
+    boto3.client("s3").put_object(Bucket=TEST_BUCKET, Key=f"landing/{key}", Body=data)
+
+
+def gz_idx(arr: np.ndarray) -> bytes:
+    return gzip.compress(idx.encode_idx(arr), mtime=0)
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def land_idx(inc_id: str, images: np.ndarray, labels: np.ndarray, *, marker: bool = True) -> None:
+    put(f"increments/{inc_id}/images-idx3-ubyte.gz", gz_idx(images))
+    put(f"increments/{inc_id}/labels-idx1-ubyte.gz", gz_idx(labels))
+    if marker:
+        put(f"increments/{inc_id}/_SUCCESS", b"")
+
+
+@pytest.fixture
+def reference() -> Reference:
+    x, y = digits(1000, seed=1)
+    return Reference.build(x, y, digits(200, seed=2)[0])
+
+
+def test_discover_and_check_increments_on_s3(s3_env: str, reference: Reference) -> None:
+    x, y = digits(80, seed=3)
+    land_idx("2026-11-20", x[:40], y[:40])
+    for i in range(40, 60):  # a PNG increment, one folder per digit
+        put(f"increments/2026-11-27/{y[i]}/img-{i:03d}.png", png(x[i]))
+    put("increments/2026-11-27/_SUCCESS", b"")
+    land_idx("2026-12-01", x[60:], y[60:], marker=False)  # still uploading
+    data = gz_idx(x[:40])
+    put("increments/cut/images-idx3-ubyte.gz", data[: len(data) // 2])
+    put("increments/cut/labels-idx1-ubyte.gz", gz_idx(y[:40]))
+    put("increments/cut/_SUCCESS", b"")
+    put("increments/wide/0/a.png", png(np.zeros((28, 30), dtype=np.uint8)))
+    put("increments/wide/_SUCCESS", b"")
+
+    found = discover(SOURCE)
+    assert found.source_uri == SOURCE
+    assert [r.id for r in found.complete] == ["2026-11-20", "2026-11-27", "cut", "wide"]
+    assert found.incomplete == ("2026-12-01",)
+
+    raw = read_increment(found.complete[0])
+    np.testing.assert_array_equal(raw.images, x[:40])
+    assert raw.payload_sha256 == payload_sha256(x[:40], y[:40])
+
+    results = {r.id: r for r in check_all(found, reference, IncrementPolicy())}
+    assert results["2026-11-20"].status == ACCEPTED
+    assert results["2026-11-27"].status == ACCEPTED and results["2026-11-27"].format == "png"
+    assert results["2026-11-27"].counts["kept"] == 20
+    assert results["cut"].status == QUARANTINED
+    assert results["cut"].reasons[0].startswith(
+        f"{SOURCE}/increments/cut/images-idx3-ubyte.gz: truncated gzip")
+    assert results["wide"].reasons == (
+        f"{SOURCE}/increments/wide/0/a.png: PNG is 30x28, expected 28x28 (resize it before "
+        "uploading)",)
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(
+        Bucket=TEST_BUCKET, Prefix="landing/increments/cut/")["Contents"]]
+    assert len(keys) == 3  # a quarantine deletes nothing
+
+
+def test_s3_reads_are_bounded_and_missing_buckets_fail_loudly(
+    s3_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x, y = digits(30, seed=4)
+    land_idx("big", x, y)
+    monkeypatch.setattr(inc, "MAX_FILE_BYTES", 64)
+    with pytest.raises(IncrementError, match=rf"{SOURCE}/increments/big/images-idx3-ubyte\.gz: "
+                                             r"[\d,]+ bytes is over the 64-byte limit"):
+        read_increment(discover(SOURCE).complete[0])
+    with pytest.raises(StorageError, match=r"no-such-bucket"):
+        discover("s3://no-such-bucket/x")
+
+
+def test_dataset_versions_in_an_s3_store(s3_env: str, reference: Reference,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    x, y = digits(50, seed=5)
+    land_idx("a", x, y)
+    checked = check_all(discover(SOURCE), reference, IncrementPolicy())
+    store = S3Store(TEST_BUCKET, "store")
+    base = BaseInfo({n: "0" * 64 for n in MNIST_FILES.values()}, 1000, 200)
+    v = save_version(store, base, checked, fresh_fraction=0.2, created_by="run-1")
+    assert save_version(store, base, checked, fresh_fraction=0.2).id == v.id
+    assert load_version(store, v.id) == v and [w.id for w in list_versions(store)] == [v.id]
+    arrays = load_arrays(store, v.increments[0])
+    assert arrays["x_train"].shape == (40, 28, 28) and arrays["y_fresh"].shape == (10,)
+    assert ds.main(["--store", store.uri, "show", v.id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["increments"][0]["id"] == "a"
