@@ -29,9 +29,10 @@ import io
 import math
 import struct
 import zlib
-from typing import Protocol
 
 import numpy as np
+
+from mnist_tasks.storage import Readable  # what read_payload reads from
 
 # IDX type codes (the third magic byte) and the numpy dtype of each; multi-byte types are
 # big-endian in the file.
@@ -57,12 +58,6 @@ _HEAD_BYTES = 256  # what is read before deciding gzip / raw IDX / something els
 
 class IdxFormatError(ValueError):
     """A file is not a well-formed (gzip-compressed) IDX file; names the file and the problem."""
-
-
-class Readable(Protocol):
-    """What :func:`read_payload` reads from: a binary file, an HTTP or S3 response body."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
 
 
 def archive_limit(max_bytes: int) -> int:

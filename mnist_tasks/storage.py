@@ -33,9 +33,9 @@ import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+@-]*$")
@@ -47,6 +47,12 @@ class StorageError(RuntimeError):
 
 class ObjectNotFound(StorageError, FileNotFoundError):
     """The object (or its bucket) does not exist."""
+
+
+class Readable(Protocol):
+    """A binary stream to read from: a file, an HTTP or S3 response body."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class ObjectTooLarge(StorageError):
@@ -157,7 +163,7 @@ class Store(ABC):
         """Atomically store a local file as the object."""
 
     @contextlib.contextmanager
-    def open_read(self, key: str, *, max_bytes: int) -> Iterator[BinaryIO]:
+    def open_read(self, key: str, *, max_bytes: int) -> Iterator[Readable]:
         """Open the object for streaming reads, refusing it if it is larger than ``max_bytes``.
 
         The size is checked before any of the content is read (file size, S3 ``ContentLength``),
@@ -314,7 +320,7 @@ class LocalStore(Store):
             tmp.unlink(missing_ok=True)
 
     @contextlib.contextmanager
-    def open_read(self, key: str, *, max_bytes: int) -> Iterator[BinaryIO]:
+    def open_read(self, key: str, *, max_bytes: int) -> Iterator[Readable]:
         path = self._path(key)
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed below; yields the handle
@@ -398,7 +404,7 @@ class S3Store(Store):
             raise self._error(key, exc) from exc
 
     @contextlib.contextmanager
-    def open_read(self, key: str, *, max_bytes: int) -> Iterator[BinaryIO]:
+    def open_read(self, key: str, *, max_bytes: int) -> Iterator[Readable]:
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as exc:
@@ -407,7 +413,7 @@ class S3Store(Store):
         try:
             # The reply's headers carry the size; the body has not been read yet.
             _check_size(self.uri_for(key), int(resp["ContentLength"]), max_bytes)
-            yield body
+            yield _S3Body(body, lambda exc: self._error(key, exc))
         finally:
             body.close()
 
@@ -495,11 +501,26 @@ class S3Store(Store):
             raise self._error(key, exc) from exc
 
 
+class _S3Body:
+    """An S3 response body whose read errors (timeouts, dropped connections) become
+    :class:`StorageError` naming the object, as every other S3Store error does."""
+
+    def __init__(self, body: Any, error: Callable[[Exception], StorageError]) -> None:
+        self._body = body
+        self._error = error
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return bytes(self._body.read(size if size >= 0 else None))
+        except Exception as exc:
+            raise self._error(exc) from exc
+
+
 def s3_client(
     client_kwargs: Mapping[str, Any] | None = None,
     *,
     timeout_s: float = 60.0,
-    retries: int = 4,
+    retries: int = 5,
 ) -> Any:
     """The one way this package builds a boto3 S3 client.
 
@@ -523,7 +544,8 @@ def s3_client(
     config = Config(
         connect_timeout=min(timeout_s, 10.0),
         read_timeout=timeout_s,
-        retries={"max_attempts": retries + 1, "mode": "standard"},
+        # total_max_attempts counts the first try; botocore's "max_attempts" would add one.
+        retries={"total_max_attempts": retries + 1, "mode": "standard"},
     )
     if isinstance(kwargs.get("config"), Config):
         config = kwargs.pop("config").merge(config)
