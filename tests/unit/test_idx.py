@@ -251,8 +251,9 @@ def test_errors_never_quote_the_file_bytes(data: bytes) -> None:
         parse_idx(decompress(data, source=SRC), source=SRC)
     message = str(info.value)
     assert "SECRET" not in message and "TOKEN" not in message
-    assert "5345" not in message.replace(" ", "").lower()  # nor their hex ("SE")
-    assert "root" not in message and "<html" not in message.lower()
+    content = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    assert content[:4].hex() not in message.replace(" ", "").lower()  # nor in hex
+    assert content[:4].decode("latin-1") not in message
 
 
 def test_encode_refuses_types_without_an_idx_code() -> None:
