@@ -13,6 +13,14 @@ Verification is by SHA-256 of the *decompressed* IDX payload (mirrors re-compres
 so the ``.gz`` hash differs between them): MNIST's pinned values, a user mapping, or nothing
 (``checksums="off"``, logged as a warning and recorded as ``"verification": "off"``).
 
+Every read is bounded, so no input can exhaust memory or hang the task: a local source accepts
+only regular files inside its folder (a symlink that leaves the folder, a device, a FIFO or a
+socket is refused before any read, and the file is named, never quoted); an ``s3://`` object's
+``ContentLength`` and an HTTP ``Content-Length`` are checked before the body is read; gzip is
+inflated piece by piece. With pinned checksums each file is refused once it is larger than its
+known size (:data:`MNIST_PAYLOAD_BYTES`), otherwise at :data:`mnist_tasks.idx.MAX_PAYLOAD_BYTES`;
+so a refused file costs at most about its limit in memory.
+
 The result is cached, content-addressed, in the store::
 
     cache/datasets/<key>/mnist.npz         uint8 x_train (N, 28, 28), y_train (N,), x_test, y_test
@@ -29,18 +37,21 @@ Run it alone: ``python -m mnist_tasks ingest --source ../shared/datasets/mnist -
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import http.client
 import json
 import logging
 import os
+import stat
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -50,7 +61,7 @@ import numpy as np
 from mnist_tasks import __version__, idx, validation
 from mnist_tasks.config import MNIST_FILES, MNIST_MIRRORS, ConfigError, IngestConfig
 from mnist_tasks.preprocess import RAW_ARRAYS, data_sha256, load_npz, save_npz
-from mnist_tasks.storage import ObjectNotFound, StorageError, Store, open_store
+from mnist_tasks.storage import ObjectNotFound, StorageError, Store, open_store, s3_client
 from mnist_tasks.validation import DataValidationError
 
 log = logging.getLogger(__name__)
@@ -72,7 +83,15 @@ DATASET_FILE = "mnist.npz"
 REPORT_FILE = "validation.json"
 COMPLETE_FILE = "COMPLETE.json"
 
-MAX_ARCHIVE_BYTES = 1 << 30  # refuse downloads larger than this (MNIST's largest is 9.9 MB)
+# The exact payload sizes of the files behind the pinned checksums: with pinned checksums each
+# file is refused as soon as it is larger than its own payload, so no refused input costs more
+# memory than the largest one (47 MB). Other files get idx.MAX_PAYLOAD_BYTES.
+MNIST_PAYLOAD_BYTES: dict[str, int] = {
+    MNIST_FILES["train_images"]: 47_040_016,  # 16-byte header + 60,000 x 28 x 28
+    MNIST_FILES["train_labels"]: 60_008,
+    MNIST_FILES["test_images"]: 7_840_016,
+    MNIST_FILES["test_labels"]: 10_008,
+}
 MAX_BACKOFF_S = 60.0
 _RETRY_HTTP_STATUS = frozenset({408, 425, 429})  # plus every 5xx
 _NOT_FOUND_HTTP_STATUS = frozenset({404, 410})
@@ -107,29 +126,75 @@ class _Source(ABC):
         return f"{self.uri.rstrip('/')}/{name}"
 
     @abstractmethod
-    def fetch(self, name: str, workdir: Path) -> bytes:
-        """The file's bytes as stored (usually gzip). Raises FetchError / SourceNotFound."""
+    def open(
+        self, name: str, workdir: Path, max_bytes: int
+    ) -> AbstractContextManager[idx.Readable]:
+        """The file as stored (usually gzip), open for reading.
+
+        Refuses, before reading any content, a file larger than ``max_bytes`` where the size is
+        known up front. Raises FetchError / SourceNotFound.
+        """
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_regular(mode: int) -> str:
+    """Empty for a regular file, else what the file is (for the error message)."""
+    if stat.S_ISREG(mode):
+        return ""
+    return next((what for test, what in _FILE_KINDS if test(mode)), "not a regular file")
 
 
 class _LocalSource(_Source):
+    """A folder. Only regular files inside it are read: a symlink may point elsewhere in the
+    folder, never out of it, and devices, FIFOs and sockets are refused before any read."""
+
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.uri = folder.as_uri()
 
-    def fetch(self, name: str, workdir: Path) -> bytes:
-        path = self.folder / name
+    @contextlib.contextmanager
+    def open(self, name: str, workdir: Path, max_bytes: int) -> Iterator[idx.Readable]:
         uri = self.uri_of(name)
         if not self.folder.is_dir():
             raise SourceNotFound(f"{uri}: the source folder {self.folder} does not exist")
         try:
-            size = path.stat().st_size
-            if size > MAX_ARCHIVE_BYTES:
-                raise FetchError(f"{uri}: {size:,} bytes is larger than {MAX_ARCHIVE_BYTES:,}")
-            return path.read_bytes()
+            real = (self.folder / name).resolve(strict=True)
+            inside = real.is_relative_to(self.folder.resolve(strict=True))
+            what = _not_regular(os.stat(real).st_mode) if inside else ""
+            if inside and not what:
+                # O_NONBLOCK: had the file been swapped for a FIFO since the stat, open() must
+                # not wait for a writer; the fstat below refuses it either way.
+                fh = os.fdopen(
+                    os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC), "rb"
+                )
+                info = os.fstat(fh.fileno())
+                if what := _not_regular(info.st_mode):
+                    fh.close()
         except FileNotFoundError:
             raise SourceNotFound(f"{uri}: no such file") from None
-        except OSError as exc:
-            raise FetchError(f"{uri}: cannot read: {exc.strerror or exc}") from None
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
+            raise FetchError(
+                f"{uri}: cannot read: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
+        if not inside:
+            # Never read it: its content could end up in error messages and logs.
+            raise FetchError(f"{uri}: is a symbolic link to a file outside the source folder "
+                             f"{self.folder}; refusing it (copy the file in instead)")
+        if what:
+            raise FetchError(f"{uri}: is {what}, not a regular file; refusing it")
+        with fh:
+            if info.st_size > max_bytes:
+                raise FetchError(f"{uri}: {info.st_size:,} bytes is larger than the "
+                                 f"{max_bytes:,} accepted for this file; refusing it")
+            yield fh
 
 
 class _HttpSource(_Source):
@@ -141,7 +206,8 @@ class _HttpSource(_Source):
         self.retries = retries
         self.backoff_s = backoff_s
 
-    def fetch(self, name: str, workdir: Path) -> bytes:
+    @contextlib.contextmanager
+    def open(self, name: str, workdir: Path, max_bytes: int) -> Iterator[idx.Readable]:
         url = self.uri_of(name)
         # Stream to a temp name in the private work dir and rename only once the transfer is
         # complete, so a half-transferred file is never taken for a whole one.
@@ -155,17 +221,19 @@ class _HttpSource(_Source):
                             url, problem, attempt, self.retries, delay)
                 time.sleep(delay)
             try:
-                size = self._get(url, part)
+                size = self._get(url, part, max_bytes)
             except _Transient as exc:
                 problem = str(exc)
                 continue
             os.replace(part, final)
             log.info("ingest: downloaded %s (%s bytes)", url, f"{size:,}")
-            return final.read_bytes()
+            with open(final, "rb") as fh:
+                yield fh
+            return
         part.unlink(missing_ok=True)
         raise FetchError(f"{url}: failed after {self.retries + 1} attempt(s): {problem}")
 
-    def _get(self, url: str, part: Path) -> int:
+    def _get(self, url: str, part: Path, max_bytes: int) -> int:
         request = urllib.request.Request(
             url, headers={"User-Agent": f"mnist-tasks/{__version__}", "Accept-Encoding": "identity"}
         )
@@ -173,12 +241,15 @@ class _HttpSource(_Source):
             with urllib.request.urlopen(request, timeout=self.timeout_s) as resp, \
                     open(part, "wb") as fh:
                 length = resp.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) > max_bytes:
+                    raise FetchError(f"{url}: Content-Length {int(length):,} is larger than the "
+                                     f"{max_bytes:,} bytes accepted for this file; refusing it")
                 total = 0
-                while chunk := resp.read(1 << 20):
+                while chunk := resp.read(min(idx.CHUNK_BYTES, max_bytes - total + 1)):
                     total += len(chunk)
-                    if total > MAX_ARCHIVE_BYTES:
-                        raise FetchError(f"{url}: response is larger than "
-                                         f"{MAX_ARCHIVE_BYTES:,} bytes; refusing it")
+                    if total > max_bytes:
+                        raise FetchError(f"{url}: response is larger than the {max_bytes:,} "
+                                         "bytes accepted for this file; refusing it")
                     fh.write(chunk)
         except urllib.error.HTTPError as exc:
             status = f"HTTP {exc.code} {exc.reason}"
@@ -212,28 +283,16 @@ class _S3Source(_Source):
         self.store = open_store(uri, client=client)
         self.uri = self.store.uri
 
-    def fetch(self, name: str, workdir: Path) -> bytes:
+    @contextlib.contextmanager
+    def open(self, name: str, workdir: Path, max_bytes: int) -> Iterator[idx.Readable]:
+        # The object's ContentLength is checked before its body is read; the body is streamed.
         try:
-            return self.store.read_bytes(name)
+            with self.store.open_read(name, max_bytes=max_bytes) as body:
+                yield body
         except ObjectNotFound as exc:
             raise SourceNotFound(str(exc)) from None
         except StorageError as exc:
             raise FetchError(str(exc)) from None
-
-
-def _s3_client(cfg: IngestConfig, client_kwargs: Mapping[str, Any] | None) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    kwargs = dict(client_kwargs or {})
-    config = Config(
-        connect_timeout=cfg.timeout_s,
-        read_timeout=cfg.timeout_s,
-        retries={"max_attempts": cfg.retries + 1, "mode": "standard"},
-    )
-    if isinstance(kwargs.get("config"), Config):
-        config = kwargs.pop("config").merge(config)
-    return boto3.client("s3", config=config, **kwargs)
 
 
 def _sources(cfg: IngestConfig, s3_client_kwargs: Mapping[str, Any] | None) -> list[_Source]:
@@ -257,7 +316,8 @@ def _sources(cfg: IngestConfig, s3_client_kwargs: Mapping[str, Any] | None) -> l
         if not parsed.netloc:
             raise ConfigError(f"parameter 'source' = {cfg.source!r} is invalid: "
                               "use s3://bucket/prefix")
-        return [_S3Source(source, _s3_client(cfg, s3_client_kwargs))]
+        client = s3_client(s3_client_kwargs, timeout_s=cfg.timeout_s, retries=cfg.retries)
+        return [_S3Source(source, client)]
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise ConfigError(f"parameter 'source' = {cfg.source!r} is invalid: file:// URIs "
@@ -286,13 +346,15 @@ def _fetch_verified(
         (decompressed payload, its SHA-256, the URI it came from). On success the source is
         moved to the front of ``sources`` so the next file tries it first.
     """
+    # Pinned checksums pin the sizes too: refuse anything larger than the file it stands for.
+    max_payload = MNIST_PAYLOAD_BYTES[name] if verification == "pinned" else idx.MAX_PAYLOAD_BYTES
     errors: list[Exception] = []
     for source in list(sources):
         uri = source.uri_of(name)
         start = time.perf_counter()
         try:
-            raw = source.fetch(name, workdir)
-            payload = idx.decompress(raw, source=uri)
+            with source.open(name, workdir, idx.archive_limit(max_payload)) as stream:
+                payload, size = idx.read_payload(stream, source=uri, max_bytes=max_payload)
             digest = hashlib.sha256(payload).hexdigest()
             if expected is not None and digest != expected:
                 raise ChecksumMismatch(
@@ -307,7 +369,7 @@ def _fetch_verified(
             continue
         verdict = f"verified ({verification})" if expected else "NOT verified (checksums off)"
         log.info("ingest: %s: %s bytes from %s, payload %s bytes, SHA-256 %s… %s [%.2f s]",
-                 name, f"{len(raw):,}", uri, f"{len(payload):,}", digest[:16], verdict,
+                 name, f"{size:,}", uri, f"{len(payload):,}", digest[:16], verdict,
                  time.perf_counter() - start)
         sources.remove(source)
         sources.insert(0, source)
@@ -492,8 +554,11 @@ def ingest(
     Raises:
         ConfigError: for a malformed source.
         SourceNotFound: a file, folder, bucket or key does not exist (HTTP 404 on every mirror).
-        FetchError: a file could not be fetched (timeouts, connection errors, 5xx after retries).
-        idx.IdxFormatError: a file is not well-formed gzip / IDX.
+        FetchError: a file could not be fetched (timeouts, connection errors, 5xx after retries)
+            or is refused unread: larger than accepted, not a regular file, or a symlink that
+            leaves the source folder.
+        idx.IdxFormatError: a file is not well-formed gzip / IDX, or decompresses to more than
+            accepted (a gzip bomb).
         ChecksumMismatch: a payload's SHA-256 differs from the expected one.
         DatasetError: the files disagree (image and label counts, shapes) or a label is not 0-9.
         DataValidationError: a validation threshold is violated (the report is stored, and the

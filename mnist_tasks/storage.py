@@ -26,15 +26,16 @@ import builtins
 import contextlib
 import fcntl
 import hashlib
+import io
 import os
 import re
 import shutil
 import tempfile
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+@-]*$")
@@ -46,6 +47,22 @@ class StorageError(RuntimeError):
 
 class ObjectNotFound(StorageError, FileNotFoundError):
     """The object (or its bucket) does not exist."""
+
+
+class Readable(Protocol):
+    """A binary stream to read from: a file, an HTTP or S3 response body."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class ObjectTooLarge(StorageError):
+    """The object is larger than the caller accepts (see :meth:`Store.open_read`)."""
+
+
+def _check_size(uri: str, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise ObjectTooLarge(f"{uri}: {size:,} bytes is larger than the {max_bytes:,} accepted; "
+                             "refusing to read it")
 
 
 class InvalidKey(StorageError, ValueError):
@@ -144,6 +161,22 @@ class Store(ABC):
     @abstractmethod
     def upload_file(self, src: str | os.PathLike[str], key: str) -> None:
         """Atomically store a local file as the object."""
+
+    @contextlib.contextmanager
+    def open_read(self, key: str, *, max_bytes: int) -> Iterator[Readable]:
+        """Open the object for streaming reads, refusing it if it is larger than ``max_bytes``.
+
+        The size is checked before any of the content is read (file size, S3 ``ContentLength``),
+        so an oversize object costs no memory. This generic version reads the whole object;
+        the stores here override it to stream.
+
+        Raises:
+            ObjectNotFound: if the object does not exist.
+            ObjectTooLarge: if it is larger than ``max_bytes``.
+        """
+        data = self.read_bytes(key)
+        _check_size(self.uri_for(key), len(data), max_bytes)
+        yield io.BytesIO(data)
 
     def list_children(self, prefix: str) -> builtins.list[str]:
         """Names of the immediate children (objects or 'folders') under ``prefix``."""
@@ -287,6 +320,17 @@ class LocalStore(Store):
             tmp.unlink(missing_ok=True)
 
     @contextlib.contextmanager
+    def open_read(self, key: str, *, max_bytes: int) -> Iterator[Readable]:
+        path = self._path(key)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - closed below; yields the handle
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(f"{self.uri_for(key)}: no such object") from None
+        with fh:
+            _check_size(self.uri_for(key), os.fstat(fh.fileno()).st_size, max_bytes)
+            yield fh
+
+    @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
         path = self._path(key)
         if not path.is_file():
@@ -297,9 +341,8 @@ class LocalStore(Store):
 class S3Store(Store):
     """A store under ``s3://bucket/prefix``.
 
-    The boto3 client is built the standard AWS way (environment, shared config, instance role;
-    ``AWS_ENDPOINT_URL_S3`` for MinIO and other S3-compatible servers) unless ``client_kwargs``
-    are given, e.g. from an Airflow connection.
+    The boto3 client is built by :func:`s3_client` (the standard AWS configuration unless
+    ``client_kwargs`` are given, e.g. from an Airflow connection), or passed in as ``client``.
     """
 
     def __init__(
@@ -324,15 +367,7 @@ class S3Store(Store):
     @property
     def client(self) -> Any:
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
-            config = Config(
-                retries={"max_attempts": 5, "mode": "standard"},
-                connect_timeout=10,
-                read_timeout=60,
-            )
-            self._client = boto3.client("s3", config=config, **self._client_kwargs)
+            self._client = s3_client(self._client_kwargs)
         return self._client
 
     def _key(self, key: str) -> str:
@@ -367,6 +402,20 @@ class S3Store(Store):
             return resp["Body"].read(), str(resp["ETag"])
         except Exception as exc:
             raise self._error(key, exc) from exc
+
+    @contextlib.contextmanager
+    def open_read(self, key: str, *, max_bytes: int) -> Iterator[Readable]:
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as exc:
+            raise self._error(key, exc) from exc
+        body = resp["Body"]
+        try:
+            # The reply's headers carry the size; the body has not been read yet.
+            _check_size(self.uri_for(key), int(resp["ContentLength"]), max_bytes)
+            yield _S3Body(body, lambda exc: self._error(key, exc))
+        finally:
+            body.close()
 
     def write_bytes(self, key: str, data: bytes) -> None:
         try:
@@ -450,6 +499,57 @@ class S3Store(Store):
                 self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=fh)
         except Exception as exc:
             raise self._error(key, exc) from exc
+
+
+class _S3Body:
+    """An S3 response body whose read errors (timeouts, dropped connections) become
+    :class:`StorageError` naming the object, as every other S3Store error does."""
+
+    def __init__(self, body: Any, error: Callable[[Exception], StorageError]) -> None:
+        self._body = body
+        self._error = error
+
+    def read(self, size: int = -1, /) -> bytes:
+        try:
+            return bytes(self._body.read(size if size >= 0 else None))
+        except Exception as exc:
+            raise self._error(exc) from exc
+
+
+def s3_client(
+    client_kwargs: Mapping[str, Any] | None = None,
+    *,
+    timeout_s: float = 60.0,
+    retries: int = 5,
+) -> Any:
+    """The one way this package builds a boto3 S3 client.
+
+    Endpoint and credentials come the standard AWS way (environment, shared config, instance
+    role; ``AWS_ENDPOINT_URL_S3`` for MinIO and other S3-compatible servers) unless
+    ``client_kwargs`` give them, e.g. from an Airflow connection.
+
+    Args:
+        client_kwargs: extra ``boto3.client("s3", ...)`` arguments. A botocore ``Config`` under
+            ``"config"`` is kept, with the timeouts and retries below taking precedence.
+        timeout_s: read timeout; the connect timeout is the smaller of this and 10 s.
+        retries: retries after the first attempt ("standard" mode: backoff, transient errors).
+
+    Returns:
+        A ``botocore`` S3 client (thread-safe).
+    """
+    import boto3
+    from botocore.config import Config
+
+    kwargs = dict(client_kwargs or {})
+    config = Config(
+        connect_timeout=min(timeout_s, 10.0),
+        read_timeout=timeout_s,
+        # total_max_attempts counts the first try; botocore's "max_attempts" would add one.
+        retries={"total_max_attempts": retries + 1, "mode": "standard"},
+    )
+    if isinstance(kwargs.get("config"), Config):
+        config = kwargs.pop("config").merge(config)
+    return boto3.client("s3", config=config, **kwargs)
 
 
 def open_store(

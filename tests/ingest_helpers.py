@@ -1,16 +1,23 @@
 """Helpers for the ingest tests: tiny synthetic IDX data sets, a loopback HTTP server, a silent
-socket. Nothing here talks to anything but 127.0.0.1."""
+socket, ingest in a child process with its memory measured. Nothing here talks to anything but
+127.0.0.1."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import http.server
+import json
 import socket
+import subprocess
+import sys
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -131,3 +138,85 @@ def silent_socket() -> Iterator[int]:
         yield sock.getsockname()[1]
     finally:
         sock.close()
+
+
+def write_zero_bomb(path: Path, n_bytes: int) -> int:
+    """Write a one-member gzip file of ``n_bytes`` zeros (about 1,000:1); returns its size."""
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    piece = bytes(1 << 20)
+    with open(path, "wb") as fh:
+        for _ in range(n_bytes >> 20):
+            fh.write(deflate.compress(piece))
+        fh.write(deflate.flush())
+    return path.stat().st_size
+
+
+# Runs ingest once and reports how much the process's resident memory grew while it ran.
+#  * Everything ingest needs is imported first (and for an s3:// source the boto3 service model
+#    loaded), so imports are not counted.
+#  * The peak-RSS mark (VmHWM) is then reset (``5`` into /proc/self/clear_refs, Linux >= 4.0)
+#    and the current RSS taken as the baseline; growth = VmHWM after ingest - that baseline.
+#    Where the reset is not allowed, the peak since start is used: that can only overstate.
+#  * The address space is capped 2 GiB above what is mapped, so code that reads without bound
+#    (the old behaviour) ends in MemoryError in the child, not in the machine's OOM killer.
+_CHILD = r"""
+import json, resource, sys
+from pathlib import Path
+
+import boto3
+
+from mnist_tasks.config import IngestConfig
+from mnist_tasks.ingest import ingest
+from mnist_tasks.storage import LocalStore
+
+
+def status(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise LookupError(field)
+
+
+kwargs, store_dir = json.loads(sys.argv[1]), sys.argv[2]
+cfg = IngestConfig(**kwargs)
+store = LocalStore(store_dir)
+if cfg.source.startswith("s3://"):
+    boto3.client("s3")
+limit = status("VmSize") + (2 << 30)
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:
+    Path("/proc/self/clear_refs").write_text("5")
+    reset = True
+except OSError:
+    reset = False
+baseline = status("VmRSS")
+try:
+    ingest(cfg, store)
+    error = None
+except BaseException as exc:
+    error = [type(exc).__name__, str(exc)[:2000]]
+print(json.dumps({"error": error, "growth": status("VmHWM") - baseline, "reset": reset}))
+"""
+
+
+@dataclass(frozen=True)
+class ChildRun:
+    error_type: str | None  # the exception's class name, None if ingest succeeded
+    message: str
+    growth: int  # peak resident bytes above the baseline (see _CHILD)
+
+
+def ingest_in_child(
+    cfg_kwargs: dict[str, Any], store_dir: Path, timeout_s: float = 120
+) -> ChildRun:
+    """Run ``ingest(IngestConfig(**cfg_kwargs), LocalStore(store_dir))`` in a fresh Python and
+    measure its peak memory growth; the environment (e.g. AWS_ENDPOINT_URL_S3) is inherited."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(cfg_kwargs), str(store_dir)],
+        capture_output=True, text=True, timeout=timeout_s, check=False,
+    )
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise AssertionError(f"child failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    error = out["error"] or [None, ""]
+    return ChildRun(error_type=error[0], message=error[1], growth=out["growth"])

@@ -4,6 +4,10 @@ nothing in the cache (no entry without COMPLETE.json, no entry for the failed ke
 from __future__ import annotations
 
 import gzip
+import logging
+import os
+import re
+import shutil
 import struct
 import time
 import tracemalloc
@@ -25,7 +29,7 @@ from mnist_tasks.ingest import (
     SourceNotFound,
     ingest,
 )
-from mnist_tasks.storage import Store
+from mnist_tasks.storage import LocalStore, Store
 from tests.conftest import TEST_BUCKET
 from tests.ingest_helpers import (
     TEST_IMAGES,
@@ -33,10 +37,12 @@ from tests.ingest_helpers import (
     TRAIN_IMAGES,
     TRAIN_LABELS,
     http_server,
+    ingest_in_child,
     make_arrays,
     payload_sha256,
     silent_socket,
     write_folder,
+    write_zero_bomb,
 )
 
 
@@ -140,7 +146,7 @@ CASES: list[tuple[Mutation, type[Exception], str, str]] = [
     (html_page_named_gz, IdxFormatError, TEST_LABELS,
      r"not a gzip file and not an IDX file: it looks like an HTML/XML page"),
     (corrupt_crc, IdxFormatError, TEST_IMAGES, r"corrupt gzip data"),
-    (wrong_magic, IdxFormatError, TRAIN_LABELS, r"wrong magic number 0x00010801"),
+    (wrong_magic, IdxFormatError, TRAIN_LABELS, r"wrong magic number: an IDX file starts"),
     (declared_size_larger, IdxFormatError, TRAIN_IMAGES,
      r"declares 61x28x28 uint8 values = 47,824 bytes, but only 47,040 bytes of data follow"),
     (trailing_bytes, IdxFormatError, TEST_IMAGES, r"100 trailing bytes after the 23,520 bytes"),
@@ -227,6 +233,165 @@ def test_failed_cache_write_leaves_no_entry(
     assert_cache_clean(store)
 
 
+# --- Bounded reads: devices, FIFOs, oversize files, gzip bombs, files outside the folder -------
+
+LARGEST_PAYLOAD = 47_040_016  # MNIST's train images, the largest legitimate payload
+RSS_BUDGET = 2 * LARGEST_PAYLOAD  # the most a refused input may add to the peak RSS
+
+
+def dev_zero_symlink(folder: Path) -> dict[str, Any]:
+    (folder / TRAIN_IMAGES).unlink()
+    (folder / TRAIN_IMAGES).symlink_to("/dev/zero")
+    return {"checksums": "pinned"}
+
+
+def gzip_bomb(folder: Path) -> dict[str, Any]:
+    write_zero_bomb(folder / TRAIN_IMAGES, 256 << 20)  # ~1 MB inflating to 256 MB
+    return {"checksums": "pinned"}
+
+
+def gzip_bomb_unverified(folder: Path) -> dict[str, Any]:
+    gzip_bomb(folder)
+    return {"checksums": "off"}
+
+
+def raw_idx_just_over_the_size(folder: Path) -> dict[str, Any]:
+    # Uncompressed and 59 KB over MNIST's size: passes the file-size check (room is left for
+    # gzip overhead), so the payload limit itself must stop it. Sparse: no disk used.
+    with open(folder / TRAIN_IMAGES, "wb") as fh:
+        fh.write(_header(0x08, (60_075, 28, 28)))
+        fh.truncate(16 + 60_075 * 784)
+    return {"checksums": "pinned"}
+
+
+def raw_idx_900_mb(folder: Path) -> dict[str, Any]:
+    with open(folder / TRAIN_IMAGES, "wb") as fh:  # sparse
+        fh.write(_header(0x08, (1_148_000, 28, 28)))
+        fh.truncate(16 + 1_148_000 * 784)
+    return {"checksums": "off"}
+
+
+RSS_CASES: list[tuple[Callable[[Path], dict[str, Any]], str, str]] = [
+    (dev_zero_symlink, "FetchError",
+     r"is a symbolic link to a file outside the source folder .*; refusing it"),
+    (gzip_bomb, "IdxFormatError",
+     r"decompresses to more than 47,040,016 bytes; refusing it .*gzip bomb"),
+    (gzip_bomb_unverified, "IdxFormatError", r"decompresses to more than 67,108,864 bytes"),
+    (raw_idx_just_over_the_size, "IdxFormatError",
+     r"the uncompressed IDX file is larger than 47,040,016 bytes; refusing it"),
+    (raw_idx_900_mb, "FetchError",
+     r"900,032,016 bytes is larger than the 67,239,936 accepted for this file; refusing it"),
+]
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("mutate", "error", "problem"), RSS_CASES,
+                         ids=[c[0].__name__ for c in RSS_CASES])
+def test_refused_input_costs_bounded_memory(
+    tmp_path: Path, mutate: Callable[[Path], dict[str, Any]], error: str, problem: str
+) -> None:
+    folder = write_folder(tmp_path / "src")
+    overrides = mutate(folder)
+    run = ingest_in_child({"source": str(folder), **overrides}, tmp_path / "store")
+    assert run.error_type == error, run
+    assert re.search(problem, run.message), run.message
+    assert run.message.startswith(f"{folder.as_uri()}/{TRAIN_IMAGES}: "), run.message
+    # Peak resident memory added by ingest, measured in the child (see ingest_helpers._CHILD).
+    assert run.growth <= RSS_BUDGET, f"{run.growth:,} bytes > {RSS_BUDGET:,}"
+    assert_cache_clean(LocalStore(tmp_path / "store"))
+
+
+@pytest.mark.timeout(30)  # the old code blocked in open() until a writer came: forever
+def test_fifo_is_refused_without_blocking(tmp_path: Path, file_store: Store) -> None:
+    folder = write_folder(tmp_path / "src")
+    (folder / TRAIN_IMAGES).unlink()
+    os.mkfifo(folder / TRAIN_IMAGES)
+    with pytest.raises(FetchError, match=rf"{TRAIN_IMAGES}: is a FIFO \(named pipe\), not a "
+                                         r"regular file; refusing it"):
+        ingest(IngestConfig(source=str(folder), checksums="pinned"), file_store)
+    assert_cache_clean(file_store)
+
+
+def test_symlink_out_of_the_folder_is_refused_without_quoting_it(
+    tmp_path: Path, file_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    secret = tmp_path / "elsewhere" / "credentials.txt"
+    secret.parent.mkdir()
+    secret.write_text("aws_secret_access_key = SECRET-TOKEN-1234\n")
+    folder = write_folder(tmp_path / "src")
+    checksums = payload_sha256(folder)
+    (folder / TEST_LABELS).unlink()
+    (folder / TEST_LABELS).symlink_to(Path("..") / "elsewhere" / "credentials.txt")
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(FetchError, match=rf"{folder.as_uri()}/{TEST_LABELS}: is a symbolic link "
+                                         r"to a file outside the source folder") as info:
+        ingest(IngestConfig(source=str(folder), checksums=checksums), file_store)
+    for text in (str(info.value), caplog.text):
+        assert "SECRET" not in text and "aws_secret" not in text
+        assert "61 77 73" not in text and "617773" not in text  # nor its bytes in hex ("aws")
+    assert_cache_clean(file_store)
+
+
+def test_text_file_in_the_folder_is_named_not_quoted(tmp_path: Path, file_store: Store) -> None:
+    folder = write_folder(tmp_path / "src")
+    checksums = payload_sha256(folder)
+    (folder / TEST_LABELS).write_text("aws_secret_access_key = SECRET-TOKEN-1234\n")
+    with pytest.raises(IdxFormatError, match=rf"{TEST_LABELS}: not a gzip file and not an IDX "
+                                             r"file: it looks like a text file$") as info:
+        ingest(IngestConfig(source=str(folder), checksums=checksums), file_store)
+    assert "SECRET" not in str(info.value) and "61 77 73" not in str(info.value)
+
+
+def test_symlinks_inside_the_folder_are_followed(tmp_path: Path, file_store: Store) -> None:
+    folder = tmp_path / "src"
+    real = write_folder(folder / "v1")
+    for name in MNIST_FILES.values():
+        (folder / name).symlink_to(Path("v1") / name)  # links that stay inside the folder
+    linked_folder = tmp_path / "linked-src"
+    linked_folder.symlink_to(folder)  # and the source folder itself may be a link
+    result = ingest(IngestConfig(source=str(linked_folder), checksums=payload_sha256(real)),
+                    file_store)
+    assert result["counts"] == {"train": 60, "test": 30}
+
+
+def test_symlinked_sub_folder_leading_outside_is_refused(
+    tmp_path: Path, file_store: Store
+) -> None:
+    outside = write_folder(tmp_path / "elsewhere")
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "files").symlink_to(outside)  # the escape is in a folder link, not the file link
+    for name in MNIST_FILES.values():
+        (folder / name).symlink_to(Path("files") / name)
+    with pytest.raises(FetchError, match=rf"{TRAIN_IMAGES}: is a symbolic link to a file outside"):
+        ingest(IngestConfig(source=str(folder), checksums=payload_sha256(outside)), file_store)
+
+
+def test_device_in_the_folder_is_refused(tmp_path: Path, file_store: Store) -> None:
+    folder = write_folder(tmp_path / "src")
+    (folder / TRAIN_IMAGES).unlink()
+    # A link to a device elsewhere is refused as outside; one resolving inside the folder to a
+    # non-regular file is refused as such: a sub-folder stands in for a device here.
+    (folder / TRAIN_IMAGES).mkdir()
+    with pytest.raises(FetchError, match=rf"{TRAIN_IMAGES}: is a folder, not a regular file"):
+        ingest(IngestConfig(source=str(folder), checksums="pinned"), file_store)
+
+
+def test_pinned_checksums_cap_each_file_at_its_own_size(
+    tmp_path: Path, file_store: Store, mnist_dir: Path
+) -> None:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for name in (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES):  # the real ones pass
+        shutil.copyfile(mnist_dir / name, folder / name)
+    # 20,000 labels gzip to a few hundred bytes but are twice the size of MNIST's test labels.
+    (folder / TEST_LABELS).write_bytes(_gz(encode_idx(np.zeros(20_000, dtype=np.uint8))))
+    with pytest.raises(IdxFormatError, match=rf"{TEST_LABELS}: decompresses to more than "
+                                             r"10,008 bytes"):
+        ingest(IngestConfig(source=str(folder), checksums="pinned"), file_store)
+    assert_cache_clean(file_store)
+
+
 # --- S3 sources (moto server over HTTP) ----------------------------------------------------------
 
 
@@ -266,6 +431,42 @@ def test_s3_corrupt_object(tmp_path: Path, s3_store: Store) -> None:
     _upload(folder, "raw")
     cfg = IngestConfig(source=f"s3://{TEST_BUCKET}/raw", checksums=checksums)
     with pytest.raises(IdxFormatError, match=rf"s3://{TEST_BUCKET}/raw/{TRAIN_IMAGES}: truncated"):
+        ingest(cfg, s3_store)
+    assert_cache_clean(s3_store)
+
+
+def test_s3_oversize_object_is_refused_before_its_body_is_read(
+    tmp_path: Path, s3_env: str
+) -> None:
+    folder = write_folder(tmp_path / "src")
+    _upload(folder, "raw")
+    big = tmp_path / "big"
+    with open(big, "wb") as fh:  # 100 MB, raw IDX-like: more than twice the largest payload
+        fh.truncate(100_000_000)
+    boto3.client("s3").upload_file(str(big), TEST_BUCKET, f"raw/{TRAIN_IMAGES}")
+    run = ingest_in_child({"source": f"s3://{TEST_BUCKET}/raw", "checksums": "pinned",
+                           "retries": 0}, tmp_path / "store")
+    assert run.error_type == "FetchError", run
+    assert run.message == (
+        f"s3://{TEST_BUCKET}/raw/{TRAIN_IMAGES}: 100,000,000 bytes is larger than the "
+        "47,151,489 accepted; refusing to read it"  # 47,040,016 + room for gzip overhead
+    )
+    # ContentLength was checked first: the 100 MB body was never read into memory.
+    assert run.growth <= 30_000_000, f"{run.growth:,}"
+
+
+def test_s3_object_over_its_pinned_size_is_refused(
+    tmp_path: Path, s3_store: Store, mnist_dir: Path
+) -> None:
+    folder = tmp_path / "src"
+    folder.mkdir()
+    for name in MNIST_FILES.values():
+        shutil.copyfile(mnist_dir / name, folder / name)  # the real train images pass
+    (folder / TRAIN_LABELS).write_bytes(os.urandom(200_000))  # over 60,008 + gzip slack
+    _upload(folder, "raw")
+    cfg = IngestConfig(source=f"s3://{TEST_BUCKET}/raw", checksums="pinned", retries=0)
+    with pytest.raises(FetchError, match=rf"s3://{TEST_BUCKET}/raw/{TRAIN_LABELS}: 200,000 bytes "
+                                         r"is larger than the 125,602 accepted"):
         ingest(cfg, s3_store)
     assert_cache_clean(s3_store)
 
@@ -312,6 +513,22 @@ def test_html_error_page_from_a_mirror(tmp_path: Path, file_store: Store) -> Non
         with pytest.raises(IdxFormatError,
                            match=rf"{server.url}/mnist/{TEST_LABELS}: not a gzip file and not an "
                                  r"IDX file: it looks like an HTML/XML page"):
+            ingest(cfg, file_store)
+    assert_cache_clean(file_store)
+
+
+def test_http_content_length_over_the_size_is_refused(
+    tmp_path: Path, file_store: Store, mnist_dir: Path
+) -> None:
+    www = tmp_path / "www" / "mnist"
+    www.mkdir(parents=True)
+    for name in MNIST_FILES.values():
+        shutil.copyfile(mnist_dir / name, www / name)  # the real train images pass
+    (www / TRAIN_LABELS).write_bytes(os.urandom(200_000))
+    with http_server(tmp_path / "www") as server:
+        cfg = IngestConfig(source=f"{server.url}/mnist", checksums="pinned", retries=0)
+        with pytest.raises(FetchError, match=rf"{server.url}/mnist/{TRAIN_LABELS}: Content-Length "
+                                             r"200,000 is larger than the 125,602 bytes accepted"):
             ingest(cfg, file_store)
     assert_cache_clean(file_store)
 

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from mnist_tasks.storage import InvalidKey, ObjectNotFound, Store, open_store
+from mnist_tasks.storage import (
+    InvalidKey,
+    ObjectNotFound,
+    ObjectTooLarge,
+    S3Store,
+    Store,
+    open_store,
+    s3_client,
+)
+from tests.conftest import TEST_BUCKET
 
 
 def test_write_read_roundtrip_and_list(store: Store) -> None:
@@ -96,3 +105,39 @@ def test_missing_bucket_is_named(s3_env: str) -> None:
 def test_bad_store_uris(uri: str) -> None:
     with pytest.raises(ValueError):
         open_store(uri)
+
+
+def test_open_read_streams_and_checks_the_size_first(store: Store) -> None:
+    store.write_bytes("raw/blob.bin", b"0123456789" * 100)
+    with store.open_read("raw/blob.bin", max_bytes=1000) as fh:
+        assert fh.read(4) == b"0123"
+        assert fh.read(10_000) == (b"0123456789" * 100)[4:]
+        assert fh.read(10) == b""
+    too_large = r"raw/blob\.bin: 1,000 bytes is larger than the 999 accepted; refusing to read it"
+    with pytest.raises(ObjectTooLarge, match=too_large), \
+            store.open_read("raw/blob.bin", max_bytes=999):
+        pytest.fail("an oversize object must be refused before it can be read")
+    with pytest.raises(ObjectNotFound, match=r"raw/none\.bin"), \
+            store.open_read("raw/none.bin", max_bytes=1000):
+        pytest.fail("unreachable")
+
+
+def test_one_s3_client_builder(s3_env: str) -> None:
+    from botocore.config import Config
+
+    client = s3_client(timeout_s=5.0, retries=2)
+    assert client.meta.config.read_timeout == 5.0
+    assert client.meta.config.connect_timeout == 5.0
+    assert client.meta.config.retries == {"total_max_attempts": 3, "mode": "standard"}
+    # A Config from an Airflow connection keeps its other settings; timeouts/retries are ours.
+    client = s3_client({"config": Config(max_pool_connections=3, read_timeout=999)},
+                       timeout_s=30.0, retries=1)
+    assert client.meta.config.max_pool_connections == 3
+    assert client.meta.config.read_timeout == 30.0
+    assert client.meta.config.connect_timeout == 10.0  # never more than 10 s to connect
+    # S3Store builds its client the same way, with its own defaults.
+    store = S3Store(TEST_BUCKET, "p")
+    assert store.client.meta.config.retries == {"total_max_attempts": 6, "mode": "standard"}
+    assert store.client.meta.config.read_timeout == 60.0
+    store.write_bytes("k", b"v")
+    assert s3_client().get_object(Bucket=TEST_BUCKET, Key="p/k")["Body"].read() == b"v"

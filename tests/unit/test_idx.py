@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 import time
 import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
 
-from mnist_tasks.idx import IdxFormatError, decompress, encode_idx, parse_idx
+from mnist_tasks.idx import (
+    IdxFormatError,
+    archive_limit,
+    decompress,
+    encode_idx,
+    parse_idx,
+    read_payload,
+)
 
 SRC = "file:///data/train-images-idx3-ubyte.gz"
 
@@ -53,7 +62,7 @@ def _header(code: int, dims: tuple[int, ...]) -> bytes:
     [
         (b"", {}, r"empty IDX payload \(0 bytes\)"),
         (b"\x00\x00\x08", {}, r"3 bytes is too short for an IDX header"),
-        (b"\x1f\x00\x08\x03" + b"\x00" * 20, {}, r"wrong magic number 0x1f000803"),
+        (b"\x1f\x00\x08\x03" + b"\x00" * 20, {}, r"wrong magic number: an IDX file starts"),
         (_header(0x0A, (2,)) + b"\x00\x00", {}, r"unknown IDX type code 0x0A"),
         (_header(0x08, ()), {}, r"declares 0 dimensions"),
         (_header(0x08, (4,)) + b"\x00" * 4, {"ndim": 3}, r"has 1 dimensions, expected 3 \(images"),
@@ -116,14 +125,18 @@ def test_decompress_multi_member_and_zero_padding() -> None:
     [
         (b"", r"empty file \(0 bytes\)"),
         (b"<!DOCTYPE html>\n<html><body>Not Found</body></html>",
-         r"not a gzip file and not an IDX file: it looks like an HTML/XML page "
-         r"\(starts with '<!DOCTYPE html>'\)"),
-        (b"PK\x03\x04zipzipzip", r"not a gzip file .*starts with bytes 50 4b 03 04"),
+         r"not a gzip file and not an IDX file: it looks like an HTML/XML page \(e\.g\. an "
+         r"error page\)$"),
+        (b"PK\x03\x04zipzipzip", r"not a gzip file and not an IDX file: it starts with neither "
+         r"the gzip magic \(1f 8b\) nor the IDX magic \(00 00\)$"),
+        (b"root:x:0:0:root:/root:/bin/bash\n", r"not a gzip file and not an IDX file: it looks "
+         r"like a text file$"),
         (gzip.compress(PAYLOAD)[:-12], r"truncated gzip file: the \d+-byte archive ends before"),
         (gzip.compress(PAYLOAD)[:15], r"truncated gzip file"),
         (gzip.compress(PAYLOAD) + b"trailing junk", r"13 bytes of garbage after the end"),
     ],
-    ids=["empty", "html-page", "zip", "truncated-trailer", "truncated-body", "garbage-after"],
+    ids=["empty", "html-page", "zip", "text", "truncated-trailer", "truncated-body",
+         "garbage-after"],
 )
 def test_bad_gzip_names_file_and_problem(data: bytes, problem: str) -> None:
     with pytest.raises(IdxFormatError, match=problem) as info:
@@ -144,6 +157,103 @@ def test_gzip_bomb_is_refused_at_the_limit() -> None:
     with pytest.raises(IdxFormatError, match=r"decompresses to more than 1,000,000 bytes"):
         decompress(bomb, source=SRC, max_bytes=1_000_000)
     assert len(decompress(bomb, source=SRC, max_bytes=5_000_000)) == 5_000_000
+
+
+def test_raw_idx_over_the_limit_is_refused() -> None:
+    raw = _header(0x08, (2_000,)) + bytes(2_000)  # uncompressed: no gzip bomb guard applies
+    with pytest.raises(IdxFormatError, match=r"the uncompressed IDX file is larger than 1,000 "
+                                             r"bytes; refusing it") as info:
+        decompress(raw, source=SRC, max_bytes=1_000)
+    assert str(info.value).startswith(SRC + ": ")
+    assert decompress(raw, source=SRC, max_bytes=len(raw)) == raw  # exactly at the limit: fine
+
+
+class CountingStream:
+    """A stream of ``data`` followed by ``tail`` repeated forever (or nothing); counts reads.
+
+    Like a socket, a read returns at most ``piece`` bytes.
+    """
+
+    def __init__(self, data: bytes, tail: bytes = b"", piece: int = 1 << 20) -> None:
+        self.buf = io.BytesIO(data)
+        self.tail = tail
+        self.piece = piece
+        self.read_bytes = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        assert 0 < size <= 1 << 20, size  # always a bounded read
+        size = min(size, self.piece)
+        out = self.buf.read(size)
+        if not out and self.tail:
+            out = (self.tail * (size // len(self.tail) + 1))[:size]
+        self.read_bytes += len(out)
+        return out
+
+
+def _zero_bomb(n_bytes: int) -> bytes:
+    """A one-member gzip file of ``n_bytes`` zeros (about 1,000:1), built in pieces."""
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    piece = bytes(1 << 20)
+    parts = [deflate.compress(piece) for _ in range(n_bytes >> 20)]
+    return b"".join([*parts, deflate.flush()])
+
+
+def test_gzip_bomb_stream_is_refused_after_a_bounded_read() -> None:
+    bomb = _zero_bomb(64 << 20)  # ~64 KB that inflates to 64 MB
+    stream = CountingStream(bomb, piece=4096)
+    tracemalloc.start()
+    try:
+        with pytest.raises(IdxFormatError, match=r"decompresses to more than 1,000,000 bytes; "
+                                                  r"refusing it .*gzip bomb"):
+            read_payload(stream, source=SRC, max_bytes=1_000_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4_000_000  # the limit plus a piece or two, never the 64 MB
+    assert stream.read_bytes < 16_000  # ~1 KB of input per MB of zeros: it stopped early
+
+
+def test_raw_stream_without_end_is_refused_after_limit_plus_one_byte() -> None:
+    stream = CountingStream(b"", tail=b"\x00")  # what a symlink to /dev/zero reads like
+    with pytest.raises(IdxFormatError, match=r"the uncompressed IDX file is larger than "
+                                             r"100,000 bytes"):
+        read_payload(stream, source=SRC, max_bytes=100_000)
+    assert stream.read_bytes == 100_001
+
+
+def test_endless_zero_padding_after_gzip_is_refused_at_the_archive_limit() -> None:
+    stream = CountingStream(gzip.compress(PAYLOAD), tail=b"\x00")
+    with pytest.raises(IdxFormatError, match=r"the file is larger than 5,000 bytes; refusing it"):
+        read_payload(stream, source=SRC, max_bytes=1_000, max_archive_bytes=5_000)
+    assert stream.read_bytes == 5_001
+
+
+def test_read_payload_counts_the_archive_bytes() -> None:
+    data = gzip.compress(PAYLOAD) + b"\x00" * 10
+    payload, size = read_payload(CountingStream(data), source=SRC, max_bytes=len(PAYLOAD))
+    assert (payload, size) == (PAYLOAD, len(data))
+    assert archive_limit(47_040_016) > 47_040_016 * 1.0003  # deflate's worst case fits
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"root:x:0:0:SECRET-TOKEN-1234:/root:/bin/bash\n",
+        b"<html><body>SECRET-TOKEN-1234</body></html>",
+        b"\x01\x02SECRET-TOKEN-1234\xff",
+        gzip.compress(b"SECRET-TOKEN-1234 is not an IDX header"),
+        gzip.compress(b"\x00\x00SECRET-TOKEN-1234"),
+    ],
+    ids=["text", "html", "binary", "gzip-text", "gzip-zeros-then-text"],
+)
+def test_errors_never_quote_the_file_bytes(data: bytes) -> None:
+    with pytest.raises(IdxFormatError) as info:
+        parse_idx(decompress(data, source=SRC), source=SRC)
+    message = str(info.value)
+    assert "SECRET" not in message and "TOKEN" not in message
+    content = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    assert content[:4].hex() not in message.replace(" ", "").lower()  # nor in hex
+    assert content[:4].decode("latin-1") not in message
 
 
 def test_encode_refuses_types_without_an_idx_code() -> None:
