@@ -22,88 +22,30 @@ Run it alone: ``python -m mnist_tasks evaluate --model URI --prepared URI --stor
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import tempfile
 import time
-import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from mnist_tasks.artifacts import (
+    NUM_CLASSES,
+    load_keras_model,
+    load_prepared,
+    predict_proba,
+    read_json,
+    recorded_result,
+    write_json,
+)
 from mnist_tasks.storage import Store
-
-if TYPE_CHECKING:
-    import keras
 
 log = logging.getLogger(__name__)
 
-NUM_CLASSES = 10
 TOP_CONFUSED = 5
 MISCLASSIFIED_SHOWN = 16
 _EPS = 1e-7  # probability clip for the cross-entropy, as Keras does
-
-
-def load_keras_model(path: str | Path, *, compile: bool = False) -> keras.Model:
-    """Load a ``.keras`` model file in safe mode (no arbitrary code from the file runs).
-
-    Args:
-        path: a local ``.keras`` file.
-        compile: also restore the optimizer and loss (needed to continue training).
-
-    Returns:
-        The model.
-
-    Raises:
-        ValueError: if the file is not a loadable Keras model; the message names the file.
-    """
-    import keras
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such model file")
-    from mnist_tasks.models import allow_jit
-
-    try:
-        with warnings.catch_warnings():
-            # Compiling while loading checks XLA support before allow_jit() below can lift
-            # Keras's blanket flag on the augmentation layers; the caller sets jit_compile.
-            warnings.filterwarnings("ignore", message="Model doesn't support `jit_compile")
-            model = keras.saving.load_model(path, safe_mode=True, compile=compile)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a loadable Keras model: {exc}") from exc
-    return allow_jit(model)
-
-
-def load_model_from_store(store: Store, model_uri: str) -> keras.Model:
-    """Download the model at ``model_uri`` to a temporary file and load it in safe mode.
-
-    Raises:
-        ObjectNotFound: if the model does not exist.
-        InvalidKey: if ``model_uri`` is not in ``store``.
-        ValueError: if it is not a loadable Keras model.
-    """
-    key = store.key_of(model_uri)
-    with tempfile.TemporaryDirectory(prefix="mnist-model-") as tmp:
-        path = Path(tmp) / "model.keras"
-        store.download_file(key, path)
-        try:
-            return load_keras_model(path)
-        except ValueError as exc:
-            raise ValueError(f"{model_uri}: {exc}") from exc
-
-
-def predict_proba(model: keras.Model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Class probabilities, float32 of shape (N, classes)."""
-    if len(x) == 0:
-        return np.zeros((0, int(model.output_shape[-1])), dtype=np.float32)
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
-
-
-def predict_classes(model: keras.Model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """The predicted class of each example, int64 of shape (N,)."""
-    return np.argmax(predict_proba(model, x, batch_size), axis=1).astype(np.int64)
 
 
 def cross_entropy(y_true: np.ndarray, proba: np.ndarray) -> float:
@@ -211,7 +153,6 @@ def evaluate(
     from sklearn.metrics import classification_report
 
     from mnist_tasks import plots
-    from mnist_tasks.preprocess import load_prepared
 
     prefix = f"runs/{run_key}/evaluate"
     start = time.perf_counter()
@@ -223,8 +164,11 @@ def evaluate(
         model_sha256 = hashlib.sha256(model_path.read_bytes()).hexdigest()
         inputs = {"model_uri": model_uri, "model_sha256": model_sha256,
                   "prepared_uri": prepared_uri, "history_uri": history_uri}
-        recorded = _recorded_result(store, prefix, inputs)
+        recorded = recorded_result(store, f"{prefix}/result.json", inputs,
+                                   requires=[f"{prefix}/metrics.json"])
         if recorded is not None:
+            log.info("evaluate: %s already evaluated (test accuracy %.4f); reusing it",
+                     model_uri, recorded["test_accuracy"])
             return recorded
         try:
             model = load_keras_model(model_path)
@@ -239,7 +183,7 @@ def evaluate(
     proba = predict_proba(model, x_test)
     y_pred = np.argmax(proba, axis=1).astype(np.int64)
     metrics = classification_metrics(y_test, y_pred, proba)
-    history = json.loads(store.read_bytes(store.key_of(history_uri))) if history_uri else None
+    history = read_json(store, store.key_of(history_uri)) if history_uri else None
 
     plot_uris: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="mnist-evaluate-") as tmp:
@@ -266,7 +210,7 @@ def evaluate(
             store.upload_file(path, f"{prefix}/{name}.png")
             plot_uris[name] = store.uri_for(f"{prefix}/{name}.png")
 
-    store.write_bytes(f"{prefix}/metrics.json", json.dumps(metrics, indent=2).encode())
+    write_json(store, f"{prefix}/metrics.json", metrics)
     result: dict[str, Any] = {
         "metrics_uri": store.uri_for(f"{prefix}/metrics.json"),
         "report_uri": store.uri_for(f"{prefix}/report.txt"),
@@ -277,7 +221,7 @@ def evaluate(
         "n_test": metrics["n_test"],
         **inputs,
     }
-    store.write_bytes(f"{prefix}/result.json", json.dumps(result, indent=2).encode())
+    write_json(store, f"{prefix}/result.json", result)
     log_summary(metrics, time.perf_counter() - start, result["metrics_uri"])
     return result
 
@@ -314,20 +258,3 @@ def _misclassified_grid(plots: Any, x: np.ndarray, y: np.ndarray, y_pred: np.nda
     return plots.digit_grid_png(
         x[shown], captions, path, cols=4,
         title=f"Most confidently misclassified ({len(wrong)} errors in {len(y)})")
-
-
-def _recorded_result(store: Store, prefix: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
-    """The result of an earlier evaluation of this same model on the same data, if any."""
-    from mnist_tasks.storage import ObjectNotFound
-
-    try:
-        recorded = json.loads(store.read_bytes(f"{prefix}/result.json"))
-    except (ObjectNotFound, ValueError):
-        return None
-    if any(recorded.get(k) != v for k, v in inputs.items()):
-        return None
-    if not store.exists(f"{prefix}/metrics.json"):
-        return None
-    log.info("evaluate: %s already evaluated (test accuracy %.4f); reusing it",
-             inputs["model_uri"], recorded["test_accuracy"])
-    return dict(recorded)

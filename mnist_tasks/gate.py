@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,15 +28,15 @@ from typing import Any
 
 import numpy as np
 
+from mnist_tasks.artifacts import NUM_CLASSES, json_default, utc_now
 from mnist_tasks.config import GateConfig
-from mnist_tasks.registry import CHAMPION, Registry, utc_now, validate_run_key
+from mnist_tasks.registry import CHAMPION, Registry, validate_run_key
 from mnist_tasks.storage import Store
 
 log = logging.getLogger(__name__)
 
 PROMOTE = "PROMOTE"
 REJECT = "REJECT"
-NUM_CLASSES = 10
 # Up to this many discordant pairs McNemar's test is the exact binomial test (cheap even for
 # thousands); beyond it, the chi-square approximation with continuity correction.
 MCNEMAR_EXACT_MAX = 1000
@@ -298,8 +297,7 @@ def gate(
     if champion_version is None:
         log.info("gate: no champion in %s yet: threshold only", registry.uri)
     else:
-        from mnist_tasks.evaluate import load_keras_model, predict_classes
-        from mnist_tasks.preprocess import load_prepared
+        from mnist_tasks.artifacts import load_keras_model, load_prepared, predict_classes
 
         prepared = load_prepared(prepared_uri, store)
         y_test = prepared.y_test
@@ -350,7 +348,7 @@ def gate(
         "decided_at": utc_now(),
     }
     decision_key = f"{prefix}/decision.json"
-    store.write_bytes(decision_key, json.dumps(record, indent=2, default=_json_default).encode())
+    store.write_bytes(decision_key, json.dumps(record, indent=2, default=json_default).encode())
 
     log.info("gate: %s (challenger %.4f%s)", result.decision, accuracy,
              "" if champion_version is None
@@ -371,11 +369,3 @@ def gate(
         "challenger_accuracy": result.challenger_accuracy,
         "champion_accuracy": result.champion_accuracy,
     }
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)

@@ -59,8 +59,8 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from mnist_tasks import __version__, idx, validation
+from mnist_tasks.artifacts import RAW_ARRAYS, data_sha256, load_npz, save_npz
 from mnist_tasks.config import MNIST_FILES, MNIST_MIRRORS, ConfigError, IngestConfig
-from mnist_tasks.preprocess import RAW_ARRAYS, data_sha256, load_npz, save_npz
 from mnist_tasks.storage import ObjectNotFound, StorageError, Store, open_store, s3_client
 from mnist_tasks.validation import DataValidationError
 

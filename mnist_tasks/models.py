@@ -23,12 +23,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from mnist_tasks.artifacts import NUM_CLASSES
 from mnist_tasks.config import TrainConfig
 
 if TYPE_CHECKING:
     import keras
 
-NUM_CLASSES = 10
 IMAGE_SHAPE: tuple[int, int] = (28, 28)
 
 # Presets trained on one-hot labels with categorical cross-entropy (as the first notebook);

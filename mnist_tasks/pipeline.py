@@ -1,8 +1,16 @@
 """The six stages bound to one run: what each DAG task calls, and ``run-all`` chains in-process.
 
 A :class:`Pipeline` holds a validated :class:`~mnist_tasks.config.PipelineConfig`, the opened
-store and the run's key. Each method runs one stage and returns the small dict that the next
-stage (or XCom) needs; nothing here knows about Airflow.
+store and the run's key. Each method runs one stage, takes only the previous stage's result,
+and returns a small dict (references and a few numbers, never arrays) that carries what the
+later stages need, so the stages form a chain; nothing here knows about Airflow::
+
+    ingested   = pipe.ingest()
+    prepared   = pipe.preprocess(ingested)
+    trained    = pipe.train(prepared)        # + prepared_uri
+    evaluation = pipe.evaluate(trained)      # + prepared_uri, trained
+    decision   = pipe.gate(evaluation)       # + prepared_uri, evaluation (holds trained)
+    registered = pipe.register(decision)     # only on PROMOTE
 
 Usage::
 
@@ -18,10 +26,10 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mnist_tasks.artifacts import utc_now
 from mnist_tasks.config import PipelineConfig, run_key
 from mnist_tasks.storage import ObjectNotFound, Store, open_store
 
@@ -94,33 +102,53 @@ class Pipeline:
         on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
         previous: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Train; ``on_checkpoint`` / ``previous``: see :func:`mnist_tasks.train.train`."""
+        """Train; ``on_checkpoint`` / ``previous``: see :func:`mnist_tasks.train.train`.
+
+        Returns:
+            What :func:`mnist_tasks.train.train` returns, with ``prepared_uri``.
+        """
         from mnist_tasks import train as stage
 
-        return stage.train(prepared["prepared_uri"], self.cfg.train, self.store, self.run_key,
-                           on_checkpoint=on_checkpoint, previous=previous)
+        result: dict[str, Any] = stage.train(
+            prepared["prepared_uri"], self.cfg.train, self.store, self.run_key,
+            on_checkpoint=on_checkpoint, previous=previous,
+        )
+        return {**result, "prepared_uri": prepared["prepared_uri"]}
 
-    def evaluate(self, prepared: Mapping[str, Any], trained: Mapping[str, Any]) -> dict[str, Any]:
+    def evaluate(self, trained: Mapping[str, Any]) -> dict[str, Any]:
+        """Evaluate the trained model on the data it was trained from.
+
+        Returns:
+            What :func:`mnist_tasks.evaluate.evaluate` returns (which holds ``prepared_uri``),
+            plus ``trained``: the train result, for the gate and register stages.
+        """
         from mnist_tasks import evaluate as stage
 
         result: dict[str, Any] = stage.evaluate(
             trained["model_uri"],
-            prepared["prepared_uri"],
+            trained["prepared_uri"],
             self.store,
             self.run_key,
             history_uri=trained.get("history_uri"),
         )
         self._update_summary(test_accuracy=result["test_accuracy"], preset=self.cfg.train.preset)
-        return result
+        return {**result, "prepared_uri": trained["prepared_uri"], "trained": dict(trained)}
 
-    def gate(self, prepared: Mapping[str, Any], evaluation: Mapping[str, Any]) -> dict[str, Any]:
+    def gate(self, evaluation: Mapping[str, Any]) -> dict[str, Any]:
+        """Decide PROMOTE or REJECT for the evaluated model.
+
+        Returns:
+            What :func:`mnist_tasks.gate.gate` returns, plus ``prepared_uri`` and
+            ``evaluation`` (the evaluate result, which holds ``trained``), for register.
+        """
         from mnist_tasks import gate as stage
 
+        prepared_uri = evaluation["prepared_uri"]
         result: dict[str, Any] = stage.gate(
             evaluation,
             self.cfg.gate,
             self.registry(),
-            prepared["prepared_uri"],
+            prepared_uri,
             self.store,
             self.run_key,
         )
@@ -129,23 +157,30 @@ class Pipeline:
             decision=result["decision"],
             reasons=result.get("reasons", []),
         )
-        return result
+        return {**result, "prepared_uri": prepared_uri, "evaluation": dict(evaluation)}
 
-    def register(
-        self,
-        prepared: Mapping[str, Any],
-        trained: Mapping[str, Any],
-        evaluation: Mapping[str, Any],
-        gate_result: Mapping[str, Any],
-    ) -> dict[str, Any]:
+    def register(self, decision: Mapping[str, Any]) -> dict[str, Any]:
+        """Register the gated model (see :func:`mnist_tasks.register.register`).
+
+        Args:
+            decision: what :meth:`gate` returned; it carries the evaluation and the train
+                result.
+        """
         from mnist_tasks import register as stage
 
+        # TODO(merge): register.register takes the gate's carried result (CONTRACT.md):
+        #     stage.register(decision, store=self.store, registry=self.registry(),
+        #                    run_key=self.run_key, dag_id=self.dag_id, run_id=self.run_id,
+        #                    code_version=code_version())
+        # This branch's register.py still has the old signature, so unpack the chain here
+        # until the reg branch lands; then replace this call with the one above.
+        evaluation = decision["evaluation"]
         result: dict[str, Any] = stage.register(
             self.run_key,
-            train_result=trained,
+            train_result=evaluation["trained"],
             evaluation=evaluation,
-            gate_result=gate_result,
-            prepared_uri=prepared["prepared_uri"],
+            gate_result=decision,
+            prepared_uri=decision["prepared_uri"],
             store=self.store,
             registry=self.registry(),
             dag_id=self.dag_id,
@@ -165,7 +200,7 @@ class Pipeline:
             summary = json.loads(self.store.read_bytes(key))
         except ObjectNotFound:
             summary = {"run_id": self.run_id, "dag_id": self.dag_id}
-        summary.update(fields, updated_at=datetime.now(UTC).isoformat())
+        summary.update(fields, updated_at=utc_now())
         self.store.write_bytes(key, json.dumps(summary, indent=2).encode())
 
     def run_all(self) -> dict[str, Any]:
@@ -188,17 +223,15 @@ class Pipeline:
         ingested = timed("ingest", self.ingest)
         prepared = timed("preprocess", self.preprocess, ingested)
         trained = timed("train", self.train, prepared)
-        evaluation = timed("evaluate", self.evaluate, prepared, trained)
-        decision = timed("gate", self.gate, prepared, evaluation)
+        evaluation = timed("evaluate", self.evaluate, trained)
+        decision = timed("gate", self.gate, evaluation)
         result: dict[str, Any] = {
             "run_id": self.run_id,
             "decision": decision["decision"],
             "test_accuracy": evaluation["test_accuracy"],
         }
         if decision["decision"] == "PROMOTE":
-            registered = timed(
-                "register", self.register, prepared, trained, evaluation, decision
-            )
+            registered = timed("register", self.register, decision)
             result.update(
                 model_uri=registered["model_uri"],
                 version=registered["version"],

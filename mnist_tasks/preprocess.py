@@ -7,74 +7,32 @@ Input is the cached data set written by ingest (``mnist.npz`` with uint8 ``x_tra
   labels ``y_train``, ``y_val``, ``y_test``;
 * ``prepared.json``: the fingerprint, split sizes and parameters (written last).
 
+The later stages read both with :func:`mnist_tasks.artifacts.load_prepared`.
+
 Run it alone: ``python -m mnist_tasks preprocess --dataset URI --store URI --run-id ID``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mnist_tasks.artifacts import (
+    RAW_ARRAYS,
+    data_sha256,
+    load_npz,
+    recorded_result,
+    save_npz,
+    write_json,
+)
 from mnist_tasks.config import PreprocessConfig
-from mnist_tasks.storage import ObjectNotFound, Store
+from mnist_tasks.storage import Store
 
 log = logging.getLogger(__name__)
-
-PREPARED_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
-RAW_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """The arrays a model is trained and evaluated on, plus their metadata."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    meta: dict[str, Any]
-
-
-def load_npz(store: Store, key: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Load the named arrays of an ``.npz`` object fully into memory.
-
-    Raises:
-        ObjectNotFound: if the object does not exist.
-        ValueError: if an array is missing, naming the object and the array.
-    """
-    with store.local_copy(key) as path, np.load(path, allow_pickle=False) as npz:
-        missing = [n for n in names if n not in npz.files]
-        if missing:
-            raise ValueError(f"{store.uri_for(key)}: missing arrays {missing}")
-        return {n: npz[n] for n in names}
-
-
-def save_npz(store: Store, key: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write arrays as an uncompressed ``.npz`` object, atomically."""
-    with tempfile.TemporaryDirectory(prefix="mnist-npz-") as tmp:
-        path = Path(tmp) / "data.npz"
-        np.savez(path, **arrays)  # type: ignore[arg-type]
-        store.upload_file(path, key)
-
-
-def data_sha256(arrays: dict[str, np.ndarray]) -> str:
-    """SHA-256 over the raw arrays (names, shapes, dtypes and bytes): the data's identity."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        arr = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
-        h.update(arr.data)
-    return h.hexdigest()
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,14 +71,12 @@ def preprocess(
         f"{raw_sha}|scale=1/255|val_fraction={cfg.val_fraction}|seed={cfg.seed}".encode()
     ).hexdigest()
 
-    try:
-        existing = json.loads(store.read_bytes(f"{prefix}/prepared.json"))
-        if existing.get("fingerprint") == fingerprint and store.exists(f"{prefix}/prepared.npz"):
-            log.info("preprocess: %s already prepared (fingerprint %s); reusing it",
-                     store.uri_for(prefix), fingerprint[:12])
-            return dict(existing)
-    except ObjectNotFound:
-        pass
+    existing = recorded_result(store, f"{prefix}/prepared.json", {"fingerprint": fingerprint},
+                               requires=[f"{prefix}/prepared.npz"])
+    if existing is not None:
+        log.info("preprocess: %s already prepared (fingerprint %s); reusing it",
+                 store.uri_for(prefix), fingerprint[:12])
+        return existing
 
     train_idx, val_idx = split_indices(len(raw["y_train"]), cfg.val_fraction, cfg.seed)
     scale = np.float32(1.0 / 255.0)
@@ -146,7 +102,7 @@ def preprocess(
         "n_test": len(raw["y_test"]),
         "image_shape": list(raw["x_train"].shape[1:]),
     }
-    store.write_bytes(f"{prefix}/prepared.json", json.dumps(result, indent=2).encode())
+    write_json(store, f"{prefix}/prepared.json", result)
     log.info(
         "preprocess: %d train / %d validation / %d test images, float32 in [0, 1], "
         "fingerprint %s, %.2f s -> %s",
@@ -154,16 +110,3 @@ def preprocess(
         time.perf_counter() - start, result["prepared_uri"],
     )
     return result
-
-
-def load_prepared(prepared_uri: str, store: Store) -> Prepared:
-    """Load what :func:`preprocess` wrote at ``prepared_uri``.
-
-    Raises:
-        ObjectNotFound: if the prepared data or its metadata are missing.
-    """
-    key = store.key_of(prepared_uri)
-    arrays = load_npz(store, key, PREPARED_ARRAYS)
-    meta_key = key.rsplit("/", 1)[0] + "/prepared.json"
-    meta = json.loads(store.read_bytes(meta_key))
-    return Prepared(meta=meta, **arrays)

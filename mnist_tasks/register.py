@@ -128,7 +128,7 @@ def _verifier(
     def verify(pending: PendingVersion) -> dict[str, Any]:
         import keras
 
-        from mnist_tasks.evaluate import load_model_from_store, predict_classes
+        from mnist_tasks.artifacts import load_model_from_store, predict_classes
 
         model = load_model_from_store(registry.store, pending.model_uri)
         got = np.asarray(predict_classes(model, x_test))
@@ -257,7 +257,7 @@ def _write(
     run_id: str | None,
     code_version: str | None,
 ) -> VersionInfo:
-    from mnist_tasks.preprocess import load_prepared
+    from mnist_tasks.artifacts import load_prepared
 
     prepared = load_prepared(prepared_uri, store)
     predictions_uri = str(evaluation["predictions_uri"])

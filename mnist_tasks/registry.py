@@ -34,11 +34,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import EllipsisType
 from typing import Any
 
+from mnist_tasks.artifacts import json_default, utc_now
 from mnist_tasks.config import DEFAULT_MODEL_NAME
 from mnist_tasks.storage import ObjectNotFound, Store, open_store
 
@@ -145,21 +145,8 @@ def parse_version(value: object) -> int:
 # --- small helpers ------------------------------------------------------------------------------
 
 
-def utc_now() -> str:
-    """The current UTC time, ISO 8601 with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{value!r} ({type(value).__name__}) is not JSON-serialisable")
-
-
 def _dumps(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode()
+    return (json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n").encode()
 
 
 def _sha256_file(path: Path) -> tuple[str, int]:

@@ -23,7 +23,6 @@ Run it alone: ``python -m mnist_tasks train --prepared URI --store URI --run-id 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -37,6 +36,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mnist_tasks import models
+from mnist_tasks.artifacts import (
+    NUM_CLASSES,
+    load_keras_model,
+    load_prepared,
+    read_json,
+    recorded_result,
+    write_json,
+)
 from mnist_tasks.config import PRESETS, TrainConfig
 from mnist_tasks.storage import ObjectNotFound, Store
 
@@ -317,7 +324,7 @@ def fit_arrays(
     resume_model: keras.Model | None = None,
     resume: _Resume | None = None,
     callbacks: Sequence[Any] = (),
-    num_classes: int = models.NUM_CLASSES,
+    num_classes: int = NUM_CLASSES,
 ) -> FitResult:
     """Build, compile and fit the preset's model on in-memory arrays.
 
@@ -490,7 +497,7 @@ class _StoreCheckpoints:
             "identity": self.identity,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        self.store.write_bytes(self.marker, json.dumps(marker, indent=1).encode())
+        write_json(self.store, self.marker, marker, indent=1)
         self._prune(keep=f"{folder}/")
         for path in local.iterdir():
             path.unlink()
@@ -505,7 +512,7 @@ class _StoreCheckpoints:
     def load(self) -> tuple[keras.Model, _Resume] | None:
         """The latest complete checkpoint, if it was made by this same training job."""
         try:
-            marker = json.loads(self.store.read_bytes(self.marker))
+            marker = read_json(self.store, self.marker)
         except ObjectNotFound:
             return None
         except ValueError as exc:
@@ -518,8 +525,6 @@ class _StoreCheckpoints:
                         "training from scratch", uri)
             self.clear()
             return None
-        from mnist_tasks.evaluate import load_keras_model
-
         local = self.workdir / "resume"
         try:
             self.store.download_file(marker["model_key"], local / "model.keras")
@@ -582,12 +587,14 @@ def train(
         ObjectNotFound: if the prepared data does not exist.
         ValueError: if the prepared arrays are malformed.
     """
-    from mnist_tasks.preprocess import load_prepared
-
     prefix = f"runs/{run_key}/train"
     params = dataclasses.asdict(cfg)
-    recorded = _recorded_result(store, prefix, params, prepared_uri)
+    recorded = recorded_result(store, f"{prefix}/result.json",
+                               {"params": params, "prepared_uri": prepared_uri},
+                               requires=[f"{prefix}/model.keras"])
     if recorded is not None:
+        log.info("train: %s already trained (%d epochs, best val_accuracy=%s); reusing it",
+                 recorded["model_uri"], recorded["epochs_run"], recorded["best_val_accuracy"])
         return recorded
 
     prepared = load_prepared(prepared_uri, store)
@@ -638,7 +645,7 @@ def train(
         store.upload_file(model_path, f"{prefix}/model.keras")
         history_doc = {**fit.history, "preset": cfg.preset, "best_epoch": fit.best_epoch,
                        "stopped_early": fit.stopped_early, "resumed_from_epoch": resumed_from}
-        store.write_bytes(f"{prefix}/history.json", json.dumps(history_doc, indent=1).encode())
+        write_json(store, f"{prefix}/history.json", history_doc, indent=1)
 
     val_acc = fit.history.get("val_accuracy") or []
     best_val = max(val_acc) if val_acc else None
@@ -660,7 +667,7 @@ def train(
         "params": params,
         "runtime": runtime.as_dict(),
     }
-    store.write_bytes(f"{prefix}/result.json", json.dumps(result, indent=2).encode())
+    write_json(store, f"{prefix}/result.json", result)
     checkpoints.clear()
     best_txt = f"{best_val:.4f}" if best_val is not None else "n/a (no validation data)"
     log.info("trained %s: %d epochs in %.1f s on %s%s, best val_accuracy=%s, model -> %s",
@@ -688,25 +695,3 @@ def _check_against_previous(previous: Mapping[str, Any] | None, resumed_from: in
     else:  # the store is ahead: the attempt died between the checkpoint and its report
         log.info("the store holds epoch %d, newer than the %d the previous attempt reported: "
                  "resuming from epoch %d", resumed_from, reported, resumed_from)
-
-
-def _recorded_result(
-    store: Store, prefix: str, params: dict[str, Any], prepared_uri: str
-) -> dict[str, Any] | None:
-    """The result of a finished earlier attempt of this run with the same inputs, if any."""
-    try:
-        recorded = json.loads(store.read_bytes(f"{prefix}/result.json"))
-    except ObjectNotFound:
-        return None
-    except ValueError:
-        log.warning("ignoring unreadable %s", store.uri_for(f"{prefix}/result.json"))
-        return None
-    if recorded.get("params") != params or recorded.get("prepared_uri") != prepared_uri:
-        log.warning("%s was trained with other parameters or data; training again",
-                    store.uri_for(prefix))
-        return None
-    if not store.exists(f"{prefix}/model.keras"):
-        return None
-    log.info("train: %s already trained (%d epochs, best val_accuracy=%s); reusing it",
-             recorded["model_uri"], recorded["epochs_run"], recorded["best_val_accuracy"])
-    return dict(recorded)

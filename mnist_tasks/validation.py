@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from mnist_tasks.artifacts import NUM_CLASSES
 from mnist_tasks.config import ValidationThresholds
 
 log = logging.getLogger(__name__)
 
-NUM_CLASSES = 10  # digits 0-9
 REPORT_SCHEMA = "mnist-tasks/validation/1"
 _MAX_EXAMPLES = 10  # duplicate groups / leaked pairs listed in the report
 

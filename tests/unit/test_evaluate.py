@@ -14,7 +14,13 @@ import pytest
 
 from mnist_tasks import evaluate as ev
 from mnist_tasks import plots
-from mnist_tasks.preprocess import load_prepared
+from mnist_tasks.artifacts import (
+    load_keras_model,
+    load_model_from_store,
+    load_prepared,
+    predict_classes,
+    predict_proba,
+)
 from mnist_tasks.storage import Store
 from tests.unit.test_train import RUN, make_prepared, small_cfg
 
@@ -108,14 +114,14 @@ def test_bad_inputs_are_rejected() -> None:
 
 
 def test_predict_helpers(model_file: Path) -> None:
-    model = ev.load_keras_model(model_file)
+    model = load_keras_model(model_file)
     x = np.random.default_rng(2).random((7, 28, 28), dtype=np.float32)
-    proba = ev.predict_proba(model, x, batch_size=3)
+    proba = predict_proba(model, x, batch_size=3)
     assert proba.shape == (7, 10) and proba.dtype == np.float32
-    classes = ev.predict_classes(model, x)
+    classes = predict_classes(model, x)
     assert classes.dtype == np.int64
     np.testing.assert_array_equal(classes, proba.argmax(1))
-    assert ev.predict_classes(model, x[:0]).shape == (0,)
+    assert predict_classes(model, x[:0]).shape == (0,)
 
 
 def test_load_keras_model_refuses_code_in_safe_mode(tmp_path: Path) -> None:
@@ -125,23 +131,23 @@ def test_load_keras_model_refuses_code_in_safe_mode(tmp_path: Path) -> None:
     path = tmp_path / "lambda.keras"
     model.save(path)
     with pytest.raises(ValueError, match=r"lambda.keras: not a loadable Keras model"):
-        ev.load_keras_model(path)
+        load_keras_model(path)
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"not a zip")
     with pytest.raises(ValueError, match=r"junk\.keras: not a loadable Keras model"):
-        ev.load_keras_model(junk)
+        load_keras_model(junk)
     with pytest.raises(ValueError, match=r"missing\.keras: no such model file"):
-        ev.load_keras_model(tmp_path / "missing.keras")
+        load_keras_model(tmp_path / "missing.keras")
 
 
 def test_load_model_from_store(store: Store, model_file: Path) -> None:
     uri = _put_model(store, model_file)
-    model = ev.load_model_from_store(store, uri)
+    model = load_model_from_store(store, uri)
     assert model.output_shape == (None, 10)
     from mnist_tasks.storage import ObjectNotFound
 
     with pytest.raises(ObjectNotFound):
-        ev.load_model_from_store(store, store.uri_for("runs/none/model.keras"))
+        load_model_from_store(store, store.uri_for("runs/none/model.keras"))
 
 
 # ---------------------------------------------------------------------------- evaluate()
@@ -182,8 +188,8 @@ def test_evaluate_writes_metrics_report_predictions_and_plots(
     data = load_prepared(prepared_uri, store)
     preds = np.load(io.BytesIO(store.read_bytes(f"{base}/predictions.npy")))
     assert preds.dtype == np.int64 and preds.shape == (200,)
-    np.testing.assert_array_equal(preds, ev.predict_classes(ev.load_keras_model(model_file),
-                                                            data.x_test))
+    np.testing.assert_array_equal(preds, predict_classes(load_keras_model(model_file),
+                                                         data.x_test))
     assert metrics["test_accuracy"] == pytest.approx(float(np.mean(preds == data.y_test)))
     cm = np.array(metrics["confusion_matrix"])
     assert cm.sum(axis=1).tolist() == np.bincount(data.y_test, minlength=10).tolist()
@@ -206,7 +212,7 @@ def test_evaluate_writes_metrics_report_predictions_and_plots(
     assert without_history["test_accuracy"] == result["test_accuracy"]
     caplog.clear()
     retrained = tmp_path / "model.keras"
-    ev.load_keras_model(model_file).save(retrained)  # same weights, new file (save time)
+    load_keras_model(model_file).save(retrained)  # same weights, new file (save time)
     _put_model(store, retrained)
     again = ev.evaluate(model_uri, prepared_uri, store, RUN)
     assert "already evaluated" not in caplog.text

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mnist_tasks.artifacts import load_prepared, save_npz
 from mnist_tasks.config import PreprocessConfig
-from mnist_tasks.preprocess import load_prepared, preprocess, save_npz
+from mnist_tasks.preprocess import preprocess
 from mnist_tasks.storage import LocalStore
 
 

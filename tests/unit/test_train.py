@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from mnist_tasks import train as train_mod
+from mnist_tasks.artifacts import save_npz
 from mnist_tasks.config import train_config
-from mnist_tasks.preprocess import preprocess, save_npz
+from mnist_tasks.preprocess import preprocess
 from mnist_tasks.storage import Store
 
 RUN = "r1"
@@ -237,8 +238,7 @@ def test_train_stores_model_history_and_result(store: Store,
     assert json.loads(store.read_bytes(f"runs/{RUN}/train/result.json")) == result
     assert store.list(f"runs/{RUN}/train/checkpoints") == []  # cleaned up after success
 
-    from mnist_tasks.evaluate import load_model_from_store
-    from mnist_tasks.preprocess import load_prepared
+    from mnist_tasks.artifacts import load_model_from_store, load_prepared
 
     model = load_model_from_store(store, result["model_uri"])
     data = load_prepared(prepared_uri, store)

@@ -1,0 +1,263 @@
+"""What several stages share: the artifacts they pass on, and how to read, write and reuse them.
+
+* constants: :data:`NUM_CLASSES`, the array names of a data set and of prepared data;
+* ``.npz`` and JSON objects in a store: :func:`load_npz`, :func:`save_npz`, :func:`read_json`,
+  :func:`write_json`, :func:`data_sha256`;
+* prepared data (what preprocess writes, what train, evaluate, gate and register read):
+  :class:`Prepared`, :func:`load_prepared`;
+* models: :func:`load_keras_model` (safe mode), :func:`load_model_from_store`,
+  :func:`predict_proba`, :func:`predict_classes`;
+* a retried stage's "reuse the recorded result": :func:`recorded_result`;
+* time and JSON helpers: :func:`utc_now`, :func:`json_default`.
+
+Stage modules (ingest, preprocess, train, evaluate, gate, register) import this module,
+``config`` and ``storage``, never each other. NumPy and Keras are imported only by the
+functions that need them, so the model registry (and the Airflow UI plugin that reads it) can
+use the time and JSON helpers without loading either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mnist_tasks.storage import ObjectNotFound, Store
+
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+NUM_CLASSES = 10  # the digits 0-9
+# The cached data set written by ingest (uint8 images, labels).
+RAW_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+# The prepared data written by preprocess (float32 images in [0, 1], uint8 labels).
+PREPARED_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+# --- time and JSON ------------------------------------------------------------------------------
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def json_default(value: Any) -> Any:
+    """``json.dumps(default=...)`` for what the stages record: NumPy scalars and arrays, paths.
+
+    Raises:
+        TypeError: for anything else, naming the value and its type.
+    """
+    if isinstance(value, Path):
+        return str(value)
+    tolist = getattr(value, "tolist", None)  # NumPy scalars and arrays -> Python values
+    if callable(tolist):
+        return tolist()
+    raise TypeError(f"{value!r} ({type(value).__name__}) is not JSON-serialisable")
+
+
+def read_json(store: Store, key: str) -> Any:
+    """The JSON object at ``key``.
+
+    Raises:
+        ObjectNotFound: if it does not exist.
+        ValueError: if it is not valid JSON.
+    """
+    return json.loads(store.read_bytes(key))
+
+
+def write_json(store: Store, key: str, obj: Any, *, indent: int = 2) -> None:
+    """Write ``obj`` as indented JSON at ``key`` (atomically: the store's writes are)."""
+    store.write_bytes(key, json.dumps(obj, indent=indent, default=json_default).encode())
+
+
+# --- arrays -------------------------------------------------------------------------------------
+
+
+def load_npz(store: Store, key: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Load the named arrays of an ``.npz`` object fully into memory.
+
+    Raises:
+        ObjectNotFound: if the object does not exist.
+        ValueError: if an array is missing, naming the object and the array.
+    """
+    import numpy as np
+
+    with store.local_copy(key) as path, np.load(path, allow_pickle=False) as npz:
+        missing = [n for n in names if n not in npz.files]
+        if missing:
+            raise ValueError(f"{store.uri_for(key)}: missing arrays {missing}")
+        return {n: npz[n] for n in names}
+
+
+def save_npz(store: Store, key: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write arrays as an uncompressed ``.npz`` object, atomically."""
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="mnist-npz-") as tmp:
+        path = Path(tmp) / "data.npz"
+        np.savez(path, **arrays)  # type: ignore[arg-type]
+        store.upload_file(path, key)
+
+
+def data_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the raw arrays (names, shapes, dtypes and bytes): the data's identity."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
+        h.update(arr.data)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The arrays a model is trained and evaluated on, plus their metadata."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    meta: dict[str, Any]
+
+
+def load_prepared(prepared_uri: str, store: Store) -> Prepared:
+    """Load the prepared data at ``prepared_uri`` and the ``prepared.json`` beside it.
+
+    Raises:
+        ObjectNotFound: if the prepared data or its metadata are missing.
+        ValueError: if an array is missing.
+    """
+    key = store.key_of(prepared_uri)
+    arrays = load_npz(store, key, PREPARED_ARRAYS)
+    meta = read_json(store, key.rsplit("/", 1)[0] + "/prepared.json")
+    return Prepared(meta=meta, **arrays)
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+def load_keras_model(path: str | Path, *, compile: bool = False) -> keras.Model:
+    """Load a ``.keras`` model file in safe mode (no arbitrary code from the file runs).
+
+    Args:
+        path: a local ``.keras`` file.
+        compile: also restore the optimizer and loss (needed to continue training).
+
+    Returns:
+        The model.
+
+    Raises:
+        ValueError: if the file is not a loadable Keras model; the message names the file.
+    """
+    import keras
+
+    from mnist_tasks.models import allow_jit
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such model file")
+    try:
+        with warnings.catch_warnings():
+            # Compiling while loading checks XLA support before allow_jit() below can lift
+            # Keras's blanket flag on the augmentation layers; the caller sets jit_compile.
+            warnings.filterwarnings("ignore", message="Model doesn't support `jit_compile")
+            model = keras.saving.load_model(path, safe_mode=True, compile=compile)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a loadable Keras model: {exc}") from exc
+    return allow_jit(model)
+
+
+def load_model_from_store(store: Store, model_uri: str) -> keras.Model:
+    """Download the model at ``model_uri`` to a temporary file and load it in safe mode.
+
+    Raises:
+        ObjectNotFound: if the model does not exist.
+        InvalidKey: if ``model_uri`` is not in ``store``.
+        ValueError: if it is not a loadable Keras model.
+    """
+    key = store.key_of(model_uri)
+    with tempfile.TemporaryDirectory(prefix="mnist-model-") as tmp:
+        path = Path(tmp) / "model.keras"
+        store.download_file(key, path)
+        try:
+            return load_keras_model(path)
+        except ValueError as exc:
+            raise ValueError(f"{model_uri}: {exc}") from exc
+
+
+def predict_proba(model: keras.Model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities, float32 of shape (N, classes)."""
+    import numpy as np
+
+    if len(x) == 0:
+        return np.zeros((0, int(model.output_shape[-1])), dtype=np.float32)
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+
+
+def predict_classes(model: keras.Model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """The predicted class of each example, int64 of shape (N,)."""
+    import numpy as np
+
+    return np.argmax(predict_proba(model, x, batch_size), axis=1).astype(np.int64)
+
+
+# --- retries ------------------------------------------------------------------------------------
+
+
+def recorded_result(
+    store: Store,
+    key: str,
+    inputs: Mapping[str, Any],
+    *,
+    requires: Iterable[str] = (),
+) -> dict[str, Any] | None:
+    """The result an earlier attempt of a stage recorded at ``key``, if it still holds.
+
+    A stage writes its result JSON last, after its artifacts; a retry calls this first and
+    returns what it gets instead of doing the work again.
+
+    Args:
+        store: the run's store.
+        key: the recorded result (e.g. ``runs/<run-key>/train/result.json``).
+        inputs: what the result must have been made from: each key must be in the recorded
+            result with an equal value.
+        requires: keys of artifacts that must still exist for the result to be usable.
+
+    Returns:
+        The recorded result, or None when there is none, it is unreadable (logged), it was
+        made from other inputs (logged), or a required artifact is missing.
+    """
+    uri = store.uri_for(key)
+    try:
+        recorded = read_json(store, key)
+    except ObjectNotFound:
+        return None
+    except ValueError as exc:
+        log.warning("ignoring unreadable %s: %s", uri, exc)
+        return None
+    if not isinstance(recorded, dict):
+        log.warning("ignoring %s: not a JSON object", uri)
+        return None
+    changed = sorted(k for k, v in inputs.items() if recorded.get(k) != v)
+    if changed:
+        log.warning("%s was made from other inputs (%s differ); doing the work again",
+                    uri, ", ".join(changed))
+        return None
+    if not all(store.exists(k) for k in requires):
+        return None
+    return recorded

@@ -1,0 +1,96 @@
+"""The library's layering: stages stand alone, and nothing in mnist_tasks imports Airflow.
+
+Read from the source with ``ast``, so imports inside functions (the lazy ones) count too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import mnist_tasks
+
+PACKAGE = Path(mnist_tasks.__file__).resolve().parent
+STAGES = ("ingest", "preprocess", "train", "evaluate", "gate", "register")
+
+
+def imported_modules(source: str, module: str) -> set[str]:
+    """Every module that ``source`` (the text of ``mnist_tasks.<module>``) imports, anywhere.
+
+    ``from mnist_tasks import train`` counts as importing ``mnist_tasks.train`` (and
+    ``mnist_tasks``); relative imports are resolved against the package.
+    """
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source, filename=f"{module}.py")):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = ["mnist_tasks", *(module.split(".")[:-1])]
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            else:
+                base = node.module or ""
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def stage_imports(source: str, module: str) -> set[str]:
+    """The other stage modules that ``source`` imports."""
+    return {
+        stage for stage in STAGES
+        if stage != module and f"mnist_tasks.{stage}" in imported_modules(source, module)
+    }
+
+
+def _library_files() -> list[Path]:
+    files = sorted(PACKAGE.glob("*.py"))
+    assert {f"{stage}.py" for stage in STAGES} <= {f.name for f in files}
+    return files
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_module_imports_no_other_stage(stage: str) -> None:
+    source = (PACKAGE / f"{stage}.py").read_text()
+    assert stage_imports(source, stage) == set(), (
+        f"mnist_tasks/{stage}.py imports another stage; move what they share to "
+        "mnist_tasks/artifacts.py"
+    )
+
+
+@pytest.mark.parametrize("path", _library_files(), ids=lambda p: p.name)
+def test_library_module_never_imports_airflow(path: Path) -> None:
+    mods = imported_modules(path.read_text(), path.stem)
+    assert not {m for m in mods if m == "airflow" or m.startswith("airflow.")}, path
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from mnist_tasks.evaluate import load_keras_model",
+        "import mnist_tasks.train",
+        "from mnist_tasks import idx, train as t",
+        "from . import register",
+        "from .gate import decide",
+        "def lazy():\n    from mnist_tasks import ingest\n",
+        "class C:\n    def m(self):\n        import mnist_tasks.evaluate as ev\n",
+    ],
+)
+def test_the_check_sees_every_form_of_import(source: str) -> None:
+    # Each snippet, put in the preprocess module, imports exactly one other stage.
+    assert len(stage_imports(source, "preprocess")) == 1, source
+
+
+def test_the_check_allows_the_shared_and_helper_modules() -> None:
+    source = (
+        "from mnist_tasks import artifacts, config, models, storage\n"
+        "from mnist_tasks.artifacts import load_prepared\n"
+        "from mnist_tasks.registry import Registry\n"
+        "def f():\n    from mnist_tasks import idx, plots, validation\n"
+    )
+    assert stage_imports(source, "train") == set()
+    # A module naming itself is not a stage-to-stage import.
+    assert stage_imports("from mnist_tasks.train import fit_arrays", "train") == set()
