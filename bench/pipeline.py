@@ -103,10 +103,10 @@ def main() -> None:
         store = (work / f"store-train-{i}").as_uri()
         _, out = _run([PY, "-m", "mnist_tasks", "ingest", "--source", source,
                        "--store", store], env)
-        dataset = _last_json(out)["dataset_uri"]
-        _, out = _run([PY, "-m", "mnist_tasks", "preprocess", "--dataset", dataset,
+        ingested = json.dumps(_last_json(out))
+        _, out = _run([PY, "-m", "mnist_tasks", "preprocess", "--ingested", ingested,
                        "--store", store, "--run-id", "bench"], env)
-        prepared = _last_json(out)["prepared_uri"]
+        prepared = json.dumps(_last_json(out))
         wall, out = _run([PY, "-m", "mnist_tasks", "train", "--prepared", prepared,
                           "--store", store, "--run-id", "bench", "--preset", "seed_mlp"], env)
         res = _last_json(out)

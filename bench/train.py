@@ -84,7 +84,7 @@ def plain_keras(raw: dict[str, np.ndarray], epochs: int, seed: int) -> tuple[flo
 def library_preset(raw: dict[str, np.ndarray], preset: str, epochs: int | None,
                    seed: int) -> tuple[int, float, float]:
     """One preset through the library's fit path. Returns (epochs run, seconds, accuracy)."""
-    from mnist_tasks.evaluate import predict_classes
+    from mnist_tasks.artifacts import predict_classes
     from mnist_tasks.preprocess import split_indices
     from mnist_tasks.train import fit_arrays
 

@@ -72,7 +72,7 @@ def test_two_dag_runs_register_versions_1_and_2_on_s3(
     assert [(n["epoch"], n["epochs"]) for n in notes] == [(10, 10), (10, 10)]
     assert all(n["checkpoint_uri"].startswith(f"{store_uri}/runs/") for n in notes)
 
-    from mnist_tasks.evaluate import load_model_from_store, predict_classes
+    from mnist_tasks.artifacts import load_model_from_store, predict_classes
     from mnist_tasks.idx import decompress, parse_idx
     from mnist_tasks.registry import Registry
 
