@@ -13,6 +13,7 @@ on ``file://`` and ``s3://``. Layout under ``registry/<model-name>/`` (see docs/
 Command line::
 
     python -m mnist_tasks.registry --store s3://bucket/mnist list
+    python -m mnist_tasks.registry --store s3://bucket/mnist list --all   # + abandoned claims
     python -m mnist_tasks.registry --store file:///tmp/store show 3 --json
     python -m mnist_tasks.registry --store file:///tmp/store promote 3
     python -m mnist_tasks.registry --store file:///tmp/store rollback
@@ -1001,6 +1002,11 @@ class Registry:
             if not self.exists(number):
                 raise VersionNotFound(f"cannot point alias {alias!r} at version {number} of "
                                       f"{self.model_name!r}: no such complete version")
+            try:
+                self.get(number)  # never point an alias at a corrupted version
+            except CorruptedVersion as exc:
+                raise CorruptedVersion(f"cannot point alias {alias!r} at version {number}: "
+                                       f"{exc}") from None
             token = uuid.uuid4().hex
             tokens.append(token)
             now = utc_now()
