@@ -9,13 +9,15 @@ Steps, each safe to retry:
    safe mode and check that its predictions on the test set equal the evaluated
    ``predictions.npy`` exactly (the notebooks' "save, reload, verify"); a mismatch raises and
    the version never gets its manifest, so no reader ever sees it;
-3. only if the gate said PROMOTE, move the ``champion`` alias by compare-and-swap (the previous
-   champion stays on the alias's rollback stack).
+3. only if the gate said PROMOTE, move the ``champion`` alias by compare-and-swap *from the
+   champion the gate compared against* (the previous champion stays on the alias's rollback
+   stack). If the champion has moved since the gate ran, the version is registered but not
+   promoted: a WARNING says why, and so do ``promotion_skipped`` in its metadata and result.
 
 Registering the same run again returns the version it created and does not move the alias a
 second time.
 
-Run it alone: ``python -m mnist_tasks register --prepared URI --train @t.json ...``.
+Run it alone: ``python -m mnist_tasks register --gate @gate.json`` (the gate stage's output).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from mnist_tasks.model_card import render_model_card
 from mnist_tasks.registry import (
     CHAMPION,
     MODEL_FILE,
+    AliasConflict,
     FileSource,
     PendingVersion,
     Registry,
@@ -154,66 +157,109 @@ def _verifier(
     return verify
 
 
+def _gate_inputs(decision: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], str]:
+    """The gate decision, evaluation, train result and prepared URI from the gate's result."""
+    verdict = decision.get("decision")
+    if verdict not in DECISIONS:
+        raise ValueError(f"gate decision {verdict!r} is not one of {', '.join(DECISIONS)}")
+    if "champion_version" not in decision:
+        raise ValueError("gate result has no 'champion_version' (the champion it compared "
+                         "against); pass the gate stage's result unchanged")
+    evaluation = decision.get("evaluation")
+    if not isinstance(evaluation, Mapping):
+        raise ValueError("gate result has no 'evaluation' object (the evaluate result it "
+                         "carries); pass the gate stage's result unchanged")
+    trained = evaluation.get("trained")
+    if not isinstance(trained, Mapping):
+        raise ValueError("gate result's 'evaluation' has no 'trained' object (the train "
+                         "result it carries); pass the gate stage's result unchanged")
+    prepared_uri = decision.get("prepared_uri")
+    if not isinstance(prepared_uri, str) or not prepared_uri:
+        raise ValueError("gate result has no 'prepared_uri'; pass the gate stage's result "
+                         "unchanged")
+    return verdict, dict(evaluation), dict(trained), prepared_uri
+
+
+def _champion_moved(gate_champion: int | None, current: int | None) -> str:
+    def name(version: int | None) -> str:
+        return f"v{version}" if version is not None else "no champion"
+
+    return (f"the champion moved from {name(gate_champion)} (what the gate compared against) "
+            f"to {name(current)} before register; registered without promoting (run the gate "
+            f"again to compare with {name(current)})")
+
+
 def register(
-    run_key: str,
+    decision: Mapping[str, Any],
     *,
-    train_result: Mapping[str, Any],
-    evaluation: Mapping[str, Any],
-    gate_result: Mapping[str, Any],
-    prepared_uri: str,
     store: Store,
     registry: Registry,
+    run_key: str,
     dag_id: str | None,
-    run_id: str | None,
+    run_id: str,
     code_version: str | None,
 ) -> dict[str, Any]:
     """Register the run's model as a new version, verify the stored copy, promote on PROMOTE.
 
+    The champion alias is moved only from the champion the gate compared against
+    (``decision["champion_version"]``), by compare-and-swap. If the champion has moved since
+    the gate ran (a manual promote or rollback, another run), the version is registered
+    without promoting: a WARNING is logged, and the reason is recorded as
+    ``promotion_skipped`` in the version's metadata (when known before the version is
+    written, the usual case) and in the result.
+
     Args:
-        run_key: the run's key (``config.run_key(run_id)``); registration is idempotent on it.
-        train_result: what train returned (``model_uri``, ``params``, ...).
-        evaluation: what evaluate returned (``metrics_uri``, ``predictions_uri``, ``plots``,
-            ``report_uri``, ``test_accuracy``, ``test_loss``).
-        gate_result: what gate returned (``decision``, ``reasons``, ...).
-        prepared_uri: the prepared data the model was evaluated on.
+        decision: what the gate stage returned: ``decision``, ``reasons``,
+            ``champion_version``, ... plus ``prepared_uri`` and ``evaluation`` (the evaluate
+            result, which carries ``trained``, the train result).
         store: the store holding the run's artifacts.
         registry: the model registry to write to.
-        dag_id, run_id, code_version: recorded in the metadata (None when unknown).
+        run_key: the run's key (``config.run_key(run_id)``); registration is idempotent on it.
+        dag_id, run_id, code_version: recorded in the metadata (dag_id/code_version None when
+            unknown).
 
     Returns:
         ``model_uri`` (the registry copy), ``version``, ``test_accuracy``, ``champion`` (whether
         this version is the champion now), ``verified``, ``registry_uri`` (the version folder),
         ``decision``, ``previous_champion`` (on PROMOTE the champion this version replaced,
-        also on a retry; on REJECT the champion left in place; None if there was none).
+        also on a retry; otherwise the champion left in place; None if there was none),
+        ``promotion_skipped`` (why a PROMOTE did not move the champion, else None).
 
     Raises:
-        ValueError: for a gate decision other than PROMOTE/REJECT or a bad run key.
+        ValueError: for a gate result without its decision or carried results, or a bad run key.
         VerificationError: if the stored model does not reproduce the evaluated predictions.
         RegistryError, StorageError: on registry or storage failures (a retry resumes).
     """
     run_key = validate_run_key(run_key)
-    decision = gate_result.get("decision")
-    if decision not in DECISIONS:
-        raise ValueError(f"gate decision {decision!r} is not one of {', '.join(DECISIONS)}")
+    verdict, evaluation, train_result, prepared_uri = _gate_inputs(decision)
+    raw_champion = decision.get("champion_version")
+    gate_champion = int(raw_champion) if raw_champion is not None else None
 
     info = registry.version_for_run(run_key)
     if info is not None:
         log.info("register: run %s is already %s v%d; not writing it again",
                  run_key, registry.model_name, info.version)
     else:
+        skipped = None
+        if verdict == "PROMOTE":
+            now = registry.get_alias(CHAMPION)
+            if now != gate_champion:
+                skipped = _champion_moved(gate_champion, now)
         info = _write(run_key, train_result=train_result, evaluation=evaluation,
-                      gate_result=gate_result, prepared_uri=prepared_uri, store=store,
+                      gate_result=decision, prepared_uri=prepared_uri, store=store,
                       registry=registry, dag_id=dag_id, run_id=run_id,
-                      code_version=code_version)
+                      code_version=code_version, promotion_skipped=skipped)
     verification = info.metadata.get("verification") or {}
 
     before = registry.alias_record(CHAMPION)
     current = before.version if before else None
     previous = current
-    if decision == "PROMOTE":
+    skipped = None
+    if verdict == "PROMOTE":
         history = list(before.history) if before else []
         ours = [i for i, h in enumerate(history)
                 if h.get("version") == info.version and h.get("action") == "set"]
+        recorded = info.metadata.get("promotion_skipped")
         if ours:
             # A retry: this version was promoted before; a later move (another run, a rollback)
             # must not be undone.
@@ -221,15 +267,29 @@ def register(
             champion = current == info.version
             log.info("register: v%d was promoted earlier; champion stays at v%s",
                      info.version, current)
+        elif recorded:
+            skipped = str(recorded)
+            champion = current == info.version
+            log.warning("register: v%d not promoted: %s", info.version, skipped)
         else:
-            record = registry.promote(info.version)
-            champion = record.version == info.version
-            previous = record.previous[-1] if record.previous else None
-            log.info("register: champion -> v%d (was %s)", info.version,
-                     f"v{current}" if current is not None else "unset")
+            try:
+                record = registry.set_alias(CHAMPION, info.version, expected=gate_champion)
+            except AliasConflict:
+                # Moved after the version was written: the promise still holds (not promoted);
+                # the reason is in the log and the result (the version is already immutable).
+                now_record = registry.alias_record(CHAMPION)
+                current = previous = now_record.version if now_record else None
+                skipped = _champion_moved(gate_champion, current)
+                champion = False
+                log.warning("register: v%d not promoted: %s", info.version, skipped)
+            else:
+                champion = record.version == info.version
+                previous = record.previous[-1] if record.previous else None
+                log.info("register: champion -> v%d (was %s)", info.version,
+                         f"v{current}" if current is not None else "unset")
     else:
         champion = current == info.version
-        log.info("register: gate said %s; champion stays at %s", decision,
+        log.info("register: gate said %s; champion stays at %s", verdict,
                  f"v{current}" if current is not None else "unset")
 
     return {
@@ -239,8 +299,9 @@ def register(
         "champion": champion,
         "verified": bool(verification.get("verified")),
         "registry_uri": info.uri,
-        "decision": decision,
+        "decision": verdict,
         "previous_champion": previous,
+        "promotion_skipped": skipped,
     }
 
 
@@ -256,6 +317,7 @@ def _write(
     dag_id: str | None,
     run_id: str | None,
     code_version: str | None,
+    promotion_skipped: str | None,
 ) -> VersionInfo:
     from mnist_tasks.artifacts import load_prepared
 
@@ -269,7 +331,7 @@ def _write(
         run_key=run_key, train_result=train_result, evaluation=evaluation,
         gate_result=gate_result, metrics=metrics, prepared_meta=prepared.meta,
         dag_id=dag_id, run_id=run_id, code_version=code_version,
-    )
+    ) | {"promotion_skipped": promotion_skipped}
 
     def card(pending: PendingVersion) -> bytes:
         text = render_model_card(

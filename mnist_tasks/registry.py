@@ -13,6 +13,7 @@ on ``file://`` and ``s3://``. Layout under ``registry/<model-name>/`` (see docs/
 Command line::
 
     python -m mnist_tasks.registry --store s3://bucket/mnist list
+    python -m mnist_tasks.registry --store s3://bucket/mnist list --all   # + abandoned claims
     python -m mnist_tasks.registry --store file:///tmp/store show 3 --json
     python -m mnist_tasks.registry --store file:///tmp/store promote 3
     python -m mnist_tasks.registry --store file:///tmp/store rollback
@@ -82,6 +83,10 @@ class ImmutableVersionError(RegistryError):
 
 class AliasConflict(RegistryError):
     """An alias did not hold the expected version, or kept changing under us."""
+
+
+class CorruptedVersion(RegistryError):
+    """A complete version whose manifest or metadata is malformed or does not match."""
 
 
 # --- validation of outside inputs -------------------------------------------------------------
@@ -276,6 +281,32 @@ class PendingVersion:
     model_uri: str
 
 
+@dataclass(frozen=True)
+class VersionEntry:
+    """One numbered version folder as :meth:`Registry.scan` finds it.
+
+    ``status`` is ``ok`` (complete; ``info`` is set), ``corrupted`` (it has a manifest, but
+    the manifest or metadata is malformed or does not match; ``reason`` says which object),
+    ``incomplete`` (claimed by a run whose registration has not finished: the run's retry
+    resumes it) or ``abandoned`` (a claim its run gave up: it lost a race for its run record,
+    or died before recording it; the number stays a gap, never reused).
+    """
+
+    version: int
+    status: str
+    info: VersionInfo | None = None
+    reason: str | None = None
+    run_key: str | None = None
+    claimed_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (the version's own summary when it is ``ok``)."""
+        if self.info is not None:
+            return {**self.info.to_dict(), "status": self.status, "reason": self.reason}
+        return {"version": self.version, "status": self.status, "reason": self.reason,
+                "run_key": self.run_key, "claimed_at": self.claimed_at}
+
+
 # A file to store: a local path, bytes, or a function of the pending version (e.g. a model card
 # that names its own version number).
 FileSource = Path | bytes | Callable[[PendingVersion], bytes]
@@ -335,21 +366,21 @@ class Registry:
 
     # reading -----------------------------------------------------------------------------------
 
-    def _version_folders(self, marker: str | None = None) -> list[int]:
-        """Version numbers that have a folder (``marker=None``) or hold the object ``marker``."""
+    def _folders(self) -> dict[int, set[str]]:
+        """Every numbered version folder and the names of the objects in it."""
         base = f"{self.prefix}/versions/"
-        found = set()
+        found: dict[int, set[str]] = {}
         for key in self.store.list(f"{self.prefix}/versions"):
             folder, _, rest = key[len(base):].partition("/")
-            if len(folder) == 6 and folder.isdigit() and (marker is None or rest == marker):
-                found.add(int(folder))
-        return sorted(found)
+            if len(folder) == 6 and folder.isdigit() and int(folder) >= 1:
+                found.setdefault(int(folder), set()).add(rest)
+        return dict(sorted(found.items()))
 
     def _claimed_numbers(self) -> list[int]:
-        return self._version_folders()
+        return list(self._folders())
 
     def _visible_numbers(self) -> list[int]:
-        return self._version_folders(MANIFEST_FILE)
+        return [n for n, names in self._folders().items() if MANIFEST_FILE in names]
 
     def _read_json(self, key: str) -> Any:
         data = self.store.read_bytes(key)
@@ -358,54 +389,154 @@ class Registry:
         except ValueError as exc:
             raise RegistryError(f"{self.store.uri_for(key)}: not valid JSON ({exc})") from None
 
+    def _read_object(self, key: str, error: type[RegistryError] = RegistryError) -> dict[str, Any]:
+        """A registry JSON object; ``error`` naming it if it is not valid JSON or not an object."""
+        try:
+            obj = self._read_json(key)
+        except ObjectNotFound:
+            raise
+        except RegistryError as exc:
+            raise error(str(exc)) from None
+        if not isinstance(obj, dict):
+            raise error(f"{self.store.uri_for(key)}: expected a JSON object, found "
+                        f"{type(obj).__name__}")
+        return obj
+
     def get(self, version: int | str) -> VersionInfo:
         """The complete version ``version``.
 
         Raises:
             InvalidName: for a malformed version.
             VersionNotFound: if it does not exist or has no manifest (incomplete).
-            RegistryError: if its metadata does not match the manifest (corruption).
+            CorruptedVersion: if its manifest or metadata is malformed, or the metadata does
+                not match the manifest; the message names the object.
         """
         number = parse_version(version)
+        manifest_key = self._key(number, MANIFEST_FILE)
         try:
-            manifest = self._read_json(self._key(number, MANIFEST_FILE))
+            manifest = self._read_object(manifest_key, CorruptedVersion)
         except ObjectNotFound:
             raise VersionNotFound(
                 f"model {self.model_name!r} has no version {number} "
                 f"(not registered, or its registration never completed) in {self.uri}"
             ) from None
-        objects = manifest.get("objects") or {}
+        where = self.store.uri_for(manifest_key)
+        objects = manifest.get("objects")
+        if not isinstance(objects, dict) or not all(
+                isinstance(e, dict) and isinstance(e.get("sha256"), str)
+                and isinstance(e.get("size"), int) for e in objects.values()):
+            raise CorruptedVersion(f"{where}: 'objects' must map each file name to its "
+                                   "sha256 and size (the version is corrupted)")
+        for field_name in ("run_key", "created_at"):
+            if not isinstance(manifest.get(field_name), str):
+                raise CorruptedVersion(f"{where}: {field_name!r} is missing or not a string "
+                                       "(the version is corrupted)")
+        if manifest.get("version", number) != number:
+            raise CorruptedVersion(f"{where}: records version {manifest.get('version')!r}, "
+                                   f"not {number} (the version is corrupted)")
         meta_key = self._key(number, METADATA_FILE)
-        meta_bytes = self.store.read_bytes(meta_key)
+        try:
+            meta_bytes = self.store.read_bytes(meta_key)
+        except ObjectNotFound:
+            raise CorruptedVersion(f"{self.store.uri_for(meta_key)}: missing "
+                                   "(the version is corrupted)") from None
         expected = (objects.get(METADATA_FILE) or {}).get("sha256")
         if hashlib.sha256(meta_bytes).hexdigest() != expected:
-            raise RegistryError(
+            raise CorruptedVersion(
                 f"{self.store.uri_for(meta_key)}: content does not match its manifest "
                 "(the version is corrupted)"
             )
+        try:
+            metadata = json.loads(meta_bytes)
+        except ValueError:
+            metadata = None
+        if not isinstance(metadata, dict):
+            raise CorruptedVersion(f"{self.store.uri_for(meta_key)}: not a JSON object "
+                                   "(the version is corrupted)")
         return VersionInfo(
             model_name=self.model_name,
             version=number,
-            run_key=str(manifest["run_key"]),
-            created_at=str(manifest["created_at"]),
+            run_key=manifest["run_key"],
+            created_at=manifest["created_at"],
             uri=self.store.uri_for(self._version_dir(number)),
             model_uri=self.store.uri_for(self._key(number, MODEL_FILE)),
             files={name: dict(entry) for name, entry in objects.items()},
-            metadata=json.loads(meta_bytes),
+            metadata=metadata,
         )
 
     def exists(self, version: int | str) -> bool:
         """Whether version ``version`` is complete (has its manifest)."""
         return self.store.exists(self._key(parse_version(version), MANIFEST_FILE))
 
+    def scan(self, *, include_incomplete: bool = False) -> list[VersionEntry]:
+        """Every version folder with its status, oldest first; one bad version never hides
+        the others.
+
+        Args:
+            include_incomplete: also report claimed numbers without a manifest, as
+                ``incomplete`` (its run may still complete it) or ``abandoned`` (a gap).
+        """
+        entries = []
+        for number, names in self._folders().items():
+            if MANIFEST_FILE in names:
+                try:
+                    entries.append(VersionEntry(number, "ok", info=self.get(number)))
+                except (RegistryError, ObjectNotFound) as exc:
+                    entries.append(VersionEntry(number, "corrupted", reason=str(exc)))
+            elif include_incomplete:
+                entries.append(self._unfinished(number))
+        return entries
+
+    def _unfinished(self, number: int) -> VersionEntry:
+        """A claimed version without a manifest: ``incomplete`` or ``abandoned``."""
+        claim_key = self._key(number, CLAIM_FILE)
+        try:
+            claim = self._read_object(claim_key)
+        except ObjectNotFound:
+            return VersionEntry(number, "abandoned",
+                                reason=f"{self.store.uri_for(claim_key)} is missing")
+        except RegistryError as exc:
+            return VersionEntry(number, "corrupted", reason=str(exc))
+        run_key = claim.get("run_key")
+        claimed_at = claim.get("created_at")
+        if not isinstance(run_key, str) or not _RUN_KEY_RE.fullmatch(run_key):
+            return VersionEntry(number, "corrupted",
+                                reason=f"{self.store.uri_for(claim_key)}: no valid run_key")
+        base = VersionEntry(number, "abandoned", run_key=run_key,
+                            claimed_at=str(claimed_at) if claimed_at is not None else None)
+        try:
+            recorded: int | None = self._run_record_version(run_key)
+        except ObjectNotFound:
+            recorded = None
+        except RegistryError as exc:
+            return VersionEntry(number, "corrupted", reason=str(exc), run_key=run_key)
+        if recorded == number:
+            return VersionEntry(number, "incomplete", run_key=run_key,
+                                claimed_at=base.claimed_at,
+                                reason=f"run {run_key} has not completed it; a retry of the "
+                                       "run resumes it")
+        why = (f"run {run_key} registered as v{recorded} instead (lost a race for its run "
+               "record)" if recorded is not None else
+               f"run {run_key} never recorded it (died or lost a race before its run record)")
+        return VersionEntry(number, "abandoned", run_key=run_key, claimed_at=base.claimed_at,
+                            reason=f"{why}; the number stays unused")
+
     def list_versions(self) -> list[VersionInfo]:
-        """Every complete version, oldest first; incomplete ones are left out."""
-        return [self.get(n) for n in self._visible_numbers()]
+        """Every complete version, oldest first; incomplete ones are left out, and corrupted
+        ones too (with a warning; :meth:`scan` reports them)."""
+        infos = []
+        for entry in self.scan():
+            if entry.info is not None:
+                infos.append(entry.info)
+            else:
+                log.warning("registry: %s v%d is corrupted and left out: %s",
+                            self.model_name, entry.version, entry.reason)
+        return infos
 
     def latest(self) -> VersionInfo | None:
-        """The newest complete version, or None if there is none."""
-        numbers = self._visible_numbers()
-        return self.get(numbers[-1]) if numbers else None
+        """The newest complete (and readable) version, or None if there is none."""
+        infos = self.list_versions()
+        return infos[-1] if infos else None
 
     def model_uri(self, version: int | str) -> str:
         """The URI of the version's ``model.keras``.
@@ -418,13 +549,23 @@ class Registry:
             self.get(number)  # raises VersionNotFound with the full message
         return self.store.uri_for(self._key(number, MODEL_FILE))
 
+    def _run_record_version(self, run_key: str) -> int:
+        """The version in run ``run_key``'s record (ObjectNotFound if it has none)."""
+        key = self._run_key_path(run_key)
+        record = self._read_object(key)
+        number = record.get("version")
+        if not isinstance(number, int) or isinstance(number, bool) or \
+                not 1 <= number <= MAX_VERSION:
+            raise RegistryError(f"{self.store.uri_for(key)}: 'version' is {number!r}, not a "
+                                "version number (the run record is corrupted)")
+        return number
+
     def version_for_run(self, run_key: str) -> VersionInfo | None:
         """The complete version that run ``run_key`` registered, or None."""
         try:
-            record = self._read_json(self._run_key_path(validate_run_key(run_key)))
+            number = self._run_record_version(validate_run_key(run_key))
         except ObjectNotFound:
             return None
-        number = int(record["version"])
         return self.get(number) if self.exists(number) else None
 
     def download(self, version: int | str, dest_dir: str | os.PathLike[str]) -> Path:
@@ -528,7 +669,7 @@ class Registry:
                 from None
 
         number = self._resume_or_claim(run_key)
-        claim = self._read_json(self._key(number, CLAIM_FILE))
+        claim = self._read_object(self._key(number, CLAIM_FILE))
         if claim.get("run_key") != run_key:
             raise RegistryError(
                 f"{self.uri}: run {run_key!r} is recorded against version {number}, which was "
@@ -541,27 +682,29 @@ class Registry:
             log.info("registry: run %s already registered as %s v%d; nothing to do",
                      run_key, self.model_name, number)
             return info
-        return self._write_version(self._pending(number, run_key, str(claim["created_at"])),
+        return self._write_version(self._pending(number, run_key, str(claim.get("created_at"))),
                                    files, metadata, verify)
 
     def _resume_or_claim(self, run_key: str) -> int:
         """The version this run owns: the one it claimed earlier, or a newly claimed one."""
         record_key = self._run_key_path(run_key)
         try:
-            return int(self._read_json(record_key)["version"])
+            return self._run_record_version(run_key)
         except ObjectNotFound:
             pass
         number = self._claim_number(run_key)
         token = uuid.uuid4().hex
         record = {"run_key": run_key, "version": number, "token": token, "claimed_at": utc_now()}
-        if self.store.write_if_absent(record_key, _dumps(record)):
-            current = self._read_json(record_key)
-            if current.get("token") == token:
-                log.info("registry: run %s claimed %s v%d", run_key, self.model_name, number)
-                return number
+        self.store.write_if_absent(record_key, _dumps(record))
+        # Whatever the write answered, the record now decides: our token means it is ours,
+        # also when the reply was lost and a retried PUT was refused (412) by our own write.
+        current = self._read_object(record_key)
+        if current.get("token") == token:
+            log.info("registry: run %s claimed %s v%d", run_key, self.model_name, number)
+            return number
         # Another attempt of the same run got there first: use its version; ours is left as
-        # an orphan claim (invisible: it never gets a manifest).
-        winner = int(self._read_json(record_key)["version"])
+        # an abandoned claim (invisible: it never gets a manifest; `list --all` shows it).
+        winner = self._run_record_version(run_key)
         log.warning("registry: run %s was claimed concurrently (v%d); leaving claim v%d unused",
                     run_key, winner, number)
         return winner
@@ -581,11 +724,16 @@ class Registry:
                 "created_at": utc_now(),
             }
             key = self._key(number, CLAIM_FILE)
-            # Read back: the conditional create decides, the token confirms (some S3-compatible
-            # servers check the condition and write in two steps).
-            if self.store.write_if_absent(key, _dumps(claim)) and \
-                    self._read_json(key).get("token") == token:
-                return number
+            # Read back whatever the write answered: the token decides. A refused write may
+            # be our own (its reply lost, the retried PUT refused with 412); a successful one
+            # may have been overwritten (some S3-compatible servers check the condition and
+            # write in two steps).
+            self.store.write_if_absent(key, _dumps(claim))
+            try:
+                if self._read_object(key).get("token") == token:
+                    return number
+            except (ObjectNotFound, RegistryError):
+                pass  # unreadable claim: not ours, the number is taken
             number += 1
         raise RegistryError(f"{self.uri}: could not claim a version number after "
                             f"{MAX_CLAIM_ATTEMPTS} attempts")
@@ -611,19 +759,26 @@ class Registry:
         metadata: Mapping[str, Any],
         verify: Verifier | None,
     ) -> VersionInfo:
+        token = uuid.uuid4().hex
         try:
             manifest = self._write_objects(pending, files, metadata, verify)
+            manifest["token"] = token
             key = self._key(pending.version, MANIFEST_FILE)
             written = self.store.write_if_absent(key, _dumps(manifest))
         except ImmutableVersionError:
             written = False  # completed meanwhile: by another attempt of this run, we check
         if not written:
-            existing = self._read_json(self._key(pending.version, MANIFEST_FILE))
+            existing = self._read_object(self._key(pending.version, MANIFEST_FILE),
+                                         CorruptedVersion)
             if existing.get("run_key") != pending.run_key:
                 raise RegistryError(f"{pending.uri}: completed concurrently by run "
                                     f"{existing.get('run_key')!r}, not {pending.run_key!r}")
-            log.info("registry: %s v%d was completed by a concurrent attempt of run %s",
-                     self.model_name, pending.version, pending.run_key)
+            if existing.get("token") == token:  # our write; only its reply was lost
+                log.info("registry: %s v%d manifest written (the store's reply was lost; "
+                         "read back)", self.model_name, pending.version)
+            else:
+                log.info("registry: %s v%d was completed by a concurrent attempt of run %s",
+                         self.model_name, pending.version, pending.run_key)
         info = self.get(pending.version)
         log.info("registry: registered %s v%d for run %s (%d objects) at %s",
                  self.model_name, info.version, info.run_key, len(info.files), info.uri)
@@ -670,19 +825,48 @@ class Registry:
     # aliases -----------------------------------------------------------------------------------
 
     def _parse_alias(self, alias: str, data: bytes) -> AliasRecord:
+        where = self.store.uri_for(self._alias_key(alias))
+
+        def number(value: object) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and \
+                1 <= value <= MAX_VERSION
+
         try:
             obj = json.loads(data)
-            return AliasRecord(
-                alias=alias,
-                version=int(obj["version"]),
-                previous=tuple(int(v) for v in obj.get("previous", [])),
-                history=tuple(obj.get("history", [])),
-                updated_at=str(obj.get("updated_at", "")),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RegistryError(
-                f"{self.store.uri_for(self._alias_key(alias))}: malformed alias object ({exc})"
-            ) from None
+        except ValueError as exc:
+            raise RegistryError(f"{where}: malformed alias object (not valid JSON: {exc})") \
+                from None
+        if not isinstance(obj, dict):
+            raise RegistryError(f"{where}: malformed alias object (not a JSON object)")
+        version, previous = obj.get("version"), obj.get("previous", [])
+        history = obj.get("history", [])
+        if not number(version):
+            raise RegistryError(f"{where}: malformed alias object ('version' is {version!r}, "
+                                "not a version number)")
+        assert isinstance(version, int)
+        if not isinstance(previous, list) or not all(number(v) for v in previous):
+            raise RegistryError(f"{where}: malformed alias object ('previous' must be a list "
+                                "of version numbers)")
+        if not isinstance(history, list):
+            raise RegistryError(f"{where}: malformed alias object ('history' must be a list)")
+        last = 0
+        for i, entry in enumerate(history):
+            seq = entry.get("seq") if isinstance(entry, dict) else None
+            if not isinstance(seq, int) or isinstance(seq, bool) or seq <= last:
+                raise RegistryError(
+                    f"{where}: malformed alias object (history entry {i} has seq {seq!r}; "
+                    "expected whole numbers increasing from 1)")
+            if not number(entry.get("version")):
+                raise RegistryError(f"{where}: malformed alias object (history entry {i} "
+                                    f"has version {entry.get('version')!r})")
+            last = seq
+        return AliasRecord(
+            alias=alias,
+            version=version,
+            previous=tuple(previous),
+            history=tuple(history),
+            updated_at=str(obj.get("updated_at", "")),
+        )
 
     def alias_record(self, alias: str) -> AliasRecord | None:
         """The alias with its rollback stack and history, or None if it was never set."""
@@ -781,12 +965,22 @@ class Registry:
         target: Callable[[AliasRecord | None], tuple[int, str] | None],
     ) -> AliasRecord:
         key = self._alias_key(alias)
+        tokens: list[str] = []  # one per write this call made; any may have been applied
         for attempt in range(self.cas_retries):
             try:
                 data, etag = self.store.read_with_etag(key)
                 current: AliasRecord | None = self._parse_alias(alias, data)
             except ObjectNotFound:
                 current, etag = None, ""
+            mine = self._own_move(current, tokens)
+            if mine is not None:
+                # A write of ours was applied though we were told it failed (its reply was
+                # lost, and the retried PUT met our own write: 412). Done; not moved again.
+                assert current is not None
+                log.info("registry: alias %s of %s -> v%d (%s; the store's reply was lost, "
+                         "read back)", alias, self.model_name, mine["version"],
+                         mine.get("action"))
+                return current
             move = target(current)
             if move is None:
                 assert current is not None
@@ -795,7 +989,13 @@ class Registry:
             if not self.exists(number):
                 raise VersionNotFound(f"cannot point alias {alias!r} at version {number} of "
                                       f"{self.model_name!r}: no such complete version")
+            try:
+                self.get(number)  # never point an alias at a corrupted version
+            except CorruptedVersion as exc:
+                raise CorruptedVersion(f"cannot point alias {alias!r} at version {number}: "
+                                       f"{exc}") from None
             token = uuid.uuid4().hex
+            tokens.append(token)
             now = utc_now()
             previous = list(current.previous) if current else []
             if action == "set" and current is not None:
@@ -828,10 +1028,34 @@ class Registry:
                              current.version if current else "unset")
                     return self._parse_alias(alias, body)
                 log.warning("registry: alias %s update was lost; retrying", alias)
+            else:
+                # Refused: a lost race, or our own write whose reply was lost. Re-read: if our
+                # token is in the history the move is done.
+                try:
+                    after = self.alias_record(alias)
+                except RegistryError:
+                    after = None
+                mine = self._own_move(after, tokens)
+                if mine is not None:
+                    assert after is not None
+                    log.info("registry: alias %s of %s -> v%d (%s; the store's reply was "
+                             "lost, read back)", alias, self.model_name, mine["version"],
+                             mine.get("action"))
+                    return after
             # Lost a race: back off with jitter, then re-read and try again.
             time.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
         raise AliasConflict(f"alias {alias!r} of {self.model_name!r}: gave up after "
                             f"{self.cas_retries} attempts (it kept changing concurrently)")
+
+    @staticmethod
+    def _own_move(record: AliasRecord | None, tokens: Sequence[str]) -> Mapping[str, Any] | None:
+        """The history entry of ``record`` written with one of ``tokens``, if any."""
+        if record is None or not tokens:
+            return None
+        for entry in reversed(record.history):
+            if entry.get("token") in tokens:
+                return entry
+        return None
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -860,7 +1084,10 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("list", parents=[common], help="every version, newest last")
+    p = sub.add_parser("list", parents=[common],
+                       help="every version, newest last; corrupted ones marked")
+    p.add_argument("--all", action="store_true",
+                   help="also claimed numbers without a version: incomplete or abandoned")
     p = sub.add_parser("show", parents=[common], help="one version's details")
     p.add_argument("version")
     p = sub.add_parser("promote", parents=[common], help="make VERSION the champion")
@@ -883,17 +1110,30 @@ def _run_cli(args: argparse.Namespace) -> tuple[Any, str]:
         raise InvalidName("no store given: pass --store URI or set MNIST_STORE")
     registry = Registry(open_store(args.store), args.model_name)
     if args.command == "list":
-        champion = registry.get_alias(CHAMPION)
-        versions = registry.list_versions()
-        rows = [["", "VERSION", "CREATED (UTC)", "TEST ACC", "GATE", "RUN ID"]]
-        for v in versions:
-            rows.append(["*" if v.version == champion else "", str(v.version),
-                         v.created_at[:19].replace("T", " "), _fmt_acc(v.test_accuracy),
-                         v.gate_decision or "-", v.run_id or v.run_key])
-        text = "\n".join(_table(rows)) if versions else f"no versions of {registry.model_name}"
-        if versions:
-            text += "\n(* = champion)"
-        return [{**v.to_dict(), "champion": v.version == champion} for v in versions], text
+        notes = []
+        try:
+            champion = registry.get_alias(CHAMPION)
+        except RegistryError as exc:  # list the versions anyway
+            champion = None
+            notes.append(f"warning: champion unknown: {exc}")
+        entries = registry.scan(include_incomplete=args.all)
+        rows = [["", "VERSION", "CREATED (UTC)", "TEST ACC", "GATE", "RUN ID", "STATUS"]]
+        for e in entries:
+            if e.info is not None:
+                v = e.info
+                rows.append(["*" if v.version == champion else "", str(v.version),
+                             v.created_at[:19].replace("T", " "), _fmt_acc(v.test_accuracy),
+                             v.gate_decision or "-", v.run_id or v.run_key, e.status])
+            else:
+                rows.append(["", str(e.version), (e.claimed_at or "-")[:19].replace("T", " "),
+                             "-", "-", e.run_key or "-", e.status])
+                notes.append(f"v{e.version} {e.status}: {e.reason}")
+        if entries:
+            text = "\n".join([*_table(rows), "(* = champion)", *notes])
+        else:
+            text = "\n".join([f"no versions of {registry.model_name}", *notes])
+        return [{**e.to_dict(), "champion": e.version == champion and e.status == "ok"}
+                for e in entries], text
     if args.command == "show":
         info = registry.get(args.version)
         aliases = sorted(a for a, v in registry.aliases().items() if v == info.version)

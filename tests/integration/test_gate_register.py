@@ -102,11 +102,17 @@ def run_stages(store: Store, registry: Registry, prepared_uri: str, run_key: str
     return {"trained": trained, "evaluation": evaluation, "gate": decision}
 
 
+def carried(prepared_uri: str, stages: dict[str, Any]) -> dict[str, Any]:
+    """The gate's result as the stage chain carries it (CONTRACT: gate -> register)."""
+    evaluation = {**stages["evaluation"], "prepared_uri": prepared_uri,
+                  "trained": {**stages["trained"], "prepared_uri": prepared_uri}}
+    return {**stages["gate"], "prepared_uri": prepared_uri, "evaluation": evaluation}
+
+
 def do_register(store: Store, registry: Registry, prepared_uri: str, run_key: str,
                 stages: dict[str, Any]) -> dict[str, Any]:
-    return register(run_key, train_result=stages["trained"], evaluation=stages["evaluation"],
-                    gate_result=stages["gate"], prepared_uri=prepared_uri, store=store,
-                    registry=registry, dag_id="mnist_training", run_id=f"manual__{run_key}",
+    return register(carried(prepared_uri, stages), store=store, registry=registry,
+                    run_key=run_key, dag_id="mnist_training", run_id=f"manual__{run_key}",
                     code_version="c0ffee")
 
 
@@ -122,7 +128,7 @@ def test_first_run_then_a_clearly_worse_challenger(store: Store, prepared_uri: s
     assert registered == {
         "model_uri": registry.model_uri(1), "version": 1, "test_accuracy": 1.0,
         "champion": True, "verified": True, "registry_uri": registry.get(1).uri,
-        "decision": "PROMOTE", "previous_champion": None,
+        "decision": "PROMOTE", "previous_champion": None, "promotion_skipped": None,
     }
     info = registry.get(1)
     assert {"model.keras", "metrics.json", "model_card.md", "report.txt", "metadata.json",
@@ -220,3 +226,79 @@ def test_verification_mismatch_registers_nothing(file_store: Store) -> None:
         store.upload_file(Path(tmp) / "p.npy", store.key_of(predictions_uri))
     result = do_register(store, registry, prepared, "run-1", stages)
     assert (result["version"], result["champion"], result["verified"]) == (1, True, True)
+
+
+# --- the champion the gate compared against is the only one register replaces ------------------
+
+
+def test_champion_moved_between_gate_and_register_is_not_replaced(
+    store: Store, prepared_uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry(store)
+    cfg = GateConfig(min_accuracy=0.8)
+    first = run_stages(store, registry, prepared_uri, "run-1", broken(1), cfg)  # 90 %
+    assert do_register(store, registry, prepared_uri, "run-1", first)["version"] == 1
+
+    # Two challengers are gated against v1; the second registers (and is promoted) first.
+    late = run_stages(store, registry, prepared_uri, "run-late", GOOD, cfg)
+    early = run_stages(store, registry, prepared_uri, "run-early", GOOD, cfg)
+    assert late["gate"]["decision"] == early["gate"]["decision"] == "PROMOTE"
+    assert late["gate"]["champion_version"] == early["gate"]["champion_version"] == 1
+    assert do_register(store, registry, prepared_uri, "run-early", early)["champion"] is True
+    assert registry.get_alias(CHAMPION) == 2
+
+    with caplog.at_level("WARNING", logger="mnist_tasks.register"):
+        result = do_register(store, registry, prepared_uri, "run-late", late)
+    assert (result["version"], result["champion"], result["previous_champion"]) == (3, False, 2)
+    reason = result["promotion_skipped"]
+    assert reason and "from v1" in reason and "to v2" in reason
+    assert registry.get_alias(CHAMPION) == 2  # the champion the gate never saw stays
+    assert registry.get(3).metadata["promotion_skipped"] == reason
+    assert any(r.levelname == "WARNING" and "v3 not promoted" in r.getMessage()
+               for r in caplog.records)
+    # A retry of the late run: same version, still not promoted, same reason.
+    assert do_register(store, registry, prepared_uri, "run-late", late) == result
+    assert registry.get_alias(CHAMPION) == 2
+
+
+class RollsBackAfterWriting(Registry):
+    """A registry where a rollback lands after the version is written, before the alias move
+    (the narrowest window: register's early check still saw the gate's champion)."""
+
+    def register(self, *args: Any, **kwargs: Any) -> Any:
+        info = super().register(*args, **kwargs)
+        Registry(self.store).rollback()
+        return info
+
+
+def test_champion_moved_after_the_version_was_written_is_not_replaced(
+    store: Store, prepared_uri: str
+) -> None:
+    registry = Registry(store)
+    cfg = GateConfig(min_accuracy=0.7)
+    first = run_stages(store, registry, prepared_uri, "run-1", broken(2), cfg)  # 80 %
+    do_register(store, registry, prepared_uri, "run-1", first)
+    second = run_stages(store, registry, prepared_uri, "run-2", broken(1), cfg)  # 90 %
+    assert do_register(store, registry, prepared_uri, "run-2", second)["champion"] is True
+    third = run_stages(store, registry, prepared_uri, "run-3", GOOD, cfg)
+    assert (third["gate"]["decision"], third["gate"]["champion_version"]) == ("PROMOTE", 2)
+
+    racing = RollsBackAfterWriting(store)
+    result = do_register(store, racing, prepared_uri, "run-3", third)
+    assert (result["version"], result["champion"], result["previous_champion"]) == (3, False, 1)
+    assert "from v2" in result["promotion_skipped"] and "to v1" in result["promotion_skipped"]
+    assert registry.get_alias(CHAMPION) == 1  # the rollback stands
+
+
+def test_register_refuses_a_gate_result_without_what_it_carries(file_store: Store) -> None:
+    prepared_uri = make_prepared(file_store)
+    stages = run_stages(file_store, Registry(file_store), prepared_uri, "run-1", GOOD,
+                        GateConfig(min_accuracy=0.8))
+    good = carried(prepared_uri, stages)
+    for key, message in (("champion_version", "no 'champion_version'"),
+                         ("evaluation", "no 'evaluation'"), ("prepared_uri", "no 'prepared_uri'")):
+        with pytest.raises(ValueError, match=message):
+            register({k: v for k, v in good.items() if k != key}, store=file_store,
+                     registry=Registry(file_store), run_key="run-1", dag_id=None,
+                     run_id="manual__run-1", code_version=None)
+    assert Registry(file_store).list_versions() == []

@@ -26,6 +26,8 @@ import pytest
 
 from mnist_tasks.registry import CHAMPION, Registry
 from mnist_tasks.storage import S3Store, StorageError, Store
+from tests.conftest import TEST_BUCKET
+from tests.integration.s3_fault_proxy import S3FaultProxy, SeenRequest
 
 FILES = {"model.keras": b"the weights", "metrics.json": b'{"test_accuracy": 0.98}',
          "report.txt": b"the report"}
@@ -196,3 +198,150 @@ def test_s3_server_stopped_mid_registration(outage_server: dict[str, Any], fail_
     assert info.version == (2 if fail_at == 1 else 1)
     assert [v.version for v in registry.list_versions()] == [info.version]
     assert store.read_bytes(store.key_of(info.model_uri)) == FILES["model.keras"]
+
+
+# --- lost replies: the write is applied, the caller is told it failed --------------------------
+
+
+class LostReplyStore(FaultyStore):
+    """The first conditional write whose key ends with ``suffix`` is applied, then reported
+    as refused: what a caller sees when the reply is lost and its retry meets its own write
+    (412). The same fault on S3 is produced for real by :class:`S3FaultProxy` below."""
+
+    def __init__(self, inner: Store, suffix: str) -> None:
+        super().__init__(inner)
+        self.suffix = suffix
+        self.lost: list[str] = []
+
+    def _lose(self, key: str, applied: bool) -> bool:
+        if applied and not self.lost and key.endswith(self.suffix):
+            self.lost.append(key)
+            return False
+        return applied
+
+    def write_if_absent(self, key: str, data: bytes) -> bool:
+        return self._lose(key, self.inner.write_if_absent(key, data))
+
+    def write_if_match(self, key: str, data: bytes, etag: str) -> bool:
+        return self._lose(key, self.inner.write_if_match(key, data, etag))
+
+
+def three_versions_promoted_in_turn(registry: Registry) -> None:
+    for run in ("run-1", "run-2", "run-3"):
+        registry.register(run, FILES, META)
+    for version in (1, 2, 3):
+        registry.promote(version)
+
+
+def assert_rolled_back_once(registry: Registry) -> None:
+    record = registry.alias_record(CHAMPION)
+    assert record is not None
+    assert record.version == 2, "one rollback must move the champion from v3 to v2, not v1"
+    assert record.previous == (1,)
+    assert [(h["version"], h["action"]) for h in record.history] == [
+        (1, "set"), (2, "set"), (3, "set"), (2, "rollback")]
+
+
+def test_lost_reply_of_a_rollback_is_not_applied_twice(store: Store) -> None:
+    three_versions_promoted_in_turn(Registry(store))
+    lossy = LostReplyStore(store, "aliases/champion.json")
+    assert Registry(lossy).rollback().version == 2
+    assert lossy.lost
+    assert_rolled_back_once(Registry(store))
+
+
+def test_lost_reply_of_an_expected_move_is_not_a_false_conflict(store: Store) -> None:
+    registry = Registry(store)
+    three_versions_promoted_in_turn(registry)
+    lossy = LostReplyStore(store, "aliases/champion.json")
+    record = Registry(lossy).set_alias(CHAMPION, 1, expected=3)
+    assert lossy.lost and record.version == 1
+    assert registry.get_alias(CHAMPION) == 1
+    assert len(registry.alias_record(CHAMPION).history) == 4  # type: ignore[union-attr]
+
+
+def test_lost_reply_of_the_first_alias_write(store: Store) -> None:
+    registry = Registry(store)
+    registry.register("run-1", FILES, META)
+    lossy = LostReplyStore(store, "aliases/champion.json")
+    assert Registry(lossy).set_alias(CHAMPION, 1, expected=None).version == 1
+    assert lossy.lost
+    record = registry.alias_record(CHAMPION)
+    assert record is not None and len(record.history) == 1
+
+
+@pytest.mark.parametrize("suffix", ["claim.json", "runs/run-1.json", "MANIFEST.json"])
+def test_lost_reply_while_registering_leaves_no_gap_and_no_false_report(
+    store: Store, suffix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    lossy = LostReplyStore(store, suffix)
+    with caplog.at_level("INFO", logger="mnist_tasks.registry"):
+        info = Registry(lossy).register("run-1", FILES, META)
+    assert lossy.lost
+    assert info.version == 1
+    registry = Registry(store)
+    assert [e.status for e in registry.scan(include_incomplete=True)] == ["ok"]
+    assert "concurrent" not in caplog.text  # no made-up race in the log
+    assert registry.register("run-2", FILES, META).version == 2
+
+
+# --- the same, for real: a proxy in front of the S3 server drops the reply ----------------------
+
+
+@pytest.fixture
+def proxy(s3_env: str) -> Iterator[S3FaultProxy]:
+    with S3FaultProxy(s3_env) as running:
+        yield running
+
+
+def proxied_store(proxy: S3FaultProxy) -> S3Store:
+    return S3Store(TEST_BUCKET, "proxied", client_kwargs={"endpoint_url": proxy.url})
+
+
+def conditional_put(suffix: str, header: str) -> Callable[[SeenRequest], bool]:
+    def match(request: SeenRequest) -> bool:
+        headers = {k.lower() for k in request.headers}
+        return request.method == "PUT" and header in headers and \
+            request.path.split("?")[0].endswith(suffix)
+    return match
+
+
+def test_s3_lost_reply_of_a_rollback_moves_the_champion_once(proxy: S3FaultProxy) -> None:
+    store = proxied_store(proxy)
+    three_versions_promoted_in_turn(Registry(store))
+    proxy.drop_reply_once(conditional_put("aliases/champion.json", "if-match"))
+    assert Registry(store).rollback().version == 2
+    dropped = proxy.dropped
+    assert len(dropped) == 1 and dropped[0].status == 200  # applied, reply lost
+    retries = [r for r in proxy.requests if r.method == "PUT" and r.status == 412]
+    assert retries, "boto3 retried the PUT and met its own write"
+    assert_rolled_back_once(Registry(store))
+
+
+def test_s3_lost_reply_of_an_expected_move_is_not_a_false_conflict(proxy: S3FaultProxy) -> None:
+    store = proxied_store(proxy)
+    registry = Registry(store)
+    three_versions_promoted_in_turn(registry)
+    proxy.drop_reply_once(conditional_put("aliases/champion.json", "if-match"))
+    assert registry.set_alias(CHAMPION, 1, expected=3).version == 1
+    assert len(proxy.dropped) == 1
+    record = registry.alias_record(CHAMPION)
+    assert record is not None and (record.version, len(record.history)) == (1, 4)
+
+
+@pytest.mark.parametrize("suffix", ["claim.json", "runs/run-1.json", "MANIFEST.json",
+                                    "aliases/champion.json"])
+def test_s3_lost_reply_of_a_conditional_create(
+    proxy: S3FaultProxy, suffix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = proxied_store(proxy)
+    registry = Registry(store)
+    proxy.drop_reply_once(conditional_put(suffix, "if-none-match"))
+    with caplog.at_level("INFO", logger="mnist_tasks.registry"):
+        assert registry.register("run-1", FILES, META).version == 1
+        assert registry.set_alias(CHAMPION, 1, expected=None).version == 1
+    assert len(proxy.dropped) == 1
+    assert "concurrent" not in caplog.text
+    assert [e.status for e in registry.scan(include_incomplete=True)] == ["ok"]
+    record = registry.alias_record(CHAMPION)
+    assert record is not None and len(record.history) == 1
