@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import keras
 
-    from mnist_tasks.config import train_config
     from mnist_tasks.artifacts import predict_classes
+    from mnist_tasks.config import train_config
     from mnist_tasks.preprocess import split_indices
     from mnist_tasks.train import fit_arrays, resolve_runtime
 

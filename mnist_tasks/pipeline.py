@@ -168,24 +168,9 @@ class Pipeline:
         """
         from mnist_tasks import register as stage
 
-        # TODO(merge): register.register takes the gate's carried result (CONTRACT.md):
-        #     stage.register(decision, store=self.store, registry=self.registry(),
-        #                    run_key=self.run_key, dag_id=self.dag_id, run_id=self.run_id,
-        #                    code_version=code_version())
-        # This branch's register.py still has the old signature, so unpack the chain here
-        # until the reg branch lands; then replace this call with the one above.
-        evaluation = decision["evaluation"]
         result: dict[str, Any] = stage.register(
-            self.run_key,
-            train_result=evaluation["trained"],
-            evaluation=evaluation,
-            gate_result=decision,
-            prepared_uri=decision["prepared_uri"],
-            store=self.store,
-            registry=self.registry(),
-            dag_id=self.dag_id,
-            run_id=self.run_id,
-            code_version=code_version(),
+            decision, store=self.store, registry=self.registry(), run_key=self.run_key,
+            dag_id=self.dag_id, run_id=self.run_id, code_version=code_version(),
         )
         self._update_summary(
             version=result["version"], model_uri=result["model_uri"],
