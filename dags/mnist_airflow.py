@@ -1,10 +1,13 @@
-"""The Airflow glue of the MNIST retraining DAG, so that ``mnist_training.py`` is wiring only.
+"""The Airflow glue of the MNIST DAGs, so that ``mnist_training.py`` and
+``mnist_increments_watch.py`` are wiring only.
 
 What is here: the trigger form's ``Param``s (generated from ``mnist_tasks.config``), the
 deployment settings read from the environment, the failure/rejection notifier, the stage
 wrapper (``gc.freeze``, a collapsible log group, one summary line), the Airflow connection →
 boto3 arguments (also used by the Models page plugin), the deadline alert, and the task bodies
-that need Airflow's context (train's progress note, gate's short-circuit, register's asset event).
+that need Airflow's context (train's progress note, gate's short-circuit, register's asset event),
+and the landing check's task body and interval (the increments asset the training DAG is
+scheduled on).
 
 Not a DAG file: ``.airflowignore`` keeps the DAG processor from parsing it. The DAG file imports
 it by name: Airflow puts the DAG bundle's folder on ``sys.path`` in the DAG processor, in each
@@ -15,7 +18,8 @@ Deployment settings (environment variables; see the README's deployment table):
 ``MNIST_STORE`` / ``MNIST_SOURCE`` (the trigger form's defaults), ``MNIST_CHECKSUMS``
 (``pinned`` | ``off`` | ``@/path/to/file.json``) and ``MNIST_MODEL_NAME`` (fixed per deployment: a
 trigger cannot change them), ``MNIST_S3_CONN_ID``, ``MNIST_TRAIN_POOL`` / ``MNIST_TRAIN_QUEUE``,
-``MNIST_NOTIFIER``, ``MNIST_DEADLINE_MARGIN_MINUTES``.
+``MNIST_NOTIFIER``, ``MNIST_DEADLINE_MARGIN_MINUTES``, ``MNIST_WATCH_INTERVAL_MINUTES`` (how
+often the landing check looks for new increments; default 5).
 """
 
 from __future__ import annotations
@@ -33,15 +37,16 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, AsyncCallback, DeadlineAlert, DeadlineReference, Param
 from airflow.sdk import get_current_context as _context
 
-from mnist_tasks.config import TRIGGER_PARAMS
+from mnist_tasks.config import PARAM_SPECS, TRIGGER_PARAMS
 
 if TYPE_CHECKING:
-    from mnist_tasks.config import PipelineConfig
+    from mnist_tasks.config import ParamSpec, PipelineConfig
     from mnist_tasks.pipeline import Pipeline
 
 log = logging.getLogger("mnist_training")
 
 DAG_ID = "mnist_training"
+WATCH_DAG_ID = "mnist_increments_watch"
 # Where the train task runs: `gpu` / `gpu` on a deployment with a GPU worker.
 TRAIN_POOL = os.environ.get("MNIST_TRAIN_POOL", "default_pool")
 TRAIN_QUEUE = os.environ.get("MNIST_TRAIN_QUEUE", "default")
@@ -52,6 +57,14 @@ TRAIN_PROGRESS_KEY = "train_progress"
 
 # Downstream DAGs can schedule on new model versions: `schedule=[MODEL_REGISTRY]`.
 MODEL_REGISTRY = Asset(name="mnist_model_registry", uri="mnist://registry/mnist-classifier")
+# New labeled increments landed in the source: the watch DAG's `land` task emits its events
+# (extra: {"increments": [ids], "source": ...}); the training DAG is scheduled on it.
+MNIST_INCREMENTS = Asset(name="mnist_increments", uri="mnist://increments")
+
+
+def form_default(spec: ParamSpec, environ: Mapping[str, str] = os.environ) -> Any:
+    """A trigger parameter's default: its ``env`` variable's value when set, else the spec's."""
+    return (environ.get(spec.env) if spec.env else None) or spec.default
 
 
 def trigger_params(environ: Mapping[str, str] = os.environ) -> dict[str, Param]:
@@ -61,9 +74,9 @@ def trigger_params(environ: Mapping[str, str] = os.environ) -> dict[str, Param]:
     """
     params: dict[str, Param] = {}
     for spec in TRIGGER_PARAMS:
-        default = (environ.get(spec.env) if spec.env else None) or spec.default
         params[spec.name] = Param(
-            default, description=spec.description, title=spec.title, **spec.schema()
+            form_default(spec, environ), description=spec.description, title=spec.title,
+            **spec.schema(),
         )
     return params
 
@@ -273,3 +286,64 @@ DEFAULT_ARGS: dict[str, Any] = {
     "execution_timeout": timedelta(minutes=30),
     "on_failure_callback": on_failure,
 }
+
+
+# -- the landing check (mnist_increments_watch) --------------------------------------------------
+
+
+def watch_interval(environ: Mapping[str, str] = os.environ) -> timedelta:
+    """How often the landing check runs: MNIST_WATCH_INTERVAL_MINUTES (default 5).
+
+    Raises:
+        ValueError: naming the variable, for a value that is not a whole number of minutes
+            from 1 to 1440 (the DAG file then fails to import, with this message).
+    """
+    text = environ.get("MNIST_WATCH_INTERVAL_MINUTES", "").strip() or "5"
+    try:
+        minutes = int(text)
+    except ValueError:
+        minutes = 0
+    if not 1 <= minutes <= 1440:
+        raise ValueError(
+            f"MNIST_WATCH_INTERVAL_MINUTES={text!r}: expected a whole number of minutes "
+            "from 1 to 1440"
+        )
+    return timedelta(minutes=minutes)
+
+
+def land() -> dict[str, Any]:
+    """Announce the increments that landed since the last check, as an event of
+    :data:`MNIST_INCREMENTS`; with nothing new the task is skipped, so no event is emitted.
+
+    Source and store are the deployment's (MNIST_SOURCE, MNIST_STORE, the S3 connection): what
+    a run of the training DAG that the event starts reads. A source that cannot hold increments
+    (the https mirrors, ``default``) has nothing to watch: logged, skipped.
+
+    Raises:
+        AirflowSkipException: nothing new, or a source without increments.
+        AirflowFailException: for a store URI a run would refuse too (no retry).
+    """
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from mnist_tasks import config
+    from mnist_tasks.increments import announce_new
+
+    ctx = _context()
+    source = form_default(PARAM_SPECS["source"])
+    store = form_default(PARAM_SPECS["store"])
+    try:
+        config.check_store_uri(store)
+    except config.ConfigError as exc:
+        raise AirflowFailException(f"MNIST_STORE: {exc}") from None
+    try:
+        new = announce_new(source, store, client_kwargs=s3_client_kwargs(),
+                           announcer=ctx["run_id"])
+    except config.ConfigError as exc:
+        log.info("%s; nothing to watch", exc)
+        raise AirflowSkipException(f"source {source!r} cannot hold increments") from None
+    if not new:
+        raise AirflowSkipException(f"no new increments in {source}")
+    ctx["outlet_events"][MNIST_INCREMENTS].extra = {"increments": new, "source": source}
+    log.info("NEW INCREMENTS in %s: %s (event on asset %s)", source, ", ".join(new),
+             MNIST_INCREMENTS.name)
+    return {"increments": new, "source": source}

@@ -1,12 +1,18 @@
 """
 ### MNIST retraining
 
-Weekly retraining of the MNIST digit classifier, a chain in which each task takes only the
+Retraining of the MNIST digit classifier, **weekly or when new labeled increments land**
+(whichever comes first), a chain in which each task takes only the
 previous task's result: **ingest** (four IDX files, verified, validated, cached) →
 **preprocess** (float32 in [0, 1], seeded validation split) → **train** (Keras 3, a preset) →
 **evaluate** (metrics, per-digit report, plots) → **gate** (threshold, champion comparison with
 McNemar's test, per-digit recall) → **register** (an immutable version in the model registry;
 champion alias moved). The gate short-circuits registration: a rejected model is never registered.
+
+Schedule: `AssetOrTimeSchedule`: every Sunday at 00:00 UTC (`@weekly`), and also on each event of
+the asset `mnist_increments`, which the `mnist_increments_watch` DAG emits when complete
+increments land in the source (`MNIST_SOURCE`); no one needs to touch Airflow for a new
+increment to be trained on.
 
 Trigger it from the UI with the form, or from the CLI:
 `airflow dags trigger mnist_training --conf '{"preset": "fast_mlp"}'`. A trigger may set only
@@ -21,12 +27,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import mnist_airflow as glue
-from airflow.sdk import dag, task
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
 
 @dag(
     dag_id=glue.DAG_ID,
-    schedule="@weekly",
+    # Weekly, or as soon as the landing check announces new increments.
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("@weekly", timezone="UTC"),
+        assets=[glue.MNIST_INCREMENTS],
+    ),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

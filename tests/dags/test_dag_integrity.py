@@ -1,5 +1,6 @@
-"""DAG integrity: it parses, is the stage chain with the expected settings, its params are the
-library's trigger parameters, and it stays cheap to parse."""
+"""DAG integrity: both DAGs parse; the training DAG is the stage chain with the expected settings,
+scheduled weekly or on new increments, its params are the library's trigger parameters; the
+landing check is one task with the increments asset as outlet; both stay cheap to parse."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 DAG_FILE = DAGS / "mnist_training.py"
+WATCH_FILE = DAGS / "mnist_increments_watch.py"
 GLUE_FILE = DAGS / "mnist_airflow.py"
+DAG_IDS = ["mnist_increments_watch", "mnist_training"]
 
 # The chain of CONTRACT.md: each task takes only the previous task's result.
 CHAIN = ["ingest", "preprocess", "train", "evaluate", "gate", "register"]
@@ -44,26 +47,39 @@ def dag(dagbag):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
+def watch(dagbag):  # type: ignore[no-untyped-def]
+    return dagbag.dags["mnist_increments_watch"]
+
+
+@pytest.fixture(scope="module", params=DAG_IDS)
+def any_dag(request, dagbag):  # type: ignore[no-untyped-def]
+    return dagbag.dags[request.param]
+
+
+@pytest.fixture(scope="module")
 def glue(dagbag):  # type: ignore[no-untyped-def]
     return importlib.import_module("mnist_airflow")
 
 
 def test_no_import_errors(dagbag) -> None:  # type: ignore[no-untyped-def]
     assert dagbag.import_errors == {}
-    assert dagbag.dag_ids == ["mnist_training"]
+    assert sorted(dagbag.dag_ids) == DAG_IDS
 
 
 def test_the_glue_module_is_not_parsed_as_a_dag_file(dagbag) -> None:  # type: ignore[no-untyped-def]
     from airflow.utils.file import list_py_file_paths
 
     assert "mnist_airflow.py" in (DAGS / ".airflowignore").read_text().split()
-    assert list_py_file_paths(str(DAGS)) == [str(DAG_FILE)]
-    assert [stat.file for stat in dagbag.dagbag_stats] == ["mnist_training.py"]
+    assert sorted(list_py_file_paths(str(DAGS))) == [str(WATCH_FILE), str(DAG_FILE)]
+    assert sorted(stat.file for stat in dagbag.dagbag_stats) == [
+        "mnist_increments_watch.py", "mnist_training.py"]
 
 
-def test_the_dag_file_parses_in_well_under_a_second(dagbag) -> None:  # type: ignore[no-untyped-def]
-    (stat,) = dagbag.dagbag_stats  # the first parse in this process: glue and config imported
-    assert stat.duration < timedelta(seconds=1), stat.duration
+def test_the_dag_files_parse_in_well_under_a_second(dagbag) -> None:  # type: ignore[no-untyped-def]
+    # The first parse in this process imports the glue and config.
+    assert len(dagbag.dagbag_stats) == 2
+    for stat in dagbag.dagbag_stats:
+        assert stat.duration < timedelta(seconds=1), (stat.file, stat.duration)
 
 
 def test_the_graph_is_the_stage_chain(dag) -> None:  # type: ignore[no-untyped-def]
@@ -80,12 +96,32 @@ def test_the_graph_is_the_stage_chain(dag) -> None:  # type: ignore[no-untyped-d
 def test_schedule_and_concurrency(dag) -> None:  # type: ignore[no-untyped-def]
     assert dag.catchup is False
     assert dag.max_active_runs == 1
-    assert dag.schedule == "@weekly"
     assert dag.tags and "mnist" in dag.tags
 
 
-def test_every_task_retries_with_backoff_and_timeout(dag) -> None:  # type: ignore[no-untyped-def]
-    for t in dag.tasks:
+def test_training_runs_weekly_or_when_increments_land(dag) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk import Asset, AssetAll, AssetOrTimeSchedule, CronTriggerTimetable
+
+    schedule = dag.timetable
+    assert isinstance(schedule, AssetOrTimeSchedule)
+    assert isinstance(schedule.timetable, CronTriggerTimetable)
+    # "@weekly", as cron: Sundays at 00:00 UTC.
+    assert (schedule.timetable.expression, str(schedule.timetable.timezone)) == (
+        "0 0 * * 0", "UTC")
+    assert schedule.asset_condition == AssetAll(
+        Asset(name="mnist_increments", uri="mnist://increments"))
+    # ... and the scheduler sees both: the serialized DAG keeps the cron and the asset.
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    served = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+    assert type(served.timetable).__name__ == "AssetOrTimeSchedule"
+    assert [key.name for key, _ in served.timetable.asset_condition.iter_assets()] == [
+        "mnist_increments"]
+    assert served.timetable.description == "Triggered by assets or At 00:00, only on Sunday"
+
+
+def test_every_task_retries_with_backoff_and_timeout(any_dag) -> None:  # type: ignore[no-untyped-def]
+    for t in any_dag.tasks:
         assert t.retries >= 2, t.task_id
         assert t.retry_exponential_backoff, t.task_id
         assert t.execution_timeout is not None and t.execution_timeout > timedelta(0), t.task_id
@@ -123,6 +159,9 @@ def test_params_are_the_librarys_trigger_parameters(dag) -> None:  # type: ignor
         assert param.value == default, name
     assert dag.params.get_param("preset").schema["enum"] == list(PRESETS)
     assert dag.params.get_param("epochs").schema["type"] == ["null", "integer"]
+    for name in ("force", "fail_on_quarantine"):  # switches on the form, off by default
+        assert dag.params.get_param(name).schema["type"] == "boolean", name
+        assert dag.params.get_param(name).value is False, name
     assert (dag.params.get_param("seed").schema["minimum"],
             dag.params.get_param("seed").schema["maximum"]) == (0, 2**31 - 1)
     for preset in PRESETS:  # the form describes every preset
@@ -145,6 +184,9 @@ def test_a_deployment_default_comes_from_the_environment(glue) -> None:  # type:
         ({"store": "file:///data/../../etc/x"}, "store"),
         ({"store": "s3://bucket/a/../b"}, "store"),
         ({"batch_size": "big"}, "batch_size"),
+        ({"force": "yes"}, "force"),
+        ({"fail_on_quarantine": 1}, "fail_on_quarantine"),
+        ({"fresh_drop_margin": 1.5}, "fresh_drop_margin"),
     ],
 )
 def test_bad_params_are_refused(dag, conf: dict, param: str) -> None:  # type: ignore[no-untyped-def]
@@ -163,6 +205,20 @@ def test_default_params_are_valid(dag, glue) -> None:  # type: ignore[no-untyped
     cfg = glue.pipeline_config(dag.params.validate(), environ={})
     assert cfg.train.preset == "seed_mlp" and cfg.gate.min_accuracy == 0.97
     assert cfg.ingest.checksums == "pinned" and cfg.model_name == "mnist-classifier"
+    assert (cfg.check.force, cfg.check.fresh_drop_margin) == (False, 0.02)
+    assert cfg.ingest.fail_on_quarantine is False
+
+
+def test_the_data_params_from_a_trigger_reach_the_config(dag, glue) -> None:  # type: ignore[no-untyped-def]
+    import copy
+
+    params = copy.deepcopy(dag.params)
+    for key, value in {"force": True, "fail_on_quarantine": True,
+                       "fresh_drop_margin": 0.05}.items():
+        params[key] = value
+    cfg = glue.pipeline_config(params.validate(), environ={})
+    assert (cfg.check.force, cfg.check.fresh_drop_margin) == (True, 0.05)
+    assert cfg.ingest.fail_on_quarantine is True
 
 
 def test_unknown_conf_keys_fail_the_first_task_naming_them(dag, glue) -> None:  # type: ignore[no-untyped-def]
@@ -220,13 +276,14 @@ def _modules_after(code: str) -> set[str]:
     return set(out.stdout.split())
 
 
-def test_parsing_the_dag_file_imports_no_heavy_libraries() -> None:
+@pytest.mark.parametrize("dag_file", [DAG_FILE, WATCH_FILE], ids=lambda p: p.name)
+def test_parsing_a_dag_file_imports_no_heavy_libraries(dag_file: Path) -> None:
     mods = _modules_after(
-        f"import runpy, sys; sys.path.insert(0, {str(DAGS)!r}); runpy.run_path({str(DAG_FILE)!r})"
+        f"import runpy, sys; sys.path.insert(0, {str(DAGS)!r}); runpy.run_path({str(dag_file)!r})"
     )
     assert "mnist_airflow" in mods and "mnist_tasks.config" in mods
     heavy = {"tensorflow", "keras", "numpy", "sklearn", "matplotlib", "mnist_tasks.train",
-             "mnist_tasks.pipeline", "boto3"}
+             "mnist_tasks.pipeline", "mnist_tasks.increments", "boto3"}
     assert not (heavy & mods), heavy & mods
 
 
@@ -306,8 +363,8 @@ def test_bad_deadline_margin_is_an_import_error_naming_the_variable(monkeypatch)
     assert "MNIST_DEADLINE_MARGIN_MINUTES" in message and "an hour" in message
 
 
-def test_failure_callback_on_every_task(dag) -> None:  # type: ignore[no-untyped-def]
-    for t in dag.tasks:
+def test_failure_callback_on_every_task(any_dag) -> None:  # type: ignore[no-untyped-def]
+    for t in any_dag.tasks:
         callbacks = t.on_failure_callback
         callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
         assert [c.__name__ for c in callbacks] == ["on_failure"], t.task_id
@@ -338,3 +395,49 @@ def test_stages_run_with_long_lived_objects_frozen_and_garbage_collected(glue) -
         assert seen["garbage_alive"] is False
     finally:
         gc.unfreeze()
+
+
+# -- the landing check: mnist_increments_watch ---------------------------------------------------
+
+
+def test_the_watch_is_one_task_that_emits_the_increments_asset(watch, glue) -> None:  # type: ignore[no-untyped-def]
+    assert [t.task_id for t in watch.tasks] == ["land"]
+    land = watch.get_task("land")
+    # (Airflow normalises the URI "mnist://increments" to "mnist://increments/".)
+    assert [(a.name, a.uri) for a in land.outlets] == [("mnist_increments", "mnist://increments/")]
+    assert land.outlets == [glue.MNIST_INCREMENTS]
+    assert land.execution_timeout == timedelta(minutes=10)
+    assert not dict(watch.params)  # nothing to set: source and store are the deployment's
+
+
+def test_the_watch_runs_every_few_minutes_one_at_a_time(watch) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk import DeltaTriggerTimetable
+
+    assert isinstance(watch.timetable, DeltaTriggerTimetable)
+    assert watch.timetable.delta == timedelta(minutes=5)
+    assert watch.catchup is False and watch.max_active_runs == 1
+    assert watch.tags and "mnist" in watch.tags and watch.doc_md
+
+
+def _watch_with_interval(monkeypatch, value: str | None):  # type: ignore[no-untyped-def]
+    if value is None:
+        monkeypatch.delenv("MNIST_WATCH_INTERVAL_MINUTES", raising=False)
+    else:
+        monkeypatch.setenv("MNIST_WATCH_INTERVAL_MINUTES", value)
+    bag = _bag(WATCH_FILE)
+    return bag, bag.dags.get("mnist_increments_watch")
+
+
+@pytest.mark.parametrize(("value", "minutes"), [(None, 5), ("", 5), ("1", 1), (" 60 ", 60)])
+def test_the_watch_interval_comes_from_the_environment(monkeypatch, value, minutes) -> None:  # type: ignore[no-untyped-def]
+    bag, watch = _watch_with_interval(monkeypatch, value)
+    assert bag.import_errors == {}
+    assert watch.timetable.delta == timedelta(minutes=minutes)
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "five", "2.5", "1441"])
+def test_a_bad_watch_interval_is_an_import_error_naming_the_variable(monkeypatch, value) -> None:  # type: ignore[no-untyped-def]
+    bag, watch = _watch_with_interval(monkeypatch, value)
+    assert watch is None
+    (message,) = bag.import_errors.values()
+    assert "MNIST_WATCH_INTERVAL_MINUTES" in message and repr(value) in message

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from collections.abc import Callable
 
 import boto3
 import numpy as np
@@ -137,3 +138,54 @@ def test_dataset_versions_in_an_s3_store(s3_env: str, reference: Reference,
     assert arrays["x_train"].shape == (40, 28, 28) and arrays["y_fresh"].shape == (10,)
     assert ds.main(["--store", store.uri, "show", v.id, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["increments"][0]["id"] == "a"
+
+
+class _RacedS3Store(S3Store):
+    """The S3 store, with another announcer's call run just before our first conditional
+    write (between our read and our write: the race a compare-and-swap must settle)."""
+
+    def __init__(self, other: Callable[[], None]) -> None:
+        super().__init__(TEST_BUCKET, "store")
+        self.other: Callable[[], None] | None = other
+
+    def _race(self) -> None:
+        if self.other is not None:
+            other, self.other = self.other, None
+            other()
+
+    def write_if_absent(self, key: str, data: bytes) -> bool:
+        self._race()
+        return super().write_if_absent(key, data)
+
+    def write_if_match(self, key: str, data: bytes, etag: str) -> bool:
+        self._race()
+        return super().write_if_match(key, data, etag)
+
+
+def test_announce_new_on_s3(s3_env: str) -> None:
+    """Listing an s3:// source, the record in an S3 store, conditional writes over HTTP."""
+    x, y = digits(20, seed=3)
+    land_idx("2026-11-20", x, y)
+    land_idx("2026-11-27", x, y, marker=False)
+    store = S3Store(TEST_BUCKET, "store")
+    assert inc.announce_new(SOURCE, store, announcer="run-1") == ["2026-11-20"]
+    assert inc.announce_new(SOURCE, f"s3://{TEST_BUCKET}/store") == []
+    put("increments/2026-11-27/_SUCCESS", b"")
+    assert inc.announce_new(SOURCE, store) == ["2026-11-27"]  # write_if_match on the record
+    key = inc.announced_key(SOURCE)
+    doc = json.loads(store.read_bytes(key))
+    assert doc["source"] == SOURCE and sorted(doc["increments"]) == ["2026-11-20", "2026-11-27"]
+
+    # Two announcers race for the next increment, on the record's ETag: one announces it.
+    land_idx("2026-12-04", x, y)
+    theirs: list[str] = []
+    raced = _RacedS3Store(lambda: theirs.extend(
+        inc.announce_new(SOURCE, S3Store(TEST_BUCKET, "store"), announcer="other")))
+    mine = inc.announce_new(SOURCE, raced, announcer="me")
+    assert (theirs, mine) == (["2026-12-04"], [])
+    assert inc.announce_new(SOURCE, store) == []
+
+
+def test_announce_new_on_a_missing_bucket_fails_naming_it(s3_env: str) -> None:
+    with pytest.raises(StorageError, match="no-such-bucket"):
+        inc.announce_new("s3://no-such-bucket/landing", S3Store(TEST_BUCKET, "store"))

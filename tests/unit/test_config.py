@@ -8,6 +8,7 @@ import pytest
 
 from mnist_tasks.config import (
     PRESET_NAMES,
+    CheckConfig,
     ConfigError,
     GateConfig,
     IngestConfig,
@@ -118,7 +119,8 @@ def test_the_configs_enforce_the_trigger_parameters_ranges() -> None:
 
     ranged = [s for s in TRIGGER_PARAMS if s.minimum is not None]
     assert {s.name for s in ranged} == {"epochs", "batch_size", "learning_rate", "seed",
-                                        "min_accuracy", "champion_margin", "max_recall_drop"}
+                                        "min_accuracy", "champion_margin", "max_recall_drop",
+                                        "fresh_drop_margin"}
     for spec in ranged:
         assert spec.maximum is not None
         step = 1 if spec.type == "integer" else 1e-9
@@ -136,6 +138,7 @@ def test_trigger_parameter_defaults_are_the_configs() -> None:
 
     cfg = pipeline_config({name: spec.default for name, spec in PARAM_SPECS.items()})
     assert cfg.gate == GateConfig() and cfg.train == train_config(TrainConfig.preset)
+    assert cfg.check == CheckConfig() and cfg.ingest.fail_on_quarantine is False
     assert cfg.store == "file:///tmp/mnist-store" and cfg.ingest.source == "default"
 
 
@@ -202,3 +205,39 @@ def test_deployment_values() -> None:
         deployment_values({"MNIST_MODEL_NAME": "Bad Name"})
     with pytest.raises(ConfigError, match="'MNIST_CHECKSUMS'"):
         deployment_values({"MNIST_CHECKSUMS": "sometimes"})
+
+
+# -- the issue 11 parameters: skip-when-unchanged, quarantines, fresh-data drop ----------------
+
+
+def test_the_data_trigger_parameters_reach_their_configs() -> None:
+    from mnist_tasks.config import PARAM_SPECS
+
+    assert (PARAM_SPECS["force"].type, PARAM_SPECS["force"].default) == ("boolean", False)
+    assert PARAM_SPECS["fail_on_quarantine"].schema() == {"type": "boolean"}
+    assert PARAM_SPECS["fresh_drop_margin"].schema() == {
+        "type": "number", "minimum": 0.0, "maximum": 1.0}
+    assert PARAM_SPECS["fresh_drop_margin"].default == 0.02
+    cfg = pipeline_config({"store": "/s", "force": True, "fail_on_quarantine": True,
+                           "fresh_drop_margin": 0.1})
+    assert cfg.check == CheckConfig(force=True, fresh_drop_margin=0.1)
+    assert cfg.ingest.fail_on_quarantine is True
+    unset = pipeline_config({"store": "/s", "force": None, "fail_on_quarantine": None})
+    assert unset.check.force is False and unset.ingest.fail_on_quarantine is False
+
+
+def test_the_increment_policy_takes_fail_on_quarantine_from_the_ingest_config() -> None:
+    from mnist_tasks.increments import IncrementPolicy
+
+    cfg = pipeline_config({"store": "/s", "fail_on_quarantine": True})
+    policy = IncrementPolicy(fail_on_quarantine=cfg.ingest.fail_on_quarantine)
+    assert policy.fail_on_quarantine is True
+
+
+@pytest.mark.parametrize(("param", "value"), [
+    ("force", "yes"), ("force", 1), ("fail_on_quarantine", "true"),
+    ("fresh_drop_margin", True), ("fresh_drop_margin", "0.1"),
+])
+def test_the_data_trigger_parameters_name_a_bad_value(param: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=f"'{param}'"):
+        pipeline_config({"store": "/s", param: value})

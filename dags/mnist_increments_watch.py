@@ -1,0 +1,42 @@
+"""
+### MNIST increments watch
+
+The landing check: every `MNIST_WATCH_INTERVAL_MINUTES` minutes (default 5) one cheap task,
+**land**, lists `<source>/increments/` (the deployment's `MNIST_SOURCE`) and compares the
+complete increments (those with their `_SUCCESS` marker) with the ones it announced before
+(`watch/<source key>/announced.json` in `MNIST_STORE`). New ones become an event of the asset
+`mnist_increments`, extra `{"increments": [...], "source": ...}`, which starts `mnist_training`
+(scheduled on "weekly, or new increments"). Nothing new: the task is skipped and no event is
+emitted. It reads no data and never waits, so it holds a worker slot for a second or two per
+check, not between checks. See docs/data.md, "Triggered by data".
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import mnist_airflow as glue
+from airflow.sdk import dag, task
+
+
+@dag(
+    dag_id=glue.WATCH_DAG_ID,
+    schedule=glue.watch_interval(),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=glue.DEFAULT_ARGS,
+    tags=["mnist", "data", "watch"],
+    doc_md=__doc__,
+)
+def mnist_increments_watch() -> None:
+    @task(outlets=[glue.MNIST_INCREMENTS], execution_timeout=timedelta(minutes=10))
+    def land() -> dict[str, Any]:
+        """New complete increments: an asset event; none: skipped (no event)."""
+        return glue.land()
+
+    land()
+
+
+mnist_increments_watch()
