@@ -98,6 +98,12 @@ def _add_params(p: argparse.ArgumentParser, *groups: str) -> None:
     for spec in TRIGGER_PARAMS:
         if spec.group not in groups:
             continue
+        if spec.type == "boolean":  # --force / --no-force; unset: the spec's default
+            p.add_argument("--" + spec.name.replace("_", "-"),
+                           action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{spec.description} (default: {'on' if spec.default else 'off'})"
+                           .replace("%", "%%"))
+            continue
         default = os.environ.get(spec.env) if spec.env else None
         where = f"${spec.env}, else " if spec.env else ""
         shown = "" if spec.nullable else f" (default: {where}{spec.default!r})"

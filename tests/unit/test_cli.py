@@ -90,10 +90,12 @@ def _options(command: str) -> dict[str, argparse.Action]:
 
 def test_run_all_options_are_the_trigger_parameters_and_deployment_settings() -> None:
     options = _options("run-all")
-    types = {"string": str, "integer": int, "number": float}
+    types = {"string": str, "integer": int, "number": float, "boolean": None}
     for spec in TRIGGER_PARAMS:
         action = options[spec.name]
-        assert action.option_strings == ["--" + spec.name.replace("_", "-")]
+        option = "--" + spec.name.replace("_", "-")
+        assert action.option_strings == (
+            [option, option.replace("--", "--no-")] if spec.type == "boolean" else [option])
         assert action.type is types[spec.type], spec.name
         assert spec.description.replace("%", "%%") in (action.help or ""), spec.name
     assert tuple(options["preset"].choices or ()) == PRESET_NAMES
