@@ -225,6 +225,19 @@ def train(prepared: dict[str, Any]) -> dict[str, Any]:
     return run_stage("train", fn, prepared)
 
 
+def check(ingested: dict[str, Any]) -> dict[str, Any] | bool:
+    """The check's result when there is something to train on; on UNCHANGED, return False (the
+    short-circuit skips every later task: no training, no version, no asset event). Warnings
+    (a champion that does worse on fresh data) go to the notifier."""
+    result = run_stage("check", pipeline().check, ingested)
+    ctx = _context()
+    for warning in result.get("warnings") or []:
+        notify(ctx, f"WARNING {ctx['dag'].dag_id} run {ctx['run_id']}: {warning}")
+    if result.get("decision") == "UNCHANGED":
+        return False
+    return result
+
+
 def gate(evaluation: dict[str, Any]) -> dict[str, Any] | bool:
     """The gate's decision when it is PROMOTE; on REJECT, notify and return False (the
     short-circuit skips register)."""
@@ -289,6 +302,28 @@ DEFAULT_ARGS: dict[str, Any] = {
 
 
 # -- the landing check (mnist_increments_watch) --------------------------------------------------
+
+
+def training_timetable(environ: Mapping[str, str] = os.environ) -> Any:
+    """The training DAG's schedule: the time part from MNIST_TRAINING_SCHEDULE (a cron
+    expression or preset, default ``@weekly``, UTC; ``off``: data-triggered only), or a new
+    increment, whichever comes first.
+
+    Raises:
+        ValueError: naming the variable, for a cron expression Airflow cannot parse.
+    """
+    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+
+    text = environ.get("MNIST_TRAINING_SCHEDULE", "").strip() or "@weekly"
+    if text.lower() in ("off", "none"):
+        return [MNIST_INCREMENTS]
+    from croniter import croniter  # Airflow's own cron parser
+
+    if not croniter.is_valid(text):
+        raise ValueError(f"MNIST_TRAINING_SCHEDULE={text!r}: not a cron expression; "
+                         "use e.g. '@weekly', '0 3 * * 1' or 'off'")
+    timetable = CronTriggerTimetable(text, timezone="UTC")
+    return AssetOrTimeSchedule(timetable=timetable, assets=[MNIST_INCREMENTS])
 
 
 def watch_interval(environ: Mapping[str, str] = os.environ) -> timedelta:

@@ -3,13 +3,17 @@
 
 Retraining of the MNIST digit classifier, **weekly or when new labeled increments land**
 (whichever comes first), a chain in which each task takes only the
-previous task's result: **ingest** (four IDX files, verified, validated, cached) →
+previous task's result: **ingest** (four IDX files and the labeled increments beside them,
+verified, validated, cached, as a dataset version) → **check** (stops the run, UNCHANGED, when
+the champion was trained on exactly these inputs; the champion on new increments' held-out
+data, before any training) →
 **preprocess** (float32 in [0, 1], seeded validation split) → **train** (Keras 3, a preset) →
 **evaluate** (metrics, per-digit report, plots) → **gate** (threshold, champion comparison with
 McNemar's test, per-digit recall) → **register** (an immutable version in the model registry;
 champion alias moved). The gate short-circuits registration: a rejected model is never registered.
 
-Schedule: `AssetOrTimeSchedule`: every Sunday at 00:00 UTC (`@weekly`), and also on each event of
+Schedule: `AssetOrTimeSchedule`: every Sunday at 00:00 UTC (`@weekly`; `MNIST_TRAINING_SCHEDULE`
+sets another cron, or `off`), and also on each event of
 the asset `mnist_increments`, which the `mnist_increments_watch` DAG emits when complete
 increments land in the source (`MNIST_SOURCE`); no one needs to touch Airflow for a new
 increment to be trained on.
@@ -27,16 +31,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import mnist_airflow as glue
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.sdk import dag, task
 
 
 @dag(
     dag_id=glue.DAG_ID,
-    # Weekly, or as soon as the landing check announces new increments.
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("@weekly", timezone="UTC"),
-        assets=[glue.MNIST_INCREMENTS],
-    ),
+    # Weekly (MNIST_TRAINING_SCHEDULE), or as soon as the landing check announces increments.
+    schedule=glue.training_timetable(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -51,9 +52,14 @@ def mnist_training() -> None:
     def ingest() -> dict[str, Any]:
         return glue.stage("ingest")
 
+    @task.short_circuit
+    def check(ingested: dict[str, Any]) -> dict[str, Any] | bool:
+        """UNCHANGED (the champion covers these inputs) returns False: nothing later runs."""
+        return glue.check(ingested)
+
     @task
-    def preprocess(ingested: dict[str, Any]) -> dict[str, Any]:
-        return glue.stage("preprocess", ingested)
+    def preprocess(checked: dict[str, Any]) -> dict[str, Any]:
+        return glue.stage("preprocess", checked)
 
     @task(pool=glue.TRAIN_POOL, queue=glue.TRAIN_QUEUE, execution_timeout=timedelta(hours=6))
     def train(prepared: dict[str, Any]) -> dict[str, Any]:
@@ -73,7 +79,7 @@ def mnist_training() -> None:
     def register(decision: dict[str, Any]) -> dict[str, Any]:
         return glue.register(decision)
 
-    register(gate(evaluate(train(preprocess(ingest())))))
+    register(gate(evaluate(train(preprocess(check(ingest()))))))
 
 
 mnist_training()

@@ -24,7 +24,7 @@ GLUE_FILE = DAGS / "mnist_airflow.py"
 DAG_IDS = ["mnist_increments_watch", "mnist_training"]
 
 # The chain of CONTRACT.md: each task takes only the previous task's result.
-CHAIN = ["ingest", "preprocess", "train", "evaluate", "gate", "register"]
+CHAIN = ["ingest", "check", "preprocess", "train", "evaluate", "gate", "register"]
 EXPECTED_EDGES = list(itertools.pairwise(CHAIN))
 
 
@@ -441,3 +441,37 @@ def test_a_bad_watch_interval_is_an_import_error_naming_the_variable(monkeypatch
     assert watch is None
     (message,) = bag.import_errors.values()
     assert "MNIST_WATCH_INTERVAL_MINUTES" in message and repr(value) in message
+
+
+def _training_with_schedule(monkeypatch, value: str | None):  # type: ignore[no-untyped-def]
+    if value is None:
+        monkeypatch.delenv("MNIST_TRAINING_SCHEDULE", raising=False)
+    else:
+        monkeypatch.setenv("MNIST_TRAINING_SCHEDULE", value)
+    bag = _bag(DAG_FILE)
+    return bag, bag.dags.get("mnist_training")
+
+
+@pytest.mark.parametrize(("value", "cron"), [(None, "0 0 * * 0"), ("0 3 * * 1", "0 3 * * 1"),
+                                             ("@daily", "0 0 * * *")])
+def test_the_training_time_schedule_comes_from_the_environment(monkeypatch, value, cron) -> None:  # type: ignore[no-untyped-def]
+    bag, training = _training_with_schedule(monkeypatch, value)
+    assert bag.import_errors == {}
+    assert training.timetable.timetable.expression == cron
+    assert [a.name for a in training.timetable.asset_condition.objects] == ["mnist_increments"]
+
+
+def test_training_schedule_off_is_data_triggered_only(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from airflow.timetables.simple import AssetTriggeredTimetable
+
+    bag, training = _training_with_schedule(monkeypatch, "off")
+    assert bag.import_errors == {}
+    assert type(training.timetable) is AssetTriggeredTimetable or (
+        type(training.timetable).__name__ == "AssetTriggeredTimetable")
+
+
+def test_a_bad_training_schedule_is_an_import_error_naming_the_variable(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    bag, training = _training_with_schedule(monkeypatch, "every tuesday")
+    assert training is None
+    (message,) = bag.import_errors.values()
+    assert "MNIST_TRAINING_SCHEDULE" in message and "'every tuesday'" in message
