@@ -217,6 +217,17 @@ def test_winning_the_benchmark_but_losing_on_fresh_data_is_rejected() -> None:
                             "per_digit_recall", "per_increment"}
     assert as_dict["mcnemar"]["b"] == 20
 
+    # Beyond the margin by three images of 400: not significant (p = 0.25), so not a failure.
+    few = FreshData(y_true=FRESH_Y, challenger_pred=wrong(FRESH_Y, [1, 3, 5]),
+                    champion_pred=FRESH_Y.copy())
+    strict = GateConfig(min_accuracy=0.5, champion_margin=0.005, max_recall_drop=0.5)
+    chance = decide(strict, 1.0, y_true=Y, challenger_pred=challenger, champion_pred=champion,
+                    champion_version=3, fresh=few)
+    assert chance.decision == "PROMOTE"
+    assert ("champion PASS: fresh: challenger 0.9925 vs champion v3 1.0000 on 400 images "
+            "(difference -0.0075, allowed margin 0.0050; beyond it but not significant, "
+            "p=0.25)") in chance.reasons
+
     # Within the margin on fresh data, the same challenger passes.
     lenient = GateConfig(min_accuracy=0.5, champion_margin=0.06, max_recall_drop=0.5)
     assert decide(lenient, 1.0, y_true=Y, challenger_pred=challenger, champion_pred=champion,
@@ -241,14 +252,24 @@ def test_fresh_recall_drop_counts_only_for_digits_with_enough_fresh_images() -> 
                                         "support": 10, "checked": False}
     assert result.fresh.recall["0"]["support"] == 0 and result.fresh.recall["0"]["drop"] is None
 
-    # Three of the forty 3s (drop 0.075 > 0.05): flagged, naming the fresh set and the digit.
-    enough = FreshData(y_true=y, challenger_pred=wrong(y, three[:3]), champion_pred=y.copy())
+    # Six of the forty 3s (drop 0.15 > 0.05, McNemar p = 2 * 0.5**6): flagged, naming the
+    # fresh set and the digit.
+    enough = FreshData(y_true=y, challenger_pred=wrong(y, three[:6]), champion_pred=y.copy())
     result = decide(cfg, 1.0, y_true=Y, challenger_pred=Y, champion_pred=Y, fresh=enough)
     assert result.decision == "REJECT"
     failed = [c.line() for c in result.checks if c.passed is False]
-    assert len(failed) == 1 and failed[0].startswith("per-digit recall FAIL: fresh: ")
-    assert "digit 3 1.0000 -> 0.9250 (drop 0.0750)" in failed[0]
+    assert len(failed) == 1 and failed[0].startswith(
+        "per-digit recall FAIL: fresh: digits with >= 30 images (3, 7) checked, not 5 (fewer "
+        "images); recall drops by more than 0.0500 significantly: digit 3 1.0000 -> 0.8500 "
+        "(drop 0.1500, p=0.03125)")
     assert result.fresh is not None and result.fresh.recall["3"]["checked"] is True
+
+    # Three of them (drop 0.075, p = 0.25): beyond the limit, but on 40 images that is chance.
+    chance = FreshData(y_true=y, challenger_pred=wrong(y, three[:3]), champion_pred=y.copy())
+    result = decide(cfg, 1.0, y_true=Y, challenger_pred=Y, champion_pred=Y, fresh=chance)
+    assert result.decision == "PROMOTE"
+    assert ("recall drops by more than 0.0500 but not significantly at 0.05: digit 3 1.0000 -> "
+            "0.9250 (drop 0.0750, p=0.25)") in "\n".join(result.reasons)
 
     # Two of them (0.05): at the limit, which is allowed.
     at_limit = FreshData(y_true=y, challenger_pred=wrong(y, three[:2]), champion_pred=y.copy())
