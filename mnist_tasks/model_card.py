@@ -92,8 +92,9 @@ def lineage_summary(
 
     Args:
         metadata: the version metadata; ``lineage`` (``dataset_version``, ``inputs_key``,
-            ``code_fingerprint``, ``increments``: dicts with ``id``, ``payload_sha256`` and
-            ``train``/``fresh`` counts (or a ``counts`` dict holding them), ``quarantined``:
+            ``code_fingerprint``, ``increments``: dicts with ``id``, ``payload_sha256``,
+            ``train``/``fresh`` counts (or a ``counts`` dict holding them) and ``drift`` (the
+            increment was accepted with a drift warning), ``quarantined``:
             dicts with ``id`` and ``reasons`` (or bare ids)) and ``gate.fresh`` (the gate's
             ``fresh``: ``n``, ``challenger_accuracy``, ``champion_accuracy``,
             ``per_increment``).
@@ -103,7 +104,8 @@ def lineage_summary(
     Returns:
         None without ``lineage``; else ``dataset_version``, ``inputs_key``,
         ``code_fingerprint``, ``increments`` (``id``, ``payload_sha256``, ``train``,
-        ``fresh``, ``accuracy`` and ``champion_accuracy`` on its fresh part), ``quarantined``
+        ``fresh``, ``accuracy`` and ``champion_accuracy`` on its fresh part, ``drift``: bool
+        or None when not recorded), ``quarantined``
         (``id``, ``reasons``), ``fresh`` (``n``, ``accuracy``, ``champion_accuracy``,
         ``champion_version``; None without fresh data).
     """
@@ -130,6 +132,7 @@ def lineage_summary(
             "fresh": _number(entry.get("fresh", counts.get("fresh"))),
             "accuracy": _accuracy(scores.get("challenger", evaluated.get("accuracy"))),
             "champion_accuracy": _accuracy(scores.get("champion")),
+            "drift": entry["drift"] if isinstance(entry.get("drift"), bool) else None,
         })
     quarantined = []
     for entry in lineage.get("quarantined") or []:
@@ -176,9 +179,9 @@ def _lineage_section(summary: Mapping[str, Any]) -> list[str]:
         out.append("")
         out += _table(
             ["increment", "train images", "fresh images", "fresh accuracy",
-             "champion's fresh accuracy", "payload SHA-256"],
+             "champion's fresh accuracy", "drift flagged", "payload SHA-256"],
             [[_text(i["id"]), i["train"], i["fresh"], i["accuracy"], i["champion_accuracy"],
-              _code(i["payload_sha256"])]
+              {True: "yes", False: "no", None: "-"}[i["drift"]], _code(i["payload_sha256"])]
              for i in increments])
     else:
         out.append("None: the base MNIST training set only.")

@@ -83,7 +83,8 @@ LINEAGE: dict[str, Any] = {
     "inputs_key": "0123456789abcdef",
     "code_fingerprint": "c" * 64,
     "increments": [
-        {"id": "2026-11-20", "payload_sha256": "a" * 64, "train": 4000, "fresh": 1000},
+        {"id": "2026-11-20", "payload_sha256": "a" * 64, "train": 4000, "fresh": 1000,
+         "drift": True},
         {"id": "inc_002", "payload_sha256": "b" * 64, "counts": {"train": 400, "fresh": 100}},
     ],
     "quarantined": [
@@ -115,9 +116,9 @@ def test_card_shows_the_data_lineage_and_fresh_accuracy() -> None:
     assert "| Dataset version | `ds-3f2a9c01` |" in data
     assert "| Inputs key (data, preprocessing, training, code) | `0123456789abcdef` |" in data
     assert f"| Code fingerprint | `{'c' * 64}` |" in data
-    assert f"| 2026-11-20 | 4000 | 1000 | 0.9620 | 0.9510 | `{'a' * 64}` |" in data
+    assert f"| 2026-11-20 | 4000 | 1000 | 0.9620 | 0.9510 | yes | `{'a' * 64}` |" in data
     # the id's underscore escaped (no emphasis); counts from a "counts" dict too
-    assert f"| inc\\_002 | 400 | 100 | 0.9500 | 0.9400 | `{'b' * 64}` |" in data
+    assert f"| inc\\_002 | 400 | 100 | 0.9500 | 0.9400 | - | `{'b' * 64}` |" in data
     assert ("Fresh-data accuracy: 0.9610 on 1100 images; the champion at the time (v3): "
             "0.9500.") in data
     assert "- bad-gzip: bad-gzip/images-idx3-ubyte.gz: truncated gzip" in data
@@ -158,7 +159,7 @@ def test_lineage_summary_is_what_the_models_page_shows() -> None:
     assert summary["dataset_version"] == "ds-3f2a9c01"
     assert summary["increments"][1] == {"id": "inc_002", "payload_sha256": "b" * 64,
                                         "train": 400, "fresh": 100, "accuracy": 0.95,
-                                        "champion_accuracy": 0.94}
+                                        "champion_accuracy": 0.94, "drift": None}
     assert summary["quarantined"][2] == {"id": "no-reasons", "reasons": []}
     assert summary["fresh"] == {"n": 1100, "accuracy": 0.961, "champion_accuracy": 0.95,
                                 "champion_version": 3}
@@ -178,4 +179,5 @@ def test_lineage_summary_is_what_the_models_page_shows() -> None:
                            "gate": "PROMOTE"})
     assert odd is not None
     assert odd["increments"][0]["train"] is None and odd["quarantined"][0]["reasons"] == ["one"]
+    assert summary["increments"][0]["drift"] is True
     assert odd["fresh"] is None
