@@ -397,16 +397,16 @@ def _compare(cfg: GateConfig, test_set: str, y: np.ndarray, ours: np.ndarray,
                     continue
             failing.append(text + ")")
     scope = ""
-    if min_support > 1:
-        scope = (f"digits with >= {min_support} images ({_digits(checked) or 'none'}) "
-                 "checked" + (f", not {_digits(skipped)} (fewer images)" if skipped else "")
-                 + "; ")
+    if min_support > 1 and checked:
+        scope = (f"digits with >= {min_support} images ({_digits(checked)}) checked"
+                 + (f", not {_digits(skipped)} (fewer images)" if skipped else "") + "; ")
     if failing:
         detail = (f"recall drops by more than {cfg.max_recall_drop:.4f}"
                   + (" significantly" if needs_significance else "") + ": " + "; ".join(failing))
         passed: bool | None = False
     elif worst is None:
-        detail = ("no digit has enough images to compare" if skipped
+        detail = (f"not checked: no digit has >= {min_support} images "
+                  f"({_digits(skipped)} have fewer)" if skipped
                   else "no digit appears in the labels")
         passed = None if skipped else True
     elif by_chance:
