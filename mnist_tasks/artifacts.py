@@ -24,7 +24,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,8 @@ NUM_CLASSES = 10  # the digits 0-9
 RAW_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 # The prepared data written by preprocess (float32 images in [0, 1], uint8 labels).
 PREPARED_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+# The held-out parts of the increments (absent from prepared data written before issue 11).
+FRESH_ARRAYS = ("x_fresh", "y_fresh", "fresh_increment")
 
 
 # --- time and JSON ------------------------------------------------------------------------------
@@ -84,8 +86,9 @@ def write_json(store: Store, key: str, obj: Any, *, indent: int = 2) -> None:
 # --- arrays -------------------------------------------------------------------------------------
 
 
-def load_npz(store: Store, key: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Load the named arrays of an ``.npz`` object fully into memory.
+def load_npz(store: Store, key: str, names: tuple[str, ...],
+             optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Load the named arrays (and those of ``optional`` present) of an ``.npz`` fully.
 
     Raises:
         ObjectNotFound: if the object does not exist.
@@ -97,7 +100,7 @@ def load_npz(store: Store, key: str, names: tuple[str, ...]) -> dict[str, np.nda
         missing = [n for n in names if n not in npz.files]
         if missing:
             raise ValueError(f"{store.uri_for(key)}: missing arrays {missing}")
-        return {n: npz[n] for n in names}
+        return {n: npz[n] for n in names + optional if n in npz.files}
 
 
 def save_npz(store: Store, key: str, arrays: dict[str, np.ndarray]) -> None:
@@ -133,6 +136,17 @@ class Prepared:
     x_test: np.ndarray
     y_test: np.ndarray
     meta: dict[str, Any]
+    # The increments' held-out parts (never trained on); empty without accepted increments.
+    # fresh_increment[i]: the index into meta["fresh_increments"] (ids) of image i's increment.
+    x_fresh: np.ndarray = field(default_factory=lambda: _empty((0, 28, 28), "float32"))
+    y_fresh: np.ndarray = field(default_factory=lambda: _empty((0,), "uint8"))
+    fresh_increment: np.ndarray = field(default_factory=lambda: _empty((0,), "int64"))
+
+
+def _empty(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    import numpy as np
+
+    return np.zeros(shape, dtype=dtype)
 
 
 def load_prepared(prepared_uri: str, store: Store) -> Prepared:
@@ -143,7 +157,7 @@ def load_prepared(prepared_uri: str, store: Store) -> Prepared:
         ValueError: if an array is missing.
     """
     key = store.key_of(prepared_uri)
-    arrays = load_npz(store, key, PREPARED_ARRAYS)
+    arrays = load_npz(store, key, PREPARED_ARRAYS, optional=FRESH_ARRAYS)
     meta = read_json(store, key.rsplit("/", 1)[0] + "/prepared.json")
     return Prepared(meta=meta, **arrays)
 

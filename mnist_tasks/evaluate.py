@@ -7,10 +7,16 @@ Loads the trained model (``safe_mode=True``) and the prepared test split, and wr
   recall, f1, support per digit "0".."9"), ``macro_avg``, ``weighted_avg``,
   ``confusion_matrix`` (rows = true, columns = predicted), ``most_confused_pairs`` (top 5);
 * ``predictions.npy``: the predicted class (int64) of each test image;
+* ``fresh_predictions.npy``: the same for each fresh image (the increments' held-out parts),
+  when the prepared data has any; ``metrics.json`` then also holds ``fresh`` (see
+  :func:`fresh_metrics`), else ``fresh`` is null;
 * ``report.txt``: scikit-learn's classification report;
 * ``confusion_matrix.png``, ``training_curves.png`` (when the history is given),
   ``sample_grid.png``, ``misclassified_grid.png``;
 * ``result.json``: what :func:`evaluate` returned, written last.
+
+The benchmark is the fixed MNIST test set, so every version is compared on the same images;
+the fresh data tells how a model does on the handwriting that arrived since, per increment.
 
 ``test_loss`` is the mean cross-entropy of the predicted probabilities (without any weight
 regularisation term, so models trained with and without L2 compare fairly).
@@ -32,6 +38,7 @@ import numpy as np
 
 from mnist_tasks.artifacts import (
     NUM_CLASSES,
+    Prepared,
     load_keras_model,
     load_prepared,
     predict_proba,
@@ -122,6 +129,63 @@ def classification_metrics(
     return metrics
 
 
+def fresh_metrics(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    increment: np.ndarray,
+    increment_ids: list[str],
+) -> dict[str, Any] | None:
+    """Accuracy on the fresh data, overall, per increment and per digit.
+
+    Args:
+        y_true: the fresh labels (N,).
+        y_pred: the predicted classes (N,).
+        increment: for each image, the index of its increment in ``increment_ids`` (N,).
+        increment_ids: the increments' ids, in the prepared data's order.
+
+    Returns:
+        None when there is no fresh image, else ``n``, ``accuracy``, ``per_increment``
+        (id -> ``n``, ``accuracy``; every listed increment, in order, ``accuracy`` None for
+        one without images) and ``per_digit`` ("0".."9" -> ``recall`` (None without images of
+        that digit), ``support``).
+
+    Raises:
+        ValueError: if the lengths differ, a label is not a digit, or an increment index is
+            outside ``increment_ids``.
+    """
+    y_true = np.asarray(y_true).astype(np.int64).ravel()
+    y_pred = np.asarray(y_pred).astype(np.int64).ravel()
+    increment = np.asarray(increment).astype(np.int64).ravel()
+    if not len(y_true) == len(y_pred) == len(increment):
+        raise ValueError(f"fresh data: {len(y_true)} labels, {len(y_pred)} predictions and "
+                         f"{len(increment)} increment indices; need the same number")
+    if len(y_true) == 0:
+        return None
+    for name, arr in (("fresh labels", y_true), ("fresh predictions", y_pred)):
+        if arr.min() < 0 or arr.max() >= NUM_CLASSES:
+            raise ValueError(f"{name} include values outside 0..{NUM_CLASSES - 1}")
+    outside = increment[(increment < 0) | (increment >= len(increment_ids))]
+    if len(outside):
+        raise ValueError(f"fresh_increment holds index {int(outside[0])}, but the increments "
+                         f"listed (fresh_increments) are {list(increment_ids)}")
+    right = y_true == y_pred
+    per_increment: dict[str, dict[str, Any]] = {}
+    for index, inc_id in enumerate(increment_ids):
+        mine = increment == index
+        n = int(mine.sum())
+        per_increment[str(inc_id)] = {"n": n,
+                                      "accuracy": float(right[mine].mean()) if n else None}
+    support = np.bincount(y_true, minlength=NUM_CLASSES)
+    hits = np.bincount(y_true[right], minlength=NUM_CLASSES)
+    per_digit = {
+        str(d): {"recall": float(hits[d] / support[d]) if support[d] else None,
+                 "support": int(support[d])}
+        for d in range(NUM_CLASSES)
+    }
+    return {"n": len(y_true), "accuracy": float(right.mean()), "per_increment": per_increment,
+            "per_digit": per_digit}
+
+
 def evaluate(
     model_uri: str,
     prepared_uri: str,
@@ -130,7 +194,7 @@ def evaluate(
     *,
     history_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the model on the prepared test split and store metrics, report and plots.
+    """Evaluate the model on the benchmark (the test split) and the fresh data; store the results.
 
     Idempotent: a retry for the same model and data returns the recorded result.
 
@@ -143,12 +207,15 @@ def evaluate(
 
     Returns:
         ``metrics_uri``, ``report_uri``, ``predictions_uri``, ``plots`` (name -> URI),
-        ``test_accuracy``, ``test_loss``, ``n_test``, and the inputs (``model_uri``,
-        ``model_sha256``, ``prepared_uri``, ``history_uri``).
+        ``test_accuracy``, ``test_loss``, ``n_test``, ``fresh`` (:func:`fresh_metrics`: ``n``,
+        ``accuracy``, ``per_increment``, ``per_digit``; None without fresh data),
+        ``fresh_accuracy`` and ``fresh_predictions_uri`` (None without fresh data), and the
+        inputs (``model_uri``, ``model_sha256``, ``prepared_uri``, ``history_uri``).
 
     Raises:
         ObjectNotFound: if the model, the prepared data or the history does not exist.
-        ValueError: if the model cannot be loaded or does not fit the data.
+        ValueError: if the model cannot be loaded or does not fit the data, or the fresh
+            arrays do not fit together.
     """
     from sklearn.metrics import classification_report
 
@@ -164,11 +231,12 @@ def evaluate(
         model_sha256 = hashlib.sha256(model_path.read_bytes()).hexdigest()
         inputs = {"model_uri": model_uri, "model_sha256": model_sha256,
                   "prepared_uri": prepared_uri, "history_uri": history_uri}
-        recorded = recorded_result(store, f"{prefix}/result.json", inputs,
-                                   requires=[f"{prefix}/metrics.json"])
+        recorded = _reusable(store, prefix, inputs)
         if recorded is not None:
-            log.info("evaluate: %s already evaluated (test accuracy %.4f); reusing it",
-                     model_uri, recorded["test_accuracy"])
+            fresh_acc = recorded["fresh_accuracy"]
+            log.info("evaluate: %s already evaluated (test accuracy %.4f, fresh accuracy %s); "
+                     "reusing it", model_uri, recorded["test_accuracy"],
+                     "n/a" if fresh_acc is None else f"{fresh_acc:.4f}")
             return recorded
         try:
             model = load_keras_model(model_path)
@@ -183,6 +251,17 @@ def evaluate(
     proba = predict_proba(model, x_test)
     y_pred = np.argmax(proba, axis=1).astype(np.int64)
     metrics = classification_metrics(y_test, y_pred, proba)
+    x_fresh, y_fresh, fresh_increment, fresh_ids = _fresh_data(prepared, prepared_uri)
+    if len(y_fresh) and tuple(x_fresh.shape[1:]) != expected:
+        raise ValueError(f"{model_uri} takes inputs of shape {expected} but the fresh images "
+                         f"in {prepared_uri} have shape {tuple(x_fresh.shape[1:])}")
+    fresh_pred = (np.argmax(predict_proba(model, x_fresh), axis=1).astype(np.int64)
+                  if len(y_fresh) else np.zeros(0, dtype=np.int64))
+    try:
+        fresh = fresh_metrics(y_fresh, fresh_pred, fresh_increment, fresh_ids)
+    except ValueError as exc:
+        raise ValueError(f"{prepared_uri}: {exc}") from exc
+    metrics["fresh"] = fresh
     history = read_json(store, store.key_of(history_uri)) if history_uri else None
 
     plot_uris: dict[str, str] = {}
@@ -190,6 +269,9 @@ def evaluate(
         work = Path(tmp)
         np.save(work / "predictions.npy", y_pred)
         store.upload_file(work / "predictions.npy", f"{prefix}/predictions.npy")
+        if fresh is not None:
+            np.save(work / "fresh_predictions.npy", fresh_pred)
+            store.upload_file(work / "fresh_predictions.npy", f"{prefix}/fresh_predictions.npy")
         report = classification_report(y_test, y_pred, labels=list(range(NUM_CLASSES)),
                                        digits=4, zero_division=0)
         store.write_bytes(f"{prefix}/report.txt", report.encode())
@@ -219,6 +301,10 @@ def evaluate(
         "test_accuracy": metrics["test_accuracy"],
         "test_loss": metrics["test_loss"],
         "n_test": metrics["n_test"],
+        "fresh": fresh,
+        "fresh_accuracy": None if fresh is None else fresh["accuracy"],
+        "fresh_predictions_uri": (None if fresh is None
+                                  else store.uri_for(f"{prefix}/fresh_predictions.npy")),
         **inputs,
     }
     write_json(store, f"{prefix}/result.json", result)
@@ -226,17 +312,60 @@ def evaluate(
     return result
 
 
+def _reusable(store: Store, prefix: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """The recorded result of an earlier attempt, if it still holds (with its fresh part)."""
+    recorded = recorded_result(store, f"{prefix}/result.json", inputs,
+                               requires=[f"{prefix}/metrics.json"])
+    if recorded is None:
+        return None
+    if "fresh" not in recorded:  # recorded before evaluate measured fresh data: redo it
+        return None
+    fresh_uri = recorded.get("fresh_predictions_uri")
+    if fresh_uri is not None and not store.exists(store.key_of(fresh_uri)):
+        return None
+    return recorded
+
+
+def _fresh_data(
+    prepared: Prepared, prepared_uri: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """The fresh images, labels, increment indices and increment ids of the prepared data.
+
+    Prepared data without accepted increments (or made before fresh data existed) has none.
+    """
+    x, y, increment = prepared.x_fresh, prepared.y_fresh, prepared.fresh_increment
+    if not len(x) == len(y) == len(increment):
+        raise ValueError(f"{prepared_uri}: x_fresh has {len(x)} images, y_fresh {len(y)} "
+                         f"labels and fresh_increment {len(increment)} entries; need the "
+                         "same number")
+    ids = [str(i) for i in prepared.meta.get("fresh_increments") or []]
+    return x, np.asarray(y, dtype=np.int64), np.asarray(increment, dtype=np.int64), ids
+
+
+def fresh_summary(fresh: dict[str, Any] | None) -> str:
+    """``fresh accuracy=0.9412 on 500 images (inc-001 0.9500 n=250, ...)``, or
+    ``fresh: no fresh data``."""
+    if fresh is None:
+        return "fresh: no fresh data"
+    parts = ", ".join(
+        f"{inc_id} {'n/a' if m['accuracy'] is None else format(m['accuracy'], '.4f')} "
+        f"n={m['n']}" for inc_id, m in fresh["per_increment"].items())
+    return (f"fresh accuracy={fresh['accuracy']:.4f} on {fresh['n']} images"
+            + (f" ({parts})" if parts else ""))
+
+
 def log_summary(metrics: dict[str, Any], seconds: float, metrics_uri: str) -> None:
-    """Log a short summary: accuracy, loss, the 3 worst digits by recall, most-confused pairs."""
+    """Log a short summary: accuracy, loss, the 3 worst digits by recall, most-confused pairs,
+    and the fresh accuracy overall and per increment."""
     worst = sorted(metrics["per_digit"].items(), key=lambda kv: kv[1]["recall"])[:3]
     worst_txt = ", ".join(f"{d} ({v['recall']:.2%})" for d, v in worst)
     pairs_txt = ", ".join(f"{p['true']}->{p['predicted']} x{p['count']}"
                           for p in metrics["most_confused_pairs"][:3]) or "none"
     loss = metrics.get("test_loss")
     log.info("evaluated on %d test images in %.1f s: accuracy=%.4f loss=%s; worst recall: %s; "
-             "most confused (true->pred): %s; metrics -> %s", metrics["n_test"], seconds,
+             "most confused (true->pred): %s; %s; metrics -> %s", metrics["n_test"], seconds,
              metrics["test_accuracy"], f"{loss:.4f}" if loss is not None else "n/a",
-             worst_txt, pairs_txt, metrics_uri)
+             worst_txt, pairs_txt, fresh_summary(metrics.get("fresh")), metrics_uri)
 
 
 def _sample_grid(plots: Any, x: np.ndarray, y: np.ndarray, y_pred: np.ndarray,

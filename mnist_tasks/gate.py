@@ -1,19 +1,28 @@
 """Gate: PROMOTE or REJECT a freshly evaluated model (the challenger), with reasons.
 
-Three checks, one log line each:
+The challenger is compared on two sets of images: the **benchmark** (the fixed MNIST test set,
+the same for every version) and the **fresh** data (the held-out parts of the accepted
+increments: recent handwriting no model was trained on), when the prepared data has any.
+The checks, one log line each, every line naming its set:
 
-1. **threshold**: the test accuracy is at least ``cfg.min_accuracy``;
-2. **champion**: the current champion (registry alias ``champion``) is downloaded and evaluated
-   in this run on the same test set; the challenger is rejected if its accuracy is below the
-   champion's minus ``cfg.champion_margin``. McNemar's test on the discordant pairs is reported
-   alongside (it informs, it does not decide);
-3. **per-digit recall**: no digit's recall drops by more than ``cfg.max_recall_drop`` against
-   the champion.
+1. **threshold** (benchmark): the test accuracy is at least ``cfg.min_accuracy``;
+2. **champion** (benchmark, then fresh): the current champion (registry alias ``champion``)
+   is downloaded and evaluated in this run on the same images; the challenger is rejected if
+   its accuracy is below the champion's minus ``cfg.champion_margin``. McNemar's test on the
+   discordant pairs is reported alongside (it informs, it does not decide);
+3. **per-digit recall** (benchmark, then fresh): no digit's recall drops by more than
+   ``cfg.max_recall_drop`` against the champion. On the fresh data only digits with at least
+   :data:`MIN_FRESH_SUPPORT` fresh images are checked (fewer make a recall too noisy to judge).
 
-Without a champion only the threshold applies, and the decision says so. The decision is
-written to ``runs/<run-key>/gate/decision.json``.
+The fresh data is small (a fifth of each increment: hundreds or a few thousand images, where
+the benchmark has ten thousand), so there a shortfall beyond a margin fails the check only
+when McNemar's test says it is not chance (p < ``cfg.significance``), overall and per digit.
 
-Run it alone: ``python -m mnist_tasks gate --evaluation @evaluation.json --prepared URI ...``.
+Without a champion only the threshold applies (on the benchmark), and the decision says so;
+the fresh accuracy is reported. Without fresh data the fresh checks are "n/a". The decision
+is written to ``runs/<run-key>/gate/decision.json``.
+
+Run it alone: ``python -m mnist_tasks gate --evaluation @evaluation.json ...``.
 """
 
 from __future__ import annotations
@@ -28,7 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from mnist_tasks.artifacts import NUM_CLASSES, json_default, utc_now
+from mnist_tasks.artifacts import (
+    NUM_CLASSES,
+    Prepared,
+    json_default,
+    load_keras_model,
+    load_prepared,
+    predict_classes,
+    utc_now,
+)
 from mnist_tasks.config import GateConfig
 from mnist_tasks.registry import CHAMPION, Registry, validate_run_key
 from mnist_tasks.storage import Store
@@ -37,6 +54,11 @@ log = logging.getLogger(__name__)
 
 PROMOTE = "PROMOTE"
 REJECT = "REJECT"
+BENCHMARK = "benchmark"  # the fixed MNIST test set: every version is compared on it
+FRESH = "fresh"  # the increments' held-out parts: recent images no model was trained on
+# On the fresh data, a digit's recall is compared only with at least this many images of it:
+# with fewer, one image moves the recall by more than 3 %.
+MIN_FRESH_SUPPORT = 30
 # Up to this many discordant pairs McNemar's test is the exact binomial test (cheap even for
 # thousands); beyond it, the chi-square approximation with continuity correction.
 MCNEMAR_EXACT_MAX = 1000
@@ -63,15 +85,63 @@ class McNemar:
 
 @dataclass(frozen=True)
 class Check:
-    """One gate check: its name, whether it passed (None: informational or skipped), details."""
+    """One gate check: its name, whether it passed (None: informational or skipped), details.
+
+    ``test_set``: the images it was made on (``benchmark`` or ``fresh``), None when it is about
+    neither (no champion yet).
+    """
 
     name: str
     passed: bool | None
     detail: str
+    test_set: str | None = None
 
     def line(self) -> str:
+        """E.g. ``champion FAIL: fresh: challenger 0.9100 vs champion v3 0.9500 ...``."""
         status = {True: "PASS", False: "FAIL", None: "INFO"}[self.passed]
-        return f"{self.name} {status}: {self.detail}"
+        where = f"{self.test_set}: " if self.test_set else ""
+        return f"{self.name} {status}: {where}{self.detail}"
+
+
+@dataclass(frozen=True)
+class FreshData:
+    """The fresh images' labels and both models' predictions on them, for :func:`decide`.
+
+    ``increment``: each image's index into ``increment_ids`` (for per-increment accuracy);
+    None to skip the per-increment breakdown.
+    """
+
+    y_true: np.ndarray
+    challenger_pred: np.ndarray
+    champion_pred: np.ndarray | None = None
+    increment: np.ndarray | None = None
+    increment_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FreshComparison:
+    """The challenger (and the champion, if any) on the fresh data."""
+
+    n: int
+    challenger_accuracy: float
+    champion_accuracy: float | None
+    mcnemar: McNemar | None
+    # digit -> challenger / champion / drop / support / checked (support >= MIN_FRESH_SUPPORT)
+    recall: dict[str, dict[str, Any]]
+    # increment id -> n / challenger / champion (accuracy)
+    per_increment: dict[str, dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        """``n``, ``challenger_accuracy``, ``champion_accuracy``, ``mcnemar`` (or None),
+        ``per_digit_recall``, ``per_increment``."""
+        return {
+            "n": self.n,
+            "challenger_accuracy": self.challenger_accuracy,
+            "champion_accuracy": self.champion_accuracy,
+            "mcnemar": self.mcnemar.as_dict() if self.mcnemar else None,
+            "per_digit_recall": self.recall,
+            "per_increment": self.per_increment,
+        }
 
 
 @dataclass(frozen=True)
@@ -85,10 +155,11 @@ class Decision:
     champion_accuracy: float | None
     mcnemar: McNemar | None
     recall: dict[str, dict[str, float | None]]  # digit -> challenger / champion / drop
+    fresh: FreshComparison | None = None  # None without fresh data
 
     @property
     def reasons(self) -> list[str]:
-        """One line per check, e.g. ``threshold PASS: test accuracy 0.9781 >= 0.9700``."""
+        """One line per check, e.g. ``threshold PASS: benchmark: test accuracy 0.9781 >= ...``."""
         return [c.line() for c in self.checks]
 
 
@@ -151,17 +222,20 @@ def decide(
     challenger_pred: np.ndarray | None = None,
     champion_pred: np.ndarray | None = None,
     champion_version: int | None = None,
+    fresh: FreshData | None = None,
 ) -> Decision:
     """The gate's decision; a pure function of its inputs.
 
     Args:
         cfg: thresholds.
-        challenger_accuracy: the challenger's test accuracy (for the threshold check).
-        y_true: the test labels; needed with a champion.
-        challenger_pred: the challenger's predicted classes on the test set.
+        challenger_accuracy: the challenger's benchmark (test) accuracy, for the threshold.
+        y_true: the benchmark labels; needed with a champion.
+        challenger_pred: the challenger's predicted classes on the benchmark.
         champion_pred: the champion's predicted classes on the same images; None when there
             is no champion (threshold only).
         champion_version: recorded in the reasons.
+        fresh: the fresh data's labels and predictions (the champion's with a champion); None
+            or empty when there is none.
 
     Returns:
         PROMOTE when every check passes, else REJECT, with one reason per check.
@@ -171,23 +245,45 @@ def decide(
     """
     if not isinstance(challenger_accuracy, int | float) or not 0 <= challenger_accuracy <= 1:
         raise ValueError(f"challenger test accuracy {challenger_accuracy!r} is not in [0, 1]")
+    fresh_y = fresh_ours = fresh_theirs = None
+    if fresh is not None and len(np.asarray(fresh.y_true)):
+        fresh_y = _labels("fresh labels", fresh.y_true)
+        fresh_ours = _labels("challenger fresh predictions", fresh.challenger_pred, len(fresh_y))
+        if fresh.champion_pred is not None:
+            fresh_theirs = _labels("champion fresh predictions", fresh.champion_pred,
+                                   len(fresh_y))
+        if champion_pred is not None and fresh_theirs is None:
+            raise ValueError("comparing with a champion on fresh data needs its predictions")
+
+    passed_threshold = challenger_accuracy + _EPS >= cfg.min_accuracy
     checks = [Check(
         "threshold",
-        challenger_accuracy + _EPS >= cfg.min_accuracy,
-        f"test accuracy {challenger_accuracy:.4f} "
-        f"{'>=' if challenger_accuracy + _EPS >= cfg.min_accuracy else '<'} "
+        passed_threshold,
+        f"test accuracy {challenger_accuracy:.4f} {'>=' if passed_threshold else '<'} "
         f"minimum {cfg.min_accuracy:.4f}",
+        BENCHMARK,
     )]
     if champion_pred is None:
         checks.append(Check("champion", None, "no champion yet: threshold only"))
+        comparison = None
+        if fresh_y is not None and fresh_ours is not None:
+            comparison = _fresh_comparison(fresh, fresh_y, fresh_ours, None, None, {})
+            checks.append(Check(
+                "accuracy", None,
+                f"challenger {comparison.challenger_accuracy:.4f} on {comparison.n} images"
+                f"{_increments_text(comparison)} (not gated: no champion to compare with)",
+                FRESH))
+        else:
+            checks.append(Check("accuracy", None, "n/a: no fresh data", FRESH))
         return Decision(
-            decision=PROMOTE if checks[0].passed else REJECT,
+            decision=PROMOTE if passed_threshold else REJECT,
             checks=tuple(checks),
             challenger_accuracy=float(challenger_accuracy),
             champion_version=None,
             champion_accuracy=None,
             mcnemar=None,
             recall={},
+            fresh=comparison,
         )
 
     if y_true is None or challenger_pred is None:
@@ -197,50 +293,20 @@ def decide(
         raise ValueError("y_true is empty: no test images to compare on")
     ours = _labels("challenger predictions", challenger_pred, len(y))
     theirs = _labels("champion predictions", champion_pred, len(y))
-    ours_right, theirs_right = ours == y, theirs == y
-    acc_ours = float(ours_right.mean())
-    acc_theirs = float(theirs_right.mean())
     name = f"v{champion_version}" if champion_version is not None else "the champion"
 
-    floor = acc_theirs - cfg.champion_margin
-    checks.append(Check(
-        "champion",
-        acc_ours + _EPS >= floor,
-        f"challenger {acc_ours:.4f} vs champion {name} {acc_theirs:.4f} "
-        f"(difference {acc_ours - acc_theirs:+.4f}, allowed margin {cfg.champion_margin:.4f})",
-    ))
-
-    test = mcnemar_test(int((theirs_right & ~ours_right).sum()),
-                        int((ours_right & ~theirs_right).sum()), cfg.significance)
-    checks.append(Check(
-        "mcnemar",
-        None,
-        f"{test.method}: b={test.b} (only champion right), c={test.c} (only challenger right), "
-        f"p={test.p_value:.4g}: the difference is "
-        f"{'' if test.significant else 'not '}significant at {cfg.significance}",
-    ))
-
-    rec_ours, rec_theirs = per_digit_recall(y, ours), per_digit_recall(y, theirs)
-    recall: dict[str, dict[str, float | None]] = {}
-    failing, worst = [], None
-    for digit in range(NUM_CLASSES):
-        r_new, r_old = rec_ours[digit], rec_theirs[digit]
-        drop = r_old - r_new if r_new is not None and r_old is not None else None
-        recall[str(digit)] = {"challenger": r_new, "champion": r_old, "drop": drop}
-        if drop is None:
-            continue
-        if worst is None or drop > worst[1]:
-            worst = (digit, drop)
-        if drop > cfg.max_recall_drop + _EPS:
-            failing.append(f"digit {digit} {r_old:.4f} -> {r_new:.4f} (drop {drop:.4f})")
-    if failing:
-        detail = (f"recall drops by more than {cfg.max_recall_drop:.4f}: " + "; ".join(failing))
-    elif worst is None:
-        detail = "no digit appears in the test labels"
+    bench = _compare(cfg, BENCHMARK, y, ours, theirs, name, min_support=1,
+                     needs_significance=False)
+    checks += bench.checks
+    comparison = None
+    if fresh_y is not None and fresh_ours is not None and fresh_theirs is not None:
+        on_fresh = _compare(cfg, FRESH, fresh_y, fresh_ours, fresh_theirs, name,
+                            min_support=MIN_FRESH_SUPPORT, needs_significance=True)
+        checks += on_fresh.checks
+        comparison = _fresh_comparison(fresh, fresh_y, fresh_ours, fresh_theirs,
+                                       on_fresh.mcnemar, on_fresh.recall)
     else:
-        detail = (f"no digit's recall drops by more than {cfg.max_recall_drop:.4f} "
-                  f"(largest change: digit {worst[0]} {-worst[1]:+.4f})")
-    checks.append(Check("per-digit recall", not failing, detail))
+        checks.append(Check("champion", None, "n/a: no fresh data", FRESH))
 
     passed = all(c.passed is not False for c in checks)
     return Decision(
@@ -248,10 +314,152 @@ def decide(
         checks=tuple(checks),
         challenger_accuracy=float(challenger_accuracy),
         champion_version=champion_version,
-        champion_accuracy=acc_theirs,
+        champion_accuracy=bench.champion_accuracy,
+        mcnemar=bench.mcnemar,
+        recall={d: {k: r[k] for k in ("challenger", "champion", "drop")}
+                for d, r in bench.recall.items()},
+        fresh=comparison,
+    )
+
+
+@dataclass(frozen=True)
+class _Comparison:
+    checks: list[Check]
+    champion_accuracy: float
+    mcnemar: McNemar
+    recall: dict[str, dict[str, Any]]
+
+
+def _compare(cfg: GateConfig, test_set: str, y: np.ndarray, ours: np.ndarray,
+             theirs: np.ndarray, name: str, *, min_support: int,
+             needs_significance: bool) -> _Comparison:
+    """The champion-margin check, McNemar's test and the per-digit recall check on one set.
+
+    A digit's recall is compared only when the set holds at least ``min_support`` images of it.
+    With ``needs_significance`` (the fresh data: hundreds of images, not ten thousand), a
+    shortfall beyond the margin fails only if McNemar's test finds it significant, for the
+    whole set and per digit: on 100 images of a digit the 0.01 recall margin is one image, so
+    chance alone would otherwise reject most challengers.
+    """
+    ours_right, theirs_right = ours == y, theirs == y
+    acc_ours = float(ours_right.mean())
+    acc_theirs = float(theirs_right.mean())
+    test = mcnemar_test(int((theirs_right & ~ours_right).sum()),
+                        int((ours_right & ~theirs_right).sum()), cfg.significance)
+    beyond = acc_ours + _EPS < acc_theirs - cfg.champion_margin
+    chance = beyond and needs_significance and not test.significant
+    checks = [Check(
+        "champion",
+        not beyond or chance,
+        f"challenger {acc_ours:.4f} vs champion {name} {acc_theirs:.4f} on {len(y)} images "
+        f"(difference {acc_ours - acc_theirs:+.4f}, allowed margin {cfg.champion_margin:.4f}"
+        + (f"; beyond it but not significant, p={test.p_value:.4g}" if chance else "") + ")",
+        test_set,
+    )]
+    checks.append(Check(
+        "mcnemar",
+        None,
+        f"{test.method}: b={test.b} (only champion right), c={test.c} (only challenger right), "
+        f"p={test.p_value:.4g}: the difference is "
+        f"{'' if test.significant else 'not '}significant at {cfg.significance}",
+        test_set,
+    ))
+
+    support = np.bincount(y, minlength=NUM_CLASSES)
+    rec_ours, rec_theirs = per_digit_recall(y, ours), per_digit_recall(y, theirs)
+    recall: dict[str, dict[str, Any]] = {}
+    failing, by_chance, checked, skipped = [], [], [], []
+    worst: tuple[int, float] | None = None
+    for digit in range(NUM_CLASSES):
+        r_new, r_old = rec_ours[digit], rec_theirs[digit]
+        drop = r_old - r_new if r_new is not None and r_old is not None else None
+        gated = drop is not None and bool(support[digit] >= min_support)
+        recall[str(digit)] = {"challenger": r_new, "champion": r_old, "drop": drop,
+                              "support": int(support[digit]), "checked": gated}
+        if drop is None or r_new is None or r_old is None:
+            continue
+        if not gated:
+            skipped.append(digit)
+            continue
+        checked.append(digit)
+        if worst is None or drop > worst[1]:
+            worst = (digit, drop)
+        if drop > cfg.max_recall_drop + _EPS:
+            text = f"digit {digit} {r_old:.4f} -> {r_new:.4f} (drop {drop:.4f}"
+            if needs_significance:
+                mine = y == digit
+                per_digit = mcnemar_test(int((theirs_right & ~ours_right & mine).sum()),
+                                         int((ours_right & ~theirs_right & mine).sum()),
+                                         cfg.significance)
+                text += f", p={per_digit.p_value:.4g}"
+                if not per_digit.significant:
+                    by_chance.append(text + ")")
+                    continue
+            failing.append(text + ")")
+    scope = ""
+    if min_support > 1 and checked:
+        scope = (f"digits with >= {min_support} images ({_digits(checked)}) checked"
+                 + (f", not {_digits(skipped)} (fewer images)" if skipped else "") + "; ")
+    if failing:
+        detail = (f"recall drops by more than {cfg.max_recall_drop:.4f}"
+                  + (" significantly" if needs_significance else "") + ": " + "; ".join(failing))
+        passed: bool | None = False
+    elif worst is None:
+        detail = (f"not checked: no digit has >= {min_support} images "
+                  f"({_digits(skipped)} have fewer)" if skipped
+                  else "no digit appears in the labels")
+        passed = None if skipped else True
+    elif by_chance:
+        detail = (f"recall drops by more than {cfg.max_recall_drop:.4f} but not significantly "
+                  f"at {cfg.significance}: " + "; ".join(by_chance))
+        passed = True
+    else:
+        detail = (f"no digit's recall drops by more than {cfg.max_recall_drop:.4f} "
+                  f"(largest change: digit {worst[0]} {-worst[1]:+.4f})")
+        passed = True
+    checks.append(Check("per-digit recall", passed, scope + detail, test_set))
+    return _Comparison(checks=checks, champion_accuracy=acc_theirs, mcnemar=test,
+                       recall=recall)
+
+
+def _digits(digits: list[int]) -> str:
+    return ", ".join(str(d) for d in digits)
+
+
+def _fresh_comparison(fresh: FreshData | None, y: np.ndarray, ours: np.ndarray,
+                      theirs: np.ndarray | None, test: McNemar | None,
+                      recall: dict[str, dict[str, Any]]) -> FreshComparison:
+    per_increment: dict[str, dict[str, Any]] = {}
+    if fresh is not None and fresh.increment is not None:
+        increment = np.asarray(fresh.increment).astype(np.int64)
+        if increment.shape != y.shape:
+            raise ValueError(f"fresh increment indices have shape {increment.shape}; "
+                             f"expected {y.shape}")
+        for index, inc_id in enumerate(fresh.increment_ids):
+            mine = increment == index
+            n = int(mine.sum())
+            per_increment[str(inc_id)] = {
+                "n": n,
+                "challenger": float((ours[mine] == y[mine]).mean()) if n else None,
+                "champion": (float((theirs[mine] == y[mine]).mean())
+                             if n and theirs is not None else None),
+            }
+    return FreshComparison(
+        n=len(y),
+        challenger_accuracy=float((ours == y).mean()),
+        champion_accuracy=None if theirs is None else float((theirs == y).mean()),
         mcnemar=test,
         recall=recall,
+        per_increment=per_increment,
     )
+
+
+def _increments_text(comparison: FreshComparison) -> str:
+    if not comparison.per_increment:
+        return ""
+    return " (" + ", ".join(
+        f"{inc_id} {'n/a' if m['challenger'] is None else format(m['challenger'], '.4f')}"
+        for inc_id, m in comparison.per_increment.items()) + ")"
 
 
 def _load_array(store: Store, uri: str) -> np.ndarray:
@@ -270,63 +478,88 @@ def gate(
     """Decide whether the evaluated model may become the champion; record why.
 
     Args:
-        evaluation: what the evaluate stage returned (``test_accuracy``, ``predictions_uri``).
+        evaluation: what the evaluate stage returned (``test_accuracy``, ``predictions_uri``,
+            ``fresh_accuracy`` and ``fresh_predictions_uri`` when there is fresh data).
         cfg: the gate thresholds.
         registry: where the champion is looked up.
-        prepared_uri: the prepared data; its ``x_test``/``y_test`` are the shared test set.
+        prepared_uri: the prepared data; its ``x_test``/``y_test`` are the benchmark, its
+            ``x_fresh``/``y_fresh`` the fresh data.
         store: the store holding the run's artifacts.
         run_key: the run's key; the decision goes to ``runs/<run-key>/gate/decision.json``.
 
     Returns:
-        ``decision`` (PROMOTE/REJECT), ``reasons`` (one line per check), ``decision_uri``,
-        ``champion_version`` (or None), ``mcnemar`` (``p_value``, ``b``, ``c``, ``method``,
-        ``significant``; None without champion), ``challenger_accuracy``,
-        ``champion_accuracy`` (or None).
+        ``decision`` (PROMOTE/REJECT), ``reasons`` (one line per check, naming its set),
+        ``decision_uri``, ``champion_version`` (or None), ``mcnemar`` (``p_value``, ``b``,
+        ``c``, ``method``, ``significant``; None without champion), ``challenger_accuracy``,
+        ``champion_accuracy`` (or None), all on the benchmark; ``fresh``: None without fresh
+        data, else ``n``, ``challenger_accuracy``, ``champion_accuracy`` (None without
+        champion), ``mcnemar`` (as above, or None), ``per_digit_recall`` (digit ->
+        ``challenger``, ``champion``, ``drop``, ``support``, ``checked``; empty without
+        champion) and ``per_increment`` (id -> ``n``, ``challenger``, ``champion``).
 
     Raises:
         KeyError: if ``evaluation`` lacks ``test_accuracy`` (or, with a champion,
             ``predictions_uri``).
-        ValueError: if the predictions do not match the test set or the reported accuracy.
+        ValueError: if the predictions do not match the prepared data or the reported
+            accuracies.
         ObjectNotFound: if the prepared data or predictions are missing.
         RegistryError: if the champion cannot be fetched intact.
     """
     run_key = validate_run_key(run_key)
     accuracy = float(evaluation["test_accuracy"])
+    fresh_uri = evaluation.get("fresh_predictions_uri")
     champion_version = registry.get_alias(CHAMPION)
     champion_pred = y_test = challenger_pred = None
+    fresh: FreshData | None = None
     if champion_version is None:
         log.info("gate: no champion in %s yet: threshold only", registry.uri)
-    else:
-        from mnist_tasks.artifacts import load_keras_model, load_prepared, predict_classes
-
+    if champion_version is not None or fresh_uri is not None:
         prepared = load_prepared(prepared_uri, store)
+        if fresh_uri is not None:
+            fresh = _fresh_data(evaluation, prepared, prepared_uri, store)
+        elif len(prepared.y_fresh):
+            raise ValueError(
+                f"{prepared_uri} holds {len(prepared.y_fresh)} fresh images but the evaluation "
+                "reports no fresh predictions: it was made by an older evaluate stage or from "
+                "other data; evaluate the model again")
+    if champion_version is not None:
         y_test = prepared.y_test
         challenger_pred = _load_array(store, evaluation["predictions_uri"])
         _labels(f"predictions {evaluation['predictions_uri']}", challenger_pred, len(y_test))
-        # The evaluated accuracy and the stored predictions must describe the same images.
-        recomputed = float((challenger_pred.astype(np.int64) == y_test).mean())
-        if abs(recomputed - accuracy) * len(y_test) > 0.5:
-            raise ValueError(
-                f"predictions {evaluation['predictions_uri']} give test accuracy "
-                f"{recomputed:.4f} on {prepared_uri}, but evaluation reports {accuracy:.4f}: "
-                "they come from different data or models"
-            )
+        _same_accuracy(challenger_pred, y_test, accuracy, "test",
+                       evaluation["predictions_uri"], prepared_uri)
         with tempfile.TemporaryDirectory(prefix="mnist-champion-") as tmp:
             model_path = registry.fetch_model(champion_version, tmp)
             champion = load_keras_model(model_path)
-            log.info("gate: evaluating champion v%d on the %d test images of this run",
-                     champion_version, len(y_test))
+            log.info("gate: evaluating champion v%d on the %d test images%s of this run",
+                     champion_version, len(y_test),
+                     f" and {len(fresh.y_true)} fresh images" if fresh else "")
             champion_pred = np.asarray(predict_classes(champion, prepared.x_test))
+            if fresh is not None:
+                fresh = dataclasses.replace(fresh, champion_pred=np.asarray(
+                    predict_classes(champion, prepared.x_fresh)))
 
     result = decide(cfg, accuracy, y_true=y_test, challenger_pred=challenger_pred,
-                    champion_pred=champion_pred, champion_version=champion_version)
+                    champion_pred=champion_pred, champion_version=champion_version,
+                    fresh=fresh)
 
     prefix = f"runs/{run_key}/gate"
-    if champion_pred is not None:
-        with tempfile.TemporaryDirectory(prefix="mnist-gate-") as tmp:
-            path = f"{tmp}/champion_predictions.npy"
-            np.save(path, champion_pred.astype(np.int64))
-            store.upload_file(path, f"{prefix}/champion_predictions.npy")
+    saved = {"champion_predictions.npy": champion_pred,
+             "champion_fresh_predictions.npy": fresh.champion_pred if fresh else None}
+    with tempfile.TemporaryDirectory(prefix="mnist-gate-") as tmp:
+        for name, pred in saved.items():
+            if pred is not None:
+                np.save(f"{tmp}/{name}", pred.astype(np.int64))
+                store.upload_file(f"{tmp}/{name}", f"{prefix}/{name}")
+    fresh_record = None
+    if result.fresh is not None:
+        fresh_record = {
+            **result.fresh.as_dict(),
+            "challenger_predictions_uri": fresh_uri,
+            "champion_predictions_uri": (
+                store.uri_for(f"{prefix}/champion_fresh_predictions.npy")
+                if champion_version is not None else None),
+        }
     record = {
         "decision": result.decision,
         "reasons": result.reasons,
@@ -344,28 +577,78 @@ def gate(
         },
         "mcnemar": result.mcnemar.as_dict() if result.mcnemar else None,
         "per_digit_recall": result.recall,
+        "fresh": fresh_record,
         "config": dataclasses.asdict(cfg),
         "decided_at": utc_now(),
     }
     decision_key = f"{prefix}/decision.json"
     store.write_bytes(decision_key, json.dumps(record, indent=2, default=json_default).encode())
 
-    log.info("gate: %s (challenger %.4f%s)", result.decision, accuracy,
-             "" if champion_version is None
-             else f", champion v{champion_version} {result.champion_accuracy:.4f}")
+    log.info("gate: %s (%s)", result.decision, _summary(result))
     for check in result.checks:
         level = logging.WARNING if check.passed is False else logging.INFO
         log.log(level, "gate: %s", check.line())
-    mcnemar = None
-    if result.mcnemar is not None:
-        mcnemar = {k: getattr(result.mcnemar, k)
-                   for k in ("p_value", "b", "c", "method", "significant")}
+    fresh_result = None
+    if result.fresh is not None:
+        fresh_result = result.fresh.as_dict()
+        fresh_result["mcnemar"] = _mcnemar_result(result.fresh.mcnemar)
     return {
         "decision": result.decision,
         "reasons": result.reasons,
         "decision_uri": store.uri_for(decision_key),
         "champion_version": champion_version,
-        "mcnemar": mcnemar,
+        "mcnemar": _mcnemar_result(result.mcnemar),
         "challenger_accuracy": result.challenger_accuracy,
         "champion_accuracy": result.champion_accuracy,
+        "fresh": fresh_result,
     }
+
+
+def _fresh_data(evaluation: Mapping[str, Any], prepared: Prepared, prepared_uri: str,
+                store: Store) -> FreshData:
+    """The fresh labels, the challenger's fresh predictions and the increments, checked."""
+    uri = str(evaluation["fresh_predictions_uri"])
+    y_fresh = np.asarray(prepared.y_fresh).astype(np.int64)
+    pred = _load_array(store, uri)
+    _labels(f"fresh predictions {uri}", pred, len(y_fresh))
+    reported = evaluation.get("fresh_accuracy")
+    if reported is not None:
+        _same_accuracy(pred, y_fresh, float(reported), "fresh", uri, prepared_uri)
+    return FreshData(
+        y_true=y_fresh,
+        challenger_pred=pred,
+        increment=np.asarray(prepared.fresh_increment).astype(np.int64),
+        increment_ids=tuple(str(i) for i in prepared.meta.get("fresh_increments") or ()),
+    )
+
+
+def _same_accuracy(pred: np.ndarray, y: np.ndarray, reported: float, what: str, uri: str,
+                   prepared_uri: str) -> None:
+    """The evaluated accuracy and the stored predictions must describe the same images."""
+    recomputed = float((pred.astype(np.int64) == y).mean()) if len(y) else 0.0
+    if abs(recomputed - reported) * len(y) > 0.5:
+        raise ValueError(
+            f"predictions {uri} give {what} accuracy {recomputed:.4f} on {prepared_uri}, but "
+            f"evaluation reports {reported:.4f}: they come from different data or models"
+        )
+
+
+def _mcnemar_result(test: McNemar | None) -> dict[str, Any] | None:
+    if test is None:
+        return None
+    return {k: getattr(test, k) for k in ("p_value", "b", "c", "method", "significant")}
+
+
+def _summary(result: Decision) -> str:
+    """``challenger 0.9781, champion v3 0.9770; fresh: challenger 0.9400, champion 0.9500 on
+    500 images`` (the parts that apply)."""
+    text = f"benchmark: challenger {result.challenger_accuracy:.4f}"
+    if result.champion_version is not None and result.champion_accuracy is not None:
+        text += f", champion v{result.champion_version} {result.champion_accuracy:.4f}"
+    fresh = result.fresh
+    if fresh is None:
+        return text + "; fresh: no fresh data"
+    text += f"; fresh: challenger {fresh.challenger_accuracy:.4f}"
+    if fresh.champion_accuracy is not None:
+        text += f", champion v{result.champion_version} {fresh.champion_accuracy:.4f}"
+    return text + f" on {fresh.n} images"

@@ -8,6 +8,7 @@ version's metadata and evaluation metrics, so a retried registration writes the 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -51,6 +52,157 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     return lines
 
 
+def _text(value: Any) -> str:
+    """Text from the data (ids, reasons naming files) shown as itself: one line, Markdown's
+    punctuation escaped so that a file name cannot turn into emphasis, a link or a table."""
+    return _MD_PUNCT.sub(r"\\\g<0>", " ".join(str(value).split()))
+
+
+_MD_PUNCT = re.compile(r"[\\`*_{}\[\]()<>#+!|~]")
+
+
+def _code(value: Any) -> str:
+    """A code span of one line (no backslash escapes work inside one, so no backticks)."""
+    if value is None or value == "":
+        return "-"
+    return "`" + " ".join(str(value).replace("`", "'").split()) + "`"
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _number(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _accuracy(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    return None
+
+
+def lineage_summary(
+    metadata: Mapping[str, Any], metrics: Mapping[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """What data a version was made from, and how it did on the fresh data, from its metadata.
+
+    Shared by the model card and the Models page, so both say the same. Tolerant of what an
+    older or partial record holds: missing parts come back as None or empty.
+
+    Args:
+        metadata: the version metadata; ``lineage`` (``dataset_version``, ``inputs_key``,
+            ``code_fingerprint``, ``increments``: dicts with ``id``, ``payload_sha256``,
+            ``train``/``fresh`` counts (or a ``counts`` dict holding them) and ``drift`` (the
+            increment was accepted with a drift warning), ``quarantined``:
+            dicts with ``id`` and ``reasons`` (or bare ids)) and ``gate.fresh`` (the gate's
+            ``fresh``: ``n``, ``challenger_accuracy``, ``champion_accuracy``,
+            ``per_increment``).
+        metrics: evaluate's ``metrics.json``; its ``fresh.per_increment`` fills in this
+            model's per-increment accuracy when the gate's record lacks it.
+
+    Returns:
+        None without ``lineage``; else ``dataset_version``, ``inputs_key``,
+        ``code_fingerprint``, ``increments`` (``id``, ``payload_sha256``, ``train``,
+        ``fresh``, ``accuracy`` and ``champion_accuracy`` on its fresh part, ``drift``: bool
+        or None when not recorded), ``quarantined``
+        (``id``, ``reasons``), ``fresh`` (``n``, ``accuracy``, ``champion_accuracy``,
+        ``champion_version``; None without fresh data).
+    """
+    lineage = metadata.get("lineage")
+    if not isinstance(lineage, Mapping):
+        return None
+    gate = _mapping(metadata.get("gate"))
+    gate_fresh = _mapping(gate.get("fresh"))
+    by_gate = _mapping(gate_fresh.get("per_increment"))
+    metrics_fresh = _mapping((metrics or {}).get("fresh"))
+    by_eval = _mapping(metrics_fresh.get("per_increment"))
+
+    increments = []
+    for entry in lineage.get("increments") or []:
+        if not isinstance(entry, Mapping):
+            entry = {"id": entry}
+        counts = _mapping(entry.get("counts"))
+        inc_id = str(entry.get("id"))
+        scores, evaluated = _mapping(by_gate.get(inc_id)), _mapping(by_eval.get(inc_id))
+        increments.append({
+            "id": inc_id,
+            "payload_sha256": entry.get("payload_sha256"),
+            "train": _number(entry.get("train", counts.get("train"))),
+            "fresh": _number(entry.get("fresh", counts.get("fresh"))),
+            "accuracy": _accuracy(scores.get("challenger", evaluated.get("accuracy"))),
+            "champion_accuracy": _accuracy(scores.get("champion")),
+            "drift": entry["drift"] if isinstance(entry.get("drift"), bool) else None,
+        })
+    quarantined = []
+    for entry in lineage.get("quarantined") or []:
+        if not isinstance(entry, Mapping):
+            entry = {"id": entry}
+        reasons = entry.get("reasons") or []
+        quarantined.append({"id": str(entry.get("id")),
+                            "reasons": [str(r) for r in reasons] if isinstance(reasons, list)
+                            else [str(reasons)]})
+    fresh = None
+    if gate_fresh:
+        fresh = {"n": _number(gate_fresh.get("n")),
+                 "accuracy": _accuracy(gate_fresh.get("challenger_accuracy")),
+                 "champion_accuracy": _accuracy(gate_fresh.get("champion_accuracy")),
+                 "champion_version": gate.get("champion_version")}
+    elif metrics_fresh:
+        fresh = {"n": _number(metrics_fresh.get("n")),
+                 "accuracy": _accuracy(metrics_fresh.get("accuracy")),
+                 "champion_accuracy": None, "champion_version": None}
+    return {
+        "dataset_version": lineage.get("dataset_version"),
+        "inputs_key": lineage.get("inputs_key"),
+        "code_fingerprint": lineage.get("code_fingerprint"),
+        "increments": increments,
+        "quarantined": quarantined,
+        "fresh": fresh,
+    }
+
+
+def _lineage_section(summary: Mapping[str, Any]) -> list[str]:
+    out = ["", "### Lineage", ""]
+    out += _table(["", ""], [
+        ["Dataset version", _code(summary["dataset_version"])],
+        ["Inputs key (data, preprocessing, training, code)", _code(summary["inputs_key"])],
+        ["Code fingerprint", _code(summary["code_fingerprint"])],
+    ])
+    fresh = summary["fresh"]
+    increments = summary["increments"]
+    out += ["", "### Increments", ""]
+    if increments:
+        out.append("Labeled data added to the base MNIST training set. A seeded part of each "
+                   "(the fresh images) is held out: never trained on, it shows how the model "
+                   "does on recent handwriting.")
+        out.append("")
+        out += _table(
+            ["increment", "train images", "fresh images", "fresh accuracy",
+             "champion's fresh accuracy", "drift flagged", "payload SHA-256"],
+            [[_text(i["id"]), i["train"], i["fresh"], i["accuracy"], i["champion_accuracy"],
+              {True: "yes", False: "no", None: "-"}[i["drift"]], _code(i["payload_sha256"])]
+             for i in increments])
+    else:
+        out.append("None: the base MNIST training set only.")
+    if fresh is not None:
+        champion = fresh["champion_version"]
+        against = (f"; the champion at the time (v{champion}): {_fmt(fresh['champion_accuracy'])}"
+                   if champion is not None and fresh["champion_accuracy"] is not None
+                   else "; there was no champion to compare with")
+        out += ["", f"Fresh-data accuracy: {_fmt(fresh['accuracy'])} on {_fmt(fresh['n'])} "
+                    f"images{against}."]
+    out += ["", "### Quarantined increments", ""]
+    if summary["quarantined"]:
+        out.append("Not used (their files were left in place):")
+        out.append("")
+        out += [f"- {_text(q['id'])}: {_text('; '.join(q['reasons']) or 'no reason recorded')}"
+                for q in summary["quarantined"]]
+    else:
+        out.append("None.")
+    return out
+
+
 def _digit_sort_key(item: tuple[str, Any]) -> tuple[int, str]:
     key = item[0]
     return (int(key), key) if str(key).isdigit() else (10**6, str(key))
@@ -72,7 +224,8 @@ def render_model_card(
         model_name, version, created_at, model_uri: identify the registered version.
         store_uri: the store the registry lives in (for the download command).
         metadata: the version metadata (``run``, ``code_version``, ``packages``, ``dataset``,
-            ``parameters``, ``training``, ``metrics``, ``gate``); missing parts are shown as -.
+            ``parameters``, ``training``, ``metrics``, ``gate``, and ``lineage``: see
+            :func:`lineage_summary`); missing parts are shown as -.
         metrics: evaluate's ``metrics.json`` (``per_digit``, ``macro_avg``,
             ``most_confused_pairs``...), or None.
 
@@ -86,12 +239,17 @@ def render_model_card(
     summary = metadata.get("metrics") or {}
     accuracy = metrics.get("test_accuracy", summary.get("test_accuracy"))
     loss = metrics.get("test_loss", summary.get("test_loss"))
+    lineage = lineage_summary(metadata, metrics)
+    fresh = (lineage or {}).get("fresh") or {}
 
     out = [f"# Model card: {model_name} v{version}", ""]
     out += _table(["", ""], [
         ["Model", f"{model_name}, version {version}"],
         ["Created (UTC)", created_at],
         ["Test accuracy", _fmt(accuracy)],
+        *([["Fresh-data accuracy", f"{_fmt(fresh.get('accuracy'))} on "
+                                   f"{_fmt(fresh.get('n'))} images"]] if fresh else []),
+        *([["Dataset version", _code(lineage["dataset_version"])]] if lineage else []),
         ["Gate decision", gate.get("decision")],
         ["Run", f"{run.get('dag_id') or '-'} / {run.get('run_id') or '-'}"],
         ["Run key", metadata.get("run_key")],
@@ -111,6 +269,8 @@ def render_model_card(
                           f"seed {_fmt(dataset.get('seed'))})"],
         ["Source", dataset.get("dataset_uri")],
     ])
+    if lineage is not None:
+        out += _lineage_section(lineage)
 
     params = metadata.get("parameters") or {}
     training = metadata.get("training") or {}

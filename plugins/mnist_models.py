@@ -1,7 +1,9 @@
 """A "Models" page in the Airflow UI: the model registry's versions, behind Airflow's login.
 
 The page lists every registered version of the model (version, creation time, test accuracy,
-champion marker, gate decision, producing run) and shows one version in detail: its plots
+fresh-data accuracy, dataset version, champion marker, gate decision, producing run) and shows
+one version in detail: the data it was made from (dataset version, increments, quarantined
+increments, fresh-data accuracy of it and of the champion it was compared with), its plots
 (confusion matrix first) and its model card. It is reachable from the navigation bar
 ("Models") and from every DAG run ("Model" tab: the version that run registered, if any).
 
@@ -118,11 +120,17 @@ def _fmt_time(iso: str) -> str:
 
 
 def _version_row(info: VersionInfo, champion: int | None) -> dict[str, Any]:
+    from mnist_tasks.model_card import lineage_summary
+
+    lineage = lineage_summary(info.metadata) or {}
+    fresh = lineage.get("fresh") or {}
     return {
         "version": info.version,
         "created_at": info.created_at,
         "created": _fmt_time(info.created_at),
         "test_accuracy": info.test_accuracy,
+        "fresh_accuracy": fresh.get("accuracy"),
+        "dataset_version": lineage.get("dataset_version"),
         "gate_decision": info.gate_decision,
         "run_id": info.run_id,
         "run_key": info.run_key,
@@ -156,6 +164,7 @@ def build_app() -> FastAPI:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    from mnist_tasks.model_card import lineage_summary
     from mnist_tasks.registry import InvalidName, RegistryError, VersionNotFound
     from mnist_tasks.storage import StorageError
 
@@ -244,6 +253,7 @@ def build_app() -> FastAPI:
             champion=champion,
             selected=_version_row(selected, champion) if selected else None,
             selected_meta=dict(selected.metadata) if selected else {},
+            lineage=lineage_summary(selected.metadata) if selected else None,
             plots=_plots(selected) if selected else [],
             card_html=card_html,
             run=run,

@@ -110,6 +110,120 @@ def test_bad_inputs_are_rejected() -> None:
         ev.classification_metrics(np.array([1, 2]), np.array([1, 2]), np.ones((2, 3)))
 
 
+# ---------------------------------------------------------------------------- fresh data
+
+
+def test_fresh_metrics_overall_per_increment_and_per_digit() -> None:
+    y_true = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    y_pred = np.array([0, 1, 1, 1, 2, 0, 3, 3])
+    increment = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    m = ev.fresh_metrics(y_true, y_pred, increment, ["inc-a", "inc-b", "inc-c"])
+    assert m is not None
+    assert (m["n"], m["accuracy"]) == (8, 0.75)
+    assert m["per_increment"] == {"inc-a": {"n": 4, "accuracy": 0.75},
+                                  "inc-b": {"n": 4, "accuracy": 0.75},
+                                  "inc-c": {"n": 0, "accuracy": None}}
+    assert m["per_digit"]["0"] == {"recall": 0.5, "support": 2}
+    assert m["per_digit"]["3"] == {"recall": 1.0, "support": 2}
+    assert m["per_digit"]["9"] == {"recall": None, "support": 0}
+    assert set(m["per_digit"]) == {str(d) for d in range(10)}
+    json.dumps(m)
+
+
+def test_fresh_metrics_none_without_fresh_images_and_refusals() -> None:
+    empty = np.zeros(0, dtype=np.int64)
+    assert ev.fresh_metrics(empty, empty, empty, []) is None
+    assert ev.fresh_metrics(empty, empty, empty, ["inc-a"]) is None
+    with pytest.raises(ValueError, match="need the same number"):
+        ev.fresh_metrics(np.array([1, 2]), np.array([1]), np.array([0, 0]), ["a"])
+    with pytest.raises(ValueError, match=r"index 1, but the increments listed .* \['a'\]"):
+        ev.fresh_metrics(np.array([1, 2]), np.array([1, 2]), np.array([0, 1]), ["a"])
+    with pytest.raises(ValueError, match=r"fresh labels include values outside 0\.\.9"):
+        ev.fresh_metrics(np.array([1, 12]), np.array([1, 2]), np.array([0, 0]), ["a"])
+
+
+def _add_fresh(store: Store, prepared_uri: str, ids: list[str]) -> np.ndarray:
+    """Give the prepared data a fresh part: 60 synthetic digits from ``len(ids)`` increments
+    (as preprocess does with accepted increments); returns the increment index per image."""
+    from mnist_tasks.artifacts import PREPARED_ARRAYS, load_npz, save_npz, write_json
+    from tests.unit.test_train import synthetic_digits
+
+    key = store.key_of(prepared_uri)
+    arrays = load_npz(store, key, PREPARED_ARRAYS)
+    x, y = synthetic_digits(60, seed=9)
+    increment = np.arange(60) % len(ids)
+    save_npz(store, key, {**arrays, "x_fresh": x.astype(np.float32) / 255, "y_fresh": y,
+                          "fresh_increment": increment.astype(np.int64)})
+    meta_key = key.rsplit("/", 1)[0] + "/prepared.json"
+    meta = json.loads(store.read_bytes(meta_key))
+    write_json(store, meta_key, {**meta, "fresh_increments": ids})
+    return increment
+
+
+def test_evaluate_measures_the_fresh_data_per_increment(
+    file_store: Store, model_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mnist_tasks.evaluate")
+    store = file_store
+    prepared_uri = make_prepared(store, n_train=200, n_test=50)
+    increment = _add_fresh(store, prepared_uri, ["2026-11-20", "2026-11-21"])
+    model_uri = _put_model(store, model_file)
+
+    result = ev.evaluate(model_uri, prepared_uri, store, RUN)
+
+    data = load_prepared(prepared_uri, store)
+    expected = predict_classes(load_keras_model(model_file), data.x_fresh)
+    base = f"runs/{RUN}/evaluate"
+    assert result["fresh_predictions_uri"] == store.uri_for(f"{base}/fresh_predictions.npy")
+    preds = np.load(io.BytesIO(store.read_bytes(f"{base}/fresh_predictions.npy")))
+    assert preds.dtype == np.int64
+    np.testing.assert_array_equal(preds, expected)
+    right = preds == data.y_fresh
+    fresh = result["fresh"]
+    assert fresh["n"] == 60
+    assert result["fresh_accuracy"] == fresh["accuracy"] == pytest.approx(right.mean())
+    assert list(fresh["per_increment"]) == ["2026-11-20", "2026-11-21"]
+    for index, inc_id in enumerate(["2026-11-20", "2026-11-21"]):
+        assert fresh["per_increment"][inc_id] == {
+            "n": 30, "accuracy": pytest.approx(right[increment == index].mean())}
+    assert sum(d["support"] for d in fresh["per_digit"].values()) == 60
+    metrics = json.loads(store.read_bytes(f"{base}/metrics.json"))
+    assert metrics["fresh"] == fresh
+    assert metrics["n_test"] == 50  # the benchmark is still the test set alone
+    a, b = (fresh["per_increment"][i]["accuracy"] for i in ("2026-11-20", "2026-11-21"))
+    assert (f"fresh accuracy={fresh['accuracy']:.4f} on 60 images (2026-11-20 {a:.4f} n=30, "
+            f"2026-11-21 {b:.4f} n=30)") in caplog.text
+
+    # A retry reuses the recorded result; one recorded before fresh data existed (no "fresh"
+    # key) or whose fresh predictions are gone is done again.
+    caplog.clear()
+    assert ev.evaluate(model_uri, prepared_uri, store, RUN) == result
+    assert f"fresh accuracy {fresh['accuracy']:.4f}); reusing it" in caplog.text
+    store.delete(f"{base}/fresh_predictions.npy")
+    caplog.clear()
+    assert ev.evaluate(model_uri, prepared_uri, store, RUN) == result
+    assert "already evaluated" not in caplog.text
+    assert store.exists(f"{base}/fresh_predictions.npy")
+    old = {k: v for k, v in result.items() if not k.startswith("fresh")}
+    store.write_bytes(f"{base}/result.json", json.dumps(old).encode())
+    caplog.clear()
+    assert ev.evaluate(model_uri, prepared_uri, store, RUN) == result
+    assert "already evaluated" not in caplog.text
+
+
+def test_evaluate_refuses_fresh_arrays_that_do_not_fit(file_store: Store,
+                                                      model_file: Path) -> None:
+    store = file_store
+    prepared_uri = make_prepared(store, n_train=200, n_test=50)
+    _add_fresh(store, prepared_uri, ["only-one"])
+    meta_key = store.key_of(prepared_uri).rsplit("/", 1)[0] + "/prepared.json"
+    meta = json.loads(store.read_bytes(meta_key))
+    store.write_bytes(meta_key, json.dumps({**meta, "fresh_increments": []}).encode())
+    with pytest.raises(ValueError, match=r"prepared\.npz: fresh_increment holds index 0, but "
+                                         r"the increments listed \(fresh_increments\) are \[\]"):
+        ev.evaluate(_put_model(store, model_file), prepared_uri, store, RUN)
+
+
 # ---------------------------------------------------------------------------- models
 
 
@@ -180,7 +294,12 @@ def test_evaluate_writes_metrics_report_predictions_and_plots(
 
     metrics = json.loads(store.read_bytes(f"{base}/metrics.json"))
     assert list(metrics) == ["test_accuracy", "test_loss", "n_test", "per_digit", "macro_avg",
-                             "weighted_avg", "confusion_matrix", "most_confused_pairs"]
+                             "weighted_avg", "confusion_matrix", "most_confused_pairs", "fresh"]
+    # No increments, no fresh data: the fresh fields say so.
+    assert metrics["fresh"] is None
+    assert (result["fresh"], result["fresh_accuracy"], result["fresh_predictions_uri"]) == \
+        (None, None, None)
+    assert not store.exists(f"{base}/fresh_predictions.npy")
     assert metrics["n_test"] == 200
     assert result["test_accuracy"] == metrics["test_accuracy"] > 0.8
     assert result["test_loss"] == metrics["test_loss"] > 0
@@ -202,6 +321,7 @@ def test_evaluate_writes_metrics_report_predictions_and_plots(
         assert len(png) > 5000, name
     assert "evaluated on 200 test images" in caplog.text
     assert "worst recall:" in caplog.text and "most confused (true->pred):" in caplog.text
+    assert "fresh: no fresh data" in caplog.text
 
     # A retry returns the recorded result; another model at the same URI is evaluated anew.
     caplog.clear()
