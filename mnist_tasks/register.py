@@ -92,7 +92,9 @@ def build_metadata(
     Returns:
         ``run``, ``code_version``, ``packages``, ``dataset``, ``parameters``, ``training``,
         ``metrics`` (summary: test accuracy and loss, averages, per-digit recall), ``gate``,
-        ``sources`` (the run artifacts the version was made from).
+        ``sources`` (the run artifacts the version was made from), and ``lineage`` (the dataset
+        version, its increments and quarantines, the inputs key and code fingerprint: what the
+        check stage compares to skip a run whose inputs the champion already covers).
     """
     per_digit = metrics.get("per_digit") or {}
     return {
@@ -107,6 +109,7 @@ def build_metadata(
         "metrics": {
             "test_accuracy": evaluation.get("test_accuracy", metrics.get("test_accuracy")),
             "test_loss": evaluation.get("test_loss", metrics.get("test_loss")),
+            "fresh_accuracy": evaluation.get("fresh_accuracy"),
             "n_test": metrics.get("n_test"),
             "macro_avg": metrics.get("macro_avg"),
             "weighted_avg": metrics.get("weighted_avg"),
@@ -114,7 +117,8 @@ def build_metadata(
         },
         "gate": {k: gate_result.get(k) for k in (
             "decision", "reasons", "champion_version", "champion_accuracy",
-            "challenger_accuracy", "mcnemar", "decision_uri")},
+            "challenger_accuracy", "mcnemar", "decision_uri", "fresh")},
+        "lineage": dict(gate_result.get("lineage") or {}),
         "sources": {
             "model_uri": train_result.get("model_uri"),
             "metrics_uri": evaluation.get("metrics_uri"),
