@@ -27,7 +27,7 @@ from mnist_tasks.ingest import (
 )
 from mnist_tasks.storage import Store
 from tests.conftest import TEST_BUCKET
-from tests.ingest_helpers import (
+from tests.helpers import (
     TEST_IMAGES,
     TEST_LABELS,
     TRAIN_IMAGES,

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mnist_tasks.storage import LocalStore
-from tests.unit.test_train import make_prepared
+from tests.helpers import make_prepared
 
 REPO = Path(__file__).resolve().parents[2]
 
