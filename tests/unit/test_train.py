@@ -1,8 +1,10 @@
-"""The train stage on tiny synthetic digits: fit, logging, checkpoints, resume, idempotency."""
+"""The train stage's parts on tiny synthetic digits: device and runtime, fit_arrays (logging,
+seeds, early stopping across a resume), input checks. train() through a store (checkpoints,
+resume, idempotent retries) is in tests/integration: test_train_resume.py, test_stages_store.py.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from mnist_tasks import train as train_mod
 from mnist_tasks.config import train_config
 from mnist_tasks.preprocess import save_npz
 from mnist_tasks.storage import Store
-from tests.helpers import RUN, make_prepared, small_cfg, synthetic_digits, train_until_crash
+from tests.helpers import RUN, small_cfg, synthetic_digits
 
 
 def arrays(n: int = 400) -> tuple[np.ndarray, ...]:
@@ -213,45 +215,6 @@ def test_resuming_a_run_that_early_stopping_had_ended_trains_no_more() -> None:
 
 
 # ---------------------------------------------------------------------------- train()
-
-
-def test_a_checkpoint_of_other_parameters_is_ignored(
-    file_store: Store, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
-    prepared_uri = make_prepared(file_store)
-    train_until_crash(1, prepared_uri, small_cfg(epochs=3), file_store)
-    result = train_mod.train(prepared_uri, small_cfg(epochs=2, learning_rate=2e-3),
-                             file_store, RUN)
-    assert result["resumed_from_epoch"] == 0
-    assert result["epochs_run"] == 2
-    assert "made with other parameters or data" in caplog.text
-
-
-def test_an_unreadable_checkpoint_marker_means_a_fresh_start(
-    file_store: Store, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
-    prepared_uri = make_prepared(file_store)
-    file_store.write_bytes(f"runs/{RUN}/train/checkpoints/checkpoint.json", b"{not json")
-    result = train_mod.train(prepared_uri, small_cfg(epochs=1), file_store, RUN)
-    assert result["resumed_from_epoch"] == 0
-    assert "ignoring unreadable checkpoint marker" in caplog.text
-
-
-def test_early_stopping_state_survives_a_resume_through_the_store(
-    file_store: Store,
-) -> None:
-    prepared_uri = make_prepared(file_store)
-    cfg = small_cfg("seed_wide_mlp", epochs=3, early_stopping_patience=5)
-    train_until_crash(2, prepared_uri, cfg, file_store)
-    marker = json.loads(file_store.read_bytes(f"runs/{RUN}/train/checkpoints/checkpoint.json"))
-    assert marker["early_stopping"]["best"] == pytest.approx(min(marker["history"]["val_loss"]))
-    assert marker["best_weights_key"].endswith("epoch-0002/best_weights.npz")
-    result = train_mod.train(prepared_uri, cfg, file_store, RUN)
-    assert result["resumed_from_epoch"] == 2 and result["epochs_run"] == 3
-    history = json.loads(file_store.read_bytes(file_store.key_of(result["history_uri"])))
-    assert result["best_epoch"] == int(np.argmin(history["val_loss"])) + 1
 
 
 def test_train_rejects_malformed_prepared_data(file_store: Store) -> None:
