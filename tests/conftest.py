@@ -1,4 +1,12 @@
-"""Shared fixtures: the real MNIST folder, an S3 server over HTTP on loopback, and stores."""
+"""Shared fixtures (the real MNIST folder, an S3 server over HTTP on loopback, stores, a small
+trained model) and the layer markers.
+
+Each test is marked by its folder: ``unit`` (no services, no network, no subprocess Airflow),
+``dags`` (DAG integrity: imports the DAG, no services), ``integration`` (real services: S3
+over HTTP, PostgreSQL, Redis, Airflow processes, Compose, Chromium) and ``e2e`` (the DAG end to
+end through Airflow). ``make test-fast`` runs ``unit`` and ``dags``; a ``unit`` or ``dags``
+test that asks for the S3 server is an error at collection. Helpers live in tests/helpers.py.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +17,32 @@ from pathlib import Path
 import pytest
 
 from mnist_tasks.storage import LocalStore, S3Store, Store
+from tests.helpers import train_model_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("MNIST_DIR", REPO_ROOT.parent / "shared" / "datasets" / "mnist"))
 TEST_BUCKET = "mnist-test"
+TESTS = Path(__file__).resolve().parent
+LAYERS = ("unit", "dags", "integration", "e2e")
+SERVICE_FIXTURES = {"s3_server", "s3_env", "s3_store"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its layer (its folder under tests/)."""
+    for item in items:
+        try:
+            layer = item.path.resolve().relative_to(TESTS).parts[0]
+        except ValueError:
+            continue
+        if layer not in LAYERS:
+            continue
+        item.add_marker(getattr(pytest.mark, layer))
+        if layer in ("unit", "dags"):
+            services = SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            if services:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: a {layer} test uses {', '.join(sorted(services))}; "
+                    "tests that talk to services belong in tests/integration")
 
 
 @pytest.fixture(scope="session")
@@ -67,3 +97,9 @@ def store(request: pytest.FixtureRequest) -> Store:
     """The same test against file:// and against S3 over HTTP."""
     name = "file_store" if request.param == "file" else "s3_store"
     return request.getfixturevalue(name)
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small seed_mlp trained for two epochs on synthetic digits, saved as .keras."""
+    return train_model_file(tmp_path_factory.mktemp("model"))

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mnist_tasks.artifacts import save_npz
 from mnist_tasks.config import GateConfig, PreprocessConfig
 from mnist_tasks.gate import gate
-from mnist_tasks.preprocess import preprocess, save_npz
+from mnist_tasks.preprocess import preprocess
 from mnist_tasks.register import VerificationError, register
 from mnist_tasks.registry import CHAMPION, Registry, VersionNotFound
 from mnist_tasks.storage import Store

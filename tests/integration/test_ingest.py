@@ -22,7 +22,7 @@ from mnist_tasks.ingest import (
 )
 from mnist_tasks.storage import LocalStore, S3Store, Store
 from tests.conftest import TEST_BUCKET
-from tests.ingest_helpers import (
+from tests.helpers import (
     TEST_LABELS,
     TRAIN_IMAGES,
     http_server,

@@ -31,7 +31,7 @@ from mnist_tasks.ingest import (
 )
 from mnist_tasks.storage import LocalStore, Store
 from tests.conftest import TEST_BUCKET
-from tests.ingest_helpers import (
+from tests.helpers import (
     TEST_IMAGES,
     TEST_LABELS,
     TRAIN_IMAGES,
@@ -296,7 +296,7 @@ def test_refused_input_costs_bounded_memory(
     assert run.error_type == error, run
     assert re.search(problem, run.message), run.message
     assert run.message.startswith(f"{folder.as_uri()}/{TRAIN_IMAGES}: "), run.message
-    # Peak resident memory added by ingest, measured in the child (see ingest_helpers._CHILD).
+    # Peak resident memory added by ingest, measured in the child (see tests.helpers._CHILD).
     assert run.growth <= RSS_BUDGET, f"{run.growth:,} bytes > {RSS_BUDGET:,}"
     assert_cache_clean(LocalStore(tmp_path / "store"))
 

@@ -5,8 +5,10 @@ S3 (the moto server over HTTP) that holds two versions; the second was registere
 (queued) run of ``mnist_training``. Checked: requests without a session are refused (401 or a
 redirect to the login page), the JSON listing and files with a token, and in Chromium: log in
 through Airflow's login form, open "Models" from the navigation bar, see the versions, open
-the "Model" tab of the DAG run and see the version it registered. Screenshots go to
-test-artifacts/ and one copy (shrunk) to docs/models-page.png for the README.
+the "Model" tab of the DAG run and see the version it registered. Screenshots go to the test's
+tmp folder (or to $TEST_ARTIFACTS when set), with a shrunk copy of the Models page; that copy
+replaces the README's docs/models-page.png only with UPDATE_SCREENSHOTS=1, so `make test`
+leaves the work tree clean.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` packages and ``selenium`` from PyPI.
 """
@@ -40,7 +42,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 BUCKET = "models-page"
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-ARTIFACTS = REPO / "test-artifacts"
 DOCS_SCREENSHOT = REPO / "docs" / "models-page.png"
 OLD_RUN_ID = "manual__2026-11-14T09:00:00+00:00"
 CONFUSIONS = {0: (6, 5), 1: (7, 8), 2: (7, 8), 3: (5, 8), 4: (9, 6), 5: (3, 8), 6: (0, 5),
@@ -223,21 +224,32 @@ def _chromium(user_data_dir: Path) -> Any:
     return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
 
 
-def _save_screenshot(driver: Any, name: str) -> Path:
-    ARTIFACTS.mkdir(exist_ok=True)
-    path = ARTIFACTS / name
+def _artifacts(tmp_path: Path) -> Path:
+    """Where screenshots go: $TEST_ARTIFACTS if set (CI keeps it), else the test's tmp folder."""
+    folder = Path(os.environ.get("TEST_ARTIFACTS") or tmp_path / "artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _save_screenshot(driver: Any, folder: Path, name: str) -> Path:
+    path = folder / name
     driver.save_screenshot(str(path))
     return path
 
 
-def _save_docs_copy(png: Path) -> None:
-    """A small copy for the README: the same picture with a 64-colour palette."""
+def _save_docs_copy(png: Path) -> Path:
+    """A small copy for the README: the same picture with a 64-colour palette, beside ``png``;
+    with UPDATE_SCREENSHOTS=1 it also replaces docs/models-page.png."""
     from PIL import Image
 
     with Image.open(png) as image:
         buffer = io.BytesIO()
         image.convert("RGB").quantize(colors=64).save(buffer, format="PNG", optimize=True)
-    DOCS_SCREENSHOT.write_bytes(buffer.getvalue())
+    small = png.with_name(f"{png.stem}-small.png")
+    small.write_bytes(buffer.getvalue())
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(small, DOCS_SCREENSHOT)
+    return small
 
 
 def test_models_page_in_chromium(deployment: Deployment, tmp_path: Path) -> None:
@@ -245,6 +257,7 @@ def test_models_page_in_chromium(deployment: Deployment, tmp_path: Path) -> None
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
+    artifacts = _artifacts(tmp_path)
     driver = _chromium(tmp_path / "chromium-profile")
     wait = WebDriverWait(driver, 60)
     try:
@@ -275,8 +288,8 @@ def test_models_page_in_chromium(deployment: Deployment, tmp_path: Path) -> None
         assert "Intended use" in driver.find_element(By.CSS_SELECTOR, "article.card").text
         driver.switch_to.default_content()
         time.sleep(1)  # let the nav settle before the picture
-        shot = _save_screenshot(driver, "models-page.png")
-        _save_docs_copy(shot)
+        shot = _save_screenshot(driver, artifacts, "models-page.png")
+        small = _save_docs_copy(shot)
 
         # The DAG run's "Model" tab shows the version that run registered.
         run_url = (f"{deployment.base_url}/dags/mnist_training/runs/"
@@ -294,11 +307,11 @@ def test_models_page_in_chromium(deployment: Deployment, tmp_path: Path) -> None
         selected = driver.find_element(By.CSS_SELECTOR, "tr.selected")
         assert selected.get_attribute("data-version") == "2"
         driver.switch_to.default_content()
-        _save_screenshot(driver, "models-page-dag-run.png")
+        _save_screenshot(driver, artifacts, "models-page-dag-run.png")
     except Exception:
-        _save_screenshot(driver, "models-page-failure.png")
-        (ARTIFACTS / "models-page-failure.html").write_text(driver.page_source)
+        _save_screenshot(driver, artifacts, "models-page-failure.png")
+        (artifacts / "models-page-failure.html").write_text(driver.page_source)
         raise
     finally:
         driver.quit()
-    assert os.path.getsize(DOCS_SCREENSHOT) < 250_000
+    assert os.path.getsize(small) < 250_000

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mnist_tasks.storage import LocalStore
-from tests.unit.test_train import make_prepared
+from tests.helpers import make_prepared
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,8 +25,7 @@ SCRIPT = """
 import json, sys
 import numpy as np
 from mnist_tasks.config import train_config
-from mnist_tasks.evaluate import load_model_from_store, predict_proba
-from mnist_tasks.preprocess import load_prepared
+from mnist_tasks.artifacts import load_model_from_store, load_prepared, predict_proba
 from mnist_tasks.storage import open_store
 from mnist_tasks.train import train
 store = open_store(sys.argv[2])
@@ -71,8 +70,8 @@ def test_same_seed_same_preset_gives_identical_results_in_two_processes(
 
 @pytest.mark.slow
 def test_fast_mlp_reaches_its_goal_on_real_mnist(mnist_dir: Path, tmp_path: Path) -> None:
+    from mnist_tasks.artifacts import predict_classes
     from mnist_tasks.config import train_config
-    from mnist_tasks.evaluate import predict_classes
     from mnist_tasks.train import fit_arrays
 
     data = _full_mnist(mnist_dir)

@@ -7,44 +7,15 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from mnist_tasks import evaluate as ev
 from mnist_tasks import plots
-from mnist_tasks.artifacts import (
-    load_keras_model,
-    load_model_from_store,
-    load_prepared,
-    predict_classes,
-    predict_proba,
-)
+from mnist_tasks.artifacts import load_keras_model, load_prepared, predict_classes, predict_proba
 from mnist_tasks.storage import Store
-from tests.unit.test_train import RUN, make_prepared, small_cfg
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small seed_mlp trained for two epochs on synthetic digits, saved as .keras."""
-    from mnist_tasks.storage import LocalStore
-    from mnist_tasks.train import fit_arrays
-
-    store = LocalStore(tmp_path_factory.mktemp("data"))
-    data = load_prepared(make_prepared(store), store)
-    fit = fit_arrays(small_cfg(epochs=2), data.x_train, data.y_train, data.x_val, data.y_val)
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    fit.model.save(path)
-    return path
-
-
-def _put_model(store: Store, model_file: Path, key: str = f"runs/{RUN}/train/model.keras") -> str:
-    store.upload_file(model_file, key)
-    return store.uri_for(key)
-
+from tests.helpers import PNG_SIGNATURE, RUN, make_prepared, put_model
 
 # ---------------------------------------------------------------------------- metrics
 
@@ -146,7 +117,7 @@ def _add_fresh(store: Store, prepared_uri: str, ids: list[str]) -> np.ndarray:
     """Give the prepared data a fresh part: 60 synthetic digits from ``len(ids)`` increments
     (as preprocess does with accepted increments); returns the increment index per image."""
     from mnist_tasks.artifacts import PREPARED_ARRAYS, load_npz, save_npz, write_json
-    from tests.unit.test_train import synthetic_digits
+    from tests.helpers import synthetic_digits
 
     key = store.key_of(prepared_uri)
     arrays = load_npz(store, key, PREPARED_ARRAYS)
@@ -167,7 +138,7 @@ def test_evaluate_measures_the_fresh_data_per_increment(
     store = file_store
     prepared_uri = make_prepared(store, n_train=200, n_test=50)
     increment = _add_fresh(store, prepared_uri, ["2026-11-20", "2026-11-21"])
-    model_uri = _put_model(store, model_file)
+    model_uri = put_model(store, model_file)
 
     result = ev.evaluate(model_uri, prepared_uri, store, RUN)
 
@@ -221,7 +192,7 @@ def test_evaluate_refuses_fresh_arrays_that_do_not_fit(file_store: Store,
     store.write_bytes(meta_key, json.dumps({**meta, "fresh_increments": []}).encode())
     with pytest.raises(ValueError, match=r"prepared\.npz: fresh_increment holds index 0, but "
                                          r"the increments listed \(fresh_increments\) are \[\]"):
-        ev.evaluate(_put_model(store, model_file), prepared_uri, store, RUN)
+        ev.evaluate(put_model(store, model_file), prepared_uri, store, RUN)
 
 
 # ---------------------------------------------------------------------------- models
@@ -254,89 +225,7 @@ def test_load_keras_model_refuses_code_in_safe_mode(tmp_path: Path) -> None:
         load_keras_model(tmp_path / "missing.keras")
 
 
-def test_load_model_from_store(store: Store, model_file: Path) -> None:
-    uri = _put_model(store, model_file)
-    model = load_model_from_store(store, uri)
-    assert model.output_shape == (None, 10)
-    from mnist_tasks.storage import ObjectNotFound
-
-    with pytest.raises(ObjectNotFound):
-        load_model_from_store(store, store.uri_for("runs/none/model.keras"))
-
-
 # ---------------------------------------------------------------------------- evaluate()
-
-
-def _history() -> dict[str, Any]:
-    return {"epoch": [1, 2], "loss": [0.9, 0.4], "accuracy": [0.7, 0.9], "val_loss": [0.5, 0.3],
-            "val_accuracy": [0.85, 0.93], "seconds": [1.0, 0.9], "preset": "seed_mlp",
-            "best_epoch": None}
-
-
-def test_evaluate_writes_metrics_report_predictions_and_plots(
-    store: Store, model_file: Path, caplog: pytest.LogCaptureFixture, tmp_path: Path
-) -> None:
-    caplog.set_level(logging.INFO, logger="mnist_tasks.evaluate")
-    prepared_uri = make_prepared(store)
-    model_uri = _put_model(store, model_file)
-    store.write_bytes(f"runs/{RUN}/train/history.json", json.dumps(_history()).encode())
-    history_uri = store.uri_for(f"runs/{RUN}/train/history.json")
-
-    result = ev.evaluate(model_uri, prepared_uri, store, RUN, history_uri=history_uri)
-
-    base = f"runs/{RUN}/evaluate"
-    assert result["metrics_uri"] == store.uri_for(f"{base}/metrics.json")
-    assert result["report_uri"] == store.uri_for(f"{base}/report.txt")
-    assert result["predictions_uri"] == store.uri_for(f"{base}/predictions.npy")
-    assert set(result["plots"]) == {"confusion_matrix", "training_curves", "sample_grid",
-                                    "misclassified_grid"}
-    json.dumps(result)
-
-    metrics = json.loads(store.read_bytes(f"{base}/metrics.json"))
-    assert list(metrics) == ["test_accuracy", "test_loss", "n_test", "per_digit", "macro_avg",
-                             "weighted_avg", "confusion_matrix", "most_confused_pairs", "fresh"]
-    # No increments, no fresh data: the fresh fields say so.
-    assert metrics["fresh"] is None
-    assert (result["fresh"], result["fresh_accuracy"], result["fresh_predictions_uri"]) == \
-        (None, None, None)
-    assert not store.exists(f"{base}/fresh_predictions.npy")
-    assert metrics["n_test"] == 200
-    assert result["test_accuracy"] == metrics["test_accuracy"] > 0.8
-    assert result["test_loss"] == metrics["test_loss"] > 0
-
-    data = load_prepared(prepared_uri, store)
-    preds = np.load(io.BytesIO(store.read_bytes(f"{base}/predictions.npy")))
-    assert preds.dtype == np.int64 and preds.shape == (200,)
-    np.testing.assert_array_equal(preds, predict_classes(load_keras_model(model_file),
-                                                         data.x_test))
-    assert metrics["test_accuracy"] == pytest.approx(float(np.mean(preds == data.y_test)))
-    cm = np.array(metrics["confusion_matrix"])
-    assert cm.sum(axis=1).tolist() == np.bincount(data.y_test, minlength=10).tolist()
-
-    report = store.read_bytes(f"{base}/report.txt").decode()
-    assert "precision" in report and "recall" in report and "weighted avg" in report
-    for name, uri in result["plots"].items():
-        png = store.read_bytes(store.key_of(uri))
-        assert png.startswith(PNG_SIGNATURE), name
-        assert len(png) > 5000, name
-    assert "evaluated on 200 test images" in caplog.text
-    assert "worst recall:" in caplog.text and "most confused (true->pred):" in caplog.text
-    assert "fresh: no fresh data" in caplog.text
-
-    # A retry returns the recorded result; another model at the same URI is evaluated anew.
-    caplog.clear()
-    assert ev.evaluate(model_uri, prepared_uri, store, RUN, history_uri=history_uri) == result
-    assert "already evaluated" in caplog.text
-    without_history = ev.evaluate(model_uri, prepared_uri, store, RUN)
-    assert "training_curves" not in without_history["plots"]
-    assert without_history["test_accuracy"] == result["test_accuracy"]
-    caplog.clear()
-    retrained = tmp_path / "model.keras"
-    load_keras_model(model_file).save(retrained)  # same weights, new file (save time)
-    _put_model(store, retrained)
-    again = ev.evaluate(model_uri, prepared_uri, store, RUN)
-    assert "already evaluated" not in caplog.text
-    assert again["model_sha256"] != without_history["model_sha256"]
 
 
 def test_evaluate_rejects_a_model_of_another_input_shape(file_store: Store,
@@ -346,7 +235,7 @@ def test_evaluate_rejects_a_model_of_another_input_shape(file_store: Store,
     prepared_uri = make_prepared(file_store)
     model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10, activation="softmax")])
     model.save(tmp_path / "flat.keras")
-    uri = _put_model(file_store, tmp_path / "flat.keras")
+    uri = put_model(file_store, tmp_path / "flat.keras")
     with pytest.raises(ValueError, match=r"takes inputs of shape \(784,\) but the test images"):
         ev.evaluate(uri, prepared_uri, file_store, RUN)
 

@@ -1,11 +1,13 @@
-"""The train stage on tiny synthetic digits: fit, logging, checkpoints, resume, idempotency."""
+"""The train stage's parts on tiny synthetic digits: device and runtime, fit_arrays (logging,
+seeds, early stopping across a resume), input checks. train() through a store (checkpoints,
+resume, idempotent retries) is in tests/integration: test_train_resume.py, test_stages_store.py.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -13,41 +15,8 @@ import pytest
 from mnist_tasks import train as train_mod
 from mnist_tasks.artifacts import save_npz
 from mnist_tasks.config import train_config
-from mnist_tasks.preprocess import preprocess
 from mnist_tasks.storage import Store
-
-RUN = "r1"
-
-
-def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 28x28 images where class c is a bright 7x7 square at its own place, plus noise."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(n) % 10
-    rng.shuffle(y)
-    x = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
-    for i, c in enumerate(y):
-        r, col = 2 + (c // 4) * 9, 1 + (c % 4) * 7
-        x[i, r:r + 7, col:col + 6] = rng.integers(180, 256, size=(7, 6))
-    return x, y.astype(np.uint8)
-
-
-def make_prepared(store: Store, run_key: str = RUN, n_train: int = 600, n_test: int = 200,
-                  val_fraction: float = 0.1) -> str:
-    """Write a synthetic data set and preprocess it; returns the prepared URI."""
-    from mnist_tasks.config import PreprocessConfig
-
-    x_train, y_train = synthetic_digits(n_train, seed=1)
-    x_test, y_test = synthetic_digits(n_test, seed=2)
-    save_npz(store, "data/mnist.npz",
-             {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test})
-    result = preprocess(store.uri_for("data/mnist.npz"),
-                        PreprocessConfig(val_fraction=val_fraction, seed=7), store, run_key)
-    return str(result["prepared_uri"])
-
-
-def small_cfg(preset: str = "seed_mlp", **overrides: Any) -> Any:
-    values = {"epochs": 3, "batch_size": 32, **overrides}
-    return train_config(preset, **values)
+from tests.helpers import RUN, small_cfg, synthetic_digits
 
 
 def arrays(n: int = 400) -> tuple[np.ndarray, ...]:
@@ -65,19 +34,53 @@ EPOCH_LINE = re.compile(
 # ---------------------------------------------------------------------------- runtime
 
 
-def test_describe_devices_on_this_machine_is_the_cpu() -> None:
+def test_describe_devices_matches_what_keras_lists() -> None:
+    """Device-agnostic: the same assertions hold on a CPU-only machine and on a GPU worker."""
+    import keras
+
     device = train_mod.describe_devices()
-    assert device.kind == "CPU"
+    gpus = [d for d in keras.distribution.list_devices() if d.lower().startswith("gpu")]
     assert device.threads >= 1
-    assert device.describe() == f"CPU ({device.threads} threads)"
+    assert device.backend == keras.backend.backend()
+    if gpus:
+        assert (device.kind, device.count) == ("GPU", len(gpus))
+        assert device.name and device.describe().startswith(f"GPU: {device.name}")
+    else:
+        assert (device.kind, device.name, device.count) == ("CPU", "CPU", 1)
+        assert device.bfloat16 is False
+        assert device.describe() == f"CPU ({device.threads} threads)"
 
 
+def _cpu() -> train_mod.DeviceInfo:
+    return train_mod.DeviceInfo("CPU", "CPU", 1, 2, False, "tensorflow")
+
+
+@pytest.fixture
+def op_determinism_restored() -> Iterator[None]:
+    """A CPU runtime turns TensorFlow's op determinism on for the process; on a GPU worker that
+    would leak into later tests (GPU ops without a deterministic kernel then raise)."""
+    from tensorflow.python.framework import config as tf_config
+
+    before = tf_config.is_op_determinism_enabled()
+    yield
+    if not before:
+        tf_config.disable_op_determinism()
+
+
+@pytest.mark.usefixtures("op_determinism_restored")
 def test_runtime_on_cpu_keeps_the_config_and_is_deterministic() -> None:
-    rt = train_mod.resolve_runtime(train_config("seed_mlp"))
+    rt = train_mod.resolve_runtime(train_config("seed_mlp"), device=_cpu())
     assert (rt.batch_size, rt.learning_rate) == (128, 1e-3)
     assert rt.jit_compile is False  # TF on the CPU: op determinism instead of XLA
     assert rt.mixed_precision is False
     assert rt.deterministic is True
+    assert rt.as_dict()["device"] == "CPU (2 threads)"
+
+
+def test_runtime_without_a_device_uses_the_one_this_machine_has() -> None:
+    rt = train_mod.resolve_runtime(train_config("seed_mlp"))
+    assert rt.device == train_mod.describe_devices()
+    assert rt.deterministic is (rt.device.kind == "CPU")
 
 
 def _gpu(bf16: bool = True) -> train_mod.DeviceInfo:
@@ -212,208 +215,6 @@ def test_resuming_a_run_that_early_stopping_had_ended_trains_no_more() -> None:
 
 
 # ---------------------------------------------------------------------------- train()
-
-
-def test_train_stores_model_history_and_result(store: Store,
-                                               caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
-    prepared_uri = make_prepared(store)
-    cfg = small_cfg(epochs=2)
-    result = train_mod.train(prepared_uri, cfg, store, RUN)
-
-    assert result["model_uri"] == store.uri_for(f"runs/{RUN}/train/model.keras")
-    assert result["history_uri"] == store.uri_for(f"runs/{RUN}/train/history.json")
-    assert result["preset"] == "seed_mlp"
-    assert result["epochs_run"] == 2
-    assert result["resumed_from_epoch"] == 0
-    assert result["device"].startswith("CPU")
-    assert result["params"]["epochs"] == 2 and result["params"]["batch_size"] == 32
-    assert 0.5 < result["best_val_accuracy"] <= 1.0
-    assert result["fit_seconds"] > 0
-    assert (result["n_train"], result["n_val"]) == (540, 60)
-    json.dumps(result)  # XCom-safe
-
-    history = json.loads(store.read_bytes(f"runs/{RUN}/train/history.json"))
-    assert history["epoch"] == [1, 2] and len(history["val_accuracy"]) == 2
-    assert json.loads(store.read_bytes(f"runs/{RUN}/train/result.json")) == result
-    assert store.list(f"runs/{RUN}/train/checkpoints") == []  # cleaned up after success
-
-    from mnist_tasks.artifacts import load_model_from_store, load_prepared
-
-    model = load_model_from_store(store, result["model_uri"])
-    data = load_prepared(prepared_uri, store)
-    acc = float(np.mean(model.predict(data.x_val, verbose=0).argmax(1) == data.y_val))
-    assert acc == pytest.approx(history["val_accuracy"][-1], abs=1e-6)
-    assert re.search(r"trained seed_mlp: 2 epochs in \d+\.\d s on CPU, best val_accuracy="
-                     r"\d\.\d{4}, model -> ", caplog.text)
-
-    # A retry of the same run returns the recorded result without training again.
-    caplog.clear()
-    assert train_mod.train(prepared_uri, cfg, store, RUN) == result
-    assert "reusing it" in caplog.text
-    assert "epoch 1/2" not in caplog.text
-    # Other parameters for the same run key train again.
-    again = train_mod.train(prepared_uri, small_cfg(epochs=1), store, RUN)
-    assert again["epochs_run"] == 1
-
-
-class _Crash(RuntimeError):
-    pass
-
-
-def _crash_after(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
-    """Make training die right after the checkpoint of ``epoch`` is stored."""
-    original = train_mod._StoreCheckpoints.save
-
-    def save(self: Any, done: int, *args: Any) -> float:
-        seconds = original(self, done, *args)
-        if done == epoch:
-            raise _Crash(f"killed after epoch {done}")
-        return seconds
-
-    monkeypatch.setattr(train_mod._StoreCheckpoints, "save", save)
-
-
-def _train_until_crash(monkeypatch: pytest.MonkeyPatch, epoch: int, prepared_uri: str,
-                       cfg: Any, store: Store, **kwargs: Any) -> None:
-    """Train until the process 'dies' right after the checkpoint of ``epoch`` is stored."""
-    with monkeypatch.context() as m:
-        _crash_after(m, epoch)
-        with pytest.raises(_Crash):
-            train_mod.train(prepared_uri, cfg, store, RUN, **kwargs)
-
-
-def test_train_resumes_from_the_last_complete_checkpoint(
-    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
-    prepared_uri = make_prepared(store)
-    cfg = small_cfg(epochs=4)
-    _train_until_crash(monkeypatch, 2, prepared_uri, cfg, store)
-    ckpt = f"runs/{RUN}/train/checkpoints"
-    marker = json.loads(store.read_bytes(f"{ckpt}/checkpoint.json"))
-    assert marker["epoch"] == 2
-    # Only the latest checkpoint is kept.
-    assert store.list(ckpt) == [f"{ckpt}/checkpoint.json", f"{ckpt}/epoch-0002/model.keras"]
-    assert not store.exists(f"runs/{RUN}/train/result.json")
-
-    caplog.clear()
-    result = train_mod.train(prepared_uri, cfg, store, RUN)
-    assert result["resumed_from_epoch"] == 2
-    assert result["epochs_run"] == 4
-    assert f"resuming from epoch 2 of 4 ({store.uri_for(f'{ckpt}/epoch-0002/model.keras')})" \
-        in caplog.text
-    assert "epoch 3/4" in caplog.text and "epoch 1/4" not in caplog.text
-    history = json.loads(store.read_bytes(store.key_of(result["history_uri"])))
-    assert history["epoch"] == [1, 2, 3, 4]
-    assert history["epoch"][:2] == marker["history"]["epoch"]
-    assert history["loss"][:2] == marker["history"]["loss"]
-    assert store.list(ckpt) == []
-
-
-def test_each_checkpoint_is_reported_and_a_retry_checks_the_report(
-    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """What the DAG keeps in Airflow's task state store: one record per checkpoint."""
-    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
-    prepared_uri = make_prepared(store)
-    cfg = small_cfg(epochs=4)
-    reports: list[dict[str, Any]] = []
-    # Dies after storing the checkpoint of epoch 3, before reporting it.
-    _train_until_crash(monkeypatch, 3, prepared_uri, cfg, store, on_checkpoint=reports.append)
-    marker_uri = store.uri_for(f"runs/{RUN}/train/checkpoints/checkpoint.json")
-    assert [(r["epoch"], r["epochs"], r["checkpoint_uri"]) for r in reports] == [
-        (1, 4, marker_uri), (2, 4, marker_uri)]
-    assert all(r["saved_at"].endswith("Z") for r in reports)
-
-    caplog.clear()
-    result = train_mod.train(prepared_uri, cfg, store, RUN, on_checkpoint=reports.append,
-                             previous=reports[-1])
-    assert result["resumed_from_epoch"] == 3
-    assert ("the store holds epoch 3, newer than the 2 the previous attempt reported: "
-            "resuming from epoch 3") in caplog.text
-    assert [r["epoch"] for r in reports] == [1, 2, 4]
-
-
-def test_a_reported_checkpoint_that_is_gone_is_a_warning_and_a_fresh_start(
-    store: Store, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
-    prepared_uri = make_prepared(store)
-    previous = {"epoch": 2, "epochs": 2, "checkpoint_uri": "s3://gone/checkpoint.json"}
-    result = train_mod.train(prepared_uri, small_cfg(epochs=2), store, RUN, previous=previous)
-    assert result["resumed_from_epoch"] == 0 and result["epochs_run"] == 2
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("reported epoch 2 as checkpointed (s3://gone/checkpoint.json), but no usable "
-               "checkpoint is in the store now: training from scratch" in r.getMessage()
-               for r in warnings)
-
-
-def test_a_failing_progress_report_does_not_stop_training(
-    store: Store, caplog: pytest.LogCaptureFixture
-) -> None:
-    def broken(record: dict[str, Any]) -> None:
-        raise ConnectionError("api server unreachable")
-
-    result = train_mod.train(make_prepared(store), small_cfg(epochs=2), store, RUN,
-                             on_checkpoint=broken)
-    assert result["epochs_run"] == 2
-    assert "could not record the progress of epoch 1: api server unreachable" in caplog.text
-    assert "could not record the progress of epoch 2: api server unreachable" in caplog.text
-
-
-def test_a_half_written_checkpoint_is_not_trusted(
-    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
-    prepared_uri = make_prepared(store)
-    cfg = small_cfg(epochs=3)
-    _train_until_crash(monkeypatch, 1, prepared_uri, cfg, store)
-    ckpt = f"runs/{RUN}/train/checkpoints"
-    # A crash while uploading epoch 2: its model file is there, the marker still says 1.
-    store.write_bytes(f"{ckpt}/epoch-0002/model.keras", b"partial")
-    result = train_mod.train(prepared_uri, cfg, store, RUN)
-    assert result["resumed_from_epoch"] == 1
-    assert result["epochs_run"] == 3
-
-
-def test_a_checkpoint_of_other_parameters_is_ignored(
-    file_store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
-    prepared_uri = make_prepared(file_store)
-    _train_until_crash(monkeypatch, 1, prepared_uri, small_cfg(epochs=3), file_store)
-    result = train_mod.train(prepared_uri, small_cfg(epochs=2, learning_rate=2e-3),
-                             file_store, RUN)
-    assert result["resumed_from_epoch"] == 0
-    assert result["epochs_run"] == 2
-    assert "made with other parameters or data" in caplog.text
-
-
-def test_an_unreadable_checkpoint_marker_means_a_fresh_start(
-    file_store: Store, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
-    prepared_uri = make_prepared(file_store)
-    file_store.write_bytes(f"runs/{RUN}/train/checkpoints/checkpoint.json", b"{not json")
-    result = train_mod.train(prepared_uri, small_cfg(epochs=1), file_store, RUN)
-    assert result["resumed_from_epoch"] == 0
-    assert "ignoring unreadable checkpoint marker" in caplog.text
-
-
-def test_early_stopping_state_survives_a_resume_through_the_store(
-    file_store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    prepared_uri = make_prepared(file_store)
-    cfg = small_cfg("seed_wide_mlp", epochs=3, early_stopping_patience=5)
-    _train_until_crash(monkeypatch, 2, prepared_uri, cfg, file_store)
-    marker = json.loads(file_store.read_bytes(f"runs/{RUN}/train/checkpoints/checkpoint.json"))
-    assert marker["early_stopping"]["best"] == pytest.approx(min(marker["history"]["val_loss"]))
-    assert marker["best_weights_key"].endswith("epoch-0002/best_weights.npz")
-    result = train_mod.train(prepared_uri, cfg, file_store, RUN)
-    assert result["resumed_from_epoch"] == 2 and result["epochs_run"] == 3
-    history = json.loads(file_store.read_bytes(file_store.key_of(result["history_uri"])))
-    assert result["best_epoch"] == int(np.argmin(history["val_loss"])) + 1
 
 
 def test_train_rejects_malformed_prepared_data(file_store: Store) -> None:

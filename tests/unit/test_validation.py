@@ -19,7 +19,7 @@ from mnist_tasks.validation import (
     summarize,
     summary_lines,
 )
-from tests.ingest_helpers import make_arrays
+from tests.helpers import make_arrays
 
 REPORT_URI = "s3://bucket/cache/datasets/idx-abc/validation.json"
 

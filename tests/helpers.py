@@ -1,6 +1,7 @@
-"""Helpers for the ingest tests: tiny synthetic IDX data sets, a loopback HTTP server, a silent
-socket, ingest in a child process with its memory measured. Nothing here talks to anything but
-127.0.0.1."""
+"""Shared test helpers (the one module test files import helpers from; no test file imports
+another): tiny synthetic digits and IDX files, a prepared data set in a store, a small training
+config, a deterministic training crash, a loopback HTTP server and a silent socket. Nothing here
+talks to anything but 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -13,32 +14,120 @@ import subprocess
 import sys
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
-from mnist_tasks.config import MNIST_FILES
+from mnist_tasks.artifacts import save_npz
+from mnist_tasks.config import MNIST_FILES, PreprocessConfig, TrainConfig, train_config
 from mnist_tasks.idx import encode_idx
+from mnist_tasks.preprocess import preprocess
+from mnist_tasks.storage import Store
 
+RUN = "r1"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TRAIN_IMAGES = MNIST_FILES["train_images"]
 TRAIN_LABELS = MNIST_FILES["train_labels"]
 TEST_IMAGES = MNIST_FILES["test_images"]
 TEST_LABELS = MNIST_FILES["test_labels"]
 
 
-def make_arrays(n_train: int = 60, n_test: int = 30, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random 28x28 uint8 images (no blanks, no duplicates), balanced labels 0-9."""
+def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` uint8 28x28 images and balanced labels 0-9 (shuffled): class c is a bright 7x6
+    patch at its own place over faint noise, so a small model learns it in an epoch or two.
+    No image is blank and none repeats (the noise differs)."""
     rng = np.random.default_rng(seed)
-    return {
-        "x_train": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
-        "y_train": (np.arange(n_train) % 10).astype(np.uint8),
-        "x_test": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
-        "y_test": (np.arange(n_test) % 10).astype(np.uint8),
-    }
+    y = np.arange(n) % 10
+    rng.shuffle(y)
+    x = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(y):
+        r, col = 2 + (c // 4) * 9, 1 + (c % 4) * 7
+        x[i, r:r + 7, col:col + 6] = rng.integers(180, 256, size=(7, 6))
+    return x, y.astype(np.uint8)
+
+
+def make_arrays(n_train: int = 60, n_test: int = 30, seed: int = 0) -> dict[str, np.ndarray]:
+    """A raw data set (what ingest stores) of :func:`synthetic_digits`; train and test differ."""
+    x_train, y_train = synthetic_digits(n_train, seed=2 * seed + 1)
+    x_test, y_test = synthetic_digits(n_test, seed=2 * seed + 2)
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def make_prepared(store: Store, run_key: str = RUN, n_train: int = 600, n_test: int = 200,
+                  val_fraction: float = 0.1, seed: int = 0,
+                  dataset_key: str = "data/mnist.npz") -> str:
+    """Write :func:`make_arrays` to ``dataset_key`` and run the real preprocess stage on it
+    (split seed 7); returns the prepared URI."""
+    save_npz(store, dataset_key, make_arrays(n_train, n_test, seed))
+    result = preprocess(store.uri_for(dataset_key),
+                        PreprocessConfig(val_fraction=val_fraction, seed=7), store, run_key)
+    return str(result["prepared_uri"])
+
+
+def small_cfg(preset: str = "seed_mlp", **overrides: Any) -> TrainConfig:
+    """``preset`` for tests: 3 epochs of batch 32 unless overridden."""
+    values: dict[str, Any] = {"epochs": 3, "batch_size": 32, **overrides}
+    return train_config(preset, **values)
+
+
+def train_model_file(folder: Path) -> Path:
+    """A seed_mlp trained for two epochs on :func:`make_prepared` data, saved as
+    ``folder/model.keras`` (what the ``model_file`` fixture hands out)."""
+    from mnist_tasks.artifacts import load_prepared
+    from mnist_tasks.storage import LocalStore
+    from mnist_tasks.train import fit_arrays
+
+    store = LocalStore(folder / "store")
+    data = load_prepared(make_prepared(store), store)
+    fit = fit_arrays(small_cfg(epochs=2), data.x_train, data.y_train, data.x_val, data.y_val)
+    path = folder / "model.keras"
+    fit.model.save(path)
+    return path
+
+
+def put_model(store: Store, model_file: Path, key: str = f"runs/{RUN}/train/model.keras") -> str:
+    """Upload ``model_file`` to ``key``; returns its URI."""
+    store.upload_file(model_file, key)
+    return store.uri_for(key)
+
+
+class SimulatedCrash(BaseException):
+    """A crash of the training process, raised from the train stage's ``on_checkpoint`` hook.
+
+    Not an ``Exception``: the stage logs and ignores an ``Exception`` from its hook (progress
+    bookkeeping must not stop training); this one ends the run, as a kill would, at a point
+    that is known exactly: right after a checkpoint is complete in the store."""
+
+
+def crash_after(epoch: int, then: Callable[[dict[str, Any]], None] | None = None
+                ) -> Callable[[dict[str, Any]], None]:
+    """An ``on_checkpoint`` hook that passes each record to ``then`` and raises
+    :class:`SimulatedCrash` on the record of ``epoch`` (before passing it on)."""
+
+    def hook(record: dict[str, Any]) -> None:
+        if record["epoch"] == epoch:
+            raise SimulatedCrash(f"killed after the checkpoint of epoch {epoch}")
+        if then is not None:
+            then(record)
+
+    return hook
+
+
+def train_until_crash(epoch: int, prepared_uri: str, cfg: TrainConfig, store: Store,
+                      run_key: str = RUN,
+                      on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+                      **kwargs: Any) -> None:
+    """Train until the process 'dies' right after the checkpoint of ``epoch`` is stored."""
+    from mnist_tasks.train import train
+
+    with pytest.raises(SimulatedCrash):
+        train(prepared_uri, cfg, store, run_key, on_checkpoint=crash_after(epoch, on_checkpoint),
+              **kwargs)
 
 
 def idx_files(arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
