@@ -50,6 +50,7 @@ MNIST_MIRRORS: tuple[str, ...] = (
 DEFAULT_SOURCE = "default"
 DEFAULT_STORE = "file:///tmp/mnist-store"
 DEFAULT_MODEL_NAME = "mnist-classifier"
+FRESH_DROP_MARGIN = 0.02  # champion's fresh accuracy below its benchmark accuracy: warn
 
 
 class ConfigError(ValueError):
@@ -285,7 +286,7 @@ class ParamSpec:
     """
 
     name: str
-    type: Literal["string", "integer", "number"]
+    type: Literal["string", "integer", "number", "boolean"]
     default: Any
     title: str
     description: str
@@ -347,6 +348,16 @@ TRIGGER_PARAMS: tuple[ParamSpec, ...] = (
               "Where artifacts, cache and the model registry live: s3://bucket/prefix or "
               "file:///path (no '..' segments).", "store", pattern=STORE_PATTERN,
               env="MNIST_STORE"),
+    # Issue 11 (minimal here; the watch branch owns the final wording of these three).
+    ParamSpec("force", "boolean", False, "Force retraining",
+              "Retrain even when the champion was trained on exactly these inputs "
+              "(dataset version, preprocessing, training config, code).", "training"),
+    ParamSpec("fail_on_quarantine", "boolean", False, "Fail on a quarantined increment",
+              "Fail the run when an increment is quarantined (by default a warning).", "data"),
+    ParamSpec("fresh_drop_margin", "number", FRESH_DROP_MARGIN, "Fresh-data drop margin",
+              "Warn (FRESH-DATA DROP) when the champion's accuracy on a new increment's fresh "
+              "part is below its benchmark accuracy by more than this (absolute).", "gating",
+              minimum=0.0, maximum=1.0),
 )
 PARAM_SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in TRIGGER_PARAMS}
 
@@ -496,9 +507,16 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     model_name: str = DEFAULT_MODEL_NAME
+    force: bool = False  # retrain even when the champion covers these inputs
+    fail_on_quarantine: bool = False  # a quarantined increment fails ingest
+    fresh_drop_margin: float = FRESH_DROP_MARGIN
 
     def __post_init__(self) -> None:
         check_store_uri(self.store)
+        for name in ("force", "fail_on_quarantine"):
+            _check(isinstance(getattr(self, name), bool), name, getattr(self, name),
+                   "must be true or false")
+        _check_param("fresh_drop_margin", self.fresh_drop_margin)
         _check(isinstance(self.model_name, str)
                and bool(re.fullmatch(MODEL_NAME_PATTERN, self.model_name)),
                "model_name", self.model_name,
@@ -547,4 +565,7 @@ def pipeline_config(params: Mapping[str, Any]) -> PipelineConfig:
             max_recall_drop=get("max_recall_drop", gate_defaults.max_recall_drop),
         ),
         model_name=get("model_name", DEFAULT_MODEL_NAME),
+        force=get("force", False),
+        fail_on_quarantine=get("fail_on_quarantine", False),
+        fresh_drop_margin=get("fresh_drop_margin", FRESH_DROP_MARGIN),
     )
