@@ -286,3 +286,45 @@ def test_the_unchanged_path_never_imports_keras(
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"decision": UNCHANGED,
                                                                "heavy": []}
+
+
+def test_run_all_stops_after_check_when_unchanged(
+    file_store: LocalStore, tmp_path: Path,
+) -> None:
+    from mnist_tasks.config import pipeline_config
+    from mnist_tasks.pipeline import Pipeline, run_summary
+    from tests.ingest_helpers import write_folder
+
+    params = {"store": file_store.uri, "source": str(write_folder(tmp_path / "src")),
+              "checksums": "off", "epochs": 1}
+    first = Pipeline(pipeline_config(params), "run-0")
+    checked = first.check(first.ingest())
+    assert checked["decision"] == TRAIN
+    prepared = first.preprocess(checked)  # the chain carries the lineage on from check
+    assert prepared["lineage"] == checked["lineage"] and prepared["warnings"] == []
+    assert prepared["dataset_version"] == checked["dataset_version"]
+    assert prepared["inputs_key"] == checked["inputs_key"] and prepared["n_fresh"] == 0
+    save_champion(file_store, tmp_path, dict(checked["lineage"]))
+
+    out = Pipeline(pipeline_config(params), "run-2").run_all()
+    assert out["decision"] == UNCHANGED and out["covered_by"] == 1
+    assert out["dataset_version"] == checked["dataset_version"]
+    assert out["inputs_key"] == checked["inputs_key"] and out["warnings"] == []
+    assert list(out["timings"]) == ["ingest", "check"]
+    assert file_store.list("runs/run-2") == ["runs/run-2/summary.json"]  # nothing prepared
+    summary = run_summary(file_store, "run-2")
+    assert summary["decision"] == UNCHANGED and summary["covered_by"] == 1
+    assert summary["dataset_version"] == checked["dataset_version"]
+    assert summary["warnings"] == []
+
+
+def test_carry_keeps_the_lineage_and_appends_warnings() -> None:
+    from mnist_tasks.pipeline import carry
+
+    previous = {"lineage": {"inputs_key": "k"}, "warnings": ["FRESH-DATA DROP: a"],
+                "dataset_version": "v", "inputs_key": "k", "increments": [], "other": 1}
+    out = carry(previous, {"decision": "PROMOTE", "warnings": ["b"]})
+    assert out == {"lineage": {"inputs_key": "k"}, "warnings": ["FRESH-DATA DROP: a", "b"],
+                   "dataset_version": "v", "inputs_key": "k", "increments": [],
+                   "decision": "PROMOTE"}
+    assert carry({"x": 1}, {"y": 2}) == {"y": 2}
