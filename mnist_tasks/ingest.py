@@ -32,6 +32,23 @@ custom checksums) a cached re-run skips download and parse entirely; with checks
 files are downloaded and hashed, and parse and validation are skipped on a hit. Validation
 metrics are cached with the data and re-checked against the current thresholds on every run.
 
+Increments and the dataset version (issue 11): after the base, when the source is a folder,
+``file://`` or ``s3://`` (not the https mirrors), the complete increments under
+``<source>/increments/`` (see :mod:`mnist_tasks.increments`) that the source's latest dataset
+version has not decided yet are read, validated against the base, the test set and the
+increments accepted before them, and recorded as a new dataset version
+(:mod:`mnist_tasks.datasets`)::
+
+    datasets/<version-id>/manifest.json          the base + accepted increments (+ quarantined)
+    datasets/arrays/<increment>-<sha16>.npz      each accepted increment's train/fresh arrays
+    datasets/latest/<source-key>.json            the latest version of this source and base
+
+A run that finds no new increment id reads only that pointer, the manifest and one listing.
+Each increment's outcome is logged (QUARANTINED at WARNING, naming the file and the reason; a
+folder without ``_SUCCESS`` as "ignored: no _SUCCESS marker"). A quarantine is a warning unless
+``fail_on_quarantine`` is set. Without increments the version holds the base alone, so every
+model has one.
+
 Run it alone: ``python -m mnist_tasks ingest --source ../shared/datasets/mnist --store URI``.
 """
 
