@@ -223,12 +223,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return method(previous)
 
 
+def _data_args(argv: list[str]) -> list[str] | None:
+    """The arguments for ``mnist_tasks.datasets`` when the command is ``data`` (after any
+    ``--log-level``), else None. Handled before parsing, so ``data --store URI list`` reaches
+    the datasets command line as it is."""
+    level: list[str] = []
+    i = 0
+    while i < len(argv) and argv[i].startswith("--log-level"):
+        step = 1 if "=" in argv[i] else 2
+        level = argv[i:i + step]
+        i += step
+    if i < len(argv) and argv[i] == "data":
+        return [*level, *argv[i + 1:]]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["data"]:
+    data = _data_args(argv)
+    if data is not None:
         from mnist_tasks import datasets
 
-        return datasets.main(argv[1:])
+        return datasets.main(data)
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level,

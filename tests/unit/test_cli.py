@@ -173,6 +173,9 @@ def test_data_commands_pass_through_to_the_datasets_cli(tmp_path: Path) -> None:
     listed = _cli("data", "--store", str(tmp_path / "s"), "list", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert version in listed.stdout and listed.stdout.startswith("VERSION")
+    quiet = _cli("--log-level", "ERROR", "data", "--store", str(tmp_path / "s"), "list",
+                 cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stdout == listed.stdout
     shown = _cli("data", "--store", str(tmp_path / "s"), "show", version, cwd=tmp_path)
     assert shown.returncode == 0 and f"dataset version {version}" in shown.stdout
     line = _one_line_error(
