@@ -242,7 +242,9 @@ class Pipeline:
         #                    run_key=self.run_key, dag_id=self.dag_id, run_id=self.run_id,
         #                    code_version=code_version())
         # This branch's register.py still has the old signature, so unpack the chain here
-        # until the reg branch lands; then replace this call with the one above.
+        # until the reg branch lands; then replace this call with the one above. The lineage
+        # (dataset version, inputs key, code fingerprint, increments, quarantined) for the
+        # version's metadata is in decision["lineage"] (carried from check).
         evaluation = decision["evaluation"]
         result: dict[str, Any] = stage.register(
             self.run_key,
