@@ -61,16 +61,6 @@ CHAIN: dict[str, tuple[str, str, tuple[str, ...]]] = {
 ALIASES: dict[str, tuple[str, ...]] = {"preprocess": ("--ingested",)}
 
 
-def _bool_arg(value: str) -> bool:
-    """true/false (also 1/0, yes/no), case-insensitive."""
-    lowered = value.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"invalid boolean value {value!r} (true or false)")
-
-
 class _Parser(argparse.ArgumentParser):
     """An argument error is one line on stderr and exit status 2 (no usage block)."""
 
@@ -113,10 +103,15 @@ def _checksums_arg(value: str) -> Any:
 
 def _add_params(p: argparse.ArgumentParser, *groups: str) -> None:
     """The trigger parameters of ``groups``, as options: one definition in config.py."""
-    types: dict[str, Callable[[str], Any]] = {"string": str, "integer": int, "number": float,
-                                              "boolean": _bool_arg}
+    types: dict[str, type] = {"string": str, "integer": int, "number": float}
     for spec in TRIGGER_PARAMS:
         if spec.group not in groups:
+            continue
+        if spec.type == "boolean":  # --force / --no-force; unset: the spec's default
+            p.add_argument("--" + spec.name.replace("_", "-"),
+                           action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{spec.description} (default: {'on' if spec.default else 'off'})"
+                           .replace("%", "%%"))
             continue
         default = os.environ.get(spec.env) if spec.env else None
         where = f"${spec.env}, else " if spec.env else ""

@@ -31,7 +31,7 @@ from typing import Any
 
 from mnist_tasks import datasets
 from mnist_tasks.artifacts import code_fingerprint
-from mnist_tasks.config import FRESH_DROP_MARGIN, PreprocessConfig, TrainConfig
+from mnist_tasks.config import CheckConfig, PreprocessConfig, TrainConfig
 from mnist_tasks.registry import CHAMPION, Registry, VersionInfo
 from mnist_tasks.storage import Store
 
@@ -152,7 +152,7 @@ def check(
     store: Store,
     registry: Registry,
     force: bool = False,
-    fresh_drop_margin: float = FRESH_DROP_MARGIN,
+    fresh_drop_margin: float = CheckConfig.fresh_drop_margin,
 ) -> dict[str, Any]:
     """Decide UNCHANGED or TRAIN for the ingested data; check the champion on new data.
 

@@ -50,7 +50,6 @@ MNIST_MIRRORS: tuple[str, ...] = (
 DEFAULT_SOURCE = "default"
 DEFAULT_STORE = "file:///tmp/mnist-store"
 DEFAULT_MODEL_NAME = "mnist-classifier"
-FRESH_DROP_MARGIN = 0.02  # champion's fresh accuracy below its benchmark accuracy: warn
 
 
 class ConfigError(ValueError):
@@ -71,6 +70,10 @@ def _check_range(param: str, value: Any, lo: float, hi: float, *, integer: bool 
         f"must be {'an integer' if integer else 'a number'}",
     )
     _check(lo <= value <= hi, param, value, f"must be between {lo} and {hi}")
+
+
+def _check_bool(param: str, value: Any) -> None:
+    _check(isinstance(value, bool), param, value, "must be true or false")
 
 
 def _check_param(name: str, value: Any) -> None:
@@ -118,6 +121,9 @@ class IngestConfig:
     retries: int = 3
     backoff_s: float = 1.0
     thresholds: ValidationThresholds = field(default_factory=ValidationThresholds)
+    # A quarantined increment fails the run (True) instead of a warning (False); feeds
+    # increments.IncrementPolicy.fail_on_quarantine.
+    fail_on_quarantine: bool = False
 
     def __post_init__(self) -> None:
         _check(isinstance(self.source, str) and bool(self.source), "source", self.source,
@@ -134,6 +140,7 @@ class IngestConfig:
         _check_range("timeout_s", self.timeout_s, 0.01, 3600)
         _check_range("retries", self.retries, 0, 20, integer=True)
         _check_range("backoff_s", self.backoff_s, 0.0, 60)
+        _check_bool("fail_on_quarantine", self.fail_on_quarantine)
 
     def expected_sha256(self) -> dict[str, str] | None:
         """The expected payload hashes by file name, or None when verification is off."""
@@ -266,6 +273,20 @@ class GateConfig:
         _check_range("significance", self.significance, 1e-9, 0.5)
 
 
+@dataclass(frozen=True)
+class CheckConfig:
+    """The check before training: skip when nothing changed, the champion on fresh data."""
+
+    force: bool = False  # retrain even when the champion already covers these inputs
+    # Warn ("FRESH-DATA DROP") when the champion's accuracy on a new increment's held-out part
+    # is below its benchmark accuracy by more than this (absolute accuracy).
+    fresh_drop_margin: float = 0.02
+
+    def __post_init__(self) -> None:
+        _check_bool("force", self.force)
+        _check_param("fresh_drop_margin", self.fresh_drop_margin)
+
+
 # -- Trigger parameters: the one definition the DAG's form, the CLI and the configs share ------
 
 # Where the store may be, for the trigger form: s3://bucket[/prefix], file:///path or an
@@ -280,9 +301,10 @@ MODEL_NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,62}"
 class ParamSpec:
     """One trigger parameter: a field of the DAG's trigger form and an option of the CLI.
 
-    ``type`` is the JSON-schema type; ``nullable`` parameters accept ``None`` (empty in the
-    form), which means "the preset's value". ``env`` names the environment variable that an
-    edge (the DAG, the CLI) uses as the default instead of ``default`` when it is set.
+    ``type`` is the JSON-schema type (``boolean``: a switch on the form); ``nullable``
+    parameters accept ``None`` (empty in the form), which means "the preset's value". ``env``
+    names the environment variable that an edge (the DAG, the CLI) uses as the default instead
+    of ``default`` when it is set.
     """
 
     name: str
@@ -330,6 +352,10 @@ TRIGGER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("seed", "integer", TrainConfig.seed, "Seed",
               "Seeds the validation split, weight initialisation and shuffling.", "training",
               minimum=0, maximum=2**31 - 1),
+    ParamSpec("force", "boolean", CheckConfig.force, "Retrain even if unchanged",
+              "Retrain even when the champion was trained on exactly these inputs (dataset "
+              "version, preprocessing, training config and code); off: such a run stops "
+              "before training as UNCHANGED.", "training"),
     ParamSpec("min_accuracy", "number", GateConfig.min_accuracy, "Minimum test accuracy",
               "The gate rejects a model whose test accuracy is below this.", "gating",
               minimum=0.0, maximum=1.0),
@@ -340,24 +366,25 @@ TRIGGER_PARAMS: tuple[ParamSpec, ...] = (
               "Max per-digit recall drop",
               "The gate rejects a model whose recall on any digit drops by more than this "
               "compared with the champion.", "gating", minimum=0.0, maximum=1.0),
+    ParamSpec("fresh_drop_margin", "number", CheckConfig.fresh_drop_margin,
+              "Fresh-data drop margin",
+              "Before training, the champion is evaluated on each new increment's held-out "
+              "part; a FRESH-DATA DROP warning is raised when its accuracy there is below its "
+              "benchmark (test set) accuracy by more than this (absolute accuracy).", "gating",
+              minimum=0.0, maximum=1.0),
     ParamSpec("source", "string", DEFAULT_SOURCE, "Data source",
               "Where the four MNIST IDX .gz files are: 'default' (the public mirrors), "
               "https:// prefix(es), s3://bucket/prefix, file:///path or a folder on the worker.",
               "data", min_length=1, env="MNIST_SOURCE"),
+    ParamSpec("fail_on_quarantine", "boolean", IngestConfig.fail_on_quarantine,
+              "Fail on a quarantined increment",
+              "A quarantined increment (unreadable, bad labels, leaked test images, too few "
+              "images) fails the run, naming it; off: a warning, and the run goes on without "
+              "it.", "data"),
     ParamSpec("store", "string", DEFAULT_STORE, "Artifact store",
               "Where artifacts, cache and the model registry live: s3://bucket/prefix or "
               "file:///path (no '..' segments).", "store", pattern=STORE_PATTERN,
               env="MNIST_STORE"),
-    # Issue 11 (minimal here; the watch branch owns the final wording of these three).
-    ParamSpec("force", "boolean", False, "Force retraining",
-              "Retrain even when the champion was trained on exactly these inputs "
-              "(dataset version, preprocessing, training config, code).", "training"),
-    ParamSpec("fail_on_quarantine", "boolean", False, "Fail on a quarantined increment",
-              "Fail the run when an increment is quarantined (by default a warning).", "data"),
-    ParamSpec("fresh_drop_margin", "number", FRESH_DROP_MARGIN, "Fresh-data drop margin",
-              "Warn (FRESH-DATA DROP) when the champion's accuracy on a new increment's fresh "
-              "part is below its benchmark accuracy by more than this (absolute).", "gating",
-              minimum=0.0, maximum=1.0),
 )
 PARAM_SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in TRIGGER_PARAMS}
 
@@ -507,16 +534,10 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     model_name: str = DEFAULT_MODEL_NAME
-    force: bool = False  # retrain even when the champion covers these inputs
-    fail_on_quarantine: bool = False  # a quarantined increment fails ingest
-    fresh_drop_margin: float = FRESH_DROP_MARGIN
+    check: CheckConfig = field(default_factory=CheckConfig)
 
     def __post_init__(self) -> None:
         check_store_uri(self.store)
-        for name in ("force", "fail_on_quarantine"):
-            _check(isinstance(getattr(self, name), bool), name, getattr(self, name),
-                   "must be true or false")
-        _check_param("fresh_drop_margin", self.fresh_drop_margin)
         _check(isinstance(self.model_name, str)
                and bool(re.fullmatch(MODEL_NAME_PATTERN, self.model_name)),
                "model_name", self.model_name,
@@ -556,7 +577,8 @@ def pipeline_config(params: Mapping[str, Any]) -> PipelineConfig:
     return PipelineConfig(
         store=get("store", ""),
         ingest=IngestConfig(source=get("source", DEFAULT_SOURCE),
-                            checksums=parse_checksums(get("checksums", "pinned"))),
+                            checksums=parse_checksums(get("checksums", "pinned")),
+                            fail_on_quarantine=get("fail_on_quarantine", False)),
         preprocess=PreprocessConfig(val_fraction=train.val_fraction, seed=train.seed),
         train=train,
         gate=GateConfig(
@@ -565,7 +587,8 @@ def pipeline_config(params: Mapping[str, Any]) -> PipelineConfig:
             max_recall_drop=get("max_recall_drop", gate_defaults.max_recall_drop),
         ),
         model_name=get("model_name", DEFAULT_MODEL_NAME),
-        force=get("force", False),
-        fail_on_quarantine=get("fail_on_quarantine", False),
-        fresh_drop_margin=get("fresh_drop_margin", FRESH_DROP_MARGIN),
+        check=CheckConfig(
+            force=get("force", CheckConfig.force),
+            fresh_drop_margin=get("fresh_drop_margin", CheckConfig.fresh_drop_margin),
+        ),
     )

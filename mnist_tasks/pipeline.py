@@ -111,7 +111,7 @@ class Pipeline:
 
         result: dict[str, Any] = stage.ingest(
             self.cfg.ingest, self.store, s3_client_kwargs=self.s3_client_kwargs,
-            policy=IncrementPolicy(fail_on_quarantine=self.cfg.fail_on_quarantine),
+            policy=IncrementPolicy(fail_on_quarantine=self.cfg.ingest.fail_on_quarantine),
             run_id=self.run_id,
         )
         return result
@@ -129,8 +129,8 @@ class Pipeline:
 
         result: dict[str, Any] = stage.check(
             ingested, preprocess=self.cfg.preprocess, train=self.cfg.train, store=self.store,
-            registry=self.registry(), force=self.cfg.force,
-            fresh_drop_margin=self.cfg.fresh_drop_margin,
+            registry=self.registry(), force=self.cfg.check.force,
+            fresh_drop_margin=self.cfg.check.fresh_drop_margin,
         )
         fields: dict[str, Any] = dict(
             dataset_version=result["dataset_version"], inputs_key=result["inputs_key"],
@@ -242,9 +242,7 @@ class Pipeline:
         #                    run_key=self.run_key, dag_id=self.dag_id, run_id=self.run_id,
         #                    code_version=code_version())
         # This branch's register.py still has the old signature, so unpack the chain here
-        # until the reg branch lands; then replace this call with the one above. The lineage
-        # (dataset version, inputs key, code fingerprint, increments, quarantined) for the
-        # version's metadata is in decision["lineage"] (carried from check).
+        # until the reg branch lands; then replace this call with the one above.
         evaluation = decision["evaluation"]
         result: dict[str, Any] = stage.register(
             self.run_key,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_tasks.__main__ import CHAIN, _bool_arg, _parser, main
+from mnist_tasks.__main__ import CHAIN, _parser, main
 from mnist_tasks.config import DEPLOYMENT_SETTINGS, MNIST_FILES, PRESET_NAMES, TRIGGER_PARAMS
 
 
@@ -90,10 +90,12 @@ def _options(command: str) -> dict[str, argparse.Action]:
 
 def test_run_all_options_are_the_trigger_parameters_and_deployment_settings() -> None:
     options = _options("run-all")
-    types = {"string": str, "integer": int, "number": float, "boolean": _bool_arg}
+    types = {"string": str, "integer": int, "number": float, "boolean": None}
     for spec in TRIGGER_PARAMS:
         action = options[spec.name]
-        assert action.option_strings == ["--" + spec.name.replace("_", "-")]
+        option = "--" + spec.name.replace("_", "-")
+        assert action.option_strings == (
+            [option, option.replace("--", "--no-")] if spec.type == "boolean" else [option])
         assert action.type is types[spec.type], spec.name
         assert spec.description.replace("%", "%%") in (action.help or ""), spec.name
     assert tuple(options["preset"].choices or ()) == PRESET_NAMES
@@ -129,7 +131,7 @@ def test_check_command_takes_ingest_output_and_records_the_run(
     ingested = json.dumps({"dataset_uri": "file:///x/mnist.npz", "dataset_version": version,
                            "increments": [], "quarantined": []})
     assert main(["check", "--ingested", ingested, "--store", str(tmp_path / "s"),
-                 "--run-id", "r1", "--force", "true", "--epochs", "2"]) == 0
+                 "--run-id", "r1", "--force", "--epochs", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["decision"] == "TRAIN" and out["force"] is True and out["champion_version"] is None
     assert out["lineage"]["dataset_version"] == version and len(out["inputs_key"]) == 16
@@ -142,8 +144,8 @@ def test_check_command_takes_ingest_output_and_records_the_run(
     [
         (["check", "--ingested", '{"dataset_uri": "x"}'], "argument --ingested",
          "missing dataset_version: give ingest's JSON output"),
-        (["check", "--ingested", '{"dataset_uri": "x", "dataset_version": "v"}', "--force",
-          "maybe"], "argument --force", "invalid boolean value 'maybe'"),
+        (["check", "--ingested", '{"dataset_uri": "x", "dataset_version": "v"}',
+          "--force=maybe"], "argument --force", "ignored explicit argument 'maybe'"),
         (["run-all", "--fresh-drop-margin", "x"], "argument --fresh-drop-margin",
          "invalid float value"),
     ],
