@@ -4,14 +4,20 @@ Examples::
 
     python -m mnist_tasks run-all --source ../shared/datasets/mnist --store file:///tmp/store
     python -m mnist_tasks ingest --source ../shared/datasets/mnist --store file:///tmp/s > i.json
-    python -m mnist_tasks preprocess --ingested @i.json --store file:///tmp/s --run-id r1 > p.json
+    python -m mnist_tasks check --ingested @i.json --store file:///tmp/s > c.json
+    python -m mnist_tasks preprocess --checked @c.json --store file:///tmp/s --run-id r1 > p.json
     python -m mnist_tasks train --prepared @p.json --store file:///tmp/s --run-id r1 > t.json
     python -m mnist_tasks evaluate --trained @t.json --store file:///tmp/s --run-id r1 > e.json
     python -m mnist_tasks gate --evaluation @e.json --store file:///tmp/s --run-id r1 > g.json
     python -m mnist_tasks register --gate @g.json --store file:///tmp/s --run-id r1
+    python -m mnist_tasks data list --json          # = python -m mnist_tasks.datasets list ...
 
 The stages form a chain, as in the DAG: each command takes the previous stage's JSON output
-(inline, or ``@file``) and prints its own as one JSON line on stdout; logs go to stderr. The
+(inline, or ``@file``) and prints its own as one JSON line on stdout; logs go to stderr.
+``check`` prints ``"decision": "UNCHANGED"`` when the champion was trained on exactly these
+inputs (then preprocess refuses its output); ``preprocess --ingested`` is the older name of
+``--checked``. ``data ...`` runs :func:`mnist_tasks.datasets.main` (dataset versions and demo
+data) with the arguments that follow. The
 trigger parameters' options (``--preset``, ``--epochs``, ...) are generated from
 ``mnist_tasks.config.TRIGGER_PARAMS``; ``--checksums`` and ``--model-name`` are the deployment
 settings (defaults ``$MNIST_CHECKSUMS``, ``$MNIST_MODEL_NAME``). Defaults for ``--store`` and
@@ -44,12 +50,15 @@ log = logging.getLogger("mnist_tasks")
 # What each stage command takes (the previous stage's output) and the keys it must carry.
 CHAIN: dict[str, tuple[str, str, tuple[str, ...]]] = {
     # command: (option, the stage whose output it is, required keys)
-    "preprocess": ("--ingested", "ingest", ("dataset_uri",)),
+    "check": ("--ingested", "ingest", ("dataset_uri", "dataset_version")),
+    "preprocess": ("--checked", "check", ("dataset_uri",)),
     "train": ("--prepared", "preprocess", ("prepared_uri",)),
     "evaluate": ("--trained", "train", ("model_uri", "prepared_uri")),
     "gate": ("--evaluation", "evaluate", ("prepared_uri", "trained")),
     "register": ("--gate", "gate", ("decision", "prepared_uri", "evaluation")),
 }
+# Older option names still accepted (before check, preprocess took ingest's output).
+ALIASES: dict[str, tuple[str, ...]] = {"preprocess": ("--ingested",)}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -142,14 +151,17 @@ def _parser() -> argparse.ArgumentParser:
                            help="run id that keys the artifacts (default: manual__<UTC time>)")
         if name in CHAIN:
             option, stage, keys = CHAIN[name]
-            p.add_argument(option, type=_stage_output(stage, keys), required=True,
-                           help=f"{stage}'s JSON output, inline or @file")
+            p.add_argument(option, *ALIASES.get(name, ()), type=_stage_output(stage, keys),
+                           required=True, help=f"{stage}'s JSON output, inline or @file")
         return p
 
     p = command("ingest", "fetch, verify, parse and validate the four IDX files", "data",
                 run=False)
     _add_setting(p, "checksums")
-    command("preprocess", "scale to [0, 1], seeded validation split", "training")
+    p = command("check", "UNCHANGED (the champion covers these inputs) or TRAIN; the champion "
+                "on new increments' fresh data", "training", "gating")
+    _add_setting(p, "model_name")
+    command("preprocess", "scale to [0, 1], seeded validation split, fresh data", "training")
     command("train", "train a preset on prepared data", "training")
     command("evaluate", "metrics, report and plots for a trained model")
     p = command("gate", "PROMOTE or REJECT a trained model", "gating")
@@ -166,6 +178,11 @@ def _parser() -> argparse.ArgumentParser:
     p = command("run-all", "all stages in one process (no Airflow)", "data", "training", "gating")
     _add_setting(p, "checksums")
     _add_setting(p, "model_name")
+
+    p = sub.add_parser("data", help="dataset versions and demo data: list, show ID, make-demo, "
+                       "add-increment (python -m mnist_tasks data --help)", add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the arguments of "
+                   "python -m mnist_tasks.datasets")
     return parser
 
 
@@ -201,7 +218,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return method(previous)
 
 
+def _data_args(argv: list[str]) -> list[str] | None:
+    """The arguments for ``mnist_tasks.datasets`` when the command is ``data`` (after any
+    ``--log-level``), else None. Handled before parsing, so ``data --store URI list`` reaches
+    the datasets command line as it is."""
+    level: list[str] = []
+    i = 0
+    while i < len(argv) and argv[i].startswith("--log-level"):
+        step = 1 if "=" in argv[i] else 2
+        level = argv[i:i + step]
+        i += step
+    if i < len(argv) and argv[i] == "data":
+        return [*level, *argv[i + 1:]]
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    data = _data_args(argv)
+    if data is not None:
+        from mnist_tasks import datasets
+
+        return datasets.main(data)
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level,

@@ -8,6 +8,7 @@
 * models: :func:`load_keras_model` (safe mode), :func:`load_model_from_store`,
   :func:`predict_proba`, :func:`predict_classes`;
 * a retried stage's "reuse the recorded result": :func:`recorded_result`;
+* the code's identity, for a run's inputs key: :func:`code_fingerprint`;
 * time and JSON helpers: :func:`utc_now`, :func:`json_default`.
 
 Stage modules (ingest, preprocess, train, evaluate, gate, register) import this module,
@@ -18,6 +19,7 @@ use the time and JSON helpers without loading either.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -42,7 +44,9 @@ NUM_CLASSES = 10  # the digits 0-9
 RAW_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 # The prepared data written by preprocess (float32 images in [0, 1], uint8 labels).
 PREPARED_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
-# The held-out parts of the increments (absent from prepared data written before issue 11).
+# The held-out fresh parts of the accepted increments (never trained on): float32 images,
+# uint8 labels, and for each image the index of its increment in meta["fresh_increments"].
+# Absent from prepared data written before increments existed (then read as empty arrays).
 FRESH_ARRAYS = ("x_fresh", "y_fresh", "fresh_increment")
 
 
@@ -86,13 +90,17 @@ def write_json(store: Store, key: str, obj: Any, *, indent: int = 2) -> None:
 # --- arrays -------------------------------------------------------------------------------------
 
 
-def load_npz(store: Store, key: str, names: tuple[str, ...],
-             optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Load the named arrays (and those of ``optional`` present) of an ``.npz`` fully.
+def load_npz(
+    store: Store, key: str, names: tuple[str, ...], *, optional: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """Load the named arrays of an ``.npz`` object fully into memory.
+
+    Args:
+        optional: arrays loaded when present and left out of the result when not.
 
     Raises:
         ObjectNotFound: if the object does not exist.
-        ValueError: if an array is missing, naming the object and the array.
+        ValueError: if an array of ``names`` is missing, naming the object and the array.
     """
     import numpy as np
 
@@ -100,7 +108,7 @@ def load_npz(store: Store, key: str, names: tuple[str, ...],
         missing = [n for n in names if n not in npz.files]
         if missing:
             raise ValueError(f"{store.uri_for(key)}: missing arrays {missing}")
-        return {n: npz[n] for n in names + optional if n in npz.files}
+        return {n: npz[n] for n in (*names, *(o for o in optional if o in npz.files))}
 
 
 def save_npz(store: Store, key: str, arrays: dict[str, np.ndarray]) -> None:
@@ -125,9 +133,38 @@ def data_sha256(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def empty_fresh(image_shape: tuple[int, ...] = (28, 28)) -> dict[str, np.ndarray]:
+    """The fresh arrays of prepared data without fresh images: all three of length 0."""
+    import numpy as np
+
+    return {"x_fresh": np.zeros((0, *image_shape), dtype=np.float32),
+            "y_fresh": np.zeros(0, dtype=np.uint8),
+            "fresh_increment": np.zeros(0, dtype=np.int32)}
+
+
+def _no_images() -> np.ndarray:
+    return empty_fresh()["x_fresh"]
+
+
+def _no_labels() -> np.ndarray:
+    return empty_fresh()["y_fresh"]
+
+
+def _no_index() -> np.ndarray:
+    return empty_fresh()["fresh_increment"]
+
+
 @dataclass(frozen=True)
 class Prepared:
-    """The arrays a model is trained and evaluated on, plus their metadata."""
+    """The arrays a model is trained and evaluated on, plus their metadata.
+
+    ``x_test``/``y_test`` are the benchmark (the fixed MNIST test set). ``x_fresh`` (float32,
+    N x 28 x 28), ``y_fresh`` and ``fresh_increment`` (int, an index into
+    ``meta["fresh_increments"]``, the list of increment ids) are the accepted increments'
+    held-out parts, never trained on; all three have length 0 when the dataset version has no
+    accepted increment, and for prepared data written before increments existed.
+    ``meta["dataset_version"]`` is the dataset version's id (absent for such older data).
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -136,17 +173,14 @@ class Prepared:
     x_test: np.ndarray
     y_test: np.ndarray
     meta: dict[str, Any]
-    # The increments' held-out parts (never trained on); empty without accepted increments.
-    # fresh_increment[i]: the index into meta["fresh_increments"] (ids) of image i's increment.
-    x_fresh: np.ndarray = field(default_factory=lambda: _empty((0, 28, 28), "float32"))
-    y_fresh: np.ndarray = field(default_factory=lambda: _empty((0,), "uint8"))
-    fresh_increment: np.ndarray = field(default_factory=lambda: _empty((0,), "int64"))
+    x_fresh: np.ndarray = field(default_factory=_no_images)
+    y_fresh: np.ndarray = field(default_factory=_no_labels)
+    fresh_increment: np.ndarray = field(default_factory=_no_index)
 
-
-def _empty(shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    import numpy as np
-
-    return np.zeros(shape, dtype=dtype)
+    @property
+    def fresh_increments(self) -> list[str]:
+        """The increment ids ``fresh_increment`` indexes (empty without fresh data)."""
+        return [str(i) for i in self.meta.get("fresh_increments") or []]
 
 
 def load_prepared(prepared_uri: str, store: Store) -> Prepared:
@@ -158,6 +192,8 @@ def load_prepared(prepared_uri: str, store: Store) -> Prepared:
     """
     key = store.key_of(prepared_uri)
     arrays = load_npz(store, key, PREPARED_ARRAYS, optional=FRESH_ARRAYS)
+    if not all(name in arrays for name in FRESH_ARRAYS):
+        arrays.update(empty_fresh(tuple(arrays["x_test"].shape[1:])))
     meta = read_json(store, key.rsplit("/", 1)[0] + "/prepared.json")
     return Prepared(meta=meta, **arrays)
 
@@ -228,6 +264,25 @@ def predict_classes(model: keras.Model, x: np.ndarray, batch_size: int = 1024) -
     import numpy as np
 
     return np.argmax(predict_proba(model, x, batch_size), axis=1).astype(np.int64)
+
+
+# --- code identity ------------------------------------------------------------------------------
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """SHA-256 (hex) over the library's code: the sorted ``mnist_tasks/*.py`` files, each as
+    its name and its bytes.
+
+    Part of a run's inputs key: a model trained by other code is not "the same inputs", even on
+    the same data and config. Computed once per process.
+    """
+    h = hashlib.sha256(b"mnist-tasks/code-fingerprint/1\n")
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        data = path.read_bytes()
+        h.update(f"{path.name}:{len(data)}\n".encode())
+        h.update(data)
+    return h.hexdigest()
 
 
 # --- retries ------------------------------------------------------------------------------------

@@ -1,16 +1,22 @@
-"""The six stages bound to one run: what each DAG task calls, and ``run-all`` chains in-process.
+"""The seven stages bound to one run: what each DAG task calls, and ``run-all`` chains in-process.
 
 A :class:`Pipeline` holds a validated :class:`~mnist_tasks.config.PipelineConfig`, the opened
 store and the run's key. Each method runs one stage, takes only the previous stage's result,
 and returns a small dict (references and a few numbers, never arrays) that carries what the
 later stages need, so the stages form a chain; nothing here knows about Airflow::
 
-    ingested   = pipe.ingest()
-    prepared   = pipe.preprocess(ingested)
+    ingested   = pipe.ingest()               # + dataset_version, increments, quarantined
+    checked    = pipe.check(ingested)        # decision UNCHANGED (stop) or TRAIN; + lineage
+    prepared   = pipe.preprocess(checked)
     trained    = pipe.train(prepared)        # + prepared_uri
     evaluation = pipe.evaluate(trained)      # + prepared_uri, trained
     decision   = pipe.gate(evaluation)       # + prepared_uri, evaluation (holds trained)
     registered = pipe.register(decision)     # only on PROMOTE
+
+From check on, every result also carries :data:`CARRIED`: ``lineage`` (``dataset_version``,
+``inputs_key``, ``code_fingerprint``, ``increments``, ``quarantined``), ``warnings`` (e.g. a
+FRESH-DATA DROP), ``dataset_version``, ``inputs_key`` and ``increments``, so register finds
+them in ``decision["lineage"]``.
 
 Usage::
 
@@ -34,6 +40,21 @@ from mnist_tasks.config import PipelineConfig, run_key
 from mnist_tasks.storage import ObjectNotFound, Store, open_store
 
 log = logging.getLogger(__name__)
+
+# What the Pipeline copies from each result into the next one, from check on.
+CARRIED = ("lineage", "warnings", "dataset_version", "inputs_key", "increments")
+
+
+def carry(previous: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
+    """``result`` plus the :data:`CARRIED` keys of ``previous`` that it lacks; ``warnings``
+    are the previous ones followed by the stage's own."""
+    out = {k: previous[k] for k in CARRIED if k in previous and k not in result}
+    out.update(result)
+    if "warnings" in previous or "warnings" in result:
+        own = [w for w in result.get("warnings") or [] if w not in (previous.get("warnings")
+                                                                    or [])]
+        out["warnings"] = [*(previous.get("warnings") or []), *own]
+    return out
 
 
 def code_version() -> str | None:
@@ -84,16 +105,60 @@ class Pipeline:
         return Registry(self.store, self.cfg.model_name)
 
     def ingest(self) -> dict[str, Any]:
+        """Ingest the base data set and the increments; record the dataset version."""
         from mnist_tasks import ingest as stage
+        from mnist_tasks.increments import IncrementPolicy
 
-        return stage.ingest(self.cfg.ingest, self.store, s3_client_kwargs=self.s3_client_kwargs)
+        result: dict[str, Any] = stage.ingest(
+            self.cfg.ingest, self.store, s3_client_kwargs=self.s3_client_kwargs,
+            policy=IncrementPolicy(fail_on_quarantine=self.cfg.ingest.fail_on_quarantine),
+            run_id=self.run_id,
+        )
+        return result
 
-    def preprocess(self, ingested: Mapping[str, Any]) -> dict[str, Any]:
+    def check(self, ingested: Mapping[str, Any]) -> dict[str, Any]:
+        """Decide UNCHANGED (the champion covers these inputs) or TRAIN; check the champion on
+        the new increments' fresh data (see :func:`mnist_tasks.check.check`).
+
+        Returns:
+            What :func:`mnist_tasks.check.check` returns: the ingest result plus
+            ``decision``, ``covered_by``, ``inputs_key``, ``code_fingerprint``,
+            ``champion_version``, ``champion_fresh``, ``warnings`` and ``lineage``.
+        """
+        from mnist_tasks import check as stage
+
+        result: dict[str, Any] = stage.check(
+            ingested, preprocess=self.cfg.preprocess, train=self.cfg.train, store=self.store,
+            registry=self.registry(), force=self.cfg.check.force,
+            fresh_drop_margin=self.cfg.check.fresh_drop_margin,
+        )
+        fields: dict[str, Any] = dict(
+            dataset_version=result["dataset_version"], inputs_key=result["inputs_key"],
+            warnings=result["warnings"], champion_fresh=result["champion_fresh"],
+            quarantined=result.get("quarantined", []), preset=self.cfg.train.preset,
+        )
+        if result["decision"] == "UNCHANGED":
+            fields.update(decision="UNCHANGED", covered_by=result["covered_by"])
+        self._update_summary(**fields)
+        return result
+
+    def preprocess(self, checked: Mapping[str, Any]) -> dict[str, Any]:
+        """Prepare the checked data set version (base + accepted increments, fresh parts).
+
+        Raises:
+            ValueError: if check decided UNCHANGED (there is nothing to prepare).
+        """
         from mnist_tasks import preprocess as stage
 
-        return stage.preprocess(
-            ingested["dataset_uri"], self.cfg.preprocess, self.store, self.run_key
+        if checked.get("decision") == "UNCHANGED":
+            raise ValueError(f"check decided UNCHANGED (covered by champion "
+                             f"v{checked.get('covered_by')}): nothing to preprocess; trigger "
+                             "with force=true to retrain")
+        result: dict[str, Any] = stage.preprocess(
+            checked["dataset_uri"], self.cfg.preprocess, self.store, self.run_key,
+            dataset_version=checked.get("dataset_version"),
         )
+        return carry(checked, {**result, "increments": checked.get("increments", [])})
 
     def train(
         self,
@@ -113,7 +178,7 @@ class Pipeline:
             prepared["prepared_uri"], self.cfg.train, self.store, self.run_key,
             on_checkpoint=on_checkpoint, previous=previous,
         )
-        return {**result, "prepared_uri": prepared["prepared_uri"]}
+        return carry(prepared, {**result, "prepared_uri": prepared["prepared_uri"]})
 
     def evaluate(self, trained: Mapping[str, Any]) -> dict[str, Any]:
         """Evaluate the trained model on the data it was trained from.
@@ -132,7 +197,8 @@ class Pipeline:
             history_uri=trained.get("history_uri"),
         )
         self._update_summary(test_accuracy=result["test_accuracy"], preset=self.cfg.train.preset)
-        return {**result, "prepared_uri": trained["prepared_uri"], "trained": dict(trained)}
+        return carry(trained, {**result, "prepared_uri": trained["prepared_uri"],
+                               "trained": dict(trained)})
 
     def gate(self, evaluation: Mapping[str, Any]) -> dict[str, Any]:
         """Decide PROMOTE or REJECT for the evaluated model.
@@ -152,12 +218,15 @@ class Pipeline:
             self.store,
             self.run_key,
         )
+        out = carry(evaluation, {**result, "prepared_uri": prepared_uri,
+                                 "evaluation": dict(evaluation)})
         self._update_summary(
             test_accuracy=evaluation["test_accuracy"],
             decision=result["decision"],
             reasons=result.get("reasons", []),
+            warnings=out.get("warnings", []),
         )
-        return {**result, "prepared_uri": prepared_uri, "evaluation": dict(evaluation)}
+        return out
 
     def register(self, decision: Mapping[str, Any]) -> dict[str, Any]:
         """Register the gated model (see :func:`mnist_tasks.register.register`).
@@ -189,11 +258,15 @@ class Pipeline:
         self.store.write_bytes(key, json.dumps(summary, indent=2).encode())
 
     def run_all(self) -> dict[str, Any]:
-        """Run every stage in this process; registration only when the gate says PROMOTE.
+        """Run every stage in this process; stop after check on UNCHANGED; registration only
+        when the gate says PROMOTE.
 
         Returns:
-            ``decision``, ``test_accuracy``, ``seconds``, per-stage ``timings``, and on PROMOTE
-            ``model_uri`` and ``version``.
+            ``run_id``, ``decision``, ``dataset_version``, ``inputs_key``, ``warnings``,
+            ``seconds`` and per-stage ``timings``; on UNCHANGED (check found the champion
+            trained on these inputs; nothing else runs) ``covered_by``, the champion's version;
+            otherwise ``test_accuracy``, ``fresh_accuracy`` and on PROMOTE ``model_uri``,
+            ``version`` and ``champion``.
         """
         timings: dict[str, float] = {}
 
@@ -206,14 +279,23 @@ class Pipeline:
 
         start = time.perf_counter()
         ingested = timed("ingest", self.ingest)
-        prepared = timed("preprocess", self.preprocess, ingested)
+        checked = timed("check", self.check, ingested)
+        common = {"run_id": self.run_id, "dataset_version": checked["dataset_version"],
+                  "inputs_key": checked["inputs_key"]}
+        if checked["decision"] == "UNCHANGED":
+            return {**common, "decision": "UNCHANGED", "covered_by": checked["covered_by"],
+                    "warnings": checked["warnings"],
+                    "seconds": round(time.perf_counter() - start, 3), "timings": timings}
+        prepared = timed("preprocess", self.preprocess, checked)
         trained = timed("train", self.train, prepared)
         evaluation = timed("evaluate", self.evaluate, trained)
         decision = timed("gate", self.gate, evaluation)
         result: dict[str, Any] = {
-            "run_id": self.run_id,
+            **common,
             "decision": decision["decision"],
             "test_accuracy": evaluation["test_accuracy"],
+            "fresh_accuracy": evaluation.get("fresh_accuracy"),
+            "warnings": decision.get("warnings", []),
         }
         if decision["decision"] == "PROMOTE":
             registered = timed("register", self.register, decision)

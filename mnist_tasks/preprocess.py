@@ -1,11 +1,23 @@
 """Preprocess: scale pixels to float32 in [0, 1], split off a seeded validation set, fingerprint.
 
 Input is the cached data set written by ingest (``mnist.npz`` with uint8 ``x_train``,
-``y_train``, ``x_test``, ``y_test``). Output, under ``runs/<run-key>/preprocess/``:
+``y_train``, ``x_test``, ``y_test``) and, when given, the dataset version whose accepted
+increments join it (their arrays are read from the store, never from the source):
 
-* ``prepared.npz``: float32 ``x_train``, ``x_val``, ``x_test`` of shape (N, 28, 28) and uint8
-  labels ``y_train``, ``y_val``, ``y_test``;
-* ``prepared.json``: the fingerprint, split sizes and parameters (written last).
+* the training pool is the base training set followed by each accepted increment's train part
+  (in id order); the seeded validation split is taken from that pool;
+* ``x_test``/``y_test`` stay the fixed MNIST test set: the benchmark every version is compared
+  on;
+* ``x_fresh``/``y_fresh``/``fresh_increment`` are the increments' held-out fresh parts (never
+  trained on), ``fresh_increment`` indexing ``meta["fresh_increments"]``.
+
+Output, under ``runs/<run-key>/preprocess/``:
+
+* ``prepared.npz``: float32 ``x_train``, ``x_val``, ``x_test``, ``x_fresh`` of shape
+  (N, 28, 28), uint8 labels ``y_train``, ``y_val``, ``y_test``, ``y_fresh`` and int32
+  ``fresh_increment``;
+* ``prepared.json``: the fingerprint (which covers the dataset version), split sizes, the
+  dataset version and its increments, and the parameters (written last).
 
 The later stages read both with :func:`mnist_tasks.artifacts.load_prepared`.
 
@@ -21,9 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from mnist_tasks import datasets
 from mnist_tasks.artifacts import (
     RAW_ARRAYS,
     data_sha256,
+    empty_fresh,
     load_npz,
     recorded_result,
     save_npz,
@@ -42,22 +56,68 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def preprocess(
-    dataset_uri: str, cfg: PreprocessConfig, store: Store, run_key: str
+def _increments(
+    store: Store, version: datasets.DatasetVersion | None, image_shape: tuple[int, ...]
 ) -> dict[str, Any]:
-    """Scale, split and fingerprint the data set at ``dataset_uri``; store the result.
+    """The accepted increments' train and fresh parts, concatenated in id order (uint8)."""
+    parts = [(e, datasets.load_arrays(store, e)) for e in (version.increments if version else ())]
+    if not parts:
+        fresh = empty_fresh(image_shape)
+        return {"x_train": np.zeros((0, *image_shape), np.uint8),
+                "y_train": np.zeros(0, np.uint8),
+                "x_fresh": np.zeros((0, *image_shape), np.uint8),
+                "y_fresh": fresh["y_fresh"], "fresh_increment": fresh["fresh_increment"],
+                "ids": []}
+    for entry, arrays in parts:
+        if arrays["x_train"].shape[1:] != image_shape:
+            raise ValueError(f"{store.uri_for(entry.arrays_key)}: increment {entry.id!r} has "
+                             f"images of {arrays['x_train'].shape[1:]}, the base {image_shape}")
+    return {
+        "x_train": np.concatenate([a["x_train"] for _, a in parts]),
+        "y_train": np.concatenate([a["y_train"] for _, a in parts]).astype(np.uint8),
+        "x_fresh": np.concatenate([a["x_fresh"] for _, a in parts]),
+        "y_fresh": np.concatenate([a["y_fresh"] for _, a in parts]).astype(np.uint8),
+        "fresh_increment": np.concatenate(
+            [np.full(len(a["y_fresh"]), i, np.int32) for i, (_, a) in enumerate(parts)]),
+        "ids": [e.id for e, _ in parts],
+    }
+
+
+def preprocess(
+    dataset_uri: str,
+    cfg: PreprocessConfig,
+    store: Store,
+    run_key: str,
+    *,
+    dataset_version: str | None = None,
+) -> dict[str, Any]:
+    """Scale, split and fingerprint the data set at ``dataset_uri`` (plus the accepted
+    increments of ``dataset_version``); store the result.
 
     Idempotent: a retry with the same inputs finds ``prepared.json`` and returns it.
 
+    Args:
+        dataset_uri: the base data set ingest cached.
+        cfg: the validation split's fraction and seed.
+        store: the run's store (where the dataset version and its arrays are too).
+        run_key: the run's key.
+        dataset_version: the dataset version id (see :mod:`mnist_tasks.datasets`); None for
+            the base alone, as before dataset versions existed.
+
     Returns:
-        ``prepared_uri``, ``fingerprint``, ``data_sha256``, ``n_train``, ``n_val``, ``n_test``.
+        ``prepared_uri``, ``fingerprint``, ``data_sha256`` (the base arrays'), ``n_train``,
+        ``n_val``, ``n_test``, ``n_fresh``, ``dataset_version``, ``increments`` (the accepted
+        increment ids whose train parts are in the pool), ``fresh_increments`` (the ids
+        ``fresh_increment`` indexes), ``n_increment_train``.
 
     Raises:
         ObjectNotFound: if the data set does not exist in the store.
-        ValueError: if the data set is malformed.
+        ValueError: if the data set is malformed; DatasetError (a ValueError) if the dataset
+            version is unknown or an increment's arrays are missing or corrupt.
     """
     start = time.perf_counter()
     prefix = f"runs/{run_key}/preprocess"
+    version = datasets.load_version(store, dataset_version) if dataset_version else None
     raw = load_npz(store, store.key_of(dataset_uri), RAW_ARRAYS)
     for split in ("train", "test"):
         x, y = raw[f"x_{split}"], raw[f"y_{split}"]
@@ -67,9 +127,11 @@ def preprocess(
                 "expected (N, rows, cols) images and N labels"
             )
     raw_sha = data_sha256(raw)
-    fingerprint = hashlib.sha256(
-        f"{raw_sha}|scale=1/255|val_fraction={cfg.val_fraction}|seed={cfg.seed}".encode()
-    ).hexdigest()
+    spec = f"{raw_sha}|scale=1/255|val_fraction={cfg.val_fraction}|seed={cfg.seed}"
+    if version is not None:
+        # The version id covers its increments' content (payload hashes, counts, splits).
+        spec += f"|dataset_version={version.id}"
+    fingerprint = hashlib.sha256(spec.encode()).hexdigest()
 
     existing = recorded_result(store, f"{prefix}/prepared.json", {"fingerprint": fingerprint},
                                requires=[f"{prefix}/prepared.npz"])
@@ -78,16 +140,23 @@ def preprocess(
                  store.uri_for(prefix), fingerprint[:12])
         return existing
 
-    train_idx, val_idx = split_indices(len(raw["y_train"]), cfg.val_fraction, cfg.seed)
+    image_shape = tuple(raw["x_train"].shape[1:])
+    inc = _increments(store, version, image_shape)
+    pool_x = np.concatenate([raw["x_train"], inc["x_train"]])
+    pool_y = np.concatenate([raw["y_train"], inc["y_train"]])
+    train_idx, val_idx = split_indices(len(pool_y), cfg.val_fraction, cfg.seed)
     scale = np.float32(1.0 / 255.0)
-    x_train = raw["x_train"].astype(np.float32) * scale
+    x_pool = pool_x.astype(np.float32) * scale
     arrays = {
-        "x_train": x_train[train_idx],
-        "y_train": raw["y_train"][train_idx],
-        "x_val": x_train[val_idx],
-        "y_val": raw["y_train"][val_idx],
+        "x_train": x_pool[train_idx],
+        "y_train": pool_y[train_idx],
+        "x_val": x_pool[val_idx],
+        "y_val": pool_y[val_idx],
         "x_test": raw["x_test"].astype(np.float32) * scale,
         "y_test": raw["y_test"],
+        "x_fresh": inc["x_fresh"].astype(np.float32) * scale,
+        "y_fresh": inc["y_fresh"],
+        "fresh_increment": inc["fresh_increment"],
     }
     save_npz(store, f"{prefix}/prepared.npz", arrays)
     result: dict[str, Any] = {
@@ -100,13 +169,20 @@ def preprocess(
         "n_train": len(train_idx),
         "n_val": len(val_idx),
         "n_test": len(raw["y_test"]),
-        "image_shape": list(raw["x_train"].shape[1:]),
+        "n_fresh": len(inc["y_fresh"]),
+        "n_increment_train": len(inc["y_train"]),
+        "dataset_version": version.id if version else None,
+        "increments": list(inc["ids"]),
+        "fresh_increments": list(inc["ids"]),
+        "image_shape": list(image_shape),
     }
     write_json(store, f"{prefix}/prepared.json", result)
     log.info(
-        "preprocess: %d train / %d validation / %d test images, float32 in [0, 1], "
-        "fingerprint %s, %.2f s -> %s",
-        result["n_train"], result["n_val"], result["n_test"], fingerprint[:12],
-        time.perf_counter() - start, result["prepared_uri"],
+        "preprocess: %d train / %d validation / %d test (benchmark) / %d fresh images "
+        "(dataset version %s: base + %d increment(s), %d increment training images), "
+        "float32 in [0, 1], fingerprint %s, %.2f s -> %s",
+        result["n_train"], result["n_val"], result["n_test"], result["n_fresh"],
+        result["dataset_version"] or "none", len(inc["ids"]), result["n_increment_train"],
+        fingerprint[:12], time.perf_counter() - start, result["prepared_uri"],
     )
     return result

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mnist_tasks.__main__ import CHAIN, _parser, main
-from mnist_tasks.config import DEPLOYMENT_SETTINGS, PRESET_NAMES, TRIGGER_PARAMS
+from mnist_tasks.config import DEPLOYMENT_SETTINGS, MNIST_FILES, PRESET_NAMES, TRIGGER_PARAMS
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -105,8 +105,82 @@ def test_run_all_options_are_the_trigger_parameters_and_deployment_settings() ->
 
 def test_each_stage_takes_the_previous_stages_output() -> None:
     assert {c: CHAIN[c][1] for c in CHAIN} == {
-        "preprocess": "ingest", "train": "preprocess", "evaluate": "train",
+        "check": "ingest", "preprocess": "check", "train": "preprocess", "evaluate": "train",
         "gate": "evaluate", "register": "gate"}
     for command, (option, _, _) in CHAIN.items():
         action = _options(command)[option.removeprefix("--")]
         assert action.required, command
+    # before check existed, preprocess took ingest's output as --ingested: still accepted
+    assert _options("preprocess")["checked"].option_strings == ["--checked", "--ingested"]
+
+
+def _base_only_version(store_dir: Path) -> str:
+    from mnist_tasks.datasets import BaseInfo, save_version
+    from mnist_tasks.storage import LocalStore
+
+    base = BaseInfo({n: f"{i:064x}" for i, n in enumerate(sorted(MNIST_FILES.values()))}, 10, 5)
+    return save_version(LocalStore(store_dir), base, [], fresh_fraction=0.2).id
+
+
+def test_check_command_takes_ingest_output_and_records_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    import json
+
+    version = _base_only_version(tmp_path / "s")
+    ingested = json.dumps({"dataset_uri": "file:///x/mnist.npz", "dataset_version": version,
+                           "increments": [], "quarantined": []})
+    assert main(["check", "--ingested", ingested, "--store", str(tmp_path / "s"),
+                 "--run-id", "r1", "--force", "--epochs", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["decision"] == "TRAIN" and out["force"] is True and out["champion_version"] is None
+    assert out["lineage"]["dataset_version"] == version and len(out["inputs_key"]) == 16
+    summary = json.loads((tmp_path / "s/runs/r1/summary.json").read_text())
+    assert summary["dataset_version"] == version and summary["inputs_key"] == out["inputs_key"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "argument", "detail"),
+    [
+        (["check", "--ingested", '{"dataset_uri": "x"}'], "argument --ingested",
+         "missing dataset_version: give ingest's JSON output"),
+        (["check", "--ingested", '{"dataset_uri": "x", "dataset_version": "v"}',
+          "--force=maybe"], "argument --force", "ignored explicit argument 'maybe'"),
+        (["run-all", "--fresh-drop-margin", "x"], "argument --fresh-drop-margin",
+         "invalid float value"),
+    ],
+)
+def test_bad_check_arguments_are_one_line(
+    argv: list[str], argument: str, detail: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--store", str(tmp_path / "s")])
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert argument in line and detail in line
+
+
+def test_preprocess_refuses_an_unchanged_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    checked = '{"dataset_uri": "x", "decision": "UNCHANGED", "covered_by": 3}'
+    assert main(["preprocess", "--checked", checked, "--store", str(tmp_path / "s")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "check decided UNCHANGED (covered by champion v3): nothing to preprocess" in line
+
+
+def test_data_commands_pass_through_to_the_datasets_cli(tmp_path: Path) -> None:
+    version = _base_only_version(tmp_path / "s")
+    listed = _cli("data", "--store", str(tmp_path / "s"), "list", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert version in listed.stdout and listed.stdout.startswith("VERSION")
+    quiet = _cli("--log-level", "ERROR", "data", "--store", str(tmp_path / "s"), "list",
+                 cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stdout == listed.stdout
+    shown = _cli("data", "--store", str(tmp_path / "s"), "show", version, cwd=tmp_path)
+    assert shown.returncode == 0 and f"dataset version {version}" in shown.stdout
+    line = _one_line_error(
+        _cli("data", "--store", str(tmp_path / "s"), "show", "0123456789abcdef", cwd=tmp_path),
+        "unknown dataset version '0123456789abcdef'")
+    assert line.startswith("error:")

@@ -1,0 +1,330 @@
+"""The check stage: the inputs key, UNCHANGED against the champion, force, and the champion on
+the new increments' fresh data (FRESH-DATA DROP).
+
+The data: 28x28 uint8 images where digit d is a bright 4x4 patch at its own place over faint
+noise; the champion is Flatten + Dense(10) with hand-set weights that maps each patch to its
+digit (100 % on such images). A "moved" increment draws every digit's patch where the next
+digit's belongs, so the champion gets it all wrong: a crafted fresh-data drop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mnist_tasks import datasets
+from mnist_tasks.artifacts import code_fingerprint
+from mnist_tasks.check import TRAIN, UNCHANGED, check, inputs_key
+from mnist_tasks.config import PreprocessConfig, TrainConfig, train_config
+from mnist_tasks.increments import ACCEPTED, CheckedIncrement
+from mnist_tasks.registry import Registry
+from mnist_tasks.storage import LocalStore
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = datasets.BaseInfo(
+    {name: f"{i:064x}" for i, name in enumerate(sorted(
+        ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]))},
+    train_count=100, test_count=50)
+PRE = PreprocessConfig(val_fraction=0.1, seed=1)
+TRAIN_CFG = train_config("seed_mlp", epochs=1)
+
+
+def patch(digit: int) -> tuple[slice, slice]:
+    row, col = 2 + (digit // 5) * 12, 2 + (digit % 5) * 5
+    return slice(row, row + 4), slice(col, col + 4)
+
+
+def images(labels: np.ndarray, seed: int, *, moved: bool = False) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 40, size=(len(labels), 28, 28), dtype=np.uint8)
+    for i, digit in enumerate(labels):
+        x[i][patch((int(digit) + 1) % 10 if moved else int(digit))] = 255
+    return x
+
+
+def increment(inc_id: str, seed: int, *, moved: bool = False) -> CheckedIncrement:
+    y_train = np.repeat(np.arange(10, dtype=np.uint8), 4)
+    y_fresh = np.repeat(np.arange(10, dtype=np.uint8), 2)
+    return CheckedIncrement(
+        id=inc_id, status=ACCEPTED, reasons=(), uri=f"file:///src/increments/{inc_id}",
+        format="idx", payload_sha256=f"{seed:064x}",
+        counts={"received": 60, "kept": 60, "train": 40, "fresh": 20, "leaked": 0,
+                "duplicates_within": 0, "duplicates_accepted": 0},
+        class_counts=(6,) * 10, drift={}, fresh_fraction=0.2,
+        train_images=images(y_train, seed, moved=moved), train_labels=y_train,
+        fresh_images=images(y_fresh, seed + 1000, moved=moved), fresh_labels=y_fresh,
+    )
+
+
+def ingested(store: LocalStore, version: datasets.DatasetVersion) -> dict[str, Any]:
+    """What ingest returns, as far as check reads it."""
+    return {
+        "dataset_uri": store.uri_for("cache/datasets/k/mnist.npz"),
+        "dataset_version": version.id,
+        "increments": [{"id": e.id, "status": "ACCEPTED", "reasons": [], "drift": e.drift,
+                        "payload_sha256": e.payload_sha256, "train": e.train,
+                        "fresh": e.fresh} for e in version.increments],
+        "quarantined": [],
+    }
+
+
+def save_champion(store: LocalStore, tmp_path: Path, lineage: dict[str, Any] | None,
+                  accuracy: float = 0.99) -> Registry:
+    """Register the patch model as v1 (with ``lineage`` in its metadata) and promote it."""
+    import keras
+
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    weights = np.zeros((28 * 28, 10), dtype=np.float32)
+    for digit in range(10):
+        mask = np.zeros((28, 28), dtype=np.float32)
+        mask[patch(digit)] = 1.0
+        weights[:, digit] += mask.ravel()
+    model.layers[-1].set_weights([weights, np.zeros(10, dtype=np.float32)])
+    path = tmp_path / "champion.keras"
+    model.save(path)
+    metadata: dict[str, Any] = {"metrics": {"test_accuracy": accuracy}}
+    if lineage is not None:
+        metadata["lineage"] = lineage
+    registry = Registry(store)
+    info = registry.register("run-1", {"model.keras": path}, metadata)
+    registry.promote(info.version)
+    return registry
+
+
+@pytest.fixture
+def base_version(file_store: LocalStore) -> datasets.DatasetVersion:
+    return datasets.save_version(file_store, BASE, [], fresh_fraction=0.2)
+
+
+def key_of(version: datasets.DatasetVersion, train: TrainConfig = TRAIN_CFG) -> str:
+    return inputs_key(version.id, PRE, train, code_fingerprint())
+
+
+def run_check(store: LocalStore, registry: Registry, version: datasets.DatasetVersion,
+              **kwargs: Any) -> dict[str, Any]:
+    return check(ingested(store, version), preprocess=PRE, train=TRAIN_CFG, store=store,
+                 registry=registry, **kwargs)
+
+
+def test_inputs_key_covers_data_configs_and_code() -> None:
+    key = inputs_key("0123456789abcdef", PRE, TRAIN_CFG, "c0de")
+    assert len(key) == 16 and key == inputs_key("0123456789abcdef", PRE, TRAIN_CFG, "c0de")
+    others = {
+        inputs_key("fedcba9876543210", PRE, TRAIN_CFG, "c0de"),
+        inputs_key("0123456789abcdef", PreprocessConfig(val_fraction=0.2, seed=1), TRAIN_CFG,
+                   "c0de"),
+        inputs_key("0123456789abcdef", PRE, train_config("seed_mlp", epochs=2), "c0de"),
+        inputs_key("0123456789abcdef", PRE, TRAIN_CFG, "c0df"),
+    }
+    assert key not in others and len(others) == 4
+
+
+def test_code_fingerprint_covers_every_library_module() -> None:
+    fp = code_fingerprint()
+    assert len(fp) == 64 and fp == code_fingerprint()
+    import hashlib
+
+    h = hashlib.sha256(b"mnist-tasks/code-fingerprint/1\n")
+    for path in sorted((REPO / "mnist_tasks").glob("*.py")):
+        data = path.read_bytes()
+        h.update(f"{path.name}:{len(data)}\n".encode())
+        h.update(data)
+    assert h.hexdigest() == fp
+
+
+def test_no_champion_means_train(file_store: LocalStore,
+                                 base_version: datasets.DatasetVersion) -> None:
+    out = run_check(file_store, Registry(file_store), base_version)
+    assert out["decision"] == TRAIN and out["champion_version"] is None
+    assert out["covered_by"] is None and out["champion_fresh"] == {} and out["warnings"] == []
+    assert out["inputs_key"] == key_of(base_version)
+    assert out["lineage"] == {"dataset_version": base_version.id,
+                              "inputs_key": out["inputs_key"],
+                              "code_fingerprint": code_fingerprint(), "increments": [],
+                              "quarantined": []}
+    assert out["dataset_uri"].endswith("mnist.npz")  # everything ingest returned is kept
+
+
+def test_unchanged_when_the_champion_has_the_same_inputs_key(
+    file_store: LocalStore, tmp_path: Path, base_version: datasets.DatasetVersion,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = save_champion(file_store, tmp_path, {"inputs_key": key_of(base_version),
+                                                    "dataset_version": base_version.id})
+    with caplog.at_level(logging.INFO, logger="mnist_tasks.check"):
+        out = run_check(file_store, registry, base_version)
+    assert out["decision"] == UNCHANGED and out["covered_by"] == 1
+    assert out["champion_version"] == 1 and out["champion_inputs_key"] == out["inputs_key"]
+    line = next(r.getMessage() for r in caplog.records if "UNCHANGED" in r.getMessage())
+    assert (f"champion v1 was trained on exactly these inputs (dataset version "
+            f"{base_version.id}, preset seed_mlp, code {code_fingerprint()[:12]}); nothing to "
+            "train. Trigger with force=true to retrain.") in line
+
+
+def test_force_trains_even_when_unchanged(
+    file_store: LocalStore, tmp_path: Path, base_version: datasets.DatasetVersion,
+) -> None:
+    registry = save_champion(file_store, tmp_path, {"inputs_key": key_of(base_version)})
+    out = run_check(file_store, registry, base_version, force=True)
+    assert out["decision"] == TRAIN and out["covered_by"] is None and out["force"] is True
+
+
+def test_other_training_config_trains(
+    file_store: LocalStore, tmp_path: Path, base_version: datasets.DatasetVersion,
+) -> None:
+    registry = save_champion(file_store, tmp_path, {"inputs_key": key_of(base_version)})
+    out = check(ingested(file_store, base_version), preprocess=PRE,
+                train=train_config("seed_mlp", epochs=2), store=file_store, registry=registry)
+    assert out["decision"] == TRAIN
+
+
+def test_a_new_dataset_version_trains_and_checks_the_champion_on_its_fresh_data(
+    file_store: LocalStore, tmp_path: Path, base_version: datasets.DatasetVersion,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = save_champion(file_store, tmp_path, {"inputs_key": key_of(base_version),
+                                                    "dataset_version": base_version.id})
+    newer = datasets.save_version(file_store, BASE, [increment("inc-001", 1)],
+                                  fresh_fraction=0.2, previous=base_version)
+    with caplog.at_level(logging.INFO, logger="mnist_tasks.check"):
+        out = run_check(file_store, registry, newer)
+    assert out["decision"] == TRAIN and out["inputs_key"] != key_of(base_version)
+    assert out["champion_fresh"] == {"inc-001": {
+        "n": 20, "accuracy": 1.0, "benchmark_accuracy": 0.99, "drop": pytest.approx(-0.01),
+        "flagged": False}}
+    assert out["warnings"] == []
+    assert "champion v1 on increment inc-001: 100.00 % (20 fresh images; benchmark 99.00 %)" \
+        in caplog.text
+    assert out["lineage"]["increments"] == [{"id": "inc-001", "payload_sha256": f"{1:064x}",
+                                             "train": 40, "fresh": 20, "drift": False}]
+
+
+def test_fresh_data_drop_is_a_named_warning(
+    file_store: LocalStore, tmp_path: Path, base_version: datasets.DatasetVersion,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    good = datasets.save_version(file_store, BASE, [increment("inc-001", 1)],
+                                 fresh_fraction=0.2, previous=base_version)
+    registry = save_champion(file_store, tmp_path, {"inputs_key": key_of(good),
+                                                    "dataset_version": good.id})
+    newer = datasets.save_version(file_store, BASE, [increment("inc-002", 2, moved=True)],
+                                  fresh_fraction=0.2, previous=good)
+    with caplog.at_level(logging.INFO, logger="mnist_tasks.check"):
+        out = run_check(file_store, registry, newer, fresh_drop_margin=0.05)
+    # Only the increment the champion has not seen is evaluated, and it fails on every image.
+    assert list(out["champion_fresh"]) == ["inc-002"]
+    fresh = out["champion_fresh"]["inc-002"]
+    assert fresh["accuracy"] == 0.0 and fresh["flagged"] and fresh["drop"] == pytest.approx(0.99)
+    (warning,) = out["warnings"]
+    assert warning.startswith("FRESH-DATA DROP: champion v1 on increment inc-002: 0.00 % ")
+    assert "99.00 points below its benchmark accuracy, over fresh_drop_margin 5.00 points" \
+        in warning
+    assert [r.levelno for r in caplog.records if "FRESH-DATA DROP" in r.getMessage()] \
+        == [logging.WARNING]
+
+
+def test_a_drop_within_the_margin_is_no_warning(
+    file_store: LocalStore, tmp_path: Path, base_version: datasets.DatasetVersion,
+) -> None:
+    registry = save_champion(file_store, tmp_path, {"inputs_key": "0" * 16}, accuracy=0.99)
+    newer = datasets.save_version(file_store, BASE, [increment("inc-001", 1)],
+                                  fresh_fraction=0.2, previous=base_version)
+    out = run_check(file_store, registry, newer, fresh_drop_margin=0.0)
+    assert out["champion_fresh"]["inc-001"]["flagged"] is False and out["warnings"] == []
+
+
+def test_a_champion_without_lineage_sees_every_increment_as_new(
+    file_store: LocalStore, tmp_path: Path, base_version: datasets.DatasetVersion,
+) -> None:
+    registry = save_champion(file_store, tmp_path, None)  # registered before lineage existed
+    newer = datasets.save_version(file_store, BASE, [increment("inc-001", 1),
+                                                     increment("inc-002", 2, moved=True)],
+                                  fresh_fraction=0.2)
+    out = run_check(file_store, registry, newer)
+    assert out["decision"] == TRAIN and out["champion_inputs_key"] is None
+    assert sorted(out["champion_fresh"]) == ["inc-001", "inc-002"]
+    assert len(out["warnings"]) == 1 and "inc-002" in out["warnings"][0]
+
+
+def test_an_ingest_result_without_a_dataset_version_is_refused(file_store: LocalStore) -> None:
+    with pytest.raises(ValueError, match="no 'dataset_version'"):
+        check({"dataset_uri": "file:///x"}, preprocess=PRE, train=TRAIN_CFG, store=file_store,
+              registry=Registry(file_store))
+
+
+def test_the_unchanged_path_never_imports_keras(
+    file_store: LocalStore, tmp_path: Path, base_version: datasets.DatasetVersion,
+) -> None:
+    save_champion(file_store, tmp_path, {"inputs_key": key_of(base_version)})
+    (tmp_path / "ingested.json").write_text(json.dumps(ingested(file_store, base_version)))
+    script = textwrap.dedent(f"""
+        import json, sys
+        from mnist_tasks.check import check
+        from mnist_tasks.config import PreprocessConfig, train_config
+        from mnist_tasks.registry import Registry
+        from mnist_tasks.storage import LocalStore
+        store = LocalStore({str(file_store.root)!r})
+        out = check(json.load(open({str(tmp_path / "ingested.json")!r})),
+                    preprocess=PreprocessConfig(val_fraction=0.1, seed=1),
+                    train=train_config("seed_mlp", epochs=1), store=store,
+                    registry=Registry(store))
+        heavy = sorted(m for m in ("keras", "tensorflow", "scipy") if m in sys.modules)
+        print(json.dumps({{"decision": out["decision"], "heavy": heavy}}))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"decision": UNCHANGED,
+                                                               "heavy": []}
+
+
+def test_run_all_stops_after_check_when_unchanged(
+    file_store: LocalStore, tmp_path: Path,
+) -> None:
+    from mnist_tasks.config import pipeline_config
+    from mnist_tasks.pipeline import Pipeline, run_summary
+    from tests.ingest_helpers import write_folder
+
+    params = {"store": file_store.uri, "source": str(write_folder(tmp_path / "src")),
+              "checksums": "off", "epochs": 1}
+    first = Pipeline(pipeline_config(params), "run-0")
+    checked = first.check(first.ingest())
+    assert checked["decision"] == TRAIN
+    prepared = first.preprocess(checked)  # the chain carries the lineage on from check
+    assert prepared["lineage"] == checked["lineage"] and prepared["warnings"] == []
+    assert prepared["dataset_version"] == checked["dataset_version"]
+    assert prepared["inputs_key"] == checked["inputs_key"] and prepared["n_fresh"] == 0
+    save_champion(file_store, tmp_path, dict(checked["lineage"]))
+
+    out = Pipeline(pipeline_config(params), "run-2").run_all()
+    assert out["decision"] == UNCHANGED and out["covered_by"] == 1
+    assert out["dataset_version"] == checked["dataset_version"]
+    assert out["inputs_key"] == checked["inputs_key"] and out["warnings"] == []
+    assert list(out["timings"]) == ["ingest", "check"]
+    assert file_store.list("runs/run-2") == ["runs/run-2/summary.json"]  # nothing prepared
+    summary = run_summary(file_store, "run-2")
+    assert summary["decision"] == UNCHANGED and summary["covered_by"] == 1
+    assert summary["dataset_version"] == checked["dataset_version"]
+    assert summary["warnings"] == []
+
+
+def test_carry_keeps_the_lineage_and_appends_warnings() -> None:
+    from mnist_tasks.pipeline import carry
+
+    previous = {"lineage": {"inputs_key": "k"}, "warnings": ["FRESH-DATA DROP: a"],
+                "dataset_version": "v", "inputs_key": "k", "increments": [], "other": 1}
+    out = carry(previous, {"decision": "PROMOTE", "warnings": ["b"]})
+    assert out == {"lineage": {"inputs_key": "k"}, "warnings": ["FRESH-DATA DROP: a", "b"],
+                   "dataset_version": "v", "inputs_key": "k", "increments": [],
+                   "decision": "PROMOTE"}
+    assert carry({"x": 1}, {"y": 2}) == {"y": 2}
