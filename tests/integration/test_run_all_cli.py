@@ -43,7 +43,7 @@ def test_run_all_on_tiny_data_registers_the_first_version(tmp_path: Path) -> Non
     assert result["run_id"] == "cli-run"
     assert result["decision"] == "PROMOTE"  # no champion yet: the accuracy floor decides
     assert 0.5 <= result["test_accuracy"] <= 1.0
-    assert set(result["timings"]) == {"ingest", "preprocess", "train", "evaluate", "gate",
+    assert set(result["timings"]) == {"ingest", "check", "preprocess", "train", "evaluate", "gate",
                                       "register"}
 
     # The version it reports is in the registry of that store, with that accuracy and run.

@@ -293,7 +293,7 @@ def test_run_all_stops_after_check_when_unchanged(
 ) -> None:
     from mnist_tasks.config import pipeline_config
     from mnist_tasks.pipeline import Pipeline, run_summary
-    from tests.ingest_helpers import write_folder
+    from tests.helpers import write_folder
 
     params = {"store": file_store.uri, "source": str(write_folder(tmp_path / "src")),
               "checksums": "off", "epochs": 1}
