@@ -191,6 +191,15 @@ def run_stage(name: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[
     log.info("::group::%s: details", name)
     try:
         result = fn(*args)
+    except Exception as exc:
+        # A decision about the data (fail_on_quarantine) is the same on every try: no retry.
+        from mnist_tasks.increments import IncrementQuarantined
+
+        if isinstance(exc, IncrementQuarantined):
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(str(exc)) from exc
+        raise
     finally:
         log.info("::endgroup::")
     # Scalars only, and of the URIs only the model's: the details are in the group above.

@@ -475,3 +475,20 @@ def test_a_bad_training_schedule_is_an_import_error_naming_the_variable(monkeypa
     assert training is None
     (message,) = bag.import_errors.values()
     assert "MNIST_TRAINING_SCHEDULE" in message and "'every tuesday'" in message
+
+
+def test_a_quarantine_that_fails_the_run_is_not_retried(glue) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mnist_tasks.increments import IncrementQuarantined
+
+    def quarantined() -> dict[str, object]:
+        raise IncrementQuarantined("fail_on_quarantine: increment bad-label is quarantined")
+
+    def broken() -> dict[str, object]:
+        raise OSError("the store is unreachable")
+
+    with pytest.raises(AirflowFailException, match="bad-label is quarantined"):
+        glue.run_stage("ingest", quarantined)
+    with pytest.raises(OSError):  # anything else keeps its retries
+        glue.run_stage("ingest", broken)
