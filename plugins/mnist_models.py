@@ -329,6 +329,7 @@ def _run_banner(reg: Registry, run_id: str, dag_id: str | None) -> dict[str, Any
     banner["decision"] = summary.get("decision")
     banner["reasons"] = summary.get("reasons") or []
     banner["test_accuracy"] = summary.get("test_accuracy")
+    banner["covered_by"] = summary.get("covered_by")
     return banner
 
 

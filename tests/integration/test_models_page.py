@@ -55,6 +55,8 @@ class Deployment:
     run_id: str  # the DAG run that registered version 2
     services: Services
 
+UNCHANGED_RUN_ID = "scheduled__2026-11-22T00:00:00+00:00"
+
 
 def _register(store: Store, run_id: str, accuracy: float, work: Path) -> int:
     """Register a version the way the register stage lays it out, with a tiny Keras model."""
@@ -143,6 +145,9 @@ def deployment(s3_server: str) -> Iterator[Deployment]:
                        json={"logical_date": None, "conf": {}})
         _register(store, OLD_RUN_ID, 0.9712, home / "v1")
         assert _register(store, run["dag_run_id"], 0.9791, home / "v2") == 2
+        # A run that stopped at check: its inputs were version 2's.
+        store.write_bytes(f"runs/{run_key(UNCHANGED_RUN_ID)}/summary.json", json.dumps(
+            {"run_id": UNCHANGED_RUN_ID, "decision": "UNCHANGED", "covered_by": 2}).encode())
         yield Deployment(base_url, api, run["dag_run_id"], services)
     finally:
         services.stop()
@@ -204,6 +209,10 @@ def test_listing_and_files_with_a_token(deployment: Deployment) -> None:
     # A run that registered nothing gets an explanation instead of a version.
     page = deployment.api.request("GET", "/models/", params={"run_id": "manual__nothing"})
     assert "has not registered a version" in page.text and 'class="selected"' not in page.text
+    # A run with nothing new to train on names the version that covers its inputs.
+    page = deployment.api.request("GET", "/models/", params={"run_id": UNCHANGED_RUN_ID})
+    text = " ".join(page.text.split())
+    assert "nothing new to train on (UNCHANGED)" in text and "<b>version 2</b>" in text
 
 
 def _chromium(user_data_dir: Path) -> Any:
