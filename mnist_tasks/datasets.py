@@ -54,6 +54,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from mnist_tasks import idx
+from mnist_tasks.artifacts import data_sha256
 from mnist_tasks.config import MNIST_FILES, ConfigError
 from mnist_tasks.increments import (
     ID_PATTERN,
@@ -285,15 +286,6 @@ def _manifest_key(version: str) -> str:
     return f"{DATASETS_PREFIX}/{version}/manifest.json"
 
 
-def _arrays_sha256(arrays: Mapping[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        arr = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
-        h.update(arr.data)
-    return h.hexdigest()
-
-
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})  # type: ignore[arg-type]
@@ -303,7 +295,7 @@ def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
 def _cache_arrays(store: Store, checked: CheckedIncrement) -> IncrementEntry:
     arrays = {"x_train": checked.train_images, "y_train": checked.train_labels,
               "x_fresh": checked.fresh_images, "y_fresh": checked.fresh_labels}
-    digest = _arrays_sha256(arrays)
+    digest = data_sha256(arrays)
     key = f"{ARRAYS_PREFIX}/{checked.id}-{digest[:16]}.npz"
     if not store.exists(key):  # content-keyed: an existing object already holds these arrays
         store.write_if_absent(key, _npz_bytes(arrays))
@@ -346,7 +338,7 @@ def load_arrays(store: Store, entry: IncrementEntry) -> dict[str, np.ndarray]:
             raise
         raise DatasetError(f"{uri}: not a readable npz file of the increment's arrays "
                            f"({type(exc).__name__})") from None
-    if _arrays_sha256(arrays) != entry.arrays_sha256:
+    if data_sha256(arrays) != entry.arrays_sha256:
         raise DatasetError(f"{uri}: content does not match the recorded SHA-256 "
                            f"{entry.arrays_sha256[:16]}... (corrupt or replaced)")
     return arrays

@@ -62,6 +62,7 @@ from mnist_tasks.config import ConfigError
 from mnist_tasks.storage import (
     LocalStore,
     ObjectNotFound,
+    ObjectTooLarge,
     S3Store,
     StorageError,
     Store,
@@ -350,41 +351,21 @@ def _read_local(store: LocalStore, key: str, limit: int) -> bytes:
     return data
 
 
-def _read_s3(store: S3Store, key: str, limit: int) -> bytes:
-    from botocore.exceptions import ClientError
-
+def _read_file(store: Store, key: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of one increment file; the size is checked before reading."""
+    if isinstance(store, LocalStore):
+        return _read_local(store, key, limit)  # refuses FIFOs, devices, links leaving the source
     uri = _uri(store, key)
-    full = f"{store.prefix}/{key}" if store.prefix else key
     try:
-        resp = store.client.get_object(Bucket=store.bucket, Key=full)
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in ("NoSuchKey", "404", "NotFound"):
-            raise IncrementError(f"{uri}: no such object (removed after the listing?)") from None
-        raise StorageError(f"{uri}: S3 error {code}: {exc}") from exc
-    body = resp["Body"]
-    try:
-        size = resp.get("ContentLength")
-        if size is not None and size > limit:
-            raise IncrementError(f"{uri}: {size:,} bytes is over the {limit:,}-byte limit for "
-                                 "one increment file")
-        data = body.read(limit + 1)  # bounded even if ContentLength lies
-    finally:
-        body.close()
+        with store.open_read(key, max_bytes=limit) as body:
+            data = body.read(limit + 1)  # bounded even if the reported size lies
+    except ObjectNotFound:
+        raise IncrementError(f"{uri}: no such object (removed after the listing?)") from None
+    except ObjectTooLarge as exc:
+        raise IncrementError(f"{exc} (the limit for one increment file)") from None
     if len(data) > limit:
         raise IncrementError(f"{uri}: over the {limit:,}-byte limit for one increment file")
     return bytes(data)
-
-
-def _read_file(store: Store, key: str, limit: int) -> bytes:
-    if isinstance(store, LocalStore):
-        return _read_local(store, key, limit)
-    if isinstance(store, S3Store):
-        return _read_s3(store, key, limit)
-    data = store.read_bytes(key)  # another Store implementation: bounded after the fact
-    if len(data) > limit:
-        raise IncrementError(f"{_uri(store, key)}: over the {limit:,}-byte limit")
-    return data
 
 
 # --------------------------------------------------------------------------- reading

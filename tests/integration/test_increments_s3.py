@@ -118,7 +118,7 @@ def test_s3_reads_are_bounded_and_missing_buckets_fail_loudly(
     land_idx("big", x, y)
     monkeypatch.setattr(inc, "MAX_FILE_BYTES", 64)
     with pytest.raises(IncrementError, match=rf"{SOURCE}/increments/big/images-idx3-ubyte\.gz: "
-                                             r"[\d,]+ bytes is over the 64-byte limit"):
+                                             r"[\d,]+ bytes is larger than the 64 accepted"):
         read_increment(discover(SOURCE).complete[0])
     with pytest.raises(StorageError, match=r"no-such-bucket"):
         discover("s3://no-such-bucket/x")
