@@ -2,7 +2,8 @@
 
 Each service runs as its own process group with its output in a log file, so a test can stop
 everything it started (children included) and show the logs when something fails. Used by
-``test_models_page.py`` and ``test_celery_deployment.py``.
+``test_models_page.py`` and by the Celery deployment (``conftest.py``, ``celery_deployment``):
+PostgreSQL and Redis are started here too when they are installed but stopped.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +20,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -39,6 +42,45 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
             return True
     except OSError:
         return False
+
+
+def start_postgres(port: int) -> str | None:
+    """None when PostgreSQL answers on 127.0.0.1:``port`` (started if needed), else why not."""
+    if port_open(port):
+        return None
+    clusters = sorted(Path("/etc/postgresql").glob("*/main")) if Path("/etc/postgresql").is_dir() \
+        else []
+    if not shutil.which("pg_ctlcluster") or not clusters:
+        return "PostgreSQL is not installed (no pg_ctlcluster or /etc/postgresql/*/main)"
+    version = clusters[-1].parent.name
+    result = subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+        capture_output=True, text=True, timeout=60,
+    )
+    for _ in range(30):
+        if port_open(port):
+            return None
+        time.sleep(1)
+    return f"PostgreSQL {version} did not start: {result.stderr.strip() or result.stdout.strip()}"
+
+
+def start_redis(port: int) -> str | None:
+    """None when Redis accepts connections on 127.0.0.1:``port`` (started if needed), else why
+    not."""
+    if port_open(port):
+        return None
+    if not shutil.which("redis-server"):
+        return "Redis is not installed (no redis-server)"
+    result = subprocess.run(
+        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port",
+         str(port), "--save", "", "--appendonly", "no"],
+        capture_output=True, text=True, timeout=30,
+    )
+    for _ in range(20):
+        if port_open(port):
+            return None
+        time.sleep(0.5)
+    return f"Redis did not start: {result.stderr.strip() or result.stdout.strip()}"
 
 
 def airflow_env(home: Path, api_port: int, **settings: str) -> dict[str, str]:
@@ -200,3 +242,54 @@ class ApiClient:
         if response.status_code >= 400:
             raise AssertionError(f"{method} {path}: {response.status_code} {response.text[:2000]}")
         return response.json()
+
+
+def run_path(dag_id: str, run_id: str) -> str:
+    """The REST API path of one DAG run."""
+    return f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}"
+
+
+def task_instances(api: ApiClient, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+    """The run's task instances by task id."""
+    body = api.json("GET", f"{run_path(dag_id, run_id)}/taskInstances")
+    return {ti["task_id"]: ti for ti in body["task_instances"]}
+
+
+def task_log(api: ApiClient, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+    """One try's log, read through the API (the worker's log server)."""
+    body = api.json(
+        "GET", f"{run_path(dag_id, run_id)}/taskInstances/{task_id}/logs/{try_number}",
+        params={"full_content": "true"}, headers={"Accept": "application/json"},
+    )
+    content = body.get("content")
+    return content if isinstance(content, str) else json.dumps(content)
+
+
+def run_failure_report(api: ApiClient, services: Services, dag_id: str, run_id: str) -> str:
+    """Task states, the failed tasks' logs and the services' logs, for a failure message."""
+    tis = task_instances(api, dag_id, run_id)
+    states = {t: ti["state"] for t, ti in tis.items()}
+    logs = ""
+    for task_id, ti in tis.items():
+        if ti["state"] not in ("success", None, "scheduled", "queued") and ti["try_number"]:
+            text = task_log(api, dag_id, run_id, task_id, ti["try_number"])
+            logs += f"\n==== {task_id}\n{text[-3000:]}"
+    return f"task states {states}{logs}\n{services.all_logs(2000)}"
+
+
+def wait_for_run(api: ApiClient, services: Services, dag_id: str, run_id: str,
+                 timeout: float) -> dict[str, Any]:
+    """Poll the run until it finishes; raise AssertionError with task states and logs unless it
+    succeeded."""
+    deadline = time.monotonic() + timeout
+    run: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        services.check_alive()
+        run = api.json("GET", run_path(dag_id, run_id))
+        if run["state"] in ("success", "failed"):
+            break
+        time.sleep(2)
+    if run.get("state") == "success":
+        return run
+    raise AssertionError(f"run {run_id} ended as {run.get('state')!r} after at most "
+                         f"{timeout:.0f} s: {run_failure_report(api, services, dag_id, run_id)}")

@@ -1,171 +1,91 @@
-"""The DAG on a real distributed Airflow: CeleryExecutor, PostgreSQL, Redis, no Docker.
+"""The DAGs on a real distributed Airflow: CeleryExecutor, PostgreSQL, Redis, no Docker.
 
-What docker-compose.yaml deploys, as local processes: an api-server, a scheduler, a
-dag-processor and a Celery worker serving the ``default`` and ``gpu`` queues, with the train task
-routed to the ``gpu`` queue and pool (``MNIST_TRAIN_QUEUE`` / ``MNIST_TRAIN_POOL``). The run is
-triggered through the REST API, the new version is read back from the S3 store (the moto server
-over HTTP), and the train task's log is read through the API. A second run has its train task's
-process SIGKILLed after epoch 2, as a crashed worker would: Airflow retries the task, and the
-retry resumes from the checkpoint in S3 and from the note in the task state store.
+All scenarios share one deployment, ``celery_deployment`` (conftest.py: api-server, scheduler,
+dag-processor, a Celery worker for the ``default`` and ``gpu`` queues, the store in S3 on the
+moto server over HTTP, both DAGs unpaused under the scheduler); each has its own store prefix
+and source, so their order does not matter.
 
-PostgreSQL (127.0.0.1:5432, trust auth for ``postgres``) and Redis (127.0.0.1:6379) are started
-if they are installed but stopped; the test skips, saying why, if either cannot be had. It uses a
-fresh database and Redis DB 13, and drops / flushes them afterwards.
+* The first run (``base_run``, triggered through the REST API on the deployment's own source
+  and store): its train task routed to the ``gpu`` queue and pool, the new version read back
+  from the S3 registry and shown by the Models page, the train and ingest logs read through
+  the API.
+* A crashed worker: the train task's process is SIGKILLed after epoch 2; Airflow retries the
+  task, and the retry resumes from the checkpoint in S3 and from the note in the task state
+  store.
+* Triggered by data: after the first run, an increment lands in the deployment's source, and
+  with no one touching Airflow the watch DAG announces it (an ``mnist_increments`` asset
+  event), the scheduler starts an asset-triggered training run, and that run registers a
+  version trained on the increment, whose gate compared it with the champion on the
+  increment's fresh data; the next watch, with nothing new, is skipped and starts nothing.
+
+The first run is a module fixture shared by two tests (whichever runs first triggers it): one
+model fewer to train, and the base of the data-triggered scenario is a run already checked.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import tempfile
+import sys
 import time
-import uuid
-from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import pytest
 
 from mnist_tasks.config import run_key
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import S3Store
-from tests.conftest import TEST_BUCKET
 from tests.integration.airflow_services import (
+    REPO,
     ApiClient,
     Services,
-    airflow_env,
-    free_port,
-    port_open,
+    run_failure_report,
+    run_path,
+    task_instances,
+    task_log,
+    wait_for_run,
+)
+from tests.integration.conftest import (
+    DAG_ID,
+    DEPLOYMENT_BUCKET,
+    WATCH_DAG_ID,
+    WATCH_INTERVAL_MINUTES,
+    WATCHED_PREFIX,
+    CeleryDeployment,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-PG_PORT = 5432
-REDIS_PORT = 6379
-REDIS_DB = 13  # a Redis database of its own, flushed before and after
 RUN_TIMEOUT_S = 15 * 60
-DAG_ID = "mnist_training"
+# From an increment landing to the watch's event: the rest of the current interval, the next
+# one, and the land task's queueing and start-up on a busy machine.
+ANNOUNCE_TIMEOUT_S = 2 * 60 * WATCH_INTERVAL_MINUTES + 120
+STAGES = ("ingest", "check", "preprocess", "train", "evaluate", "gate", "register")
+INCREMENT_ID = "demo-01"
 
 
-def _start_postgres() -> str | None:
-    """None when PostgreSQL answers on 127.0.0.1:5432 (started if needed), else why not."""
-    if port_open(PG_PORT):
-        return None
-    clusters = sorted(Path("/etc/postgresql").glob("*/main")) if Path("/etc/postgresql").is_dir() \
-        else []
-    if not shutil.which("pg_ctlcluster") or not clusters:
-        return "PostgreSQL is not installed (no pg_ctlcluster or /etc/postgresql/*/main)"
-    version = clusters[-1].parent.name
-    result = subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
-        capture_output=True, text=True, timeout=60,
-    )
-    for _ in range(30):
-        if port_open(PG_PORT):
-            return None
-        time.sleep(1)
-    return f"PostgreSQL {version} did not start: {result.stderr.strip() or result.stdout.strip()}"
+def _trigger(api: ApiClient, conf: dict[str, Any]) -> str:
+    run = api.json("POST", f"/api/v2/dags/{DAG_ID}/dagRuns",
+                   json={"logical_date": None, "conf": conf})
+    return str(run["dag_run_id"])
 
 
-def _start_redis() -> str | None:
-    """None when Redis accepts connections on 127.0.0.1:6379 (started if needed), else why not."""
-    if port_open(REDIS_PORT):
-        return None
-    if not shutil.which("redis-server"):
-        return "Redis is not installed (no redis-server)"
-    result = subprocess.run(
-        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port",
-         str(REDIS_PORT), "--save", "", "--appendonly", "no"],
-        capture_output=True, text=True, timeout=30,
-    )
-    for _ in range(20):
-        if port_open(REDIS_PORT):
-            return None
-        time.sleep(0.5)
-    return f"Redis did not start: {result.stderr.strip() or result.stdout.strip()}"
-
-
-@pytest.fixture(scope="module")
-def postgres_db() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test; its SQLAlchemy URL. Dropped afterwards."""
-    import psycopg2
-
-    why = _start_postgres()
-    if why:
-        pytest.skip(f"needs PostgreSQL on 127.0.0.1:{PG_PORT}: {why}")
-    name = f"airflow_it_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(host="127.0.0.1", port=PG_PORT, user="postgres", dbname="postgres")
-    admin.autocommit = True
+def _wait_for_run(deployment: CeleryDeployment, run_id: str, dag_id: str = DAG_ID
+                  ) -> dict[str, Any]:
     try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{PG_PORT}/{name}"
-    finally:
-        with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
+        return wait_for_run(deployment.api, deployment.services, dag_id, run_id, RUN_TIMEOUT_S)
+    except AssertionError as exc:
+        pytest.fail(str(exc))
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """The Celery broker URL on a Redis database of our own, flushed before and after."""
-    import redis
-
-    why = _start_redis()
-    if why:
-        pytest.skip(f"needs Redis on 127.0.0.1:{REDIS_PORT}: {why}")
-    client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, db=REDIS_DB)
-    client.flushdb()
-    try:
-        yield f"redis://127.0.0.1:{REDIS_PORT}/{REDIS_DB}"
-    finally:
-        client.flushdb()
-        client.close()
-
-
-def _task_instances(api: ApiClient, run_id: str) -> dict[str, dict[str, Any]]:
-    body = api.json("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
-                           "/taskInstances")
-    return {ti["task_id"]: ti for ti in body["task_instances"]}
-
-
-def _task_log(api: ApiClient, run_id: str, task_id: str, try_number: int) -> str:
-    body = api.json(
-        "GET",
-        f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}/taskInstances/{task_id}"
-        f"/logs/{try_number}",
-        params={"full_content": "true"}, headers={"Accept": "application/json"},
-    )
-    content = body.get("content")
-    return content if isinstance(content, str) else json.dumps(content)
-
-
-def _wait_for_run(api: ApiClient, services: Services, run_id: str) -> dict[str, Any]:
-    """Poll the run until it finishes; fail with task states and logs if it does not succeed."""
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    run: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        services.check_alive()
-        run = api.json("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}")
-        if run["state"] in ("success", "failed"):
-            break
-        time.sleep(5)
-    if run.get("state") == "success":
-        return run
-    states = {t: ti["state"] for t, ti in _task_instances(api, run_id).items()}
-    logs = ""
-    for task_id, ti in _task_instances(api, run_id).items():
-        if ti["state"] not in ("success", None, "scheduled", "queued") and ti["try_number"]:
-            logs += f"\n==== {task_id}\n{_task_log(api, run_id, task_id, ti['try_number'])[-3000:]}"
-    pytest.fail(f"run {run_id} ended as {run.get('state')!r} (task states {states}){logs}\n"
-                f"{services.all_logs(2000)}")
+def _registry(deployment: CeleryDeployment, prefix: str) -> Registry:
+    return Registry(S3Store(DEPLOYMENT_BUCKET, prefix,
+                            client_kwargs=deployment.s3_client_kwargs))
 
 
 def _kill_train_after_epoch(api: ApiClient, services: Services, home: Path, run_id: str,
@@ -184,117 +104,244 @@ def _kill_train_after_epoch(api: ApiClient, services: Services, home: Path, run_
             break
         time.sleep(0.1)
     assert max(epochs_done) < epochs, "training finished before it could be killed"
-    pid = _task_instances(api, run_id)["train"]["pid"]
+    pid = task_instances(api, DAG_ID, run_id)["train"]["pid"]
     assert isinstance(pid, int) and pid > 0
     os.kill(pid, signal.SIGKILL)
     return max(epochs_done)
 
 
-def test_dag_runs_on_celery_with_postgres_and_redis(
-    postgres_db: str, redis_url: str, s3_env: str, mnist_dir: Path
-) -> None:
+@dataclass(frozen=True)
+class BaseRun:
+    """The deployment's first training run, on its own source and store (MNIST_SOURCE,
+    MNIST_STORE): the first-run checks read it, and it is the data-triggered scenario's base."""
+
+    run_id: str
+    seconds: float
+    champion: int | None  # the registry's champion right after the run
+    models_listing: dict[str, Any]  # the Models page's JSON listing right after the run
+
+
+@pytest.fixture(scope="module")
+def base_run(celery_deployment: CeleryDeployment) -> BaseRun:
+    """One run shared by two tests (whichever asks first triggers it), so the file trains one
+    model fewer. It is deliberately weak (fast_mlp, 1 epoch): the asset-triggered run trains
+    with the form's defaults (seed_mlp, 10 epochs), and the gate compares it with this
+    champion on the benchmark and on the fresh data, digit by digit (a recall drop of 0.01,
+    about one image per digit on the fresh part, rejects), so its promotion must not hang on a
+    close race between two good models."""
+    deployment = celery_deployment
+    conf = {"preset": "fast_mlp", "epochs": 1, "min_accuracy": 0.9,
+            "source": str(deployment.watched_source), "store": deployment.watched_store_uri}
+    run_id = _trigger(deployment.api, conf)
+    triggered = time.monotonic()
+    _wait_for_run(deployment, run_id)
+    seconds = time.monotonic() - triggered
+    print(f"\nbase run: {seconds:.0f} s ({_task_seconds(deployment.api, run_id)})")
+    return BaseRun(
+        run_id=run_id, seconds=seconds,
+        champion=_registry(deployment, WATCHED_PREFIX).get_alias("champion"),
+        models_listing=deployment.api.json("GET", "/models/api/versions"),
+    )
+
+
+def _task_seconds(api: ApiClient, run_id: str) -> str:
+    """Each task's duration, for the output (where a run's time goes)."""
+    tis = task_instances(api, DAG_ID, run_id)
+    return ", ".join(f"{t} {ti['duration'] or 0:.0f} s" for t, ti in tis.items())
+
+
+def test_first_run_is_routed_and_registered(celery_deployment: CeleryDeployment,
+                                            base_run: BaseRun) -> None:
+    deployment = celery_deployment
+    api = deployment.api
+    run_id = base_run.run_id
+
+    # Routing: train went to the gpu queue and pool, everything else to default.
+    tis = task_instances(api, DAG_ID, run_id)
+    assert {t: ti["state"] for t, ti in tis.items()} == {t: "success" for t in STAGES}
+    assert (tis["train"]["queue"], tis["train"]["pool"]) == ("gpu", "gpu")
+    assert (tis["evaluate"]["queue"], tis["evaluate"]["pool"]) == ("default", "default_pool")
+    assert all(ti["executor"] in (None, "CeleryExecutor") for ti in tis.values())
+
+    # The registry in S3 holds the run's version, and it was the champion.
+    registry = _registry(deployment, WATCHED_PREFIX)
+    info = registry.version_for_run(run_key(run_id))
+    assert info is not None and info.version == 1
+    assert info.run_id == run_id and info.gate_decision == "PROMOTE"
+    assert info.test_accuracy is not None and info.test_accuracy >= 0.9
+    assert base_run.champion == 1
+    print(f"\nbase run: test accuracy {info.test_accuracy:.4f}")
+
+    # Task logs come back through the API: the worker's per-epoch lines.
+    train_log = task_log(api, DAG_ID, run_id, "train", tis["train"]["try_number"])
+    assert "epoch 1/1" in train_log, train_log[-3000:]
+    ingest_log = task_log(api, DAG_ID, run_id, "ingest", tis["ingest"]["try_number"])
+    assert "ingest: validation" in ingest_log, ingest_log[-3000:]
+
+    # The Models page of the same deployment (it reads MNIST_STORE) showed the version.
+    listing = base_run.models_listing
+    assert [v["version"] for v in listing["versions"]] == [1] and listing["champion"] == 1
+
+
+def test_killed_worker_retry_resumes(celery_deployment: CeleryDeployment) -> None:
+    # A worker dies mid-training: its process is SIGKILLed after epoch 2. Airflow retries
+    # the task (after its retry delay), and the retry resumes instead of starting over.
+    deployment = celery_deployment
+    api = deployment.api
+    conf = {"preset": "seed_mlp", "epochs": 4, "batch_size": 64, "min_accuracy": 0.9,
+            "source": str(deployment.static_source), "store": deployment.store_uri("resume")}
+    run_id = _trigger(api, conf)
+    triggered = time.monotonic()
+    killed_after = _kill_train_after_epoch(api, deployment.services, deployment.home, run_id,
+                                           epoch=2, epochs=4)
+    _wait_for_run(deployment, run_id)
+    print(f"\nkilled-worker run: {time.monotonic() - triggered:.0f} s "
+          f"({_task_seconds(api, run_id)})")
+    train = task_instances(api, DAG_ID, run_id)["train"]
+    assert (train["state"], train["try_number"]) == ("success", 2)
+    tries = api.json("GET", f"{run_path(DAG_ID, run_id)}/taskInstances/train/tries")[
+        "task_instances"]
+    assert [(t["try_number"], t["state"]) for t in tries] == [(1, "failed"), (2, "success")]
+    retry_log = task_log(api, DAG_ID, run_id, "train", 2)
+    resumed = re.search(r"resuming from epoch (\d+) of 4", retry_log)
+    assert resumed, retry_log[-3000:]
+    epoch = int(resumed.group(1))
+    assert killed_after <= epoch <= killed_after + 1  # at most the epoch in flight is lost
+    assert "try 2: the previous try checkpointed epoch" in retry_log, retry_log[-3000:]
+    assert "epoch 1/4" not in retry_log and "epoch 4/4" in retry_log
+    print(f"killed after epoch {killed_after}, resumed from epoch {epoch}")
+
+
+def _watch_events(api: ApiClient) -> list[dict[str, Any]]:
+    body = api.json("GET", "/api/v2/assets/events",
+                    params={"source_dag_id": WATCH_DAG_ID, "order_by": "timestamp"})
+    return list(body["asset_events"])
+
+
+def _asset_runs(api: ApiClient) -> list[dict[str, Any]]:
+    body = api.json("GET", f"/api/v2/dags/{DAG_ID}/dagRuns",
+                    params={"run_type": "asset_triggered", "order_by": "run_after"})
+    return list(body["dag_runs"])
+
+
+def _watch_runs(api: ApiClient) -> list[dict[str, Any]]:
+    body = api.json("GET", f"/api/v2/dags/{WATCH_DAG_ID}/dagRuns",
+                    params={"order_by": "run_after", "limit": 100})
+    return list(body["dag_runs"])
+
+
+def _watch_state(api: ApiClient) -> str:
+    """The watch runs and their land tasks, for a failure message."""
+    lines = []
+    for run in _watch_runs(api)[-6:]:
+        land = task_instances(api, WATCH_DAG_ID, run["dag_run_id"]).get("land", {})
+        lines.append(f"{run['dag_run_id']}: run {run['state']}, land {land.get('state')}")
+    return "watch runs:\n  " + "\n  ".join(lines)
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _wait_until(deployment: CeleryDeployment, what: str, timeout: float,
+                probe: Any) -> Any:
+    """Poll ``probe()`` until it returns something truthy; fail naming ``what``, with the watch
+    runs and the services' logs, after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        deployment.services.check_alive()
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout:.0f} s\n{_watch_state(deployment.api)}\n"
+                        f"{deployment.services.all_logs(2500)}")
+        time.sleep(2)
+
+
+def test_new_increment_triggers_training(celery_deployment: CeleryDeployment,
+                                        base_run: BaseRun) -> None:
+    """Triggered by data: nobody touches Airflow between the increment landing and the new
+    version (the deployment's MNIST_SOURCE and MNIST_STORE are this scenario's alone)."""
+    deployment = celery_deployment
+    api = deployment.api
+    source = str(deployment.watched_source)
+    registry = _registry(deployment, WATCHED_PREFIX)
     started = time.monotonic()
-    home = Path(tempfile.mkdtemp(prefix="airflow-celery-"))
-    port = free_port()
-    store_uri = f"s3://{TEST_BUCKET}/celery"
-    env = airflow_env(
-        home, port,
-        AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgres_db,
-        AIRFLOW__CELERY__BROKER_URL=redis_url,
-        AIRFLOW__CELERY__RESULT_BACKEND="db+" + postgres_db,
-        AIRFLOW__CELERY__WORKER_CONCURRENCY="1",
-        AIRFLOW__OPERATORS__DEFAULT_QUEUE="default",
-        AIRFLOW__CORE__PARALLELISM="4",
-        AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG="2",
-        # Only the triggered run: no scheduled run of the @weekly DAG competes with it.
-        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
-        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
-        AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
-        MNIST_STORE=store_uri,
-        MNIST_TRAIN_POOL="gpu",
-        MNIST_TRAIN_QUEUE="gpu",
-    )  # s3_env has put the AWS_* variables for the S3 server into os.environ
-    services = Services(env, home / "logs")
-    try:
-        result = services.run("db", "migrate")
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        result = services.run("pools", "set", "gpu", "1", "GPU worker slots")
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        services.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port))
-        services.start("scheduler", "scheduler")
-        services.start("dag-processor", "dag-processor")
-        services.start("worker", "celery", "worker", "--queues", "default,gpu",
-                       "--concurrency", "1")
-        base_url = f"http://127.0.0.1:{port}"
-        services.wait_http(f"{base_url}/api/v2/version")
-        api = ApiClient(base_url)
 
-        deadline = time.monotonic() + 180
-        while api.request("GET", f"/api/v2/dags/{DAG_ID}").status_code != 200:
-            services.check_alive()
-            assert time.monotonic() < deadline, "the DAG never appeared\n" + services.all_logs()
-            time.sleep(2)
-        api.json("PATCH", f"/api/v2/dags/{DAG_ID}", json={"is_paused": False})
-        conf = {"preset": "fast_mlp", "epochs": 2, "min_accuracy": 0.9,
-                "source": str(mnist_dir), "store": store_uri}
-        run = api.json("POST", f"/api/v2/dags/{DAG_ID}/dagRuns",
-                       json={"logical_date": None, "conf": conf})
-        run_id = run["dag_run_id"]
-        triggered = time.monotonic()
-        _wait_for_run(api, services, run_id)
-        run_seconds = time.monotonic() - triggered
+    # (a) The base run (the fixture: a version of the base-only dataset version).
+    base = registry.version_for_run(run_key(base_run.run_id))
+    assert base is not None and base.version == 1 and base.gate_decision == "PROMOTE"
+    base_lineage = base.metadata["lineage"]
+    assert base_lineage["dataset_version"] and base_lineage["increments"] == [], base_lineage
+    assert not _watch_events(api), "the watch announced increments before any landed"
 
-        # Routing: train went to the gpu queue and pool, everything else to default.
-        tis = _task_instances(api, run_id)
-        assert {t: ti["state"] for t, ti in tis.items()} == {
-            t: "success" for t in ("ingest", "preprocess", "train", "evaluate", "gate", "register")
-        }
-        assert (tis["train"]["queue"], tis["train"]["pool"]) == ("gpu", "gpu")
-        assert (tis["evaluate"]["queue"], tis["evaluate"]["pool"]) == ("default", "default_pool")
-        assert all(ti["executor"] in (None, "CeleryExecutor") for ti in tis.values())
+    # (b) An increment lands: 5,000 of the training images the demo's base held back.
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_tasks", "data", "add-increment", "--mnist",
+         str(deployment.mnist_dir), "--out", source, "--id", INCREMENT_ID],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    landed = time.monotonic()
 
-        # The registry in S3 holds the run's version, and it is the champion.
-        registry = Registry(S3Store(TEST_BUCKET, "celery"))
-        info = registry.version_for_run(run_key(run_id))
-        assert info is not None and info.version == 1
-        assert info.run_id == run_id and info.gate_decision == "PROMOTE"
-        assert info.test_accuracy is not None and info.test_accuracy >= 0.9
-        assert registry.get_alias("champion") == 1
+    events = _wait_until(deployment, f"the watch announcing {INCREMENT_ID}",
+                         ANNOUNCE_TIMEOUT_S, lambda: _watch_events(api))
+    assert len(events) == 1, events
+    event = events[0]
+    assert event["source_task_id"] == "land", event
+    assert event["extra"] == {"increments": [INCREMENT_ID], "source": source}, event
+    announced_s = time.monotonic() - landed
+    runs = _wait_until(deployment, "an asset-triggered mnist_training run", 120,
+                       lambda: _asset_runs(api))
+    assert len(runs) == 1, runs
+    run_id = runs[0]["dag_run_id"]
+    assert runs[0]["run_type"] == "asset_triggered"
+    _wait_for_run(deployment, run_id)
+    trained_s = time.monotonic() - landed
+    print(f"\nasset-triggered run: {_task_seconds(api, run_id)}")
+    tis = task_instances(api, DAG_ID, run_id)
+    assert {t: ti["state"] for t, ti in tis.items()} == {t: "success" for t in STAGES}
 
-        # Task logs come back through the API: the worker's per-epoch lines.
-        train_log = _task_log(api, run_id, "train", tis["train"]["try_number"])
-        assert "epoch 1/2" in train_log and "epoch 2/2" in train_log, train_log[-3000:]
-        ingest_log = _task_log(api, run_id, "ingest", tis["ingest"]["try_number"])
-        assert "ingest: validation" in ingest_log, ingest_log[-3000:]
+    info = registry.version_for_run(run_key(run_id))
+    assert info is not None and info.version == 2, run_failure_report(
+        api, deployment.services, DAG_ID, run_id)
+    assert info.gate_decision == "PROMOTE" and registry.get_alias("champion") == 2
+    assert info.metadata["parameters"]["preset"] == "seed_mlp"  # the form's defaults
+    lineage = info.metadata["lineage"]
+    assert [inc["id"] for inc in lineage["increments"]] == [INCREMENT_ID], lineage
+    assert lineage["dataset_version"] != base_lineage["dataset_version"], lineage
+    increment = lineage["increments"][0]
+    assert increment["train"] > 0 and increment["fresh"] > 0, increment
+    gate = info.metadata["gate"]
+    assert gate["champion_version"] == 1, gate
+    fresh = gate["fresh"]
+    assert fresh is not None and fresh["n"] == increment["fresh"], gate
+    for who in ("challenger_accuracy", "champion_accuracy"):
+        assert isinstance(fresh[who], float) and 0.5 < fresh[who] <= 1.0, fresh
+    listing = api.json("GET", "/models/api/versions")
+    assert [v["version"] for v in listing["versions"]] == [1, 2] and listing["champion"] == 2
+    assert listing["versions"][1]["dataset_version"] == lineage["dataset_version"]
 
-        # The Models page of the same deployment shows the version.
-        listing = api.json("GET", "/models/api/versions")
-        assert [v["version"] for v in listing["versions"]] == [1] and listing["champion"] == 1
+    # (c) The next watch, with nothing new, is skipped: no event, no second training run.
+    announcer = event["source_run_id"]
+    watch_runs = _watch_runs(api)
+    after = [_time(r["run_after"]) for r in watch_runs if r["dag_run_id"] == announcer]
+    assert after, (announcer, watch_runs)
 
-        # A worker dies mid-training: its process is SIGKILLed after epoch 2. Airflow retries
-        # the task (after its retry delay), and the retry resumes instead of starting over.
-        conf = {"preset": "seed_mlp", "epochs": 4, "batch_size": 32, "min_accuracy": 0.9,
-                "source": str(mnist_dir), "store": store_uri}
-        run_id = api.json("POST", f"/api/v2/dags/{DAG_ID}/dagRuns",
-                          json={"logical_date": None, "conf": conf})["dag_run_id"]
-        killed_after = _kill_train_after_epoch(api, services, home, run_id, epoch=2, epochs=4)
-        _wait_for_run(api, services, run_id)
-        train = _task_instances(api, run_id)["train"]
-        assert (train["state"], train["try_number"]) == ("success", 2)
-        tries = api.json("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id, safe='')}"
-                                "/taskInstances/train/tries")["task_instances"]
-        assert [(t["try_number"], t["state"]) for t in tries] == [(1, "failed"), (2, "success")]
-        retry_log = _task_log(api, run_id, "train", 2)
-        resumed = re.search(r"resuming from epoch (\d+) of 4", retry_log)
-        assert resumed, retry_log[-3000:]
-        epoch = int(resumed.group(1))
-        assert killed_after <= epoch <= killed_after + 1  # at most the epoch in flight is lost
-        assert "try 2: the previous try checkpointed epoch" in retry_log, retry_log[-3000:]
-        assert "epoch 1/4" not in retry_log and "epoch 4/4" in retry_log
-        print(f"killed after epoch {killed_after}, resumed from epoch {epoch}")
-        print(f"\ncelery deployment: run {run_seconds:.0f} s, "
-              f"total {time.monotonic() - started:.0f} s")
-    finally:
-        services.stop()
-        shutil.rmtree(home, ignore_errors=True)
+    def next_watch_done() -> dict[str, Any] | None:
+        for run in _watch_runs(api):
+            if _time(run["run_after"]) > after[0] and run["state"] in ("success", "failed"):
+                return run
+        return None
+
+    next_watch = _wait_until(deployment, "the watch run after the announcing one to finish",
+                             60 * WATCH_INTERVAL_MINUTES + 120, next_watch_done)
+    land = task_instances(api, WATCH_DAG_ID, next_watch["dag_run_id"])["land"]
+    assert land["state"] == "skipped", (next_watch, land)
+    assert len(_watch_events(api)) == 1
+    assert [r["dag_run_id"] for r in _asset_runs(api)] == [run_id]
+    print(f"data-triggered: base run {base_run.seconds:.0f} s, landed -> announced "
+          f"{announced_s:.0f} s, landed -> new version {trained_s:.0f} s, this test "
+          f"{time.monotonic() - started:.0f} s; fresh accuracy: challenger "
+          f"{fresh['challenger_accuracy']:.4f}, champion {fresh['champion_accuracy']:.4f}")

@@ -1,0 +1,255 @@
+"""The shared Airflow deployment of the integration tests that need a scheduler and workers.
+
+``celery_deployment`` (session scope) is what docker-compose.yaml deploys, as local processes:
+an api-server, a scheduler, a dag-processor and a Celery worker serving the ``default`` and
+``gpu`` queues (the train task goes to the ``gpu`` queue and pool: ``MNIST_TRAIN_QUEUE`` /
+``MNIST_TRAIN_POOL``), on PostgreSQL and Redis, with the artifact store in S3 (the session's
+moto server over HTTP). It is the scheduler's deployment, not a test harness: the job schedule
+is on, both DAGs (``mnist_training`` and ``mnist_increments_watch``) are unpaused, the watch
+runs every minute, and the training DAG is data-triggered only (``MNIST_TRAINING_SCHEDULE=off``,
+so the weekly cron never fires during a test).
+
+Each scenario keeps out of the others' way: one S3 bucket made once (the function-scoped
+``s3_env`` resets the moto server, so no test using this fixture may ask for it), a store
+prefix per scenario (:meth:`CeleryDeployment.store_uri`), and two demo sources made with
+``mnist_tasks data make-demo`` (base of 50,000 images, no increment): ``watched_source``, the
+deployment's ``MNIST_SOURCE`` (only the data-triggered scenario lands increments there, and
+only it uses the deployment's ``MNIST_STORE``, which the watch and the Models page read), and
+``static_source``, a copy that never changes, for the scenarios that trigger runs themselves.
+``MNIST_CHECKSUMS`` pins the demo's payload hashes, which both sources share.
+
+The services are stopped after the last test that uses the deployment (not at the end of the
+session), so they use no CPU during later tests and the watch never sees another test's reset
+of the S3 server.
+
+PostgreSQL (127.0.0.1:5432, trust auth for ``postgres``) and Redis (127.0.0.1:6379) are started
+if they are installed but stopped; the tests skip, saying why, if either cannot be had. A fresh
+database and Redis DB 13 are used, and dropped / flushed afterwards.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.airflow_services import (
+    REPO,
+    ApiClient,
+    Services,
+    airflow_env,
+    free_port,
+    start_postgres,
+    start_redis,
+)
+
+PG_PORT = 5432
+REDIS_PORT = 6379
+REDIS_DB = 13  # a Redis database of its own, flushed before and after
+DEPLOYMENT_BUCKET = "celery-deployment"
+WATCHED_PREFIX = "watched"  # the deployment's MNIST_STORE: the data-triggered scenario's
+DAG_ID = "mnist_training"
+WATCH_DAG_ID = "mnist_increments_watch"
+WATCH_INTERVAL_MINUTES = 1
+DEPLOYMENT_FIXTURE = "celery_deployment"
+
+
+@dataclass
+class CeleryDeployment:
+    """The running deployment: its services, REST API client and data."""
+
+    services: Services
+    api: ApiClient
+    home: Path
+    s3_endpoint: str
+    watched_source: Path  # MNIST_SOURCE: the watch DAG looks for increments here
+    static_source: Path  # the same base, never changed: for runs triggered with a conf
+    mnist_dir: Path
+    started_s: float  # how long set-up took
+    stopped: bool = field(default=False)
+
+    @property
+    def s3_client_kwargs(self) -> dict[str, Any]:
+        """boto3 arguments for the test process (the services get the same as AWS_* env)."""
+        return {"endpoint_url": self.s3_endpoint, "aws_access_key_id": "testing",
+                "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+
+    def store_uri(self, prefix: str) -> str:
+        """A scenario's own store in the deployment's bucket."""
+        return f"s3://{DEPLOYMENT_BUCKET}/{prefix}"
+
+    @property
+    def watched_store_uri(self) -> str:
+        """The deployment's MNIST_STORE (the watch's record, the Models page's registry)."""
+        return self.store_uri(WATCHED_PREFIX)
+
+    def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.services.stop()
+
+
+_running: list[CeleryDeployment] = []
+
+
+@pytest.fixture(scope="session")
+def postgres_db() -> Iterator[str]:
+    """A fresh PostgreSQL database; its SQLAlchemy URL. Dropped afterwards."""
+    import psycopg2
+
+    why = start_postgres(PG_PORT)
+    if why:
+        pytest.skip(f"needs PostgreSQL on 127.0.0.1:{PG_PORT}: {why}")
+    name = f"airflow_it_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host="127.0.0.1", port=PG_PORT, user="postgres", dbname="postgres")
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{PG_PORT}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The Celery broker URL on a Redis database of our own, flushed before and after."""
+    import redis
+
+    why = start_redis(REDIS_PORT)
+    if why:
+        pytest.skip(f"needs Redis on 127.0.0.1:{REDIS_PORT}: {why}")
+    client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, db=REDIS_DB)
+    client.flushdb()
+    try:
+        yield f"redis://127.0.0.1:{REDIS_PORT}/{REDIS_DB}"
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def make_demo_source(mnist_dir: Path, out: Path) -> None:
+    """A demo source (base of 50,000 training images, no increment) with the project's CLI."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_tasks", "data", "make-demo", "--mnist", str(mnist_dir),
+         "--out", str(out), "--increments", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _wait_for_dag(services: Services, api: ApiClient, dag_id: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while api.request("GET", f"/api/v2/dags/{dag_id}").status_code != 200:
+        services.check_alive()
+        assert time.monotonic() < deadline, f"DAG {dag_id} never appeared\n{services.all_logs()}"
+        time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def celery_deployment(
+    postgres_db: str, redis_url: str, s3_server: str, mnist_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[CeleryDeployment]:
+    """The Celery/PostgreSQL/Redis deployment, both DAGs unpaused (see the module's doc)."""
+    import boto3
+
+    started = time.monotonic()
+    data = tmp_path_factory.mktemp("celery-sources")
+    watched, static = data / "watched", data / "static"
+    make_demo_source(mnist_dir, watched)
+    shutil.copytree(watched, static)
+    s3 = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="testing",
+                      aws_secret_access_key="testing", region_name="us-east-1")
+    s3.create_bucket(Bucket=DEPLOYMENT_BUCKET)
+
+    # The Airflow home and its logs hold the task logs the tests read: not under tmp_path's
+    # retention, removed at the end.
+    home = Path(tmp_path_factory.mktemp("airflow-celery"))
+    port = free_port()
+    env = airflow_env(
+        home, port,
+        AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgres_db,
+        AIRFLOW__CELERY__BROKER_URL=redis_url,
+        AIRFLOW__CELERY__RESULT_BACKEND="db+" + postgres_db,
+        AIRFLOW__CELERY__WORKER_CONCURRENCY="1",
+        AIRFLOW__OPERATORS__DEFAULT_QUEUE="default",
+        AIRFLOW__CORE__PARALLELISM="4",
+        AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG="2",
+        # The scheduler's own runs: the watch every minute and the asset-triggered training.
+        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="True",
+        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
+        AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
+        # The S3 server, explicitly: the services must not depend on the test process's env.
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL_S3=s3_server,
+        MNIST_STORE=f"s3://{DEPLOYMENT_BUCKET}/{WATCHED_PREFIX}",
+        MNIST_SOURCE=str(watched),
+        MNIST_CHECKSUMS=f"@{watched / 'payload-sha256.json'}",
+        # Data-triggered only: the weekly cron never fires during a test.
+        MNIST_TRAINING_SCHEDULE="off",
+        MNIST_WATCH_INTERVAL_MINUTES=str(WATCH_INTERVAL_MINUTES),
+        MNIST_TRAIN_POOL="gpu",
+        MNIST_TRAIN_QUEUE="gpu",
+    )
+    services = Services(env, home / "logs")
+    deployment: CeleryDeployment | None = None
+    try:
+        result = services.run("db", "migrate")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        result = services.run("pools", "set", "gpu", "1", "GPU worker slots")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        services.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port))
+        services.start("scheduler", "scheduler")
+        services.start("dag-processor", "dag-processor")
+        services.start("worker", "celery", "worker", "--queues", "default,gpu",
+                       "--concurrency", "1")
+        base_url = f"http://127.0.0.1:{port}"
+        services.wait_http(f"{base_url}/api/v2/version")
+        api = ApiClient(base_url)
+        for dag_id in (DAG_ID, WATCH_DAG_ID):
+            _wait_for_dag(services, api, dag_id)
+            api.json("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+        deployment = CeleryDeployment(
+            services=services, api=api, home=home, s3_endpoint=s3_server,
+            watched_source=watched, static_source=static, mnist_dir=mnist_dir,
+            started_s=time.monotonic() - started,
+        )
+        print(f"\ncelery deployment: set-up {deployment.started_s:.0f} s")
+        _running.append(deployment)
+        yield deployment
+    finally:
+        if deployment is not None:
+            deployment.stop()
+            _running.remove(deployment)
+        else:
+            services.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Stop the deployment's services once no later test needs them (the fixture's own
+    teardown, at the end of the session, then only cleans up)."""
+    if not _running:
+        return
+    items = item.session.items
+    later = items[items.index(item) + 1:] if item in items else [nextitem] if nextitem else []
+    if any(DEPLOYMENT_FIXTURE in getattr(i, "fixturenames", ()) for i in later):
+        return
+    for deployment in list(_running):
+        deployment.stop()
