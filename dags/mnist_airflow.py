@@ -63,8 +63,16 @@ MNIST_INCREMENTS = Asset(name="mnist_increments", uri="mnist://increments")
 
 
 def form_default(spec: ParamSpec, environ: Mapping[str, str] = os.environ) -> Any:
-    """A trigger parameter's default: its ``env`` variable's value when set, else the spec's."""
-    return (environ.get(spec.env) if spec.env else None) or spec.default
+    """A trigger parameter's default: its ``env`` variable's value when set, else the spec's.
+
+    Raises:
+        ValueError: naming the variable, for a value outside the parameter's choices (the DAG
+            file then fails to import, with this message).
+    """
+    value = (environ.get(spec.env, "").strip() if spec.env else "") or spec.default
+    if spec.env and spec.enum is not None and value not in spec.enum:
+        raise ValueError(f"{spec.env}={value!r}: expected one of {', '.join(spec.enum)}")
+    return value
 
 
 def trigger_params(environ: Mapping[str, str] = os.environ) -> dict[str, Param]:
@@ -298,16 +306,35 @@ def deadline_alert(environ: Mapping[str, str] = os.environ) -> DeadlineAlert | N
     )
 
 
-# Retries with exponential backoff and a timeout on every task; train overrides its timeout.
-DEFAULT_ARGS: dict[str, Any] = {
-    "owner": "ml-platform",
-    "retries": 2,
-    "retry_delay": timedelta(seconds=30),
-    "retry_exponential_backoff": 2.0,
-    "max_retry_delay": timedelta(minutes=10),
-    "execution_timeout": timedelta(minutes=30),
-    "on_failure_callback": on_failure,
-}
+def retry_delay_seconds(environ: Mapping[str, str] = os.environ) -> float:
+    """The first retry's delay: MNIST_RETRY_DELAY_SECONDS (default 30; doubled on each retry).
+
+    Raises:
+        ValueError: naming the variable, for a value that is not a number from 1 to 3600.
+    """
+    text = environ.get("MNIST_RETRY_DELAY_SECONDS", "").strip() or "30"
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not 1 <= seconds <= 3600:
+        raise ValueError(f"MNIST_RETRY_DELAY_SECONDS={text!r}: expected a number of seconds "
+                         "from 1 to 3600")
+    return seconds
+
+
+def default_args(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """Every task's defaults: retries with exponential backoff from MNIST_RETRY_DELAY_SECONDS, a
+    timeout (train overrides its own), and the failure notification."""
+    return {
+        "owner": "ml-platform",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=retry_delay_seconds(environ)),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=10),
+        "execution_timeout": timedelta(minutes=30),
+        "on_failure_callback": on_failure,
+    }
 
 
 # -- the landing check (mnist_increments_watch) --------------------------------------------------

@@ -26,7 +26,7 @@ from airflow.sdk import dag, task
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args=glue.DEFAULT_ARGS,
+    default_args=glue.default_args(),
     tags=["mnist", "data", "watch"],
     doc_md=__doc__,
 )

@@ -41,7 +41,7 @@ from airflow.sdk import dag, task
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args=glue.DEFAULT_ARGS,
+    default_args=glue.default_args(),
     params=glue.trigger_params(),
     tags=["mnist", "ml", "retraining"],
     doc_md=__doc__,

@@ -338,7 +338,7 @@ TRIGGER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
         "preset", "string", TrainConfig.preset, "Training preset", " ".join(
             f"{name}: {preset['description']}." for name, preset in PRESETS.items()),
-        "training", enum=PRESET_NAMES,
+        "training", enum=PRESET_NAMES, env="MNIST_PRESET",
     ),
     ParamSpec("epochs", "integer", None, "Epochs",
               f"Overrides the preset's number of epochs. {_OVERRIDE}", "training",

@@ -492,3 +492,22 @@ def test_a_quarantine_that_fails_the_run_is_not_retried(glue) -> None:  # type: 
         glue.run_stage("ingest", quarantined)
     with pytest.raises(OSError):  # anything else keeps its retries
         glue.run_stage("ingest", broken)
+
+
+def test_the_deployment_sets_the_default_preset_and_retry_delay(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MNIST_PRESET", "fast_mlp")
+    monkeypatch.setenv("MNIST_RETRY_DELAY_SECONDS", "5")
+    bag, training = _training_with_schedule(monkeypatch, None)
+    assert bag.import_errors == {}
+    assert training.params["preset"] == "fast_mlp"
+    assert all(t.retry_delay == timedelta(seconds=5) for t in training.tasks)
+
+
+@pytest.mark.parametrize(("name", "value"), [("MNIST_PRESET", "resnet"),
+                                             ("MNIST_RETRY_DELAY_SECONDS", "soon")])
+def test_a_bad_preset_or_retry_delay_is_an_import_error_naming_it(monkeypatch, name, value) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv(name, value)
+    bag, training = _training_with_schedule(monkeypatch, None)
+    assert training is None
+    (message,) = bag.import_errors.values()
+    assert name in message and repr(value) in message

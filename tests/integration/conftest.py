@@ -203,6 +203,9 @@ def celery_deployment(
         MNIST_CHECKSUMS=f"@{watched / 'payload-sha256.json'}",
         # Data-triggered only: the weekly cron never fires during a test.
         MNIST_TRAINING_SCHEDULE="off",
+        # Scheduled and data-triggered runs take the form's defaults: the fast preset here.
+        MNIST_PRESET="fast_mlp",
+        MNIST_RETRY_DELAY_SECONDS="2",
         MNIST_WATCH_INTERVAL_MINUTES=str(WATCH_INTERVAL_MINUTES),
         MNIST_TRAIN_POOL="gpu",
         MNIST_TRAIN_QUEUE="gpu",

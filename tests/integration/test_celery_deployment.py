@@ -125,10 +125,10 @@ class BaseRun:
 def base_run(celery_deployment: CeleryDeployment) -> BaseRun:
     """One run shared by two tests (whichever asks first triggers it), so the file trains one
     model fewer. It is deliberately weak (fast_mlp, 1 epoch): the asset-triggered run trains
-    with the form's defaults (seed_mlp, 10 epochs), and the gate compares it with this
-    champion on the benchmark and on the fresh data, digit by digit (a recall drop of 0.01,
-    about one image per digit on the fresh part, rejects), so its promotion must not hang on a
-    close race between two good models."""
+    with the form's defaults (the deployment's MNIST_PRESET, fast_mlp: 6 epochs), and the gate
+    compares it with this champion on the benchmark and on the fresh data, digit by digit (a
+    recall drop of 0.01 rejects), so its promotion must not hang on a close race between two
+    good models."""
     deployment = celery_deployment
     conf = {"preset": "fast_mlp", "epochs": 1, "min_accuracy": 0.9,
             "source": str(deployment.watched_source), "store": deployment.watched_store_uri}
@@ -307,7 +307,7 @@ def test_new_increment_triggers_training(celery_deployment: CeleryDeployment,
     assert info is not None and info.version == 2, run_failure_report(
         api, deployment.services, DAG_ID, run_id)
     assert info.gate_decision == "PROMOTE" and registry.get_alias("champion") == 2
-    assert info.metadata["parameters"]["preset"] == "seed_mlp"  # the form's defaults
+    assert info.metadata["parameters"]["preset"] == "fast_mlp"  # the deployment's default
     lineage = info.metadata["lineage"]
     assert [inc["id"] for inc in lineage["increments"]] == [INCREMENT_ID], lineage
     assert lineage["dataset_version"] != base_lineage["dataset_version"], lineage
