@@ -68,14 +68,9 @@ def _last_json(stdout: str) -> dict[str, Any]:
     raise ValueError("no JSON line in output")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=REPO.parent / "shared/datasets/mnist")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    source = str(args.source.resolve())
-
-    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+def airflow_envs(work: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """A migrated SQLite Airflow home in ``work``: the environment for this repo's DAGs, and the
+    same for a folder holding only the empty two-task DAG (Airflow's fixed cost per run)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
            "AIRFLOW_HOME": str(work / "airflow"),
            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
@@ -86,7 +81,18 @@ def main() -> None:
     empty_dags = work / "empty-dags"
     empty_dags.mkdir()
     (empty_dags / "empty.py").write_text(EMPTY_DAG)
-    empty_env = {**env, "AIRFLOW__CORE__DAGS_FOLDER": str(empty_dags)}
+    return env, {**env, "AIRFLOW__CORE__DAGS_FOLDER": str(empty_dags)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=REPO.parent / "shared/datasets/mnist")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    source = str(args.source.resolve())
+
+    work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    env, empty_env = airflow_envs(work)
 
     rows: dict[str, list[tuple[float, float | None, float | None]]] = {}
 

@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from pipeline import AIRFLOW, EMPTY_DAG, PY, _last_json, _run  # noqa: E402
+from pipeline import AIRFLOW, PY, _last_json, _run, airflow_envs  # noqa: E402
 
 
 def _summary(store: str, env: dict[str, str]) -> dict[str, object]:
@@ -47,17 +47,7 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-unchanged-"))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "AIRFLOW_HOME": str(work / "airflow"),
-           "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-           "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "MNIST_DEADLINE_MARGIN_MINUTES": "off"}  # see the Makefile
-    _run([AIRFLOW, "db", "migrate"], env)
-    empty_dags = work / "empty-dags"
-    empty_dags.mkdir()
-    (empty_dags / "empty.py").write_text(EMPTY_DAG)
-    empty_env = {**env, "AIRFLOW__CORE__DAGS_FOLDER": str(empty_dags)}
+    env, empty_env = airflow_envs(work)
 
     store = (work / "store").as_uri()
     conf = json.dumps({"source": str(args.source.resolve()), "store": store,

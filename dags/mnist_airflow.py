@@ -312,15 +312,26 @@ def retry_delay_seconds(environ: Mapping[str, str] = os.environ) -> float:
     Raises:
         ValueError: naming the variable, for a value that is not a number from 1 to 3600.
     """
-    text = environ.get("MNIST_RETRY_DELAY_SECONDS", "").strip() or "30"
+    return _number_setting(environ, "MNIST_RETRY_DELAY_SECONDS", 30, 1, 3600,
+                           "a number of seconds", float)
+
+
+def _number_setting(environ: Mapping[str, str], name: str, default: float, lo: float,
+                    hi: float, what: str, kind: Callable[[str], float]) -> float:
+    """The number in environment variable ``name`` (``default`` when unset or empty).
+
+    Raises:
+        ValueError: naming the variable and its value, when ``kind`` cannot parse it or it is
+            outside ``lo``..``hi`` (a DAG file that reads it then fails to import).
+    """
+    text = environ.get(name, "").strip() or str(default)
     try:
-        seconds = float(text)
+        value = kind(text)
     except ValueError:
-        seconds = 0.0
-    if not 1 <= seconds <= 3600:
-        raise ValueError(f"MNIST_RETRY_DELAY_SECONDS={text!r}: expected a number of seconds "
-                         "from 1 to 3600")
-    return seconds
+        value = lo - 1
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}={text!r}: expected {what} from {lo:g} to {hi:g}")
+    return value
 
 
 def default_args(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
@@ -369,17 +380,8 @@ def watch_interval(environ: Mapping[str, str] = os.environ) -> timedelta:
         ValueError: naming the variable, for a value that is not a whole number of minutes
             from 1 to 1440 (the DAG file then fails to import, with this message).
     """
-    text = environ.get("MNIST_WATCH_INTERVAL_MINUTES", "").strip() or "5"
-    try:
-        minutes = int(text)
-    except ValueError:
-        minutes = 0
-    if not 1 <= minutes <= 1440:
-        raise ValueError(
-            f"MNIST_WATCH_INTERVAL_MINUTES={text!r}: expected a whole number of minutes "
-            "from 1 to 1440"
-        )
-    return timedelta(minutes=minutes)
+    return timedelta(minutes=_number_setting(environ, "MNIST_WATCH_INTERVAL_MINUTES", 5, 1, 1440,
+                                             "a whole number of minutes", int))
 
 
 def land() -> dict[str, Any]:
