@@ -92,11 +92,16 @@ run: $(AIRFLOW_HOME)/.migrated  ## run the DAG once through Airflow (MNIST_SOURC
 airflow: $(AIRFLOW_HOME)/.migrated  ## start `airflow standalone` (UI on http://localhost:8080) with this DAG
 	$(BIN)/airflow standalone
 
+# Two pytest-xdist workers, one per core: much of the suite waits on subprocesses, services and
+# the deployment's scheduler. Tests that share a set-up stay on one worker (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: $(BIN)/activate  ## the whole suite: unit, DAG, integration (services), end to end
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: $(BIN)/activate  ## unit and DAG-integrity tests: no services, under 90 s
-	$(BIN)/python -m pytest -q -m "unit or dags" tests/unit tests/dags
+	$(PYTEST) -m "unit or dags" tests/unit tests/dags
 
 lint: $(BIN)/activate  ## ruff and mypy
 	$(BIN)/ruff check mnist_tasks dags plugins tests bench

@@ -25,10 +25,12 @@ TEST_BUCKET = "mnist-test"
 TESTS = Path(__file__).resolve().parent
 LAYERS = ("unit", "dags", "integration", "e2e")
 SERVICE_FIXTURES = {"s3_server", "s3_env", "s3_store"}
+CELERY_FIXTURE = "celery_deployment"  # tests/integration/conftest.py
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its layer (its folder under tests/)."""
+    """Mark each test with its layer (its folder under tests/) and its xdist group; run the
+    longest group first."""
     for item in items:
         try:
             layer = item.path.resolve().relative_to(TESTS).parts[0]
@@ -37,12 +39,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if layer not in LAYERS:
             continue
         item.add_marker(getattr(pytest.mark, layer))
+        group = _xdist_group(item, layer)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
         if layer in ("unit", "dags"):
             services = SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
             if services:
                 raise pytest.UsageError(
                     f"{item.nodeid}: a {layer} test uses {', '.join(sorted(services))}; "
                     "tests that talk to services belong in tests/integration")
+    # `make test` runs on two pytest-xdist workers (--dist loadgroup), which hand out groups in
+    # collection order: the deployment's scenarios (the longest group by far) go first, then the
+    # end-to-end runs, so that the short tests fill the other worker meanwhile. A run without
+    # xdist keeps the same order, which also stops the deployment's services early.
+    items.sort(key=_run_order)
+
+
+def _xdist_group(item: pytest.Item, layer: str) -> str | None:
+    """The tests that must share one xdist worker: the scenarios of the Celery deployment (one
+    deployment per session), and each file whose tests share a module-scoped fixture (an Airflow
+    home, a browser, a trained model) so it is set up once. Others are spread one by one."""
+    names = set(getattr(item, "fixturenames", ()))
+    if CELERY_FIXTURE in names:
+        return CELERY_FIXTURE
+    info = getattr(item, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", {})
+    if layer == "e2e" or any(d and d[-1].scope == "module" for d in defs.values()):
+        return item.nodeid.split("::")[0]
+    return None
+
+
+def _run_order(item: pytest.Item) -> int:
+    if CELERY_FIXTURE in getattr(item, "fixturenames", ()):
+        return 0
+    return 1 if item.get_closest_marker("e2e") else 2
 
 
 @pytest.fixture(scope="session")
