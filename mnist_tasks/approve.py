@@ -162,8 +162,8 @@ def report_markdown(decision: Mapping[str, Any], *, why: str, models_url: str | 
     does."""
     verdict = _verdict(decision)
     champion = decision.get("champion_version")
-    evaluation = decision.get("evaluation") if isinstance(decision.get("evaluation"),
-                                                            Mapping) else {}
+    carried = decision.get("evaluation")
+    evaluation: Mapping[str, Any] = carried if isinstance(carried, Mapping) else {}
     ours = decision.get("challenger_accuracy", evaluation.get("test_accuracy"))
     theirs = decision.get("champion_accuracy")
     out = [f"**Gate decision: {verdict}**. Asked because {why}.", ""]
@@ -173,14 +173,14 @@ def report_markdown(decision: Mapping[str, Any], *, why: str, models_url: str | 
                                    else "champion") + " | change |",
             "|---|---|---|---|",
             f"| test accuracy | {_num(ours)} | {_num(theirs)} | "
-            f"{_signed(ours - theirs) if _is_num(ours) and _is_num(theirs) else '-'} |"]
+            f"{_change(ours, theirs)} |"]
     if evaluation.get("test_loss") is not None:
         out.append(f"| test loss | {_num(evaluation.get('test_loss'))} | - | - |")
-    fresh = decision.get("fresh") if isinstance(decision.get("fresh"), Mapping) else None
-    if fresh:
+    fresh = decision.get("fresh")
+    if isinstance(fresh, Mapping) and fresh:
         a, b = fresh.get("challenger_accuracy"), fresh.get("champion_accuracy")
         out.append(f"| fresh-data accuracy ({fresh.get('n')} images) | {_num(a)} | {_num(b)} | "
-                   f"{_signed(a - b) if _is_num(a) and _is_num(b) else '-'} |")
+                   f"{_change(a, b)} |")
     test = decision.get("mcnemar")
     out += ["", "### McNemar's test", ""]
     if isinstance(test, Mapping):
@@ -223,6 +223,11 @@ def report_markdown(decision: Mapping[str, Any], *, why: str, models_url: str | 
 
 def _is_num(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _change(new: Any, old: Any) -> str:
+    """``new - old`` with its sign, or ``-`` unless both are numbers."""
+    return _signed(float(new) - float(old)) if _is_num(new) and _is_num(old) else "-"
 
 
 def not_asked(decision: Mapping[str, Any], mode: str, why: str) -> dict[str, Any]:

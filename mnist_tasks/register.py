@@ -10,10 +10,11 @@ Steps, each safe to retry:
    ``predictions.npy`` exactly (the notebooks' "save, reload, verify"); a mismatch raises and
    the version never gets its manifest, so no reader ever sees it;
 3. only if the decision is PROMOTE (the gate's, approved by a person where the ``approval``
-   step asked one, or a person's override of the gate's REJECT), move the ``champion`` alias by compare-and-swap *from the
-   champion the gate compared against* (the previous champion stays on the alias's rollback
-   stack). If the champion has moved since the gate ran, the version is registered but not
-   promoted: a WARNING says why, and so do ``promotion_skipped`` in its metadata and result.
+   step asked one, or a person's override of the gate's REJECT), move the ``champion`` alias
+   by compare-and-swap *from the champion the gate compared against* (the previous champion
+   stays on the alias's rollback stack). If the champion has moved since the gate ran, the
+   version is registered but not promoted: a WARNING says why, and so do
+   ``promotion_skipped`` in its metadata and result.
 
 Registering the same run again returns the version it created and does not move the alias a
 second time.

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import pytest
+import requests
 
 from mnist_tasks.config import run_key
 from mnist_tasks.registry import Registry
@@ -65,14 +66,18 @@ def _wait_for_request(deployment: CeleryDeployment, run_id: str) -> dict[str, An
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while True:
         deployment.services.check_alive()
-        state = task_instances(deployment.api, DAG_ID, run_id).get("approve", {}).get("state")
+        try:
+            tis = task_instances(deployment.api, DAG_ID, run_id)
+        except requests.Timeout:  # a busy api-server: ask again
+            continue
+        state = tis.get("approve", {}).get("state")
         if state == "awaiting_input":
             return dict(deployment.api.json("GET", _hitl_path(run_id)))
         if state in ("success", "failed", "skipped", "upstream_failed") or (
                 time.monotonic() > deadline):
             pytest.fail(f"approve is {state!r}, not awaiting input: " + run_failure_report(
                 deployment.api, deployment.services, DAG_ID, run_id))
-        time.sleep(0.5)
+        time.sleep(1)
 
 
 def _answer(api: ApiClient, run_id: str, choice: str, comment: str | None) -> dict[str, Any]:
@@ -81,10 +86,16 @@ def _answer(api: ApiClient, run_id: str, choice: str, comment: str | None) -> di
 
 
 def _wait(deployment: CeleryDeployment, run_id: str) -> None:
-    try:
-        wait_for_run(deployment.api, deployment.services, DAG_ID, run_id, RUN_TIMEOUT_S)
-    except AssertionError as exc:
-        pytest.fail(str(exc))
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        try:
+            wait_for_run(deployment.api, deployment.services, DAG_ID, run_id,
+                         deadline - time.monotonic())
+            return
+        except requests.Timeout:  # a busy api-server: ask again
+            continue
+        except AssertionError as exc:
+            pytest.fail(str(exc))
 
 
 def _clear_approve(api: ApiClient, run_id: str) -> None:

@@ -266,3 +266,39 @@ def test_registry_list_shows_an_override_visibly(tmp_path: Any,
     rows = json.loads(capsys.readouterr().out)
     assert [r["override"] for r in rows] == [False, True]
     assert rows[1]["approval"]["by"] == "alice"
+
+
+def test_the_models_page_shows_the_approval_and_marks_an_override() -> None:
+    """The page's template (rendered as the plugin does) with an overridden version selected."""
+    from pathlib import Path
+
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    folder = Path(__file__).resolve().parents[2] / "plugins" / "templates"
+    env = Environment(loader=FileSystemLoader(folder), autoescape=select_autoescape(["html"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    metadata = _metadata(override())
+    row = {"version": 2, "created": AT, "test_accuracy": 0.96, "fresh_accuracy": None,
+           "dataset_version": None, "gate_decision": "REJECT", "approval": "OVERRIDE by alice",
+           "override": True, "run_id": "r", "run_key": "r", "champion": True, "files": [],
+           "viewable": []}
+    html = env.get_template("mnist_models.html").render(
+        model_name="m", registry_uri="file:///s", rows=[row], champion=2, selected=row,
+        selected_meta=metadata, lineage=None, plots=[], card_html=None, run=None, error=None)
+    assert "<th>Approval</th>" in html
+    assert "title=\"promoted over the gate's REJECT\">OVERRIDE by alice</span>" in html
+    detail = html[html.index('id="approval"'):]
+    detail = " ".join(detail[:detail.index("</dd>")].split())
+    assert "OVERRIDE</span> of the gate's REJECT by alice at 2026-11-22T04:00:00+00:00" in detail
+    assert "the | threshold is wrong" in detail
+
+    rejected = approve.apply_response(decision(), Response(choice="Reject", by="bob", at=AT),
+                                      mode="always", why="w")
+    html = env.get_template("mnist_models.html").render(
+        model_name="m", registry_uri="file:///s", rows=[], champion=None, selected=None,
+        selected_meta={}, lineage=None, plots=[], card_html=None, error=None,
+        run={"run_id": "r", "version": None, "decision": "REJECT", "reasons": [],
+             "test_accuracy": None, "covered_by": None,
+             "approval": rejected["approval"]})
+    banner = " ".join(html[html.index('id="run-banner"'):].split("</p>")[0].split())
+    assert "not promoted at the approval step" in banner and "Approval: rejected by bob" in banner
