@@ -585,23 +585,32 @@ def run_approve(dag, monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
 
     monkeypatch.setattr("airflow.providers.standard.operators.hitl.upsert_hitl_detail", upsert)
     monkeypatch.setattr(mnist_airflow, "notify", lambda context, message: None)
+    monkeypatch.setattr(mnist_airflow, "s3_client_kwargs", lambda: None)
     ti = _Ti()
     monkeypatch.setattr(type(approve), "skip",
                         lambda self, ti, tasks: ti.skipped.extend(t.task_id for t in tasks))
 
-    def run(decision: dict, **params: object) -> tuple[object, dict]:
+    def context(decision: dict, params: dict) -> dict:
         approve.decision = decision
-        ctx = {"params": {**dag.params.validate(), "store": f"file://{tmp_path}",
-                          "comment": None, **params},
-               "dag": dag, "run_id": "manual__1", "task": approve,
-               "task_instance": type("T", (), {"id": "x"})(), "ti": ti}
+        return {"params": {**dag.params.validate(), "store": f"file://{tmp_path}",
+                           "comment": None, **params},
+                "dag": dag, "run_id": "manual__1", "task": approve,
+                "task_instance": type("T", (), {"id": "x"})(), "ti": ti}
+
+    def run(decision: dict, **params: object) -> tuple[object, dict]:
         try:
-            return approve.execute(ctx), asked
+            return approve.execute(context(decision, params)), asked
         except TaskAwaitingInput as parked:
             asked["parked_timeout"] = parked.timeout
             return None, asked
 
+    def answer(decision: dict, event: dict, **params: object) -> dict:
+        """Resume with ``event``, as the answer (or the timeout sweep) does on a worker."""
+        return dict(approve.execute_complete(context(decision, params), event))
+
     run.ti = ti  # type: ignore[attr-defined]
+    run.answer = answer  # type: ignore[attr-defined]
+    run.store = tmp_path  # type: ignore[attr-defined]
     return run
 
 
@@ -639,3 +648,35 @@ def test_a_gate_reject_reaches_a_person_only_with_always(glue) -> None:  # type:
 
     assert [m for m in ("off", "borderline", "always") if approve.asks_on_reject(m)] == [
         "always"]
+
+
+def _event(choice: str, comment: str | None = None, *, by: str | None = "alice",
+           timedout: bool = False) -> dict:
+    from datetime import UTC, datetime
+
+    return {"chosen_options": [choice], "params_input": {"comment": comment},
+            "responded_at": datetime(2026, 11, 22, 4, 0, tzinfo=UTC),
+            "responded_by_user": {"id": "7", "name": by} if by else None, "timedout": timedout}
+
+
+REJECTED_BY_GATE = {**PROMOTE_OVER_V3, "decision": "REJECT", "reasons": ["threshold FAIL"]}
+
+
+@pytest.mark.parametrize(("gate", "event", "final", "outcome", "register_skipped"), [
+    (PROMOTE_OVER_V3, _event("Approve", "ok"), "PROMOTE", "approved", False),
+    (PROMOTE_OVER_V3, _event("Reject", "not now"), "REJECT", "rejected", True),
+    (PROMOTE_OVER_V3, _event("Reject", None, by=None, timedout=True), "REJECT", "timed out",
+     True),
+    (REJECTED_BY_GATE, _event("Approve", "threshold too high"), "PROMOTE", "override", False),
+    (REJECTED_BY_GATE, _event("Approve", None), "REJECT", "override refused", True),
+], ids=["approve", "reject", "timeout", "override", "override-without-reason"])
+def test_the_answer_decides_what_register_gets(run_approve, gate, event, final, outcome,  # type: ignore[no-untyped-def]
+                                               register_skipped) -> None:
+    result = run_approve.answer(gate, event, approval="always")
+    assert result["decision"] == final and result["gate_decision"] == gate["decision"]
+    record = result["approval"]
+    assert record["outcome"] == outcome and record["at"] == "2026-11-22T04:00:00+00:00"
+    assert record["by"] == (event["responded_by_user"] or {}).get("name")
+    assert run_approve.ti.skipped == (["register"] if register_skipped else [])
+    saved = json.loads((run_approve.store / "runs" / "manual__1" / "approval.json").read_text())
+    assert saved["approval"]["outcome"] == outcome and saved["decision"] == final
