@@ -6,8 +6,9 @@ deployment settings read from the environment, the failure/rejection notifier, t
 wrapper (``gc.freeze``, a collapsible log group, one summary line), the Airflow connection →
 boto3 arguments (also used by the Models page plugin), the deadline alert, and the task bodies
 that need Airflow's context (train's progress note, gate's short-circuit, register's asset event),
-and the landing check's task body and interval (the increments asset the training DAG is
-scheduled on).
+the approve task (``PromotionApproval``: Airflow's ``ApprovalOperator`` around
+``mnist_tasks.approve``), and the landing check's task body and interval (the increments asset
+the training DAG is scheduled on).
 
 Not a DAG file: ``.airflowignore`` keeps the DAG processor from parsing it. The DAG file imports
 it by name: Airflow puts the DAG bundle's folder on ``sys.path`` in the DAG processor, in each
@@ -15,7 +16,8 @@ task's process and in ``airflow dags test`` (``BundleDagBag``); the API server, 
 plugin, does not, so the plugin adds the DAGs folder itself (``plugins/mnist_models.py``).
 
 Deployment settings (environment variables; see the README's deployment table):
-``MNIST_STORE`` / ``MNIST_SOURCE`` (the trigger form's defaults), ``MNIST_CHECKSUMS``
+``MNIST_STORE`` / ``MNIST_SOURCE`` / ``MNIST_PRESET`` / ``MNIST_APPROVAL`` (the trigger form's
+defaults), ``MNIST_CHECKSUMS``
 (``pinned`` | ``off`` | ``@/path/to/file.json``) and ``MNIST_MODEL_NAME`` (fixed per deployment: a
 trigger cannot change them), ``MNIST_S3_CONN_ID``, ``MNIST_TRAIN_POOL`` / ``MNIST_TRAIN_QUEUE``,
 ``MNIST_NOTIFIER``, ``MNIST_DEADLINE_MARGIN_MINUTES``, ``MNIST_WATCH_INTERVAL_MINUTES`` (how
