@@ -6,8 +6,9 @@ deployment settings read from the environment, the failure/rejection notifier, t
 wrapper (``gc.freeze``, a collapsible log group, one summary line), the Airflow connection →
 boto3 arguments (also used by the Models page plugin), the deadline alert, and the task bodies
 that need Airflow's context (train's progress note, gate's short-circuit, register's asset event),
-and the landing check's task body and interval (the increments asset the training DAG is
-scheduled on).
+the approve task (``PromotionApproval``: Airflow's ``ApprovalOperator`` around
+``mnist_tasks.approve``), and the landing check's task body and interval (the increments asset
+the training DAG is scheduled on).
 
 Not a DAG file: ``.airflowignore`` keeps the DAG processor from parsing it. The DAG file imports
 it by name: Airflow puts the DAG bundle's folder on ``sys.path`` in the DAG processor, in each
@@ -15,7 +16,8 @@ task's process and in ``airflow dags test`` (``BundleDagBag``); the API server, 
 plugin, does not, so the plugin adds the DAGs folder itself (``plugins/mnist_models.py``).
 
 Deployment settings (environment variables; see the README's deployment table):
-``MNIST_STORE`` / ``MNIST_SOURCE`` (the trigger form's defaults), ``MNIST_CHECKSUMS``
+``MNIST_STORE`` / ``MNIST_SOURCE`` / ``MNIST_PRESET`` / ``MNIST_APPROVAL`` (the trigger form's
+defaults), ``MNIST_CHECKSUMS``
 (``pinned`` | ``off`` | ``@/path/to/file.json``) and ``MNIST_MODEL_NAME`` (fixed per deployment: a
 trigger cannot change them), ``MNIST_S3_CONN_ID``, ``MNIST_TRAIN_POOL`` / ``MNIST_TRAIN_QUEUE``,
 ``MNIST_NOTIFIER``, ``MNIST_DEADLINE_MARGIN_MINUTES``, ``MNIST_WATCH_INTERVAL_MINUTES`` (how
@@ -34,6 +36,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOperator
 from airflow.sdk import Asset, AsyncCallback, DeadlineAlert, DeadlineReference, Param
 from airflow.sdk import get_current_context as _context
 
@@ -257,18 +260,165 @@ def check(ingested: dict[str, Any]) -> dict[str, Any] | bool:
 
 def gate(evaluation: dict[str, Any]) -> dict[str, Any] | bool:
     """The gate's decision when it is PROMOTE; on REJECT, notify and return False (the
-    short-circuit skips register)."""
-    decision = run_stage("gate", pipeline().gate, evaluation)
+    short-circuit skips approve and register), unless the run's approval mode (``always``)
+    sends a REJECT to a person, who may override it: then the decision goes on to approve."""
+    from mnist_tasks import approve
+
+    pipe = pipeline()
+    decision = run_stage("gate", pipe.gate, evaluation)
     if decision["decision"] == "PROMOTE":
         return decision
     ctx = _context()
+    to_person = approve.asks_on_reject(pipe.cfg.approval.mode)
     notify(
         ctx,
         f"ALERT {ctx['dag'].dag_id} run {ctx['run_id']}: gate REJECTED the model "
         f"(test accuracy {evaluation['test_accuracy']:.4f}): "
-        + "; ".join(decision.get("reasons", [])),
+        + "; ".join(decision.get("reasons", []))
+        + ("; a person may override it (approval 'always')" if to_person else ""),
     )
-    return False
+    return decision if to_person else False
+
+
+# -- approval: a person's decision between gate and register (mnist_tasks.approve) -------------
+
+APPROVAL_TASK_ID = "approve"
+# The request's form: one optional text field, the approver's comment (an override's reason).
+APPROVAL_FORM = {
+    "comment": Param(
+        None, type=["null", "string"], title="Comment",
+        description="Why you decide so. Required to override the gate's REJECT (Approve on a "
+                    "REJECT); recorded with the version.",
+    ),
+}
+
+
+def models_page_url(dag_id: str, run_id: str) -> str:
+    """The run's entry on the Models page (the version it registers, or why there is none),
+    under Airflow's ``[api] base_url`` (a root-relative link without one)."""
+    from urllib.parse import urlencode
+
+    from airflow.configuration import conf
+
+    base = (conf.get("api", "base_url", fallback="") or "").rstrip("/")
+    return f"{base}/models/?{urlencode({'dag_id': dag_id, 'run_id': run_id})}"
+
+
+class PromotionApproval(ApprovalOperator):
+    """The ``approve`` task: Airflow's ``ApprovalOperator`` (a "Required actions" request, the
+    task parked in ``awaiting_input`` holding no worker slot) in front of register.
+
+    ``decision`` is the gate's result (an XComArg, resolved at run time). With the run's
+    ``approval`` mode saying nobody need be asked (:func:`mnist_tasks.approve.needs_approval`),
+    the decision passes straight on. Otherwise the request shows the gate's report, waits up
+    to ``approval_timeout_minutes`` (then the default answer, Reject, applies), and the answer
+    (who, when, the comment) is applied and recorded by :mod:`mnist_tasks.approve`; unless the
+    final decision is PROMOTE, register is skipped. Returns the final decision, register's
+    input.
+    """
+
+    template_fields = (*ApprovalOperator.template_fields, "decision")
+
+    def __init__(self, *, decision: Any, params: Any = None, **kwargs: Any) -> None:
+        import copy
+
+        from airflow.sdk.definitions.param import ParamsDict
+
+        from mnist_tasks.config import ApprovalConfig
+
+        # Airflow hands every operator the DAG's params merged in; the request's form is ours.
+        form = copy.deepcopy(params) if isinstance(params, ParamsDict) else ParamsDict(params)
+        for name, param in APPROVAL_FORM.items():
+            form[name] = copy.deepcopy(param)
+        super().__init__(
+            subject="Promote the model?",  # set per run in execute()
+            params=form,
+            defaults=ApprovalOperator.REJECT,
+            # Set per run from approval_timeout_minutes in execute(); given here so that the
+            # operator does not take execution_timeout (the execute phase's limit) for it.
+            response_timeout=timedelta(minutes=ApprovalConfig.timeout_minutes),
+            **kwargs,
+        )
+        self.decision = decision
+
+    def _config(self, context: Any) -> PipelineConfig:
+        """The run's config, from its params less the request's form."""
+        params = {k: v for k, v in context["params"].items() if k not in APPROVAL_FORM}
+        return pipeline_config(params)
+
+    def _decision(self, context: Any) -> dict[str, Any]:
+        """The gate's result: the rendered ``decision``, else pulled from the gate's XCom."""
+        value = self.decision
+        if not isinstance(value, Mapping):
+            upstream = getattr(getattr(value, "operator", None), "task_id", None)
+            value = context["ti"].xcom_pull(task_ids=upstream)
+        if not isinstance(value, Mapping):
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"approve: the gate's result is {value!r}, not a decision")
+        return dict(value)
+
+    def execute(self, context: Any) -> Any:
+        from mnist_tasks import approve
+
+        cfg = self._config(context)
+        decision = self._decision(context)
+        needed, why = approve.needs_approval(decision, cfg.approval.mode)
+        if not needed:
+            log.info("approval: not asked: %s", why)
+            result = approve.not_asked(decision, cfg.approval.mode, why)
+            if result["decision"] != "PROMOTE":
+                self._skip_register(context)
+            return result
+        dag_id, run_id = context["dag"].dag_id, context["run_id"]
+        self.response_timeout = timedelta(minutes=cfg.approval.timeout_minutes)
+        self.subject = approve.request_subject(decision, cfg.model_name, run_id)
+        self.body = approve.report_markdown(
+            decision, why=why, models_url=models_page_url(dag_id, run_id),
+            timeout_minutes=cfg.approval.timeout_minutes)
+        notify(context, f"APPROVAL REQUESTED {dag_id} run {run_id}: {why}; answer under "
+                        f"Required actions within {cfg.approval.timeout_minutes:g} minutes "
+                        "(else: rejected)")
+        log.info("approval: asking (%s), for up to %g minutes; the request:\n%s", why,
+                 cfg.approval.timeout_minutes, self.body)
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        from mnist_tasks import approve
+        from mnist_tasks.storage import open_store
+
+        # The provider's checks of the answer (options, form), without ApprovalOperator's own
+        # skipping: what is skipped depends on the final decision, below.
+        answer = HITLOperator.execute_complete(self, context=context, event=event)
+        user = answer.get("responded_by_user") or {}
+        responded_at = answer.get("responded_at")
+        response = approve.Response(
+            choice=answer["chosen_options"][0],
+            by=user.get("name"), by_id=user.get("id"),
+            at=responded_at.isoformat() if hasattr(responded_at, "isoformat") else responded_at,
+            comment=(answer.get("params_input") or {}).get("comment"),
+            timed_out=bool(event.get("timedout")),
+        )
+        cfg = self._config(context)
+        decision = self._decision(context)
+        _, why = approve.needs_approval(decision, cfg.approval.mode)
+        final = approve.apply_response(decision, response, mode=cfg.approval.mode, why=why)
+        store = open_store(cfg.store, client_kwargs=s3_client_kwargs())
+        uri = approve.record(store, context["run_id"], final)
+        record = final["approval"]
+        log.info("APPROVAL %s: %s (answer %s by %s at %s; recorded in %s)", record["outcome"],
+                 record["note"], record["answer"], record["by"] or "-", record["at"], uri)
+        if final["decision"] != "PROMOTE":
+            notify(context, f"APPROVAL {record['outcome'].upper()} {context['dag'].dag_id} run "
+                            f"{context['run_id']}: {record['note']}; nothing is promoted")
+            self._skip_register(context)
+        return final
+
+    def _skip_register(self, context: Any) -> None:
+        downstream = [t for t in context["task"].get_direct_relatives(upstream=False)
+                      if not t.is_teardown]
+        if downstream:
+            self.skip(ti=context["ti"], tasks=downstream)
 
 
 def register(decision: dict[str, Any]) -> dict[str, Any]:

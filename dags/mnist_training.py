@@ -9,8 +9,11 @@ the champion was trained on exactly these inputs; the champion on new increments
 data, before any training) →
 **preprocess** (float32 in [0, 1], seeded validation split) → **train** (Keras 3, a preset) →
 **evaluate** (metrics, per-digit report, plots) → **gate** (threshold, champion comparison with
-McNemar's test, per-digit recall) → **register** (an immutable version in the model registry;
-champion alias moved). The gate short-circuits registration: a rejected model is never registered.
+McNemar's test, per-digit recall) → **approve** (a person's approval, per the `approval` param:
+`off`, `borderline` or `always`; the request waits under "Required actions") → **register** (an
+immutable version in the model registry; champion alias moved). The gate short-circuits
+approval and registration: a rejected model is never registered, unless with `approval:
+always` a person overrides the REJECT, with a written reason (recorded as an override).
 
 Schedule: `AssetOrTimeSchedule`: every Sunday at 00:00 UTC (`@weekly`; `MNIST_TRAINING_SCHEDULE`
 sets another cron, or `off`), and also on each event of
@@ -72,14 +75,23 @@ def mnist_training() -> None:
 
     @task.short_circuit
     def gate(evaluation: dict[str, Any]) -> dict[str, Any] | bool:
-        """PROMOTE passes the decision on; REJECT notifies, returns False and skips register."""
+        """PROMOTE passes the decision on; REJECT notifies, returns False and skips approve and
+        register (with approval 'always' it goes on to a person, who may override it)."""
         return glue.gate(evaluation)
+
+    # A person's approval (the `approval` param: off | borderline | always): Airflow's
+    # ApprovalOperator; it passes the decision on, or asks under "Required actions" and applies
+    # the answer. Anything but a final PROMOTE skips register.
+    approve = glue.PromotionApproval(
+        task_id=glue.APPROVAL_TASK_ID,
+        decision=gate(evaluate(train(preprocess(check(ingest()))))),
+    )
 
     @task(outlets=[glue.MODEL_REGISTRY])
     def register(decision: dict[str, Any]) -> dict[str, Any]:
         return glue.register(decision)
 
-    register(gate(evaluate(train(preprocess(check(ingest()))))))
+    register(approve.output)
 
 
 mnist_training()

@@ -287,6 +287,19 @@ class CheckConfig:
         _check_param("fresh_drop_margin", self.fresh_drop_margin)
 
 
+@dataclass(frozen=True)
+class ApprovalConfig:
+    """Whether a person approves a promotion (``mode``), and how long a request waits."""
+
+    mode: Literal["off", "borderline", "always"] = "off"
+    timeout_minutes: float = 1440.0  # a day; then the default answer (reject) applies
+
+    def __post_init__(self) -> None:
+        _check(self.mode in APPROVAL_MODES, "approval", self.mode,
+               f"must be one of {', '.join(APPROVAL_MODES)}")
+        _check_param("approval_timeout_minutes", self.timeout_minutes)
+
+
 # -- Trigger parameters: the one definition the DAG's form, the CLI and the configs share ------
 
 # Where the store may be, for the trigger form: s3://bucket[/prefix], file:///path or an
@@ -312,7 +325,7 @@ class ParamSpec:
     default: Any
     title: str
     description: str
-    group: Literal["data", "store", "training", "gating"]
+    group: Literal["data", "store", "training", "gating", "approval"]
     nullable: bool = False
     minimum: float | None = None
     maximum: float | None = None
@@ -385,6 +398,22 @@ TRIGGER_PARAMS: tuple[ParamSpec, ...] = (
               "Where artifacts, cache and the model registry live: s3://bucket/prefix or "
               "file:///path (no '..' segments).", "store", pattern=STORE_PATTERN,
               env="MNIST_STORE"),
+)
+
+# -- Approval (issue 12): a person's decision between the gate and register ---------------------
+APPROVAL_MODES: tuple[str, ...] = ("off", "borderline", "always")
+TRIGGER_PARAMS += (
+    ParamSpec("approval", "string", ApprovalConfig.mode, "Approval before promotion",
+              "off: the gate decides alone. borderline: a person approves a promotion that "
+              "is not clearly better than the champion (McNemar's test not significant, or any "
+              "digit's recall drops). always: a person approves or rejects every gate decision, "
+              "and may override a REJECT with a written reason. The request appears under "
+              "Required actions; unanswered, it is rejected after the timeout.", "approval",
+              enum=APPROVAL_MODES, env="MNIST_APPROVAL"),
+    ParamSpec("approval_timeout_minutes", "number", ApprovalConfig.timeout_minutes,
+              "Approval timeout (minutes)",
+              "How long a request for approval waits for an answer; then it is rejected "
+              "(nothing is promoted).", "approval", minimum=0.05, maximum=10080),
 )
 PARAM_SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in TRIGGER_PARAMS}
 
@@ -535,6 +564,7 @@ class PipelineConfig:
     gate: GateConfig = field(default_factory=GateConfig)
     model_name: str = DEFAULT_MODEL_NAME
     check: CheckConfig = field(default_factory=CheckConfig)
+    approval: ApprovalConfig = field(default_factory=ApprovalConfig)
 
     def __post_init__(self) -> None:
         check_store_uri(self.store)
@@ -590,5 +620,9 @@ def pipeline_config(params: Mapping[str, Any]) -> PipelineConfig:
         check=CheckConfig(
             force=get("force", CheckConfig.force),
             fresh_drop_margin=get("fresh_drop_margin", CheckConfig.fresh_drop_margin),
+        ),
+        approval=ApprovalConfig(
+            mode=get("approval", ApprovalConfig.mode),
+            timeout_minutes=get("approval_timeout_minutes", ApprovalConfig.timeout_minutes),
         ),
     )

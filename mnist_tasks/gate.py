@@ -495,7 +495,9 @@ def gate(
         data, else ``n``, ``challenger_accuracy``, ``champion_accuracy`` (None without
         champion), ``mcnemar`` (as above, or None), ``per_digit_recall`` (digit ->
         ``challenger``, ``champion``, ``drop``, ``support``, ``checked``; empty without
-        champion) and ``per_increment`` (id -> ``n``, ``challenger``, ``champion``).
+        champion) and ``per_increment`` (id -> ``n``, ``challenger``, ``champion``);
+        ``per_digit_recall``: the benchmark's (digit -> ``challenger``, ``champion``, ``drop``;
+        empty without champion); ``significance``: McNemar's level (for the approval step).
 
     Raises:
         KeyError: if ``evaluation`` lacks ``test_accuracy`` (or, with a champion,
@@ -601,6 +603,10 @@ def gate(
         "challenger_accuracy": result.challenger_accuracy,
         "champion_accuracy": result.champion_accuracy,
         "fresh": fresh_result,
+        # For the approval step (mnist_tasks.approve): the benchmark's per-digit recall
+        # (digit -> challenger / champion / drop; empty without champion) and the McNemar level.
+        "per_digit_recall": result.recall,
+        "significance": cfg.significance,
     }
 
 

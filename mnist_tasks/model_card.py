@@ -203,6 +203,51 @@ def _lineage_section(summary: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _free(value: Any) -> str:
+    """Free text (a comment) for a table cell: one line, escaped, no '|' (a column break)."""
+    return _text(str(value).replace("|", "/"))
+
+
+def approval_line(approval: Any) -> str:
+    """``OVERRIDE of the gate's REJECT by alice at ...``, ``approved by bob at ...``, or
+    ``not asked (...)``: one line for the card's summary table."""
+    record = _mapping(approval)
+    if not record:
+        return "-"
+    if not record.get("asked"):
+        return f"not asked ({_free(record.get('why') or record.get('mode') or '-')})"
+    outcome = ("OVERRIDE of the gate's REJECT" if record.get("override")
+               else str(record.get("outcome") or "-"))
+    by = record.get("by") or ("no one (timeout)" if record.get("timed_out") else "-")
+    return f"{outcome} by {_free(by)} at {_free(record.get('at') or '-')}"
+
+
+def _approval_section(approval: Any) -> list[str]:
+    """Who approved (or overrode) the promotion, when and why; nothing without a record."""
+    record = _mapping(approval)
+    if not record:
+        return []
+    out = ["", "## Approval", ""]
+    if not record.get("asked"):
+        out.append(f"No one was asked (approval mode {_code(record.get('mode'))}): "
+                   f"{_free(record.get('why') or '-')}.")
+        return out
+    if record.get("override"):
+        out += ["**Override**: the gate REJECTED this model; a person promoted it anyway, with "
+                "the reason below.", ""]
+    out += _table(["", ""], [
+        ["Outcome", "OVERRIDE" if record.get("override") else record.get("outcome")],
+        ["Answer", record.get("answer")],
+        ["By", f"{_free(record.get('by') or '-')}"
+               + (f" (id {_free(record['by_id'])})" if record.get("by_id") else "")],
+        ["At (UTC)", record.get("at")],
+        ["Reason" if record.get("override") else "Comment", _free(record.get("comment") or "-")],
+        ["Asked because", _free(record.get("why") or "-")],
+        ["Mode", record.get("mode")],
+    ])
+    return out
+
+
 def _digit_sort_key(item: tuple[str, Any]) -> tuple[int, str]:
     key = item[0]
     return (int(key), key) if str(key).isdigit() else (10**6, str(key))
@@ -251,6 +296,8 @@ def render_model_card(
                                    f"{_fmt(fresh.get('n'))} images"]] if fresh else []),
         *([["Dataset version", _code(lineage["dataset_version"])]] if lineage else []),
         ["Gate decision", gate.get("decision")],
+        *([["Approval", approval_line(metadata.get("approval"))]]
+          if _mapping(metadata.get("approval")).get("asked") else []),
         ["Run", f"{run.get('dag_id') or '-'} / {run.get('run_id') or '-'}"],
         ["Run key", metadata.get("run_key")],
         ["Code version", metadata.get("code_version")],
@@ -309,6 +356,8 @@ def render_model_card(
         f" (champion at the time: v{gate['champion_version']})"
         if gate.get("champion_version") else " (no champion at the time)"))
     out += [f"- {reason}" for reason in gate.get("reasons") or []]
+
+    out += _approval_section(metadata.get("approval"))
 
     out += ["", "## Known weaknesses", ""]
     pairs = metrics.get("most_confused_pairs") or []

@@ -9,10 +9,12 @@ Steps, each safe to retry:
    safe mode and check that its predictions on the test set equal the evaluated
    ``predictions.npy`` exactly (the notebooks' "save, reload, verify"); a mismatch raises and
    the version never gets its manifest, so no reader ever sees it;
-3. only if the gate said PROMOTE, move the ``champion`` alias by compare-and-swap *from the
-   champion the gate compared against* (the previous champion stays on the alias's rollback
-   stack). If the champion has moved since the gate ran, the version is registered but not
-   promoted: a WARNING says why, and so do ``promotion_skipped`` in its metadata and result.
+3. only if the decision is PROMOTE (the gate's, approved by a person where the ``approval``
+   step asked one, or a person's override of the gate's REJECT), move the ``champion`` alias
+   by compare-and-swap *from the champion the gate compared against* (the previous champion
+   stays on the alias's rollback stack). If the champion has moved since the gate ran, the
+   version is registered but not promoted: a WARNING says why, and so do
+   ``promotion_skipped`` in its metadata and result.
 
 Registering the same run again returns the version it created and does not move the alias a
 second time.
@@ -92,7 +94,9 @@ def build_metadata(
     Returns:
         ``run``, ``code_version``, ``packages``, ``dataset``, ``parameters``, ``training``,
         ``metrics`` (summary: test accuracy and loss, averages, per-digit recall), ``gate``,
-        ``sources`` (the run artifacts the version was made from), and ``lineage`` (the dataset
+        ``approval`` (the approval step's record: see :func:`mnist_tasks.approve.apply_response`;
+        None without one), ``sources`` (the run artifacts the version was made from), and
+        ``lineage`` (the dataset
         version, its increments and quarantines, the inputs key and code fingerprint: what the
         check stage compares to skip a run whose inputs the champion already covers).
     """
@@ -117,7 +121,13 @@ def build_metadata(
         },
         "gate": {k: gate_result.get(k) for k in (
             "decision", "reasons", "champion_version", "champion_accuracy",
-            "challenger_accuracy", "mcnemar", "decision_uri", "fresh")},
+            "challenger_accuracy", "mcnemar", "decision_uri", "fresh")}
+        # After an approval step the gate's own verdict is kept here (REJECT on an override).
+        | ({"decision": gate_result["gate_decision"]} if gate_result.get("gate_decision") else {}),
+        # Who approved, rejected or overrode, when and why (mnist_tasks.approve); None without
+        # an approval step.
+        "approval": dict(gate_result["approval"]) if isinstance(
+            gate_result.get("approval"), Mapping) else None,
         "lineage": dict(gate_result.get("lineage") or {}),
         "sources": {
             "model_uri": train_result.get("model_uri"),

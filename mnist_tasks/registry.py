@@ -222,6 +222,18 @@ class VersionInfo:
         return str(value) if value is not None else None
 
     @property
+    def approval(self) -> Mapping[str, Any] | None:
+        """The approval step's record (who decided, when, the comment, whether it was an
+        override of the gate's REJECT), if a person was asked."""
+        value = self.metadata.get("approval")
+        return value if isinstance(value, Mapping) and value.get("asked") else None
+
+    @property
+    def overridden(self) -> bool:
+        """Whether a person promoted this version over the gate's REJECT."""
+        return bool(self.approval and self.approval.get("override"))
+
+    @property
     def run_id(self) -> str | None:
         """The Airflow (or CLI) run id that produced this version, if recorded."""
         value = (self.metadata.get("run") or {}).get("run_id")
@@ -237,6 +249,8 @@ class VersionInfo:
             "created_at": self.created_at,
             "test_accuracy": self.test_accuracy,
             "gate_decision": self.gate_decision,
+            "approval": dict(self.approval) if self.approval else None,
+            "override": self.overridden,
             "uri": self.uri,
             "model_uri": self.model_uri,
             "files": {k: dict(v) for k, v in self.files.items()},
@@ -1071,6 +1085,15 @@ def _fmt_acc(value: float | None) -> str:
     return f"{value:.4f}" if value is not None else "-"
 
 
+def _approval_cell(info: VersionInfo) -> str:
+    """``OVERRIDE by alice``, ``approved by bob``, or ``-`` when no one was asked."""
+    approval = info.approval
+    if approval is None:
+        return "-"
+    outcome = "OVERRIDE" if info.overridden else str(approval.get("outcome") or "asked")
+    return f"{outcome} by {approval['by']}" if approval.get("by") else outcome
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mnist_tasks.registry",
@@ -1117,16 +1140,22 @@ def _run_cli(args: argparse.Namespace) -> tuple[Any, str]:
             champion = None
             notes.append(f"warning: champion unknown: {exc}")
         entries = registry.scan(include_incomplete=args.all)
-        rows = [["", "VERSION", "CREATED (UTC)", "TEST ACC", "GATE", "RUN ID", "STATUS"]]
+        rows = [["", "VERSION", "CREATED (UTC)", "TEST ACC", "GATE", "APPROVAL", "RUN ID",
+                 "STATUS"]]
         for e in entries:
             if e.info is not None:
                 v = e.info
                 rows.append(["*" if v.version == champion else "", str(v.version),
                              v.created_at[:19].replace("T", " "), _fmt_acc(v.test_accuracy),
-                             v.gate_decision or "-", v.run_id or v.run_key, e.status])
+                             v.gate_decision or "-", _approval_cell(v), v.run_id or v.run_key,
+                             e.status])
+                if v.overridden and v.approval is not None:
+                    notes.append(f"v{v.version} OVERRIDE of the gate's REJECT by "
+                                 f"{v.approval.get('by') or '-'} at {v.approval.get('at') or '-'}"
+                                 f": {' '.join(str(v.approval.get('comment')).split())}")
             else:
                 rows.append(["", str(e.version), (e.claimed_at or "-")[:19].replace("T", " "),
-                             "-", "-", e.run_key or "-", e.status])
+                             "-", "-", "-", e.run_key or "-", e.status])
                 notes.append(f"v{e.version} {e.status}: {e.reason}")
         if entries:
             text = "\n".join([*_table(rows), "(* = champion)", *notes])
@@ -1143,6 +1172,9 @@ def _run_cli(args: argparse.Namespace) -> tuple[Any, str]:
             f"  run           {info.run_id or '-'} (key {info.run_key})",
             f"  test accuracy {_fmt_acc(info.test_accuracy)}",
             f"  gate          {info.gate_decision or '-'}",
+            f"  approval      {_approval_cell(info)}" + (
+                f" at {info.approval.get('at') or '-'}: {info.approval.get('comment') or '-'}"
+                if info.approval else ""),
             f"  code version  {info.metadata.get('code_version') or '-'}",
             f"  model         {info.model_uri}",
             "  files:",

@@ -132,6 +132,8 @@ def _version_row(info: VersionInfo, champion: int | None) -> dict[str, Any]:
         "fresh_accuracy": fresh.get("accuracy"),
         "dataset_version": lineage.get("dataset_version"),
         "gate_decision": info.gate_decision,
+        "approval": _approval_text(info.approval),
+        "override": info.overridden,
         "run_id": info.run_id,
         "run_key": info.run_key,
         "champion": info.version == champion,
@@ -139,6 +141,14 @@ def _version_row(info: VersionInfo, champion: int | None) -> dict[str, Any]:
         "files": sorted(info.files),
         "viewable": sorted(n for n in info.files if Path(n).suffix in SERVED_TYPES),
     }
+
+
+def _approval_text(approval: Any) -> str | None:
+    """``OVERRIDE by alice``, ``approved by bob``, ``timed out``...; None if no one was asked."""
+    if not isinstance(approval, dict) or not approval.get("asked"):
+        return None
+    outcome = "OVERRIDE" if approval.get("override") else str(approval.get("outcome") or "asked")
+    return f"{outcome} by {approval['by']}" if approval.get("by") else outcome
 
 
 def _plots(info: VersionInfo) -> list[str]:
@@ -330,6 +340,8 @@ def _run_banner(reg: Registry, run_id: str, dag_id: str | None) -> dict[str, Any
     banner["reasons"] = summary.get("reasons") or []
     banner["test_accuracy"] = summary.get("test_accuracy")
     banner["covered_by"] = summary.get("covered_by")
+    banner["approval"] = summary.get("approval") if isinstance(summary.get("approval"),
+                                                               dict) else None
     return banner
 
 

@@ -24,8 +24,10 @@ GLUE_FILE = DAGS / "mnist_airflow.py"
 DAG_IDS = ["mnist_increments_watch", "mnist_training"]
 
 # The chain of CONTRACT.md: each task takes only the previous task's result.
-CHAIN = ["ingest", "check", "preprocess", "train", "evaluate", "gate", "register"]
+CHAIN = ["ingest", "check", "preprocess", "train", "evaluate", "gate", "approve", "register"]
 EXPECTED_EDGES = list(itertools.pairwise(CHAIN))
+# Classic operators (no op_args): approve takes the gate's result as its `decision` field.
+OPERATORS = {"approve"}
 
 
 def _bag(dag_folder: Path):  # type: ignore[no-untyped-def]
@@ -87,6 +89,8 @@ def test_the_graph_is_the_stage_chain(dag) -> None:  # type: ignore[no-untyped-d
     assert edges == sorted(EXPECTED_EDGES)
     # ... and each task's only input is the previous task's result.
     for previous, task_id in EXPECTED_EDGES:
+        if task_id in OPERATORS:
+            continue
         args = dag.get_task(task_id).op_args
         assert [a.operator.task_id for a in args] == [previous], task_id
         assert dag.get_task(task_id).op_kwargs == {}, task_id
@@ -137,6 +141,8 @@ def test_train_runs_in_its_pool_and_queue_with_a_long_timeout(dag, glue) -> None
 def test_gate_short_circuits_register(dag) -> None:  # type: ignore[no-untyped-def]
     gate = dag.get_task("gate")
     assert type(gate).__name__ == "_ShortCircuitDecoratedOperator"
+    # A REJECT (returned as False) skips approve and register both, whatever their rules.
+    assert gate.ignore_downstream_trigger_rules is True
 
 
 def test_register_emits_the_registry_asset(dag) -> None:  # type: ignore[no-untyped-def]
@@ -511,3 +517,166 @@ def test_a_bad_preset_or_retry_delay_is_an_import_error_naming_it(monkeypatch, n
     assert training is None
     (message,) = bag.import_errors.values()
     assert name in message and repr(value) in message
+
+
+# -- approval (issue 12): gate -> approve -> register --------------------------------------------
+
+
+def test_approve_is_airflows_approval_operator_fed_by_the_gate(dag, glue) -> None:  # type: ignore[no-untyped-def]
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+    from airflow.sdk.definitions.xcom_arg import XComArg
+
+    from mnist_tasks import approve as library
+
+    approve = dag.get_task("approve")
+    assert isinstance(approve, ApprovalOperator)
+    assert isinstance(approve.decision, XComArg) and approve.decision.operator.task_id == "gate"
+    assert "decision" in approve.template_fields
+    assert approve.options == list(library.OPTIONS)  # the library's labels are Airflow's
+    assert approve.defaults == [library.DEFAULT_ANSWER] == ["Reject"]  # on a timeout
+    # The request's form: only the comment (the DAG's params stay out of it).
+    assert list(approve.serialized_params) == ["comment"]
+    assert approve.serialized_params["comment"]["schema"]["type"] == ["null", "string"]
+    # The wait is response_timeout (set per run); execution_timeout bounds the execute phase.
+    assert approve.response_timeout == timedelta(days=1)
+    assert approve.execution_timeout == timedelta(minutes=30)
+    # register's only input is approve's result (the final decision).
+    assert [a.operator.task_id for a in dag.get_task("register").op_args] == ["approve"]
+
+
+def test_the_approval_params_are_on_the_form(dag, glue) -> None:  # type: ignore[no-untyped-def]
+    import copy
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    approval = dag.params.get_param("approval")
+    assert approval.schema["enum"] == ["off", "borderline", "always"]
+    assert dag.params.get_param("approval_timeout_minutes").value == 1440
+    params = copy.deepcopy(dag.params)
+    with pytest.raises(ParamValidationError, match="param approval"):
+        params["approval"] = "sometimes"
+    with pytest.raises(ParamValidationError, match="param approval_timeout_minutes"):
+        params["approval_timeout_minutes"] = 0
+    params = glue.trigger_params({"MNIST_APPROVAL": "borderline"})
+    assert params["approval"].value == "borderline"
+    with pytest.raises(ValueError, match="MNIST_APPROVAL='maybe'"):
+        glue.trigger_params({"MNIST_APPROVAL": "maybe"})
+
+
+class _Ti:
+    def __init__(self) -> None:
+        self.skipped: list[str] = []
+
+
+@pytest.fixture
+def run_approve(dag, monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
+    """Run the approve task's execute() as the worker would, without a database: the
+    request (upsert + park) and the skip are recorded instead of sent."""
+    import copy
+
+    import mnist_airflow
+    from airflow.sdk.exceptions import TaskAwaitingInput
+
+    approve = copy.copy(dag.get_task("approve"))
+    asked: dict[str, object] = {}
+
+    def upsert(**kwargs: object) -> None:
+        asked.update(kwargs)
+
+    monkeypatch.setattr("airflow.providers.standard.operators.hitl.upsert_hitl_detail", upsert)
+    monkeypatch.setattr(mnist_airflow, "notify", lambda context, message: None)
+    monkeypatch.setattr(mnist_airflow, "s3_client_kwargs", lambda: None)
+    ti = _Ti()
+    monkeypatch.setattr(type(approve), "skip",
+                        lambda self, ti, tasks: ti.skipped.extend(t.task_id for t in tasks))
+
+    def context(decision: dict, params: dict) -> dict:
+        approve.decision = decision
+        return {"params": {**dag.params.validate(), "store": f"file://{tmp_path}",
+                           "comment": None, **params},
+                "dag": dag, "run_id": "manual__1", "task": approve,
+                "task_instance": type("T", (), {"id": "x"})(), "ti": ti}
+
+    def run(decision: dict, **params: object) -> tuple[object, dict]:
+        try:
+            return approve.execute(context(decision, params)), asked
+        except TaskAwaitingInput as parked:
+            asked["parked_timeout"] = parked.timeout
+            return None, asked
+
+    def answer(decision: dict, event: dict, **params: object) -> dict:
+        """Resume with ``event``, as the answer (or the timeout sweep) does on a worker."""
+        return dict(approve.execute_complete(context(decision, params), event))
+
+    run.ti = ti  # type: ignore[attr-defined]
+    run.answer = answer  # type: ignore[attr-defined]
+    run.store = tmp_path  # type: ignore[attr-defined]
+    return run
+
+
+PROMOTE_OVER_V3 = {
+    "decision": "PROMOTE", "reasons": ["threshold PASS"], "champion_version": 3,
+    "challenger_accuracy": 0.981, "champion_accuracy": 0.976, "significance": 0.05,
+    "mcnemar": {"p_value": 0.3, "b": 50, "c": 60, "method": "exact binomial",
+                "significant": False},
+    "per_digit_recall": {"3": {"champion": 0.98, "challenger": 0.97, "drop": 0.01}},
+}
+
+
+@pytest.mark.parametrize("mode", ["off", "borderline"])
+def test_approval_off_or_a_clear_case_passes_the_decision_on(run_approve, mode) -> None:  # type: ignore[no-untyped-def]
+    clear_win = {**PROMOTE_OVER_V3, "per_digit_recall": {},
+                 "mcnemar": {**PROMOTE_OVER_V3["mcnemar"], "p_value": 0.001, "significant": True}}
+    result, asked = run_approve(clear_win, approval=mode)
+    assert asked == {} and run_approve.ti.skipped == []
+    assert result["decision"] == "PROMOTE" and result["approval"]["asked"] is False
+
+
+@pytest.mark.parametrize("mode", ["borderline", "always"])
+def test_approval_on_parks_the_task_with_the_gates_report(run_approve, mode) -> None:  # type: ignore[no-untyped-def]
+    result, asked = run_approve(PROMOTE_OVER_V3, approval=mode, approval_timeout_minutes=2.5)
+    assert result is None  # parked in awaiting_input: no worker slot held
+    assert asked["parked_timeout"] == timedelta(minutes=2.5)
+    assert asked["options"] == ["Approve", "Reject"] and asked["defaults"] == ["Reject"]
+    assert "**Gate decision: PROMOTE**" in asked["body"]
+    assert "/models/?dag_id=mnist_training&run_id=manual__1" in asked["body"]
+    assert "Promote mnist-classifier from run manual__1?" in asked["subject"]
+
+
+def test_a_gate_reject_reaches_a_person_only_with_always(glue) -> None:  # type: ignore[no-untyped-def]
+    from mnist_tasks import approve
+
+    assert [m for m in ("off", "borderline", "always") if approve.asks_on_reject(m)] == [
+        "always"]
+
+
+def _event(choice: str, comment: str | None = None, *, by: str | None = "alice",
+           timedout: bool = False) -> dict:
+    from datetime import UTC, datetime
+
+    return {"chosen_options": [choice], "params_input": {"comment": comment},
+            "responded_at": datetime(2026, 11, 22, 4, 0, tzinfo=UTC),
+            "responded_by_user": {"id": "7", "name": by} if by else None, "timedout": timedout}
+
+
+REJECTED_BY_GATE = {**PROMOTE_OVER_V3, "decision": "REJECT", "reasons": ["threshold FAIL"]}
+
+
+@pytest.mark.parametrize(("gate", "event", "final", "outcome", "register_skipped"), [
+    (PROMOTE_OVER_V3, _event("Approve", "ok"), "PROMOTE", "approved", False),
+    (PROMOTE_OVER_V3, _event("Reject", "not now"), "REJECT", "rejected", True),
+    (PROMOTE_OVER_V3, _event("Reject", None, by=None, timedout=True), "REJECT", "timed out",
+     True),
+    (REJECTED_BY_GATE, _event("Approve", "threshold too high"), "PROMOTE", "override", False),
+    (REJECTED_BY_GATE, _event("Approve", None), "REJECT", "override refused", True),
+], ids=["approve", "reject", "timeout", "override", "override-without-reason"])
+def test_the_answer_decides_what_register_gets(run_approve, gate, event, final, outcome,  # type: ignore[no-untyped-def]
+                                               register_skipped) -> None:
+    result = run_approve.answer(gate, event, approval="always")
+    assert result["decision"] == final and result["gate_decision"] == gate["decision"]
+    record = result["approval"]
+    assert record["outcome"] == outcome and record["at"] == "2026-11-22T04:00:00+00:00"
+    assert record["by"] == (event["responded_by_user"] or {}).get("name")
+    assert run_approve.ti.skipped == (["register"] if register_skipped else [])
+    saved = json.loads((run_approve.store / "runs" / "manual__1" / "approval.json").read_text())
+    assert saved["approval"]["outcome"] == outcome and saved["decision"] == final

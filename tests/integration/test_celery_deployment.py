@@ -65,7 +65,8 @@ RUN_TIMEOUT_S = 15 * 60
 # From an increment landing to the watch's event: the rest of the current interval, the next
 # one, and the land task's queueing and start-up on a busy machine.
 ANNOUNCE_TIMEOUT_S = 2 * 60 * WATCH_INTERVAL_MINUTES + 120
-STAGES = ("ingest", "check", "preprocess", "train", "evaluate", "gate", "register")
+# The DAG's tasks (approve: the approval step, which passes the decision on with approval off).
+STAGES = ("ingest", "check", "preprocess", "train", "evaluate", "gate", "approve", "register")
 INCREMENT_ID = "demo-01"
 
 

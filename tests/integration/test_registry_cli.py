@@ -47,8 +47,8 @@ def test_list_table_and_json(local: tuple[LocalStore, Registry]) -> None:
     out = cli("--store", store.uri, "list")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split() == ["VERSION", "CREATED", "(UTC)", "TEST", "ACC", "GATE", "RUN", "ID",
-                                "STATUS"]
+    assert lines[0].split() == ["VERSION", "CREATED", "(UTC)", "TEST", "ACC", "GATE", "APPROVAL",
+                                "RUN", "ID", "STATUS"]
     assert lines[1].split()[:2] == ["*", "1"] and "0.9712" in lines[1]
     assert "manual__run-1" in lines[1] and "PROMOTE" in lines[1]
     assert lines[2].split()[0] == "2" and "0.9803" in lines[2]

@@ -98,6 +98,9 @@ def test_run_all_options_are_the_trigger_parameters_and_deployment_settings() ->
     options = _options("run-all")
     types = {"string": str, "integer": int, "number": float, "boolean": None}
     for spec in TRIGGER_PARAMS:
+        if spec.group == "approval":  # the DAG's approve task only: the CLI has no one to ask
+            assert spec.name not in options
+            continue
         action = options[spec.name]
         option = "--" + spec.name.replace("_", "-")
         assert action.option_strings == (

@@ -120,7 +120,7 @@ def test_the_configs_enforce_the_trigger_parameters_ranges() -> None:
     ranged = [s for s in TRIGGER_PARAMS if s.minimum is not None]
     assert {s.name for s in ranged} == {"epochs", "batch_size", "learning_rate", "seed",
                                         "min_accuracy", "champion_margin", "max_recall_drop",
-                                        "fresh_drop_margin"}
+                                        "fresh_drop_margin", "approval_timeout_minutes"}
     for spec in ranged:
         assert spec.maximum is not None
         step = 1 if spec.type == "integer" else 1e-9

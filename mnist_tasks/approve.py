@@ -1,0 +1,317 @@
+"""Approve: a person's decision between the gate and register (the ``approval`` parameter).
+
+Pure logic, no Airflow: the DAG's ``approve`` task (an ``ApprovalOperator`` of Airflow's
+standard provider, in ``dags/mnist_airflow.py``) asks these functions
+
+* :func:`needs_approval`: whether this gate decision waits for a person, and why;
+* :func:`request_subject` / :func:`report_markdown`: what the request shows (the gate's
+  report: metrics, McNemar's test, per-digit recall changes, a link to the Models page);
+* :func:`apply_response`: the final decision from the person's answer (approve, reject, the
+  timeout's default, or an override of the gate's REJECT, which needs a written reason);
+* :func:`not_asked`: the decision passed on unchanged when no one is asked;
+* :func:`record`: the answer, written to ``runs/<run-key>/approval.json`` and the run's
+  ``summary.json`` (register copies it into the version's metadata and model card).
+
+Modes: ``off`` (nobody is asked; a REJECT skips register, as without this step),
+``borderline`` (a PROMOTE is asked about when the challenger is not significantly better than
+the champion by McNemar's test, or when any digit's recall drops on the benchmark; a REJECT
+stands), ``always`` (every decision is asked about; an approver may override a REJECT).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mnist_tasks.artifacts import utc_now
+from mnist_tasks.config import APPROVAL_MODES, run_key
+from mnist_tasks.storage import ObjectNotFound, Store
+
+PROMOTE = "PROMOTE"
+REJECT = "REJECT"
+# The answers: the labels of Airflow's ApprovalOperator (the glue checks they match).
+APPROVE = "Approve"
+DENY = "Reject"
+OPTIONS = (APPROVE, DENY)
+DEFAULT_ANSWER = DENY  # what a request that times out decides
+COMMENT = "comment"  # the request form's one field: the approver's comment (the override reason)
+# How the approval record names each outcome (metadata, model card, Models page, registry list).
+APPROVED, REJECTED, OVERRIDE, TIMED_OUT, REFUSED = (
+    "approved", "rejected", "override", "timed out", "override refused")
+
+
+class ApprovalError(ValueError):
+    """A decision or an answer that the approval step cannot use; names what is wrong."""
+
+
+@dataclass(frozen=True)
+class Response:
+    """A person's answer to a request, or the timeout's default (``timed_out``, no one)."""
+
+    choice: str
+    by: str | None = None  # the user's name; None on a timeout
+    by_id: str | None = None
+    at: str | None = None  # ISO time (UTC)
+    comment: str | None = None
+    timed_out: bool = False
+
+    def __post_init__(self) -> None:
+        if self.choice not in OPTIONS:
+            raise ApprovalError(f"answer {self.choice!r} is not one of {', '.join(OPTIONS)}")
+
+
+def _mode(mode: str) -> str:
+    if mode not in APPROVAL_MODES:
+        raise ApprovalError(f"parameter 'approval' = {mode!r} is invalid: must be one of "
+                            f"{', '.join(APPROVAL_MODES)}")
+    return mode
+
+
+def _verdict(decision: Mapping[str, Any]) -> str:
+    verdict = decision.get("decision")
+    if verdict not in (PROMOTE, REJECT):
+        raise ApprovalError(f"gate decision {verdict!r} is not PROMOTE or REJECT; pass the gate "
+                            "stage's result unchanged")
+    return str(verdict)
+
+
+def asks_on_reject(mode: str) -> bool:
+    """Whether a REJECT goes to a person (who may override it): only with ``always``."""
+    return _mode(mode) == "always"
+
+
+def recall_drops(decision: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """The digits whose benchmark recall is lower than the champion's: (digit, drop > 0)."""
+    drops = []
+    for digit, row in sorted((decision.get("per_digit_recall") or {}).items()):
+        drop = row.get("drop") if isinstance(row, Mapping) else None
+        if isinstance(drop, int | float) and drop > 0:
+            drops.append((str(digit), float(drop)))
+    return drops
+
+
+def needs_approval(decision: Mapping[str, Any], mode: str) -> tuple[bool, str]:
+    """Whether the gate's ``decision`` waits for a person under ``mode``, and why (one line).
+
+    ``borderline`` asks about a PROMOTE over a champion unless McNemar's test finds the
+    challenger significantly better (more images only it gets right, p < the gate's
+    significance) and no digit's benchmark recall drops. A first model (no champion) and a
+    REJECT are not asked about in ``borderline``.
+
+    Raises:
+        ApprovalError: for an unknown mode or a decision that is not the gate's.
+    """
+    mode, verdict = _mode(mode), _verdict(decision)
+    if mode == "off":
+        return False, "approval is off"
+    if mode == "always":
+        return True, f"approval is 'always': every gate decision is reviewed ({verdict})"
+    if verdict == REJECT:
+        return False, "the gate rejected the model; 'borderline' reviews promotions only"
+    champion = decision.get("champion_version")
+    if champion is None:
+        return False, "no champion to compare with: the threshold decides"
+    why = []
+    test = decision.get("mcnemar") or {}
+    p, alpha = test.get("p_value"), decision.get("significance", 0.05)
+    better = bool(test.get("significant")) and int(test.get("c", 0)) > int(test.get("b", 0))
+    if not better:
+        worse = bool(test.get("significant"))
+        why.append(f"McNemar p={_num(p, '.4g')}: the challenger is "
+                   + ("significantly worse than" if worse else "not significantly different from")
+                   + f" champion v{champion} at {alpha}")
+    drops = recall_drops(decision)
+    if drops:
+        why.append("recall drops on digit(s) "
+                   + ", ".join(f"{d} (-{drop:.4f})" for d, drop in drops))
+    if why:
+        return True, "borderline: " + "; ".join(why)
+    return False, (f"clearly better than champion v{champion} (McNemar p={_num(p, '.4g')}) and "
+                   "no digit's recall drops")
+
+
+def _num(value: Any, fmt: str = ".4f") -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return "-"
+    return format(value, fmt)
+
+
+def _signed(value: Any) -> str:
+    return _num(value, "+.4f")
+
+
+def _cell(value: Any) -> str:
+    return " ".join(str(value).split()).replace("|", "\\|")
+
+
+def request_subject(decision: Mapping[str, Any], model_name: str, run_id: str) -> str:
+    """The request's headline, e.g. ``Promote mnist-classifier from run X? (gate: PROMOTE)``."""
+    if _verdict(decision) == REJECT:
+        return (f"The gate REJECTED {model_name} from run {run_id}: override? (Approve "
+                "promotes it anyway and needs a written reason)")
+    return f"Promote {model_name} from run {run_id}? (gate: PROMOTE)"
+
+
+def report_markdown(decision: Mapping[str, Any], *, why: str, models_url: str | None,
+                    timeout_minutes: float) -> str:
+    """The gate's report for the person: decision and reasons, metrics, McNemar's test,
+    per-digit recall changes, a link to the run's entry on the Models page, what each answer
+    does."""
+    verdict = _verdict(decision)
+    champion = decision.get("champion_version")
+    carried = decision.get("evaluation")
+    evaluation: Mapping[str, Any] = carried if isinstance(carried, Mapping) else {}
+    ours = decision.get("challenger_accuracy", evaluation.get("test_accuracy"))
+    theirs = decision.get("champion_accuracy")
+    out = [f"**Gate decision: {verdict}**. Asked because {why}.", ""]
+    out += [f"- {_cell(r)}" for r in decision.get("reasons") or []]
+    out += ["", "### Metrics (benchmark: the MNIST test set)", "",
+            "| | challenger | " + (f"champion v{champion}" if champion is not None
+                                   else "champion") + " | change |",
+            "|---|---|---|---|",
+            f"| test accuracy | {_num(ours)} | {_num(theirs)} | "
+            f"{_change(ours, theirs)} |"]
+    if evaluation.get("test_loss") is not None:
+        out.append(f"| test loss | {_num(evaluation.get('test_loss'))} | - | - |")
+    fresh = decision.get("fresh")
+    if isinstance(fresh, Mapping) and fresh:
+        a, b = fresh.get("challenger_accuracy"), fresh.get("champion_accuracy")
+        out.append(f"| fresh-data accuracy ({fresh.get('n')} images) | {_num(a)} | {_num(b)} | "
+                   f"{_change(a, b)} |")
+    test = decision.get("mcnemar")
+    out += ["", "### McNemar's test", ""]
+    if isinstance(test, Mapping):
+        out.append(f"p = **{_num(test.get('p_value'), '.4g')}** ({_cell(test.get('method'))}): "
+                   f"b = {test.get('b')} images only the champion gets right, c = {test.get('c')} "
+                   f"only the challenger; the difference is "
+                   f"{'' if test.get('significant') else 'not '}significant at "
+                   f"{decision.get('significance', 0.05)}.")
+    else:
+        out.append("Not run: there is no champion to compare with.")
+    recall = decision.get("per_digit_recall") or {}
+    out += ["", "### Per-digit recall", ""]
+    if recall:
+        out += ["| digit | champion | challenger | change |", "|---|---|---|---|"]
+        for digit, row in sorted(recall.items()):
+            drop = row.get("drop")
+            change = _signed(-drop) if _is_num(drop) else "-"
+            mark = " ⚠" if _is_num(drop) and drop > 0 else ""
+            out.append(f"| {digit} | {_num(row.get('champion'))} | "
+                       f"{_num(row.get('challenger'))} | {change}{mark} |")
+    else:
+        out.append("No champion to compare with.")
+    if models_url:
+        out += ["", f"[This run's entry on the Models page]({models_url}): the version it "
+                    "registers, its plots and model card (after registration)."]
+    out += ["", "### Your answer", ""]
+    if verdict == PROMOTE:
+        out.append(f"**{APPROVE}** registers the model and makes it the champion; **{DENY}** "
+                   "registers nothing and keeps the champion.")
+    else:
+        out.append(f"**{APPROVE}** overrides the gate: the model is registered and made the "
+                   f"champion, recorded as an override. It needs a written reason in "
+                   f"*{COMMENT}*; without one the override is refused. **{DENY}** keeps the "
+                   "gate's REJECT.")
+    out.append(f"Your name, the time and your {COMMENT} are recorded with the version. Without "
+               f"an answer within {_num(timeout_minutes, 'g')} minutes the request is "
+               "rejected.")
+    return "\n".join(out)
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _change(new: Any, old: Any) -> str:
+    """``new - old`` with its sign, or ``-`` unless both are numbers."""
+    return _signed(float(new) - float(old)) if _is_num(new) and _is_num(old) else "-"
+
+
+def not_asked(decision: Mapping[str, Any], mode: str, why: str) -> dict[str, Any]:
+    """The gate's decision passed on, noting that no one was asked and why."""
+    verdict = _verdict(decision)
+    return {**decision, "gate_decision": verdict,
+            "approval": {"mode": _mode(mode), "asked": False, "why": why}}
+
+
+def apply_response(decision: Mapping[str, Any], response: Response, *, mode: str,
+                   why: str) -> dict[str, Any]:
+    """The final decision after a person's answer (or the timeout's default).
+
+    * PROMOTE + Approve: PROMOTE, ``approved``; PROMOTE + Reject: REJECT, ``rejected``;
+    * REJECT + Reject: REJECT, ``rejected``; REJECT + Approve with a comment: PROMOTE, an
+      ``override`` (the comment is its reason); REJECT + Approve without one: REJECT,
+      ``override refused``;
+    * a timeout: REJECT, ``timed out`` (the default answer).
+
+    Returns:
+        The decision with ``decision`` (final), ``gate_decision`` (the gate's own) and
+        ``approval``: ``mode``, ``asked`` (True), ``why``, ``answer``, ``outcome``, ``override``
+        (bool), ``by``, ``by_id``, ``at``, ``comment``, ``timed_out``, ``note``.
+    """
+    verdict = _verdict(decision)
+    comment = (response.comment or "").strip() or None
+    override = False
+    if response.timed_out:
+        final, outcome = REJECT, TIMED_OUT
+        note = "no answer before the timeout: the default answer (reject) applies"
+    elif response.choice == DENY:
+        final, outcome = REJECT, REJECTED
+        note = f"{response.by or 'the approver'} rejected the gate's {verdict}"
+    elif verdict == PROMOTE:
+        final, outcome = PROMOTE, APPROVED
+        note = f"{response.by or 'the approver'} approved the promotion"
+    elif comment:
+        final, outcome, override = PROMOTE, OVERRIDE, True
+        note = f"{response.by or 'the approver'} overrode the gate's REJECT: {comment}"
+    else:
+        final, outcome = REJECT, REFUSED
+        note = ("an override of the gate's REJECT needs a written reason (the request's "
+                f"{COMMENT!r}); none was given, so the REJECT stands")
+    return {**decision, "decision": final, "gate_decision": verdict, "approval": {
+        "mode": _mode(mode), "asked": True, "why": why, "answer": response.choice,
+        "outcome": outcome, "override": override, "by": response.by, "by_id": response.by_id,
+        "at": response.at, "comment": comment, "timed_out": response.timed_out, "note": note,
+    }}
+
+
+def summary_line(approval: Mapping[str, Any] | None) -> str:
+    """One line for a table: ``override by alice``, ``approved by bob``, ``-`` if not asked."""
+    if not isinstance(approval, Mapping) or not approval.get("asked"):
+        return "-"
+    outcome = str(approval.get("outcome") or "-")
+    if outcome == OVERRIDE:
+        outcome = "OVERRIDE"
+    by = approval.get("by")
+    return f"{outcome} by {by}" if by else outcome
+
+
+def record(store: Store, run_id: str, decision: Mapping[str, Any]) -> str:
+    """Write the approval (and the final decision) of run ``run_id``: ``approval.json`` in the
+    run's folder, and ``approval`` / ``decision`` in its ``summary.json``. Returns the URI of
+    ``approval.json``.
+
+    Raises:
+        ApprovalError: if ``decision`` has no ``approval`` record.
+    """
+    approval = decision.get("approval")
+    if not isinstance(approval, Mapping):
+        raise ApprovalError("the decision has no 'approval' record: make it with "
+                            "apply_response or not_asked")
+    key = run_key(run_id)
+    body = {"run_id": run_id, "decision": decision.get("decision"),
+            "gate_decision": decision.get("gate_decision"), "approval": dict(approval),
+            "recorded_at": utc_now()}
+    store.write_bytes(f"runs/{key}/approval.json", json.dumps(body, indent=2).encode())
+    summary_key = f"runs/{key}/summary.json"
+    try:
+        summary = json.loads(store.read_bytes(summary_key))
+    except ObjectNotFound:
+        summary = {"run_id": run_id}
+    summary.update(decision=decision.get("decision"), approval=dict(approval),
+                   updated_at=utc_now())
+    store.write_bytes(summary_key, json.dumps(summary, indent=2).encode())
+    return store.uri_for(f"runs/{key}/approval.json")

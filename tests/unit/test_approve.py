@@ -1,0 +1,304 @@
+"""The approval step's logic (mnist_tasks.approve): when a person is asked, what the request
+shows, how an answer changes the gate's decision, and where it is recorded (the run's files,
+the version's metadata, the model card, ``registry list``)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from mnist_tasks import approve
+from mnist_tasks.approve import ApprovalError, Response
+from mnist_tasks.config import ConfigError, pipeline_config, run_key
+from mnist_tasks.model_card import render_model_card
+from mnist_tasks.register import build_metadata
+from mnist_tasks.registry import Registry
+from mnist_tasks.registry import main as registry_main
+from mnist_tasks.storage import LocalStore
+
+
+def recall(**drops: float) -> dict[str, dict[str, float]]:
+    """Per-digit recall rows: champion 0.98 everywhere, the challenger lower by ``drops``
+    (``d3=0.004``), else higher by 0.002."""
+    rows = {}
+    for d in range(10):
+        drop = drops.get(f"d{d}", -0.002)
+        rows[str(d)] = {"champion": 0.98, "challenger": 0.98 - drop, "drop": drop}
+    return rows
+
+
+def decision(verdict: str = "PROMOTE", *, champion: int | None = 3, p: float = 0.001,
+             b: int = 40, c: int = 90, per_digit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A gate result as mnist_tasks.gate.gate returns it (plus what the pipeline carries)."""
+    significant = p < 0.05
+    return {
+        "decision": verdict,
+        "reasons": ["threshold PASS: benchmark: test accuracy 0.9812 >= minimum 0.9700",
+                    "champion PASS: benchmark: challenger 0.9812 vs champion v3 0.9762"],
+        "champion_version": champion,
+        "challenger_accuracy": 0.9812,
+        "champion_accuracy": 0.9762 if champion is not None else None,
+        "mcnemar": None if champion is None else {
+            "p_value": p, "b": b, "c": c, "method": "exact binomial",
+            "significant": significant},
+        "per_digit_recall": {} if champion is None else (
+            per_digit if per_digit is not None else recall()),
+        "significance": 0.05,
+        "fresh": None,
+        "decision_uri": "file:///s/runs/r/gate/decision.json",
+        "prepared_uri": "file:///s/runs/r/prepared/data.npz",
+        "evaluation": {"test_accuracy": 0.9812, "test_loss": 0.061, "trained": {}},
+    }
+
+
+# -- when a person is asked ------------------------------------------------------------------
+
+
+def test_off_never_asks_and_always_always_asks() -> None:
+    for verdict in ("PROMOTE", "REJECT"):
+        assert approve.needs_approval(decision(verdict), "off") == (False, "approval is off")
+        asked, why = approve.needs_approval(decision(verdict), "always")
+        assert asked and "always" in why and verdict in why
+    assert approve.asks_on_reject("always")
+    assert not approve.asks_on_reject("borderline") and not approve.asks_on_reject("off")
+
+
+def test_borderline_passes_a_clear_win() -> None:
+    asked, why = approve.needs_approval(decision(p=0.001, b=40, c=90), "borderline")
+    assert not asked
+    assert "clearly better than champion v3" in why and "p=0.001" in why
+
+
+@pytest.mark.parametrize(("p", "b", "c", "expected"), [
+    (0.20, 50, 62, "not significantly different from champion v3 at 0.05"),
+    (0.01, 90, 40, "significantly worse than champion v3"),  # within the margin, but worse
+])
+def test_borderline_asks_when_mcnemar_does_not_show_the_challenger_better(
+        p: float, b: int, c: int, expected: str) -> None:
+    asked, why = approve.needs_approval(decision(p=p, b=b, c=c), "borderline")
+    assert asked and why.startswith("borderline: McNemar") and expected in why, why
+
+
+def test_borderline_asks_when_any_digits_recall_drops() -> None:
+    asked, why = approve.needs_approval(decision(per_digit=recall(d3=0.004, d7=0.001)),
+                                        "borderline")
+    assert asked, why
+    assert "recall drops on digit(s) 3 (-0.0040), 7 (-0.0010)" in why and "McNemar" not in why
+    assert approve.recall_drops(decision(per_digit=recall(d3=0.004))) == [("3", 0.004)]
+
+
+def test_borderline_does_not_ask_about_a_reject_or_a_first_model() -> None:
+    asked, why = approve.needs_approval(decision("REJECT", p=0.5), "borderline")
+    assert not asked and "promotions only" in why
+    asked, why = approve.needs_approval(decision(champion=None), "borderline")
+    assert not asked and "no champion" in why
+
+
+def test_bad_mode_or_decision_is_refused_naming_it() -> None:
+    with pytest.raises(ApprovalError, match="'approval' = 'sometimes'"):
+        approve.needs_approval(decision(), "sometimes")
+    with pytest.raises(ApprovalError, match="gate decision 'MAYBE'"):
+        approve.needs_approval({"decision": "MAYBE"}, "always")
+    with pytest.raises(ApprovalError, match="answer 'Yes'"):
+        Response(choice="Yes")
+
+
+def test_the_approval_params_reach_the_config() -> None:
+    cfg = pipeline_config({"store": "/tmp/s", "approval": "borderline",
+                           "approval_timeout_minutes": 30})
+    assert (cfg.approval.mode, cfg.approval.timeout_minutes) == ("borderline", 30)
+    assert pipeline_config({"store": "/tmp/s"}).approval.mode == "off"  # the library's default
+    with pytest.raises(ConfigError, match="'approval_timeout_minutes' = 0"):
+        pipeline_config({"store": "/tmp/s", "approval_timeout_minutes": 0})
+
+
+# -- what the request shows ------------------------------------------------------------------
+
+
+def test_the_request_shows_the_gates_report_in_markdown() -> None:
+    gate = decision(p=0.2, b=50, c=62, per_digit=recall(d3=0.004))
+    _, why = approve.needs_approval(gate, "borderline")
+    body = approve.report_markdown(gate, why=why, timeout_minutes=60,
+                                   models_url="http://af/models/?dag_id=d&run_id=r")
+    assert body.startswith("**Gate decision: PROMOTE**. Asked because borderline: McNemar")
+    assert "- champion PASS: benchmark: challenger 0.9812 vs champion v3 0.9762" in body
+    assert "| | challenger | champion v3 | change |" in body
+    assert "| test accuracy | 0.9812 | 0.9762 | +0.0050 |" in body
+    assert "p = **0.2** (exact binomial): b = 50" in body and "not significant at 0.05" in body
+    assert "| 3 | 0.9800 | 0.9760 | -0.0040 ⚠ |" in body
+    assert "| 4 | 0.9800 | 0.9820 | +0.0020 |" in body
+    assert "[This run's entry on the Models page](http://af/models/?dag_id=d&run_id=r)" in body
+    assert "within 60 minutes the request is rejected" in body
+    assert "**Approve** registers the model and makes it the champion" in body
+    assert approve.request_subject(gate, "mnist-classifier", "manual__1") == (
+        "Promote mnist-classifier from run manual__1? (gate: PROMOTE)")
+
+
+def test_the_request_about_a_reject_explains_the_override() -> None:
+    gate = decision("REJECT", champion=None)
+    body = approve.report_markdown(gate, why="approval is 'always'", models_url=None,
+                                   timeout_minutes=1440)
+    assert "**Gate decision: REJECT**" in body and "Not run: there is no champion" in body
+    assert "overrides the gate" in body and "needs a written reason" in body
+    assert "Models page" not in body
+    assert "REJECTED mnist-classifier" in approve.request_subject(gate, "mnist-classifier", "r")
+
+
+# -- applying the answer ---------------------------------------------------------------------
+
+AT = "2026-11-22T04:00:00+00:00"
+
+
+@pytest.mark.parametrize(("verdict", "choice", "comment", "final", "outcome", "override"), [
+    ("PROMOTE", "Approve", "ok", "PROMOTE", "approved", False),
+    ("PROMOTE", "Reject", "digit 3 got worse", "REJECT", "rejected", False),
+    ("REJECT", "Reject", None, "REJECT", "rejected", False),
+    ("REJECT", "Approve", "the threshold is wrong for this data", "PROMOTE", "override", True),
+    ("REJECT", "Approve", "   ", "REJECT", "override refused", False),  # no written reason
+])
+def test_an_answer_decides(verdict: str, choice: str, comment: str | None, final: str,
+                           outcome: str, override: bool) -> None:
+    gate = decision(verdict)
+    response = Response(choice=choice, by="alice", by_id="7", at=AT, comment=comment)
+    result = approve.apply_response(gate, response, mode="always", why="asked")
+    assert (result["decision"], result["gate_decision"]) == (final, verdict)
+    record = result["approval"]
+    assert (record["outcome"], record["override"], record["by"], record["at"]) == (
+        outcome, override, "alice", AT)
+    assert record["asked"] is True and record["answer"] == choice
+    assert record["comment"] == ((comment or "").strip() or None)
+    assert result["reasons"] == gate["reasons"]  # the gate's reasons are left as they were
+    if outcome == "override refused":
+        assert "needs a written reason" in record["note"]
+
+
+def test_a_timeout_applies_the_default_answer_reject() -> None:
+    response = Response(choice=approve.DEFAULT_ANSWER, at=AT, timed_out=True)
+    result = approve.apply_response(decision("PROMOTE"), response, mode="borderline", why="w")
+    assert result["decision"] == "REJECT"
+    assert (result["approval"]["outcome"], result["approval"]["by"]) == ("timed out", None)
+    assert approve.DEFAULT_ANSWER == "Reject"
+
+
+def test_not_asked_passes_the_decision_on() -> None:
+    result = approve.not_asked(decision(), "off", "approval is off")
+    assert result["decision"] == "PROMOTE" and result["gate_decision"] == "PROMOTE"
+    assert result["approval"] == {"mode": "off", "asked": False, "why": "approval is off"}
+
+
+# -- recording -------------------------------------------------------------------------------
+
+
+def test_record_writes_the_runs_approval_and_summary(tmp_path: Any) -> None:
+    store = LocalStore(tmp_path)
+    run_id = "manual__2026-11-22T04:00:00+00:00"
+    store.write_bytes(f"runs/{run_key(run_id)}/summary.json",
+                      json.dumps({"run_id": run_id, "decision": "PROMOTE"}).encode())
+    final = approve.apply_response(decision(), Response(choice="Reject", by="bob", at=AT),
+                                   mode="always", why="w")
+    uri = approve.record(store, run_id, final)
+    assert uri.endswith(f"runs/{run_key(run_id)}/approval.json")
+    saved = json.loads(store.read_bytes(f"runs/{run_key(run_id)}/approval.json"))
+    assert (saved["decision"], saved["gate_decision"], saved["approval"]["by"]) == (
+        "REJECT", "PROMOTE", "bob")
+    summary = json.loads(store.read_bytes(f"runs/{run_key(run_id)}/summary.json"))
+    assert summary["decision"] == "REJECT" and summary["approval"]["outcome"] == "rejected"
+    with pytest.raises(ApprovalError, match="no 'approval' record"):
+        approve.record(store, run_id, decision())
+
+
+def _metadata(final: dict[str, Any]) -> dict[str, Any]:
+    return build_metadata(run_key="r", train_result={}, evaluation=final["evaluation"],
+                          gate_result=final, metrics={}, prepared_meta={}, dag_id="d",
+                          run_id="r", code_version=None)
+
+
+def override() -> dict[str, Any]:
+    return approve.apply_response(
+        decision("REJECT"), Response(choice="Approve", by="alice", by_id="7", at=AT,
+                                     comment="the | threshold is wrong"),
+        mode="always", why="approval is 'always'")
+
+
+def test_the_metadata_keeps_the_gates_verdict_and_the_override() -> None:
+    metadata = _metadata(override())
+    assert metadata["gate"]["decision"] == "REJECT"
+    assert metadata["approval"]["override"] is True
+    assert metadata["approval"]["comment"] == "the | threshold is wrong"
+    plain = _metadata(approve.not_asked(decision(), "off", "approval is off"))
+    assert plain["gate"]["decision"] == "PROMOTE" and plain["approval"]["asked"] is False
+
+
+def test_the_model_card_shows_who_decided_when_and_why() -> None:
+    metadata = _metadata(override())
+    card = render_model_card(model_name="m", version=2, created_at=AT, model_uri="file:///m",
+                             store_uri="file:///s", metadata=metadata, metrics={})
+    assert "| Approval | OVERRIDE of the gate's REJECT by alice at " in card
+    assert "\n## Approval\n" in card and "**Override**: the gate REJECTED this model" in card
+    assert "| Reason | the / threshold is wrong |" in card  # a '|' cannot break the table
+    assert "| By | alice (id 7) |" in card
+    card = render_model_card(model_name="m", version=2, created_at=AT, model_uri="file:///m",
+                             store_uri="file:///s", metadata=_metadata(
+                                 approve.not_asked(decision(), "off", "approval is off")),
+                             metrics={})
+    assert "No one was asked (approval mode `off`): approval is off." in card
+    assert "| Approval |" not in card
+
+
+def test_registry_list_shows_an_override_visibly(tmp_path: Any,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    registry = Registry(LocalStore(tmp_path))
+    approved = approve.apply_response(decision(), Response(choice="Approve", by="bob", at=AT),
+                                      mode="always", why="w")
+    for i, final in enumerate((approved, override()), start=1):
+        registry.register(f"run-{i}", {"model.keras": b"w", "metrics.json": b"{}"},
+                          _metadata(final))
+    assert registry_main(["--store", str(tmp_path), "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[5:7] == ["GATE", "APPROVAL"]
+    assert "PROMOTE" in lines[1] and "approved by bob" in lines[1]
+    assert "REJECT" in lines[2] and "OVERRIDE by alice" in lines[2]
+    assert (f"v2 OVERRIDE of the gate's REJECT by alice at {AT}: the | threshold is wrong"
+            in lines)
+    assert registry_main(["--store", str(tmp_path), "list", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["override"] for r in rows] == [False, True]
+    assert rows[1]["approval"]["by"] == "alice"
+
+
+def test_the_models_page_shows_the_approval_and_marks_an_override() -> None:
+    """The page's template (rendered as the plugin does) with an overridden version selected."""
+    from pathlib import Path
+
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    folder = Path(__file__).resolve().parents[2] / "plugins" / "templates"
+    env = Environment(loader=FileSystemLoader(folder), autoescape=select_autoescape(["html"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    metadata = _metadata(override())
+    row = {"version": 2, "created": AT, "test_accuracy": 0.96, "fresh_accuracy": None,
+           "dataset_version": None, "gate_decision": "REJECT", "approval": "OVERRIDE by alice",
+           "override": True, "run_id": "r", "run_key": "r", "champion": True, "files": [],
+           "viewable": []}
+    html = env.get_template("mnist_models.html").render(
+        model_name="m", registry_uri="file:///s", rows=[row], champion=2, selected=row,
+        selected_meta=metadata, lineage=None, plots=[], card_html=None, run=None, error=None)
+    assert "<th>Approval</th>" in html
+    assert "title=\"promoted over the gate's REJECT\">OVERRIDE by alice</span>" in html
+    detail = html[html.index('id="approval"'):]
+    detail = " ".join(detail[:detail.index("</dd>")].split())
+    assert "OVERRIDE</span> of the gate's REJECT by alice at 2026-11-22T04:00:00+00:00" in detail
+    assert "the | threshold is wrong" in detail
+
+    rejected = approve.apply_response(decision(), Response(choice="Reject", by="bob", at=AT),
+                                      mode="always", why="w")
+    html = env.get_template("mnist_models.html").render(
+        model_name="m", registry_uri="file:///s", rows=[], champion=None, selected=None,
+        selected_meta={}, lineage=None, plots=[], card_html=None, error=None,
+        run={"run_id": "r", "version": None, "decision": "REJECT", "reasons": [],
+             "test_accuracy": None, "covered_by": None,
+             "approval": rejected["approval"]})
+    banner = " ".join(html[html.index('id="run-banner"'):].split("</p>")[0].split())
+    assert "not promoted at the approval step" in banner and "Approval: rejected by bob" in banner
