@@ -298,8 +298,8 @@ def plan(
     store: Store,
     landing: Store,
     run_key: str,
-    *,
     events: Sequence[Mapping[str, Any]] = (),
+    *,
     batches: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Pin the model version and choose the batches of this run; recorded, so a retry of the
@@ -516,6 +516,30 @@ def prepare(cfg: ScoringConfig, store: Store, landing: Store, planned: Mapping[s
     return {"shards": shards, "batches": staged, "rejected": rejected}
 
 
+def prepared_state(cfg: ScoringConfig, store: Store, planned: Mapping[str, Any]
+                   ) -> dict[str, Any]:
+    """What :func:`prepare` did for a run, read back from the store (for a commit in another
+    process): ``{"batches": [staged ids], "rejected": {batch: message}}``.
+
+    Raises:
+        ScoringError: naming a planned batch that was neither staged nor rejected.
+    """
+    version, run_key = int(planned["model_version"]), str(planned["run_key"])
+    staged, rejected = [], {}
+    for batch in planned["batches"]:
+        if store.exists(f"{_staging(cfg, run_key, batch, version)}/batch.json") or \
+                is_committed(store, cfg, batch, version):
+            staged.append(batch)
+            continue
+        try:
+            rejected[batch] = str(read_json(store, f"{_root(cfg)}/batches/{batch}/REJECTED.json")
+                                  ["error"])
+        except ObjectNotFound:
+            raise ScoringError(f"batch {batch} v{version} of run {run_key} was not prepared; "
+                               "nothing committed") from None
+    return {"batches": staged, "rejected": rejected}
+
+
 # --- 3. score -----------------------------------------------------------------------------------
 
 
@@ -701,9 +725,12 @@ def _log_view(cfg: ScoringConfig, manifest: Mapping[str, Any]) -> None:
 
 
 def commit(cfg: ScoringConfig, store: Store, planned: Mapping[str, Any],
-           prepared: Mapping[str, Any], scored: Iterable[Mapping[str, Any]] = (),
-           *, run_id: str | None = None) -> dict[str, Any]:
+           prepared: Mapping[str, Any] | None = None,
+           scored: Iterable[Mapping[str, Any]] = (),
+           run_id: str | None = None) -> dict[str, Any]:
     """Commit every staged batch of the run, then clear the run's staging area.
+
+    ``prepared`` is :func:`prepare`'s result; None reads it back (:func:`prepared_state`).
 
     Returns:
         ``{"model_version", "committed": [batches], "unchanged": [batches], "rejected": {...},
@@ -714,6 +741,8 @@ def commit(cfg: ScoringConfig, store: Store, planned: Mapping[str, Any],
         ScoringError: if a shard is missing.
     """
     version = int(planned["model_version"])
+    if prepared is None:
+        prepared = prepared_state(cfg, store, planned)
     score_s: dict[str, float] = {}
     for s in scored:
         score_s[str(s["batch"])] = score_s.get(str(s["batch"]), 0.0) + float(s["score_s"])
