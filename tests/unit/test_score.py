@@ -202,3 +202,18 @@ def test_scoring_config_names_the_bad_setting(var: str, value: str, match: str) 
         score.scoring_config({var: value}, "s3://b/p")
     cfg = score.scoring_config({}, "s3://b/p")
     assert cfg.landing == "s3://b/p/landing"
+
+
+def test_cli_scores_a_named_batch_and_errors_in_one_line(env, capsys) -> None:
+    from mnist_tasks.__main__ import main
+
+    _, store, landing = env
+    score.write_batch(landing, "b001", {"a-idx3-ubyte": encode_idx(synthetic_digits(4)[0])})
+    args = ["score", "--store", store.uri, "--landing", landing.uri]
+    assert main([*args, "--batch", "b001", "--version", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["committed"] == ["b001"] and result["model_version"] == 2
+    assert main([*args, "--batch", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: batch(es) nope not found in {landing.uri} (or without their "
+                   "_SUCCESS marker)"]
