@@ -334,16 +334,29 @@ def plan(
             raise ScoringError(f"batch(es) {', '.join(missing)} not found in {landing.uri} "
                                f"(or without their {MARKER} marker)")
         candidates = list(batches)
-    else:
-        scored_any = {b for b in complete if store.list(f"{_root(cfg)}/batches/{b}")}
-        new = [b for b in complete if b not in scored_any]
+    # One listing of the outputs: which batches have a committed output (of any version, of
+    # this version) or were rejected. A commit that never finished (no manifest) counts as none.
+    base = f"{_root(cfg)}/batches/"
+    done_any: set[str] = set()
+    done_this: set[str] = set()
+    rejected: set[str] = set()
+    for k in store.list(f"{_root(cfg)}/batches"):
+        parts = k[len(base):].split("/")
+        if len(parts) == 3 and parts[2] == MANIFEST:
+            done_any.add(parts[0])
+            if parts[1] == f"v{version:06d}":
+                done_this.add(parts[0])
+        elif len(parts) == 2 and parts[1] == "REJECTED.json":
+            rejected.add(parts[0])
+    if batches is None:
+        new = [b for b in complete if b not in done_any and b not in rejected]
         recent = complete[-cfg.rescore_window:] if cfg.rescore_window else []
         candidates = sorted(set(new) | set(recent))
     chosen = []
     for batch in candidates:
-        if is_committed(store, cfg, batch, version):
+        if batch in done_this:
             skipped[batch] = f"already scored with v{version}"
-        elif store.exists(f"{_root(cfg)}/batches/{batch}/REJECTED.json") and batches is None:
+        elif batch in rejected and batches is None:
             skipped[batch] = "rejected before: every file is bad (see its REJECTED.json)"
         else:
             chosen.append(batch)
