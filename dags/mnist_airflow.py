@@ -523,7 +523,7 @@ def score_shard(shard: dict[str, Any]) -> dict[str, Any]:
     return run_stage("score", score.score_shard, cfg, store, shard)
 
 
-def score_commit(planned: dict[str, Any], scored: Any) -> dict[str, Any]:
+def score_commit(planned: dict[str, Any]) -> dict[str, Any]:
     """Commit every staged batch, all or nothing per batch (the manifest last); a batch whose
     every file is bad fails the task after the others are committed (no retry)."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -532,7 +532,9 @@ def score_commit(planned: dict[str, Any], scored: Any) -> dict[str, Any]:
 
     cfg, store, _ = _scoring()
     try:
-        return run_stage("commit", score.commit, cfg, store, planned, None,
-                         list(scored or []), _context()["run_id"])
+        # What prepare staged and the shards' results are read from the store, not XCom: the
+        # mapped task has no XCom when there were no shards (every batch rejected).
+        return run_stage("commit", score.commit, cfg, store, planned, None, (),
+                         _context()["run_id"])
     except score.BatchRejected as exc:
         raise AirflowFailException(str(exc)) from None

@@ -55,12 +55,11 @@ def mnist_batch_scoring() -> None:
         return glue.score_shard(shard)
 
     @task(trigger_rule="none_failed_min_one_success")
-    def commit(planned: dict[str, Any], scored: Any) -> dict[str, Any]:
+    def commit(planned: dict[str, Any]) -> dict[str, Any]:
         """Runs when every shard scored (or there were none: every batch rejected)."""
-        return glue.score_commit(planned, scored)
+        return glue.score_commit(planned)
 
     planned = plan()
-    shards = prepare(planned)
-    commit(planned, score.expand(shard=shards))
+    score.expand(shard=prepare(planned)) >> commit(planned)
 
 mnist_batch_scoring()

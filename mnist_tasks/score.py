@@ -604,8 +604,11 @@ def score_shard(cfg: ScoringConfig, store: Store, shard: Mapping[str, Any],
     probs = predict_images(model, part, cfg.batch_size)
     score_s = time.perf_counter() - start
     pred, prob, second, prob2 = top2(probs)
+    import numpy as np
+
     save_npz(store, out, {"predicted": pred, "probability": prob, "runner_up": second,
-                          "runner_up_probability": prob2})
+                          "runner_up_probability": prob2,
+                          "score_s": np.asarray(score_s, dtype=np.float64)})
     log.info("score: batch %s shard %d: %d image(s) in %.2f s (%.0f images/s) with v%s",
              shard["batch"], index, len(part), score_s, len(part) / max(score_s, 1e-9),
              shard["version"])
@@ -677,10 +680,12 @@ def commit_batch(cfg: ScoringConfig, store: Store, batch: str, version: int, sta
     if missing:
         raise ScoringError(f"batch {batch} v{version}: shard(s) {missing} were not scored; "
                            "nothing committed")
-    parts = [load_npz(store, f"{staging}/shard-{i:05d}.npz",
-                      ("predicted", "probability", "runner_up", "runner_up_probability"))
+    columns = ("predicted", "probability", "runner_up", "runner_up_probability")
+    parts = [load_npz(store, f"{staging}/shard-{i:05d}.npz", columns, optional=("score_s",))
              for i in range(int(info["shards"]))]
-    merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in columns}
+    if score_s is None:  # the shards' own predict times (each shard records its own)
+        score_s = sum(float(p["score_s"]) for p in parts if "score_s" in p) or None
     ids = [str(i) for i in load_npz(store, f"{staging}/images.npz", ("ids",))["ids"]]
     if len(ids) != len(merged["predicted"]) or len(ids) != int(info["images"]):
         raise ScoringError(f"batch {batch} v{version}: {len(merged['predicted'])} predictions "
