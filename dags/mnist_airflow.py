@@ -570,3 +570,121 @@ def land() -> dict[str, Any]:
     log.info("NEW INCREMENTS in %s: %s (event on asset %s)", source, ", ".join(new),
              MNIST_INCREMENTS.name)
     return {"increments": new, "source": source}
+
+
+# -- batch scoring (mnist_batch_scoring) ---------------------------------------------------------
+# Settings: MNIST_SCORING_STORE (default MNIST_STORE: the registry read and the outputs written),
+# MNIST_SCORING_LANDING (default <store>/landing), MNIST_SCORING_INTERVAL_MINUTES (how often new
+# batches are looked for; default 5), and the MNIST_SCORING_* knobs of mnist_tasks.score.
+
+SCORING_DAG_ID = "mnist_batch_scoring"
+
+
+def scoring_timetable(environ: Mapping[str, str] = os.environ) -> Any:
+    """The scoring DAG's schedule: an event of the registry asset (a new champion, or a
+    rollback posted by the registry CLI) or every MNIST_SCORING_INTERVAL_MINUTES (default 5; the
+    landing check for new batches), whichever comes first.
+
+    Raises:
+        ValueError: naming the variable, for a value that is not 1 to 1440 whole minutes.
+    """
+    from airflow.sdk import AssetOrTimeSchedule, DeltaTriggerTimetable
+
+    minutes = _number_setting(environ, "MNIST_SCORING_INTERVAL_MINUTES", 5, 1, 1440,
+                              "a whole number of minutes", int)
+    return AssetOrTimeSchedule(timetable=DeltaTriggerTimetable(timedelta(minutes=minutes)),
+                               assets=[MODEL_REGISTRY])
+
+
+def _scoring(environ: Mapping[str, str] = os.environ) -> tuple[Any, Any, Any]:
+    """The scoring config, the store and the landing store (S3 from the Airflow connection).
+
+    Raises:
+        AirflowFailException: for a bad setting (no retry), naming the variable.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mnist_tasks import config, score
+    from mnist_tasks.storage import open_store
+
+    store_uri = environ.get("MNIST_SCORING_STORE", "").strip() or form_default(
+        PARAM_SPECS["store"], environ)
+    try:
+        config.check_store_uri(store_uri)
+        cfg = score.scoring_config(environ, store_uri)
+        config.check_store_uri(cfg.landing)
+    except ValueError as exc:
+        raise AirflowFailException(f"scoring settings: {exc}") from None
+    kwargs = s3_client_kwargs()
+    return (cfg, open_store(store_uri, client_kwargs=kwargs),
+            open_store(cfg.landing, client_kwargs=kwargs))
+
+
+def _registry_events(ctx: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The extras of the registry asset's events that triggered this run, oldest first."""
+    events: list[Any] = []
+    for asset, evs in (ctx.get("triggering_asset_events") or {}).items():
+        if getattr(asset, "name", None) == MODEL_REGISTRY.name or \
+                getattr(asset, "uri", None) == MODEL_REGISTRY.uri:
+            events.extend(evs)
+    events.sort(key=lambda e: str(getattr(e, "timestamp", "")))
+    return [dict(getattr(e, "extra", None) or {}) for e in events]
+
+
+def score_plan() -> dict[str, Any]:
+    """Pin the model version for the run (the registry event's, else the champion) and pick
+    the batches; nothing to score (or no champion yet): skipped, so nothing else runs."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from mnist_tasks import config, score
+
+    ctx = _context()
+    cfg, store, landing = _scoring()
+    events = _registry_events(ctx)
+    try:
+        planned = run_stage("plan", score.plan, cfg, store, landing,
+                            config.run_key(ctx["run_id"]), events)
+    except score.ScoringError as exc:
+        if "no champion" in str(exc):
+            raise AirflowSkipException(str(exc)) from None
+        raise
+    log.info("MODEL VERSION %s v%s pinned for this run (from the %s%s)", cfg.model_name,
+             planned["model_version"], planned["resolved_from"],
+             f"; {len(events)} registry event(s)" if events else "")
+    if not planned["batches"]:
+        raise AirflowSkipException("nothing to score: no new batch, and the recent ones are "
+                                   f"scored with v{planned['model_version']}")
+    return planned
+
+
+def score_prepare(planned: dict[str, Any]) -> list[dict[str, Any]]:
+    """Decode and stage the planned batches; the shards, one per mapped scoring task."""
+    from mnist_tasks import score
+
+    cfg, store, landing = _scoring()
+    return list(run_stage("prepare", score.prepare, cfg, store, landing, planned)["shards"])
+
+
+def score_shard(shard: dict[str, Any]) -> dict[str, Any]:
+    """Score one shard with the pinned version."""
+    from mnist_tasks import score
+
+    cfg, store, _ = _scoring()
+    return run_stage("score", score.score_shard, cfg, store, shard)
+
+
+def score_commit(planned: dict[str, Any]) -> dict[str, Any]:
+    """Commit every staged batch, all or nothing per batch (the manifest last); a batch whose
+    every file is bad fails the task after the others are committed (no retry)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mnist_tasks import score
+
+    cfg, store, _ = _scoring()
+    try:
+        # What prepare staged and the shards' results are read from the store, not XCom: the
+        # mapped task has no XCom when there were no shards (every batch rejected).
+        return run_stage("commit", score.commit, cfg, store, planned, None, (),
+                         _context()["run_id"])
+    except score.BatchRejected as exc:
+        raise AirflowFailException(str(exc)) from None

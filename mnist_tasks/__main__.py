@@ -11,6 +11,7 @@ Examples::
     python -m mnist_tasks gate --evaluation @e.json --store file:///tmp/s --run-id r1 > g.json
     python -m mnist_tasks register --gate @g.json --store file:///tmp/s --run-id r1
     python -m mnist_tasks data list --json          # = python -m mnist_tasks.datasets list ...
+    python -m mnist_tasks score --store file:///tmp/s --landing /data/landing [--batch ID]
 
 The stages form a chain, as in the DAG: each command takes the previous stage's JSON output
 (inline, or ``@file``) and prints its own as one JSON line on stdout; logs go to stderr.
@@ -179,6 +180,20 @@ def _parser() -> argparse.ArgumentParser:
     _add_setting(p, "checksums")
     _add_setting(p, "model_name")
 
+    p = sub.add_parser("score", help="score the landed batches with the champion (or "
+                       "--version), as the mnist_batch_scoring DAG does, in one process")
+    _add_params(p, "store")
+    _add_setting(p, "model_name")
+    p.add_argument("--landing", default=None,
+                   help="the landing prefix (default $MNIST_SCORING_LANDING, else <store>/landing)")
+    p.add_argument("--batch", action="append", default=None, metavar="ID",
+                   help="score this complete batch (repeatable; default: new batches and the "
+                        "most recent ones not scored with the version)")
+    p.add_argument("--version", type=int, default=None,
+                   help="score with this registered version instead of the champion")
+    p.add_argument("--shard-size", type=int, default=None, help="images per shard")
+    p.add_argument("--run-id", default=None, help="the run id (default: manual__<UTC time>)")
+
     p = sub.add_parser("data", help="dataset versions and demo data: list, show ID, make-demo, "
                        "add-increment (python -m mnist_tasks data --help)", add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER, help="the arguments of "
@@ -205,6 +220,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("parameter 'store' is missing: pass --store or set MNIST_STORE")
     if args.command == "report":
         return run_summary(open_store(args.store), args.run_id)
+    if args.command == "score":
+        return _score(args)
     cfg = pipeline_config(_params(args))
     run_id = getattr(args, "run_id", None) or datetime.now(UTC).strftime("manual__%Y%m%dT%H%M%S")
     pipe = Pipeline(cfg, run_id)
@@ -216,6 +233,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     previous = getattr(args, option.removeprefix("--"))
     method: Callable[[dict[str, Any]], dict[str, Any]] = getattr(pipe, args.command)
     return method(previous)
+
+
+def _score(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``score`` command: :func:`mnist_tasks.score.score_batches` in this process."""
+    import dataclasses
+
+    from mnist_tasks import config, score
+    from mnist_tasks.storage import open_store
+
+    store_uri = _params(args)["store"]
+    config.check_store_uri(store_uri)
+    cfg = score.scoring_config(os.environ, store_uri)
+    changes: dict[str, Any] = {"model_name": args.model_name or cfg.model_name}
+    if args.landing:
+        changes["landing"] = args.landing
+    if args.shard_size is not None:
+        changes["shard_size"] = args.shard_size
+    cfg = dataclasses.replace(cfg, **changes)
+    run_id = args.run_id or datetime.now(UTC).strftime("manual__%Y%m%dT%H%M%S")
+    events = [{"version": args.version}] if args.version is not None else []
+    return score.score_batches(cfg, open_store(store_uri), open_store(cfg.landing),
+                               config.run_key(run_id), batches=args.batch, events=events,
+                               run_id=run_id)
 
 
 def _data_args(argv: list[str]) -> list[str] | None:

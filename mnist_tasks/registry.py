@@ -18,6 +18,12 @@ Command line::
     python -m mnist_tasks.registry --store file:///tmp/store promote 3
     python -m mnist_tasks.registry --store file:///tmp/store rollback
     python -m mnist_tasks.registry --store file:///tmp/store download 3 ./model-v3
+    python -m mnist_tasks.registry --store s3://b/mnist rollback --notify-airflow http://airflow:8080
+
+``promote`` and ``rollback`` with ``--notify-airflow URL`` (or ``$MNIST_AIRFLOW_API_URL``) also
+post an event of the registry asset through Airflow's REST API (plain HTTP: this module never
+imports Airflow), so the scoring DAG re-scores with the new champion at once; credentials from
+``$MNIST_AIRFLOW_TOKEN``, or ``$MNIST_AIRFLOW_USERNAME`` / ``$MNIST_AIRFLOW_PASSWORD``.
 """
 
 from __future__ import annotations
@@ -1072,6 +1078,73 @@ class Registry:
         return None
 
 
+# --- the registry asset's events in Airflow (plain HTTP) ---------------------------------------
+
+REGISTRY_ASSET = "mnist_model_registry"  # the asset the register task emits (dags/mnist_airflow.py)
+
+
+def post_asset_event(
+    api_url: str,
+    extra: Mapping[str, Any],
+    *,
+    token: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    asset_name: str = REGISTRY_ASSET,
+    timeout: float = 30.0,
+) -> dict[str, Any]:
+    """Post an event of ``asset_name`` with ``extra`` through Airflow's REST API.
+
+    ``GET /api/v2/assets`` finds the asset's id, ``POST /api/v2/assets/events`` creates the
+    event; the DAGs scheduled on the asset (the scoring DAG) start as for a register task's
+    event. Authenticates with ``token``, or gets one from ``POST /auth/token``.
+
+    Returns:
+        The created event as the API returns it.
+
+    Raises:
+        RegistryError: naming the URL and the HTTP status or connection problem, or an asset
+            Airflow does not know (no DAG file declares it).
+    """
+    import urllib.error
+    import urllib.request
+
+    base = api_url.rstrip("/")
+
+    def call(method: str, path: str, body: Any = None, auth: bool = True) -> Any:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if auth and token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(base + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:300].decode(errors="replace")
+            raise RegistryError(f"Airflow API {method} {base}{path}: HTTP {exc.code} "
+                                f"{detail}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise RegistryError(f"Airflow API {method} {base}{path}: {exc}") from None
+
+    if not token:
+        if not (username and password):
+            raise RegistryError("to post the asset event, set MNIST_AIRFLOW_TOKEN, or "
+                                "MNIST_AIRFLOW_USERNAME and MNIST_AIRFLOW_PASSWORD")
+        token = str(call("POST", "/auth/token", {"username": username, "password": password},
+                         auth=False)["access_token"])
+    from urllib.parse import quote
+
+    found = call("GET", f"/api/v2/assets?name_pattern={quote(asset_name)}&limit=100")
+    ids = [a["id"] for a in found.get("assets", []) if a.get("name") == asset_name]
+    if not ids:
+        raise RegistryError(f"Airflow at {base} knows no asset {asset_name!r} (is the "
+                            "training DAG deployed?)")
+    event = call("POST", "/api/v2/assets/events", {"asset_id": ids[0], "extra": dict(extra)})
+    log.info("registry: posted an event of asset %s to %s: %s", asset_name, base, dict(extra))
+    return dict(event)
+
+
 # --- command line -------------------------------------------------------------------------------
 
 
@@ -1113,9 +1186,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="also claimed numbers without a version: incomplete or abandoned")
     p = sub.add_parser("show", parents=[common], help="one version's details")
     p.add_argument("version")
-    p = sub.add_parser("promote", parents=[common], help="make VERSION the champion")
+    notify = argparse.ArgumentParser(add_help=False)
+    notify.add_argument("--notify-airflow", metavar="URL",
+                        default=os.environ.get("MNIST_AIRFLOW_API_URL") or None,
+                        help="also post an event of the registry asset to the Airflow API at "
+                             "URL, so the scoring DAG re-scores with the new champion "
+                             "(default: $MNIST_AIRFLOW_API_URL; credentials: "
+                             "$MNIST_AIRFLOW_TOKEN or $MNIST_AIRFLOW_USERNAME/_PASSWORD)")
+    p = sub.add_parser("promote", parents=[common, notify], help="make VERSION the champion")
     p.add_argument("version")
-    sub.add_parser("rollback", parents=[common], help="move champion back to the previous one")
+    sub.add_parser("rollback", parents=[common, notify],
+                   help="move champion back to the previous one")
     p = sub.add_parser("download", parents=[common], help="copy a version's files, verified")
     p.add_argument("version")
     p.add_argument("dest")
@@ -1182,14 +1263,26 @@ def _run_cli(args: argparse.Namespace) -> tuple[Any, str]:
         lines += [f"    {name}  {e['size']} bytes  sha256 {e['sha256'][:16]}…"
                   for name, e in sorted(info.files.items())]
         return {**info.to_dict(), "aliases": aliases}, "\n".join(lines)
-    if args.command == "promote":
+    if args.command in ("promote", "rollback"):
         before = registry.get_alias(CHAMPION)
-        record = registry.promote(args.version)
-        return record.to_dict(), _alias_line(before, record)
-    if args.command == "rollback":
-        before = registry.get_alias(CHAMPION)
-        record = registry.rollback(CHAMPION)
-        return record.to_dict(), _alias_line(before, record)
+        if args.command == "promote":
+            record = registry.promote(args.version)
+        else:
+            record = registry.rollback(CHAMPION)
+        line = _alias_line(before, record)
+        if getattr(args, "notify_airflow", None):
+            extra = {"version": record.version, "model_uri": registry.model_uri(record.version),
+                     "action": args.command, "previous": before}
+            try:
+                event = post_asset_event(
+                    args.notify_airflow, extra, token=os.environ.get("MNIST_AIRFLOW_TOKEN"),
+                    username=os.environ.get("MNIST_AIRFLOW_USERNAME"),
+                    password=os.environ.get("MNIST_AIRFLOW_PASSWORD"))
+            except RegistryError as exc:
+                raise RegistryError(f"{line}, but the asset event was not posted: {exc}; "
+                                    "post it again with the same command") from None
+            line += f"; asset event {event.get('id')} posted to {args.notify_airflow}"
+        return record.to_dict(), line
     assert args.command == "download"
     info = registry.get(args.version)
     dest = registry.download(info.version, args.dest)

@@ -4,7 +4,8 @@ The page lists every registered version of the model (version, creation time, te
 fresh-data accuracy, dataset version, champion marker, gate decision, producing run) and shows
 one version in detail: the data it was made from (dataset version, increments, quarantined
 increments, fresh-data accuracy of it and of the champion it was compared with), its plots
-(confusion matrix first) and its model card. It is reachable from the navigation bar
+(confusion matrix first), its model card, and the batches the scoring DAG scored with it
+(its outputs in the registry's store). It is reachable from the navigation bar
 ("Models") and from every DAG run ("Model" tab: the version that run registered, if any).
 
 It is a server-rendered FastAPI app mounted by the api-server at ``/models/``:
@@ -151,6 +152,36 @@ def _approval_text(approval: Any) -> str | None:
     return f"{outcome} by {approval['by']}" if approval.get("by") else outcome
 
 
+def _scored(reg: Registry) -> dict[int, list[dict[str, Any]]]:
+    """The batches scored with each version (the scoring DAG's committed outputs), newest
+    first; empty, logged, when they cannot be read (the versions are still shown)."""
+    from mnist_tasks.score import scored_batches
+    from mnist_tasks.storage import StorageError
+
+    try:  # the scoring DAG's outputs beside the registry it read (its store)
+        manifests = scored_batches(reg.store, reg.model_name)
+    except (StorageError, OSError, ValueError) as exc:
+        log.warning("models page: cannot read the scored batches: %s", exc)
+        return {}
+    out: dict[int, list[dict[str, Any]]] = {}
+    for version, items in manifests.items():
+        rows = []
+        for m in items:
+            report, counts = m.get("report") or {}, m.get("counts") or {}
+            rows.append({
+                "batch": m.get("batch"),
+                "images": counts.get("images"),
+                "skipped_files": counts.get("skipped_files"),
+                "low_confidence": report.get("low_confidence"),
+                "divergence": report.get("divergence_tvd"),
+                "flagged": bool(report.get("divergence_flagged")),
+                "scored": _fmt_time(str(m.get("created_at") or "")),
+                "run_id": m.get("run_id"),
+            })
+        out[version] = sorted(rows, key=lambda r: str(r["batch"]), reverse=True)
+    return out
+
+
 def _plots(info: VersionInfo) -> list[str]:
     """The version's PNG files, confusion matrix first."""
     pngs = sorted(name for name in info.files if name.endswith(".png"))
@@ -235,10 +266,13 @@ def build_app() -> FastAPI:
         champion: int | None = None
         run: dict[str, Any] | None = None
         card_html: str | None = None
+        scored: dict[int, list[dict[str, Any]]] = {}
         try:
             infos = reg.list_versions()
             champion = reg.get_alias("champion")
-            rows = [_version_row(i, champion) for i in reversed(infos)]  # newest first
+            scored = _scored(reg)
+            rows = [_version_row(i, champion) | {"scored": len(scored.get(i.version, []))}
+                    for i in reversed(infos)]  # newest first
             by_number = {i.version: i for i in infos}
             if run_id:
                 run = _run_banner(reg, run_id, dag_id)
@@ -266,6 +300,7 @@ def build_app() -> FastAPI:
             lineage=lineage_summary(selected.metadata) if selected else None,
             plots=_plots(selected) if selected else [],
             card_html=card_html,
+            scored=scored.get(selected.version, []) if selected else [],
             run=run,
             error=error,
         )
@@ -284,11 +319,13 @@ def build_app() -> FastAPI:
             infos = reg.list_versions()
         except (StorageError, RegistryError, OSError) as exc:
             raise store_error(exc) from None
+        scored = _scored(reg)
         return {
             "model_name": reg.model_name,
             "registry_uri": reg.uri,
             "champion": champion,
-            "versions": [_version_row(i, champion) for i in infos],
+            "versions": [_version_row(i, champion) | {"scored_batches": scored.get(i.version, [])}
+                         for i in infos],
         }
 
     @app.get("/versions/{version}/files/{name}")

@@ -21,7 +21,8 @@ DAGS = REPO / "dags"
 DAG_FILE = DAGS / "mnist_training.py"
 WATCH_FILE = DAGS / "mnist_increments_watch.py"
 GLUE_FILE = DAGS / "mnist_airflow.py"
-DAG_IDS = ["mnist_increments_watch", "mnist_training"]
+SCORING_FILE = DAGS / "mnist_batch_scoring.py"
+DAG_IDS = ["mnist_batch_scoring", "mnist_increments_watch", "mnist_training"]
 
 # The chain of CONTRACT.md: each task takes only the previous task's result.
 CHAIN = ["ingest", "check", "preprocess", "train", "evaluate", "gate", "approve", "register"]
@@ -72,14 +73,15 @@ def test_the_glue_module_is_not_parsed_as_a_dag_file(dagbag) -> None:  # type: i
     from airflow.utils.file import list_py_file_paths
 
     assert "mnist_airflow.py" in (DAGS / ".airflowignore").read_text().split()
-    assert sorted(list_py_file_paths(str(DAGS))) == [str(WATCH_FILE), str(DAG_FILE)]
+    assert sorted(list_py_file_paths(str(DAGS))) == [str(SCORING_FILE), str(WATCH_FILE),
+                                                     str(DAG_FILE)]
     assert sorted(stat.file for stat in dagbag.dagbag_stats) == [
-        "mnist_increments_watch.py", "mnist_training.py"]
+        "mnist_batch_scoring.py", "mnist_increments_watch.py", "mnist_training.py"]
 
 
 def test_the_dag_files_parse_in_well_under_a_second(dagbag) -> None:  # type: ignore[no-untyped-def]
     # The first parse in this process imports the glue and config.
-    assert len(dagbag.dagbag_stats) == 2
+    assert len(dagbag.dagbag_stats) == 3
     for stat in dagbag.dagbag_stats:
         assert stat.duration < timedelta(seconds=1), (stat.file, stat.duration)
 
@@ -282,14 +284,14 @@ def _modules_after(code: str) -> set[str]:
     return set(out.stdout.split())
 
 
-@pytest.mark.parametrize("dag_file", [DAG_FILE, WATCH_FILE], ids=lambda p: p.name)
+@pytest.mark.parametrize("dag_file", [DAG_FILE, WATCH_FILE, SCORING_FILE], ids=lambda p: p.name)
 def test_parsing_a_dag_file_imports_no_heavy_libraries(dag_file: Path) -> None:
     mods = _modules_after(
         f"import runpy, sys; sys.path.insert(0, {str(DAGS)!r}); runpy.run_path({str(dag_file)!r})"
     )
     assert "mnist_airflow" in mods and "mnist_tasks.config" in mods
     heavy = {"tensorflow", "keras", "numpy", "sklearn", "matplotlib", "mnist_tasks.train",
-             "mnist_tasks.pipeline", "mnist_tasks.increments", "boto3"}
+             "mnist_tasks.pipeline", "mnist_tasks.increments", "mnist_tasks.score", "boto3"}
     assert not (heavy & mods), heavy & mods
 
 
@@ -680,3 +682,38 @@ def test_the_answer_decides_what_register_gets(run_approve, gate, event, final, 
     assert run_approve.ti.skipped == (["register"] if register_skipped else [])
     saved = json.loads((run_approve.store / "runs" / "manual__1" / "approval.json").read_text())
     assert saved["approval"]["outcome"] == outcome and saved["decision"] == final
+# -- the scoring DAG (mnist_batch_scoring) -------------------------------------------------------
+
+
+def test_scoring_graph_plans_prepares_scores_shards_in_parallel_then_commits(dagbag) -> None:  # type: ignore[no-untyped-def]
+    scoring = dagbag.dags["mnist_batch_scoring"]
+    edges = sorted((t.task_id, d) for t in scoring.tasks for d in t.downstream_task_ids)
+    assert edges == [("plan", "commit"), ("plan", "prepare"), ("prepare", "score"),
+                     ("score", "commit")]
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    assert isinstance(scoring.get_task("score"), MappedOperator)  # one task per shard
+    # commit runs when every shard scored, and also when there were none (all rejected).
+    assert scoring.get_task("commit").trigger_rule == "none_failed_min_one_success"
+    assert scoring.max_active_runs == 1 and scoring.catchup is False
+
+
+def test_scoring_runs_on_a_registry_event_or_the_interval(dagbag, glue, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk import AssetAll, AssetOrTimeSchedule, DeltaTriggerTimetable
+
+    schedule = dagbag.dags["mnist_batch_scoring"].timetable
+    assert isinstance(schedule, AssetOrTimeSchedule)
+    assert isinstance(schedule.timetable, DeltaTriggerTimetable)
+    assert schedule.timetable.delta == timedelta(minutes=5)
+    assert schedule.asset_condition == AssetAll(glue.MODEL_REGISTRY)
+    monkeypatch.setenv("MNIST_SCORING_INTERVAL_MINUTES", "0")
+    with pytest.raises(ValueError, match="MNIST_SCORING_INTERVAL_MINUTES='0'"):
+        glue.scoring_timetable()
+
+
+def test_scoring_settings_errors_fail_the_task_naming_the_variable(glue, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.setenv("MNIST_SCORING_SHARD_SIZE", "0")
+    with pytest.raises(AirflowFailException, match="shard_size=0"):
+        glue._scoring({"MNIST_SCORING_SHARD_SIZE": "0", "MNIST_STORE": "file:///tmp/x"})

@@ -60,6 +60,8 @@ DAG_ID = "mnist_training"
 WATCH_DAG_ID = "mnist_increments_watch"
 WATCH_INTERVAL_MINUTES = 1
 DEPLOYMENT_FIXTURE = "celery_deployment"
+SCORING_DAG_ID = "mnist_batch_scoring"  # scheduled on the registry asset (test_celery_scoring)
+SCORING_PREFIX = "scoring"
 
 
 @dataclass
@@ -209,6 +211,10 @@ def celery_deployment(
         MNIST_WATCH_INTERVAL_MINUTES=str(WATCH_INTERVAL_MINUTES),
         MNIST_TRAIN_POOL="gpu",
         MNIST_TRAIN_QUEUE="gpu",
+        # The scoring DAG's store (registry + landing + outputs): its scenario's own prefix; its
+        # interval runs only on the hour, so registry events start the runs under test.
+        MNIST_SCORING_STORE=f"s3://{DEPLOYMENT_BUCKET}/{SCORING_PREFIX}",
+        MNIST_SCORING_INTERVAL_MINUTES="60",
     )
     services = Services(env, home / "logs")
     deployment: CeleryDeployment | None = None
@@ -225,7 +231,7 @@ def celery_deployment(
         base_url = f"http://127.0.0.1:{port}"
         services.wait_http(f"{base_url}/api/v2/version")
         api = ApiClient(base_url)
-        for dag_id in (DAG_ID, WATCH_DAG_ID):
+        for dag_id in (DAG_ID, WATCH_DAG_ID, SCORING_DAG_ID):
             _wait_for_dag(services, api, dag_id)
             api.json("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
         deployment = CeleryDeployment(

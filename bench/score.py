@@ -1,0 +1,138 @@
+"""Scoring speed: the stage against a plain ``model.predict``, and 10,000 PNGs end to end.
+
+A ``fast_mlp`` model is trained for one epoch on 12,000 real MNIST training images and
+registered as the champion of a fresh ``file://`` store (not timed). Then, in this process,
+on the 10,000 real test images:
+
+* **plain**: ``model.predict(x / 255, batch_size=1024)`` on the uint8 array, the baseline;
+* **stage**: :func:`mnist_tasks.score.score_shard` over the staged batch in 5,000-image
+  shards (what the DAG's mapped tasks do: read the staged images from the store, scale,
+  predict, top-2, write the shard), with the model already loaded;
+* **end to end**: the same 10,000 images as PNG files in a landing folder with their
+  ``_SUCCESS`` marker, :func:`mnist_tasks.score.score_batches` from nothing: plan, read and
+  decode the PNGs, stage, load the model from the registry (SHA-256 verified), score, commit
+  (predictions CSV, errors, manifest last).
+
+Each is repeated ``--repeats`` times (median; plain and stage interleaved so machine load
+hits both alike). Goal: stage >= 0.8x plain. Prints a Markdown table.
+
+    .venv/bin/python bench/score.py --source ../shared/datasets/mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mnist_tasks import score
+from mnist_tasks.artifacts import save_npz
+from mnist_tasks.config import DEFAULT_MODEL_NAME, train_config
+from mnist_tasks.idx import decompress, parse_idx
+from mnist_tasks.registry import Registry
+from mnist_tasks.storage import LocalStore
+
+REPO = Path(__file__).resolve().parents[1]
+GOAL_RATIO = 0.8
+
+
+def _read(path: Path) -> np.ndarray:
+    return np.asarray(parse_idx(decompress(path.read_bytes(), source=str(path)),
+                                source=str(path)))
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--source", type=Path, default=REPO.parent / "shared/datasets/mnist")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=10_000)
+    args = parser.parse_args()
+    from mnist_tasks.train import fit_arrays
+
+    x_train = _read(args.source / "train-images-idx3-ubyte.gz")[:12000]
+    y_train = _read(args.source / "train-labels-idx1-ubyte.gz")[:12000]
+    x = _read(args.source / "t10k-images-idx3-ubyte.gz")[:args.images]
+    y = _read(args.source / "t10k-labels-idx1-ubyte.gz")[:args.images]
+    root = Path(tempfile.mkdtemp(prefix="bench-score-"))
+    try:
+        model_path = root / "model.keras"
+        fit = fit_arrays(train_config("fast_mlp", epochs=1), x_train.astype(np.float32) / 255,
+                         y_train)
+        fit.model.save(model_path)
+        store, landing = LocalStore(root / "store"), LocalStore(root / "landing")
+        registry = Registry(store)
+        registry.register("bench", {"model.keras": model_path}, {})
+        registry.promote(1)
+        model = score.load_version(store, DEFAULT_MODEL_NAME, 1)
+        cfg = score.ScoringConfig(landing=landing.uri)
+
+        # The staged batch the stage's shards read (as prepare leaves it).
+        staging = "scoring/bench/staging"
+        save_npz(store, f"{staging}/images.npz", {"images": x, "ids": np.arange(len(x))})
+        shards = [{"batch": "bench", "version": 1, "staging": staging, "index": i,
+                   "start": i * cfg.shard_size, "stop": min(len(x), (i + 1) * cfg.shard_size)}
+                  for i in range((len(x) + cfg.shard_size - 1) // cfg.shard_size)]
+        model.predict(x[:2048].astype(np.float32) / 255, batch_size=1024, verbose=0)  # warm-up
+        plain, stage = [], []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            probs = model.predict(x.astype(np.float32) / 255, batch_size=1024, verbose=0)
+            plain.append(time.perf_counter() - start)
+            for key in store.list(staging):
+                if "/shard-" in key:
+                    store.delete(key)
+            start = time.perf_counter()
+            for shard in shards:
+                score.score_shard(cfg, store, shard, model)
+            stage.append(time.perf_counter() - start)
+        accuracy = float((probs.argmax(axis=1) == y).mean())
+
+        files = {f"img-{i:05d}.png": _png(x[i]) for i in range(len(x))}
+        end_to_end, parts = [], []
+        for r in range(args.repeats):
+            batch = f"pngs-{r}"
+            score.write_batch(landing, batch, files)
+            start = time.perf_counter()
+            result = score.score_batches(cfg, store, landing, f"bench-e2e-{r}", batches=[batch])
+            end_to_end.append(time.perf_counter() - start)
+            manifest = score.scored_batches(store)[1][-1]
+            assert result["images"] == len(x) and manifest["batch"] == batch
+            parts.append(manifest["timing"])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    n = len(x)
+    p, s, e = (statistics.median(v) for v in (plain, stage, end_to_end))
+    ratio = p / s
+    print(f"\nScoring {n:,} real MNIST test images, fast_mlp (1 epoch, accuracy {accuracy:.4f}); "
+          f"median of {args.repeats}\n")
+    print("| path | seconds | images/s | vs plain |")
+    print("|---|---:|---:|---:|")
+    print(f"| plain `model.predict` (uint8 → /255 → predict) | {p:.3f} | {n / p:,.0f} | 1.00x |")
+    print(f"| stage `score_shard` ×{len(shards)} (read staged, predict, top-2, write) | {s:.3f} "
+          f"| {n / s:,.0f} | {ratio:.2f}x (goal >= {GOAL_RATIO}x: "
+          f"{'met' if ratio >= GOAL_RATIO else 'NOT met'}) |")
+    print(f"| end to end, {n:,} PNGs: plan → decode → stage → load model → score → commit | "
+          f"{e:.3f} | {n / e:,.0f} | – |")
+    mid = parts[end_to_end.index(sorted(end_to_end)[len(end_to_end) // 2])]
+    print(f"\nEnd to end (median run): decode {mid['decode_s']:.2f} s, score "
+          f"{mid['score_s']:.2f} s, commit {mid['commit_s']:.2f} s; the rest is planning, "
+          "staging and loading the model.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""
+### MNIST batch scoring
+
+Puts the champion to work: scores batches of unlabeled digit images that land under the
+landing prefix (`MNIST_SCORING_LANDING`, default `<MNIST_STORE>/landing`; a folder of PNG files
+or an IDX images file per batch, read only once its `_SUCCESS` marker exists).
+
+**plan** (pins the model version once: the version in the triggering `mnist_model_registry`
+event, else the champion alias; picks the new batches and the most recent
+`MNIST_SCORING_RESCORE_WINDOW` ones not yet scored with that version) → **prepare** (decode,
+skip and name bad files, stage, cut into shards of `MNIST_SCORING_SHARD_SIZE` images) →
+**score** (one mapped task per shard, in parallel) → **commit** (per batch, all or nothing:
+`predictions.csv`, `errors.json`, then `MANIFEST.json` last, under
+`scoring/<model>/batches/<batch>/v<NNNNNN>/`; never overwritten; a re-run does nothing).
+
+Schedule: an event of the asset `mnist_model_registry` (the training DAG's register task, or
+`python -m mnist_tasks.registry promote|rollback --notify-airflow`), or every
+`MNIST_SCORING_INTERVAL_MINUTES` minutes (default 5) for new batches, whichever comes first.
+Nothing to score: the plan is skipped and nothing else runs. See docs/scoring.md.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import mnist_airflow as glue
+from airflow.sdk import dag, task
+
+
+@dag(
+    dag_id=glue.SCORING_DAG_ID,
+    # A new champion (promote or rollback), or the interval's landing check.
+    schedule=glue.scoring_timetable(),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    default_args=glue.default_args(),
+    tags=["mnist", "ml", "scoring"],
+    doc_md=__doc__,
+)
+def mnist_batch_scoring() -> None:
+    @task
+    def plan() -> dict[str, Any]:
+        """The pinned model version and the batches; nothing to do: skipped."""
+        return glue.score_plan()
+
+    @task
+    def prepare(planned: dict[str, Any]) -> list[dict[str, Any]]:
+        """The shards: small dicts naming the staged images, one per mapped `score`."""
+        return glue.score_prepare(planned)
+
+    @task(execution_timeout=timedelta(hours=1))
+    def score(shard: dict[str, Any]) -> dict[str, Any]:
+        return glue.score_shard(shard)
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def commit(planned: dict[str, Any]) -> dict[str, Any]:
+        """Runs when every shard scored (or there were none: every batch rejected)."""
+        return glue.score_commit(planned)
+
+    planned = plan()
+    score.expand(shard=prepare(planned)) >> commit(planned)
+
+mnist_batch_scoring()

@@ -1,0 +1,841 @@
+"""Score: put the champion to work on batches of unlabeled images.
+
+A *batch* is a folder under the landing prefix (a local folder or ``s3://``)::
+
+    <landing>/<batch-id>/*.png                  28x28 PNG files (any names), and/or
+    <landing>/<batch-id>/*-idx3-ubyte[.gz]      IDX image files (also ``*.idx``, ``*.idx3``)
+    <landing>/<batch-id>/_SUCCESS               the completion marker, written last
+
+A batch is read only once its marker exists. Its outputs, one set per (batch, model version),
+in the store::
+
+    scoring/<model>/batches/<batch-id>/v<NNNNNN>/predictions.csv   one row per image
+    scoring/<model>/batches/<batch-id>/v<NNNNNN>/errors.json       the files skipped, and why
+    scoring/<model>/batches/<batch-id>/v<NNNNNN>/MANIFEST.json     written last: counts, model
+                                                                   version, input SHA-256, timing
+
+An output exists for readers only once its manifest does (:func:`scored_batches`), and a
+manifest is never replaced: scoring a batch again with the same version does nothing and says
+so; a new version writes a new folder beside the old one.
+
+The work is split into steps that an orchestrator can run as separate tasks (the
+``mnist_batch_scoring`` DAG does, with one mapped task per shard):
+
+1. :func:`plan`: resolve the model version once (a triggering registry event's version, else
+   the champion alias), pick the batches (new ones, and the most recent ``rescore_window``
+   ones without an output of that version), and record the plan (a retry reuses it: the
+   version is never re-resolved mid-run);
+2. :func:`prepare`: read and decode each batch (bad files skipped, named in its error list),
+   hash it, stage the decoded images, cut them into shards;
+3. :func:`score_shard`: predict one shard with the pinned version, stage the result;
+4. :func:`commit`: for each batch, check every shard is there, then write the predictions, the
+   error list and, last, the manifest; log the operators' view (images/s, predicted-class
+   distribution against the training prior, low-confidence count).
+
+:func:`score_batches` runs the four in one process (``python -m mnist_tasks score``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from mnist_tasks.artifacts import (
+    NUM_CLASSES,
+    json_default,
+    load_keras_model,
+    load_npz,
+    read_json,
+    save_npz,
+    utc_now,
+)
+from mnist_tasks.config import DEFAULT_MODEL_NAME
+from mnist_tasks.idx import IdxFormatError, decompress, parse_idx
+from mnist_tasks.registry import CHAMPION, Registry, RegistryError, parse_version
+from mnist_tasks.storage import (
+    LocalStore,
+    ObjectNotFound,
+    S3Store,
+    StorageError,
+    Store,
+    validate_key,
+)
+
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+MARKER = "_SUCCESS"
+MANIFEST = "MANIFEST.json"
+PREDICTIONS = "predictions.csv"
+ERRORS = "errors.json"
+SCHEMA = 1
+ROWS = COLS = 28
+COLUMNS = ("image_id", "predicted", "probability", "runner_up", "runner_up_probability",
+           "model_version")
+# The class frequencies of the MNIST training set (60,000 labels): the prior the predicted
+# distribution of a batch is compared with.
+TRAINING_PRIOR_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
+_IDX_SUFFIXES = ("-ubyte", ".idx", ".idx3")
+_BATCH_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+@-]{0,127}")
+_FETCH_THREADS = 16  # objects read at once (S3 latency, not CPU, bounds reading many PNGs)
+
+
+class ScoringError(RuntimeError):
+    """Scoring cannot go on; the message names the batch, file or model version."""
+
+
+class BatchRejected(ScoringError):
+    """Every file of a batch is bad: nothing of it can be scored (nothing is written)."""
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """What a scoring run needs besides the store.
+
+    Attributes:
+        landing: the landing prefix (``s3://bucket/prefix``, ``file:///path`` or a folder).
+        model_name: the registered model's name.
+        shard_size: images per shard (each shard is one mapped task in the DAG).
+        rescore_window: how many of the most recent batches (by batch id) are scored again
+            with a new champion; 0 scores only new batches.
+        confidence_threshold: predictions with a lower top probability are counted.
+        divergence_threshold: total variation distance between a batch's predicted-class
+            distribution and the training prior above which the batch is flagged.
+        batch_size: the ``model.predict`` batch size.
+    """
+
+    landing: str
+    model_name: str = DEFAULT_MODEL_NAME
+    shard_size: int = 5000
+    rescore_window: int = 5
+    confidence_threshold: float = 0.5
+    divergence_threshold: float = 0.1
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("landing", isinstance(self.landing, str) and bool(self.landing.strip()),
+             "a URI: s3://bucket/prefix, file:///path or a folder"),
+            ("shard_size", isinstance(self.shard_size, int) and self.shard_size >= 1,
+             "a whole number >= 1"),
+            ("rescore_window", isinstance(self.rescore_window, int) and self.rescore_window >= 0,
+             "a whole number >= 0"),
+            ("confidence_threshold", 0.0 <= float(self.confidence_threshold) <= 1.0,
+             "a number from 0 to 1"),
+            ("divergence_threshold", 0.0 <= float(self.divergence_threshold) <= 1.0,
+             "a number from 0 to 1"),
+            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1,
+             "a whole number >= 1"),
+        ]
+        for name, ok, rule in checks:
+            if not ok:
+                raise ValueError(f"scoring setting {name}={getattr(self, name)!r}: must be {rule}")
+
+
+# Deployment settings (environment variables) -> ScoringConfig fields; read at the edges.
+ENV_SETTINGS = {
+    "MNIST_SCORING_LANDING": ("landing", str),
+    "MNIST_MODEL_NAME": ("model_name", str),
+    "MNIST_SCORING_SHARD_SIZE": ("shard_size", int),
+    "MNIST_SCORING_RESCORE_WINDOW": ("rescore_window", int),
+    "MNIST_SCORING_CONFIDENCE_THRESHOLD": ("confidence_threshold", float),
+    "MNIST_SCORING_DIVERGENCE_THRESHOLD": ("divergence_threshold", float),
+}
+
+
+def scoring_config(environ: Mapping[str, str], store_uri: str) -> ScoringConfig:
+    """The scoring config from environment variables (:data:`ENV_SETTINGS`); the landing
+    prefix defaults to ``<store>/landing``.
+
+    Raises:
+        ValueError: naming the variable, for a value that does not parse or is out of range.
+    """
+    values: dict[str, Any] = {"landing": store_uri.rstrip("/") + "/landing"}
+    for var, (name, kind) in ENV_SETTINGS.items():
+        text = environ.get(var, "").strip()
+        if not text:
+            continue
+        try:
+            values[name] = kind(text)
+        except ValueError:
+            raise ValueError(f"{var}={text!r}: expected {kind.__name__}") from None
+    try:
+        return ScoringConfig(**values)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (environment: {', '.join(ENV_SETTINGS)})") from None
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+
+def _root(cfg: ScoringConfig) -> str:
+    return f"scoring/{cfg.model_name}"
+
+
+def output_prefix(cfg: ScoringConfig, batch: str, version: int) -> str:
+    """The output folder of ``batch`` scored with ``version``."""
+    return f"{_root(cfg)}/batches/{batch}/v{version:06d}"
+
+
+def _staging(cfg: ScoringConfig, run_key: str, batch: str, version: int) -> str:
+    return f"{_root(cfg)}/staging/{run_key}/{batch}/v{version:06d}"
+
+
+def _plan_key(cfg: ScoringConfig, run_key: str) -> str:
+    return f"{_root(cfg)}/runs/{run_key}/plan.json"
+
+
+def validate_batch_id(batch: object) -> str:
+    """Return ``batch`` if it is a valid batch id (one path segment), else raise ValueError."""
+    if not isinstance(batch, str) or not _BATCH_RE.fullmatch(batch):
+        raise ValueError(f"invalid batch id {batch!r}: must be one folder name of letters, "
+                         "digits, '.', '_', '=', '+', '@' or '-' (at most 128)")
+    return batch
+
+
+# --- the landing prefix -------------------------------------------------------------------------
+
+
+def list_batches(landing: Store) -> list[str]:
+    """The complete batches under the landing prefix (those with a ``_SUCCESS`` marker), by id.
+
+    A folder without its marker is still being written: logged and left alone.
+    """
+    folders: dict[str, bool] = {}
+    for key in landing.list(""):
+        batch, sep, rest = key.partition("/")
+        if not sep or not _BATCH_RE.fullmatch(batch):
+            continue
+        folders[batch] = folders.get(batch, False) or rest == MARKER
+    waiting = sorted(b for b, done in folders.items() if not done)
+    if waiting:
+        log.info("score: %d batch(es) without their %s marker yet, not read: %s", len(waiting),
+                 MARKER, ", ".join(waiting))
+    return sorted(b for b, done in folders.items() if done)
+
+
+def is_committed(store: Store, cfg: ScoringConfig, batch: str, version: int) -> bool:
+    """Whether ``batch`` has a complete output for ``version`` (its manifest exists)."""
+    return store.exists(f"{output_prefix(cfg, batch, version)}/{MANIFEST}")
+
+
+def scored_batches(store: Store, model_name: str = DEFAULT_MODEL_NAME
+                   ) -> dict[int, list[dict[str, Any]]]:
+    """Every committed output, by model version: the manifests (newest batch id last).
+
+    For the Models page and operators. Unreadable manifests are logged and left out.
+    """
+    base = f"scoring/{model_name}/batches/"
+    out: dict[int, list[dict[str, Any]]] = {}
+    for key in store.list(f"scoring/{model_name}/batches"):
+        parts = key[len(base):].split("/")
+        if len(parts) != 3 or parts[2] != MANIFEST or not re.fullmatch(r"v\d{6}", parts[1]):
+            continue
+        try:
+            manifest = read_json(store, key)
+        except (ValueError, StorageError) as exc:
+            log.warning("score: unreadable manifest %s: %s", store.uri_for(key), exc)
+            continue
+        out.setdefault(int(parts[1][1:]), []).append(manifest)
+    return dict(sorted(out.items()))
+
+
+# --- 1. plan ------------------------------------------------------------------------------------
+
+
+def resolve_model(registry: Registry, events: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """The model version a run scores with, resolved once.
+
+    The newest registry event (its ``extra``) that names a version of *this* registry wins
+    (its ``model_uri``, when given, must be inside the registry: an event from another
+    deployment's store is ignored, logged); otherwise the champion alias.
+
+    Returns:
+        ``{"model_version", "model_uri", "resolved_from"}`` (``event`` or ``champion``).
+
+    Raises:
+        ScoringError: if there is no champion (and no usable event), or the version is not a
+            complete version of the registry.
+    """
+    for extra in reversed(list(events)):
+        if not isinstance(extra, Mapping) or extra.get("version") is None:
+            continue
+        uri = str(extra.get("model_uri") or "")
+        if uri and not uri.startswith(registry.uri + "/"):
+            log.info("score: ignoring a registry event for %s (not in %s)", uri, registry.uri)
+            continue
+        try:
+            version = parse_version(extra["version"])
+            return {"model_version": version, "model_uri": registry.model_uri(version),
+                    "resolved_from": "event"}
+        except RegistryError as exc:
+            raise ScoringError(f"the registry event names version {extra['version']!r}: "
+                               f"{exc}") from None
+    champion = registry.get_alias(CHAMPION)
+    if champion is None:
+        raise ScoringError(f"no champion in {registry.uri}: nothing to score with (register "
+                           "and promote a model first)")
+    return {"model_version": champion, "model_uri": registry.model_uri(champion),
+            "resolved_from": "champion"}
+
+
+def plan(
+    cfg: ScoringConfig,
+    store: Store,
+    landing: Store,
+    run_key: str,
+    events: Sequence[Mapping[str, Any]] = (),
+    *,
+    batches: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Pin the model version and choose the batches of this run; recorded, so a retry of the
+    run's plan returns the same (the version is never re-resolved mid-run).
+
+    Args:
+        events: the ``extra`` of the registry events that triggered the run, oldest first.
+        batches: score exactly these (complete) batches instead of choosing.
+
+    Returns:
+        ``{"model_version", "model_uri", "resolved_from", "batches": [...], "skipped":
+        {batch: why}, "planned_at"}``.
+
+    Raises:
+        ScoringError: no champion; a named batch that is not complete.
+    """
+    key = _plan_key(cfg, run_key)
+    try:
+        recorded = read_json(store, key)
+        log.info("score: run %s already planned (v%s, %d batch(es)); reusing it", run_key,
+                 recorded["model_version"], len(recorded["batches"]))
+        return dict(recorded)
+    except ObjectNotFound:
+        pass
+    model = resolve_model(Registry(store, cfg.model_name), events)
+    version = int(model["model_version"])
+    complete = list_batches(landing)
+    skipped: dict[str, str] = {}
+    if batches is not None:
+        missing = [b for b in batches if validate_batch_id(b) not in complete]
+        if missing:
+            raise ScoringError(f"batch(es) {', '.join(missing)} not found in {landing.uri} "
+                               f"(or without their {MARKER} marker)")
+        candidates = list(batches)
+    # One listing of the outputs: which batches have a committed output (of any version, of
+    # this version) or were rejected. A commit that never finished (no manifest) counts as none.
+    base = f"{_root(cfg)}/batches/"
+    done_any: set[str] = set()
+    done_this: set[str] = set()
+    rejected: set[str] = set()
+    for k in store.list(f"{_root(cfg)}/batches"):
+        parts = k[len(base):].split("/")
+        if len(parts) == 3 and parts[2] == MANIFEST:
+            done_any.add(parts[0])
+            if parts[1] == f"v{version:06d}":
+                done_this.add(parts[0])
+        elif len(parts) == 2 and parts[1] == "REJECTED.json":
+            rejected.add(parts[0])
+    if batches is None:
+        new = [b for b in complete if b not in done_any and b not in rejected]
+        recent = complete[-cfg.rescore_window:] if cfg.rescore_window else []
+        candidates = sorted(set(new) | set(recent))
+    chosen = []
+    for batch in candidates:
+        if batch in done_this:
+            skipped[batch] = f"already scored with v{version}"
+        elif batch in rejected and batches is None:
+            skipped[batch] = "rejected before: every file is bad (see its REJECTED.json)"
+        else:
+            chosen.append(batch)
+    for batch, why in skipped.items():
+        log.info("score: batch %s: %s; nothing to do", batch, why)
+    result = {**model, "batches": chosen, "skipped": skipped, "run_key": run_key,
+              "planned_at": utc_now()}
+    store.write_bytes(key, json.dumps(result, indent=2).encode())
+    log.info("score: run %s scores %d batch(es) with %s v%d (from the %s): %s", run_key,
+             len(chosen), cfg.model_name, version, model["resolved_from"],
+             ", ".join(chosen) or "none")
+    return result
+
+
+# --- 2. prepare ---------------------------------------------------------------------------------
+
+
+def _is_idx(name: str) -> bool:
+    return name.removesuffix(".gz").endswith(_IDX_SUFFIXES)
+
+
+def _decode_png(data: bytes, name: str) -> np.ndarray:
+    """One 28x28 grayscale image; ValueError naming the file and the problem."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()  # walks every chunk checking CRCs: a truncated file is refused
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format != "PNG":
+                raise ValueError(f"{name}: not a PNG file (Pillow reads it as {img.format})")
+            if img.size != (COLS, ROWS):
+                raise ValueError(f"{name}: PNG is {img.size[0]}x{img.size[1]}, expected "
+                                 f"{COLS}x{ROWS}")
+            return np.asarray(img.convert("L"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as exc:
+        raise ValueError(f"{name}: unreadable PNG ({exc or type(exc).__name__})") from None
+
+
+def _decode_idx(data: bytes, name: str, uri: str) -> np.ndarray:
+    import numpy as np
+
+    try:
+        images = parse_idx(decompress(data, source=uri), source=uri, ndim=3,
+                           dtype=np.dtype("u1"))
+    except IdxFormatError as exc:
+        raise ValueError(f"{name}: {str(exc).removeprefix(uri + ': ')}") from None
+    if images.shape[1:] != (ROWS, COLS):
+        raise ValueError(f"{name}: IDX images are {images.shape[1]}x{images.shape[2]}, "
+                         f"expected {ROWS}x{COLS}")
+    return np.asarray(images)
+
+
+def read_batch(landing: Store, batch: str) -> dict[str, Any]:
+    """Read and decode one complete batch; bad files are skipped and named.
+
+    Returns:
+        ``{"images": uint8 (N, 28, 28), "ids": [N image ids], "errors": [{"file", "error"}],
+        "input_sha256", "files", "decode_s"}``. Image ids are the PNG's path in the batch, or
+        ``<idx file>#<index>``. The input SHA-256 is over the sorted (name, SHA-256) of every
+        file of the batch but the marker.
+
+    Raises:
+        BatchRejected: if no image of the batch can be read (the message names every file
+            and its problem).
+    """
+    import numpy as np
+
+    start = time.perf_counter()
+    batch = validate_batch_id(batch)
+    base = f"{batch}/"
+    keys = [k for k in landing.list(batch) if k != base + MARKER]
+    names = [k[len(base):] for k in keys]
+
+    def fetch(key: str) -> bytes:
+        return landing.read_bytes(key)
+
+    with concurrent.futures.ThreadPoolExecutor(_FETCH_THREADS) as pool:
+        blobs = list(pool.map(fetch, keys))
+    digest = hashlib.sha256(b"mnist-tasks/scoring-batch/1\n")
+    images: list[np.ndarray] = []
+    ids: list[str] = []
+    errors: list[dict[str, str]] = []
+    for name, key, data in zip(names, keys, blobs, strict=True):
+        digest.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\n".encode())
+        try:
+            if name.lower().endswith(".png"):
+                images.append(_decode_png(data, name)[None])
+                ids.append(name)
+            elif _is_idx(name):
+                arr = _decode_idx(data, name, landing.uri_for(key))
+                if len(arr) == 0:
+                    raise ValueError(f"{name}: holds no images")
+                images.append(arr)
+                ids.extend(f"{name}#{i}" for i in range(len(arr)))
+            else:
+                raise ValueError(f"{name}: neither a .png nor an IDX images file; ignored")
+        except ValueError as exc:
+            errors.append({"file": name, "error": str(exc)})
+    uri = landing.uri_for(batch)
+    if not ids:
+        detail = "; ".join(e["error"] for e in errors[:20]) or "the folder holds no files"
+        more = f" (and {len(errors) - 20} more)" if len(errors) > 20 else ""
+        raise BatchRejected(f"batch {batch} ({uri}): no readable image, nothing scored: "
+                            f"{detail}{more}")
+    for e in errors:
+        log.warning("score: batch %s: skipped %s", batch, e["error"])
+    return {
+        "images": np.concatenate(images) if len(images) > 1 else images[0],
+        "ids": ids,
+        "errors": errors,
+        "input_sha256": digest.hexdigest(),
+        "files": len(keys),
+        "decode_s": time.perf_counter() - start,
+    }
+
+
+def prepare(cfg: ScoringConfig, store: Store, landing: Store, planned: Mapping[str, Any]
+            ) -> dict[str, Any]:
+    """Decode every planned batch, stage its images, and cut it into shards.
+
+    A batch whose every file is bad is recorded as rejected (``REJECTED.json`` beside its
+    outputs, so later runs do not read it again) and left out; the others go on.
+
+    Returns:
+        ``{"shards": [{"batch", "version", "staging", "index", "start", "stop"}, ...],
+        "batches": [ids staged], "rejected": {batch: message}}``; the shards are what the
+        mapped scoring task takes, one each.
+    """
+    version = int(planned["model_version"])
+    run_key = str(planned["run_key"])
+    shards: list[dict[str, Any]] = []
+    staged: list[str] = []
+    rejected: dict[str, str] = {}
+    for batch in planned["batches"]:
+        staging = _staging(cfg, run_key, batch, version)
+        try:
+            info = read_json(store, f"{staging}/batch.json")
+            log.info("score: batch %s already staged by an earlier try; reusing it", batch)
+        except ObjectNotFound:
+            try:
+                read = read_batch(landing, batch)
+            except BatchRejected as exc:
+                rejected[batch] = str(exc)
+                store.write_bytes(f"{_root(cfg)}/batches/{batch}/REJECTED.json", json.dumps(
+                    {"batch": batch, "error": str(exc), "at": utc_now()}, indent=2).encode())
+                log.error("score: %s", exc)
+                continue
+            import numpy as np
+
+            n = len(read["ids"])
+            save_npz(store, f"{staging}/images.npz", {"images": read["images"],
+                                                      "ids": np.asarray(read["ids"])})
+            info = {"batch": batch, "version": version, "images": n, "ids_count": n,
+                    "errors": read["errors"], "input_sha256": read["input_sha256"],
+                    "files": read["files"], "decode_s": round(read["decode_s"], 3),
+                    "shards": max(1, math.ceil(n / cfg.shard_size)),
+                    "landing_uri": landing.uri_for(batch)}
+            store.write_bytes(f"{staging}/batch.json", json.dumps(info, indent=2).encode())
+            log.info("score: batch %s: %d image(s) from %d file(s), %d skipped, %d shard(s), "
+                     "decoded in %.2f s", batch, n, read["files"], len(read["errors"]),
+                     info["shards"], read["decode_s"])
+        staged.append(batch)
+        n = int(info["images"])
+        for i in range(int(info["shards"])):
+            shards.append({"batch": batch, "version": version, "staging": staging, "index": i,
+                           "start": i * cfg.shard_size, "stop": min(n, (i + 1) * cfg.shard_size),
+                           "model_uri": planned["model_uri"]})
+    return {"shards": shards, "batches": staged, "rejected": rejected}
+
+
+def prepared_state(cfg: ScoringConfig, store: Store, planned: Mapping[str, Any]
+                   ) -> dict[str, Any]:
+    """What :func:`prepare` did for a run, read back from the store (for a commit in another
+    process): ``{"batches": [staged ids], "rejected": {batch: message}}``.
+
+    Raises:
+        ScoringError: naming a planned batch that was neither staged nor rejected.
+    """
+    version, run_key = int(planned["model_version"]), str(planned["run_key"])
+    staged, rejected = [], {}
+    for batch in planned["batches"]:
+        if store.exists(f"{_staging(cfg, run_key, batch, version)}/batch.json") or \
+                is_committed(store, cfg, batch, version):
+            staged.append(batch)
+            continue
+        try:
+            rejected[batch] = str(read_json(store, f"{_root(cfg)}/batches/{batch}/REJECTED.json")
+                                  ["error"])
+        except ObjectNotFound:
+            raise ScoringError(f"batch {batch} v{version} of run {run_key} was not prepared; "
+                               "nothing committed") from None
+    return {"batches": staged, "rejected": rejected}
+
+
+# --- 3. score -----------------------------------------------------------------------------------
+
+
+def top2(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The predicted class and its probability, and the runner-up and its probability."""
+    import numpy as np
+
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :2]
+    rows = np.arange(len(probs))
+    first, second = order[:, 0], order[:, 1]
+    return (first.astype(np.uint8), probs[rows, first].astype(np.float32),
+            second.astype(np.uint8), probs[rows, second].astype(np.float32))
+
+
+def predict_images(model: keras.Model, images: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """Class probabilities of uint8 images, scaled exactly as preprocess scales them."""
+    import numpy as np
+
+    x = images.astype(np.float32) * np.float32(1.0 / 255.0)
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+
+
+def load_version(store: Store, model_name: str, version: int) -> keras.Model:
+    """The registered model of ``version``, downloaded and SHA-256-verified, in safe mode."""
+    registry = Registry(store, model_name)
+    with tempfile.TemporaryDirectory(prefix="mnist-score-") as tmp:
+        return load_keras_model(registry.fetch_model(version, tmp))
+
+
+def score_shard(cfg: ScoringConfig, store: Store, shard: Mapping[str, Any],
+                model: keras.Model | None = None) -> dict[str, Any]:
+    """Predict one shard with the pinned version and stage the result (idempotent: a shard
+    already staged is not scored again).
+
+    Returns:
+        ``{"batch", "index", "images", "score_s"}``.
+    """
+    staging, index = str(shard["staging"]), int(shard["index"])
+    out = f"{staging}/shard-{index:05d}.npz"
+    if store.exists(out):
+        log.info("score: %s shard %d already scored; reusing it", shard["batch"], index)
+        return {"batch": shard["batch"], "index": index,
+                "images": int(shard["stop"]) - int(shard["start"]), "score_s": 0.0}
+    images = load_npz(store, f"{staging}/images.npz", ("images",))["images"]
+    part = images[int(shard["start"]):int(shard["stop"])]
+    if model is None:
+        model = load_version(store, cfg.model_name, int(shard["version"]))
+    start = time.perf_counter()
+    probs = predict_images(model, part, cfg.batch_size)
+    score_s = time.perf_counter() - start
+    pred, prob, second, prob2 = top2(probs)
+    import numpy as np
+
+    save_npz(store, out, {"predicted": pred, "probability": prob, "runner_up": second,
+                          "runner_up_probability": prob2,
+                          "score_s": np.asarray(score_s, dtype=np.float64)})
+    log.info("score: batch %s shard %d: %d image(s) in %.2f s (%.0f images/s) with v%s",
+             shard["batch"], index, len(part), score_s, len(part) / max(score_s, 1e-9),
+             shard["version"])
+    return {"batch": shard["batch"], "index": index, "images": len(part),
+            "score_s": round(score_s, 4)}
+
+
+# --- 4. commit ----------------------------------------------------------------------------------
+
+
+def class_report(predicted: np.ndarray, probability: np.ndarray, cfg: ScoringConfig
+                 ) -> dict[str, Any]:
+    """The operators' view of one batch's predictions: class counts and distribution against
+    the training prior (total variation distance, flagged above the threshold), and how many
+    predictions are below the confidence threshold."""
+    import numpy as np
+
+    counts = np.bincount(predicted.astype(np.int64), minlength=NUM_CLASSES)
+    dist = counts / max(1, counts.sum())
+    prior = np.asarray(TRAINING_PRIOR_COUNTS, dtype=np.float64)
+    prior /= prior.sum()
+    tvd = float(0.5 * np.abs(dist - prior).sum())
+    low = int((probability < cfg.confidence_threshold).sum())
+    return {
+        "class_counts": [int(c) for c in counts],
+        "class_distribution": [round(float(d), 4) for d in dist],
+        "training_prior": [round(float(p), 4) for p in prior],
+        "divergence_tvd": round(tvd, 4),
+        "divergence_threshold": cfg.divergence_threshold,
+        "divergence_flagged": tvd > cfg.divergence_threshold,
+        "low_confidence": low,
+        "confidence_threshold": cfg.confidence_threshold,
+    }
+
+
+def _predictions_csv(ids: Sequence[str], shards: Mapping[str, np.ndarray], version: int) -> bytes:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    pred, prob = shards["predicted"].tolist(), shards["probability"].tolist()
+    second, prob2 = shards["runner_up"].tolist(), shards["runner_up_probability"].tolist()
+    for i, image_id in enumerate(ids):
+        writer.writerow((image_id, pred[i], f"{prob[i]:.6f}", second[i], f"{prob2[i]:.6f}",
+                         version))
+    return buf.getvalue().encode()
+
+
+def commit_batch(cfg: ScoringConfig, store: Store, batch: str, version: int, staging: str,
+                 *, run_id: str | None = None, score_s: float | None = None) -> dict[str, Any]:
+    """Commit one batch's staged shards as its output for ``version``: predictions, errors,
+    then the manifest, last. Nothing to do (and says so) if the manifest already exists.
+
+    Raises:
+        ScoringError: if a shard is missing (its task did not finish): nothing is written.
+    """
+    import numpy as np
+
+    prefix = output_prefix(cfg, batch, version)
+    manifest_key = f"{prefix}/{MANIFEST}"
+    if store.exists(manifest_key):
+        log.info("score: batch %s already scored with v%d (%s); nothing to do", batch, version,
+                 store.uri_for(manifest_key))
+        manifest = read_json(store, manifest_key)
+        return {**manifest, "committed": False}
+    start = time.perf_counter()
+    info = read_json(store, f"{staging}/batch.json")
+    missing = [i for i in range(int(info["shards"]))
+               if not store.exists(f"{staging}/shard-{i:05d}.npz")]
+    if missing:
+        raise ScoringError(f"batch {batch} v{version}: shard(s) {missing} were not scored; "
+                           "nothing committed")
+    columns = ("predicted", "probability", "runner_up", "runner_up_probability")
+    parts = [load_npz(store, f"{staging}/shard-{i:05d}.npz", columns, optional=("score_s",))
+             for i in range(int(info["shards"]))]
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in columns}
+    if score_s is None:  # the shards' own predict times (each shard records its own)
+        score_s = sum(float(p["score_s"]) for p in parts if "score_s" in p) or None
+    ids = [str(i) for i in load_npz(store, f"{staging}/images.npz", ("ids",))["ids"]]
+    if len(ids) != len(merged["predicted"]) or len(ids) != int(info["images"]):
+        raise ScoringError(f"batch {batch} v{version}: {len(merged['predicted'])} predictions "
+                           f"for {len(ids)} images; nothing committed")
+    predictions = _predictions_csv(ids, merged, version)
+    errors = json.dumps(info["errors"], indent=2).encode()
+    report = class_report(merged["predicted"], merged["probability"], cfg)
+    # The objects first (each PUT is atomic), the manifest last: until it exists, readers
+    # (scored_batches, the Models page) see nothing of this output.
+    store.write_bytes(f"{prefix}/{PREDICTIONS}", predictions)
+    store.write_bytes(f"{prefix}/{ERRORS}", errors)
+    commit_s = time.perf_counter() - start
+    n = len(ids)
+    manifest = {
+        "schema": SCHEMA,
+        "batch": batch,
+        "model_name": cfg.model_name,
+        "model_version": version,
+        "input_uri": info.get("landing_uri"),
+        "input_sha256": info["input_sha256"],
+        "counts": {"files": info["files"], "images": n, "skipped_files": len(info["errors"]),
+                   "shards": int(info["shards"])},
+        "timing": {"decode_s": info["decode_s"],
+                   "score_s": round(score_s, 3) if score_s is not None else None,
+                   "images_per_s": round(n / score_s, 1) if score_s else None,
+                   "commit_s": round(commit_s, 3)},
+        "report": report,
+        "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                  for name, data in ((PREDICTIONS, predictions), (ERRORS, errors))},
+        "run_id": run_id,
+        "created_at": utc_now(),
+    }
+    body = json.dumps(manifest, indent=2, default=json_default).encode()
+    if not store.write_if_absent(manifest_key, body):
+        log.info("score: batch %s v%d was committed concurrently; keeping that one", batch,
+                 version)
+        return {**read_json(store, manifest_key), "committed": False}
+    _log_view(cfg, manifest)
+    return {**manifest, "committed": True}
+
+
+def _log_view(cfg: ScoringConfig, manifest: Mapping[str, Any]) -> None:
+    report, timing = manifest["report"], manifest["timing"]
+    counts = manifest["counts"]
+    log.info("SCORED batch %s with %s v%d: %d image(s), %d file(s) skipped, %s images/s; "
+             "predicted classes %s", manifest["batch"], cfg.model_name,
+             manifest["model_version"], counts["images"], counts["skipped_files"],
+             timing.get("images_per_s") or "-", report["class_counts"])
+    level = logging.WARNING if report["divergence_flagged"] else logging.INFO
+    log.log(level, "%sbatch %s: predicted-class distribution vs the training prior: total "
+            "variation %.3f (threshold %.3f)", "CLASS DRIFT " if report["divergence_flagged"]
+            else "", manifest["batch"], report["divergence_tvd"], report["divergence_threshold"])
+    log.info("batch %s: %d prediction(s) below confidence %.2f", manifest["batch"],
+             report["low_confidence"], report["confidence_threshold"])
+
+
+def commit(cfg: ScoringConfig, store: Store, planned: Mapping[str, Any],
+           prepared: Mapping[str, Any] | None = None,
+           scored: Iterable[Mapping[str, Any]] = (),
+           run_id: str | None = None) -> dict[str, Any]:
+    """Commit every staged batch of the run, then clear the run's staging area.
+
+    ``prepared`` is :func:`prepare`'s result; None reads it back (:func:`prepared_state`).
+
+    Returns:
+        ``{"model_version", "committed": [batches], "unchanged": [batches], "rejected": {...},
+        "images", "outputs": {batch: output URI}}``.
+
+    Raises:
+        BatchRejected: after committing the others, naming each batch whose every file was bad.
+        ScoringError: if a shard is missing.
+    """
+    version = int(planned["model_version"])
+    if prepared is None:
+        prepared = prepared_state(cfg, store, planned)
+    score_s: dict[str, float] = {}
+    for s in scored:
+        score_s[str(s["batch"])] = score_s.get(str(s["batch"]), 0.0) + float(s["score_s"])
+    committed: list[str] = []
+    unchanged: list[str] = []
+    outputs: dict[str, str] = {}
+    images = 0
+    for batch in prepared["batches"]:
+        staging = _staging(cfg, str(planned["run_key"]), batch, version)
+        result = commit_batch(cfg, store, batch, version, staging, run_id=run_id,
+                              score_s=score_s.get(batch))
+        (committed if result["committed"] else unchanged).append(batch)
+        images += int(result["counts"]["images"])
+        outputs[batch] = store.uri_for(output_prefix(cfg, batch, version))
+    for key in store.list(f"{_root(cfg)}/staging/{planned['run_key']}"):
+        store.delete(key)
+    rejected = dict(prepared.get("rejected") or {})
+    result = {"model_version": version, "committed": committed, "unchanged": unchanged,
+              "rejected": rejected, "images": images, "outputs": outputs}
+    if rejected:
+        raise BatchRejected("; ".join(rejected.values()))
+    return result
+
+
+# --- all steps in one process -------------------------------------------------------------------
+
+
+def score_batches(cfg: ScoringConfig, store: Store, landing: Store, run_key: str, *,
+                  batches: Sequence[str] | None = None, events: Sequence[Mapping[str, Any]] = (),
+                  run_id: str | None = None) -> dict[str, Any]:
+    """Plan, prepare, score every shard and commit, in this process (the CLI's ``score``).
+
+    Returns:
+        :func:`commit`'s result plus ``skipped`` (from the plan); with nothing to score,
+        ``committed`` is empty.
+    """
+    planned = plan(cfg, store, landing, run_key, events=events, batches=batches)
+    if not planned["batches"]:
+        return {"model_version": planned["model_version"], "committed": [], "unchanged": [],
+                "rejected": {}, "images": 0, "outputs": {}, "skipped": planned["skipped"]}
+    prepared = prepare(cfg, store, landing, planned)
+    model = (load_version(store, cfg.model_name, int(planned["model_version"]))
+             if prepared["shards"] else None)
+    scored = [score_shard(cfg, store, s, model) for s in prepared["shards"]]
+    result = commit(cfg, store, planned, prepared, scored, run_id=run_id)
+    return {**result, "skipped": planned["skipped"]}
+
+
+def config_dict(cfg: ScoringConfig) -> dict[str, Any]:
+    """The config as a JSON-serialisable dict (for logs)."""
+    return asdict(cfg)
+
+
+def write_batch(landing: Store, batch: str, files: Mapping[str, bytes]) -> str:
+    """Land a batch: write its files, then its ``_SUCCESS`` marker (last). Returns its URI.
+
+    For producers and tests; a producer writing with other tools must write the marker last too.
+    """
+    batch = validate_batch_id(batch)
+    for name, data in files.items():
+        landing.write_bytes(validate_key(f"{batch}/{name}"), data)
+    # Store keys may not start with "_"; the marker keeps the Hadoop/Spark name the increments
+    # use, so it is written beside the store's API, the way other tools write it.
+    if isinstance(landing, LocalStore):
+        (landing.root / batch / MARKER).write_bytes(b"")
+    elif isinstance(landing, S3Store):
+        key = f"{landing.prefix}/{batch}/{MARKER}" if landing.prefix else f"{batch}/{MARKER}"
+        landing.client.put_object(Bucket=landing.bucket, Key=key, Body=b"")
+    else:  # pragma: no cover - the two stores above are all there are
+        raise TypeError(f"cannot write a marker into {landing!r}")
+    return landing.uri_for(batch)
+
+
+__all__ = [
+    "BatchRejected", "ScoringConfig", "ScoringError", "commit", "commit_batch", "list_batches",
+    "plan", "prepare", "read_batch", "resolve_model", "score_batches", "score_shard",
+    "scored_batches", "scoring_config", "write_batch",
+]

@@ -1,0 +1,143 @@
+"""The scoring DAG under the scheduler, in the Celery deployment: started by registry events only.
+
+The deployment (conftest.py) runs ``mnist_batch_scoring`` unpaused, on the store
+``MNIST_SCORING_STORE`` (its own prefix), with its interval at an hour, so that within the test
+only registry asset events start it:
+
+1. a batch of 300 real MNIST test images lands (no champion yet: nothing scores it);
+2. a training run (the fast preset, the static source, the scoring store) registers v1; its
+   register task's ``mnist_model_registry`` event starts a scoring run, with nothing triggered
+   by hand, which pins v1 from the event and scores the batch;
+3. a second version is registered and promoted with the registry CLI's ``--notify-airflow``:
+   its event starts a run that re-scores the batch with v2, beside the v1 output;
+4. ``rollback --notify-airflow``: a run pinned to v1 from the event, which finds the batch
+   already scored with v1 and does nothing (the output is never rewritten).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mnist_tasks import score
+from mnist_tasks.config import run_key
+from mnist_tasks.idx import decompress, encode_idx, parse_idx
+from mnist_tasks.registry import Registry
+from mnist_tasks.storage import S3Store
+from tests.integration.airflow_services import REPO, ApiClient, wait_for_run
+from tests.integration.conftest import (
+    DAG_ID,
+    DEPLOYMENT_BUCKET,
+    SCORING_DAG_ID,
+    SCORING_PREFIX,
+    CeleryDeployment,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+RUN_TIMEOUT_S = 15 * 60
+BATCH = "2026-11-22-celery"
+N = 300
+
+
+def _scoring_runs(api: ApiClient) -> list[dict[str, Any]]:
+    body = api.json("GET", f"/api/v2/dags/{SCORING_DAG_ID}/dagRuns",
+                    params={"order_by": "run_after", "limit": 100})
+    return list(body["dag_runs"])
+
+
+def _next_event_run(deployment: CeleryDeployment, seen: set[str]) -> dict[str, Any]:
+    """Wait for a new asset-triggered scoring run to start, then for it to finish."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while True:
+        deployment.services.check_alive()
+        new = [r for r in _scoring_runs(deployment.api)
+               if r["run_type"] == "asset_triggered" and r["dag_run_id"] not in seen]
+        if new:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"no asset-triggered {SCORING_DAG_ID} run within {RUN_TIMEOUT_S} s\n"
+                        f"{deployment.services.all_logs(2500)}")
+        time.sleep(2)
+    run_id = new[0]["dag_run_id"]
+    seen.add(run_id)
+    try:
+        return wait_for_run(deployment.api, deployment.services, SCORING_DAG_ID, run_id,
+                            RUN_TIMEOUT_S)
+    except AssertionError as exc:
+        pytest.fail(str(exc))
+
+
+def _registry_cli(deployment: CeleryDeployment, *args: str) -> str:
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": deployment.s3_endpoint,
+           "MNIST_AIRFLOW_USERNAME": "admin", "MNIST_AIRFLOW_PASSWORD": "admin-password",
+           "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    out = subprocess.run(
+        [sys.executable, "-m", "mnist_tasks.registry", "--store",
+         deployment.store_uri(SCORING_PREFIX), *args,
+         "--notify-airflow", deployment.api.base_url],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_registry_events_start_scoring_with_nothing_triggered_by_hand(
+    celery_deployment: CeleryDeployment,
+) -> None:
+    deployment, api = celery_deployment, celery_deployment.api
+    store = S3Store(DEPLOYMENT_BUCKET, SCORING_PREFIX,
+                    client_kwargs=deployment.s3_client_kwargs)
+    registry = Registry(store)
+    cfg = score.ScoringConfig(landing=store.uri_for("landing"))
+    images = deployment.mnist_dir / "t10k-images-idx3-ubyte.gz"
+    x = parse_idx(decompress(images.read_bytes(), source=str(images)), source=str(images))[:N]
+    landing = S3Store(DEPLOYMENT_BUCKET, f"{SCORING_PREFIX}/landing",
+                      client_kwargs=deployment.s3_client_kwargs)
+    score.write_batch(landing, BATCH, {"batch-idx3-ubyte.gz": gzip.compress(encode_idx(x))})
+    seen = {r["dag_run_id"] for r in _scoring_runs(api)}
+
+    # 2. A training run registers v1; its asset event starts scoring.
+    run = api.json("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", json={
+        "logical_date": None,
+        "conf": {"preset": "fast_mlp", "epochs": 1, "min_accuracy": 0.9,
+                 "source": str(deployment.static_source),
+                 "store": deployment.store_uri(SCORING_PREFIX)}})
+    wait_for_run(api, deployment.services, DAG_ID, run["dag_run_id"], RUN_TIMEOUT_S)
+    assert registry.get_alias("champion") == 1
+    first = _next_event_run(deployment, seen)
+    planned = json.loads(store.read_bytes(
+        f"scoring/mnist-classifier/runs/{run_key(first['dag_run_id'])}/plan.json"))
+    assert (planned["model_version"], planned["resolved_from"]) == (1, "event")
+    assert planned["batches"] == [BATCH]
+    assert score.is_committed(store, cfg, BATCH, 1)
+    manifest = score.scored_batches(store)[1][0]
+    assert manifest["counts"]["images"] == N and manifest["run_id"] == first["dag_run_id"]
+
+    # 3. v2 promoted through the CLI, which posts the event: re-scored beside v1.
+    with tempfile.TemporaryDirectory() as tmp:
+        model = registry.fetch_model(1, tmp)
+        registry.register("celery-scoring-v2", {"model.keras": Path(model)}, {})
+    assert "champion -> v2 (was v1); asset event" in _registry_cli(deployment, "promote", "2")
+    second = _next_event_run(deployment, seen)
+    assert second["state"] == "success"
+    assert score.is_committed(store, cfg, BATCH, 2) and score.is_committed(store, cfg, BATCH, 1)
+    v1_manifest = store.read_bytes(f"{score.output_prefix(cfg, BATCH, 1)}/MANIFEST.json")
+
+    # 4. Rolled back: a run pinned to v1 from the event; already scored, nothing rewritten.
+    assert "champion -> v1 (was v2); asset event" in _registry_cli(deployment, "rollback")
+    third = _next_event_run(deployment, seen)
+    planned = json.loads(store.read_bytes(
+        f"scoring/mnist-classifier/runs/{run_key(third['dag_run_id'])}/plan.json"))
+    assert (planned["model_version"], planned["resolved_from"]) == (1, "event")
+    assert planned["batches"] == [] and planned["skipped"] == {BATCH: "already scored with v1"}
+    assert store.read_bytes(f"{score.output_prefix(cfg, BATCH, 1)}/MANIFEST.json") == v1_manifest

@@ -1,0 +1,60 @@
+"""The Models page's scored-batches section: per version, the batches the scoring DAG scored
+with it, read from the committed outputs (manifests) beside the registry, rendered by the page's
+template. (The page's routes and login are tested with a real api-server in
+test_models_page.py.)"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from mnist_tasks import score
+from mnist_tasks.idx import encode_idx
+from mnist_tasks.registry import Registry
+from mnist_tasks.storage import LocalStore
+from tests.helpers import synthetic_digits
+
+PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "mnist_models.py"
+
+
+def _plugin() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mnist_models_plugin", PLUGIN)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_version_lists_the_batches_scored_with_it(tmp_path: Path, model_file: Path) -> None:
+    store, landing = LocalStore(tmp_path / "store"), LocalStore(tmp_path / "landing")
+    reg = Registry(store)
+    reg.register("run-a", {"model.keras": model_file}, {})
+    reg.register("run-b", {"model.keras": model_file}, {})
+    reg.promote(1)
+    cfg = score.ScoringConfig(landing=landing.uri)
+    for batch in ("b001", "b002"):
+        score.write_batch(landing, batch, {"a-idx3-ubyte": encode_idx(synthetic_digits(6)[0])})
+    score.score_batches(cfg, store, landing, "r1")
+    # A commit that never finished (no manifest) is not listed.
+    store.write_bytes(f"{score.output_prefix(cfg, 'b003', 2)}/predictions.csv", b"partial")
+
+    plugin = _plugin()
+    scored = plugin._scored(reg)
+    assert sorted(scored) == [1]
+    assert [b["batch"] for b in scored[1]] == ["b002", "b001"]  # newest first
+    assert scored[1][0]["images"] == 6 and scored[1][0]["skipped_files"] == 0
+
+    env = Environment(loader=FileSystemLoader(PLUGIN.parent / "templates"),
+                      autoescape=select_autoescape(["html"]))
+    selected = plugin._version_row(reg.get(1), 1)
+    html = env.get_template("mnist_models.html").render(
+        model_name="mnist-classifier", registry_uri=reg.uri, champion=1,
+        rows=[selected | {"scored": 2}],
+        selected=selected, selected_meta={}, lineage=None, plots=[], card_html=None,
+        scored=scored[1], run=None, error=None)
+    assert "Batches scored with v1" in html
+    assert 'data-batch="b001"' in html and 'data-batch="b002"' in html
+    assert "<th>Batches scored</th>" in html

@@ -1,0 +1,219 @@
+"""The scoring stage on tiny synthetic data, in local stores: batches of PNG and IDX files
+(good and bad), the pinned version, outputs per (batch, version), idempotence, sharding, the
+all-or-nothing commit and the operators' report."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnist_tasks import score
+from mnist_tasks.artifacts import load_keras_model
+from mnist_tasks.idx import encode_idx
+from mnist_tasks.registry import Registry
+from mnist_tasks.storage import LocalStore
+from tests.helpers import synthetic_digits
+
+
+def png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def env(tmp_path: Path, model_file: Path) -> tuple[score.ScoringConfig, LocalStore, LocalStore]:
+    """A store with a registry holding v1 (champion) and v2 (the same model), a landing area."""
+    store, landing = LocalStore(tmp_path / "store"), LocalStore(tmp_path / "landing")
+    reg = Registry(store)
+    for run in ("run-a", "run-b"):
+        reg.register(run, {"model.keras": model_file}, {"metrics": {"test_accuracy": 0.9}})
+    reg.promote(1)
+    cfg = score.ScoringConfig(landing=landing.uri, shard_size=7, rescore_window=2)
+    return cfg, store, landing
+
+
+def read_predictions(store: LocalStore, cfg: score.ScoringConfig, batch: str,
+                     version: int) -> list[dict[str, str]]:
+    data = store.read_bytes(f"{score.output_prefix(cfg, batch, version)}/predictions.csv")
+    return list(csv.DictReader(io.StringIO(data.decode())))
+
+
+def test_png_and_idx_batch_scored_with_bad_files_named(env, model_file: Path) -> None:
+    cfg, store, landing = env
+    x, _ = synthetic_digits(20, seed=3)
+    files = {f"img-{i:02d}.png": png(x[i]) for i in range(8)}
+    files["more-idx3-ubyte.gz"] = gzip.compress(encode_idx(x[8:20]))
+    files["broken.png"] = png(x[0])[:40]  # truncated
+    files["big.png"] = png(np.zeros((32, 32), dtype=np.uint8))  # wrong size
+    files["cut-idx3-ubyte"] = encode_idx(x[:5])[:-100]  # truncated IDX
+    files["notes.txt"] = b"hello"
+    score.write_batch(landing, "b001", files)
+
+    result = score.score_batches(cfg, store, landing, "run1")
+
+    assert result["committed"] == ["b001"] and result["model_version"] == 1
+    rows = read_predictions(store, cfg, "b001", 1)
+    assert sorted(r["image_id"] for r in rows) == sorted(
+        [f"img-{i:02d}.png" for i in range(8)] + [f"more-idx3-ubyte.gz#{i}" for i in range(12)])
+    assert len(rows) == 20 and {r["model_version"] for r in rows} == {"1"}
+    # The same predictions as the model on the same pixels, scaled as preprocess does.
+    model = load_keras_model(model_file)
+    by_id = {r["image_id"]: r for r in rows}
+    expected = model.predict(x[:20].astype(np.float32) / 255.0, verbose=0)
+    for i in range(20):
+        image_id = f"img-{i:02d}.png" if i < 8 else f"more-idx3-ubyte.gz#{i - 8}"
+        row = by_id[image_id]
+        order = np.argsort(-expected[i])
+        assert int(row["predicted"]) == order[0] and int(row["runner_up"]) == order[1]
+        assert float(row["probability"]) == pytest.approx(expected[i][order[0]], abs=1e-5)
+        assert float(row["probability"]) >= float(row["runner_up_probability"])
+    errors = json.loads(store.read_bytes(f"{score.output_prefix(cfg, 'b001', 1)}/errors.json"))
+    assert sorted(e["file"] for e in errors) == ["big.png", "broken.png", "cut-idx3-ubyte",
+                                                 "notes.txt"]
+    assert any("32x32, expected 28x28" in e["error"] for e in errors)
+    assert any("truncated" in e["error"] for e in errors if e["file"] == "cut-idx3-ubyte")
+    manifest = json.loads(store.read_bytes(f"{score.output_prefix(cfg, 'b001', 1)}/MANIFEST.json"))
+    assert manifest["model_version"] == 1 and manifest["counts"]["images"] == 20
+    assert manifest["counts"]["skipped_files"] == 4 and manifest["counts"]["shards"] == 3
+    assert len(manifest["input_sha256"]) == 64
+    assert sum(manifest["report"]["class_counts"]) == 20
+    assert manifest["files"]["predictions.csv"]["size"] == len(
+        store.read_bytes(f"{score.output_prefix(cfg, 'b001', 1)}/predictions.csv"))
+    assert not store.list("scoring/mnist-classifier/staging")  # staging cleared
+
+
+def test_rerun_does_nothing_and_new_version_writes_beside(env) -> None:
+    cfg, store, landing = env
+    x, _ = synthetic_digits(5, seed=4)
+    score.write_batch(landing, "b001", {"a-idx3-ubyte": encode_idx(x)})
+    score.score_batches(cfg, store, landing, "run1")
+    out1 = score.output_prefix(cfg, "b001", 1)
+    before = {k: store.read_bytes(k) for k in store.list(out1)}
+
+    again = score.score_batches(cfg, store, landing, "run2")
+    assert again["committed"] == [] and again["skipped"] == {"b001": "already scored with v1"}
+
+    Registry(store).promote(2)
+    third = score.score_batches(cfg, store, landing, "run3")
+    assert third["model_version"] == 2 and third["committed"] == ["b001"]
+    assert {k: store.read_bytes(k) for k in store.list(out1)} == before  # untouched
+    assert [r["model_version"] for r in read_predictions(store, cfg, "b001", 2)] == ["2"] * 5
+    assert sorted(score.scored_batches(store)) == [1, 2]
+
+
+def test_batch_without_marker_is_not_read(env) -> None:
+    cfg, store, landing = env
+    landing.write_bytes("b009/a-idx3-ubyte", encode_idx(synthetic_digits(3)[0]))
+    assert score.list_batches(landing) == []
+    result = score.score_batches(cfg, store, landing, "run1")
+    assert result["committed"] == [] and not store.list("scoring/mnist-classifier/batches")
+
+
+def test_entirely_bad_batch_fails_clearly_and_others_are_scored(env) -> None:
+    cfg, store, landing = env
+    score.write_batch(landing, "b001", {"x.png": b"not a png", "y-idx3-ubyte": b"\0\0\x08\x03"})
+    score.write_batch(landing, "b002", {"a-idx3-ubyte": encode_idx(synthetic_digits(4)[0])})
+    with pytest.raises(score.BatchRejected, match=r"batch b001 .*no readable image.*x\.png: "
+                       r"unreadable PNG.*y-idx3-ubyte"):
+        score.score_batches(cfg, store, landing, "run1")
+    assert [m["batch"] for m in score.scored_batches(store)[1]] == ["b002"]
+    assert not store.list(score.output_prefix(cfg, "b001", 1))  # nothing partial
+    # A later run does not read the rejected batch again.
+    assert score.score_batches(cfg, store, landing, "run2")["skipped"]["b001"].startswith(
+        "rejected before")
+
+
+def test_missing_shard_commits_nothing(env) -> None:
+    cfg, store, landing = env
+    score.write_batch(landing, "b001", {"a-idx3-ubyte": encode_idx(synthetic_digits(20)[0])})
+    planned = score.plan(cfg, store, landing, "run1")
+    prepared = score.prepare(cfg, store, landing, planned)
+    assert len(prepared["shards"]) == 3
+    scored = [score.score_shard(cfg, store, s) for s in prepared["shards"][:2]]
+    with pytest.raises(score.ScoringError, match=r"shard\(s\) \[2\] were not scored"):
+        score.commit(cfg, store, planned, prepared, scored)
+    assert score.scored_batches(store) == {}
+    assert not store.list(score.output_prefix(cfg, "b001", 1))
+    # The retry scores the missing shard and commits; the staged ones are reused.
+    scored.append(score.score_shard(cfg, store, prepared["shards"][2]))
+    result = score.commit(cfg, store, planned, prepared, scored)
+    assert result["committed"] == ["b001"] and result["images"] == 20
+
+
+def test_plan_pins_the_version_for_the_run(env) -> None:
+    cfg, store, landing = env
+    score.write_batch(landing, "b001", {"a-idx3-ubyte": encode_idx(synthetic_digits(3)[0])})
+    first = score.plan(cfg, store, landing, "run1")
+    Registry(store).promote(2)  # the champion moves mid-run
+    assert score.plan(cfg, store, landing, "run1")["model_version"] == 1 == first["model_version"]
+    assert score.plan(cfg, store, landing, "run2")["model_version"] == 2
+
+
+def test_resolve_model_from_event_or_champion(env, tmp_path: Path) -> None:
+    _, store, _ = env
+    reg = Registry(store)
+    assert score.resolve_model(reg)["resolved_from"] == "champion"
+    got = score.resolve_model(reg, [{"version": 1}, {"version": 2, "model_uri": reg.model_uri(2)}])
+    assert (got["model_version"], got["resolved_from"]) == (2, "event")
+    # An event about another store's registry is ignored.
+    other = {"version": 2, "model_uri": "s3://elsewhere/registry/x/versions/000002/model.keras"}
+    assert score.resolve_model(reg, [other])["model_version"] == 1
+    with pytest.raises(score.ScoringError, match="version 7"):
+        score.resolve_model(reg, [{"version": 7}])
+    with pytest.raises(score.ScoringError, match="no champion"):
+        score.resolve_model(Registry(LocalStore(tmp_path / "empty")))
+
+
+def test_rescore_window_limits_a_champion_change(env) -> None:
+    cfg, store, landing = env  # window 2
+    for b in ("b001", "b002", "b003"):
+        score.write_batch(landing, b, {"a-idx3-ubyte": encode_idx(synthetic_digits(2)[0])})
+    assert score.score_batches(cfg, store, landing, "r1")["committed"] == ["b001", "b002", "b003"]
+    Registry(store).promote(2)
+    assert score.score_batches(cfg, store, landing, "r2")["committed"] == ["b002", "b003"]
+
+
+def test_class_report_flags_divergence() -> None:
+    cfg = score.ScoringConfig(landing="/x", divergence_threshold=0.2, confidence_threshold=0.6)
+    balanced = score.class_report(np.arange(100) % 10, np.full(100, 0.9), cfg)
+    assert not balanced["divergence_flagged"] and balanced["low_confidence"] == 0
+    skewed = score.class_report(np.zeros(100, dtype=np.uint8),
+                                np.r_[np.full(30, 0.5), np.full(70, 0.99)], cfg)
+    assert skewed["divergence_flagged"] and skewed["divergence_tvd"] > 0.85
+    assert skewed["low_confidence"] == 30
+
+
+@pytest.mark.parametrize(("var", "value", "match"), [
+    ("MNIST_SCORING_SHARD_SIZE", "0", "shard_size=0"),
+    ("MNIST_SCORING_SHARD_SIZE", "ten", "MNIST_SCORING_SHARD_SIZE='ten'"),
+    ("MNIST_SCORING_CONFIDENCE_THRESHOLD", "1.5", "confidence_threshold=1.5"),
+])
+def test_scoring_config_names_the_bad_setting(var: str, value: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        score.scoring_config({var: value}, "s3://b/p")
+    cfg = score.scoring_config({}, "s3://b/p")
+    assert cfg.landing == "s3://b/p/landing"
+
+
+def test_cli_scores_a_named_batch_and_errors_in_one_line(env, capsys) -> None:
+    from mnist_tasks.__main__ import main
+
+    _, store, landing = env
+    score.write_batch(landing, "b001", {"a-idx3-ubyte": encode_idx(synthetic_digits(4)[0])})
+    args = ["score", "--store", store.uri, "--landing", landing.uri]
+    assert main([*args, "--batch", "b001", "--version", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["committed"] == ["b001"] and result["model_version"] == 2
+    assert main([*args, "--batch", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: batch(es) nope not found in {landing.uri} (or without their "
+                   "_SUCCESS marker)"]
