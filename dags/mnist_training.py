@@ -7,8 +7,10 @@ previous task's result: **ingest** (four IDX files and the labeled increments be
 verified, validated, cached, as a dataset version) → **check** (stops the run, UNCHANGED, when
 the champion was trained on exactly these inputs; the champion on new increments' held-out
 data, before any training) →
-**preprocess** (float32 in [0, 1], seeded validation split) → **train** (Keras 3, a preset) →
-**evaluate** (metrics, per-digit report, plots) → **gate** (threshold, champion comparison with
+**preprocess** (float32 in [0, 1], seeded validation split) → **train** (Keras 3, a preset; one
+mapped instance per candidate of the `candidates` param, in parallel on the workers) →
+**select** (the best candidate by validation accuracy; a failed one is named, and the run goes
+on while `min_candidates` trained) → **evaluate** (metrics, per-digit report, plots) → **gate** (threshold, champion comparison with
 McNemar's test, per-digit recall) → **register** (an immutable version in the model registry;
 champion alias moved). The gate short-circuits registration: a rejected model is never registered.
 
@@ -31,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import mnist_airflow as glue
-from airflow.sdk import dag, task
+from airflow.sdk import TriggerRule, dag, task
 
 
 @dag(
@@ -61,10 +63,22 @@ def mnist_training() -> None:
     def preprocess(checked: dict[str, Any]) -> dict[str, Any]:
         return glue.stage("preprocess", checked)
 
+    @task
+    def candidates(checked: dict[str, Any]) -> list[int]:
+        """The candidates' indexes (the `candidates` param): train maps over them."""
+        return glue.candidates(checked)
+
     @task(pool=glue.TRAIN_POOL, queue=glue.TRAIN_QUEUE, execution_timeout=timedelta(hours=6))
-    def train(prepared: dict[str, Any]) -> dict[str, Any]:
-        """Notes each checkpoint in the task state store; a retry resumes from it."""
-        return glue.train(prepared)
+    def train(prepared: dict[str, Any], candidate: int) -> dict[str, Any]:
+        """One mapped instance per candidate. Notes each checkpoint in the task state store
+        (per instance); a retry resumes from it."""
+        return glue.train(prepared, candidate)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def select(trained: Any) -> dict[str, Any]:
+        """Runs when every candidate is done, failed ones too: the best by validation accuracy
+        of those that trained; fails when fewer than `min_candidates` did."""
+        return glue.select(trained)
 
     @task
     def evaluate(trained: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +93,9 @@ def mnist_training() -> None:
     def register(decision: dict[str, Any]) -> dict[str, Any]:
         return glue.register(decision)
 
-    register(gate(evaluate(train(preprocess(check(ingest()))))))
+    checked = check(ingest())
+    trained = train.partial(prepared=preprocess(checked)).expand(candidate=candidates(checked))
+    register(gate(evaluate(select(trained))))
 
 
 mnist_training()
