@@ -119,6 +119,8 @@ def build_metadata(
             "decision", "reasons", "champion_version", "champion_accuracy",
             "challenger_accuracy", "mcnemar", "decision_uri", "fresh")},
         "lineage": dict(gate_result.get("lineage") or {}),
+        # The run's candidates (docs/candidates.md): [] for a run of one.
+        "candidates": list(train_result.get("candidates") or []),
         "sources": {
             "model_uri": train_result.get("model_uri"),
             "metrics_uri": evaluation.get("metrics_uri"),

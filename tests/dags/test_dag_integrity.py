@@ -104,7 +104,7 @@ def test_train_is_mapped_over_the_candidates_and_select_runs_when_all_are_done(d
     assert isinstance(train, MappedOperator)
     # The prepared data is the same for every instance; the candidate index is what is mapped.
     assert train.partial_kwargs["op_kwargs"]["prepared"].operator.task_id == "preprocess"
-    assert train.expand_input.value["candidate"].operator.task_id == "candidates"
+    assert train.op_kwargs_expand_input.value["candidate"].operator.task_id == "candidates"
     select = dag.get_task("select")
     # A failed candidate must not stop the run: select runs once every instance is done.
     assert select.trigger_rule == TriggerRule.ALL_DONE

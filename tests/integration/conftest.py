@@ -1,9 +1,10 @@
 """The shared Airflow deployment of the integration tests that need a scheduler and workers.
 
 ``celery_deployment`` (session scope) is what docker-compose.yaml deploys, as local processes:
-an api-server, a scheduler, a dag-processor and a Celery worker serving the ``default`` and
-``gpu`` queues (the train task goes to the ``gpu`` queue and pool: ``MNIST_TRAIN_QUEUE`` /
-``MNIST_TRAIN_POOL``), on PostgreSQL and Redis, with the artifact store in S3 (the session's
+an api-server, a scheduler, a dag-processor and two Celery workers (concurrency 1 each), both
+serving the ``default`` and ``gpu`` queues (the train task goes to the ``gpu`` queue and pool,
+two slots: ``MNIST_TRAIN_QUEUE`` / ``MNIST_TRAIN_POOL``; two candidates train at once), on
+PostgreSQL and Redis, with the artifact store in S3 (the session's
 moto server over HTTP). It is the scheduler's deployment, not a test harness: the job schedule
 is on, both DAGs (``mnist_training`` and ``mnist_increments_watch``) are unpaused, the watch
 runs every minute, and the training DAG is data-triggered only (``MNIST_TRAINING_SCHEDULE=off``,
@@ -60,6 +61,12 @@ DAG_ID = "mnist_training"
 WATCH_DAG_ID = "mnist_increments_watch"
 WATCH_INTERVAL_MINUTES = 1
 DEPLOYMENT_FIXTURE = "celery_deployment"
+WORKERS = 2  # Celery workers, each of concurrency 1; the gpu pool has as many slots
+
+
+def worker_name(n: int) -> str:
+    """The n-th worker's service name (its log: ``<home>/logs/<name>.log``): worker, worker2."""
+    return "worker" if n == 1 else f"worker{n}"
 
 
 @dataclass
@@ -215,13 +222,19 @@ def celery_deployment(
     try:
         result = services.run("db", "migrate")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        result = services.run("pools", "set", "gpu", "1", "GPU worker slots")
+        result = services.run("pools", "set", "gpu", str(WORKERS), "GPU worker slots")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         services.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port))
         services.start("scheduler", "scheduler")
         services.start("dag-processor", "dag-processor")
-        services.start("worker", "celery", "worker", "--queues", "default,gpu",
-                       "--concurrency", "1")
+        # Two workers of one slot each, on both queues: two candidates train at the same time
+        # (tests/integration/test_celery_candidates.py). Task logs are files in the shared
+        # AIRFLOW_HOME, which the api-server reads itself: only the first serves logs.
+        for n in range(1, WORKERS + 1):
+            services.start(worker_name(n), "celery", "worker", "--queues", "default,gpu",
+                           "--concurrency", "1", "--celery-hostname", f"{worker_name(n)}@%h",
+                           "--pid", str(home / f"{worker_name(n)}.pid"),
+                           *(["--skip-serve-logs"] if n > 1 else []))
         base_url = f"http://127.0.0.1:{port}"
         services.wait_http(f"{base_url}/api/v2/version")
         api = ApiClient(base_url)
