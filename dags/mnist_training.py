@@ -10,9 +10,10 @@ data, before any training) →
 **preprocess** (float32 in [0, 1], seeded validation split) → **train** (Keras 3, a preset; one
 mapped instance per candidate of the `candidates` param, in parallel on the workers) →
 **select** (the best candidate by validation accuracy; a failed one is named, and the run goes
-on while `min_candidates` trained) → **evaluate** (metrics, per-digit report, plots) → **gate** (threshold, champion comparison with
-McNemar's test, per-digit recall) → **register** (an immutable version in the model registry;
-champion alias moved). The gate short-circuits registration: a rejected model is never registered.
+on while `min_candidates` trained) → **evaluate** (metrics, per-digit report, plots) →
+**gate** (threshold, champion comparison with McNemar's test, per-digit recall) →
+**register** (an immutable version in the model registry; champion alias moved). The gate
+short-circuits registration: a rejected model is never registered.
 
 Schedule: `AssetOrTimeSchedule`: every Sunday at 00:00 UTC (`@weekly`; `MNIST_TRAINING_SCHEDULE`
 sets another cron, or `off`), and also on each event of

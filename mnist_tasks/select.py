@@ -117,9 +117,9 @@ def select(
             ones and why.
     """
     by_index: dict[int, Mapping[str, Any]] = {}
-    for result in trained:
-        index = result.get("candidate")
-        by_index[int(index) if index is not None else 0] = result
+    for done_result in trained:
+        index = done_result.get("candidate")
+        by_index[int(index) if index is not None else 0] = done_result
     unknown = sorted(set(by_index) - {c.index for c in candidates})
     if unknown:
         raise SelectionError(f"train results for unknown candidate(s) {unknown}: the run has "
@@ -154,10 +154,11 @@ def select(
     for row in rows:
         row.setdefault("chosen", False)
     for row in rows:
-        acc = f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else "-"
+        acc_text = f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else "-"
         secs = f"{row['fit_seconds']:.1f} s" if row["fit_seconds"] is not None else "-"
         log.info("candidate %d %-8s val_accuracy=%s fit=%s %s%s", row["candidate"],
-                 row["status"], acc, secs, row["label"], "  <- chosen" if row["chosen"] else "")
+                 row["status"], acc_text, secs, row["label"],
+                 "  <- chosen" if row["chosen"] else "")
     log.info("select: candidate %d (%s) by %s, of %d trained (%d failed)", best["candidate"],
              best["label"], SELECTION_METRIC, len(done), len(failed))
     selection = {"metric": SELECTION_METRIC, "tie_break": list(TIE_BREAK),

@@ -13,7 +13,7 @@ import pytest
 import mnist_tasks
 
 PACKAGE = Path(mnist_tasks.__file__).resolve().parent
-STAGES = ("ingest", "check", "preprocess", "train", "evaluate", "gate", "register")
+STAGES = ("ingest", "check", "preprocess", "train", "select", "evaluate", "gate", "register")
 
 
 def imported_modules(source: str, module: str) -> set[str]:
