@@ -248,8 +248,9 @@ def render_model_card(
         model_name, version, created_at, model_uri: identify the registered version.
         store_uri: the store the registry lives in (for the download command).
         metadata: the version metadata (``run``, ``code_version``, ``packages``, ``dataset``,
-            ``parameters``, ``training``, ``metrics``, ``gate``, and ``lineage``: see
-            :func:`lineage_summary`); missing parts are shown as -.
+            ``parameters``, ``training``, ``metrics``, ``gate``, ``lineage``: see
+            :func:`lineage_summary`; ``candidates``: the run's, when it had several); missing
+            parts are shown as -.
         metrics: evaluate's ``metrics.json`` (``per_digit``, ``macro_avg``,
             ``most_confused_pairs``...), or None.
 

@@ -25,11 +25,14 @@ of the S3 server.
 
 PostgreSQL (127.0.0.1:5432, trust auth for ``postgres``) and Redis (127.0.0.1:6379) are started
 if they are installed but stopped; the tests skip, saying why, if either cannot be had. A fresh
-database and Redis DB 13 are used, and dropped / flushed afterwards.
+database is used and dropped afterwards; in Redis (DB 13, or ``MNIST_IT_REDIS_DB``), every key of
+the deployment's broker has a prefix of its own (kombu's ``global_keyprefix``), so two test
+sessions on one machine never take each other's tasks; those keys are deleted afterwards.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -54,7 +57,7 @@ from tests.integration.airflow_services import (
 
 PG_PORT = 5432
 REDIS_PORT = 6379
-REDIS_DB = 13  # a Redis database of its own, flushed before and after
+REDIS_DB = int(os.environ.get("MNIST_IT_REDIS_DB", "13"))
 DEPLOYMENT_BUCKET = "celery-deployment"
 WATCHED_PREFIX = "watched"  # the deployment's MNIST_STORE: the data-triggered scenario's
 DAG_ID = "mnist_training"
@@ -130,20 +133,30 @@ def postgres_db() -> Iterator[str]:
         admin.close()
 
 
+@dataclass(frozen=True)
+class Broker:
+    """The Celery broker of one deployment: a Redis URL and the prefix of all its keys."""
+
+    url: str
+    prefix: str
+
+
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """The Celery broker URL on a Redis database of our own, flushed before and after."""
+def redis_url() -> Iterator[Broker]:
+    """The Celery broker: Redis with a key prefix of this session's own (another session's
+    workers on the same Redis never see its queues); its keys are deleted afterwards."""
     import redis
 
     why = start_redis(REDIS_PORT)
     if why:
         pytest.skip(f"needs Redis on 127.0.0.1:{REDIS_PORT}: {why}")
+    prefix = f"mnist-it-{uuid.uuid4().hex[:10]}:"
     client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, db=REDIS_DB)
-    client.flushdb()
     try:
-        yield f"redis://127.0.0.1:{REDIS_PORT}/{REDIS_DB}"
+        yield Broker(f"redis://127.0.0.1:{REDIS_PORT}/{REDIS_DB}", prefix)
     finally:
-        client.flushdb()
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
         client.close()
 
 
@@ -167,7 +180,7 @@ def _wait_for_dag(services: Services, api: ApiClient, dag_id: str, timeout: floa
 
 @pytest.fixture(scope="session")
 def celery_deployment(
-    postgres_db: str, redis_url: str, s3_server: str, mnist_dir: Path,
+    postgres_db: str, redis_url: Broker, s3_server: str, mnist_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[CeleryDeployment]:
     """The Celery/PostgreSQL/Redis deployment, both DAGs unpaused (see the module's doc)."""
@@ -190,7 +203,8 @@ def celery_deployment(
         home, port,
         AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgres_db,
-        AIRFLOW__CELERY__BROKER_URL=redis_url,
+        AIRFLOW__CELERY__BROKER_URL=redis_url.url,
+        AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX=redis_url.prefix,
         AIRFLOW__CELERY__RESULT_BACKEND="db+" + postgres_db,
         AIRFLOW__CELERY__WORKER_CONCURRENCY="1",
         AIRFLOW__OPERATORS__DEFAULT_QUEUE="default",

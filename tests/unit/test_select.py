@@ -132,3 +132,26 @@ def test_the_failure_note_is_beside_the_candidates_files(tmp_path: Path) -> None
     record_failure(store, RUN, _candidates(1)[0], ValueError("x"), attempt=2)
     note = json.loads(store.read_bytes(failure_key(RUN, 0)))
     assert (note["candidate"], note["attempt"], note["error"]) == (0, 2, "ValueError: x")
+
+
+def test_the_model_card_lists_the_candidates_and_the_failed_ones(tmp_path: Path) -> None:
+    from mnist_tasks.model_card import render_model_card
+
+    store = _store(tmp_path)
+    cands = _candidates(3)
+    record_failure(store, RUN, cands[2], ConfigError("parameter 'batch_size' = 9 | *x*"))
+    rows = select([_trained(store, 0, [0.9], [0.3]), _trained(store, 1, [0.95], [0.2])],
+                  cands, store, RUN)["candidates"]
+
+    def card(candidates: list[dict[str, Any]]) -> str:
+        return render_model_card(model_name="m", version=1, created_at="2026-11-22T00:00:00",
+                                 model_uri="file:///m", store_uri="file:///s",
+                                 metadata={"candidates": candidates}, metrics=None)
+
+    text = card(rows)
+    assert "## Candidates" in text and "This run trained 3 candidates" in text
+    assert "| 1 | fast_mlp seed=2 | trained | 0.9500 | 0.2000 | 1.5000 | 1 | yes |" in text
+    assert "| 2 | fast_mlp seed=3 | failed | - | - | - | - |  |" in text
+    # The error is data: one code span, its Markdown table bar made harmless.
+    assert "- 2 (fast\\_mlp seed=3): `ConfigError: parameter 'batch_size' = 9 | *x*`" in text
+    assert "## Candidates" not in card(rows[:1])  # a run of one has no such section
