@@ -22,7 +22,9 @@ increments land in the source (`MNIST_SOURCE`); no one needs to touch Airflow fo
 increment to be trained on.
 
 Trigger it from the UI with the form, or from the CLI:
-`airflow dags trigger mnist_training --conf '{"preset": "fast_mlp"}'`. A trigger may set only
+`airflow dags trigger mnist_training --conf '{"preset": "fast_mlp"}'`; several candidates
+(a sweep) with `--conf '{"candidates": [{"seed": [1, 2], "learning_rate": [0.002, 0.005]}]}'`
+(docs/candidates.md). A trigger may set only
 the form's fields; any other key fails the run at its first task, naming the key. The checksum
 policy (`MNIST_CHECKSUMS`), the model name (`MNIST_MODEL_NAME`) and the other deployment settings
 are environment variables: see `mnist_airflow.py` and the README's deployment table.
