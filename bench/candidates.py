@@ -48,7 +48,7 @@ def _time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def _deployment(workers: int, work: Path, db_url: str, source: str
+def _deployment(workers: int, work: Path, db_url: str, source: str, prefix: str
                 ) -> tuple[Services, ApiClient]:
     home = work / f"airflow-{workers}"
     home.mkdir()
@@ -59,6 +59,8 @@ def _deployment(workers: int, work: Path, db_url: str, source: str
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=db_url,
         AIRFLOW__CELERY__BROKER_URL=f"redis://127.0.0.1:{REDIS_PORT}/{REDIS_DB}",
         AIRFLOW__CELERY__RESULT_BACKEND="db+" + db_url,
+        # Broker keys of its own: another Celery deployment on this Redis never sees them.
+        AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX=prefix,
         AIRFLOW__CELERY__WORKER_CONCURRENCY="1",
         AIRFLOW__OPERATORS__DEFAULT_QUEUE="default",
         AIRFLOW__CORE__PARALLELISM="8",
@@ -138,6 +140,7 @@ def main() -> None:
         if why:
             sys.exit(why)
     work = Path(tempfile.mkdtemp(prefix="bench-candidates-"))
+    prefix = f"mnist-bench-{uuid.uuid4().hex[:8]}:"
     rows: list[tuple[int, int, dict[str, Any]]] = []
     try:
         for workers in args.workers:
@@ -146,10 +149,9 @@ def main() -> None:
                                      dbname="postgres")
             admin.autocommit = True
             admin.cursor().execute(f'CREATE DATABASE "{name}"')
-            redis.Redis(host="127.0.0.1", port=REDIS_PORT, db=REDIS_DB).flushdb()
             services, api = _deployment(
                 workers, work, f"postgresql+psycopg2://postgres@127.0.0.1:{PG_PORT}/{name}",
-                args.source)
+                args.source, prefix)
             try:
                 for k in args.k:
                     store = (work / f"store-w{workers}-k{k}").as_uri()
@@ -165,7 +167,9 @@ def main() -> None:
                 admin.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        redis.Redis(host="127.0.0.1", port=REDIS_PORT, db=REDIS_DB).flushdb()
+        client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, db=REDIS_DB)
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
 
     one = {k: res["wall"] for w, k, res in rows if w == min(args.workers)}
     print(f"\n{args.preset}, {args.epochs} epochs per candidate (seeds 1..K); times in seconds\n")
