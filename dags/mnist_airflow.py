@@ -229,9 +229,59 @@ def stage(name: str, *args: Any) -> dict[str, Any]:
     return run_stage(name, getattr(pipeline(), name), *args)
 
 
-def train(prepared: dict[str, Any]) -> dict[str, Any]:
-    """Train, noting each checkpoint in the task state store, which retries share: a retry
-    resumes from the store's checkpoint and checks it against that note."""
+def candidates(checked: dict[str, Any]) -> list[int]:
+    """The indexes of the run's candidates, what the train task maps over (one mapped
+    instance each); logs the list."""
+    cands = pipeline_config(_context()["params"]).candidate_list
+    for cand in cands:
+        log.info("candidate %d: %s", cand.index, cand.label)
+    return [cand.index for cand in cands]
+
+
+def train(prepared: dict[str, Any], candidate: int | None = None) -> dict[str, Any]:
+    """Train (one candidate: ``candidate``, its index; one mapped instance each), noting each
+    checkpoint in the task state store, which retries share (per mapped instance): a retry
+    resumes from the store's checkpoint and checks it against that note.
+
+    A failure is noted in the store for select, naming the candidate and why; a parameter that
+    turns out invalid only now (a batch larger than the training set) fails without retries.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mnist_tasks.config import ConfigError
+    from mnist_tasks.select import record_failure
+
+    pipe = pipeline()
+    cand = pipe.cfg.candidate_list[candidate or 0]
+    try:
+        return _train(pipe, prepared, candidate)
+    except ConfigError as exc:
+        record_failure(pipe.store, pipe.run_key, cand, exc, _context()["ti"].try_number)
+        raise AirflowFailException(f"candidate {cand.index} ({cand.label}): {exc}") from None
+    except Exception as exc:
+        record_failure(pipe.store, pipe.run_key, cand, exc, _context()["ti"].try_number)
+        raise
+
+
+def select(trained: Any) -> dict[str, Any]:
+    """Pick the best candidate by validation accuracy, of the mapped train instances that
+    succeeded (this task runs when all are done, failed ones included: ``all_done``).
+
+    Raises:
+        AirflowFailException: (no retry) fewer than ``min_candidates`` trained.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mnist_tasks.select import SelectionError
+
+    results = [dict(r) for r in (trained or []) if r]
+    try:
+        return run_stage("select", pipeline().select, results)
+    except SelectionError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+def _train(pipe: Pipeline, prepared: dict[str, Any], candidate: int | None) -> dict[str, Any]:
     ctx = _context()
     state = ctx.get("task_state_store")
     previous = state.get(TRAIN_PROGRESS_KEY) if state is not None else None
@@ -241,7 +291,8 @@ def train(prepared: dict[str, Any]) -> dict[str, Any]:
                  ctx["ti"].try_number, previous.get("epoch"), previous.get("epochs"),
                  previous.get("saved_at"), previous.get("checkpoint_uri"))
     note = functools.partial(state.set, TRAIN_PROGRESS_KEY) if state is not None else None
-    fn = functools.partial(pipeline().train, on_checkpoint=note, previous=previous)
+    fn = functools.partial(pipe.train, on_checkpoint=note, previous=previous,
+                           candidate=candidate)
     return run_stage("train", fn, prepared)
 
 

@@ -7,6 +7,8 @@ Examples::
     python -m mnist_tasks check --ingested @i.json --store file:///tmp/s > c.json
     python -m mnist_tasks preprocess --checked @c.json --store file:///tmp/s --run-id r1 > p.json
     python -m mnist_tasks train --prepared @p.json --store file:///tmp/s --run-id r1 > t.json
+    python -m mnist_tasks train ... --candidates '[{"seed": [1, 2]}]' --candidate 1 > t1.json
+    python -m mnist_tasks select --trained @t0.json --trained @t1.json --candidates ... > s.json
     python -m mnist_tasks evaluate --trained @t.json --store file:///tmp/s --run-id r1 > e.json
     python -m mnist_tasks gate --evaluation @e.json --store file:///tmp/s --run-id r1 > g.json
     python -m mnist_tasks register --gate @g.json --store file:///tmp/s --run-id r1
@@ -102,9 +104,23 @@ def _checksums_arg(value: str) -> Any:
                                          ) from None
 
 
+def _json_list(value: str) -> Any:
+    """A JSON list (or object) given inline or as ``@path``: ``--candidates '[{"seed": 1}]'``."""
+    try:
+        obj = read_json_file(value[1:], value) if value.startswith("@") else json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"parameter {value!r}: ")) from None
+    if not isinstance(obj, list | dict):
+        raise argparse.ArgumentTypeError("must be a JSON list of objects")
+    return obj
+
+
 def _add_params(p: argparse.ArgumentParser, *groups: str) -> None:
     """The trigger parameters of ``groups``, as options: one definition in config.py."""
-    types: dict[str, type] = {"string": str, "integer": int, "number": float}
+    types: dict[str, Callable[[str], Any]] = {"string": str, "integer": int, "number": float,
+                                              "array": _json_list}
     for spec in TRIGGER_PARAMS:
         if spec.group not in groups:
             continue
@@ -163,7 +179,15 @@ def _parser() -> argparse.ArgumentParser:
                 "on new increments' fresh data", "training", "gating")
     _add_setting(p, "model_name")
     command("preprocess", "scale to [0, 1], seeded validation split, fresh data", "training")
-    command("train", "train a preset on prepared data", "training")
+    p = command("train", "train a preset on prepared data", "training")
+    p.add_argument("--candidate", type=int, default=None,
+                   help="which of --candidates to train (its index; default: the first)")
+    p = command("select", "the best of the trained candidates by validation accuracy",
+                "training")
+    p.add_argument("--trained", type=_stage_output("train", ("model_uri", "history_uri")),
+                   action="append", required=True,
+                   help="a candidate's train JSON output, inline or @file; once per candidate "
+                   "that trained")
     command("evaluate", "metrics, report and plots for a trained model")
     p = command("gate", "PROMOTE or REJECT a trained model", "gating")
     _add_setting(p, "model_name")
@@ -229,6 +253,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return pipe.ingest()
     if args.command == "run-all":
         return pipe.run_all()
+    if args.command == "select":
+        return pipe.select(args.trained)
+    if args.command == "train":
+        if args.candidate is not None and not 0 <= args.candidate < len(cfg.candidate_list):
+            raise ConfigError(f"parameter 'candidate' = {args.candidate} is invalid: the run "
+                              f"has {len(cfg.candidate_list)} candidate(s)")
+        return pipe.train(args.prepared, candidate=args.candidate)
     option = CHAIN[args.command][0]
     previous = getattr(args, option.removeprefix("--"))
     method: Callable[[dict[str, Any]], dict[str, Any]] = getattr(pipe, args.command)

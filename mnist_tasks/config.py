@@ -321,7 +321,7 @@ class ParamSpec:
     """
 
     name: str
-    type: Literal["string", "integer", "number", "boolean"]
+    type: Literal["string", "integer", "number", "boolean", "array"]
     default: Any
     title: str
     description: str
@@ -333,9 +333,13 @@ class ParamSpec:
     pattern: str | None = None
     min_length: int | None = None
     env: str | None = None
+    # The whole JSON schema, for a structured value (``array``): used as it is.
+    json_schema: Mapping[str, Any] | None = None
 
     def schema(self) -> dict[str, Any]:
         """The JSON schema of the value: what Airflow's ``Param`` validates a trigger against."""
+        if self.json_schema is not None:
+            return json.loads(json.dumps(self.json_schema))  # a deep copy
         schema: dict[str, Any] = {"type": ["null", self.type] if self.nullable else self.type}
         for key, value in (("minimum", self.minimum), ("maximum", self.maximum),
                            ("pattern", self.pattern), ("minLength", self.min_length)):
@@ -415,7 +419,130 @@ TRIGGER_PARAMS += (
               "How long a request for approval waits for an answer; then it is rejected "
               "(nothing is promoted).", "approval", minimum=0.05, maximum=10080),
 )
+
+# -- Candidates (several training configurations in one run; docs/candidates.md) ----------------
+# A run trains each candidate (the run's training parameters with the candidate's overrides),
+# picks the best by validation accuracy (mnist_tasks.select) and sends only that one on to
+# evaluate, gate and register. The default, one candidate without overrides, is a plain run.
+
+CANDIDATE_FIELDS: tuple[str, ...] = ("preset", "seed", "learning_rate", "epochs", "batch_size")
+MAX_CANDIDATES = 16
+
+
+def _candidates_schema(specs: Mapping[str, ParamSpec]) -> dict[str, Any]:
+    """The trigger form's schema of ``candidates``: a list of objects whose fields are the
+    overridable training parameters (each with its parameter's range), a value or a list of
+    values (a sweep)."""
+    fields: dict[str, Any] = {}
+    for name in CANDIDATE_FIELDS:
+        scalar = {**specs[name].schema(), "type": specs[name].type}
+        fields[name] = {"anyOf": [scalar, {"type": "array", "items": scalar, "minItems": 1,
+                                           "maxItems": MAX_CANDIDATES}]}
+    item = {"type": "object", "properties": fields, "additionalProperties": False}
+    return {"type": "array", "items": item, "minItems": 1, "maxItems": MAX_CANDIDATES}
+
+
+TRIGGER_PARAMS += (
+    ParamSpec(
+        "candidates", "array", [{}], "Candidates",
+        "Train several candidates and keep the best by validation accuracy: a JSON list of "
+        f"overrides of {', '.join(CANDIDATE_FIELDS)} (unset: the run's). A list as a value is "
+        'a sweep: [{"seed": [1, 2]}] is two candidates. Default [{}]: one candidate, the '
+        f"run's parameters. At most {MAX_CANDIDATES}.", "training",
+        json_schema=_candidates_schema({s.name: s for s in TRIGGER_PARAMS}),
+    ),
+    ParamSpec("min_candidates", "integer", 1, "Minimum trained candidates",
+              "The run goes on while at least this many candidates trained; a failed "
+              "candidate is logged, naming it and why.", "training",
+              minimum=1, maximum=MAX_CANDIDATES),
+)
 PARAM_SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in TRIGGER_PARAMS}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate of a run: its position, its overrides and the training config they give."""
+
+    index: int
+    overrides: Mapping[str, Any]  # the fields the candidate sets (after a sweep's expansion)
+    train: TrainConfig
+
+    @property
+    def label(self) -> str:
+        """``fast_mlp seed=2 learning_rate=0.005``: for logs, the report and the card."""
+        sets = " ".join(f"{k}={v}" for k, v in self.overrides.items() if k != "preset")
+        return self.train.preset + (f" {sets}" if sets else "")
+
+
+def expand_candidates(value: Any) -> list[dict[str, Any]]:
+    """The ``candidates`` trigger parameter as a list of override dicts, sweeps expanded.
+
+    ``value`` is a list of objects (or one object: a list of one); a field given a list of
+    values is a sweep: ``[{"seed": [1, 2], "learning_rate": [1e-3, 5e-3]}]`` is four
+    candidates (the product, in the order of the fields, the last varying fastest). None or an
+    empty list is one candidate without overrides.
+
+    Raises:
+        ConfigError: naming ``candidates[i].field`` (``i``: the position in ``value``) and the
+            problem: an unknown field, a value out of the parameter's range, too many candidates.
+    """
+    import itertools
+
+    if value is None or value == []:
+        return [{}]
+    items = [value] if isinstance(value, Mapping) else value
+    _check(isinstance(items, list), "candidates", value,
+           "must be a list of objects, e.g. [{\"seed\": 1}, {\"learning_rate\": 0.005}]")
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        where = f"candidates[{i}]"
+        _check(isinstance(item, Mapping), where, item,
+               f"must be an object with some of {', '.join(CANDIDATE_FIELDS)}")
+        axes: list[list[tuple[str, Any]]] = []
+        for name, given in item.items():
+            _check(name in CANDIDATE_FIELDS, f"{where}.{name}", given,
+                   f"is not a candidate field (one of {', '.join(CANDIDATE_FIELDS)})")
+            values = given if isinstance(given, list) else [given]
+            _check(bool(values), f"{where}.{name}", given, "a sweep needs at least one value")
+            for v in values:
+                if name == "preset":
+                    _check(v in PRESETS, f"{where}.preset", v,
+                           f"must be one of {', '.join(PRESET_NAMES)}")
+                else:
+                    spec = PARAM_SPECS[name]
+                    assert spec.minimum is not None and spec.maximum is not None
+                    _check_range(f"{where}.{name}", v, spec.minimum, spec.maximum,
+                                 integer=spec.type == "integer")
+            axes.append([(name, v) for v in values])
+        for combo in itertools.product(*axes):
+            out.append(dict(combo))
+            _check(len(out) <= MAX_CANDIDATES, "candidates", f"{len(out)}+ candidates",
+                   f"at most {MAX_CANDIDATES} candidates (count a sweep's product)")
+    return out
+
+
+def build_candidates(value: Any, run_values: Mapping[str, Any], val_fraction: float
+                     ) -> tuple[Candidate, ...]:
+    """The run's candidates: each is the run's training parameters (``run_values``: preset and
+    the overrides given, None for unset) with the candidate's overrides applied.
+
+    All candidates share the run's validation split (``val_fraction`` and the run's ``seed``
+    made it, in preprocess): a candidate's ``seed`` seeds its weights and shuffling only, so
+    every candidate is measured on the same validation images.
+
+    Raises:
+        ConfigError: naming ``candidates[i]...`` and the problem.
+    """
+    out = []
+    for index, overrides in enumerate(expand_candidates(value)):
+        values = {**{k: v for k, v in run_values.items() if v is not None}, **overrides}
+        preset = values.pop("preset", TrainConfig.preset)
+        try:
+            cfg = train_config(preset, **values, val_fraction=val_fraction)
+        except ConfigError as exc:
+            raise ConfigError(f"candidate {index} ({overrides}): {exc}") from None
+        out.append(Candidate(index, dict(overrides), cfg))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -565,9 +692,20 @@ class PipelineConfig:
     model_name: str = DEFAULT_MODEL_NAME
     check: CheckConfig = field(default_factory=CheckConfig)
     approval: ApprovalConfig = field(default_factory=ApprovalConfig)
+    # The run's candidates (empty: one, ``train``) and how many must train (docs/candidates.md).
+    candidates: tuple[Candidate, ...] = ()
+    min_candidates: int = 1
+
+    @property
+    def candidate_list(self) -> tuple[Candidate, ...]:
+        """The candidates to train: ``candidates``, or the run's ``train`` config alone."""
+        return self.candidates or (Candidate(0, {}, self.train),)
 
     def __post_init__(self) -> None:
         check_store_uri(self.store)
+        _check_range("min_candidates", self.min_candidates, 1, MAX_CANDIDATES, integer=True)
+        _check(self.min_candidates <= len(self.candidate_list), "min_candidates",
+               self.min_candidates, f"more than the {len(self.candidate_list)} candidate(s)")
         _check(isinstance(self.model_name, str)
                and bool(re.fullmatch(MODEL_NAME_PATTERN, self.model_name)),
                "model_name", self.model_name,
@@ -604,6 +742,10 @@ def pipeline_config(params: Mapping[str, Any]) -> PipelineConfig:
         seed=get("seed"),
     )
     gate_defaults = GateConfig()
+    run_values = {"preset": get("preset", "seed_mlp"), "epochs": get("epochs"),
+                  "batch_size": get("batch_size"), "learning_rate": get("learning_rate"),
+                  "seed": get("seed")}
+    candidates = build_candidates(params.get("candidates"), run_values, train.val_fraction)
     return PipelineConfig(
         store=get("store", ""),
         ingest=IngestConfig(source=get("source", DEFAULT_SOURCE),
@@ -625,4 +767,6 @@ def pipeline_config(params: Mapping[str, Any]) -> PipelineConfig:
             mode=get("approval", ApprovalConfig.mode),
             timeout_minutes=get("approval_timeout_minutes", ApprovalConfig.timeout_minutes),
         ),
+        candidates=candidates,
+        min_candidates=get("min_candidates", 1),
     )

@@ -248,6 +248,30 @@ def _approval_section(approval: Any) -> list[str]:
     return out
 
 
+def _candidates_section(metadata: Mapping[str, Any]) -> list[str]:
+    """The run's candidates (docs/candidates.md), when it trained several: each with its
+    validation metrics and training time; the chosen one went on to the test set."""
+    rows = metadata.get("candidates") or []
+    if len(rows) < 2:
+        return []
+    out = ["", "## Candidates", "",
+           f"This run trained {len(rows)} candidates and kept the best by validation accuracy "
+           "(never test accuracy: the test set judges the chosen one only; ties go to the "
+           "lower validation loss, then the lower index).", ""]
+    out += _table(["#", "candidate", "status", "val accuracy", "val loss", "training (s)",
+                   "epochs", "chosen"], [
+        [r.get("candidate"), r.get("label"), r.get("status"), _accuracy(r.get("val_accuracy")),
+         r.get("val_loss"), r.get("fit_seconds"), r.get("epochs_run"),
+         "yes" if r.get("chosen") else ""]
+        for r in rows if isinstance(r, Mapping)])
+    failed = [r for r in rows if isinstance(r, Mapping) and r.get("status") == "failed"]
+    if failed:
+        out += ["", "Failed candidates:", ""]
+        out += [f"- {_text(r.get('candidate'))} ({_text(r.get('label'))}): {_code(r.get('error'))}"
+                for r in failed]
+    return out
+
+
 def _digit_sort_key(item: tuple[str, Any]) -> tuple[int, str]:
     key = item[0]
     return (int(key), key) if str(key).isdigit() else (10**6, str(key))
@@ -269,8 +293,9 @@ def render_model_card(
         model_name, version, created_at, model_uri: identify the registered version.
         store_uri: the store the registry lives in (for the download command).
         metadata: the version metadata (``run``, ``code_version``, ``packages``, ``dataset``,
-            ``parameters``, ``training``, ``metrics``, ``gate``, and ``lineage``: see
-            :func:`lineage_summary`); missing parts are shown as -.
+            ``parameters``, ``training``, ``metrics``, ``gate``, ``lineage``: see
+            :func:`lineage_summary`; ``candidates``: the run's, when it had several); missing
+            parts are shown as -.
         metrics: evaluate's ``metrics.json`` (``per_digit``, ``macro_avg``,
             ``most_confused_pairs``...), or None.
 
@@ -333,6 +358,8 @@ def render_model_card(
     if packages:
         versions = ", ".join(f"{k} {v or '-'}" for k, v in sorted(packages.items()))
         out += ["", f"Software: {versions}"]
+
+    out += _candidates_section(metadata)
 
     out += ["", "## Metrics (test set)", ""]
     out.append(f"Accuracy {_fmt(accuracy)}, loss {_fmt(loss)}, on {_fmt(metrics.get('n_test'))} "

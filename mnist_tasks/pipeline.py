@@ -27,11 +27,12 @@ Usage::
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,19 +167,38 @@ class Pipeline:
         *,
         on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
         previous: Mapping[str, Any] | None = None,
+        candidate: int | None = None,
     ) -> dict[str, Any]:
-        """Train; ``on_checkpoint`` / ``previous``: see :func:`mnist_tasks.train.train`.
+        """Train; ``on_checkpoint`` / ``previous``: see :func:`mnist_tasks.train.train`;
+        ``candidate``: which of the run's candidates (None: the run's own config).
 
         Returns:
             What :func:`mnist_tasks.train.train` returns, with ``prepared_uri``.
         """
         from mnist_tasks import train as stage
 
+        cands = self.cfg.candidate_list
+        cfg = cands[candidate or 0].train
         result: dict[str, Any] = stage.train(
-            prepared["prepared_uri"], self.cfg.train, self.store, self.run_key,
+            prepared["prepared_uri"], cfg, self.store, self.run_key,
             on_checkpoint=on_checkpoint, previous=previous,
+            candidate=candidate if len(cands) > 1 else None,
         )
         return carry(prepared, {**result, "prepared_uri": prepared["prepared_uri"]})
+
+    def select(self, trained: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """Pick the best trained candidate (see :func:`mnist_tasks.select.select`); the run's
+        report lists every candidate."""
+        from mnist_tasks import select as stage
+
+        result: dict[str, Any] = stage.select(
+            trained, self.cfg.candidate_list, self.store, self.run_key,
+            min_candidates=self.cfg.min_candidates,
+        )
+        self._update_summary(candidates=result["candidates"],
+                             chosen_candidate=result["chosen_candidate"],
+                             preset=result.get("preset", self.cfg.train.preset))
+        return result
 
     def evaluate(self, trained: Mapping[str, Any]) -> dict[str, Any]:
         """Evaluate the trained model on the data it was trained from.
@@ -196,7 +216,8 @@ class Pipeline:
             self.run_key,
             history_uri=trained.get("history_uri"),
         )
-        self._update_summary(test_accuracy=result["test_accuracy"], preset=self.cfg.train.preset)
+        self._update_summary(test_accuracy=result["test_accuracy"],
+                             preset=trained.get("preset", self.cfg.train.preset))
         return carry(trained, {**result, "prepared_uri": trained["prepared_uri"],
                                "trained": dict(trained)})
 
@@ -287,7 +308,20 @@ class Pipeline:
                     "warnings": checked["warnings"],
                     "seconds": round(time.perf_counter() - start, 3), "timings": timings}
         prepared = timed("preprocess", self.preprocess, checked)
-        trained = timed("train", self.train, prepared)
+        if len(self.cfg.candidate_list) == 1:
+            trained = timed("train", self.train, prepared)
+        else:  # one after the other here; the DAG trains them in parallel
+            from mnist_tasks.select import record_failure
+
+            results = []
+            for cand in self.cfg.candidate_list:
+                try:
+                    results.append(timed(f"train[{cand.index}]", functools.partial(
+                        self.train, candidate=cand.index), prepared))
+                except Exception as exc:
+                    log.error("candidate %d (%s) failed: %s", cand.index, cand.label, exc)
+                    record_failure(self.store, self.run_key, cand, exc)
+            trained = timed("select", self.select, results)
         evaluation = timed("evaluate", self.evaluate, trained)
         decision = timed("gate", self.gate, evaluation)
         result: dict[str, Any] = {

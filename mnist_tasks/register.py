@@ -129,6 +129,8 @@ def build_metadata(
         "approval": dict(gate_result["approval"]) if isinstance(
             gate_result.get("approval"), Mapping) else None,
         "lineage": dict(gate_result.get("lineage") or {}),
+        # The run's candidates (docs/candidates.md): [] for a run of one.
+        "candidates": list(train_result.get("candidates") or []),
         "sources": {
             "model_uri": train_result.get("model_uri"),
             "metrics_uri": evaluation.get("metrics_uri"),

@@ -44,7 +44,7 @@ from mnist_tasks.artifacts import (
     recorded_result,
     write_json,
 )
-from mnist_tasks.config import PRESETS, TrainConfig
+from mnist_tasks.config import PRESETS, ConfigError, TrainConfig
 from mnist_tasks.storage import ObjectNotFound, Store
 
 if TYPE_CHECKING:
@@ -559,6 +559,7 @@ def train(
     *,
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
     previous: Mapping[str, Any] | None = None,
+    candidate: int | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg.preset`` on the prepared data and store the model and its history.
 
@@ -576,18 +577,24 @@ def train(
         previous: the last such record from an earlier attempt, if the caller kept one: the
             resume is checked against it, and a mismatch (a checkpoint lost or older than
             reported) is logged as a warning.
+        candidate: the candidate's index when the run trains several (docs/candidates.md):
+            its files, checkpoints included, go under ``runs/<run-key>/candidates/<i>/train``;
+            None (one candidate): ``runs/<run-key>/train``.
 
     Returns:
         ``model_uri``, ``history_uri``, ``preset``, ``epochs_run``, ``fit_seconds``,
         ``device``, ``resumed_from_epoch`` (0 if fresh), ``best_val_accuracy`` (None without
         validation data), ``best_epoch``, ``stopped_early``, ``params`` (the config),
-        ``runtime`` (the effective settings), ``n_train``, ``n_val``.
+        ``runtime`` (the effective settings), ``n_train``, ``n_val``, ``candidate``.
 
     Raises:
         ObjectNotFound: if the prepared data does not exist.
         ValueError: if the prepared arrays are malformed.
+        ConfigError: if ``cfg.batch_size`` is larger than the training set (known only now:
+            the set's size depends on the increments and the split).
     """
-    prefix = f"runs/{run_key}/train"
+    prefix = (f"runs/{run_key}/train" if candidate is None
+              else f"runs/{run_key}/candidates/{candidate}/train")
     params = dataclasses.asdict(cfg)
     recorded = recorded_result(store, f"{prefix}/result.json",
                                {"params": params, "prepared_uri": prepared_uri},
@@ -605,6 +612,9 @@ def train(
                              f"{y.shape}; expected (N, rows, cols) images and N labels")
     if len(prepared.x_train) == 0:
         raise ValueError(f"{prepared_uri}: no training images")
+    if cfg.batch_size > len(prepared.x_train):
+        raise ConfigError(f"parameter 'batch_size' = {cfg.batch_size} is invalid: larger than "
+                          f"the {len(prepared.x_train)} training images of {prepared_uri}")
 
     runtime = resolve_runtime(cfg)
     identity = {
@@ -666,6 +676,7 @@ def train(
         "n_val": len(prepared.x_val),
         "params": params,
         "runtime": runtime.as_dict(),
+        "candidate": candidate,
     }
     write_json(store, f"{prefix}/result.json", result)
     checkpoints.clear()

@@ -141,6 +141,12 @@ def _version_row(info: VersionInfo, champion: int | None) -> dict[str, Any]:
         "model_uri": info.model_uri,
         "files": sorted(info.files),
         "viewable": sorted(n for n in info.files if Path(n).suffix in SERVED_TYPES),
+        # The run's candidates (docs/candidates.md): one row each, the chosen one marked.
+        "candidates": [
+            {k: c.get(k) for k in ("candidate", "label", "status", "val_accuracy", "val_loss",
+                                   "fit_seconds", "epochs_run", "error", "chosen")}
+            for c in info.metadata.get("candidates") or [] if isinstance(c, dict)
+        ],
     }
 
 

@@ -24,9 +24,11 @@ GLUE_FILE = DAGS / "mnist_airflow.py"
 SCORING_FILE = DAGS / "mnist_batch_scoring.py"
 DAG_IDS = ["mnist_batch_scoring", "mnist_increments_watch", "mnist_training"]
 
-# The chain of CONTRACT.md: each task takes only the previous task's result.
-CHAIN = ["ingest", "check", "preprocess", "train", "evaluate", "gate", "approve", "register"]
-EXPECTED_EDGES = list(itertools.pairwise(CHAIN))
+# The chain of CONTRACT.md: each task takes only the previous task's result; train is mapped
+# over the candidates (from check's result), select picks one of them.
+CHAIN = ["ingest", "check", "preprocess", "train", "select", "evaluate", "gate", "approve",
+         "register"]
+EXPECTED_EDGES = [*itertools.pairwise(CHAIN), ("check", "candidates"), ("candidates", "train")]
 # Classic operators (no op_args): approve takes the gate's result as its `decision` field.
 OPERATORS = {"approve"}
 
@@ -93,10 +95,58 @@ def test_the_graph_is_the_stage_chain(dag) -> None:  # type: ignore[no-untyped-d
     for previous, task_id in EXPECTED_EDGES:
         if task_id in OPERATORS:
             continue
+        if task_id == "train":
+            continue  # mapped: below
         args = dag.get_task(task_id).op_args
         assert [a.operator.task_id for a in args] == [previous], task_id
         assert dag.get_task(task_id).op_kwargs == {}, task_id
     assert list(dag.get_task("ingest").op_args) == []
+
+
+def test_train_is_mapped_over_the_candidates_and_select_runs_when_all_are_done(dag) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk import TriggerRule
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    train = dag.get_task("train")
+    assert isinstance(train, MappedOperator)
+    # The prepared data is the same for every instance; the candidate index is what is mapped.
+    assert train.partial_kwargs["op_kwargs"]["prepared"].operator.task_id == "preprocess"
+    assert train.op_kwargs_expand_input.value["candidate"].operator.task_id == "candidates"
+    select = dag.get_task("select")
+    # A failed candidate must not stop the run: select runs once every instance is done.
+    assert select.trigger_rule == TriggerRule.ALL_DONE
+    assert [a.operator.task_id for a in select.op_args] == ["train"]
+    assert dag.get_task("evaluate").trigger_rule == TriggerRule.ALL_SUCCESS
+
+
+def test_candidates_param_is_validated_by_the_form(dag) -> None:  # type: ignore[no-untyped-def]
+    """The form's JSON schema takes a list of overrides (a list value: a sweep) and refuses an
+    unknown field or an out-of-range value; the library checks again (tests/unit)."""
+    import copy
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    assert dag.params["candidates"] == [{}] and dag.params["min_candidates"] == 1
+    params = copy.deepcopy(dag.params)
+    params["candidates"] = [{"preset": "fast_mlp", "seed": [1, 2]}, {"learning_rate": 0.01}]
+    for bad in ([{"lr": 0.1}], [{"learning_rate": 5}], [{"preset": "resnet"}], [],
+                [{"seed": [1, "x"]}], [{}] * 17):
+        with pytest.raises(ParamValidationError, match="param candidates"):
+            params["candidates"] = bad
+
+
+def test_the_candidates_reach_the_config(dag, glue) -> None:  # type: ignore[no-untyped-def]
+    import copy
+
+    params = copy.deepcopy(dag.params)
+    params["preset"], params["epochs"] = "fast_mlp", 1
+    params["candidates"] = [{"seed": [1, 2]}, {"preset": "seed_mlp", "learning_rate": 0.01}]
+    params["min_candidates"] = 2
+    cfg = glue.pipeline_config(params.validate(), environ={})
+    cands = cfg.candidate_list
+    assert [(c.train.preset, c.train.seed, c.train.epochs) for c in cands] == [
+        ("fast_mlp", 1, 1), ("fast_mlp", 2, 1), ("seed_mlp", 42, 1)]
+    assert cands[2].train.learning_rate == 0.01 and cfg.min_candidates == 2
 
 
 def test_schedule_and_concurrency(dag) -> None:  # type: ignore[no-untyped-def]

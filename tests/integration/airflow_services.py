@@ -255,25 +255,33 @@ def task_instances(api: ApiClient, dag_id: str, run_id: str) -> dict[str, dict[s
     return {ti["task_id"]: ti for ti in body["task_instances"]}
 
 
-def task_log(api: ApiClient, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
-    """One try's log, read through the API (the worker's log server)."""
+def task_log(api: ApiClient, dag_id: str, run_id: str, task_id: str, try_number: int,
+             map_index: int = -1) -> str:
+    """One try's log, read through the API (the worker's log server); ``map_index`` for one
+    instance of a mapped task (train: one per candidate)."""
     body = api.json(
         "GET", f"{run_path(dag_id, run_id)}/taskInstances/{task_id}/logs/{try_number}",
-        params={"full_content": "true"}, headers={"Accept": "application/json"},
+        params={"full_content": "true", "map_index": map_index},
+        headers={"Accept": "application/json"},
     )
     content = body.get("content")
     return content if isinstance(content, str) else json.dumps(content)
 
 
+def _ti_name(ti: dict[str, Any]) -> str:
+    return ti["task_id"] + (f"[{ti['map_index']}]" if ti.get("map_index", -1) >= 0 else "")
+
+
 def run_failure_report(api: ApiClient, services: Services, dag_id: str, run_id: str) -> str:
     """Task states, the failed tasks' logs and the services' logs, for a failure message."""
-    tis = task_instances(api, dag_id, run_id)
-    states = {t: ti["state"] for t, ti in tis.items()}
+    body = api.json("GET", f"{run_path(dag_id, run_id)}/taskInstances", params={"limit": 100})
+    states = {_ti_name(ti): ti["state"] for ti in body["task_instances"]}
     logs = ""
-    for task_id, ti in tis.items():
+    for ti in body["task_instances"]:  # mapped instances (train) each on their own
         if ti["state"] not in ("success", None, "scheduled", "queued") and ti["try_number"]:
-            text = task_log(api, dag_id, run_id, task_id, ti["try_number"])
-            logs += f"\n==== {task_id}\n{text[-3000:]}"
+            text = task_log(api, dag_id, run_id, ti["task_id"], ti["try_number"],
+                            ti["map_index"])
+            logs += f"\n==== {_ti_name(ti)}\n{text[-3000:]}"
     return f"task states {states}{logs}\n{services.all_logs(2000)}"
 
 

@@ -1,9 +1,10 @@
 """The shared Airflow deployment of the integration tests that need a scheduler and workers.
 
 ``celery_deployment`` (session scope) is what docker-compose.yaml deploys, as local processes:
-an api-server, a scheduler, a dag-processor and a Celery worker serving the ``default`` and
-``gpu`` queues (the train task goes to the ``gpu`` queue and pool: ``MNIST_TRAIN_QUEUE`` /
-``MNIST_TRAIN_POOL``), on PostgreSQL and Redis, with the artifact store in S3 (the session's
+an api-server, a scheduler, a dag-processor and two Celery workers (concurrency 1 each), both
+serving the ``default`` and ``gpu`` queues (the train task goes to the ``gpu`` queue and pool,
+two slots: ``MNIST_TRAIN_QUEUE`` / ``MNIST_TRAIN_POOL``; two candidates train at once), on
+PostgreSQL and Redis, with the artifact store in S3 (the session's
 moto server over HTTP). It is the scheduler's deployment, not a test harness: the job schedule
 is on, both DAGs (``mnist_training`` and ``mnist_increments_watch``) are unpaused, the watch
 runs every minute, and the training DAG is data-triggered only (``MNIST_TRAINING_SCHEDULE=off``,
@@ -24,11 +25,14 @@ of the S3 server.
 
 PostgreSQL (127.0.0.1:5432, trust auth for ``postgres``) and Redis (127.0.0.1:6379) are started
 if they are installed but stopped; the tests skip, saying why, if either cannot be had. A fresh
-database and Redis DB 13 are used, and dropped / flushed afterwards.
+database is used and dropped afterwards; in Redis (DB 13, or ``MNIST_IT_REDIS_DB``), every key of
+the deployment's broker has a prefix of its own (kombu's ``global_keyprefix``), so two test
+sessions on one machine never take each other's tasks; those keys are deleted afterwards.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -53,7 +57,7 @@ from tests.integration.airflow_services import (
 
 PG_PORT = 5432
 REDIS_PORT = 6379
-REDIS_DB = 13  # a Redis database of its own, flushed before and after
+REDIS_DB = int(os.environ.get("MNIST_IT_REDIS_DB", "13"))
 DEPLOYMENT_BUCKET = "celery-deployment"
 WATCHED_PREFIX = "watched"  # the deployment's MNIST_STORE: the data-triggered scenario's
 DAG_ID = "mnist_training"
@@ -62,6 +66,12 @@ WATCH_INTERVAL_MINUTES = 1
 DEPLOYMENT_FIXTURE = "celery_deployment"
 SCORING_DAG_ID = "mnist_batch_scoring"  # scheduled on the registry asset (test_celery_scoring)
 SCORING_PREFIX = "scoring"
+WORKERS = 2  # Celery workers, each of concurrency 1; the gpu pool has as many slots
+
+
+def worker_name(n: int) -> str:
+    """The n-th worker's service name (its log: ``<home>/logs/<name>.log``): worker, worker2."""
+    return "worker" if n == 1 else f"worker{n}"
 
 
 @dataclass
@@ -125,20 +135,30 @@ def postgres_db() -> Iterator[str]:
         admin.close()
 
 
+@dataclass(frozen=True)
+class Broker:
+    """The Celery broker of one deployment: a Redis URL and the prefix of all its keys."""
+
+    url: str
+    prefix: str
+
+
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """The Celery broker URL on a Redis database of our own, flushed before and after."""
+def redis_url() -> Iterator[Broker]:
+    """The Celery broker: Redis with a key prefix of this session's own (another session's
+    workers on the same Redis never see its queues); its keys are deleted afterwards."""
     import redis
 
     why = start_redis(REDIS_PORT)
     if why:
         pytest.skip(f"needs Redis on 127.0.0.1:{REDIS_PORT}: {why}")
+    prefix = f"mnist-it-{uuid.uuid4().hex[:10]}:"
     client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, db=REDIS_DB)
-    client.flushdb()
     try:
-        yield f"redis://127.0.0.1:{REDIS_PORT}/{REDIS_DB}"
+        yield Broker(f"redis://127.0.0.1:{REDIS_PORT}/{REDIS_DB}", prefix)
     finally:
-        client.flushdb()
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
         client.close()
 
 
@@ -162,7 +182,7 @@ def _wait_for_dag(services: Services, api: ApiClient, dag_id: str, timeout: floa
 
 @pytest.fixture(scope="session")
 def celery_deployment(
-    postgres_db: str, redis_url: str, s3_server: str, mnist_dir: Path,
+    postgres_db: str, redis_url: Broker, s3_server: str, mnist_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[CeleryDeployment]:
     """The Celery/PostgreSQL/Redis deployment, both DAGs unpaused (see the module's doc)."""
@@ -185,7 +205,8 @@ def celery_deployment(
         home, port,
         AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgres_db,
-        AIRFLOW__CELERY__BROKER_URL=redis_url,
+        AIRFLOW__CELERY__BROKER_URL=redis_url.url,
+        AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX=redis_url.prefix,
         AIRFLOW__CELERY__RESULT_BACKEND="db+" + postgres_db,
         AIRFLOW__CELERY__WORKER_CONCURRENCY="1",
         AIRFLOW__OPERATORS__DEFAULT_QUEUE="default",
@@ -221,13 +242,19 @@ def celery_deployment(
     try:
         result = services.run("db", "migrate")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        result = services.run("pools", "set", "gpu", "1", "GPU worker slots")
+        result = services.run("pools", "set", "gpu", str(WORKERS), "GPU worker slots")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         services.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port))
         services.start("scheduler", "scheduler")
         services.start("dag-processor", "dag-processor")
-        services.start("worker", "celery", "worker", "--queues", "default,gpu",
-                       "--concurrency", "1")
+        # Two workers of one slot each, on both queues: two candidates train at the same time
+        # (tests/integration/test_celery_candidates.py). Task logs are files in the shared
+        # AIRFLOW_HOME, which the api-server reads itself: only the first serves logs.
+        for n in range(1, WORKERS + 1):
+            services.start(worker_name(n), "celery", "worker", "--queues", "default,gpu",
+                           "--concurrency", "1", "--celery-hostname", f"{worker_name(n)}@%h",
+                           "--pid", str(home / f"{worker_name(n)}.pid"),
+                           *(["--skip-serve-logs"] if n > 1 else []))
         base_url = f"http://127.0.0.1:{port}"
         services.wait_http(f"{base_url}/api/v2/version")
         api = ApiClient(base_url)

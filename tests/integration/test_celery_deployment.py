@@ -66,7 +66,8 @@ RUN_TIMEOUT_S = 15 * 60
 # one, and the land task's queueing and start-up on a busy machine.
 ANNOUNCE_TIMEOUT_S = 2 * 60 * WATCH_INTERVAL_MINUTES + 120
 # The DAG's tasks (approve: the approval step, which passes the decision on with approval off).
-STAGES = ("ingest", "check", "preprocess", "train", "evaluate", "gate", "approve", "register")
+STAGES = ("ingest", "check", "candidates", "preprocess", "train", "select", "evaluate", "gate",
+          "approve", "register")
 INCREMENT_ID = "demo-01"
 
 
@@ -93,7 +94,7 @@ def _kill_train_after_epoch(api: ApiClient, services: Services, home: Path, run_
                             epoch: int, epochs: int) -> int:
     """SIGKILL the train task's process (try 1) once its log shows ``epoch``; the epochs done."""
     log_file = (home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / "task_id=train"
-                / "attempt=1.log")
+                / "map_index=0" / "attempt=1.log")
     done = re.compile(rf"epoch (\d+)/{epochs} ")
     deadline = time.monotonic() + 300
     while True:
@@ -174,7 +175,7 @@ def test_first_run_is_routed_and_registered(celery_deployment: CeleryDeployment,
     print(f"\nbase run: test accuracy {info.test_accuracy:.4f}")
 
     # Task logs come back through the API: the worker's per-epoch lines.
-    train_log = task_log(api, DAG_ID, run_id, "train", tis["train"]["try_number"])
+    train_log = task_log(api, DAG_ID, run_id, "train", tis["train"]["try_number"], 0)
     assert "epoch 1/1" in train_log, train_log[-3000:]
     ingest_log = task_log(api, DAG_ID, run_id, "ingest", tis["ingest"]["try_number"])
     assert "ingest: validation" in ingest_log, ingest_log[-3000:]
@@ -200,10 +201,10 @@ def test_killed_worker_retry_resumes(celery_deployment: CeleryDeployment) -> Non
           f"({_task_seconds(api, run_id)})")
     train = task_instances(api, DAG_ID, run_id)["train"]
     assert (train["state"], train["try_number"]) == ("success", 2)
-    tries = api.json("GET", f"{run_path(DAG_ID, run_id)}/taskInstances/train/tries")[
+    tries = api.json("GET", f"{run_path(DAG_ID, run_id)}/taskInstances/train/0/tries")[
         "task_instances"]
     assert [(t["try_number"], t["state"]) for t in tries] == [(1, "failed"), (2, "success")]
-    retry_log = task_log(api, DAG_ID, run_id, "train", 2)
+    retry_log = task_log(api, DAG_ID, run_id, "train", 2, 0)
     resumed = re.search(r"resuming from epoch (\d+) of 4", retry_log)
     assert resumed, retry_log[-3000:]
     epoch = int(resumed.group(1))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mnist_tasks.__main__ import CHAIN, _parser, main
+from mnist_tasks.__main__ import CHAIN, _json_list, _parser, main
 from mnist_tasks.config import DEPLOYMENT_SETTINGS, MNIST_FILES, PRESET_NAMES, TRIGGER_PARAMS
 
 
@@ -96,7 +96,7 @@ def _options(command: str) -> dict[str, argparse.Action]:
 
 def test_run_all_options_are_the_trigger_parameters_and_deployment_settings() -> None:
     options = _options("run-all")
-    types = {"string": str, "integer": int, "number": float, "boolean": None}
+    types = {"string": str, "integer": int, "number": float, "boolean": None, "array": _json_list}
     for spec in TRIGGER_PARAMS:
         if spec.group == "approval":  # the DAG's approve task only: the CLI has no one to ask
             assert spec.name not in options
@@ -171,3 +171,17 @@ def test_data_commands_pass_through_to_the_datasets_cli(tmp_path: Path) -> None:
         _cli("data", "--store", str(tmp_path / "s"), "show", "0123456789abcdef", cwd=tmp_path),
         "unknown dataset version '0123456789abcdef'")
     assert line.startswith("error:")
+
+
+def test_candidates_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """--candidates takes JSON (inline or @file); a bad one is one line naming the field."""
+    args = _parser().parse_args(["train", "--store", "/s", "--prepared", '{"prepared_uri": "x"}',
+                                 "--candidates", '[{"seed": [1, 2]}]', "--candidate", "1"])
+    assert (args.candidates, args.candidate) == ([{"seed": [1, 2]}], 1)
+    code = main(["run-all", "--store", "/tmp/never", "--candidates", '[{"lr": 1}]'])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "'candidates[0].lr' = 1 is invalid: is not a candidate field" in err
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["run-all", "--candidates", "[{"])
+    assert "--candidates: not valid JSON" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -117,7 +118,8 @@ def test_the_configs_enforce_the_trigger_parameters_ranges() -> None:
     """The dataclasses check a field against the spec's range: change it once, both follow."""
     from mnist_tasks.config import TRIGGER_PARAMS
 
-    ranged = [s for s in TRIGGER_PARAMS if s.minimum is not None]
+    # min_candidates: tested with the candidates below (it may not exceed their number).
+    ranged = [s for s in TRIGGER_PARAMS if s.minimum is not None and s.name != "min_candidates"]
     assert {s.name for s in ranged} == {"epochs", "batch_size", "learning_rate", "seed",
                                         "min_accuracy", "champion_margin", "max_recall_drop",
                                         "fresh_drop_margin", "approval_timeout_minutes"}
@@ -241,3 +243,82 @@ def test_the_increment_policy_takes_fail_on_quarantine_from_the_ingest_config() 
 def test_the_data_trigger_parameters_name_a_bad_value(param: str, value: object) -> None:
     with pytest.raises(ConfigError, match=f"'{param}'"):
         pipeline_config({"store": "/s", param: value})
+
+
+# -- candidates (docs/candidates.md) -------------------------------------------------------------
+
+
+def test_the_default_is_one_candidate_the_runs_own_config() -> None:
+    from mnist_tasks.config import PARAM_SPECS
+
+    for value in (PARAM_SPECS["candidates"].default, None, []):
+        cfg = pipeline_config({"store": "/s", "preset": "fast_mlp", "epochs": 2,
+                               "candidates": value})
+        assert [(c.index, dict(c.overrides), c.train) for c in cfg.candidate_list] == [
+            (0, {}, cfg.train)]
+        assert cfg.min_candidates == 1
+
+
+def test_candidates_override_the_runs_parameters() -> None:
+    cfg = pipeline_config({"store": "/s", "preset": "fast_mlp", "epochs": 2, "seed": 7,
+                           "candidates": [{"seed": 1}, {"preset": "seed_mlp",
+                                                        "learning_rate": 0.01},
+                                          {"epochs": 3, "batch_size": 64}]})
+    got = [(c.train.preset, c.train.epochs, c.train.batch_size, c.train.learning_rate,
+            c.train.seed) for c in cfg.candidate_list]
+    fast, seed_mlp = train_config("fast_mlp"), train_config("seed_mlp")
+    assert got == [("fast_mlp", 2, fast.batch_size, fast.learning_rate, 1),
+                   ("seed_mlp", 2, seed_mlp.batch_size, 0.01, 7),
+                   ("fast_mlp", 3, 64, fast.learning_rate, 7)]
+    assert [c.label for c in cfg.candidate_list] == [
+        "fast_mlp seed=1", "seed_mlp learning_rate=0.01", "fast_mlp epochs=3 batch_size=64"]
+
+
+def test_every_candidate_shares_the_runs_validation_split() -> None:
+    """seed_wide_mlp's preset splits 20 %; as a candidate of a fast_mlp run it is measured on
+    the run's 10 % split, like the others (the split is made once, in preprocess)."""
+    cfg = pipeline_config({"store": "/s", "preset": "fast_mlp",
+                           "candidates": [{}, {"preset": "seed_wide_mlp", "seed": 3}]})
+    assert {c.train.val_fraction for c in cfg.candidate_list} == {0.1}
+    assert (cfg.preprocess.seed, cfg.preprocess.val_fraction) == (42, 0.1)
+
+
+def test_a_sweep_expands_to_the_product_in_order() -> None:
+    from mnist_tasks.config import expand_candidates
+
+    assert expand_candidates([{"seed": [1, 2], "learning_rate": [0.001, 0.005]},
+                              {"preset": "cnn"}]) == [
+        {"seed": 1, "learning_rate": 0.001}, {"seed": 1, "learning_rate": 0.005},
+        {"seed": 2, "learning_rate": 0.001}, {"seed": 2, "learning_rate": 0.005},
+        {"preset": "cnn"}]
+    assert expand_candidates({"seed": [1, 2]}) == [{"seed": 1}, {"seed": 2}]
+
+
+@pytest.mark.parametrize(
+    ("candidates", "message"),
+    [
+        ([{}, {"lr": 0.1}], "'candidates[1].lr' = 0.1 is invalid: is not a candidate field"),
+        ([{"learning_rate": 5}], "'candidates[0].learning_rate' = 5 is invalid: must be between"),
+        ([{}, {"seed": [1, -1]}], "'candidates[1].seed' = -1 is invalid"),
+        ([{"epochs": 1.5}], "'candidates[0].epochs' = 1.5 is invalid: must be an integer"),
+        ([{"preset": "resnet"}], "'candidates[0].preset' = 'resnet' is invalid: must be one"),
+        ([{"seed": []}], "'candidates[0].seed' = [] is invalid: a sweep needs"),
+        ([3], "'candidates[0]' = 3 is invalid: must be an object"),
+        ("seed=1", "'candidates' = 'seed=1' is invalid: must be a list of objects"),
+        ([{"seed": list(range(17))}], "at most 16 candidates"),
+    ],
+)
+def test_bad_candidates_name_the_candidate_and_the_field(candidates: object,
+                                                          message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        pipeline_config({"store": "/s", "candidates": candidates})
+
+
+def test_min_candidates_is_between_one_and_the_number_of_candidates() -> None:
+    two = [{"seed": 1}, {"seed": 2}]
+    assert pipeline_config({"store": "/s", "candidates": two, "min_candidates": 2}
+                           ).min_candidates == 2
+    with pytest.raises(ConfigError, match="'min_candidates' = 3 is invalid: more than the 2"):
+        pipeline_config({"store": "/s", "candidates": two, "min_candidates": 3})
+    with pytest.raises(ConfigError, match="'min_candidates' = 0 is invalid: must be between"):
+        pipeline_config({"store": "/s", "candidates": two, "min_candidates": 0})

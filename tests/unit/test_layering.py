@@ -13,8 +13,8 @@ import pytest
 import mnist_tasks
 
 PACKAGE = Path(mnist_tasks.__file__).resolve().parent
-STAGES = ("ingest", "check", "preprocess", "train", "evaluate", "gate", "approve", "register",
-          "score")
+STAGES = ("ingest", "check", "preprocess", "train", "select", "evaluate", "gate", "approve",
+          "register", "score")
 
 
 def imported_modules(source: str, module: str) -> set[str]:
