@@ -303,6 +303,72 @@ def _early_stopping_state(es: Any) -> tuple[dict[str, Any] | None, list[np.ndarr
     return state, weights
 
 
+def shifted_batches(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    max_shift: int = 0,
+    seed: int | Sequence[int] = 0,
+    shuffle: bool = True,
+) -> Any:
+    """The batches of one epoch, shuffled, each image shifted by a random whole number of pixels.
+
+    Every epoch draws a new order and, per image, a shift in ``[-max_shift, max_shift]`` along
+    rows and columns (the uncovered border is 0, the background). A batch is cut from a
+    zero-padded copy of its images with one strided view and one gather, a few milliseconds
+    in NumPy: no projective transform, and nothing added to the model. Draws come from a NumPy
+    generator seeded with ``seed``, so a run is reproducible.
+
+    This is also how the validation data reaches Keras (``max_shift=0, shuffle=False``): with
+    TensorFlow's op determinism on, Keras's own array pipeline (a parallel ``tf.data`` map) is
+    rewritten by TensorFlow, which logs an ``E0000 ... use_unbounded_threadpool`` line per fit.
+
+    Args:
+        x: images, shape (N, rows, cols) (any shape when ``max_shift`` is 0).
+        y: labels (N, ...), passed through unchanged.
+        batch_size: images per batch (the last batch may be smaller).
+        max_shift: the largest shift in pixels (0: no shift).
+        seed: seeds the order and the shifts (``numpy.random.default_rng``).
+        shuffle: draw a new order every epoch (else the arrays' order).
+
+    Returns:
+        A ``keras.utils.PyDataset`` for ``model.fit`` (one pass is one epoch).
+    """
+    import keras
+
+    class ShiftedBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = np.arange(len(x))
+            self.offsets = np.zeros((len(x), 2), np.intp)
+            self.on_epoch_end()
+
+        def __len__(self) -> int:
+            return max(1, math.ceil(len(x) / batch_size))
+
+        def on_epoch_end(self) -> None:
+            if shuffle:
+                self.order = self.rng.permutation(len(x))
+            if max_shift:
+                self.offsets = self.rng.integers(0, 2 * max_shift + 1, size=(len(x), 2))
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+            rows = self.order[index * batch_size:(index + 1) * batch_size]
+            images = x[rows]
+            if max_shift:
+                s = max_shift
+                padded = np.pad(images, ((0, 0), (s, s), (s, s)))
+                windows = np.lib.stride_tricks.sliding_window_view(
+                    padded, images.shape[1:], axis=(1, 2))  # (n, 2s+1, 2s+1, rows, cols)
+                off = self.offsets[rows]
+                images = windows[np.arange(len(rows)), off[:, 0], off[:, 1]]
+            return images, y[rows]
+
+    return ShiftedBatches()
+
+
 def _check_arrays(x: np.ndarray, y: np.ndarray, name: str, num_classes: int) -> None:
     if x.ndim < 2 or x.shape[0] != y.shape[0]:
         raise ValueError(f"{name}: x has shape {x.shape} but y has shape {y.shape}; "
@@ -357,6 +423,9 @@ def fit_arrays(
     if has_val:
         assert x_val is not None and y_val is not None
         _check_arrays(x_val, y_val, "validation data", num_classes)
+    if cfg.shift_pixels and x_train.ndim != 3:
+        raise ValueError(f"training data: shift_pixels={cfg.shift_pixels} needs 2-D images "
+                         f"(N, rows, cols); x has shape {x_train.shape}")
     runtime = runtime or resolve_runtime(cfg)
     n_train = len(x_train)
     steps = models.steps_per_epoch(n_train, runtime.batch_size)
@@ -421,14 +490,19 @@ def fit_arrays(
         if resume and resume.best_weights is not None:
             model.set_weights(resume.best_weights)
     else:
+        # Batches from NumPy (shuffled, and shifted when the preset augments); a resumed run
+        # draws from a seed of its own, (seed, epoch), so it stays reproducible.
+        train_batches = shifted_batches(x_train, labels(y_train), batch_size=runtime.batch_size,
+                                        max_shift=cfg.shift_pixels,
+                                        seed=(cfg.seed, initial_epoch))
+        val_batches = (shifted_batches(x_val, labels(y_val),  # inference: larger batches
+                                       batch_size=max(runtime.batch_size, 1024), shuffle=False)
+                       if has_val else None)  # type: ignore[arg-type]
         model.fit(
-            x_train,
-            labels(y_train),
-            batch_size=runtime.batch_size,
+            train_batches,
             epochs=cfg.epochs,
             initial_epoch=initial_epoch,
-            validation_data=(x_val, labels(y_val)) if has_val else None,  # type: ignore[arg-type]
-            shuffle=True,
+            validation_data=val_batches,
             callbacks=hooks,
             verbose=0,
         )
