@@ -12,8 +12,11 @@ Reads ``prepared.npz`` (see :mod:`mnist_tasks.preprocess`) and writes, under
   names, so a half-uploaded checkpoint is never trusted. A killed task resumes from there.
   Deleted after a successful run.
 
-Each epoch logs one line (``epoch 3/10 loss=... val_accuracy=... time=1.3s samples/s=41230
-eta=9.1s``) and the run ends with a one-line summary. Only Keras 3 APIs are used, so this also
+The batches come from NumPy (:func:`shifted_batches`): shuffled every epoch and, for a preset
+with ``shift_pixels`` (the cnn), each image shifted by a random whole number of pixels. A fit
+logs one line before it starts (epochs, steps, batch, augmentation), one line per epoch
+(``epoch 3/10 loss=... val_accuracy=... time=1.3s samples/s=41230 eta=9.1s``), and the train
+stage ends with a one-line summary. Only Keras 3 APIs are used, so this also
 runs with ``KERAS_BACKEND=jax``; :func:`describe_devices` and :func:`_enable_determinism` are
 the one backend-specific spot.
 
@@ -445,6 +448,10 @@ def fit_arrays(
     else:
         models.compile_model(model, cfg, steps_per_epoch=steps,
                              learning_rate=runtime.learning_rate, jit_compile=jit)
+
+    log.info("fitting %s: %d epochs of %d steps (batch %d, %d steps per execution)%s",
+             cfg.preset, cfg.epochs, steps, runtime.batch_size, cfg.steps_per_execution,
+             f", images shifted by up to {cfg.shift_pixels} px" if cfg.shift_pixels else "")
 
     def labels(y: np.ndarray) -> np.ndarray:
         if models.uses_one_hot(cfg):
