@@ -502,9 +502,11 @@ def fit_arrays(
         train_batches = shifted_batches(x_train, labels(y_train), batch_size=runtime.batch_size,
                                         max_shift=cfg.shift_pixels,
                                         seed=(cfg.seed, initial_epoch))
-        val_batches = (shifted_batches(x_val, labels(y_val),  # inference: larger batches
-                                       batch_size=max(runtime.batch_size, 1024), shuffle=False)
-                       if has_val else None)  # type: ignore[arg-type]
+        val_batches = None
+        if x_val is not None and y_val is not None and has_val:  # inference: larger batches
+            val_batches = shifted_batches(x_val, labels(y_val),
+                                          batch_size=max(runtime.batch_size, 1024),
+                                          shuffle=False)
         model.fit(
             train_batches,
             epochs=cfg.epochs,
