@@ -1,10 +1,12 @@
 """Benchmark: plain Keras (the first notebook's recipe) against each training preset.
 
 Trains on real MNIST in this one process and prints one markdown table: preset, epochs, fit
-seconds (median of the repeats), test accuracy (mean; min-max when repeated), and the goal.
+seconds (median of the repeats), the fit time as a multiple of plain Keras's in the same run
+(median over median), test accuracy (mean; min-max when repeated), and the goal.
 
     .venv/bin/python bench/train.py --source ../shared/datasets/mnist
     .venv/bin/python bench/train.py --presets seed_mlp,fast_mlp --repeats 3
+    .venv/bin/python bench/train.py --presets cnn --repeats 3 --verbose   # logs each epoch
     .venv/bin/python bench/train.py --epochs 1            # a quick smoke test
 
 The plain-Keras row is written inline as a user would (keras.Sequential, model.fit on the raw
@@ -31,13 +33,14 @@ sys.path.insert(0, str(REPO))
 
 from mnist_tasks.config import MNIST_FILES, PRESET_NAMES, train_config  # noqa: E402
 
-# What each row should reach (test accuracy, and for fast_mlp the fit time).
-GOALS: dict[str, tuple[float, float | None]] = {
-    "plain keras": (0.975, None),
-    "seed_mlp": (0.975, None),
-    "seed_wide_mlp": (0.975, None),
-    "fast_mlp": (0.975, 6.0),
-    "cnn": (0.995, None),
+# What each row should reach: (mean test accuracy, lowest test accuracy of the repeats, fit
+# time as a multiple of plain Keras's in the same run or None).
+GOALS: dict[str, tuple[float, float, float | None]] = {
+    "plain keras": (0.975, 0.975, None),
+    "seed_mlp": (0.975, 0.975, 1.0),
+    "seed_wide_mlp": (0.975, 0.975, None),
+    "fast_mlp": (0.975, 0.975, 0.5),
+    "cnn": (0.995, 0.9945, 6.0),
 }
 
 
@@ -98,12 +101,19 @@ def library_preset(raw: dict[str, np.ndarray], preset: str, epochs: int | None,
     return fit.epochs_run, fit.fit_seconds, accuracy
 
 
-def _goal(name: str, seconds: float, accuracies: list[float], epochs_override: bool) -> str:
-    target, max_seconds = GOALS[name]
-    text = f"≥ {target:.1%}" + (f" in ≤ {max_seconds:g} s" if max_seconds else "")
+def _goal(name: str, ratio: float | None, accuracies: list[float],
+          epochs_override: bool) -> str:
+    mean_target, min_target, max_ratio = GOALS[name]
+    text = f"≥ {mean_target:.1%}"
+    if min_target < mean_target and len(accuracies) > 1:
+        text += f" (none < {min_target:.2%})"
+    if max_ratio is not None:
+        text += f" at ≤ {max_ratio:g}× plain"
     if epochs_override:
         return text + " (shortened run: not judged)"
-    met = min(accuracies) >= target and (max_seconds is None or seconds <= max_seconds)
+    met = statistics.mean(accuracies) >= mean_target and min(accuracies) >= min_target
+    if max_ratio is not None:
+        met = met and ratio is not None and ratio <= max_ratio
     return f"{text} {'✓' if met else '✗'}"
 
 
@@ -153,15 +163,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nMNIST training on {describe_devices().describe()}, Keras {keras.__version__} "
           f"({keras.backend.backend()}), {args.repeats} run(s) per row\n")
     shortened = args.epochs is not None or args.limit is not None
-    print("| preset | epochs | fit seconds | test accuracy | goal |")
-    print("| --- | ---: | ---: | ---: | --- |")
+    plain = statistics.median(rows[0][2]) if not args.no_plain else None
+    print("| preset | epochs | fit seconds | × plain | test accuracy | goal |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
     for name, epochs, seconds, accs in rows:
         median = statistics.median(seconds)
+        ratio = median / plain if plain else None
         acc = f"{statistics.mean(accs):.2%}"
         if len(accs) > 1:
             acc += f" ({min(accs):.2%}–{max(accs):.2%})"
-        print(f"| {name} | {epochs} | {median:.1f} | {acc} | "
-              f"{_goal(name, median, accs, shortened)} |")
+        print(f"| {name} | {epochs} | {median:.1f} | "
+              f"{'-' if ratio is None else f'{ratio:.2f}'} | {acc} | "
+              f"{_goal(name, ratio, accs, shortened)} |")
 
 
 if __name__ == "__main__":

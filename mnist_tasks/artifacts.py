@@ -256,7 +256,10 @@ def predict_proba(model: keras.Model, x: np.ndarray, batch_size: int = 1024) -> 
 
     if len(x) == 0:
         return np.zeros((0, int(model.output_shape[-1])), dtype=np.float32)
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+    # Batch by batch, not model.predict: with TensorFlow's op determinism on (a training
+    # process), predict's tf.data pipeline logs an "E0000 ... use_unbounded_threadpool" line.
+    return np.concatenate([np.asarray(model.predict_on_batch(x[i:i + batch_size]), np.float32)
+                           for i in range(0, len(x), batch_size)])
 
 
 def predict_classes(model: keras.Model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:

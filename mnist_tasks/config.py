@@ -178,6 +178,9 @@ class TrainConfig:
     steps_per_execution: int = 1
     jit_compile: bool | Literal["auto"] = "auto"
     mixed_precision: bool | Literal["auto"] = "auto"  # bfloat16 on a capable GPU
+    # Training images are shifted by a random whole number of pixels in [-shift, shift] along
+    # each axis, a fresh draw per image and epoch (in the input pipeline; 0: no augmentation).
+    shift_pixels: int = 0
 
     def __post_init__(self) -> None:
         _check(self.preset in PRESETS, "preset", self.preset,
@@ -188,6 +191,7 @@ class TrainConfig:
         _check_range("early_stopping_patience", self.early_stopping_patience, 0, 1000,
                      integer=True)
         _check_range("steps_per_execution", self.steps_per_execution, 1, 10000, integer=True)
+        _check_range("shift_pixels", self.shift_pixels, 0, 8, integer=True)
         _check(self.jit_compile in (True, False, "auto"), "jit_compile", self.jit_compile,
                "must be true, false or 'auto'")
         _check(self.mixed_precision in (True, False, "auto"), "mixed_precision",
@@ -228,14 +232,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "val_fraction": 0.1,
         "steps_per_execution": 32,
     },
-    # A 32-32 | 64-64 convnet with batch norm, shift/rotation/zoom augmentation (never flips),
-    # one-cycle LR: 99.54 % test accuracy on MNIST.
+    # A 24 (5x5) | 32 (3x3) convnet with batch norm and a 256-unit dense layer, trained on
+    # images shifted by up to 2 pixels (made in the input pipeline), one-cycle LR, batches of
+    # 256: >= 99.5 % test accuracy in a few minutes on two CPU cores (docs/benchmarks.md).
     "cnn": {
-        "description": "a small convnet with augmentation (best accuracy)",
-        "epochs": 15,
-        "batch_size": 128,
-        "learning_rate": 2e-3,
+        "description": "a small convnet with shift augmentation (best accuracy)",
+        "epochs": 8,
+        "batch_size": 256,
+        "learning_rate": 3e-3,
         "val_fraction": 0.1,
+        "steps_per_execution": 8,
+        "shift_pixels": 2,
     },
 }
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)

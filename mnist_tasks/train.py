@@ -12,8 +12,11 @@ Reads ``prepared.npz`` (see :mod:`mnist_tasks.preprocess`) and writes, under
   names, so a half-uploaded checkpoint is never trusted. A killed task resumes from there.
   Deleted after a successful run.
 
-Each epoch logs one line (``epoch 3/10 loss=... val_accuracy=... time=1.3s samples/s=41230
-eta=9.1s``) and the run ends with a one-line summary. Only Keras 3 APIs are used, so this also
+The batches come from NumPy (:func:`shifted_batches`): shuffled every epoch and, for a preset
+with ``shift_pixels`` (the cnn), each image shifted by a random whole number of pixels. A fit
+logs one line before it starts (epochs, steps, batch, augmentation), one line per epoch
+(``epoch 3/10 loss=... val_accuracy=... time=1.3s samples/s=41230 eta=9.1s``), and the train
+stage ends with a one-line summary. Only Keras 3 APIs are used, so this also
 runs with ``KERAS_BACKEND=jax``; :func:`describe_devices` and :func:`_enable_determinism` are
 the one backend-specific spot.
 
@@ -303,6 +306,72 @@ def _early_stopping_state(es: Any) -> tuple[dict[str, Any] | None, list[np.ndarr
     return state, weights
 
 
+def shifted_batches(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_size: int,
+    max_shift: int = 0,
+    seed: int | Sequence[int] = 0,
+    shuffle: bool = True,
+) -> Any:
+    """The batches of one epoch, shuffled, each image shifted by a random whole number of pixels.
+
+    Every epoch draws a new order and, per image, a shift in ``[-max_shift, max_shift]`` along
+    rows and columns (the uncovered border is 0, the background). A batch is cut from a
+    zero-padded copy of its images with one strided view and one gather, a few milliseconds
+    in NumPy: no projective transform, and nothing added to the model. Draws come from a NumPy
+    generator seeded with ``seed``, so a run is reproducible.
+
+    This is also how the validation data reaches Keras (``max_shift=0, shuffle=False``): with
+    TensorFlow's op determinism on, Keras's own array pipeline (a parallel ``tf.data`` map) is
+    rewritten by TensorFlow, which logs an ``E0000 ... use_unbounded_threadpool`` line per fit.
+
+    Args:
+        x: images, shape (N, rows, cols) (any shape when ``max_shift`` is 0).
+        y: labels (N, ...), passed through unchanged.
+        batch_size: images per batch (the last batch may be smaller).
+        max_shift: the largest shift in pixels (0: no shift).
+        seed: seeds the order and the shifts (``numpy.random.default_rng``).
+        shuffle: draw a new order every epoch (else the arrays' order).
+
+    Returns:
+        A ``keras.utils.PyDataset`` for ``model.fit`` (one pass is one epoch).
+    """
+    import keras
+
+    class ShiftedBatches(keras.utils.PyDataset):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rng = np.random.default_rng(seed)
+            self.order = np.arange(len(x))
+            self.offsets = np.zeros((len(x), 2), np.intp)
+            self.on_epoch_end()
+
+        def __len__(self) -> int:
+            return max(1, math.ceil(len(x) / batch_size))
+
+        def on_epoch_end(self) -> None:
+            if shuffle:
+                self.order = self.rng.permutation(len(x))
+            if max_shift:
+                self.offsets = self.rng.integers(0, 2 * max_shift + 1, size=(len(x), 2))
+
+        def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+            rows = self.order[index * batch_size:(index + 1) * batch_size]
+            images = x[rows]
+            if max_shift:
+                s = max_shift
+                padded = np.pad(images, ((0, 0), (s, s), (s, s)))
+                windows = np.lib.stride_tricks.sliding_window_view(
+                    padded, images.shape[1:], axis=(1, 2))  # (n, 2s+1, 2s+1, rows, cols)
+                off = self.offsets[rows]
+                images = windows[np.arange(len(rows)), off[:, 0], off[:, 1]]
+            return images, y[rows]
+
+    return ShiftedBatches()
+
+
 def _check_arrays(x: np.ndarray, y: np.ndarray, name: str, num_classes: int) -> None:
     if x.ndim < 2 or x.shape[0] != y.shape[0]:
         raise ValueError(f"{name}: x has shape {x.shape} but y has shape {y.shape}; "
@@ -357,6 +426,9 @@ def fit_arrays(
     if has_val:
         assert x_val is not None and y_val is not None
         _check_arrays(x_val, y_val, "validation data", num_classes)
+    if cfg.shift_pixels and x_train.ndim != 3:
+        raise ValueError(f"training data: shift_pixels={cfg.shift_pixels} needs 2-D images "
+                         f"(N, rows, cols); x has shape {x_train.shape}")
     runtime = runtime or resolve_runtime(cfg)
     n_train = len(x_train)
     steps = models.steps_per_epoch(n_train, runtime.batch_size)
@@ -376,6 +448,10 @@ def fit_arrays(
     else:
         models.compile_model(model, cfg, steps_per_epoch=steps,
                              learning_rate=runtime.learning_rate, jit_compile=jit)
+
+    log.info("fitting %s: %d epochs of %d steps (batch %d, %d steps per execution)%s",
+             cfg.preset, cfg.epochs, steps, runtime.batch_size, cfg.steps_per_execution,
+             f", images shifted by up to {cfg.shift_pixels} px" if cfg.shift_pixels else "")
 
     def labels(y: np.ndarray) -> np.ndarray:
         if models.uses_one_hot(cfg):
@@ -421,14 +497,21 @@ def fit_arrays(
         if resume and resume.best_weights is not None:
             model.set_weights(resume.best_weights)
     else:
+        # Batches from NumPy (shuffled, and shifted when the preset augments); a resumed run
+        # draws from a seed of its own, (seed, epoch), so it stays reproducible.
+        train_batches = shifted_batches(x_train, labels(y_train), batch_size=runtime.batch_size,
+                                        max_shift=cfg.shift_pixels,
+                                        seed=(cfg.seed, initial_epoch))
+        val_batches = None
+        if x_val is not None and y_val is not None and has_val:  # inference: larger batches
+            val_batches = shifted_batches(x_val, labels(y_val),
+                                          batch_size=max(runtime.batch_size, 1024),
+                                          shuffle=False)
         model.fit(
-            x_train,
-            labels(y_train),
-            batch_size=runtime.batch_size,
+            train_batches,
             epochs=cfg.epochs,
             initial_epoch=initial_epoch,
-            validation_data=(x_val, labels(y_val)) if has_val else None,  # type: ignore[arg-type]
-            shuffle=True,
+            validation_data=val_batches,
             callbacks=hooks,
             verbose=0,
         )
