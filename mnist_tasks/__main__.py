@@ -216,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, default=None,
                    help="score with this registered version instead of the champion")
     p.add_argument("--shard-size", type=int, default=None, help="images per shard")
-    p.add_argument("--run-id", default=None, help="the run id (default: manual__<UTC time>)")
+    p.add_argument("--run-id", default=None, help="the run id (default: manual__<UTC time, to the microsecond>)")
 
     p = sub.add_parser("data", help="dataset versions and demo data: list, show ID, make-demo, "
                        "add-increment (python -m mnist_tasks data --help)", add_help=False)
@@ -282,7 +282,9 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
     if args.shard_size is not None:
         changes["shard_size"] = args.shard_size
     cfg = dataclasses.replace(cfg, **changes)
-    run_id = args.run_id or datetime.now(UTC).strftime("manual__%Y%m%dT%H%M%S")
+    # A run's plan is recorded under its key and reused by a retry: two runs started within
+    # the same second must not share one (microseconds in the default id).
+    run_id = args.run_id or datetime.now(UTC).strftime("manual__%Y%m%dT%H%M%S%f")
     events = [{"version": args.version}] if args.version is not None else []
     return score.score_batches(cfg, open_store(store_uri), open_store(cfg.landing),
                                config.run_key(run_id), batches=args.batch, events=events,
