@@ -26,8 +26,11 @@ TESTS = Path(__file__).resolve().parent
 LAYERS = ("unit", "dags", "integration", "e2e")
 SERVICE_FIXTURES = {"s3_server", "s3_env", "s3_store"}
 CELERY_FIXTURE = "celery_deployment"  # tests/integration/conftest.py
+CELERY_SECOND_HALF = {"test_celery_approval.py", "test_celery_candidates.py"}
 
 
+# Before pytest-xdist's own hook, which reads the xdist_group marks set here.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test with its layer (its folder under tests/) and its xdist group; run the
     longest group first."""
@@ -49,9 +52,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                     f"{item.nodeid}: a {layer} test uses {', '.join(sorted(services))}; "
                     "tests that talk to services belong in tests/integration")
     # `make test` runs on two pytest-xdist workers (--dist loadgroup), which hand out groups in
-    # collection order: the deployment's scenarios (the longest group by far) go first, then the
-    # end-to-end runs, so that the short tests fill the other worker meanwhile. A run without
-    # xdist keeps the same order, which also stops the deployment's services early.
+    # collection order: the deployment's scenarios (the longest groups by far) go first, then
+    # the end-to-end runs, so that the short tests fill in after them. A run without xdist
+    # keeps the same order, which also stops the deployment's services early.
     items.sort(key=_run_order)
 
 
@@ -61,7 +64,11 @@ def _xdist_group(item: pytest.Item, layer: str) -> str | None:
     home, a browser, a trained model) so it is set up once. Others are spread one by one."""
     names = set(getattr(item, "fixturenames", ()))
     if CELERY_FIXTURE in names:
-        return CELERY_FIXTURE
+        # Two halves of about equal length, one per xdist worker, each on that worker's own
+        # deployment (the session fixture is per process): the training DAG runs one run at a
+        # time (max_active_runs=1), so one deployment would run every scenario's runs in a row.
+        half = 2 if item.path.name in CELERY_SECOND_HALF else 1
+        return f"{CELERY_FIXTURE}-{half}"
     info = getattr(item, "_fixtureinfo", None)
     defs = getattr(info, "name2fixturedefs", {})
     if layer == "e2e" or any(d and d[-1].scope == "module" for d in defs.values()):

@@ -279,13 +279,22 @@ def celery_deployment(
 
 
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    """Stop the deployment's services once no later test needs them (the fixture's own
-    teardown, at the end of the session, then only cleans up)."""
+    """Stop the deployment's services once no later test of this process needs them (the
+    fixture's own teardown, at the end of the session, then only cleans up). Under
+    pytest-xdist a worker runs only its own group's scenarios (tests/conftest.py)."""
     if not _running:
         return
     items = item.session.items
     later = items[items.index(item) + 1:] if item in items else [nextitem] if nextitem else []
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        group = _xdist_group_of(item)
+        later = [i for i in later if _xdist_group_of(i) == group]
     if any(DEPLOYMENT_FIXTURE in getattr(i, "fixturenames", ()) for i in later):
         return
     for deployment in list(_running):
         deployment.stop()
+
+
+def _xdist_group_of(item: pytest.Item) -> str | None:
+    mark = item.get_closest_marker("xdist_group")
+    return str(mark.args[0]) if mark and mark.args else None
