@@ -21,7 +21,11 @@ only it uses the deployment's ``MNIST_STORE``, which the watch and the Models pa
 
 The services are stopped after the last test that uses the deployment (not at the end of the
 session), so they use no CPU during later tests and the watch never sees another test's reset
-of the S3 server.
+of the S3 server. Under ``make test`` (two pytest-xdist workers) a session is one worker's: the
+scenarios are split into two halves (tests/conftest.py), each worker runs one half on a
+deployment of its own, and the two deployments share nothing (database, broker key prefix,
+moto server, ports); the training DAG runs one run at a time (``max_active_runs=1``), so on a
+single deployment the halves' runs would wait for each other.
 
 PostgreSQL (127.0.0.1:5432, trust auth for ``postgres``) and Redis (127.0.0.1:6379) are started
 if they are installed but stopped; the tests skip, saying why, if either cannot be had. A fresh
