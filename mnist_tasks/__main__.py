@@ -216,7 +216,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, default=None,
                    help="score with this registered version instead of the champion")
     p.add_argument("--shard-size", type=int, default=None, help="images per shard")
-    p.add_argument("--run-id", default=None, help="the run id (default: manual__<UTC time, to the microsecond>)")
+    p.add_argument("--run-id", default=None,
+                   help="the run id (default: manual__<UTC time, to the microsecond>)")
 
     p = sub.add_parser("data", help="dataset versions and demo data: list, show ID, make-demo, "
                        "add-increment (python -m mnist_tasks data --help)", add_help=False)
