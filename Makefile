@@ -98,7 +98,7 @@ airflow: $(AIRFLOW_HOME)/.migrated  ## start `airflow standalone` (UI on http://
 # Two pytest-xdist workers, one per core: much of the suite waits on subprocesses, services and
 # the deployment's scheduler. Tests that share a set-up stay on one worker (tests/conftest.py).
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 test: $(BIN)/activate  ## the whole suite: unit, DAG, integration (services), end to end
 	$(PYTEST)

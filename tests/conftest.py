@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mnist_tasks.storage import LocalStore, S3Store, Store
-from tests.helpers import train_model_file
+from tests.helpers import CELERY_FILE_PREFIX, train_model_file, xdist_scope
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MNIST_DIR = Path(os.environ.get("MNIST_DIR", REPO_ROOT.parent / "shared" / "datasets" / "mnist"))
@@ -26,14 +27,10 @@ TESTS = Path(__file__).resolve().parent
 LAYERS = ("unit", "dags", "integration", "e2e")
 SERVICE_FIXTURES = {"s3_server", "s3_env", "s3_store"}
 CELERY_FIXTURE = "celery_deployment"  # tests/integration/conftest.py
-CELERY_SECOND_HALF = {"test_celery_approval.py", "test_celery_candidates.py"}
 
 
-# Before pytest-xdist's own hook, which reads the xdist_group marks set here.
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark each test with its layer (its folder under tests/) and its xdist group; run the
-    longest group first."""
+    """Mark each test with its layer (its folder under tests/); run the longest work first."""
     for item in items:
         try:
             layer = item.path.resolve().relative_to(TESTS).parts[0]
@@ -42,42 +39,40 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if layer not in LAYERS:
             continue
         item.add_marker(getattr(pytest.mark, layer))
-        group = _xdist_group(item, layer)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+        fixtures = set(getattr(item, "fixturenames", ()))
         if layer in ("unit", "dags"):
-            services = SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+            services = SERVICE_FIXTURES.intersection(fixtures)
             if services:
                 raise pytest.UsageError(
                     f"{item.nodeid}: a {layer} test uses {', '.join(sorted(services))}; "
                     "tests that talk to services belong in tests/integration")
-    # `make test` runs on two pytest-xdist workers (--dist loadgroup), which hand out groups in
-    # collection order: the deployment's scenarios (the longest groups by far) go first, then
-    # the end-to-end runs, so that the short tests fill in after them. A run without xdist
-    # keeps the same order, which also stops the deployment's services early.
+        if CELERY_FIXTURE in fixtures and not item.path.name.startswith(CELERY_FILE_PREFIX):
+            raise pytest.UsageError(
+                f"{item.nodeid}: a test of the Celery deployment belongs in a file named "
+                f"{CELERY_FILE_PREFIX}*.py (how make test shares the deployment: tests/helpers.py)")
+    # `make test` runs on two pytest-xdist workers, which take the units of work
+    # (tests.helpers.xdist_scope) in collection order: the deployment's two halves (the longest
+    # units by far) go first, one per worker, then the end-to-end runs, and the short tests
+    # fill in after them. A run without xdist keeps the same order, which also stops the
+    # deployment's services early.
     items.sort(key=_run_order)
 
 
-def _xdist_group(item: pytest.Item, layer: str) -> str | None:
-    """The tests that must share one xdist worker: the scenarios of the Celery deployment (one
-    deployment per session), and each file whose tests share a module-scoped fixture (an Airflow
-    home, a browser, a trained model) so it is set up once. Others are spread one by one."""
-    names = set(getattr(item, "fixturenames", ()))
-    if CELERY_FIXTURE in names:
-        # Two halves of about equal length, one per xdist worker, each on that worker's own
-        # deployment (the session fixture is per process): the training DAG runs one run at a
-        # time (max_active_runs=1), so one deployment would run every scenario's runs in a row.
-        half = 2 if item.path.name in CELERY_SECOND_HALF else 1
-        return f"{CELERY_FIXTURE}-{half}"
-    info = getattr(item, "_fixtureinfo", None)
-    defs = getattr(info, "name2fixturedefs", {})
-    if layer == "e2e" or any(d and d[-1].scope == "module" for d in defs.values()):
-        return item.nodeid.split("::")[0]
-    return None
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's load-by-scope scheduler, with our units of work (xdist's own ``loadgroup`` marks
+    have no effect on pytest 9, which ignores the node-id suffix they rely on)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedSetUpScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid)
+
+    return SharedSetUpScheduling(config, log)
 
 
 def _run_order(item: pytest.Item) -> int:
-    if CELERY_FIXTURE in getattr(item, "fixturenames", ()):
+    if item.path.name.startswith(CELERY_FILE_PREFIX):
         return 0
     return 1 if item.get_closest_marker("e2e") else 2
 

@@ -309,3 +309,25 @@ def ingest_in_child(
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     error = out["error"] or [None, ""]
     return ChildRun(error_type=error[0], message=error[1], growth=out["growth"])
+
+
+# -- how `make test` spreads the suite over its pytest-xdist workers (tests/conftest.py) ----------
+# The Celery deployment's scenarios live in files named test_celery_*.py (a collection check
+# enforces it), split into two halves of about equal length: each xdist worker runs one half on
+# a deployment of its own (the session fixture is per process), since the training DAG runs one
+# run at a time (max_active_runs=1) and one deployment would run every scenario's runs in a row.
+CELERY_FILE_PREFIX = "test_celery_"
+CELERY_SECOND_HALF = frozenset({"test_celery_approval.py", "test_celery_candidates.py"})
+
+
+def xdist_scope(nodeid: str) -> str:
+    """The unit of work an xdist worker takes whole: a half of the deployment's scenarios; a
+    file of DAG, integration or end-to-end tests (they share module set-ups: an Airflow home, a
+    DagBag, a browser, a trained model); a single unit test."""
+    path = nodeid.split("::", 1)[0]
+    parts = path.split("/")
+    if parts[-1].startswith(CELERY_FILE_PREFIX):
+        return "celery-deployment-" + ("2" if parts[-1] in CELERY_SECOND_HALF else "1")
+    if "unit" in parts[:-1]:
+        return nodeid
+    return path

@@ -22,7 +22,7 @@ only it uses the deployment's ``MNIST_STORE``, which the watch and the Models pa
 The services are stopped after the last test that uses the deployment (not at the end of the
 session), so they use no CPU during later tests and the watch never sees another test's reset
 of the S3 server. Under ``make test`` (two pytest-xdist workers) a session is one worker's: the
-scenarios are split into two halves (tests/conftest.py), each worker runs one half on a
+scenarios are split into two halves (tests.helpers.xdist_scope), each worker runs one half on a
 deployment of its own, and the two deployments share nothing (database, broker key prefix,
 moto server, ports); the training DAG runs one run at a time (``max_active_runs=1``), so on a
 single deployment the halves' runs would wait for each other.
@@ -49,6 +49,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import xdist_scope
 from tests.integration.airflow_services import (
     REPO,
     ApiClient,
@@ -285,20 +286,15 @@ def celery_deployment(
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """Stop the deployment's services once no later test of this process needs them (the
     fixture's own teardown, at the end of the session, then only cleans up). Under
-    pytest-xdist a worker runs only its own group's scenarios (tests/conftest.py)."""
+    pytest-xdist a worker runs only its own half of the scenarios (tests/helpers.py)."""
     if not _running:
         return
     items = item.session.items
     later = items[items.index(item) + 1:] if item in items else [nextitem] if nextitem else []
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        group = _xdist_group_of(item)
-        later = [i for i in later if _xdist_group_of(i) == group]
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # this worker runs only its unit of work
+        later = [i for i in later if xdist_scope(i.nodeid) == xdist_scope(item.nodeid)]
     if any(DEPLOYMENT_FIXTURE in getattr(i, "fixturenames", ()) for i in later):
         return
     for deployment in list(_running):
         deployment.stop()
 
-
-def _xdist_group_of(item: pytest.Item) -> str | None:
-    mark = item.get_closest_marker("xdist_group")
-    return str(mark.args[0]) if mark and mark.args else None
