@@ -71,14 +71,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _json_arg(value: str) -> dict[str, Any]:
-    """A JSON object given inline or as ``@path``."""
+def _json_value(value: str) -> Any:
+    """A JSON value given inline or as ``@path``; an argparse error saying why not."""
     try:
-        obj = read_json_file(value[1:], value) if value.startswith("@") else json.loads(value)
+        return read_json_file(value[1:], value) if value.startswith("@") else json.loads(value)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix(f"parameter {value!r}: ")) from None
+
+
+def _json_arg(value: str) -> dict[str, Any]:
+    """A JSON object given inline or as ``@path``."""
+    obj = _json_value(value)
     if not isinstance(obj, dict):
         raise argparse.ArgumentTypeError("must be a JSON object")
     return obj
@@ -106,12 +111,7 @@ def _checksums_arg(value: str) -> Any:
 
 def _json_list(value: str) -> Any:
     """A JSON list (or object) given inline or as ``@path``: ``--candidates '[{"seed": 1}]'``."""
-    try:
-        obj = read_json_file(value[1:], value) if value.startswith("@") else json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"parameter {value!r}: ")) from None
+    obj = _json_value(value)
     if not isinstance(obj, list | dict):
         raise argparse.ArgumentTypeError("must be a JSON list of objects")
     return obj
