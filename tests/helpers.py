@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import http.server
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,6 +36,13 @@ TRAIN_IMAGES = MNIST_FILES["train_images"]
 TRAIN_LABELS = MNIST_FILES["train_labels"]
 TEST_IMAGES = MNIST_FILES["test_images"]
 TEST_LABELS = MNIST_FILES["test_labels"]
+
+
+def seed_airflow_home(home: Path, template: Path) -> Path:
+    """``home`` (made if missing) holding a copy of the migrated database ``template``."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, home / "airflow.db")
+    return home
 
 
 def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -317,7 +325,7 @@ def ingest_in_child(
 # a deployment of its own (the session fixture is per process), since the training DAG runs one
 # run at a time (max_active_runs=1) and one deployment would run every scenario's runs in a row.
 CELERY_FILE_PREFIX = "test_celery_"
-CELERY_SECOND_HALF = frozenset({"test_celery_approval.py", "test_celery_candidates.py"})
+CELERY_SECOND_HALF = frozenset({"test_celery_approval.py", "test_celery_scoring.py"})
 
 
 def xdist_scope(nodeid: str) -> str:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import seed_airflow_home
+
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
@@ -45,8 +47,7 @@ class AirflowCLI:
 
 
 @pytest.fixture(scope="module")
-def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("airflow-home")
-    result = AirflowCLI(home)("db", "migrate", timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    yield home
+def airflow_home(tmp_path_factory: pytest.TempPathFactory,
+                 airflow_db_template: Path) -> Iterator[Path]:
+    """A throw-away AIRFLOW_HOME with a migrated database (a copy of the session's)."""
+    yield seed_airflow_home(tmp_path_factory.mktemp("airflow-home"), airflow_db_template)

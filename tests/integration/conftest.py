@@ -253,7 +253,7 @@ def celery_deployment(
         services.start("scheduler", "scheduler")
         services.start("dag-processor", "dag-processor")
         # Two workers of one slot each, on both queues: two candidates train at the same time
-        # (tests/integration/test_celery_candidates.py). Task logs are files in the shared
+        # (test_celery_deployment.py, the first run). Task logs are files in the shared
         # AIRFLOW_HOME, which the api-server reads itself: only the first serves logs.
         for n in range(1, WORKERS + 1):
             services.start(worker_name(n), "celery", "worker", "--queues", "default,gpu",
@@ -283,6 +283,17 @@ def celery_deployment(
         shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _deployment_not_stopped(request: pytest.FixtureRequest) -> None:
+    """A clear failure, instead of refused connections, for a test that would get a deployment
+    already stopped (both halves on one worker: the scheduling in tests/conftest.py failed)."""
+    if DEPLOYMENT_FIXTURE in request.fixturenames:
+        deployment = request.getfixturevalue(DEPLOYMENT_FIXTURE)
+        if deployment.stopped:
+            pytest.fail("the Celery deployment of this worker was already stopped: its two "
+                        "halves ran on one pytest-xdist worker (see tests/helpers.py)")
+
+
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
     """Stop the deployment's services once no later test of this process needs them (the
     fixture's own teardown, at the end of the session, then only cleans up). Under
@@ -291,7 +302,8 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return
     items = item.session.items
     later = items[items.index(item) + 1:] if item in items else [nextitem] if nextitem else []
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # this worker runs only its unit of work
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        # Each worker runs one half (the first unit of work of each: tests/conftest.py).
         later = [i for i in later if xdist_scope(i.nodeid) == xdist_scope(item.nodeid)]
     if any(DEPLOYMENT_FIXTURE in getattr(i, "fixturenames", ()) for i in later):
         return

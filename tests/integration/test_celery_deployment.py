@@ -9,6 +9,10 @@ and source, so their order does not matter.
   and store): its train task routed to the ``gpu`` queue and pool, the new version read back
   from the S3 registry and shown by the Models page, the train and ingest logs read through
   the API.
+* Candidates over the workers: the first run has two candidates (fast_mlp, seeds 1 and 2);
+  the train task's two mapped instances run at the same time on the two workers (one slot
+  each, a ``gpu`` pool of two), so the run spends less time training than its two trainings
+  add up to, and it goes on with the better one by validation accuracy.
 * A crashed worker: the train task's process is SIGKILLed after epoch 2; Airflow retries the
   task, and the retry resumes from the checkpoint in S3 and from the note in the task state
   store.
@@ -18,8 +22,8 @@ and source, so their order does not matter.
   version trained on the increment, whose gate compared it with the champion on the
   increment's fresh data; the next watch, with nothing new, is skipped and starts nothing.
 
-The first run is a module fixture shared by two tests (whichever runs first triggers it): one
-model fewer to train, and the base of the data-triggered scenario is a run already checked.
+The first run is a module fixture shared by three tests (whichever runs first triggers it):
+fewer models to train, and the base of the data-triggered scenario is a run already checked.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 import pytest
 
 from mnist_tasks.config import run_key
+from mnist_tasks.pipeline import run_summary
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import S3Store
 from tests.integration.airflow_services import (
@@ -125,15 +130,17 @@ class BaseRun:
 
 @pytest.fixture(scope="module")
 def base_run(celery_deployment: CeleryDeployment) -> BaseRun:
-    """One run shared by two tests (whichever asks first triggers it), so the file trains one
-    model fewer. It is deliberately weak (fast_mlp, 1 epoch): the asset-triggered run trains
+    """One run shared by three tests (whichever asks first triggers it), so the file trains
+    fewer models. Two candidates (seeds 1 and 2) train on the two workers at once. It is
+    deliberately weak (fast_mlp, 1 epoch): the asset-triggered run trains
     with the form's defaults (the deployment's MNIST_PRESET, fast_mlp: 6 epochs), and the gate
     compares it with this champion on the benchmark and on the fresh data, digit by digit (a
     recall drop of 0.01 rejects), so its promotion must not hang on a close race between two
     good models."""
     deployment = celery_deployment
     conf = {"preset": "fast_mlp", "epochs": 1, "min_accuracy": 0.9,
-            "source": str(deployment.watched_source), "store": deployment.watched_store_uri}
+            "source": str(deployment.watched_source), "store": deployment.watched_store_uri,
+            "candidates": [{"seed": [1, 2]}]}
     run_id = _trigger(deployment.api, conf)
     triggered = time.monotonic()
     _wait_for_run(deployment, run_id)
@@ -183,6 +190,49 @@ def test_first_run_is_routed_and_registered(celery_deployment: CeleryDeployment,
     # The Models page of the same deployment (it reads MNIST_STORE) showed the version.
     listing = base_run.models_listing
     assert [v["version"] for v in listing["versions"]] == [1] and listing["champion"] == 1
+
+
+def _mapped(api: ApiClient, run_id: str, task_id: str) -> list[dict[str, Any]]:
+    body = api.json("GET", f"{run_path(DAG_ID, run_id)}/taskInstances",
+                    params={"task_id": task_id, "limit": 100})
+    return sorted((ti for ti in body["task_instances"] if ti["task_id"] == task_id),
+                  key=lambda ti: ti["map_index"])
+
+
+def test_two_candidates_train_at_the_same_time_on_two_workers(
+    celery_deployment: CeleryDeployment, base_run: BaseRun,
+) -> None:
+    """The first run's two candidates: the windows come from the REST API's task instances
+    (start and end of each mapped instance)."""
+    deployment = celery_deployment
+    run_id = base_run.run_id
+    trains = _mapped(deployment.api, run_id, "train")
+    assert [(t["map_index"], t["state"], t["pool"]) for t in trains] == [
+        (0, "success", "gpu"), (1, "success", "gpu")]
+    starts = [_time(t["start_date"]) for t in trains]
+    ends = [_time(t["end_date"]) for t in trains]
+    durations = [(e - s).total_seconds() for s, e in zip(starts, ends, strict=True)]
+    # The two windows overlap: with one slot per worker, two workers ran them.
+    overlap = (min(ends) - max(starts)).total_seconds()
+    windows = [f"{s:%H:%M:%S}-{e:%H:%M:%S}" for s, e in zip(starts, ends, strict=True)]
+    print(f"\ntrain windows {windows}, durations {[round(d) for d in durations]} s, overlap "
+          f"{overlap:.0f} s")
+    assert overlap > 0, (starts, ends)
+    assert overlap > 0.5 * min(durations), (starts, ends)  # mostly at the same time
+    # The run spent less time training than its two trainings add up to.
+    span = (max(ends) - min(starts)).total_seconds()
+    assert span < sum(durations), (span, durations)
+    print(f"training span {span:.0f} s < sum of trainings {sum(durations):.0f} s")
+
+    # The run went on with the better one; the record lists both.
+    store = S3Store(DEPLOYMENT_BUCKET, WATCHED_PREFIX, client_kwargs=deployment.s3_client_kwargs)
+    rows = run_summary(store, run_id)["candidates"]
+    assert [(r["seed"], r["status"]) for r in rows] == [(1, "trained"), (2, "trained")]
+    best = max(rows, key=lambda r: (r["val_accuracy"], -r["candidate"]))
+    assert run_summary(store, run_id)["chosen_candidate"] == best["candidate"]
+    info = _registry(deployment, WATCHED_PREFIX).version_for_run(run_key(run_id))
+    assert info is not None and info.metadata["parameters"]["seed"] == best["seed"]
+    assert len(info.metadata["candidates"]) == 2
 
 
 def test_killed_worker_retry_resumes(celery_deployment: CeleryDeployment) -> None:

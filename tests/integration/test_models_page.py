@@ -35,6 +35,7 @@ import requests
 from mnist_tasks.config import run_key
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import S3Store, Store
+from tests.helpers import seed_airflow_home
 from tests.integration.airflow_services import REPO, ApiClient, Services, airflow_env, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -117,7 +118,7 @@ def _register(store: Store, run_id: str, accuracy: float, work: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def deployment(s3_server: str) -> Iterator[Deployment]:
+def deployment(s3_server: str, airflow_db_template: Path) -> Iterator[Deployment]:
     """An api-server on a free loopback port over a registry with versions 1 and 2."""
     s3_env = {
         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -128,14 +129,13 @@ def deployment(s3_server: str) -> Iterator[Deployment]:
     client.create_bucket(Bucket=BUCKET)
     store = S3Store(BUCKET, "mnist", client=client)
 
-    home = Path(tempfile.mkdtemp(prefix="models-page-"))
+    home = seed_airflow_home(Path(tempfile.mkdtemp(prefix="models-page-")), airflow_db_template)
     port = free_port()
     env = airflow_env(home, port, MNIST_STORE=f"s3://{BUCKET}/mnist", **s3_env)
     services = Services(env, home / "logs")
     try:
-        for args in (("db", "migrate"), ("dags", "reserialize")):
-            result = services.run(*args)
-            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        result = services.run("dags", "reserialize")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         services.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port))
         base_url = f"http://127.0.0.1:{port}"
         services.wait_http(f"{base_url}/api/v2/version")

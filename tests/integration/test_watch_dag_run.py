@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from mnist_tasks.datasets import write_increment
+from tests.helpers import seed_airflow_home
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -27,9 +28,10 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, Path, Path]:
+def deployment(tmp_path_factory: pytest.TempPathFactory,
+               airflow_db_template: Path) -> tuple[Run, Path, Path]:
     """A throw-away Airflow (SQLite, migrated) whose MNIST_SOURCE and MNIST_STORE are in tmp."""
-    home = tmp_path_factory.mktemp("airflow-home")
+    home = seed_airflow_home(tmp_path_factory.mktemp("airflow-home"), airflow_db_template)
     data = tmp_path_factory.mktemp("watch-data")
     source = data / "source"
     env = {
@@ -50,7 +52,6 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, Path, Pat
                                     f"{out.stderr[-3000:]}"
         return out
 
-    run("db", "migrate")
     run("dags", "reserialize")  # mnist_training's schedule on the asset is in the database
     run("dags", "unpause", "mnist_training")  # events are queued for unpaused DAGs only
     return run, home / "airflow.db", source
