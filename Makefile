@@ -100,9 +100,11 @@ run: $(AIRFLOW_HOME)/.migrated  ## run the DAG once through Airflow (MNIST_SOURC
 airflow: $(AIRFLOW_HOME)/.migrated  ## start `airflow standalone` (UI on http://localhost:8080) with this DAG
 	$(BIN)/airflow standalone
 
-# Two pytest-xdist workers, one per core: much of the suite waits on subprocesses, services and
-# the deployment's scheduler. Tests that share a set-up stay on one worker (tests/conftest.py).
-TEST_WORKERS ?= 2
+# Three pytest-xdist workers on this machine's two cores: the Celery deployment's two halves (one
+# worker each) wait on the scheduler and use about 0.8 of a core, and the third worker takes the
+# rest (1,027 s against 1,094 s on two workers: docs/benchmarks.md). Tests that share a set-up
+# stay on one worker (tests/conftest.py).
+TEST_WORKERS ?= 3
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 test: $(BIN)/activate  ## the whole suite: unit, DAG, integration (services), end to end

@@ -21,7 +21,7 @@ only it uses the deployment's ``MNIST_STORE``, which the watch and the Models pa
 
 The services are stopped after the last test that uses the deployment (not at the end of the
 session), so they use no CPU during later tests and the watch never sees another test's reset
-of the S3 server. Under ``make test`` (two pytest-xdist workers) a session is one worker's: the
+of the S3 server. Under ``make test`` (pytest-xdist workers) a session is one worker's: the
 scenarios are split into two halves (tests.helpers.xdist_scope), each worker runs one half on a
 deployment of its own, and the two deployments share nothing (database, broker key prefix,
 moto server, ports); the training DAG runs one run at a time (``max_active_runs=1``), so on a

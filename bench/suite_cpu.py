@@ -1,0 +1,101 @@
+"""Where the test suite's time goes: CPU seconds and wall seconds per test file and per layer.
+
+``make test`` on this machine is CPU-bound (pytest-xdist workers on two cores), so its wall
+time is about the suite's CPU time over two; this finds what to cut. Runs pytest on the given
+arguments (default: the whole suite on ``--workers`` xdist workers, as ``make test``) with a
+small plugin that records, per test, the CPU time of the pytest process and of the processes
+it waited for (CLI subprocesses, ``airflow dags test``, the Celery deployment's services when
+they stop), and the wall time. Prints a Markdown table (docs/benchmarks.md).
+
+    .venv/bin/python bench/suite_cpu.py                      # the whole suite (~20 min)
+    .venv/bin/python bench/suite_cpu.py -- tests/unit        # any pytest arguments after --
+
+A service's CPU is counted when it is waited for: the Celery deployment's daemons show up in
+the teardown of the last test of its half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+PLUGIN = '''
+import json, os, resource, time
+import pytest
+
+def _cpu():
+    s = resource.getrusage(resource.RUSAGE_SELF)
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    cpu, wall = _cpu(), time.monotonic()
+    yield
+    record = {"id": item.nodeid, "cpu": _cpu() - cpu, "wall": time.monotonic() - wall}
+    with open(os.environ["SUITE_CPU_RECORDS"], "a") as out:
+        out.write(json.dumps(record) + "\\n")
+'''
+
+
+def _table(records: list[dict[str, float | str]], top: int) -> str:
+    files: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0])
+    layers: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0])
+    for rec in records:
+        path = str(rec["id"]).split("::", 1)[0]
+        layer = path.split("/")[1] if path.count("/") >= 2 else path
+        for acc in (files[path], layers[layer]):
+            acc[0] += float(rec["cpu"])
+            acc[1] += float(rec["wall"])
+            acc[2] += 1
+    cpu_total = sum(v[0] for v in layers.values())
+    lines = ["| layer / file | tests | CPU s | share | wall s (summed over workers) |",
+             "|---|---:|---:|---:|---:|"]
+    for name, (cpu, wall, n) in sorted(layers.items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"| **{name}** | {n} | {cpu:.0f} | {cpu / cpu_total:.0%} | {wall:.0f} |")
+    for name, (cpu, wall, n) in sorted(files.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"| {name} | {n} | {cpu:.0f} | {cpu / cpu_total:.0%} | {wall:.0f} |")
+    lines.append(f"| **all** | {len(records)} | {cpu_total:.0f} | 100% | "
+                 f"{sum(v[1] for v in layers.values()):.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workers", type=int, default=3,
+                        help="pytest-xdist workers (3, as make test)")
+    parser.add_argument("--top", type=int, default=15, help="files to list (15)")
+    parser.add_argument("pytest_args", nargs="*", help="after --: pytest's arguments")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="suite-cpu-") as tmp:
+        (Path(tmp) / "suite_cpu_plugin.py").write_text(PLUGIN)
+        records_file = Path(tmp) / "records.jsonl"
+        env = {**os.environ, "SUITE_CPU_RECORDS": str(records_file),
+               "PYTHONPATH": os.pathsep.join(filter(None, [tmp, os.environ.get("PYTHONPATH")]))}
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # as `make test`: .pyc files are written
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "suite_cpu_plugin",
+                   "-n", str(args.workers), "--dist", "loadscope", *args.pytest_args]
+        started = time.monotonic()
+        result = subprocess.run(command, cwd=REPO, env=env, check=False)
+        wall = time.monotonic() - started
+        records = [json.loads(line) for line in records_file.read_text().splitlines()] \
+            if records_file.exists() else []
+    if not records:
+        print(f"pytest exited {result.returncode} and ran no test", file=sys.stderr)
+        return 1
+    print(f"\npytest exit {result.returncode}; {wall:.0f} s wall on {args.workers} workers\n")
+    print(_table(records, args.top))
+    return result.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
