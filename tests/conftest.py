@@ -54,9 +54,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 f"{CELERY_FILE_PREFIX}*.py (how make test shares the deployment: tests/helpers.py)")
     # `make test` runs on pytest-xdist workers (three), which take the units of work
     # (tests.helpers.xdist_scope) in collection order: the deployment's two halves (the longest
-    # units by far) go first, one to each of the first two workers, then the end-to-end runs, and the short tests
-    # fill in after them. A run without xdist keeps the same order, which also stops the
-    # deployment's services early.
+    # units by far) go first, one to each of the first two workers, then the end-to-end runs,
+    # and the short tests fill in after them. A run without xdist keeps the same order, which
+    # also stops the deployment's services early.
     items.sort(key=_run_order)
 
 
