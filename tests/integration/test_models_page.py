@@ -261,6 +261,29 @@ def _save_docs_copy(png: Path) -> Path:
     return small
 
 
+def _log_in(driver: Any, username: str, password: str, tries: int = 3) -> None:
+    """Fill in and send Airflow's login form until the browser leaves it. On a busy machine
+    the form can be shown before its script is ready, and then a click (or the text typed)
+    is lost; the form is filled in again and sent again, up to ``tries`` times."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    for attempt in range(1, tries + 1):
+        for name, value in (("username", username), ("password", password)):
+            field = driver.find_element(By.NAME, name)
+            field.clear()
+            field.send_keys(value)
+        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        try:
+            WebDriverWait(driver, 20).until(lambda d: "/auth/login" not in d.current_url)
+            return
+        except TimeoutException:
+            if attempt == tries:
+                raise AssertionError(f"still on the login form after {tries} tries: "
+                                     f"{driver.current_url}") from None
+
+
 def test_models_page_in_chromium(deployment: Deployment, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
@@ -274,10 +297,7 @@ def test_models_page_in_chromium(deployment: Deployment, tmp_path: Path) -> None
         driver.get(f"{deployment.base_url}/models/")
         wait.until(ec.presence_of_element_located((By.NAME, "username")))
         assert "/auth/login" in driver.current_url
-        driver.find_element(By.NAME, "username").send_keys("admin")
-        driver.find_element(By.NAME, "password").send_keys("admin-password")
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        wait.until(lambda d: "/auth/login" not in d.current_url)
+        _log_in(driver, "admin", "admin-password")
 
         # From Airflow's home page, the nav bar has "Models".
         driver.get(f"{deployment.base_url}/")
