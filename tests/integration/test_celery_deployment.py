@@ -226,10 +226,11 @@ def test_two_candidates_train_at_the_same_time_on_two_workers(
 
     # The run went on with the better one; the record lists both.
     store = S3Store(DEPLOYMENT_BUCKET, WATCHED_PREFIX, client_kwargs=deployment.s3_client_kwargs)
-    rows = run_summary(store, run_id)["candidates"]
+    summary = run_summary(store, run_id)
+    rows = summary["candidates"]
     assert [(r["seed"], r["status"]) for r in rows] == [(1, "trained"), (2, "trained")]
     best = max(rows, key=lambda r: (r["val_accuracy"], -r["candidate"]))
-    assert run_summary(store, run_id)["chosen_candidate"] == best["candidate"]
+    assert summary["chosen_candidate"] == best["candidate"]
     info = _registry(deployment, WATCHED_PREFIX).version_for_run(run_key(run_id))
     assert info is not None and info.metadata["parameters"]["seed"] == best["seed"]
     assert len(info.metadata["candidates"]) == 2
