@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=3,
                         help="pytest-xdist workers (3, as make test)")
     parser.add_argument("--top", type=int, default=15, help="files to list (15)")
+    parser.add_argument("--records", type=Path,
+                        help="also write each test's record (JSON lines: id, cpu, wall) here")
     parser.add_argument("pytest_args", nargs="*", help="after --: pytest's arguments")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="suite-cpu-") as tmp:
@@ -89,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.monotonic() - started
         records = [json.loads(line) for line in records_file.read_text().splitlines()] \
             if records_file.exists() else []
+        if args.records and records_file.exists():
+            args.records.write_text(records_file.read_text())
     if not records:
         print(f"pytest exited {result.returncode} and ran no test", file=sys.stderr)
         return 1

@@ -36,6 +36,7 @@ sessions on one machine never take each other's tasks; those keys are deleted af
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -221,6 +222,12 @@ def celery_deployment(
         AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="True",
         AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
         AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
+        # The DAG files never change during a session: parsed when the dag-processor starts,
+        # not again every 30 s (each parse is a process; an idle deployment's main CPU cost).
+        AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL="600",
+        # As docker-compose.yaml's worker: Keras imported once in each worker's main process,
+        # so the task processes (forks of it) do not import TensorFlow again.
+        AIRFLOW__CELERY__EXTRA_CELERY_CONFIG=json.dumps({"imports": ["keras"]}),
         # The S3 server, explicitly: the services must not depend on the test process's env.
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
