@@ -69,6 +69,14 @@ def _table(records: list[dict[str, float | str]], top: int) -> str:
     return "\n".join(lines)
 
 
+def _machine_cpu() -> float:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat: every process,
+    whoever waits for it; on an otherwise idle machine, the suite's own)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=3,
@@ -86,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # as `make test`: .pyc files are written
         command = [sys.executable, "-m", "pytest", "-q", "-p", "suite_cpu_plugin",
                    "-n", str(args.workers), "--dist", "loadscope", *args.pytest_args]
-        started = time.monotonic()
+        started, machine = time.monotonic(), _machine_cpu()
         result = subprocess.run(command, cwd=REPO, env=env, check=False)
-        wall = time.monotonic() - started
+        wall, machine = time.monotonic() - started, _machine_cpu() - machine
         records = [json.loads(line) for line in records_file.read_text().splitlines()] \
             if records_file.exists() else []
         if args.records and records_file.exists():
@@ -96,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     if not records:
         print(f"pytest exited {result.returncode} and ran no test", file=sys.stderr)
         return 1
-    print(f"\npytest exit {result.returncode}; {wall:.0f} s wall on {args.workers} workers\n")
+    print(f"\npytest exit {result.returncode}; {wall:.0f} s wall on {args.workers} workers; the "
+          f"machine was busy {machine:.0f} CPU s ({machine / wall / os.cpu_count():.0%} of "
+          f"{os.cpu_count()} cores)\n")
     print(_table(records, args.top))
     return result.returncode
 

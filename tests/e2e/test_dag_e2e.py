@@ -121,7 +121,10 @@ def test_the_data_loop_base_then_unchanged_then_an_increment(
     cli = AirflowCLI(airflow_home, {**_conn_env(s3_env),
                                     "MNIST_CHECKSUMS": f"@{source / 'payload-sha256.json'}"})
     store_uri = f"s3://{TEST_BUCKET}/e2e"
-    conf = {"source": str(source), "store": store_uri, "preset": "fast_mlp"}
+    # Two epochs (fast_mlp: about 0.95 on the benchmark) and a floor to match: this test is
+    # about the data; the presets' accuracy is checked in tests/integration/test_train_repro.py.
+    conf = {"source": str(source), "store": store_uri, "preset": "fast_mlp", "epochs": 2,
+            "min_accuracy": 0.9}
 
     # 1. The base alone: version 1.
     first = cli.dags_test(conf)
@@ -130,7 +133,7 @@ def test_the_data_loop_base_then_unchanged_then_an_increment(
     assert SECRET not in output
     # The operator sees the validation summary and the per-epoch lines in the task logs.
     assert "leakage" in output.lower()
-    assert "epoch 6/6" in output
+    assert "epoch 2/2" in output
     assert "check: no champion yet; training" in output
 
     from mnist_tasks.artifacts import load_model_from_store, predict_classes
@@ -155,7 +158,7 @@ def test_the_data_loop_base_then_unchanged_then_an_increment(
     assert {states[t] for t in ("preprocess", "train", "evaluate", "gate", "register")} == {
         "skipped"}
     assert [v.version for v in registry.list_versions()] == [1]
-    assert "epoch 1/6" not in output2
+    assert "epoch 1/2" not in output2
 
     # 3. Increments land: one clean, one drifted (thicker strokes), five bad.
     _data("add-increment", "--mnist", str(mnist_dir), "--out", str(source), "--id", "inc-001")
@@ -217,7 +220,7 @@ def test_the_data_loop_base_then_unchanged_then_an_increment(
         notes = [json.loads(v) for (v,) in db.execute(
             "select value from task_state_store where task_id = 'train' and key = ? "
             "order by id", ("train_progress",))]
-    assert [(n["epoch"], n["epochs"]) for n in notes] == [(6, 6), (6, 6)]
+    assert [(n["epoch"], n["epochs"]) for n in notes] == [(2, 2), (2, 2)]
     assert all(n["checkpoint_uri"].startswith(f"{store_uri}/runs/") for n in notes)
 
     # The model loaded back from S3 reproduces the recorded accuracy on the real test set.
