@@ -135,6 +135,17 @@ def test_workers_serve_default_and_gpu_queues(config: dict[str, Any]) -> None:
         config["services"]["airflow-worker"]["image"])
 
 
+def test_the_cpu_worker_imports_keras_before_forking_its_tasks(config: dict[str, Any]) -> None:
+    """Celery's ``imports`` through Airflow's ``extra_celery_config`` (the test deployment in
+    conftest.py checks the effect: TensorFlow loaded in each worker's main process)."""
+    default = _env(config["services"]["airflow-worker"])
+    gpu = _env(config["services"]["airflow-worker-gpu"])
+    assert json.loads(default["AIRFLOW__CELERY__EXTRA_CELERY_CONFIG"]) == {"imports": ["keras"]}
+    assert "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG" not in gpu  # CUDA and fork: untried
+    for name in ("airflow-apiserver", "airflow-scheduler"):
+        assert "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG" not in _env(config["services"][name])
+
+
 def test_minio_is_pinned_and_persistent(config: dict[str, Any]) -> None:
     minio = config["services"]["minio"]
     assert re.fullmatch(r"(quay\.io/)?minio/minio:RELEASE\.\d{4}-\d\d-\d\dT[\d-]+Z", minio["image"])
