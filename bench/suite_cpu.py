@@ -5,13 +5,17 @@ time is about the suite's CPU time over two; this finds what to cut. Runs pytest
 arguments (default: the whole suite on ``--workers`` xdist workers, as ``make test``) with a
 small plugin that records, per test, the CPU time of the pytest process and of the processes
 it waited for (CLI subprocesses, ``airflow dags test``, the Celery deployment's services when
-they stop), and the wall time. Prints a Markdown table (docs/benchmarks.md).
+they stop), and the wall time. Prints a Markdown table (docs/benchmarks.md), the machine's busy
+CPU over the run (/proc/stat: database and broker included), and a speed probe before and after
+(bench/plain_keras.py, 2 epochs): the machine's speed drifts up to 2x within a day, so suite
+times are compared next to the probe.
 
-    .venv/bin/python bench/suite_cpu.py                      # the whole suite (~20 min)
+    .venv/bin/python bench/suite_cpu.py                      # the whole suite (8-16 min)
     .venv/bin/python bench/suite_cpu.py -- tests/unit        # any pytest arguments after --
 
 A service's CPU is counted when it is waited for: the Celery deployment's daemons show up in
-the teardown of the last test of its half.
+the teardown of the last test of its half, and the processes they did not wait for (a task
+process killed with its worker) not at all; the machine's figure has everything.
 """
 
 from __future__ import annotations
@@ -77,6 +81,15 @@ def _machine_cpu() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def _probe() -> float:
+    """The machine's speed now: bench/plain_keras.py's fit seconds for 2 epochs (plain Keras,
+    the first notebook's MLP, in a fresh process). Its speed drifts up to 2x within a day, so
+    a suite's time is comparable across runs only next to this."""
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "plain_keras.py"), "--epochs",
+                          "2"], cwd=REPO, capture_output=True, text=True, check=True)
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["fit_seconds"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=3,
@@ -84,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=15, help="files to list (15)")
     parser.add_argument("--records", type=Path,
                         help="also write each test's record (JSON lines: id, cpu, wall) here")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="skip the plain-Keras speed probe before and after the run")
     parser.add_argument("pytest_args", nargs="*", help="after --: pytest's arguments")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="suite-cpu-") as tmp:
@@ -94,9 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # as `make test`: .pyc files are written
         command = [sys.executable, "-m", "pytest", "-q", "-p", "suite_cpu_plugin",
                    "-n", str(args.workers), "--dist", "loadscope", *args.pytest_args]
+        before = None if args.no_probe else _probe()
         started, machine = time.monotonic(), _machine_cpu()
         result = subprocess.run(command, cwd=REPO, env=env, check=False)
         wall, machine = time.monotonic() - started, _machine_cpu() - machine
+        after = None if args.no_probe else _probe()
         records = [json.loads(line) for line in records_file.read_text().splitlines()] \
             if records_file.exists() else []
         if args.records and records_file.exists():
@@ -106,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"\npytest exit {result.returncode}; {wall:.0f} s wall on {args.workers} workers; the "
           f"machine was busy {machine:.0f} CPU s ({machine / wall / os.cpu_count():.0%} of "
-          f"{os.cpu_count()} cores)\n")
+          f"{os.cpu_count()} cores)")
+    if before is not None and after is not None:
+        print(f"speed probe (plain Keras, 2 epochs' fit): {before:.2f} s before, {after:.2f} s "
+              f"after; the suite's wall is {wall / ((before + after) / 2):.0f}x the probe")
+    print()
     print(_table(records, args.top))
     return result.returncode
 
