@@ -223,7 +223,7 @@ def celery_deployment(
         AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
         AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
         # The DAG files never change during a session: parsed when the dag-processor starts,
-        # not again every 30 s (each parse is a process; an idle deployment's main CPU cost).
+        # not again every 30 s (each parse is a process of its own).
         AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL="600",
         # As docker-compose.yaml's worker: Keras imported once in each worker's main process,
         # so the task processes (forks of it) do not import TensorFlow again.
