@@ -140,6 +140,7 @@ class IncrementEntry:
     drift: bool = False
     drift_statistics: Mapping[str, Any] = field(default_factory=dict)
     reasons: tuple[str, ...] = ()
+    listing: Mapping[str, Any] = field(default_factory=dict)  # name -> [size, stamp] as read
 
     def identity(self) -> dict[str, Any]:
         return {"id": self.id, "payload_sha256": self.payload_sha256,
@@ -150,6 +151,7 @@ class IncrementEntry:
         d = dataclasses.asdict(self)
         d["counts"], d["drift_statistics"] = dict(self.counts), dict(self.drift_statistics)
         d["class_counts"], d["reasons"] = list(self.class_counts), list(self.reasons)
+        d["listing"] = {k: list(v) for k, v in self.listing.items()}
         return d
 
 
@@ -162,10 +164,12 @@ class QuarantineEntry:
     reasons: tuple[str, ...]
     counts: Mapping[str, int] = field(default_factory=dict)
     drift: bool = False
+    listing: Mapping[str, Any] = field(default_factory=dict)  # name -> [size, stamp] as read
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "payload_sha256": self.payload_sha256,
-                "reasons": list(self.reasons), "counts": dict(self.counts), "drift": self.drift}
+                "reasons": list(self.reasons), "counts": dict(self.counts), "drift": self.drift,
+                "listing": {k: list(v) for k, v in self.listing.items()}}
 
 
 def version_id(base: BaseInfo, increments: Sequence[IncrementEntry], fresh_fraction: float) -> str:
@@ -214,6 +218,22 @@ class DatasetVersion:
         (increments are immutable once complete)."""
         return frozenset(self.increment_ids) | {q.id for q in self.quarantined}
 
+    def changes(self, inc_id: str, listing: Mapping[str, Sequence[Any]]) -> dict[str, list[str]]:
+        """How a decided increment's files differ now from when it was read: ``added``,
+        ``removed`` and ``changed`` (size or stamp) names; empty when nothing changed or
+        nothing was recorded."""
+        listings = {e.id: e.listing for e in self.increments}
+        listings.update({q.id: q.listing for q in self.quarantined})
+        recorded = dict(listings.get(inc_id, {}))
+        if not recorded:
+            return {}
+        now = {k: list(v) for k, v in listing.items()}
+        diff = {"added": sorted(set(now) - set(recorded)),
+                "removed": sorted(set(recorded) - set(now)),
+                "changed": sorted(k for k in set(now) & set(recorded)
+                                  if list(recorded[k]) != now[k])}
+        return {k: v for k, v in diff.items() if v}
+
     def to_dict(self) -> dict[str, Any]:
         """The manifest (JSON-able)."""
         return {
@@ -256,13 +276,14 @@ class DatasetVersion:
                     arrays_sha256=e["arrays_sha256"], format=e["format"],
                     class_counts=tuple(e.get("class_counts", ())), drift=bool(e.get("drift")),
                     drift_statistics=dict(e.get("drift_statistics", {})),
-                    reasons=tuple(e.get("reasons", ())),
+                    reasons=tuple(e.get("reasons", ())), listing=dict(e.get("listing", {})),
                 )
                 for e in doc["increments"]
             )
             quarantined = tuple(
                 QuarantineEntry(q["id"], q.get("payload_sha256"), tuple(q.get("reasons", ())),
-                                dict(q.get("counts", {})), bool(q.get("drift")))
+                                dict(q.get("counts", {})), bool(q.get("drift")),
+                                dict(q.get("listing", {})))
                 for q in doc.get("quarantined", [])
             )
             version = cls(str(doc["id"]), base, incs, quarantined, float(doc["fresh_fraction"]),
@@ -307,6 +328,7 @@ def _cache_arrays(store: Store, checked: CheckedIncrement) -> IncrementEntry:
         drift=checked.drift_flagged,
         drift_statistics={k: dict(v) for k, v in checked.drift.items()},
         reasons=tuple(checked.reasons),
+        listing={k: list(v) for k, v in checked.listing.items()},
     )
 
 
@@ -368,7 +390,7 @@ def _merge_quarantined(old: Sequence[QuarantineEntry],
 
 def _quarantine_entry(c: CheckedIncrement) -> QuarantineEntry:
     return QuarantineEntry(c.id, c.payload_sha256, tuple(c.reasons), dict(c.counts),
-                           c.drift_flagged)
+                           c.drift_flagged, {k: list(v) for k, v in c.listing.items()})
 
 
 def save_version(

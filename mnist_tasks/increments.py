@@ -13,10 +13,9 @@ works). An increment is read only once its ``_SUCCESS`` marker exists; folders w
 reported by name and ignored (an upload in progress). Increments are immutable once complete:
 to correct one, land a new id. Nothing here ever deletes or changes the user's files.
 
-PNG files must be 28x28; any Pillow mode with 8 bits per channel (``1``, ``L``, ``LA``, ``P``,
-``PA``, ``RGB``, ``RGBA``, ``CMYK``, ``YCbCr``) is converted to 8-bit grayscale ``L`` with
-Pillow's ``convert("L")`` (ITU-R 601-2 luma; an alpha channel is dropped, not composited).
-Other sizes, 16/32-bit or float modes, and files that are not PNG are errors naming the file.
+Files are listed, read and decoded by the one reader for user files
+(:mod:`mnist_tasks.userfiles`; its rules are in ``docs/data.md``): any file name, hidden files
+skipped, links confined to the source, sizes capped, PNGs 28x28 with 8 bits per channel.
 
 Flow (what the ingest stage calls)::
 
@@ -40,34 +39,28 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import math
-import os
 import random
 import re
-import stat
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from mnist_tasks import idx
+from mnist_tasks import idx, userfiles
 from mnist_tasks.config import ConfigError
 from mnist_tasks.storage import (
-    LocalStore,
     ObjectNotFound,
-    ObjectTooLarge,
-    S3Store,
     StorageError,
     Store,
     open_store,
 )
+from mnist_tasks.userfiles import MARKER, UserFile, UserFileError, list_files
 from mnist_tasks.validation import row_hashes
 
 log = logging.getLogger(__name__)
@@ -98,7 +91,6 @@ __all__ = [
 ]
 
 INCREMENTS_PREFIX = "increments"
-MARKER = "_SUCCESS"
 IMAGES_FILE = "images-idx3-ubyte.gz"
 LABELS_FILE = "labels-idx1-ubyte.gz"
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -106,21 +98,7 @@ DIGITS = tuple(str(d) for d in range(10))
 NUM_CLASSES = 10
 ROWS = COLS = 28
 
-# Read bounds. An increment holds at most MAX_IMAGES images (a week of scans is thousands);
-# that bounds the IDX payloads' decompressed size, and each file's stored size is capped too,
-# so a wrong or hostile file costs at most a few hundred MB of memory, never unbounded.
-MAX_IMAGES = 100_000
-MAX_FILE_BYTES = 64 << 20  # one compressed IDX file
-MAX_PNG_BYTES = 1 << 20  # one PNG (a 28x28 digit is under 1 KB)
-_MAX_IMAGES_PAYLOAD = 16 + MAX_IMAGES * ROWS * COLS
-_MAX_LABELS_PAYLOAD = 8 + MAX_IMAGES
-
-# Pillow modes with 8 bits per channel, which convert("L") maps to grayscale without clipping.
-_PNG_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK",
-                        "YCbCr"})
 _PAYLOAD_TAG = b"mnist-tasks/increment-payload/1\n"
-_PNG_BATCH = 512  # PNGs fetched per batch: bounds the bytes held at once to 512 x 1 MiB
-_S3_READERS = 16  # parallel GETs for PNG increments on S3
 
 Status = Literal["ACCEPTED", "QUARANTINED"]
 Format = Literal["idx", "png"]
@@ -128,8 +106,8 @@ ACCEPTED: Status = "ACCEPTED"
 QUARANTINED: Status = "QUARANTINED"
 
 
-class IncrementError(ValueError):
-    """An increment cannot be read; the message names the file (its URI) and the problem."""
+class IncrementError(UserFileError):
+    """An increment's layout is wrong; the message names the file (its URI) and the problem."""
 
 
 class IncrementQuarantined(RuntimeError):
@@ -180,7 +158,7 @@ class IncrementPolicy:
     def __post_init__(self) -> None:
         _number("fresh_fraction", self.fresh_fraction, 0.0, 1.0, hi_open=True)
         _number("max_leakage_fraction", self.max_leakage_fraction, 0.0, 1.0)
-        _number("min_images", self.min_images, 1, MAX_IMAGES, integer=True)
+        _number("min_images", self.min_images, 1, userfiles.MAX_IMAGES, integer=True)
         _number("drift_alpha", self.drift_alpha, 0.0, 1.0, lo_open=True)
         _number("max_cramers_v", self.max_cramers_v, 0.0, 10.0)
         _number("max_ks_d", self.max_ks_d, 0.0, 1.0)
@@ -212,18 +190,27 @@ class IncrementPolicy:
 class IncrementRef:
     """A complete increment found by :func:`discover` (not read yet).
 
-    ``files`` are keys relative to the source root, the marker excluded, sorted.
+    ``files``: its data files (keys relative to the source root, names as the user wrote
+    them, with sizes and stamps), sorted. ``refused``: (key, problem) for entries the reader
+    will not follow (a folder link leaving the source); they quarantine the increment.
     """
 
     id: str
     source_uri: str
-    files: tuple[str, ...]
+    files: tuple[UserFile, ...]
     store: Store = field(compare=False, repr=False)
+    refused: tuple[tuple[str, str], ...] = ()
 
     @property
     def uri(self) -> str:
         """The increment folder's URI."""
         return f"{self.source_uri.rstrip('/')}/{INCREMENTS_PREFIX}/{self.id}"
+
+    def listing(self) -> dict[str, list[Any]]:
+        """Name -> [size, stamp] of each file (relative to the increment folder): what is
+        recorded with a decided increment, so a later change to its files can be named."""
+        base = len(f"{INCREMENTS_PREFIX}/{self.id}/")
+        return {f.key[base:]: [f.size, f.stamp] for f in self.files}
 
 
 @dataclass(frozen=True)
@@ -250,13 +237,17 @@ class Discovery:
         }
 
 
-def _safe_relative(key: str) -> bool:
-    parts = key.split("/")
-    return all(p and p not in (".", "..") and "\x00" not in p for p in parts)
+def _id_problem(name: str) -> str | None:
+    if not ID_PATTERN.fullmatch(name):
+        return ("not a valid increment id (letters, digits and ._-, starting with a letter or "
+                "digit, at most 64 characters)")
+    return None
 
 
 def discover(source: str, *, client_kwargs: Mapping[str, Any] | None = None) -> Discovery:
-    """List the increments under ``<source>/increments/`` with one listing call.
+    """List the increments under ``<source>/increments/`` with one listing
+    (:func:`mnist_tasks.userfiles.list_files`: any file name, hidden files skipped, links
+    confined to the source).
 
     Args:
         source: the source root: a folder, ``file:///path`` or ``s3://bucket/prefix``.
@@ -272,37 +263,31 @@ def discover(source: str, *, client_kwargs: Mapping[str, Any] | None = None) -> 
         StorageError: if the source cannot be listed (e.g. a missing bucket, no permission).
     """
     store = open_store(source, client_kwargs=client_kwargs)
-    by_id: dict[str, list[str]] = {}
-    invalid: dict[str, str] = {}
+    listing = list_files(store, INCREMENTS_PREFIX)
     base = INCREMENTS_PREFIX + "/"
-    for key in store.list(INCREMENTS_PREFIX):
-        if not key.startswith(base) or key.endswith("/"):
-            continue  # the prefix itself, or an S3 console "folder" placeholder
-        rest = key[len(base):]
-        name, sep, inner = rest.partition("/")
-        if name.startswith("."):
-            continue  # an uploader's hidden temp folder or file
+    by_id: dict[str, list[UserFile]] = {}
+    refused: dict[str, list[tuple[str, str]]] = {}
+    invalid: dict[str, str] = {}
+    for key, problem in listing.refused:
+        name = key[len(base):].partition("/")[0]
+        refused.setdefault(name, []).append((key, problem))
+    for f in listing.files:
+        name, sep, _ = f.key[len(base):].partition("/")
         if not sep:
             invalid[name] = "a file directly under increments/ (expected one folder per increment)"
-            continue
-        if not ID_PATTERN.fullmatch(name):
-            invalid[name] = ("not a valid increment id (letters, digits and ._-, starting with "
-                             "a letter or digit, at most 64 characters)")
-            continue
-        if any(p.startswith(".") for p in inner.split("/")):
-            continue  # hidden files (.DS_Store, an uploader's temp files) are never data
-        if not _safe_relative(key):
-            invalid[name] = f"unsafe file name {inner!r}"
-            continue
-        by_id.setdefault(name, []).append(key)
+        elif (bad_id := _id_problem(name)) is not None:
+            invalid[name] = bad_id
+        else:
+            by_id.setdefault(name, []).append(f)
+    marked = {m[len(base):] for m in listing.markers if m.startswith(base)}
     complete: list[IncrementRef] = []
     incomplete: list[str] = []
-    for inc_id in sorted(by_id):
-        keys = by_id[inc_id]
-        marker = f"{base}{inc_id}/{MARKER}"
-        if marker in keys:
-            files = tuple(sorted(k for k in keys if k != marker))
-            complete.append(IncrementRef(inc_id, store.uri, files, store))
+    for inc_id in sorted(set(by_id) | {m for m in marked if "/" not in m} | set(refused)):
+        if (bad_id := _id_problem(inc_id)) is not None:
+            invalid[inc_id] = bad_id
+        elif inc_id in marked:
+            complete.append(IncrementRef(inc_id, store.uri, tuple(by_id.get(inc_id, ())), store,
+                                         tuple(refused.get(inc_id, ()))))
         else:
             incomplete.append(inc_id)
             log.warning("increment %s/%s%s has no %s marker yet (upload in progress?); "
@@ -312,63 +297,11 @@ def discover(source: str, *, client_kwargs: Mapping[str, Any] | None = None) -> 
     return Discovery(store.uri, tuple(complete), tuple(incomplete), tuple(sorted(invalid.items())))
 
 
-# --------------------------------------------------------------------------- bounded reads
+# --------------------------------------------------------------------------- reading
 
 
 def _uri(store: Store, key: str) -> str:
     return f"{store.uri.rstrip('/')}/{key}"
-
-
-def _read_local(store: LocalStore, key: str, limit: int) -> bytes:
-    """A regular file inside the store's folder, at most ``limit`` bytes."""
-    uri = _uri(store, key)
-    path = store.root.joinpath(*key.split("/"))
-    try:
-        real = path.resolve(strict=True)
-    except FileNotFoundError:
-        raise IncrementError(f"{uri}: no such file (removed after the listing?)") from None
-    except (OSError, RuntimeError) as exc:  # a symlink loop
-        raise IncrementError(f"{uri}: cannot resolve the path ({exc})") from None
-    if not real.is_relative_to(store.root.resolve()):
-        raise IncrementError(f"{uri}: a symbolic link to {real}, outside the source folder; "
-                             "refusing to read it")
-    try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then rejects it.
-        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        raise IncrementError(f"{uri}: cannot open ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise IncrementError(f"{uri}: not a regular file (a FIFO, device or socket); "
-                                 "refusing to read it")
-        if st.st_size > limit:
-            raise IncrementError(f"{uri}: {st.st_size:,} bytes is over the {limit:,}-byte "
-                                 "limit for one increment file")
-        data = fh.read(limit + 1)
-    if len(data) > limit:
-        raise IncrementError(f"{uri}: over the {limit:,}-byte limit for one increment file")
-    return data
-
-
-def _read_file(store: Store, key: str, limit: int) -> bytes:
-    """At most ``limit`` bytes of one increment file; the size is checked before reading."""
-    if isinstance(store, LocalStore):
-        return _read_local(store, key, limit)  # refuses FIFOs, devices, links leaving the source
-    uri = _uri(store, key)
-    try:
-        with store.open_read(key, max_bytes=limit) as body:
-            data = body.read(limit + 1)  # bounded even if the reported size lies
-    except ObjectNotFound:
-        raise IncrementError(f"{uri}: no such object (removed after the listing?)") from None
-    except ObjectTooLarge as exc:
-        raise IncrementError(f"{exc} (the limit for one increment file)") from None
-    if len(data) > limit:
-        raise IncrementError(f"{uri}: over the {limit:,}-byte limit for one increment file")
-    return bytes(data)
-
-
-# --------------------------------------------------------------------------- reading
 
 
 @dataclass(frozen=True, eq=False)
@@ -401,142 +334,90 @@ def payload_sha256(images: np.ndarray, labels: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _layout(ref: IncrementRef) -> tuple[Format, list[str]]:
+def _layout(ref: IncrementRef) -> tuple[Format, list[UserFile]]:
     """Decide the increment's format from its file names; errors name the odd file."""
+    for key, problem in ref.refused:
+        raise IncrementError(f"{_uri(ref.store, key)}: {problem}")
     base = f"{INCREMENTS_PREFIX}/{ref.id}/"
-    idx_files, png_files = [], []
-    for key in ref.files:
-        rel = key[len(base):]
+    idx_files: dict[str, UserFile] = {}
+    png_files: list[UserFile] = []
+    for f in ref.files:
+        rel = f.key[len(base):]
         parts = rel.split("/")
         if len(parts) == 1 and rel in (IMAGES_FILE, LABELS_FILE):
-            idx_files.append(key)
+            idx_files[rel] = f
         elif len(parts) == 2 and parts[0] in DIGITS and parts[1].lower().endswith(".png"):
-            png_files.append(key)
+            png_files.append(f)
         else:
             raise IncrementError(
-                f"{_uri(ref.store, key)}: unexpected file in increment {ref.id!r}: an increment "
-                f"holds either {IMAGES_FILE} and {LABELS_FILE}, or PNG files in folders 0 to 9"
+                f"{_uri(ref.store, f.key)}: unexpected file in increment {ref.id!r}: an "
+                f"increment holds either {IMAGES_FILE} and {LABELS_FILE}, or PNG files in "
+                "folders 0 to 9"
             )
     if idx_files and png_files:
         raise IncrementError(f"{ref.uri}: holds both IDX files and PNG folders; use one format "
                              "per increment")
     if png_files:
         return "png", png_files
-    names = {k[len(base):] for k in idx_files}
-    missing = sorted({IMAGES_FILE, LABELS_FILE} - names)
+    missing = sorted({IMAGES_FILE, LABELS_FILE} - set(idx_files))
     if missing:
         raise IncrementError(f"{ref.uri}/{missing[0]}: missing (an IDX increment needs both "
                              f"{IMAGES_FILE} and {LABELS_FILE}; nothing else was found)"
                              if idx_files else
                              f"{ref.uri}: empty increment (the marker but no data files)")
-    return "idx", [f"{base}{IMAGES_FILE}", f"{base}{LABELS_FILE}"]
+    return "idx", [idx_files[IMAGES_FILE], idx_files[LABELS_FILE]]
 
 
-def _read_idx(ref: IncrementRef, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    arrays: list[np.ndarray] = []
-    for key, ndim, limit in ((keys[0], 3, _MAX_IMAGES_PAYLOAD), (keys[1], 1, _MAX_LABELS_PAYLOAD)):
-        uri = _uri(ref.store, key)
-        data = _read_file(ref.store, key, MAX_FILE_BYTES)
-        try:
-            payload = idx.decompress(data, source=uri, max_bytes=limit)
-            arrays.append(idx.parse_idx(payload, source=uri, ndim=ndim, dtype=np.dtype("u1")))
-        except idx.IdxFormatError as exc:
-            raise IncrementError(str(exc)) from None
-    images, labels = arrays
-    img_uri, lab_uri = _uri(ref.store, keys[0]), _uri(ref.store, keys[1])
-    if images.shape[1:] != (ROWS, COLS):
-        raise IncrementError(f"{img_uri}: images are {images.shape[1]}x{images.shape[2]}, "
-                             f"expected {ROWS}x{COLS}")
-    if len(images) > MAX_IMAGES:
-        raise IncrementError(f"{img_uri}: {len(images):,} images, over the {MAX_IMAGES:,} limit "
-                             "for one increment")
+def _read_idx(ref: IncrementRef, files: list[UserFile]) -> tuple[np.ndarray, np.ndarray]:
+    img_uri, lab_uri = _uri(ref.store, files[0].key), _uri(ref.store, files[1].key)
+    limit = userfiles.MAX_IDX_FILE_BYTES
+    images = userfiles.decode_idx_images(userfiles.read_file(ref.store, files[0], limit), img_uri)
+    labels = userfiles.decode_idx_labels(userfiles.read_file(ref.store, files[1], limit), lab_uri)
     if len(images) != len(labels):
         raise IncrementError(f"{lab_uri}: {len(labels):,} labels for {len(images):,} images in "
                              f"{img_uri}")
-    bad = np.flatnonzero(labels > 9)
-    if len(bad):
-        raise IncrementError(f"{lab_uri}: {len(bad):,} labels out of range 0..9 (first: label "
-                             f"{int(labels[bad[0]])} at index {int(bad[0])})")
     return np.array(images), np.array(labels)
 
 
-def _decode_png(data: bytes, uri: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        # verify() walks every chunk to IEND checking CRCs, so a file cut short after its
-        # pixel data (which decoding alone tolerates) is refused too; it consumes the image.
-        with Image.open(io.BytesIO(data)) as probe:
-            probe.verify()
-        img = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise IncrementError(f"{uri}: unreadable PNG ({exc or type(exc).__name__})") from None
-    with img:
-        if img.format != "PNG":
-            raise IncrementError(f"{uri}: not a PNG file (Pillow reads it as {img.format})")
-        if img.size != (COLS, ROWS):
-            raise IncrementError(f"{uri}: PNG is {img.size[0]}x{img.size[1]}, expected "
-                                 f"{COLS}x{ROWS} (resize it before uploading)")
-        if img.mode not in _PNG_MODES:
-            raise IncrementError(f"{uri}: PNG mode {img.mode!r} is not supported (use 8-bit "
-                                 "grayscale L, or an 8-bit colour mode, converted to L)")
-        try:
-            gray = img.convert("L")
-            arr = np.asarray(gray, dtype=np.uint8)
-        except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt pixel data
-            raise IncrementError(f"{uri}: unreadable PNG ({exc})") from None
-    return arr
-
-
-def _read_png(ref: IncrementRef, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    if len(keys) > MAX_IMAGES:
-        raise IncrementError(f"{ref.uri}: {len(keys):,} PNG files, over the {MAX_IMAGES:,} "
-                             "limit for one increment")
+def _read_png(ref: IncrementRef, files: list[UserFile]) -> tuple[np.ndarray, np.ndarray]:
+    if len(files) > userfiles.MAX_IMAGES:
+        raise IncrementError(f"{ref.uri}: {len(files):,} PNG files, over the "
+                             f"{userfiles.MAX_IMAGES:,} limit for one increment")
     base = len(f"{INCREMENTS_PREFIX}/{ref.id}/")
     # Canonical order: by digit, then file name (so the payload hash is stable).
-    ordered = sorted(keys, key=lambda k: (int(k[base]), k[base + 2:]))
+    ordered = sorted(files, key=lambda f: (int(f.key[base]), f.key[base + 2:]))
     images = np.empty((len(ordered), ROWS, COLS), dtype=np.uint8)
     labels = np.empty(len(ordered), dtype=np.uint8)
-    for start in range(0, len(ordered), _PNG_BATCH):
-        batch = ordered[start:start + _PNG_BATCH]
-        for i, (key, data) in enumerate(zip(batch, _fetch_many(ref.store, batch), strict=True),
-                                        start):
-            images[i] = _decode_png(data, _uri(ref.store, key))
-            labels[i] = int(key[base])
+    pairs = userfiles.read_many(ref.store, ordered, userfiles.MAX_PNG_BYTES)
+    for i, (f, data) in enumerate(pairs):
+        if isinstance(data, UserFileError):
+            raise data
+        images[i] = userfiles.decode_png(data, _uri(ref.store, f.key))
+        labels[i] = int(f.key[base])
     return images, labels
 
 
-def _fetch_many(store: Store, keys: list[str]) -> list[bytes]:
-    """The bytes of small files; on S3 in parallel (one GET per PNG is latency-bound)."""
-    if not isinstance(store, S3Store) or len(keys) < 2:
-        return [_read_file(store, k, MAX_PNG_BYTES) for k in keys]
-    _ = store.client  # build the client once, before the threads share it
-    with ThreadPoolExecutor(max_workers=_S3_READERS) as pool:
-        return list(pool.map(lambda k: _read_file(store, k, MAX_PNG_BYTES), keys))
-
-
 def read_increment(ref: IncrementRef) -> RawIncrement:
-    """Read and decode one complete increment with the strict readers.
+    """Read and decode one complete increment with the one reader (:mod:`mnist_tasks.userfiles`).
 
     Returns:
         A :class:`RawIncrement` with uint8 images (n, 28, 28), uint8 labels (n,) in 0..9.
 
     Raises:
-        IncrementError: naming the file and the problem: an unexpected file or a mix of
-            formats, a missing half of the IDX pair, a file over the size limit, not a regular
-            file or a symlink out of the source folder, a truncated or corrupt gzip, a bad IDX
-            header, images not 28x28, label and image counts that differ, a label above 9,
-            an unreadable PNG, a PNG not 28x28 or in an unsupported mode.
+        UserFileError: naming the file and the problem (:class:`IncrementError` for the
+            increment's layout): an unexpected file or a mix of formats, a missing half of the
+            IDX pair, a file over the size limit, not a regular file or a link out of the
+            source, a bad gzip or IDX header, images not 28x28, label and image counts that
+            differ, a label above 9, an unreadable PNG, a PNG not 28x28 or over 8 bits.
         StorageError: if the store fails for another reason (network, permission): a
             transient failure that should fail (and retry) the task rather than quarantine.
     """
-    fmt, keys = _layout(ref)
-    images, labels = _read_idx(ref, keys) if fmt == "idx" else _read_png(ref, keys)
+    fmt, files = _layout(ref)
+    images, labels = _read_idx(ref, files) if fmt == "idx" else _read_png(ref, files)
     return RawIncrement(
         id=ref.id, uri=ref.uri, format=fmt, images=images, labels=labels,
-        payload_sha256=payload_sha256(images, labels), files=tuple(keys),
+        payload_sha256=payload_sha256(images, labels), files=tuple(f.key for f in files),
     )
-
 
 # --------------------------------------------------------------------------- validation
 
@@ -626,7 +507,8 @@ class CheckedIncrement:
     ``drift``: per statistic (``class_distribution``, ``mean_intensity``, ``stroke_area``) a
     dict with ``test``, ``statistic``, ``p_value``, ``effect_size`` (and ``effect``, its name),
     ``limit`` and ``flagged``; empty when not computed. ``reasons``: why it was quarantined,
-    and warnings (drift) for an accepted one. The arrays are empty unless ACCEPTED.
+    and warnings (drift) for an accepted one. ``listing``: what was read, name -> [size,
+    stamp] (:meth:`IncrementRef.listing`). The arrays are empty unless ACCEPTED.
     """
 
     id: str
@@ -643,6 +525,7 @@ class CheckedIncrement:
     train_labels: np.ndarray = field(default_factory=_no_labels, repr=False)
     fresh_images: np.ndarray = field(default_factory=_no_images, repr=False)
     fresh_labels: np.ndarray = field(default_factory=_no_labels, repr=False)
+    listing: Mapping[str, Sequence[Any]] = field(default_factory=dict, repr=False)
 
     @property
     def accepted(self) -> bool:
@@ -903,7 +786,7 @@ def validate_increment(
 
 
 def unreadable(
-    ref: IncrementRef, error: IncrementError, policy: IncrementPolicy
+    ref: IncrementRef, error: UserFileError, policy: IncrementPolicy
 ) -> CheckedIncrement:
     """The QUARANTINED result for an increment that :func:`read_increment` refused."""
     return CheckedIncrement(
@@ -939,10 +822,11 @@ def check_all(
     for ref in sorted(refs, key=lambda r: r.id):
         try:
             raw = read_increment(ref)
-        except IncrementError as exc:
+        except UserFileError as exc:
             result = unreadable(ref, exc, policy)
         else:
             result = validate_increment(raw, reference=reference, policy=policy)
+        result = dataclasses.replace(result, listing=ref.listing())
         if result.accepted:
             reference = reference.with_accepted(
                 np.concatenate([result.train_images, result.fresh_images]))

@@ -67,7 +67,7 @@ import time
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -759,6 +759,26 @@ def _increment_records(version: datasets.DatasetVersion,
     return records
 
 
+def _changed_increments(version: datasets.DatasetVersion,
+                        decided: Sequence[increments.IncrementRef]) -> list[dict[str, Any]]:
+    """The decided increments whose files changed since they were read, each warned about by
+    name: they are never read again, so the change would otherwise go unnoticed."""
+    out = []
+    for ref in decided:
+        diff = version.changes(ref.id, ref.listing())
+        if not diff:
+            continue
+        what = "; ".join(f"{kind} {', '.join(names[:10])}"
+                         + (f" (and {len(names) - 10} more)" if len(names) > 10 else "")
+                         for kind, names in diff.items())
+        log.warning("ingest: increment %s changed after it was decided in dataset version %s "
+                    "(%s): %s. Increments are immutable: what was read then is what is used; "
+                    "land the corrected or complete data under a new increment id",
+                    ref.id, version.id, ref.uri, what)
+        out.append({"id": ref.id, **diff})
+    return out
+
+
 def _dataset_version(
     base_result: Mapping[str, Any], cfg: IngestConfig, store: Store, *,
     policy: increments.IncrementPolicy, s3_client_kwargs: Mapping[str, Any] | None,
@@ -774,6 +794,7 @@ def _dataset_version(
     latest = _latest_version(store, latest_id, base, policy.fresh_fraction)
 
     ignored: list[dict[str, str]] = []
+    changed: list[dict[str, Any]] = []
     complete: tuple[increments.IncrementRef, ...] = ()
     if source_uri is not None:
         found = increments.discover(source_uri, client_kwargs=s3_client_kwargs)
@@ -791,6 +812,7 @@ def _dataset_version(
             log.info("ingest: %d increment(s) already decided in dataset version %s, not read "
                      "again: %s", len(known & present), latest.id,
                      ", ".join(sorted(known & present)))
+        changed = _changed_increments(latest, [r for r in complete if r.id in known])
         gone = sorted(set(latest.increment_ids) - present)
         if gone and source_uri is not None:
             log.warning("ingest: increment(s) %s of dataset version %s are no longer in %s; "
@@ -842,6 +864,7 @@ def _dataset_version(
         "quarantined": [q.id for q in version.quarantined],
         "increments_new": [r.id for r in results],
         "increments_ignored": ignored,
+        "increments_changed": changed,
         "increments_source": source_uri,
     }
 

@@ -37,7 +37,6 @@ The work is split into steps that an orchestrator can run as separate tasks (the
 
 from __future__ import annotations
 
-import concurrent.futures
 import csv
 import hashlib
 import io
@@ -61,7 +60,6 @@ from mnist_tasks.artifacts import (
     utc_now,
 )
 from mnist_tasks.config import DEFAULT_MODEL_NAME
-from mnist_tasks.idx import IdxFormatError, decompress, parse_idx
 from mnist_tasks.registry import CHAMPION, Registry, RegistryError, parse_version
 from mnist_tasks.storage import (
     LocalStore,
@@ -70,6 +68,16 @@ from mnist_tasks.storage import (
     StorageError,
     Store,
     validate_key,
+)
+from mnist_tasks.userfiles import (
+    MAX_IDX_FILE_BYTES,
+    MAX_IMAGES,
+    MAX_PNG_BYTES,
+    UserFileError,
+    decode_idx_images,
+    decode_png,
+    list_files,
+    read_many,
 )
 
 if TYPE_CHECKING:
@@ -91,7 +99,7 @@ COLUMNS = ("image_id", "predicted", "probability", "runner_up", "runner_up_proba
 TRAINING_PRIOR_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
 _IDX_SUFFIXES = ("-ubyte", ".idx", ".idx3")
 _BATCH_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+@-]{0,127}")
-_FETCH_THREADS = 16  # objects read at once (S3 latency, not CPU, bounds reading many PNGs)
+MAX_BATCH_IMAGES = 10 * MAX_IMAGES  # images scored from one batch (784 MB decoded)
 
 
 class ScoringError(RuntimeError):
@@ -378,85 +386,76 @@ def _is_idx(name: str) -> bool:
     return name.removesuffix(".gz").endswith(_IDX_SUFFIXES)
 
 
-def _decode_png(data: bytes, name: str) -> np.ndarray:
-    """One 28x28 grayscale image; ValueError naming the file and the problem."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as probe:
-            probe.verify()  # walks every chunk checking CRCs: a truncated file is refused
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format != "PNG":
-                raise ValueError(f"{name}: not a PNG file (Pillow reads it as {img.format})")
-            if img.size != (COLS, ROWS):
-                raise ValueError(f"{name}: PNG is {img.size[0]}x{img.size[1]}, expected "
-                                 f"{COLS}x{ROWS}")
-            return np.asarray(img.convert("L"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, EOFError) as exc:
-        raise ValueError(f"{name}: unreadable PNG ({exc or type(exc).__name__})") from None
-
-
-def _decode_idx(data: bytes, name: str, uri: str) -> np.ndarray:
-    import numpy as np
-
-    try:
-        images = parse_idx(decompress(data, source=uri), source=uri, ndim=3,
-                           dtype=np.dtype("u1"))
-    except IdxFormatError as exc:
-        raise ValueError(f"{name}: {str(exc).removeprefix(uri + ': ')}") from None
-    if images.shape[1:] != (ROWS, COLS):
-        raise ValueError(f"{name}: IDX images are {images.shape[1]}x{images.shape[2]}, "
-                         f"expected {ROWS}x{COLS}")
-    return np.asarray(images)
-
-
 def read_batch(landing: Store, batch: str) -> dict[str, Any]:
-    """Read and decode one complete batch; bad files are skipped and named.
+    """Read and decode one complete batch with the one reader for user files
+    (:mod:`mnist_tasks.userfiles`); bad files are skipped and named.
 
     Returns:
         ``{"images": uint8 (N, 28, 28), "ids": [N image ids], "errors": [{"file", "error"}],
         "input_sha256", "files", "decode_s"}``. Image ids are the PNG's path in the batch, or
         ``<idx file>#<index>``. The input SHA-256 is over the sorted (name, SHA-256) of every
-        file of the batch but the marker.
+        file of the batch but the marker (a file that cannot be read: its name and problem).
 
     Raises:
         BatchRejected: if no image of the batch can be read (the message names every file
             and its problem).
+        StorageError: if the landing itself fails (the task is retried).
     """
     import numpy as np
 
     start = time.perf_counter()
     batch = validate_batch_id(batch)
-    base = f"{batch}/"
-    keys = [k for k in landing.list(batch) if k != base + MARKER]
-    names = [k[len(base):] for k in keys]
+    listing = list_files(landing, batch)
+    folder = f"{listing.root_uri.rstrip('/')}/{batch}/"
+    names = {f.key: f.key[len(batch) + 1:] for f in listing.files}
+    decoded: dict[str, np.ndarray | str] = {}  # name -> images, or the problem
 
-    def fetch(key: str) -> bytes:
-        return landing.read_bytes(key)
+    def problem(exc: UserFileError) -> str:
+        return str(exc).replace(folder, "")  # "x.png: ...": the batch is named elsewhere
 
-    with concurrent.futures.ThreadPoolExecutor(_FETCH_THREADS) as pool:
-        blobs = list(pool.map(fetch, keys))
+    for key, why in listing.refused:
+        decoded[key[len(batch) + 1:]] = f"{key[len(batch) + 1:]}: {why}"
+    pngs = [f for f in listing.files if f.name.lower().endswith(".png")]
+    idxs = [f for f in listing.files if _is_idx(f.name) and not f.name.lower().endswith(".png")]
+    others = [f for f in listing.files if f not in set(pngs) | set(idxs)]
+    digest_parts: dict[str, str] = {}
+    for files, limit in ((pngs, MAX_PNG_BYTES), (idxs, MAX_IDX_FILE_BYTES)):
+        for f, data in read_many(landing, files, limit):
+            name = names[f.key]
+            if isinstance(data, UserFileError):
+                decoded[name] = digest_parts[name] = problem(data)
+                continue
+            digest_parts[name] = hashlib.sha256(data).hexdigest()
+            try:
+                arr = (decode_png(data, folder + name)[None] if f in pngs
+                       else decode_idx_images(data, folder + name))
+            except UserFileError as exc:
+                decoded[name] = problem(exc)
+                continue
+            decoded[name] = arr
+    for f in others:
+        name = names[f.key]
+        decoded[name] = digest_parts[name] = (f"{name}: neither a .png nor an IDX images "
+                                               "file; ignored")
     digest = hashlib.sha256(b"mnist-tasks/scoring-batch/1\n")
+    for name in sorted(digest_parts):
+        digest.update(f"{name}\0{digest_parts[name]}\n".encode())
     images: list[np.ndarray] = []
     ids: list[str] = []
     errors: list[dict[str, str]] = []
-    for name, key, data in zip(names, keys, blobs, strict=True):
-        digest.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\n".encode())
-        try:
-            if name.lower().endswith(".png"):
-                images.append(_decode_png(data, name)[None])
-                ids.append(name)
-            elif _is_idx(name):
-                arr = _decode_idx(data, name, landing.uri_for(key))
-                if len(arr) == 0:
-                    raise ValueError(f"{name}: holds no images")
-                images.append(arr)
-                ids.extend(f"{name}#{i}" for i in range(len(arr)))
-            else:
-                raise ValueError(f"{name}: neither a .png nor an IDX images file; ignored")
-        except ValueError as exc:
-            errors.append({"file": name, "error": str(exc)})
+    total = 0
+    for name in sorted(decoded):
+        item = decoded[name]
+        if isinstance(item, str):
+            errors.append({"file": name, "error": item})
+        elif total + len(item) > MAX_BATCH_IMAGES:
+            errors.append({"file": name, "error": f"{name}: over the batch's limit of "
+                           f"{MAX_BATCH_IMAGES:,} images; land it in another batch"})
+        else:
+            total += len(item)
+            images.append(item)
+            ids.extend([name] if name.lower().endswith(".png")
+                       else [f"{name}#{i}" for i in range(len(item))])
     uri = landing.uri_for(batch)
     if not ids:
         detail = "; ".join(e["error"] for e in errors[:20]) or "the folder holds no files"
@@ -470,7 +469,7 @@ def read_batch(landing: Store, batch: str) -> dict[str, Any]:
         "ids": ids,
         "errors": errors,
         "input_sha256": digest.hexdigest(),
-        "files": len(keys),
+        "files": len(listing.files) + len(listing.refused),
         "decode_s": time.perf_counter() - start,
     }
 

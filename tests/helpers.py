@@ -25,10 +25,17 @@ import numpy as np
 import pytest
 
 from mnist_tasks.artifacts import save_npz
-from mnist_tasks.config import MNIST_FILES, PreprocessConfig, TrainConfig, train_config
+from mnist_tasks.config import (
+    MNIST_FILES,
+    IngestConfig,
+    PreprocessConfig,
+    TrainConfig,
+    train_config,
+)
 from mnist_tasks.idx import encode_idx
+from mnist_tasks.ingest import ingest
 from mnist_tasks.preprocess import preprocess
-from mnist_tasks.storage import Store
+from mnist_tasks.storage import LocalStore, Store
 
 RUN = "r1"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -248,23 +255,19 @@ def write_zero_bomb(path: Path, n_bytes: int) -> int:
     return path.stat().st_size
 
 
-# Runs ingest once and reports how much the process's resident memory grew while it ran.
-#  * Everything ingest needs is imported first (and for an s3:// source the boto3 service model
-#    loaded), so imports are not counted.
+# Runs one function in a fresh Python and reports how much its resident memory grew meanwhile.
+#  * The function's module is imported first (and boto3's S3 service model loaded), so imports
+#    are not counted.
 #  * The peak-RSS mark (VmHWM) is then reset (``5`` into /proc/self/clear_refs, Linux >= 4.0)
-#    and the current RSS taken as the baseline; growth = VmHWM after ingest - that baseline.
+#    and the current RSS taken as the baseline; growth = VmHWM after the call - that baseline.
 #    Where the reset is not allowed, the peak since start is used: that can only overstate.
 #  * The address space is capped 2 GiB above what is mapped, so code that reads without bound
-#    (the old behaviour) ends in MemoryError in the child, not in the machine's OOM killer.
+#    ends in MemoryError in the child, not in the machine's OOM killer.
 _CHILD = r"""
-import json, resource, sys
+import importlib, json, resource, sys
 from pathlib import Path
 
 import boto3
-
-from mnist_tasks.config import IngestConfig
-from mnist_tasks.ingest import ingest
-from mnist_tasks.storage import LocalStore
 
 
 def status(field):
@@ -274,49 +277,62 @@ def status(field):
     raise LookupError(field)
 
 
-kwargs, store_dir = json.loads(sys.argv[1]), sys.argv[2]
-cfg = IngestConfig(**kwargs)
-store = LocalStore(store_dir)
-if cfg.source.startswith("s3://"):
-    boto3.client("s3")
+module, _, name = sys.argv[1].partition(":")
+func = getattr(importlib.import_module(module), name)
+args = json.loads(sys.argv[2])
+boto3.client("s3", region_name="us-east-1")
 limit = status("VmSize") + (2 << 30)
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 try:
     Path("/proc/self/clear_refs").write_text("5")
-    reset = True
 except OSError:
-    reset = False
+    pass
 baseline = status("VmRSS")
 try:
-    ingest(cfg, store)
+    value = func(*args)
     error = None
 except BaseException as exc:
-    error = [type(exc).__name__, str(exc)[:2000]]
-print(json.dumps({"error": error, "growth": status("VmHWM") - baseline, "reset": reset}))
+    value, error = None, [type(exc).__name__, str(exc)[:2000]]
+print(json.dumps({"error": error, "growth": status("VmHWM") - baseline, "value": value}))
 """
 
 
 @dataclass(frozen=True)
 class ChildRun:
-    error_type: str | None  # the exception's class name, None if ingest succeeded
+    error_type: str | None  # the exception's class name, None if the call succeeded
     message: str
     growth: int  # peak resident bytes above the baseline (see _CHILD)
+    value: Any = None  # what the call returned (JSON)
+
+
+def call_in_child(target: str, *args: Any, timeout_s: float = 120) -> ChildRun:
+    """Call ``target`` ("module:function") with JSON-able ``args`` in a fresh Python and
+    measure its peak memory growth; the environment (e.g. AWS_ENDPOINT_URL_S3) is inherited."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, target, json.dumps(args)],
+        capture_output=True, text=True, timeout=timeout_s, check=False,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise AssertionError(f"child failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    error = out["error"] or [None, ""]
+    return ChildRun(error_type=error[0], message=error[1], growth=out["growth"],
+                    value=out["value"])
+
+
+def run_ingest(cfg_kwargs: dict[str, Any], store_dir: str) -> None:
+    """``ingest`` into a folder store (for :func:`call_in_child`)."""
+    ingest(IngestConfig(**cfg_kwargs), LocalStore(store_dir))
 
 
 def ingest_in_child(
     cfg_kwargs: dict[str, Any], store_dir: Path, timeout_s: float = 120
 ) -> ChildRun:
     """Run ``ingest(IngestConfig(**cfg_kwargs), LocalStore(store_dir))`` in a fresh Python and
-    measure its peak memory growth; the environment (e.g. AWS_ENDPOINT_URL_S3) is inherited."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _CHILD, json.dumps(cfg_kwargs), str(store_dir)],
-        capture_output=True, text=True, timeout=timeout_s, check=False,
-    )
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise AssertionError(f"child failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    error = out["error"] or [None, ""]
-    return ChildRun(error_type=error[0], message=error[1], growth=out["growth"])
+    measure its peak memory growth (:func:`call_in_child`)."""
+    return call_in_child("tests.helpers:run_ingest", cfg_kwargs, str(store_dir),
+                         timeout_s=timeout_s)
 
 
 # -- how `make test` spreads the suite over its pytest-xdist workers (tests/conftest.py) ----------

@@ -17,14 +17,13 @@ import pytest
 from PIL import Image
 
 from mnist_tasks import datasets as ds
-from mnist_tasks import idx
+from mnist_tasks import idx, userfiles
 from mnist_tasks import increments as inc
 from mnist_tasks.config import MNIST_FILES
 from mnist_tasks.datasets import BaseInfo, list_versions, load_arrays, load_version, save_version
 from mnist_tasks.increments import (
     ACCEPTED,
     QUARANTINED,
-    IncrementError,
     IncrementPolicy,
     Reference,
     check_all,
@@ -33,6 +32,7 @@ from mnist_tasks.increments import (
     read_increment,
 )
 from mnist_tasks.storage import S3Store, StorageError
+from mnist_tasks.userfiles import UserFileError
 from tests.conftest import TEST_BUCKET
 
 pytestmark = pytest.mark.integration
@@ -116,9 +116,9 @@ def test_s3_reads_are_bounded_and_missing_buckets_fail_loudly(
 ) -> None:
     x, y = digits(30, seed=4)
     land_idx("big", x, y)
-    monkeypatch.setattr(inc, "MAX_FILE_BYTES", 64)
-    with pytest.raises(IncrementError, match=rf"{SOURCE}/increments/big/images-idx3-ubyte\.gz: "
-                                             r"[\d,]+ bytes is larger than the 64 accepted"):
+    monkeypatch.setattr(userfiles, "MAX_IDX_FILE_BYTES", 64)
+    with pytest.raises(UserFileError, match=rf"{SOURCE}/increments/big/images-idx3-ubyte\.gz: "
+                                             r"[\d,]+ bytes is over the 64-byte limit"):
         read_increment(discover(SOURCE).complete[0])
     with pytest.raises(StorageError, match=r"no-such-bucket"):
         discover("s3://no-such-bucket/x")

@@ -215,3 +215,44 @@ def test_fail_on_quarantine_fails_the_run_naming_them(
     out = run_ingest(src, sha, store)
     assert sorted(out["quarantined"]) == ["cut", "labels", "leak", "png32"]
     assert out["increments_new"] == []
+
+
+def test_a_decided_increment_that_changes_is_named_on_every_run(
+    source: tuple[Source, dict[str, str]], store: Store, reads: list[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The marker came before every file, and a decided file was later rewritten: the
+    increment is not read again (what was read is what is used), and every run warns, naming
+    it, its files and what to do."""
+    src, sha = source
+    rng = np.random.default_rng(7)
+    folder = src.folder / "increments" / "early"
+
+    def put_png(name: str) -> None:
+        image = np.where(rng.random((28, 28)) < 0.3, rng.integers(1, 256, (28, 28)), 0)
+        buf = io.BytesIO()
+        Image.fromarray(image.astype(np.uint8)).save(buf, format="PNG")
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(buf.getvalue())
+
+    for i in range(20):
+        put_png(f"{i % 10}/d{i:02d}.png")
+    (folder / increments.MARKER).write_bytes(b"")
+    src.sync()
+    first = run_ingest(src, sha, store)
+    assert first["increments_new"] == ["early"] and first["increments_changed"] == []
+    assert reads == ["early"]
+
+    put_png("5/late arrival.png")  # landed after the marker
+    put_png("3/d03.png")  # rewritten with other bytes
+    src.sync()
+    for _ in range(2):
+        caplog.clear()
+        again = run_ingest(src, sha, store)
+        assert again["dataset_version"] == first["dataset_version"] and reads == ["early"]
+        assert again["increments_changed"] == [
+            {"id": "early", "added": ["5/late arrival.png"], "changed": ["3/d03.png"]}]
+        [warning] = [r.getMessage() for r in caplog.records if "changed after" in r.getMessage()]
+        assert "increment early changed after it was decided" in warning
+        assert "added 5/late arrival.png; changed 3/d03.png" in warning
+        assert "land the corrected or complete data under a new increment id" in warning

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_tasks import idx
+from mnist_tasks import idx, userfiles
 from mnist_tasks import increments as inc
 from mnist_tasks.config import ConfigError
 from mnist_tasks.datasets import thicken, write_increment
@@ -25,7 +25,6 @@ from mnist_tasks.increments import (
     ACCEPTED,
     MARKER,
     QUARANTINED,
-    IncrementError,
     IncrementPolicy,
     IncrementQuarantined,
     Reference,
@@ -40,6 +39,7 @@ from mnist_tasks.increments import (
     validate_increment,
 )
 from mnist_tasks.storage import LocalStore, StorageError
+from mnist_tasks.userfiles import UserFileError
 
 
 def digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +110,7 @@ def test_discover_sorts_complete_and_names_incomplete_and_invalid(tmp_path: Path
     assert [r.id for r in found.complete] == ["2026-11-20", "2026-11-27"]
     assert found.incomplete == ("2026-12-01",)
     assert dict(found.invalid).keys() == {"-bad", "stray.txt"}
-    assert found.complete[0].files == (
+    assert tuple(f.key for f in found.complete[0].files) == (
         "increments/2026-11-20/images-idx3-ubyte.gz",
         "increments/2026-11-20/labels-idx1-ubyte.gz",
     )
@@ -159,7 +159,7 @@ def test_truncated_gzip_names_the_file(tmp_path: Path) -> None:
     data = gz_idx(x)
     raw_folder(tmp_path, "cut", {"images-idx3-ubyte.gz": data[: len(data) // 2],
                                  "labels-idx1-ubyte.gz": gz_idx(y)})
-    with pytest.raises(IncrementError, match=r"increments/cut/images-idx3-ubyte\.gz: truncated"):
+    with pytest.raises(UserFileError, match=r"increments/cut/images-idx3-ubyte\.gz: truncated"):
         read_increment(only(tmp_path))
 
 
@@ -168,7 +168,7 @@ def test_label_out_of_range_names_the_file(tmp_path: Path) -> None:
     y[7] = 12
     raw_folder(tmp_path, "bad-label", {"images-idx3-ubyte.gz": gz_idx(x),
                                        "labels-idx1-ubyte.gz": gz_idx(y)})
-    with pytest.raises(IncrementError, match=r"labels-idx1-ubyte\.gz: 1 labels out of range "
+    with pytest.raises(UserFileError, match=r"labels-idx1-ubyte\.gz: 1 labels out of range "
                                              r"0\.\.9 \(first: label 12 at index 7\)"):
         read_increment(only(tmp_path))
 
@@ -179,15 +179,15 @@ def test_bad_idx_header_and_count_mismatch_name_the_file(tmp_path: Path) -> None
     bad[2] = 0x42
     raw_folder(tmp_path / "a", "hdr", {"images-idx3-ubyte.gz": gzip.compress(bytes(bad)),
                                        "labels-idx1-ubyte.gz": gz_idx(y)})
-    with pytest.raises(IncrementError, match=r"hdr/images-idx3-ubyte\.gz: unknown IDX type"):
+    with pytest.raises(UserFileError, match=r"hdr/images-idx3-ubyte\.gz: unknown IDX type"):
         read_increment(only(tmp_path / "a"))
     raw_folder(tmp_path / "b", "count", {"images-idx3-ubyte.gz": gz_idx(x),
                                          "labels-idx1-ubyte.gz": gz_idx(y[:19])})
-    with pytest.raises(IncrementError, match=r"labels-idx1-ubyte\.gz: 19 labels for 20 images"):
+    with pytest.raises(UserFileError, match=r"labels-idx1-ubyte\.gz: 19 labels for 20 images"):
         read_increment(only(tmp_path / "b"))
     raw_folder(tmp_path / "c", "size", {"images-idx3-ubyte.gz": gz_idx(x[:, :27, :]),
                                         "labels-idx1-ubyte.gz": gz_idx(y)})
-    with pytest.raises(IncrementError, match=r"images are 27x28, expected 28x28"):
+    with pytest.raises(UserFileError, match=r"images are 27x28, expected 28x28"):
         read_increment(only(tmp_path / "c"))
 
 
@@ -197,7 +197,7 @@ def test_png_of_the_wrong_size_names_the_file(tmp_path: Path) -> None:
         "3/a.png": png_bytes(x[0]),
         "3/b.png": png_bytes(np.zeros((32, 32), dtype=np.uint8)),
     })
-    with pytest.raises(IncrementError, match=r"increments/big/3/b\.png: PNG is 32x32, "
+    with pytest.raises(UserFileError, match=r"increments/big/3/b\.png: PNG is 32x32, "
                                              r"expected 28x28"):
         read_increment(only(tmp_path))
 
@@ -212,26 +212,26 @@ def test_png_modes_convert_to_grayscale_and_16_bit_is_refused(tmp_path: Path) ->
     np.testing.assert_array_equal(raw.images[1], gray)
     assert raw.labels.tolist() == [1, 2]
     raw_folder(tmp_path / "b", "deep", {"4/x.png": png_bytes(gray.astype(np.uint16) * 256)})
-    with pytest.raises(IncrementError, match=r"deep/4/x\.png: PNG mode 'I;16"):
+    with pytest.raises(UserFileError, match=r"deep/4/x\.png: 16-bit grayscale PNG is not "):
         read_increment(only(tmp_path / "b"))
 
 
 def test_unreadable_png_and_unexpected_files_name_the_file(tmp_path: Path) -> None:
     raw_folder(tmp_path / "a", "junk", {"5/x.png": b"not a png at all"})
-    with pytest.raises(IncrementError, match=r"junk/5/x\.png: unreadable PNG"):
+    with pytest.raises(UserFileError, match=r"junk/5/x\.png: unreadable PNG"):
         read_increment(only(tmp_path / "a"))
     good = png_bytes(digits(1, seed=1)[0][0])
     raw_folder(tmp_path / "b", "cut", {"5/x.png": good[: len(good) - 20]})
-    with pytest.raises(IncrementError, match=r"cut/5/x\.png: unreadable PNG"):
+    with pytest.raises(UserFileError, match=r"cut/5/x\.png: unreadable PNG"):
         read_increment(only(tmp_path / "b"))
     raw_folder(tmp_path / "c", "odd", {"5/x.png": good, "notes.txt": b"hi"})
-    with pytest.raises(IncrementError, match=r"odd/notes\.txt: unexpected file"):
+    with pytest.raises(UserFileError, match=r"odd/notes\.txt: unexpected file"):
         read_increment(only(tmp_path / "c"))
     raw_folder(tmp_path / "d", "half", {"images-idx3-ubyte.gz": gz_idx(digits(2, 1)[0])})
-    with pytest.raises(IncrementError, match=r"half/labels-idx1-ubyte\.gz: missing"):
+    with pytest.raises(UserFileError, match=r"half/labels-idx1-ubyte\.gz: missing"):
         read_increment(only(tmp_path / "d"))
     raw_folder(tmp_path / "e", "empty", {})
-    with pytest.raises(IncrementError, match=r"empty: empty increment"):
+    with pytest.raises(UserFileError, match=r"empty: empty increment"):
         read_increment(only(tmp_path / "e"))
 
 
@@ -239,7 +239,7 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     x, _ = digits(5, seed=10)
     folder = raw_folder(tmp_path, "fifo", {"images-idx3-ubyte.gz": gz_idx(x)})
     os.mkfifo(folder / "labels-idx1-ubyte.gz")
-    with pytest.raises(IncrementError, match=r"labels-idx1-ubyte\.gz: not a regular file"):
+    with pytest.raises(UserFileError, match=r"labels-idx1-ubyte\.gz: not a regular file"):
         read_increment(only(tmp_path))
 
 
@@ -250,7 +250,7 @@ def test_symlinks_may_not_leave_the_source_folder(tmp_path: Path) -> None:
     src = tmp_path / "src"
     folder = raw_folder(src, "link", {"images-idx3-ubyte.gz": gz_idx(x)})
     (folder / "labels-idx1-ubyte.gz").symlink_to(outside)
-    with pytest.raises(IncrementError, match=r"labels-idx1-ubyte\.gz: a symbolic link .* "
+    with pytest.raises(UserFileError, match=r"labels-idx1-ubyte\.gz: a symbolic link .* "
                                              r"outside the source folder"):
         read_increment(only(src))
     # A link that stays inside the source folder is fine.
@@ -263,13 +263,13 @@ def test_symlinks_may_not_leave_the_source_folder(tmp_path: Path) -> None:
 def test_reads_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     x, y = digits(20, seed=12)
     land(tmp_path, "big", x, y)
-    monkeypatch.setattr(inc, "MAX_FILE_BYTES", 100)
-    with pytest.raises(IncrementError, match=r"images-idx3-ubyte\.gz: [\d,]+ bytes is over the "
+    monkeypatch.setattr(userfiles, "MAX_IDX_FILE_BYTES", 100)
+    with pytest.raises(UserFileError, match=r"images-idx3-ubyte\.gz: [\d,]+ bytes is over the "
                                              r"100-byte limit"):
         read_increment(only(tmp_path))
     monkeypatch.undo()
-    monkeypatch.setattr(inc, "_MAX_IMAGES_PAYLOAD", 16 + 10 * 784)  # room for 10 images only
-    with pytest.raises(IncrementError, match=r"decompresses to more than"):
+    monkeypatch.setattr(userfiles, "_MAX_IMAGES_PAYLOAD", 16 + 10 * 784)  # room for 10 images only
+    with pytest.raises(UserFileError, match=r"decompresses to more than"):
         read_increment(only(tmp_path))
 
 
