@@ -97,8 +97,10 @@ run: $(AIRFLOW_HOME)/.migrated  ## run the DAG once through Airflow (MNIST_SOURC
 	MNIST_DEADLINE_MARGIN_MINUTES=$(DAGS_TEST_DEADLINE) $(BIN)/airflow dags test mnist_training --conf '$(CONF)'
 	@$(BIN)/python -m mnist_tasks --log-level WARNING report --store '$(STORE)' --latest
 
+# standalone starts the scheduler, dag-processor, api-server and triggerer as a plain `airflow`
+# found on PATH: this venv's, not whatever else (or nothing) PATH holds.
 airflow: $(AIRFLOW_HOME)/.migrated  ## start `airflow standalone` (UI on http://localhost:8080) with this DAG
-	$(BIN)/airflow standalone
+	PATH="$(ROOT)/$(BIN):$$PATH" $(BIN)/airflow standalone
 
 # Three pytest-xdist workers on this machine's two cores: the Celery deployment's two halves (one
 # worker each) wait on the scheduler and use about 0.8 of a core, and the third worker takes the

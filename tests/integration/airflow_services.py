@@ -147,9 +147,14 @@ class Services:
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         """Start ``airflow <args>`` in the background as service ``name``."""
+        return self.start_command(name, [AIRFLOW, *args])
+
+    def start_command(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        """Start ``argv`` (in the repository, in a process group of its own) in the background
+        as service ``name``."""
         with open(self.log_dir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
-                [AIRFLOW, *args], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                argv, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
         self.procs[name] = proc
