@@ -39,7 +39,7 @@ unexport PYTHONDONTWRITEBYTECODE
 # a deployment) handles it fine.
 DAGS_TEST_DEADLINE ?= off
 
-.PHONY: help venv run airflow test test-fast lint bench clean
+.PHONY: help venv run airflow test test-deps test-fast lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -109,8 +109,13 @@ airflow: $(AIRFLOW_HOME)/.migrated  ## start `airflow standalone` (UI on http://
 TEST_WORKERS ?= 3
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
-test: $(BIN)/activate  ## the whole suite: unit, DAG, integration (services), end to end
+test: $(BIN)/activate test-deps  ## the whole suite: unit, DAG, integration (services), end to end
 	$(PYTEST)
+
+# Chromium, chromedriver, docker-compose, PostgreSQL and Redis: installed with apt-get when
+# missing (as root, on Debian), started when stopped; else one line saying what to run.
+test-deps:  ## what the integration tests need besides .venv (scripts/setup-test-services.sh)
+	@scripts/setup-test-services.sh
 
 test-fast: $(BIN)/activate  ## unit and DAG-integrity tests: no services, under 90 s
 	$(PYTEST) -m "unit or dags" tests/unit tests/dags
