@@ -86,7 +86,7 @@ def airflow_env(home: Path, api_port: int, **settings: str) -> dict[str, str]:
         "AIRFLOW__API__SECRET_KEY": "integration-test-secret-key",
         "AIRFLOW__CORE__FERNET_KEY": "5R0-0Ke3hDDk2NqWdkKFRtCj7GeyNfNB6xl4dGBFGZc=",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__TRIGGERER__TRIGGERER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",
