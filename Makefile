@@ -109,7 +109,7 @@ airflow: $(AIRFLOW_HOME)/.migrated  ## start `airflow standalone` (UI on http://
 TEST_WORKERS ?= 3
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
-test: $(BIN)/activate test-deps  ## the whole suite: unit, DAG, integration (services), end to end
+test: test-deps $(BIN)/activate  ## the whole suite: unit, DAG, integration (services), end to end
 	$(PYTEST)
 
 # Chromium, chromedriver, docker-compose, PostgreSQL and Redis: installed with apt-get when
