@@ -89,7 +89,7 @@ fi
 # -- install (root, Debian) ---------------------------------------------------------------------
 fresh_postgres=false
 if ((${#packages[@]})); then
-  echo "installing ${packages[*]} (apt-get, about a minute)"
+  echo "installing ${packages[*]} (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get -qq update
   apt-get -qq install -y --no-install-recommends "${packages[@]}" >/dev/null
@@ -114,9 +114,10 @@ if [[ $fresh_postgres == true ]]; then
 fi
 if ! listening $PG_PORT; then
   echo "starting PostgreSQL $pg_version"
-  pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start
+  started=$(pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start 2>&1) || true
   wait_listening $PG_PORT 30 || die "PostgreSQL on 127.0.0.1:$PG_PORT: PostgreSQL $pg_version" \
-    "did not start (its log: /var/log/postgresql/postgresql-$pg_version-main.log)"
+    "did not start there (${started//$'\n'/ }; its log:" \
+    "/var/log/postgresql/postgresql-$pg_version-main.log)"
 fi
 if command -v psql >/dev/null \
   && ! psql -h 127.0.0.1 -p $PG_PORT -U postgres -d postgres -w -Atqc "select 1" >/dev/null 2>&1; then
