@@ -39,7 +39,7 @@ unexport PYTHONDONTWRITEBYTECODE
 # a deployment) handles it fine.
 DAGS_TEST_DEADLINE ?= off
 
-.PHONY: help venv run airflow test test-fast lint bench clean
+.PHONY: help venv run airflow test test-deps test-fast lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -97,8 +97,10 @@ run: $(AIRFLOW_HOME)/.migrated  ## run the DAG once through Airflow (MNIST_SOURC
 	MNIST_DEADLINE_MARGIN_MINUTES=$(DAGS_TEST_DEADLINE) $(BIN)/airflow dags test mnist_training --conf '$(CONF)'
 	@$(BIN)/python -m mnist_tasks --log-level WARNING report --store '$(STORE)' --latest
 
+# standalone starts the scheduler, dag-processor, api-server and triggerer as a plain `airflow`
+# found on PATH: this venv's, not whatever else (or nothing) PATH holds.
 airflow: $(AIRFLOW_HOME)/.migrated  ## start `airflow standalone` (UI on http://localhost:8080) with this DAG
-	$(BIN)/airflow standalone
+	PATH="$(ROOT)/$(BIN):$$PATH" $(BIN)/airflow standalone
 
 # Three pytest-xdist workers on this machine's two cores: the Celery deployment's two halves (one
 # worker each) wait on the scheduler and use about 0.8 of a core, and the third worker takes the
@@ -107,8 +109,13 @@ airflow: $(AIRFLOW_HOME)/.migrated  ## start `airflow standalone` (UI on http://
 TEST_WORKERS ?= 3
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
-test: $(BIN)/activate  ## the whole suite: unit, DAG, integration (services), end to end
+test: test-deps $(BIN)/activate  ## the whole suite: unit, DAG, integration (services), end to end
 	$(PYTEST)
+
+# Chromium, chromedriver, docker-compose, PostgreSQL and Redis: installed with apt-get when
+# missing (as root, on Debian), started when stopped; else one line saying what to run.
+test-deps:  ## what the integration tests need besides .venv (scripts/setup-test-services.sh)
+	@scripts/setup-test-services.sh
 
 test-fast: $(BIN)/activate  ## unit and DAG-integrity tests: no services, under 90 s
 	$(PYTEST) -m "unit or dags" tests/unit tests/dags

@@ -35,8 +35,7 @@ from tests.integration.airflow_services import (  # noqa: E402
     airflow_env,
     free_port,
     run_path,
-    start_postgres,
-    start_redis,
+    service_missing,
     wait_for_run,
 )
 
@@ -136,7 +135,7 @@ def main() -> None:
     import psycopg2
     import redis
 
-    for why in (start_postgres(PG_PORT), start_redis(REDIS_PORT)):
+    for why in (service_missing("PostgreSQL", PG_PORT), service_missing("Redis", REDIS_PORT)):
         if why:
             sys.exit(why)
     work = Path(tempfile.mkdtemp(prefix="bench-candidates-"))

@@ -2,8 +2,9 @@
 
 Each service runs as its own process group with its output in a log file, so a test can stop
 everything it started (children included) and show the logs when something fails. Used by
-``test_models_page.py`` and by the Celery deployment (``conftest.py``, ``celery_deployment``):
-PostgreSQL and Redis are started here too when they are installed but stopped.
+``test_models_page.py`` and by the Celery deployment (``conftest.py``, ``celery_deployment``),
+which needs PostgreSQL and Redis: scripts/setup-test-services.sh (``make test-deps``, run by
+``make test``) installs and starts them; here they are only looked for.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +26,7 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+SETUP_SCRIPT = REPO / "scripts" / "setup-test-services.sh"
 
 
 def free_port() -> int:
@@ -44,43 +45,13 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def start_postgres(port: int) -> str | None:
-    """None when PostgreSQL answers on 127.0.0.1:``port`` (started if needed), else why not."""
+def service_missing(name: str, port: int) -> str | None:
+    """None when something accepts connections on 127.0.0.1:``port``, else a one-line failure
+    message naming the set-up that provides ``name`` (installs it, or starts it when stopped)."""
     if port_open(port):
         return None
-    clusters = sorted(Path("/etc/postgresql").glob("*/main")) if Path("/etc/postgresql").is_dir() \
-        else []
-    if not shutil.which("pg_ctlcluster") or not clusters:
-        return "PostgreSQL is not installed (no pg_ctlcluster or /etc/postgresql/*/main)"
-    version = clusters[-1].parent.name
-    result = subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
-        capture_output=True, text=True, timeout=60,
-    )
-    for _ in range(30):
-        if port_open(port):
-            return None
-        time.sleep(1)
-    return f"PostgreSQL {version} did not start: {result.stderr.strip() or result.stdout.strip()}"
-
-
-def start_redis(port: int) -> str | None:
-    """None when Redis accepts connections on 127.0.0.1:``port`` (started if needed), else why
-    not."""
-    if port_open(port):
-        return None
-    if not shutil.which("redis-server"):
-        return "Redis is not installed (no redis-server)"
-    result = subprocess.run(
-        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port",
-         str(port), "--save", "", "--appendonly", "no"],
-        capture_output=True, text=True, timeout=30,
-    )
-    for _ in range(20):
-        if port_open(port):
-            return None
-        time.sleep(0.5)
-    return f"Redis did not start: {result.stderr.strip() or result.stdout.strip()}"
+    return (f"{name} does not answer on 127.0.0.1:{port}: `make test-deps` "
+            f"({SETUP_SCRIPT.relative_to(REPO)}) installs and starts it")
 
 
 def airflow_env(home: Path, api_port: int, **settings: str) -> dict[str, str]:
@@ -115,7 +86,7 @@ def airflow_env(home: Path, api_port: int, **settings: str) -> dict[str, str]:
         "AIRFLOW__API__SECRET_KEY": "integration-test-secret-key",
         "AIRFLOW__CORE__FERNET_KEY": "5R0-0Ke3hDDk2NqWdkKFRtCj7GeyNfNB6xl4dGBFGZc=",
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__TRIGGERER__TRIGGERER_LOG_SERVER_PORT": str(free_port()),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "NO_PROXY": "127.0.0.1,localhost",
         "no_proxy": "127.0.0.1,localhost",
@@ -147,9 +118,14 @@ class Services:
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         """Start ``airflow <args>`` in the background as service ``name``."""
+        return self.start_command(name, [AIRFLOW, *args])
+
+    def start_command(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        """Start ``argv`` (in the repository, in a process group of its own) in the background
+        as service ``name``."""
         with open(self.log_dir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
-                [AIRFLOW, *args], env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                argv, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
         self.procs[name] = proc

@@ -27,8 +27,9 @@ deployment of its own, and the two deployments share nothing (database, broker k
 moto server, ports); the training DAG runs one run at a time (``max_active_runs=1``), so on a
 single deployment the halves' runs would wait for each other.
 
-PostgreSQL (127.0.0.1:5432, trust auth for ``postgres``) and Redis (127.0.0.1:6379) are started
-if they are installed but stopped; the tests skip, saying why, if either cannot be had. A fresh
+PostgreSQL (127.0.0.1:5432, trust auth for ``postgres``) and Redis (127.0.0.1:6379) are what
+``make test-deps`` (scripts/setup-test-services.sh, run by ``make test``) installs and starts;
+without either, the tests fail, naming it and that command (they never skip). A fresh
 database is used and dropped afterwards; in Redis (DB 13, or ``MNIST_IT_REDIS_DB``), every key of
 the deployment's broker has a prefix of its own (kombu's ``global_keyprefix``), so two test
 sessions on one machine never take each other's tasks; those keys are deleted afterwards.
@@ -57,8 +58,7 @@ from tests.integration.airflow_services import (
     Services,
     airflow_env,
     free_port,
-    start_postgres,
-    start_redis,
+    service_missing,
 )
 
 PG_PORT = 5432
@@ -123,9 +123,9 @@ def postgres_db() -> Iterator[str]:
     """A fresh PostgreSQL database; its SQLAlchemy URL. Dropped afterwards."""
     import psycopg2
 
-    why = start_postgres(PG_PORT)
+    why = service_missing("PostgreSQL", PG_PORT)
     if why:
-        pytest.skip(f"needs PostgreSQL on 127.0.0.1:{PG_PORT}: {why}")
+        pytest.fail(why, pytrace=False)
     name = f"airflow_it_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(host="127.0.0.1", port=PG_PORT, user="postgres", dbname="postgres")
     admin.autocommit = True
@@ -155,9 +155,9 @@ def redis_url() -> Iterator[Broker]:
     workers on the same Redis never see its queues); its keys are deleted afterwards."""
     import redis
 
-    why = start_redis(REDIS_PORT)
+    why = service_missing("Redis", REDIS_PORT)
     if why:
-        pytest.skip(f"needs Redis on 127.0.0.1:{REDIS_PORT}: {why}")
+        pytest.fail(why, pytrace=False)
     prefix = f"mnist-it-{uuid.uuid4().hex[:10]}:"
     client = redis.Redis(host="127.0.0.1", port=REDIS_PORT, db=REDIS_DB)
     try:

@@ -1,7 +1,8 @@
 """The docker-compose deployment, as Compose itself resolves it (``docker compose config``).
 
 No Docker engine is needed: ``config`` only parses, validates and interpolates the file. Uses
-the ``docker compose`` plugin, else the standalone ``docker-compose``; skips if neither exists.
+the ``docker compose`` plugin, else the standalone ``docker-compose`` (Debian's, which
+``make test-deps`` installs); fails, saying so, if neither exists.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The resolved configuration, with the variables a deployer would leave unset."""
     command = _compose_command()
     if command is None:
-        pytest.skip("no Compose CLI: install Debian's docker-compose or the docker compose plugin")
+        pytest.fail("no Compose CLI (the docker compose plugin or docker-compose): "
+                    "`make test-deps` installs Debian's docker-compose", pytrace=False)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(Path.home())}
     no_env_file = tmp_path_factory.mktemp("compose") / "empty.env"  # a developer's .env must
     no_env_file.write_text("")  # not change the result

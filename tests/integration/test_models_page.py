@@ -10,7 +10,8 @@ tmp folder (or to $TEST_ARTIFACTS when set), with a shrunk copy of the Models pa
 replaces the README's docs/models-page.png only with UPDATE_SCREENSHOTS=1, so `make test`
 leaves the work tree clean.
 
-Needs Debian's ``chromium`` and ``chromium-driver`` packages and ``selenium`` from PyPI.
+Needs Debian's ``chromium`` and ``chromium-driver`` packages (``make test-deps`` installs them)
+and ``selenium`` from PyPI.
 """
 
 from __future__ import annotations
@@ -220,8 +221,8 @@ def _chromium(user_data_dir: Path) -> Any:
     from selenium.webdriver.chrome.service import Service
 
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail(f"{CHROMIUM} / {CHROMEDRIVER} missing: apt-get install -y chromium "
-                    "chromium-driver")
+        pytest.fail(f"{CHROMIUM} / {CHROMEDRIVER} missing: `make test-deps` installs Debian's "
+                    "chromium and chromium-driver", pytrace=False)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
