@@ -216,8 +216,6 @@ def load_keras_model(path: str | Path, *, compile: bool = False) -> keras.Model:
     """
     import keras
 
-    from mnist_tasks.models import allow_jit
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such model file")
@@ -229,7 +227,23 @@ def load_keras_model(path: str | Path, *, compile: bool = False) -> keras.Model:
             model = keras.saving.load_model(path, safe_mode=True, compile=compile)
     except Exception as exc:
         raise ValueError(f"{path}: not a loadable Keras model: {exc}") from exc
-    return allow_jit(model)
+    return _allow_jit(model)
+
+
+def _allow_jit(model: keras.Model) -> keras.Model:
+    """Let XLA compile a loaded model with random image-augmentation layers on JAX.
+
+    Keras marks RandomTranslation/RandomRotation/RandomZoom ``supports_jit = False`` on every
+    backend (TensorFlow's image-transform op has no XLA kernel), which on JAX would run the
+    whole step op by op; their JAX implementation compiles fine. Today's presets have no such
+    layer (shifts are made in the input pipeline); cnn versions registered before that have.
+    """
+    import keras
+
+    if keras.backend.backend() == "jax":
+        for layer in model.layers:
+            layer.supports_jit = True
+    return model
 
 
 def load_model_from_store(store: Store, model_uri: str) -> keras.Model:

@@ -137,7 +137,7 @@ def _build(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> 
     # The output layer always computes in float32: bfloat16 probabilities lose too much.
     head = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")
     model = keras.Sequential([keras.Input(shape=input_shape), *body, head], name=cfg.preset)
-    return allow_jit(model)
+    return model
 
 
 def _conv_block(filters: int, kernel: int) -> list[Any]:
@@ -150,26 +150,6 @@ def _conv_block(filters: int, kernel: int) -> list[Any]:
         layers.Activation("relu"),
         layers.MaxPooling2D(2),
     ]
-
-
-def allow_jit(model: keras.Model) -> keras.Model:
-    """Let XLA compile a model with random image-augmentation layers on the JAX backend.
-
-    Keras marks RandomTranslation/RandomRotation/RandomZoom ``supports_jit = False`` for every
-    backend (TensorFlow's image-transform op has no XLA kernel), which on JAX would run the
-    whole training step op by op. Their JAX implementation is plain ``jax.numpy`` and compiles
-    fine, so on JAX the flag is lifted; on other backends the model is left as it is. Today's
-    presets have no such layer; the cnn models saved before issue 13 (in registries) do.
-
-    Returns:
-        ``model``.
-    """
-    import keras
-
-    if keras.backend.backend() == "jax":
-        for layer in model.layers:
-            layer.supports_jit = True
-    return model
 
 
 def supports_jit(model: keras.Model) -> bool:

@@ -95,3 +95,32 @@ def test_the_check_allows_the_shared_and_helper_modules() -> None:
     assert stage_imports(source, "train") == set()
     # A module naming itself is not a stage-to-stage import.
     assert stage_imports("from mnist_tasks.train import fit_arrays", "train") == set()
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """mnist_tasks module -> the mnist_tasks modules it imports (lazily or not)."""
+    names = {f.stem for f in _library_files()} - {"__init__", "__main__"}
+    graph = {}
+    for name in names:
+        mods = imported_modules((PACKAGE / f"{name}.py").read_text(), name)
+        graph[name] = {m for m in names if m != name and f"mnist_tasks.{m}" in mods}
+    return graph
+
+
+def test_no_import_cycles() -> None:
+    graph = _module_graph()
+    state: dict[str, str] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycle = [*path[path.index(nxt):], nxt] if nxt in path else [node, nxt]
+                raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+            if nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = "done"
+
+    for start in sorted(graph):
+        if start not in state:
+            visit(start, [start])

@@ -123,6 +123,6 @@ def test_steps_per_epoch_counts_the_partial_last_batch() -> None:
 
 def test_every_preset_model_can_run_under_xla() -> None:
     # No preset has an augmentation layer any more (TensorFlow's image-transform op has no
-    # XLA kernel); allow_jit still lifts the flag for older cnn models loaded on JAX.
+    # XLA kernel); artifacts._allow_jit still lifts the flag for older cnn models loaded on JAX.
     for preset in PRESET_NAMES:
         assert models.supports_jit(models.build_model(train_config(preset))) is True
