@@ -278,17 +278,6 @@ def apply_response(decision: Mapping[str, Any], response: Response, *, mode: str
     }}
 
 
-def summary_line(approval: Mapping[str, Any] | None) -> str:
-    """One line for a table: ``override by alice``, ``approved by bob``, ``-`` if not asked."""
-    if not isinstance(approval, Mapping) or not approval.get("asked"):
-        return "-"
-    outcome = str(approval.get("outcome") or "-")
-    if outcome == OVERRIDE:
-        outcome = "OVERRIDE"
-    by = approval.get("by")
-    return f"{outcome} by {by}" if by else outcome
-
-
 def record(store: Store, run_id: str, decision: Mapping[str, Any]) -> str:
     """Write the approval (and the final decision) of run ``run_id``: ``approval.json`` in the
     run's folder, and ``approval`` / ``decision`` in its ``summary.json``. Returns the URI of

@@ -168,20 +168,6 @@ class IncrementPolicy:
         _number("drift_sample_size", self.drift_sample_size, 100, 10**7, integer=True)
         _number("seed", self.seed, 0, 2**32 - 1, integer=True)
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> IncrementPolicy:
-        """Build from a mapping of field names (unknown or None values use the defaults).
-
-        Raises:
-            ConfigError: for an unknown parameter name or an invalid value.
-        """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise ConfigError(f"unknown increment policy parameter(s) {unknown}; "
-                              f"known: {sorted(names)}")
-        return cls(**{k: v for k, v in params.items() if v is not None})
-
 
 # --------------------------------------------------------------------------- discovery
 

@@ -46,7 +46,7 @@ from mnist_tasks.registry import (
     package_versions,
     validate_run_key,
 )
-from mnist_tasks.storage import ObjectNotFound, Store
+from mnist_tasks.storage import Store
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +64,6 @@ class VerificationError(RegistryError):
 
 def _file_name(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _prepared_meta(store: Store, prepared_uri: str) -> dict[str, Any]:
-    key = store.key_of(prepared_uri)
-    meta_key = key.rsplit("/", 1)[0] + "/prepared.json"
-    try:
-        return dict(json.loads(store.read_bytes(meta_key)))
-    except ObjectNotFound:
-        log.warning("register: %s not found; the data fingerprint is not recorded",
-                    store.uri_for(meta_key))
-        return {}
 
 
 def build_metadata(

@@ -286,12 +286,6 @@ def test_policy_names_the_bad_parameter(param: str, value: object) -> None:
         IncrementPolicy(**{param: value})  # type: ignore[arg-type]
 
 
-def test_policy_from_params_rejects_unknown_names() -> None:
-    assert IncrementPolicy.from_params({"min_images": 5, "seed": None}).min_images == 5
-    with pytest.raises(ConfigError, match=r"unknown increment policy parameter\(s\) \['fresh'\]"):
-        IncrementPolicy.from_params({"fresh": 0.1})
-
-
 # --------------------------------------------------------------------------- validation
 
 
