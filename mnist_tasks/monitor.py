@@ -186,14 +186,14 @@ class Reference:
         Raises:
             ValueError: for fewer than two images, arrays that differ in length, or a bad size.
         """
-        pixels = _as_uint8(images, "reference")
-        p = np.asarray(probs, dtype=np.float32)
-        e = np.asarray(embeddings, dtype=np.float32).reshape(len(embeddings), -1)
-        n = len(pixels)
-        if n < 2 or len(p) != n or len(e) != n or p.ndim != 2:
+        n = len(images)
+        if n < 2 or len(probs) != n or len(embeddings) != n or np.ndim(probs) != 2:
             raise ValueError(f"reference: needs >= 2 images and as many rows of (N, classes) "
                              f"probabilities and embeddings; got {n} images, probabilities "
-                             f"{p.shape}, embeddings {e.shape}")
+                             f"{np.shape(probs)}, embeddings {np.shape(embeddings)}")
+        pixels = _as_uint8(images, "reference")
+        p = np.asarray(probs, dtype=np.float32)
+        e = np.asarray(embeddings, dtype=np.float32).reshape(n, -1)
         if sample_size < 2 or embedding_sample < 2:
             raise ValueError(f"reference: sample sizes must be >= 2; got {sample_size} and "
                              f"{embedding_sample}")
@@ -499,13 +499,13 @@ def check_batch(reference: Reference, probs: np.ndarray, embeddings: np.ndarray,
             from the reference's.
     """
     policy = policy or MonitorPolicy()
+    n = len(images)
+    if n == 0 or len(probs) != n or len(embeddings) != n:
+        raise ValueError(f"batch: needs >= 1 image and as many rows of probabilities and "
+                         f"embeddings; got {n} images, {len(probs)} and {len(embeddings)} rows")
     pixels = _as_uint8(images, "batch")
     p = np.asarray(probs, dtype=np.float32)
-    e = np.asarray(embeddings, dtype=np.float32).reshape(len(embeddings), -1)
-    n = len(pixels)
-    if n == 0 or len(p) != n or len(e) != n:
-        raise ValueError(f"batch: needs >= 1 image and as many rows of probabilities and "
-                         f"embeddings; got {n} images, {len(p)} and {len(e)} rows")
+    e = np.asarray(embeddings, dtype=np.float32).reshape(n, -1)
     if p.ndim != 2 or p.shape[1] != len(reference.class_counts):
         raise ValueError(f"batch: probabilities of shape {p.shape}; the reference has "
                          f"{len(reference.class_counts)} classes")
