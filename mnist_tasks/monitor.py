@@ -117,6 +117,7 @@ class Forward:
             raise ValueError(f"model {model.name!r}: needs one input and one output; has "
                              f"{len(inputs or [])} and {len(outputs or [])}")
         self.model = model
+        self.n_classes = int(outputs[0].shape[-1])
         self.embedding_dim = math.prod(int(d) for d in penultimate.shape[1:])
         self._both = keras.Model(inputs=inputs, outputs=[penultimate, outputs[0]],
                                  name=f"{model.name}_monitor")
@@ -126,9 +127,8 @@ class Forward:
         """Probabilities (float32, (N, classes)) and embeddings (float32, (N, D)) of ``images``:
         uint8 (scaled by 1/255 as scoring does) or float32 in [0, 1]."""
         x = _as_model_input(images)
-        n_classes = int(self.model.output_shape[-1])
         if not len(x):
-            return (np.zeros((0, n_classes), np.float32),
+            return (np.zeros((0, self.n_classes), np.float32),
                     np.zeros((0, self.embedding_dim), np.float32))
         embs, probs = [], []
         # Batch by batch, as mnist_tasks.artifacts.predict_proba does (no tf.data pipeline).

@@ -319,7 +319,7 @@ def test_forward_gives_model_predict_probabilities_and_the_hidden_layer() -> Non
     forward = monitor.Forward(model)
     probs, emb = forward(images, batch_size=32)  # three batches, the last one partial
     expected = model.predict(x, batch_size=32, verbose=0)
-    np.testing.assert_allclose(probs, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(probs, expected, rtol=1e-6, atol=1e-6)  # jax: ~4e-7 apart
     kernel, bias = model.layers[1].get_weights()
     np.testing.assert_allclose(emb, np.maximum(x.reshape(70, -1) @ kernel + bias, 0),
                                rtol=1e-5, atol=1e-5)
