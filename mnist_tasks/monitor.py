@@ -54,6 +54,7 @@ __all__ = [
     "MonitorPolicy",
     "Reference",
     "check_batch",
+    "check_scored",
 ]
 
 Status = Literal["OK", "WARN", "ALARM"]
@@ -457,24 +458,6 @@ class BatchHealth:
                 f"{self.mean_confidence:.3f} (reference {self.reference_confidence:.3f})")
 
 
-def _raw_tests(reference: Reference, probs: np.ndarray, embeddings: np.ndarray,
-               pixels: np.ndarray, policy: MonitorPolicy) -> dict[str, TwoSample]:
-    rng = np.random.default_rng(policy.seed)
-    mean, area = ink_features(pixels)
-    counts = np.bincount(probs.argmax(axis=1), minlength=probs.shape[1])
-    pick = _sample_index(len(embeddings), policy.embedding_sample, rng)
-    return {
-        "mean_intensity": ks_test(mean, reference.mean_intensity),
-        "stroke_area": ks_test(area, reference.stroke_area),
-        "confidence": ks_test(probs.max(axis=1), reference.top_probability),
-        "embeddings": mmd_test(embeddings[pick], reference.embeddings,
-                               bandwidth=reference.bandwidth,
-                               permutations=policy.permutations, rng=rng,
-                               stop_after=policy.permutation_stop),
-        "prediction_rates": chi2_homogeneity(counts, reference.class_counts),
-    }
-
-
 def check_batch(reference: Reference, probs: np.ndarray, embeddings: np.ndarray,
                 images: np.ndarray, policy: MonitorPolicy | None = None) -> BatchHealth:
     """Compare one scored batch with the model's reference.
@@ -498,21 +481,60 @@ def check_batch(reference: Reference, probs: np.ndarray, embeddings: np.ndarray,
         ValueError: for an empty batch, arrays of different lengths, or widths that differ
             from the reference's.
     """
-    policy = policy or MonitorPolicy()
     n = len(images)
     if n == 0 or len(probs) != n or len(embeddings) != n:
         raise ValueError(f"batch: needs >= 1 image and as many rows of probabilities and "
                          f"embeddings; got {n} images, {len(probs)} and {len(embeddings)} rows")
-    pixels = _as_uint8(images, "batch")
     p = np.asarray(probs, dtype=np.float32)
-    e = np.asarray(embeddings, dtype=np.float32).reshape(n, -1)
     if p.ndim != 2 or p.shape[1] != len(reference.class_counts):
         raise ValueError(f"batch: probabilities of shape {p.shape}; the reference has "
                          f"{len(reference.class_counts)} classes")
+    return check_scored(reference, p.max(axis=1), p.argmax(axis=1), embeddings, images, policy)
+
+
+def check_scored(reference: Reference, top_probability: np.ndarray, predicted: np.ndarray,
+                 embeddings: np.ndarray, images: np.ndarray,
+                 policy: MonitorPolicy | None = None) -> BatchHealth:
+    """:func:`check_batch` from what a sharded scoring run keeps: each image's top probability
+    and predicted class, and the embeddings of any rows of the batch (at most
+    ``policy.embedding_sample`` of them are used, a seeded subsample; a shard can keep its
+    share). Same tests, same result as :func:`check_batch` given all N embeddings.
+
+    Raises:
+        ValueError: for an empty batch, per-image arrays of different lengths, no embeddings,
+            a class outside the reference's, or embeddings of another width.
+    """
+    policy = policy or MonitorPolicy()
+    n = len(images)
+    if n == 0 or len(top_probability) != n or len(predicted) != n or len(embeddings) == 0:
+        raise ValueError(f"batch: needs >= 1 image, as many top probabilities and predicted "
+                         f"classes, and >= 1 embedding; got {n} images, "
+                         f"{len(top_probability)}, {len(predicted)} and {len(embeddings)}")
+    pixels = _as_uint8(images, "batch")
+    top = np.asarray(top_probability, dtype=np.float32).ravel()
+    classes = len(reference.class_counts)
+    pred = np.asarray(predicted).astype(np.int64).ravel()
+    if pred.min() < 0 or pred.max() >= classes:
+        raise ValueError(f"batch: predicted classes must be in 0..{classes - 1}, the "
+                         "reference's classes")
+    e = np.asarray(embeddings, dtype=np.float32).reshape(len(embeddings), -1)
     if e.shape[1] != reference.embeddings.shape[1]:
         raise ValueError(f"batch: embeddings of width {e.shape[1]}; the reference's are "
                          f"{reference.embeddings.shape[1]} wide (another model?)")
-    raw = _raw_tests(reference, p, e, pixels, policy)
+
+    rng = np.random.default_rng(policy.seed)
+    mean, area = ink_features(pixels)
+    rows = _sample_index(len(e), policy.embedding_sample, rng)
+    raw: dict[str, TwoSample] = {
+        "mean_intensity": ks_test(mean, reference.mean_intensity),
+        "stroke_area": ks_test(area, reference.stroke_area),
+        "confidence": ks_test(top, reference.top_probability),
+        "embeddings": mmd_test(e[rows], reference.embeddings, bandwidth=reference.bandwidth,
+                               permutations=policy.permutations, rng=rng,
+                               stop_after=policy.permutation_stop),
+        "prediction_rates": chi2_homogeneity(np.bincount(pred, minlength=classes),
+                                             reference.class_counts),
+    }
     corrected = holm([r.p_value for r in raw.values()])
     checks = []
     for (name, r), p_corr in zip(raw.items(), corrected, strict=True):
@@ -529,7 +551,7 @@ def check_batch(reference: Reference, probs: np.ndarray, embeddings: np.ndarray,
     status = max((c.level for c in checks), key=_RANK.__getitem__)
     health = BatchHealth(status=status, n_images=n, checks=tuple(checks), alpha=policy.alpha,
                          model_version=reference.model_version,
-                         mean_confidence=float(p.max(axis=1).mean()),
+                         mean_confidence=float(top.mean()),
                          reference_confidence=reference.mean_confidence)
     log.debug("monitor: %s", health.summary_line())
     return health

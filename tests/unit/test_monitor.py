@@ -199,6 +199,21 @@ def test_check_refuses_another_models_outputs(reference: Reference) -> None:
         check_batch(reference, probs[:, :5], emb, images, POLICY)
 
 
+def test_check_scored_agrees_with_check_batch(reference: Reference) -> None:
+    probs, emb, images = synthetic(900, seed=19, emb_shift=0.2)
+    full = check_batch(reference, probs, emb, images, POLICY)
+    assert monitor.check_scored(reference, probs.max(axis=1), probs.argmax(axis=1), emb, images,
+                                POLICY) == full
+    # A sharded run keeps only some embedding rows: the other tests are unchanged.
+    part = monitor.check_scored(reference, probs.max(axis=1), probs.argmax(axis=1), emb[::3],
+                                images, POLICY)
+    assert part.check("confidence") == full.check("confidence")
+    assert part.check("embeddings").details["batch_rows"] == 300
+    with pytest.raises(ValueError, match=r"predicted classes must be in 0\.\.9"):
+        monitor.check_scored(reference, probs.max(axis=1), probs.argmax(axis=1) + 5, emb, images,
+                             POLICY)
+
+
 # --------------------------------------------------------------------------- policy
 
 
