@@ -695,10 +695,8 @@ def score_plan() -> dict[str, Any]:
     try:
         planned = run_stage("plan", score.plan, cfg, store, landing,
                             config.run_key(ctx["run_id"]), events)
-    except score.ScoringError as exc:
-        if "no champion" in str(exc):
-            raise AirflowSkipException(str(exc)) from None
-        raise
+    except score.NoChampion as exc:
+        raise AirflowSkipException(str(exc)) from None
     log.info("MODEL VERSION %s v%s pinned for this run (from the %s%s)", cfg.model_name,
              planned["model_version"], planned["resolved_from"],
              f"; {len(events)} registry event(s)" if events else "")
