@@ -23,9 +23,9 @@ from typing import Any, Literal, TypeVar, Union
 
 T = TypeVar("T")
 
-PROMOTE = "PROMOTE"
-REJECT = "REJECT"
 Verdict = Literal["PROMOTE", "REJECT"]
+PROMOTE: Literal["PROMOTE"] = "PROMOTE"
+REJECT: Literal["REJECT"] = "REJECT"
 
 
 class ResultError(ValueError):

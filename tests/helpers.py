@@ -96,7 +96,7 @@ def make_prepared(store: Store, run_key: str = RUN, n_train: int = 600, n_test: 
     save_npz(store, dataset_key, make_arrays(n_train, n_test, seed))
     result = preprocess(store.uri_for(dataset_key),
                         PreprocessConfig(val_fraction=val_fraction, seed=7), store, run_key)
-    return str(result["prepared_uri"])
+    return result.prepared_uri
 
 
 def small_cfg(preset: str = "seed_mlp", **overrides: Any) -> TrainConfig:
