@@ -1,27 +1,17 @@
-"""The Airflow glue of the MNIST DAGs, so that ``mnist_training.py`` and
-``mnist_increments_watch.py`` are wiring only.
+"""The Airflow glue of the MNIST DAGs, so that the DAG files are wiring only.
 
 What is here: the trigger form's ``Param``s (generated from ``mnist_tasks.config``), the
-deployment settings read from the environment, the failure/rejection notifier, the stage
-wrapper (``gc.freeze``, a collapsible log group, one summary line), the Airflow connection →
-boto3 arguments (also used by the Models page plugin), the deadline alert, and the task bodies
-that need Airflow's context (train's progress note, gate's short-circuit, register's asset event),
-the approve task (``PromotionApproval``: Airflow's ``ApprovalOperator`` around
-``mnist_tasks.approve``), and the landing check's task body and interval (the increments asset
-the training DAG is scheduled on).
+deployment settings read from the environment (``MNIST_*``: the README's deployment table), the
+failure/rejection notifier, the stage wrapper (``gc.freeze``, a collapsible log group, one
+summary line), XCom <-> typed results (:func:`typed`, :func:`run_stage`), the Airflow
+connection -> boto3 arguments (also used by the Models page plugin), the deadline alert, the
+task bodies that need Airflow's context (train's progress note, the short-circuits, register's
+asset event), the approve task (``PromotionApproval``), the landing check and batch scoring.
 
-Not a DAG file: ``.airflowignore`` keeps the DAG processor from parsing it. The DAG file imports
-it by name: Airflow puts the DAG bundle's folder on ``sys.path`` in the DAG processor, in each
-task's process and in ``airflow dags test`` (``BundleDagBag``); the API server, which loads the
-plugin, does not, so the plugin adds the DAGs folder itself (``plugins/mnist_models.py``).
-
-Deployment settings (environment variables; see the README's deployment table):
-``MNIST_STORE`` / ``MNIST_SOURCE`` / ``MNIST_PRESET`` / ``MNIST_APPROVAL`` (the trigger form's
-defaults), ``MNIST_CHECKSUMS``
-(``pinned`` | ``off`` | ``@/path/to/file.json``) and ``MNIST_MODEL_NAME`` (fixed per deployment: a
-trigger cannot change them), ``MNIST_S3_CONN_ID``, ``MNIST_TRAIN_POOL`` / ``MNIST_TRAIN_QUEUE``,
-``MNIST_NOTIFIER``, ``MNIST_DEADLINE_MARGIN_MINUTES``, ``MNIST_WATCH_INTERVAL_MINUTES`` (how
-often the landing check looks for new increments; default 5).
+Not a DAG file: ``.airflowignore`` keeps the DAG processor from parsing it. The DAG files
+import it by name: Airflow puts the bundle's folder on ``sys.path`` in the DAG processor, each
+task's process and ``airflow dags test``; the API server does not, so the plugin adds the DAGs
+folder itself (``plugins/mnist_models.py``).
 """
 
 from __future__ import annotations

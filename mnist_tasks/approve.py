@@ -1,21 +1,13 @@
 """Approve: a person's decision between the gate and register (the ``approval`` parameter).
 
-Pure logic, no Airflow: the DAG's ``approve`` task (an ``ApprovalOperator`` of Airflow's
-standard provider, in ``dags/mnist_airflow.py``) asks these functions
-
-* :func:`needs_approval`: whether this gate decision waits for a person, and why;
-* :func:`request_subject` / :func:`report_markdown`: what the request shows (the gate's
-  report: metrics, McNemar's test, per-digit recall changes, a link to the Models page);
-* :func:`apply_response`: the final decision from the person's answer (approve, reject, the
-  timeout's default, or an override of the gate's REJECT, which needs a written reason);
-* :func:`not_asked`: the decision passed on unchanged when no one is asked;
-* :func:`record`: the answer, written to ``runs/<run-key>/approval.json`` (register copies it
-  into the version's metadata and model card).
-
-Modes: ``off`` (nobody is asked; a REJECT skips register, as without this step),
-``borderline`` (a PROMOTE is asked about when the challenger is not significantly better than
-the champion by McNemar's test, or when any digit's recall drops on the benchmark; a REJECT
-stands), ``always`` (every decision is asked about; an approver may override a REJECT).
+Pure logic, no Airflow: the DAG's ``approve`` task (an ``ApprovalOperator``, in
+``dags/mnist_airflow.py``) asks :func:`needs_approval` whether the gate's decision waits for a
+person; :func:`request_subject` and :func:`report_markdown` make the request (the gate's
+report); :func:`apply_response` turns the answer into the final decision (an override of a
+REJECT needs a written reason), :func:`not_asked` passes the decision on, and :func:`record`
+writes ``runs/<run-key>/approval.json``. Modes: ``off`` (no one is asked), ``borderline`` (a
+PROMOTE that McNemar's test does not show clearly better, or with a digit's recall dropping),
+``always`` (every decision; a REJECT may be overridden). Design: docs/approval.md.
 """
 
 from __future__ import annotations

@@ -1,19 +1,13 @@
 """Check: is there anything to train, and how does the champion do on the new data?
 
-Runs between ingest and preprocess. Input: the ingest result (it names the dataset version).
-
-* The run's **inputs key**: the first 16 hex digits of a SHA-256 over the canonical JSON of
-  the dataset version, the preprocessing config, the training config and the code
-  fingerprint (:func:`mnist_tasks.artifacts.code_fingerprint`).
-* **UNCHANGED**: when the champion's registry metadata records the same key
-  (``lineage.inputs_key``) and ``force`` is false, there is nothing to train: the result's
-  ``decision`` is ``"UNCHANGED"`` and ``covered_by`` names the champion's version. This path
-  reads the champion's metadata and nothing else (no TensorFlow import).
-* Otherwise ``decision`` is ``"TRAIN"``. When there is a champion and the dataset version
-  holds accepted increments the champion's dataset version did not, the champion is
-  evaluated on each new increment's fresh part first; an accuracy below the champion's
-  benchmark accuracy by more than ``fresh_drop_margin`` is a **FRESH-DATA DROP** warning (in
-  the log and the result's ``warnings``, which the run summary and the notifier show).
+Between ingest and preprocess. The run's **inputs key** is 16 hex digits of a SHA-256 over the
+dataset version, both configs and the code fingerprint. When the champion's metadata records
+the same key (and ``force`` is off) the decision is **UNCHANGED**, ``covered_by`` the champion's
+version; that path reads the champion's metadata alone (no TensorFlow import). Otherwise
+**TRAIN**, after evaluating the champion on each new increment's fresh part: an accuracy below
+its benchmark accuracy by more than ``fresh_drop_margin`` is a **FRESH-DATA DROP** warning.
+The result also holds the run's lineage, which preprocess records with the prepared data.
+Design: docs/architecture.md (Check: skip when nothing changed).
 
 Run it alone: ``python -m mnist_tasks check --ingested @ingest.json --store URI``.
 """

@@ -1,28 +1,14 @@
 """Evaluate: test-set metrics, per-digit report, confusion matrix, plots and predictions.
 
-Loads the trained model (``safe_mode=True``) and the prepared test split, and writes under
-``runs/<run-key>/evaluate/``:
+Loads the trained model (``safe_mode=True``) and the prepared data, and writes under
+``runs/<run-key>/evaluate/``: ``metrics.json`` (accuracy, loss, per-digit precision, recall and
+F1, averages, the confusion matrix, the most confused pairs, and ``fresh``: the same model on
+the increments' fresh data, overall, per increment and per digit, or null), ``predictions.npy``
+and ``fresh_predictions.npy`` (the predicted classes), ``report.txt``, the plots, and last
+``result.json``, the result (a retry of the same model and data returns it). The benchmark is
+the fixed MNIST test set, so every version is compared on the same images.
 
-* ``metrics.json``: ``test_accuracy``, ``test_loss``, ``n_test``, ``per_digit`` (precision,
-  recall, f1, support per digit "0".."9"), ``macro_avg``, ``weighted_avg``,
-  ``confusion_matrix`` (rows = true, columns = predicted), ``most_confused_pairs`` (top 5);
-* ``predictions.npy``: the predicted class (int64) of each test image;
-* ``fresh_predictions.npy``: the same for each fresh image (the increments' held-out parts),
-  when the prepared data has any; ``metrics.json`` then also holds ``fresh`` (see
-  :func:`fresh_metrics`), else ``fresh`` is null;
-* ``report.txt``: scikit-learn's classification report;
-* ``confusion_matrix.png``, ``training_curves.png`` (when the history is given),
-  ``sample_grid.png``, ``misclassified_grid.png``;
-* ``result.json``: what :func:`evaluate` returned, written last.
-
-The benchmark is the fixed MNIST test set, so every version is compared on the same images;
-the fresh data tells how a model does on the handwriting that arrived since, per increment.
-
-``test_loss`` is the mean cross-entropy of the predicted probabilities (without any weight
-regularisation term, so models trained with and without L2 compare fairly).
-
-Run it alone: ``python -m mnist_tasks evaluate --model URI --prepared URI --store URI
---run-id ID``.
+Run it alone: ``python -m mnist_tasks evaluate --trained @train.json --store URI --run-id ID``.
 """
 
 from __future__ import annotations
@@ -64,7 +50,8 @@ _EPS = 1e-7  # probability clip for the cross-entropy, as Keras does
 
 
 def cross_entropy(y_true: np.ndarray, proba: np.ndarray) -> float:
-    """Mean categorical cross-entropy of integer labels under predicted probabilities."""
+    """Mean categorical cross-entropy of integer labels under predicted probabilities (no
+    weight-regularisation term, so models trained with and without L2 compare fairly)."""
     p = np.clip(proba[np.arange(len(y_true)), np.asarray(y_true, dtype=np.int64)], _EPS, 1.0)
     return float(-np.mean(np.log(p)))
 

@@ -1,26 +1,13 @@
 """Gate: PROMOTE or REJECT a freshly evaluated model (the challenger), with reasons.
 
-The challenger is compared on two sets of images: the **benchmark** (the fixed MNIST test set,
-the same for every version) and the **fresh** data (the held-out parts of the accepted
-increments: recent handwriting no model was trained on), when the prepared data has any.
-The checks, one log line each, every line naming its set:
-
-1. **threshold** (benchmark): the test accuracy is at least ``cfg.min_accuracy``;
-2. **champion** (benchmark, then fresh): the current champion (registry alias ``champion``)
-   is downloaded and evaluated in this run on the same images; the challenger is rejected if
-   its accuracy is below the champion's minus ``cfg.champion_margin``. McNemar's test on the
-   discordant pairs is reported alongside (it informs, it does not decide);
-3. **per-digit recall** (benchmark, then fresh): no digit's recall drops by more than
-   ``cfg.max_recall_drop`` against the champion. On the fresh data only digits with at least
-   :data:`MIN_FRESH_SUPPORT` fresh images are checked (fewer make a recall too noisy to judge).
-
-The fresh data is small (a fifth of each increment: hundreds or a few thousand images, where
-the benchmark has ten thousand), so there a shortfall beyond a margin fails the check only
-when McNemar's test says it is not chance (p < ``cfg.significance``), overall and per digit.
-
-Without a champion only the threshold applies (on the benchmark), and the decision says so;
-the fresh accuracy is reported. Without fresh data the fresh checks are "n/a". The decision
-is written to ``runs/<run-key>/gate/decision.json``.
+The checks, one reason each, each naming its set of images: the **threshold** on the
+benchmark (the fixed MNIST test set); then, with a champion (evaluated in this run on the same
+images), the **champion** margin and **per-digit recall** on the benchmark and on the **fresh**
+data (the increments' held-out parts), with McNemar's test reported beside. On the small fresh
+set a shortfall fails only when McNemar's test says it is not chance, and a digit's recall is
+judged only with :data:`MIN_FRESH_SUPPORT` images of it. :func:`decide` is the pure decision;
+:func:`gate` loads the predictions, runs the champion, and records the decision once, as
+``runs/<run-key>/gate/decision.json``. Design: docs/registry.md (The gate).
 
 Run it alone: ``python -m mnist_tasks gate --evaluation @evaluation.json ...``.
 """

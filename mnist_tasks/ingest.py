@@ -1,53 +1,14 @@
-"""Ingest: fetch the four MNIST IDX files, verify them, parse them, validate them, cache them.
+"""Ingest: fetch the four MNIST IDX files, verify, parse, validate and cache them; record the
+dataset version of the base and the increments beside it.
 
-Sources (``IngestConfig.source``):
-
-* a local folder or ``file:///path``;
-* ``"default"``: the public mirrors in :data:`~mnist_tasks.config.MNIST_MIRRORS`, tried in
-  turn; or one or more ``https://`` URL prefixes separated by commas (``http://`` works too:
-  integrity comes from the payload checksums, not from TLS);
-* ``s3://bucket/prefix``: a raw-data landing zone, read with boto3 (standard AWS configuration,
-  ``AWS_ENDPOINT_URL_S3`` included, or ``s3_client_kwargs`` from an Airflow connection).
-
-Verification is by SHA-256 of the *decompressed* IDX payload (mirrors re-compress the archives,
-so the ``.gz`` hash differs between them): MNIST's pinned values, a user mapping, or nothing
-(``checksums="off"``, logged as a warning and recorded as ``"verification": "off"``).
-
-Every read is bounded, so no input can exhaust memory or hang the task: a local source accepts
-only regular files inside its folder (a symlink that leaves the folder, a device, a FIFO or a
-socket is refused before any read, and the file is named, never quoted); an ``s3://`` object's
-``ContentLength`` and an HTTP ``Content-Length`` are checked before the body is read; gzip is
-inflated piece by piece. With pinned checksums each file is refused once it is larger than its
-known size (:data:`MNIST_PAYLOAD_BYTES`), otherwise at :data:`mnist_tasks.idx.MAX_PAYLOAD_BYTES`;
-so a refused file costs at most about its limit in memory.
-
-The result is cached, content-addressed, in the store::
-
-    cache/datasets/<key>/mnist.npz         uint8 x_train (N, 28, 28), y_train (N,), x_test, y_test
-    cache/datasets/<key>/validation.json   the validation report (see mnist_tasks.validation)
-    cache/datasets/<key>/COMPLETE.json     written last; an entry without it is ignored
-
-The key is derived from the four payload hashes. When they are known in advance (pinned or
-custom checksums) a cached re-run skips download and parse entirely; with checksums off the
-files are downloaded and hashed, and parse and validation are skipped on a hit. Validation
-metrics are cached with the data and re-checked against the current thresholds on every run.
-
-Increments and the dataset version (issue 11): after the base, when the source is a folder,
-``file://`` or ``s3://`` (not the https mirrors), the complete increments under
-``<source>/increments/`` (see :mod:`mnist_tasks.increments`) that the source's latest dataset
-version has not decided yet are read, validated against the base, the test set and the
-increments accepted before them, and recorded as a new dataset version
-(:mod:`mnist_tasks.datasets`)::
-
-    datasets/<version-id>/manifest.json          the base + accepted increments (+ quarantined)
-    datasets/arrays/<increment>-<sha16>.npz      each accepted increment's train/fresh arrays
-    datasets/latest/<source-key>.json            the latest version of this source and base
-
-A run that finds no new increment id reads only that pointer, the manifest and one listing.
-Each increment's outcome is logged (QUARANTINED at WARNING, naming the file and the reason; a
-folder without ``_SUCCESS`` as "ignored: no _SUCCESS marker"). A quarantine is a warning unless
-``fail_on_quarantine`` is set. Without increments the version holds the base alone, so every
-model has one.
+Sources (``IngestConfig.source``): a folder or ``file://`` URI, ``"default"`` (the public
+mirrors) or ``https://`` prefixes, or ``s3://bucket/prefix``. Each decompressed payload's
+SHA-256 is checked (pinned, custom, or ``checksums="off"``); every read is bounded (sizes checked
+before reading, gzip inflated piece by piece, links confined to the folder). The arrays and the
+validation report are cached by content under ``cache/datasets/<key>/``, ``COMPLETE.json``
+last. Then the complete increments under ``<source>/increments/`` that the source's latest
+dataset version has not decided are read, validated, and recorded as a new version
+(:mod:`mnist_tasks.datasets`). Design: docs/architecture.md and docs/data.md.
 
 Run it alone: ``python -m mnist_tasks ingest --source ../shared/datasets/mnist --store URI``.
 """

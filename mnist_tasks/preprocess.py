@@ -1,27 +1,14 @@
 """Preprocess: scale pixels to float32 in [0, 1], split off a seeded validation set, fingerprint.
 
-Input is the cached data set written by ingest (``mnist.npz`` with uint8 ``x_train``,
-``y_train``, ``x_test``, ``y_test``) and, when given, the dataset version whose accepted
-increments join it (their arrays are read from the store, never from the source):
+The training pool is the base training set (ingest's cached ``mnist.npz``) followed by each
+accepted increment's train part, in id order (their arrays read from the store); the seeded
+validation split comes from that pool. ``x_test``/``y_test`` stay the fixed MNIST test set, the
+benchmark; ``x_fresh``/``y_fresh``/``fresh_increment`` are the increments' held-out parts.
+Writes ``runs/<run-key>/preprocess/prepared.npz`` (float32 images, uint8 labels) and then its
+record ``prepared.json`` (the result: fingerprint, split sizes, dataset version, increments,
+lineage); later stages read both with :func:`mnist_tasks.artifacts.load_prepared`.
 
-* the training pool is the base training set followed by each accepted increment's train part
-  (in id order); the seeded validation split is taken from that pool;
-* ``x_test``/``y_test`` stay the fixed MNIST test set: the benchmark every version is compared
-  on;
-* ``x_fresh``/``y_fresh``/``fresh_increment`` are the increments' held-out fresh parts (never
-  trained on), ``fresh_increment`` indexing ``meta["fresh_increments"]``.
-
-Output, under ``runs/<run-key>/preprocess/``:
-
-* ``prepared.npz``: float32 ``x_train``, ``x_val``, ``x_test``, ``x_fresh`` of shape
-  (N, 28, 28), uint8 labels ``y_train``, ``y_val``, ``y_test``, ``y_fresh`` and int32
-  ``fresh_increment``;
-* ``prepared.json``: the fingerprint (which covers the dataset version), split sizes, the
-  dataset version and its increments, and the parameters (written last).
-
-The later stages read both with :func:`mnist_tasks.artifacts.load_prepared`.
-
-Run it alone: ``python -m mnist_tasks preprocess --dataset URI --store URI --run-id ID``.
+Run it alone: ``python -m mnist_tasks preprocess --checked @check.json --store URI --run-id ID``.
 """
 
 from __future__ import annotations

@@ -1,25 +1,15 @@
 """Register: store the evaluated model as an immutable registry version, verify it, promote it.
 
-Steps, each safe to retry:
+Takes the gate's decision (or the approval step's, which cites it) and reads the rest through
+their references. Steps, each safe to retry: write the version (model, metrics, plots, report,
+model card, metadata with its lineage); before it becomes visible, load the model back from
+the registry in safe mode and check its test predictions equal the evaluated ones exactly;
+only on PROMOTE, move the ``champion`` alias by compare-and-swap *from the champion the gate
+compared against*. If the champion moved since the gate ran, the version is registered but not
+promoted (``promotion_skipped`` says why). Registering the same run again returns its version
+and does not move the alias twice. Design: docs/registry.md.
 
-1. write the version: ``model.keras``, ``metrics.json``, the evaluation plots and report,
-   ``model_card.md`` and ``metadata.json`` (metrics, parameters, data fingerprint, run, code
-   and package versions, gate decision);
-2. before the version becomes visible, load the model back *from the registry* with Keras
-   safe mode and check that its predictions on the test set equal the evaluated
-   ``predictions.npy`` exactly (the notebooks' "save, reload, verify"); a mismatch raises and
-   the version never gets its manifest, so no reader ever sees it;
-3. only if the decision is PROMOTE (the gate's, approved by a person where the ``approval``
-   step asked one, or a person's override of the gate's REJECT), move the ``champion`` alias
-   by compare-and-swap *from the champion the gate compared against* (the previous champion
-   stays on the alias's rollback stack). If the champion has moved since the gate ran, the
-   version is registered but not promoted: a WARNING says why, and so do
-   ``promotion_skipped`` in its metadata and result.
-
-Registering the same run again returns the version it created and does not move the alias a
-second time.
-
-Run it alone: ``python -m mnist_tasks register --gate @gate.json`` (the gate stage's output).
+Run it alone: ``python -m mnist_tasks register --gate @gate.json --store URI --run-id ID``.
 """
 
 from __future__ import annotations

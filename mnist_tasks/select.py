@@ -1,23 +1,12 @@
 """Select: of a run's trained candidates, the one that goes on to evaluate, gate and register.
 
-A run may train several candidates (the ``candidates`` trigger parameter, see
-``docs/candidates.md``); each train task returns its result, and a failed one may leave a note
-(:func:`record_failure`). :func:`select` reads what there is and picks:
-
-* by **validation accuracy** of the model each candidate saved (the last epoch's, or the best
-  epoch's when early stopping restored it), measured on the validation split every candidate
-  shares. Never by test accuracy: the test set is what the gate judges the chosen model on
-  (and compares with the champion on); choosing on it would leak the test set into the choice,
-  so the reported test accuracy of the winner would be biased upwards (the best of K noisy
-  estimates), and the gate would no longer be an independent check;
-* ties (equal validation accuracy: it moves in steps of 1/n_val) go to the lower validation
-  loss, then to the lower candidate index: the same inputs always give the same choice.
-
-A candidate that failed is listed with why; the run goes on while at least ``min_candidates``
-trained, else :class:`SelectionError`. The table of every candidate (validation metrics,
-training time, status) goes into the result (``candidates``), and so into the run's report, the
-version's metadata and model card, and the Models page; it is also written to
-``runs/<run-key>/candidates.json``.
+Picks by the **validation accuracy** of the model each candidate saved (never by test
+accuracy: the test set is the gate's independent check); ties go to the lower validation loss,
+then the lower index, so the same inputs always give the same choice. A failed candidate (its
+note from :func:`record_failure`) is listed with why; the run goes on while at least
+``min_candidates`` trained, else :class:`SelectionError`. The table of every candidate goes
+into the result and ``runs/<run-key>/candidates.json`` (register copies it into the version's
+metadata). Design: docs/candidates.md.
 
 Run it alone: ``python -m mnist_tasks select --trained @t0.json --trained @t1.json ...``.
 """

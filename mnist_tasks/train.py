@@ -1,26 +1,15 @@
 """Train: fit the preset's Keras 3 model on the prepared data, with checkpoints for resume.
 
-Reads ``prepared.npz`` (see :mod:`mnist_tasks.preprocess`) and writes, under
-``runs/<run-key>/train/``:
+Writes under ``runs/<run-key>/train/`` ``model.keras`` (loads with ``safe_mode=True``),
+``history.json`` (per-epoch metrics and seconds) and last ``result.json``, the result (a retry
+finds it and returns it). While training, ``checkpoints/`` holds the model and optimizer state
+after the latest epoch and ``checkpoint.json`` naming it, written after the files it names: a
+killed task resumes from there (docs/architecture.md, Resume after a crash). Batches come from
+NumPy (:func:`shifted_batches`: shuffled each epoch, shifted for a preset with
+``shift_pixels``); one log line per epoch. Only Keras 3 APIs are used, so JAX works too;
+:func:`describe_devices` and :func:`_enable_determinism` are the backend-specific spot.
 
-* ``model.keras``: the trained model (Keras 3 format, loads with ``safe_mode=True``);
-* ``history.json``: per-epoch metrics and seconds (``{"epoch": [1, ...], "loss": [...],
-  "accuracy": [...], "val_loss": [...], "val_accuracy": [...], "seconds": [...]}``);
-* ``result.json``: what :func:`train` returned, written last (a retry finds it and returns it);
-* ``checkpoints/``: while training, the model and optimizer state after the latest epoch
-  (``epoch-NNNN/model.keras``) and ``checkpoint.json`` naming it, written after the files it
-  names, so a half-uploaded checkpoint is never trusted. A killed task resumes from there.
-  Deleted after a successful run.
-
-The batches come from NumPy (:func:`shifted_batches`): shuffled every epoch and, for a preset
-with ``shift_pixels`` (the cnn), each image shifted by a random whole number of pixels. A fit
-logs one line before it starts (epochs, steps, batch, augmentation), one line per epoch
-(``epoch 3/10 loss=... val_accuracy=... time=1.3s samples/s=41230 eta=9.1s``), and the train
-stage ends with a one-line summary. Only Keras 3 APIs are used, so this also
-runs with ``KERAS_BACKEND=jax``; :func:`describe_devices` and :func:`_enable_determinism` are
-the one backend-specific spot.
-
-Run it alone: ``python -m mnist_tasks train --prepared URI --store URI --run-id ID``.
+Run it alone: ``python -m mnist_tasks train --prepared @preprocess.json --store URI --run-id ID``.
 """
 
 from __future__ import annotations
