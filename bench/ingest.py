@@ -44,9 +44,9 @@ def main() -> None:
                 start = time.perf_counter()
                 result = ingest(cfg, store)
                 times[phase].append(time.perf_counter() - start)
-                if result["cached"] is not want_cached:
+                if result.cached is not want_cached:
                     raise SystemExit(f"{phase} run: expected cached={want_cached}, got {result}")
-                counts = result["counts"]
+                counts = result.counts
         finally:
             shutil.rmtree(root, ignore_errors=True)
 

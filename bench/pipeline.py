@@ -110,7 +110,10 @@ def main() -> None:
         _, out = _run([PY, "-m", "mnist_tasks", "ingest", "--source", source,
                        "--store", store], env)
         ingested = json.dumps(_last_json(out))
-        _, out = _run([PY, "-m", "mnist_tasks", "preprocess", "--ingested", ingested,
+        _, out = _run([PY, "-m", "mnist_tasks", "check", "--ingested", ingested,
+                       "--store", store, "--run-id", "bench"], env)
+        checked = json.dumps(_last_json(out))
+        _, out = _run([PY, "-m", "mnist_tasks", "preprocess", "--checked", checked,
                        "--store", store, "--run-id", "bench"], env)
         prepared = json.dumps(_last_json(out))
         wall, out = _run([PY, "-m", "mnist_tasks", "train", "--prepared", prepared,

@@ -1,27 +1,17 @@
-"""The Airflow glue of the MNIST DAGs, so that ``mnist_training.py`` and
-``mnist_increments_watch.py`` are wiring only.
+"""The Airflow glue of the MNIST DAGs, so that the DAG files are wiring only.
 
 What is here: the trigger form's ``Param``s (generated from ``mnist_tasks.config``), the
-deployment settings read from the environment, the failure/rejection notifier, the stage
-wrapper (``gc.freeze``, a collapsible log group, one summary line), the Airflow connection →
-boto3 arguments (also used by the Models page plugin), the deadline alert, and the task bodies
-that need Airflow's context (train's progress note, gate's short-circuit, register's asset event),
-the approve task (``PromotionApproval``: Airflow's ``ApprovalOperator`` around
-``mnist_tasks.approve``), and the landing check's task body and interval (the increments asset
-the training DAG is scheduled on).
+deployment settings read from the environment (``MNIST_*``: the README's deployment table), the
+failure/rejection notifier, the stage wrapper (``gc.freeze``, a collapsible log group, one
+summary line), XCom <-> typed results (:func:`typed`, :func:`run_stage`), the Airflow
+connection -> boto3 arguments (also used by the Models page plugin), the deadline alert, the
+task bodies that need Airflow's context (train's progress note, the short-circuits, register's
+asset event), the approve task (``PromotionApproval``), the landing check and batch scoring.
 
-Not a DAG file: ``.airflowignore`` keeps the DAG processor from parsing it. The DAG file imports
-it by name: Airflow puts the DAG bundle's folder on ``sys.path`` in the DAG processor, in each
-task's process and in ``airflow dags test`` (``BundleDagBag``); the API server, which loads the
-plugin, does not, so the plugin adds the DAGs folder itself (``plugins/mnist_models.py``).
-
-Deployment settings (environment variables; see the README's deployment table):
-``MNIST_STORE`` / ``MNIST_SOURCE`` / ``MNIST_PRESET`` / ``MNIST_APPROVAL`` (the trigger form's
-defaults), ``MNIST_CHECKSUMS``
-(``pinned`` | ``off`` | ``@/path/to/file.json``) and ``MNIST_MODEL_NAME`` (fixed per deployment: a
-trigger cannot change them), ``MNIST_S3_CONN_ID``, ``MNIST_TRAIN_POOL`` / ``MNIST_TRAIN_QUEUE``,
-``MNIST_NOTIFIER``, ``MNIST_DEADLINE_MARGIN_MINUTES``, ``MNIST_WATCH_INTERVAL_MINUTES`` (how
-often the landing check looks for new increments; default 5).
+Not a DAG file: ``.airflowignore`` keeps the DAG processor from parsing it. The DAG files
+import it by name: Airflow puts the bundle's folder on ``sys.path`` in the DAG processor, each
+task's process and ``airflow dags test``; the API server does not, so the plugin adds the DAGs
+folder itself (``plugins/mnist_models.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +30,7 @@ from airflow.providers.standard.operators.hitl import ApprovalOperator, HITLOper
 from airflow.sdk import Asset, AsyncCallback, DeadlineAlert, DeadlineReference, Param
 from airflow.sdk import get_current_context as _context
 
+from mnist_tasks import results
 from mnist_tasks.config import PARAM_SPECS, TRIGGER_PARAMS
 
 if TYPE_CHECKING:
@@ -195,13 +186,43 @@ def freeze_long_lived_objects() -> None:
     gc.freeze()
 
 
-def run_stage(name: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    """Run a library stage inside a collapsible log group, then log one summary line."""
+# -- XCom <-> typed results: each task's input is the typed result of the task before it -------
+
+# The result type each task takes, rebuilt from the previous task's XCom.
+INPUTS: dict[str, type] = {
+    "check": results.IngestResult, "preprocess": results.CheckResult,
+    "train": results.PreprocessResult, "select": results.TrainResult,
+    "evaluate": results.SelectResult, "gate": results.EvaluateResult,
+    "approve": results.GateDecision, "register": results.ApproveResult,
+}
+
+
+def typed(task: str, xcom: Any) -> Any:
+    """The typed result ``task`` takes, from the previous task's XCom (a dict).
+
+    Raises:
+        AirflowFailException: (no retry: the XCom will not change) naming what is missing or
+            wrong in it.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        return results.from_json(INPUTS[task], xcom)
+    except results.ResultError as exc:
+        raise AirflowFailException(f"{task}: its input is not the previous task's result: "
+                                   f"{exc}") from None
+
+
+def run_stage(name: str, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
+    """Run a library stage inside a collapsible log group, then log one summary line; its
+    typed result goes to XCom as JSON (:func:`mnist_tasks.results.to_json`)."""
     start = time.perf_counter()
     freeze_long_lived_objects()
     log.info("::group::%s: details", name)
     try:
-        result = fn(*args)
+        out = fn(*args)
+        # The training stages return typed results; the scoring stages, plain dicts.
+        result = dict(out) if isinstance(out, Mapping) else results.to_json(out)
     except Exception as exc:
         # A decision about the data (fail_on_quarantine) is the same on every try: no retry.
         from mnist_tasks.increments import IncrementQuarantined
@@ -226,7 +247,7 @@ def run_stage(name: str, fn: Callable[..., dict[str, Any]], *args: Any) -> dict[
 
 def stage(name: str, *args: Any) -> dict[str, Any]:
     """Run the Pipeline method ``name`` (ingest, preprocess, evaluate) on the previous result."""
-    return run_stage(name, getattr(pipeline(), name), *args)
+    return run_stage(name, getattr(pipeline(), name), *(typed(name, a) for a in args))
 
 
 def candidates(checked: dict[str, Any]) -> list[int]:
@@ -274,9 +295,9 @@ def select(trained: Any) -> dict[str, Any]:
 
     from mnist_tasks.select import SelectionError
 
-    results = [dict(r) for r in (trained or []) if r]
+    done = [typed("select", r) for r in (trained or []) if r]
     try:
-        return run_stage("select", pipeline().select, results)
+        return run_stage("select", pipeline().select, done)
     except SelectionError as exc:
         raise AirflowFailException(str(exc)) from None
 
@@ -293,18 +314,18 @@ def _train(pipe: Pipeline, prepared: dict[str, Any], candidate: int | None) -> d
     note = functools.partial(state.set, TRAIN_PROGRESS_KEY) if state is not None else None
     fn = functools.partial(pipe.train, on_checkpoint=note, previous=previous,
                            candidate=candidate)
-    return run_stage("train", fn, prepared)
+    return run_stage("train", fn, typed("train", prepared))
 
 
 def check(ingested: dict[str, Any]) -> dict[str, Any] | bool:
     """The check's result when there is something to train on; on UNCHANGED, return False (the
     short-circuit skips every later task: no training, no version, no asset event). Warnings
     (a champion that does worse on fresh data) go to the notifier."""
-    result = run_stage("check", pipeline().check, ingested)
+    result = run_stage("check", pipeline().check, typed("check", ingested))
     ctx = _context()
-    for warning in result.get("warnings") or []:
+    for warning in result["warnings"]:
         notify(ctx, f"WARNING {ctx['dag'].dag_id} run {ctx['run_id']}: {warning}")
-    if result.get("decision") == "UNCHANGED":
+    if result["decision"] == "UNCHANGED":
         return False
     return result
 
@@ -316,7 +337,7 @@ def gate(evaluation: dict[str, Any]) -> dict[str, Any] | bool:
     from mnist_tasks import approve
 
     pipe = pipeline()
-    decision = run_stage("gate", pipe.gate, evaluation)
+    decision = run_stage("gate", pipe.gate, typed("gate", evaluation))
     if decision["decision"] == "PROMOTE":
         return decision
     ctx = _context()
@@ -324,8 +345,8 @@ def gate(evaluation: dict[str, Any]) -> dict[str, Any] | bool:
     notify(
         ctx,
         f"ALERT {ctx['dag'].dag_id} run {ctx['run_id']}: gate REJECTED the model "
-        f"(test accuracy {evaluation['test_accuracy']:.4f}): "
-        + "; ".join(decision.get("reasons", []))
+        f"(test accuracy {decision['challenger']['accuracy']:.4f}): "
+        + "; ".join(decision["reasons"])
         + ("; a person may override it (approval 'always')" if to_person else ""),
     )
     return decision if to_person else False
@@ -397,8 +418,8 @@ class PromotionApproval(ApprovalOperator):
         params = {k: v for k, v in context["params"].items() if k not in APPROVAL_FORM}
         return pipeline_config(params)
 
-    def _decision(self, context: Any) -> dict[str, Any]:
-        """The gate's result: the rendered ``decision``, else pulled from the gate's XCom."""
+    def _decision(self, context: Any) -> results.GateDecision:
+        """The gate's decision: the rendered ``decision``, else pulled from the gate's XCom."""
         value = self.decision
         if not isinstance(value, Mapping):
             upstream = getattr(getattr(value, "operator", None), "task_id", None)
@@ -407,7 +428,8 @@ class PromotionApproval(ApprovalOperator):
             from airflow.sdk.exceptions import AirflowFailException
 
             raise AirflowFailException(f"approve: the gate's result is {value!r}, not a decision")
-        return dict(value)
+        decision: results.GateDecision = typed(APPROVAL_TASK_ID, value)
+        return decision
 
     def execute(self, context: Any) -> Any:
         from mnist_tasks import approve
@@ -418,9 +440,9 @@ class PromotionApproval(ApprovalOperator):
         if not needed:
             log.info("approval: not asked: %s", why)
             result = approve.not_asked(decision, cfg.approval.mode, why)
-            if result["decision"] != "PROMOTE":
+            if result.decision != "PROMOTE":
                 self._skip_register(context)
-            return result
+            return results.to_json(result)
         dag_id, run_id = context["dag"].dag_id, context["run_id"]
         self.response_timeout = timedelta(minutes=cfg.approval.timeout_minutes)
         self.subject = approve.request_subject(decision, cfg.model_name, run_id)
@@ -436,7 +458,7 @@ class PromotionApproval(ApprovalOperator):
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         from mnist_tasks import approve
-        from mnist_tasks.storage import open_store
+        from mnist_tasks.pipeline import Pipeline
 
         # The provider's checks of the answer (options, form), without ApprovalOperator's own
         # skipping: what is skipped depends on the final decision, below.
@@ -454,16 +476,17 @@ class PromotionApproval(ApprovalOperator):
         decision = self._decision(context)
         _, why = approve.needs_approval(decision, cfg.approval.mode)
         final = approve.apply_response(decision, response, mode=cfg.approval.mode, why=why)
-        store = open_store(cfg.store, client_kwargs=s3_client_kwargs())
-        uri = approve.record(store, context["run_id"], final)
-        record = final["approval"]
-        log.info("APPROVAL %s: %s (answer %s by %s at %s; recorded in %s)", record["outcome"],
-                 record["note"], record["answer"], record["by"] or "-", record["at"], uri)
-        if final["decision"] != "PROMOTE":
-            notify(context, f"APPROVAL {record['outcome'].upper()} {context['dag'].dag_id} run "
-                            f"{context['run_id']}: {record['note']}; nothing is promoted")
+        pipe = Pipeline(cfg, context["run_id"], dag_id=context["dag"].dag_id,
+                        s3_client_kwargs=s3_client_kwargs())
+        uri = pipe.record_approval(final)
+        record = final.approval
+        log.info("APPROVAL %s: %s (answer %s by %s at %s; recorded in %s)", record.outcome,
+                 record.note, record.answer, record.by or "-", record.at, uri)
+        if final.decision != "PROMOTE":
+            notify(context, f"APPROVAL {str(record.outcome).upper()} {context['dag'].dag_id} "
+                            f"run {context['run_id']}: {record.note}; nothing is promoted")
             self._skip_register(context)
-        return final
+        return results.to_json(final)
 
     def _skip_register(self, context: Any) -> None:
         downstream = [t for t in context["task"].get_direct_relatives(upstream=False)
@@ -474,9 +497,9 @@ class PromotionApproval(ApprovalOperator):
 
 def register(decision: dict[str, Any]) -> dict[str, Any]:
     """Register the promoted model; the registry asset's event says which version and how good."""
-    result = run_stage("register", pipeline().register, decision)
+    result = run_stage("register", pipeline().register, typed("register", decision))
     _context()["outlet_events"][MODEL_REGISTRY].extra = {
-        k: result[k] for k in ("version", "test_accuracy", "model_uri") if k in result
+        k: result[k] for k in ("version", "test_accuracy", "model_uri")
     }
     return result
 
@@ -695,10 +718,8 @@ def score_plan() -> dict[str, Any]:
     try:
         planned = run_stage("plan", score.plan, cfg, store, landing,
                             config.run_key(ctx["run_id"]), events)
-    except score.ScoringError as exc:
-        if "no champion" in str(exc):
-            raise AirflowSkipException(str(exc)) from None
-        raise
+    except score.NoChampion as exc:
+        raise AirflowSkipException(str(exc)) from None
     log.info("MODEL VERSION %s v%s pinned for this run (from the %s%s)", cfg.model_name,
              planned["model_version"], planned["resolved_from"],
              f"; {len(events)} registry event(s)" if events else "")

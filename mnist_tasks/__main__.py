@@ -54,11 +54,11 @@ log = logging.getLogger("mnist_tasks")
 CHAIN: dict[str, tuple[str, str, tuple[str, ...]]] = {
     # command: (option, the stage whose output it is, required keys)
     "check": ("--ingested", "ingest", ("dataset_uri", "dataset_version")),
-    "preprocess": ("--checked", "check", ("dataset_uri",)),
+    "preprocess": ("--checked", "check", ("dataset_uri", "decision")),
     "train": ("--prepared", "preprocess", ("prepared_uri",)),
     "evaluate": ("--trained", "train", ("model_uri", "prepared_uri")),
-    "gate": ("--evaluation", "evaluate", ("prepared_uri", "trained")),
-    "register": ("--gate", "gate", ("decision", "prepared_uri", "evaluation")),
+    "gate": ("--evaluation", "evaluate", ("prepared_uri", "result_uri")),
+    "register": ("--gate", "gate", ("decision", "decision_uri", "evaluation_uri")),
 }
 # Older option names still accepted (before check, preprocess took ingest's output).
 ALIASES: dict[str, tuple[str, ...]] = {"preprocess": ("--ingested",)}
@@ -238,6 +238,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the command in ``args`` and return its result dict."""
+    from mnist_tasks import results
     from mnist_tasks.pipeline import Pipeline, run_summary
     from mnist_tasks.storage import open_store
 
@@ -251,20 +252,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     run_id = getattr(args, "run_id", None) or datetime.now(UTC).strftime("manual__%Y%m%dT%H%M%S")
     pipe = Pipeline(cfg, run_id)
     if args.command == "ingest":
-        return pipe.ingest()
+        return results.to_json(pipe.ingest())
     if args.command == "run-all":
         return pipe.run_all()
     if args.command == "select":
-        return pipe.select(args.trained)
+        return results.to_json(pipe.select(
+            [results.from_json(results.TrainResult, t) for t in args.trained]))
+    option = CHAIN[args.command][0]
+    previous = getattr(args, option.removeprefix("--"))
+    # The previous stage's output, as its typed result (evaluate takes train's or select's).
+    kind = {"check": results.IngestResult, "preprocess": results.CheckResult,
+            "train": results.PreprocessResult, "gate": results.EvaluateResult,
+            "register": results.GateDecision,
+            "evaluate": (results.SelectResult if "chosen_candidate" in previous
+                         else results.TrainResult)}[args.command]
     if args.command == "train":
         if args.candidate is not None and not 0 <= args.candidate < len(cfg.candidate_list):
             raise ConfigError(f"parameter 'candidate' = {args.candidate} is invalid: the run "
                               f"has {len(cfg.candidate_list)} candidate(s)")
-        return pipe.train(args.prepared, candidate=args.candidate)
-    option = CHAIN[args.command][0]
-    previous = getattr(args, option.removeprefix("--"))
-    method: Callable[[dict[str, Any]], dict[str, Any]] = getattr(pipe, args.command)
-    return method(previous)
+        return results.to_json(pipe.train(results.from_json(kind, previous),
+                                          candidate=args.candidate))
+    method: Callable[[Any], Any] = getattr(pipe, args.command)
+    return results.to_json(method(results.from_json(kind, previous)))
 
 
 def _score(args: argparse.Namespace) -> dict[str, Any]:

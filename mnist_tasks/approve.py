@@ -1,37 +1,35 @@
 """Approve: a person's decision between the gate and register (the ``approval`` parameter).
 
-Pure logic, no Airflow: the DAG's ``approve`` task (an ``ApprovalOperator`` of Airflow's
-standard provider, in ``dags/mnist_airflow.py``) asks these functions
-
-* :func:`needs_approval`: whether this gate decision waits for a person, and why;
-* :func:`request_subject` / :func:`report_markdown`: what the request shows (the gate's
-  report: metrics, McNemar's test, per-digit recall changes, a link to the Models page);
-* :func:`apply_response`: the final decision from the person's answer (approve, reject, the
-  timeout's default, or an override of the gate's REJECT, which needs a written reason);
-* :func:`not_asked`: the decision passed on unchanged when no one is asked;
-* :func:`record`: the answer, written to ``runs/<run-key>/approval.json`` and the run's
-  ``summary.json`` (register copies it into the version's metadata and model card).
-
-Modes: ``off`` (nobody is asked; a REJECT skips register, as without this step),
-``borderline`` (a PROMOTE is asked about when the challenger is not significantly better than
-the champion by McNemar's test, or when any digit's recall drops on the benchmark; a REJECT
-stands), ``always`` (every decision is asked about; an approver may override a REJECT).
+Pure logic, no Airflow: the DAG's ``approve`` task (an ``ApprovalOperator``, in
+``dags/mnist_airflow.py``) asks :func:`needs_approval` whether the gate's decision waits for a
+person; :func:`request_subject` and :func:`report_markdown` make the request (the gate's
+report); :func:`apply_response` turns the answer into the final decision (an override of a
+REJECT needs a written reason), :func:`not_asked` passes the decision on, and :func:`record`
+writes ``runs/<run-key>/approval.json``. Modes: ``off`` (no one is asked), ``borderline`` (a
+PROMOTE that McNemar's test does not show clearly better, or with a digit's recall dropping),
+``always`` (every decision; a REJECT may be overridden). Design: docs/approval.md.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mnist_tasks.artifacts import utc_now
 from mnist_tasks.config import APPROVAL_MODES, run_key
-from mnist_tasks.storage import ObjectNotFound, Store
+from mnist_tasks.results import (
+    PROMOTE,
+    REJECT,
+    Approval,
+    ApproveResult,
+    GateDecision,
+    Verdict,
+    to_json,
+)
+from mnist_tasks.storage import Store
 
-PROMOTE = "PROMOTE"
-REJECT = "REJECT"
 # The answers: the labels of Airflow's ApprovalOperator (the glue checks they match).
 APPROVE = "Approve"
 DENY = "Reject"
@@ -70,30 +68,18 @@ def _mode(mode: str) -> str:
     return mode
 
 
-def _verdict(decision: Mapping[str, Any]) -> str:
-    verdict = decision.get("decision")
-    if verdict not in (PROMOTE, REJECT):
-        raise ApprovalError(f"gate decision {verdict!r} is not PROMOTE or REJECT; pass the gate "
-                            "stage's result unchanged")
-    return str(verdict)
-
-
 def asks_on_reject(mode: str) -> bool:
     """Whether a REJECT goes to a person (who may override it): only with ``always``."""
     return _mode(mode) == "always"
 
 
-def recall_drops(decision: Mapping[str, Any]) -> list[tuple[str, float]]:
+def recall_drops(decision: GateDecision) -> list[tuple[str, float]]:
     """The digits whose benchmark recall is lower than the champion's: (digit, drop > 0)."""
-    drops = []
-    for digit, row in sorted((decision.get("per_digit_recall") or {}).items()):
-        drop = row.get("drop") if isinstance(row, Mapping) else None
-        if isinstance(drop, int | float) and drop > 0:
-            drops.append((str(digit), float(drop)))
-    return drops
+    return [(digit, row.drop) for digit, row in sorted(decision.per_digit_recall.items())
+            if row.drop is not None and row.drop > 0]
 
 
-def needs_approval(decision: Mapping[str, Any], mode: str) -> tuple[bool, str]:
+def needs_approval(decision: GateDecision, mode: str) -> tuple[bool, str]:
     """Whether the gate's ``decision`` waits for a person under ``mode``, and why (one line).
 
     ``borderline`` asks about a PROMOTE over a champion unless McNemar's test finds the
@@ -102,24 +88,23 @@ def needs_approval(decision: Mapping[str, Any], mode: str) -> tuple[bool, str]:
     REJECT are not asked about in ``borderline``.
 
     Raises:
-        ApprovalError: for an unknown mode or a decision that is not the gate's.
+        ApprovalError: for an unknown mode.
     """
-    mode, verdict = _mode(mode), _verdict(decision)
+    mode, verdict = _mode(mode), decision.decision
     if mode == "off":
         return False, "approval is off"
     if mode == "always":
         return True, f"approval is 'always': every gate decision is reviewed ({verdict})"
     if verdict == REJECT:
         return False, "the gate rejected the model; 'borderline' reviews promotions only"
-    champion = decision.get("champion_version")
-    if champion is None:
+    champion, test = decision.champion_version, decision.mcnemar
+    if champion is None or test is None:
         return False, "no champion to compare with: the threshold decides"
     why = []
-    test = decision.get("mcnemar") or {}
-    p, alpha = test.get("p_value"), decision.get("significance", 0.05)
-    better = bool(test.get("significant")) and int(test.get("c", 0)) > int(test.get("b", 0))
+    p, alpha = test.p_value, decision.significance
+    better = test.significant and test.c > test.b
     if not better:
-        worse = bool(test.get("significant"))
+        worse = test.significant
         why.append(f"McNemar p={_num(p, '.4g')}: the challenger is "
                    + ("significantly worse than" if worse else "not significantly different from")
                    + f" champion v{champion} at {alpha}")
@@ -147,60 +132,56 @@ def _cell(value: Any) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
 
-def request_subject(decision: Mapping[str, Any], model_name: str, run_id: str) -> str:
+def request_subject(decision: GateDecision, model_name: str, run_id: str) -> str:
     """The request's headline, e.g. ``Promote mnist-classifier from run X? (gate: PROMOTE)``."""
-    if _verdict(decision) == REJECT:
+    if decision.decision == REJECT:
         return (f"The gate REJECTED {model_name} from run {run_id}: override? (Approve "
                 "promotes it anyway and needs a written reason)")
     return f"Promote {model_name} from run {run_id}? (gate: PROMOTE)"
 
 
-def report_markdown(decision: Mapping[str, Any], *, why: str, models_url: str | None,
+def report_markdown(decision: GateDecision, *, why: str, models_url: str | None,
                     timeout_minutes: float) -> str:
     """The gate's report for the person: decision and reasons, metrics, McNemar's test,
     per-digit recall changes, a link to the run's entry on the Models page, what each answer
     does."""
-    verdict = _verdict(decision)
-    champion = decision.get("champion_version")
-    carried = decision.get("evaluation")
-    evaluation: Mapping[str, Any] = carried if isinstance(carried, Mapping) else {}
-    ours = decision.get("challenger_accuracy", evaluation.get("test_accuracy"))
-    theirs = decision.get("champion_accuracy")
+    verdict, champion = decision.decision, decision.champion_version
+    ours, theirs = decision.challenger_accuracy, decision.champion_accuracy
     out = [f"**Gate decision: {verdict}**. Asked because {why}.", ""]
-    out += [f"- {_cell(r)}" for r in decision.get("reasons") or []]
+    out += [f"- {_cell(r)}" for r in decision.reasons]
     out += ["", "### Metrics (benchmark: the MNIST test set)", "",
             "| | challenger | " + (f"champion v{champion}" if champion is not None
                                    else "champion") + " | change |",
             "|---|---|---|---|",
             f"| test accuracy | {_num(ours)} | {_num(theirs)} | "
             f"{_change(ours, theirs)} |"]
-    if evaluation.get("test_loss") is not None:
-        out.append(f"| test loss | {_num(evaluation.get('test_loss'))} | - | - |")
-    fresh = decision.get("fresh")
-    if isinstance(fresh, Mapping) and fresh:
-        a, b = fresh.get("challenger_accuracy"), fresh.get("champion_accuracy")
-        out.append(f"| fresh-data accuracy ({fresh.get('n')} images) | {_num(a)} | {_num(b)} | "
+    if decision.challenger.loss is not None:
+        out.append(f"| test loss | {_num(decision.challenger.loss)} | - | - |")
+    fresh = decision.fresh
+    if fresh is not None:
+        a, b = fresh.challenger_accuracy, fresh.champion_accuracy
+        out.append(f"| fresh-data accuracy ({fresh.n} images) | {_num(a)} | {_num(b)} | "
                    f"{_change(a, b)} |")
-    test = decision.get("mcnemar")
+    test = decision.mcnemar
     out += ["", "### McNemar's test", ""]
-    if isinstance(test, Mapping):
-        out.append(f"p = **{_num(test.get('p_value'), '.4g')}** ({_cell(test.get('method'))}): "
-                   f"b = {test.get('b')} images only the champion gets right, c = {test.get('c')} "
+    if test is not None:
+        out.append(f"p = **{_num(test.p_value, '.4g')}** ({_cell(test.method)}): "
+                   f"b = {test.b} images only the champion gets right, c = {test.c} "
                    f"only the challenger; the difference is "
-                   f"{'' if test.get('significant') else 'not '}significant at "
-                   f"{decision.get('significance', 0.05)}.")
+                   f"{'' if test.significant else 'not '}significant at "
+                   f"{decision.significance}.")
     else:
         out.append("Not run: there is no champion to compare with.")
-    recall = decision.get("per_digit_recall") or {}
+    recall = decision.per_digit_recall
     out += ["", "### Per-digit recall", ""]
     if recall:
         out += ["| digit | champion | challenger | change |", "|---|---|---|---|"]
         for digit, row in sorted(recall.items()):
-            drop = row.get("drop")
-            change = _signed(-drop) if _is_num(drop) else "-"
-            mark = " ⚠" if _is_num(drop) and drop > 0 else ""
-            out.append(f"| {digit} | {_num(row.get('champion'))} | "
-                       f"{_num(row.get('challenger'))} | {change}{mark} |")
+            drop = row.drop
+            change = _signed(-drop) if drop is not None else "-"
+            mark = " ⚠" if drop is not None and drop > 0 else ""
+            out.append(f"| {digit} | {_num(row.champion)} | {_num(row.challenger)} | "
+                       f"{change}{mark} |")
     else:
         out.append("No champion to compare with.")
     if models_url:
@@ -230,15 +211,15 @@ def _change(new: Any, old: Any) -> str:
     return _signed(float(new) - float(old)) if _is_num(new) and _is_num(old) else "-"
 
 
-def not_asked(decision: Mapping[str, Any], mode: str, why: str) -> dict[str, Any]:
+def not_asked(decision: GateDecision, mode: str, why: str) -> ApproveResult:
     """The gate's decision passed on, noting that no one was asked and why."""
-    verdict = _verdict(decision)
-    return {**decision, "gate_decision": verdict,
-            "approval": {"mode": _mode(mode), "asked": False, "why": why}}
+    return ApproveResult(decision=decision.decision, gate_decision=decision.decision,
+                         approval=Approval(mode=_mode(mode), asked=False, why=why),
+                         decision_uri=decision.decision_uri)
 
 
-def apply_response(decision: Mapping[str, Any], response: Response, *, mode: str,
-                   why: str) -> dict[str, Any]:
+def apply_response(decision: GateDecision, response: Response, *, mode: str,
+                   why: str) -> ApproveResult:
     """The final decision after a person's answer (or the timeout's default).
 
     * PROMOTE + Approve: PROMOTE, ``approved``; PROMOTE + Reject: REJECT, ``rejected``;
@@ -248,13 +229,13 @@ def apply_response(decision: Mapping[str, Any], response: Response, *, mode: str
     * a timeout: REJECT, ``timed out`` (the default answer).
 
     Returns:
-        The decision with ``decision`` (final), ``gate_decision`` (the gate's own) and
-        ``approval``: ``mode``, ``asked`` (True), ``why``, ``answer``, ``outcome``, ``override``
-        (bool), ``by``, ``by_id``, ``at``, ``comment``, ``timed_out``, ``note``.
+        The final ``decision``, the gate's own (``gate_decision``), and the ``approval``
+        record: who answered what, when, with which comment, and the outcome.
     """
-    verdict = _verdict(decision)
+    verdict = decision.decision
     comment = (response.comment or "").strip() or None
     override = False
+    final: Verdict
     if response.timed_out:
         final, outcome = REJECT, TIMED_OUT
         note = "no answer before the timeout: the default answer (reject) applies"
@@ -271,36 +252,20 @@ def apply_response(decision: Mapping[str, Any], response: Response, *, mode: str
         final, outcome = REJECT, REFUSED
         note = ("an override of the gate's REJECT needs a written reason (the request's "
                 f"{COMMENT!r}); none was given, so the REJECT stands")
-    return {**decision, "decision": final, "gate_decision": verdict, "approval": {
-        "mode": _mode(mode), "asked": True, "why": why, "answer": response.choice,
-        "outcome": outcome, "override": override, "by": response.by, "by_id": response.by_id,
-        "at": response.at, "comment": comment, "timed_out": response.timed_out, "note": note,
-    }}
+    approval = Approval(
+        mode=_mode(mode), asked=True, why=why, answer=response.choice, outcome=outcome,
+        override=override, by=response.by, by_id=response.by_id, at=response.at,
+        comment=comment, timed_out=response.timed_out, note=note)
+    return ApproveResult(decision=final, gate_decision=verdict, approval=approval,
+                         decision_uri=decision.decision_uri)
 
 
-def record(store: Store, run_id: str, decision: Mapping[str, Any]) -> str:
-    """Write the approval (and the final decision) of run ``run_id``: ``approval.json`` in the
-    run's folder, and ``approval`` / ``decision`` in its ``summary.json``. Returns the URI of
-    ``approval.json``.
-
-    Raises:
-        ApprovalError: if ``decision`` has no ``approval`` record.
-    """
-    approval = decision.get("approval")
-    if not isinstance(approval, Mapping):
-        raise ApprovalError("the decision has no 'approval' record: make it with "
-                            "apply_response or not_asked")
-    key = run_key(run_id)
-    body = {"run_id": run_id, "decision": decision.get("decision"),
-            "gate_decision": decision.get("gate_decision"), "approval": dict(approval),
+def record(store: Store, run_id: str, result: ApproveResult) -> str:
+    """Write the approval (and the final decision) of run ``run_id`` to ``approval.json`` in
+    the run's folder; returns its URI."""
+    key = f"runs/{run_key(run_id)}/approval.json"
+    body = {"run_id": run_id, "decision": result.decision,
+            "gate_decision": result.gate_decision, "approval": to_json(result.approval),
             "recorded_at": utc_now()}
-    store.write_bytes(f"runs/{key}/approval.json", json.dumps(body, indent=2).encode())
-    summary_key = f"runs/{key}/summary.json"
-    try:
-        summary = json.loads(store.read_bytes(summary_key))
-    except ObjectNotFound:
-        summary = {"run_id": run_id}
-    summary.update(decision=decision.get("decision"), approval=dict(approval),
-                   updated_at=utc_now())
-    store.write_bytes(summary_key, json.dumps(summary, indent=2).encode())
-    return store.uri_for(f"runs/{key}/approval.json")
+    store.write_bytes(key, json.dumps(body, indent=2).encode())
+    return store.uri_for(key)

@@ -2,19 +2,18 @@
 
 * constants: :data:`NUM_CLASSES`, the array names of a data set and of prepared data;
 * ``.npz`` and JSON objects in a store: :func:`load_npz`, :func:`save_npz`, :func:`read_json`,
-  :func:`write_json`, :func:`data_sha256`;
+  :func:`write_json`, :func:`data_sha256`; typed results (:mod:`mnist_tasks.results`):
+  :func:`write_result`, :func:`read_result`, and a retried stage's :func:`recorded_result`;
 * prepared data (what preprocess writes, what train, evaluate, gate and register read):
-  :class:`Prepared`, :func:`load_prepared`;
+  :class:`Prepared`, :func:`load_prepared`, :func:`prepared_record_uri`;
 * models: :func:`load_keras_model` (safe mode), :func:`load_model_from_store`,
   :func:`predict_proba`, :func:`predict_classes`;
-* a retried stage's "reuse the recorded result": :func:`recorded_result`;
-* the code's identity, for a run's inputs key: :func:`code_fingerprint`;
-* time and JSON helpers: :func:`utc_now`, :func:`json_default`.
+* the code's identity, for a run's inputs key: :func:`code_fingerprint`; where a run's
+  candidates table is: :func:`candidates_key`; time and JSON: :func:`utc_now`,
+  :func:`json_default`.
 
-Stage modules (ingest, preprocess, train, evaluate, gate, register) import this module,
-``config`` and ``storage``, never each other. NumPy and Keras are imported only by the
-functions that need them, so the model registry (and the Airflow UI plugin that reads it) can
-use the time and JSON helpers without loading either.
+NumPy and Keras are imported only by the functions that need them, so the model registry (and
+the Airflow UI plugin that reads it) can use the time and JSON helpers without loading either.
 """
 
 from __future__ import annotations
@@ -29,8 +28,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from mnist_tasks.results import ResultError, from_json, to_json
 from mnist_tasks.storage import ObjectNotFound, Store
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     import numpy as np
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 NUM_CLASSES = 10  # the digits 0-9
 # The cached data set written by ingest (uint8 images, labels).
@@ -85,6 +87,30 @@ def read_json(store: Store, key: str) -> Any:
 def write_json(store: Store, key: str, obj: Any, *, indent: int = 2) -> None:
     """Write ``obj`` as indented JSON at ``key`` (atomically: the store's writes are)."""
     store.write_bytes(key, json.dumps(obj, indent=indent, default=json_default).encode())
+
+
+def write_result(store: Store, key: str, result: Any) -> None:
+    """Write a stage's typed result as its record at ``key`` (its :func:`to_json` form)."""
+    write_json(store, key, to_json(result))
+
+
+def read_result(store: Store, uri: str, cls: type[R]) -> R:
+    """The ``cls`` result recorded at ``uri`` (a reference a later stage holds).
+
+    Raises:
+        ObjectNotFound: if there is no record.
+        InvalidKey: if ``uri`` is not in ``store``.
+        ValueError: if it is not valid JSON, or not a ``cls`` (ResultError, naming the field).
+    """
+    try:
+        return from_json(cls, read_json(store, store.key_of(uri)))
+    except ResultError as exc:
+        raise ResultError(f"{uri}: {exc}") from None
+
+
+def candidates_key(run_key: str) -> str:
+    """Where select writes the run's candidates table (and register reads it)."""
+    return f"runs/{run_key}/candidates.json"
 
 
 # --- arrays -------------------------------------------------------------------------------------
@@ -183,6 +209,11 @@ class Prepared:
         return [str(i) for i in self.meta.get("fresh_increments") or []]
 
 
+def prepared_record_uri(prepared_uri: str) -> str:
+    """The ``prepared.json`` beside the prepared arrays: preprocess's record of them."""
+    return prepared_uri.rsplit("/", 1)[0] + "/prepared.json"
+
+
 def load_prepared(prepared_uri: str, store: Store) -> Prepared:
     """Load the prepared data at ``prepared_uri`` and the ``prepared.json`` beside it.
 
@@ -190,11 +221,10 @@ def load_prepared(prepared_uri: str, store: Store) -> Prepared:
         ObjectNotFound: if the prepared data or its metadata are missing.
         ValueError: if an array is missing.
     """
-    key = store.key_of(prepared_uri)
-    arrays = load_npz(store, key, PREPARED_ARRAYS, optional=FRESH_ARRAYS)
+    arrays = load_npz(store, store.key_of(prepared_uri), PREPARED_ARRAYS, optional=FRESH_ARRAYS)
     if not all(name in arrays for name in FRESH_ARRAYS):
         arrays.update(empty_fresh(tuple(arrays["x_test"].shape[1:])))
-    meta = read_json(store, key.rsplit("/", 1)[0] + "/prepared.json")
+    meta = read_json(store, store.key_of(prepared_record_uri(prepared_uri)))
     return Prepared(meta=meta, **arrays)
 
 
@@ -308,25 +338,27 @@ def code_fingerprint() -> str:
 def recorded_result(
     store: Store,
     key: str,
+    cls: type[R],
     inputs: Mapping[str, Any],
     *,
     requires: Iterable[str] = (),
-) -> dict[str, Any] | None:
+) -> R | None:
     """The result an earlier attempt of a stage recorded at ``key``, if it still holds.
 
-    A stage writes its result JSON last, after its artifacts; a retry calls this first and
+    A stage writes its result record last, after its artifacts; a retry calls this first and
     returns what it gets instead of doing the work again.
 
     Args:
         store: the run's store.
         key: the recorded result (e.g. ``runs/<run-key>/train/result.json``).
+        cls: the result's type.
         inputs: what the result must have been made from: each key must be in the recorded
-            result with an equal value.
+            JSON with an equal value.
         requires: keys of artifacts that must still exist for the result to be usable.
 
     Returns:
-        The recorded result, or None when there is none, it is unreadable (logged), it was
-        made from other inputs (logged), or a required artifact is missing.
+        The recorded result, or None when there is none, it is unreadable or not a ``cls``
+        (logged), it was made from other inputs (logged), or a required artifact is missing.
     """
     uri = store.uri_for(key)
     try:
@@ -346,4 +378,8 @@ def recorded_result(
         return None
     if not all(store.exists(k) for k in requires):
         return None
-    return recorded
+    try:
+        return from_json(cls, recorded)
+    except ResultError as exc:  # written by another version of the stage
+        log.warning("ignoring %s: %s; doing the work again", uri, exc)
+        return None

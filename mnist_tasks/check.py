@@ -1,19 +1,13 @@
 """Check: is there anything to train, and how does the champion do on the new data?
 
-Runs between ingest and preprocess. Input: the ingest result (it names the dataset version).
-
-* The run's **inputs key**: the first 16 hex digits of a SHA-256 over the canonical JSON of
-  the dataset version, the preprocessing config, the training config and the code
-  fingerprint (:func:`mnist_tasks.artifacts.code_fingerprint`).
-* **UNCHANGED**: when the champion's registry metadata records the same key
-  (``lineage.inputs_key``) and ``force`` is false, there is nothing to train: the result's
-  ``decision`` is ``"UNCHANGED"`` and ``covered_by`` names the champion's version. This path
-  reads the champion's metadata and nothing else (no TensorFlow import).
-* Otherwise ``decision`` is ``"TRAIN"``. When there is a champion and the dataset version
-  holds accepted increments the champion's dataset version did not, the champion is
-  evaluated on each new increment's fresh part first; an accuracy below the champion's
-  benchmark accuracy by more than ``fresh_drop_margin`` is a **FRESH-DATA DROP** warning (in
-  the log and the result's ``warnings``, which the run summary and the notifier show).
+Between ingest and preprocess. The run's **inputs key** is 16 hex digits of a SHA-256 over the
+dataset version, both configs and the code fingerprint. When the champion's metadata records
+the same key (and ``force`` is off) the decision is **UNCHANGED**, ``covered_by`` the champion's
+version; that path reads the champion's metadata alone (no TensorFlow import). Otherwise
+**TRAIN**, after evaluating the champion on each new increment's fresh part: an accuracy below
+its benchmark accuracy by more than ``fresh_drop_margin`` is a **FRESH-DATA DROP** warning.
+The result also holds the run's lineage, which preprocess records with the prepared data.
+Design: docs/architecture.md (Check: skip when nothing changed).
 
 Run it alone: ``python -m mnist_tasks check --ingested @ingest.json --store URI``.
 """
@@ -27,20 +21,28 @@ import logging
 import tempfile
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from mnist_tasks import datasets
 from mnist_tasks.artifacts import code_fingerprint
 from mnist_tasks.config import CheckConfig, PreprocessConfig, TrainConfig
 from mnist_tasks.registry import CHAMPION, Registry, VersionInfo
+from mnist_tasks.results import (
+    ChampionFresh,
+    CheckResult,
+    IngestResult,
+    Lineage,
+    LineageIncrement,
+    QuarantinedIncrement,
+)
 from mnist_tasks.storage import Store
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TRAIN", "UNCHANGED", "check", "inputs_key", "lineage_of"]
 
-UNCHANGED = "UNCHANGED"
-TRAIN = "TRAIN"
+UNCHANGED: Literal["UNCHANGED"] = "UNCHANGED"
+TRAIN: Literal["TRAIN"] = "TRAIN"
 INPUTS_KEY_SCHEMA = "mnist-tasks/inputs-key/1"
 
 
@@ -59,22 +61,19 @@ def inputs_key(dataset_version: str, preprocess: PreprocessConfig, train: TrainC
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def lineage_of(ingested: Mapping[str, Any], key: str, code: str) -> dict[str, Any]:
-    """The lineage every result from check on carries (register records it in the version's
-    metadata): ``dataset_version``, ``inputs_key``, ``code_fingerprint``, ``increments``
-    (accepted: id, payload_sha256, train, fresh, drift) and ``quarantined`` (id, reasons)."""
-    records = list(ingested.get("increments") or [])
-    return {
-        "dataset_version": ingested.get("dataset_version"),
-        "inputs_key": key,
-        "code_fingerprint": code,
-        "increments": [{"id": r["id"], "payload_sha256": r.get("payload_sha256"),
-                        "train": r.get("train", 0), "fresh": r.get("fresh", 0),
-                        "drift": bool(r.get("drift"))}
-                       for r in records if r.get("status") == "ACCEPTED"],
-        "quarantined": [{"id": r["id"], "reasons": list(r.get("reasons") or [])}
-                        for r in records if r.get("status") == "QUARANTINED"],
-    }
+def lineage_of(ingested: IngestResult, key: str, code: str) -> Lineage:
+    """The run's lineage (preprocess records it with the prepared data; register copies it
+    into the version's metadata): the dataset version, the inputs key, the code fingerprint,
+    the accepted increments and the quarantined ones."""
+    return Lineage(
+        dataset_version=ingested.dataset_version,
+        inputs_key=key,
+        code_fingerprint=code,
+        increments=tuple(LineageIncrement(r.id, r.payload_sha256, r.train, r.fresh, r.drift)
+                         for r in ingested.increments if r.status == "ACCEPTED"),
+        quarantined=tuple(QuarantinedIncrement(r.id, r.reasons)
+                          for r in ingested.increments if r.status == "QUARANTINED"),
+    )
 
 
 def _lineage(info: VersionInfo) -> Mapping[str, Any]:
@@ -107,14 +106,14 @@ def _champion_increments(store: Store, lineage: Mapping[str, Any]) -> set[str]:
 def _fresh_accuracy(
     store: Store, registry: Registry, champion: VersionInfo,
     entries: list[datasets.IncrementEntry], margin: float,
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[dict[str, ChampionFresh], list[str]]:
     """The champion on each entry's fresh part: per increment results and the warnings."""
     import numpy as np
 
     from mnist_tasks.artifacts import load_keras_model, predict_classes
 
     benchmark = champion.test_accuracy
-    per: dict[str, Any] = {}
+    per: dict[str, ChampionFresh] = {}
     warnings: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mnist-check-") as tmp:
         model = load_keras_model(registry.fetch_model(champion.version, tmp))
@@ -128,8 +127,8 @@ def _fresh_accuracy(
         accuracy = float(np.mean(predicted == y.astype(np.int64)))
         drop = None if benchmark is None else benchmark - accuracy
         flagged = drop is not None and drop > margin
-        per[entry.id] = {"n": len(y), "accuracy": accuracy, "benchmark_accuracy": benchmark,
-                         "drop": drop, "flagged": flagged}
+        per[entry.id] = ChampionFresh(n=len(y), accuracy=accuracy, benchmark_accuracy=benchmark,
+                                      drop=drop, flagged=flagged)
         line = (f"champion v{champion.version} on increment {entry.id}: {accuracy:.2%} "
                 f"({len(y)} fresh images; benchmark "
                 f"{'n/a' if benchmark is None else f'{benchmark:.2%}'})").replace("%", " %")
@@ -145,7 +144,7 @@ def _fresh_accuracy(
 
 
 def check(
-    ingested: Mapping[str, Any],
+    ingested: IngestResult,
     *,
     preprocess: PreprocessConfig,
     train: TrainConfig,
@@ -153,11 +152,11 @@ def check(
     registry: Registry,
     force: bool = False,
     fresh_drop_margin: float = CheckConfig.fresh_drop_margin,
-) -> dict[str, Any]:
+) -> CheckResult:
     """Decide UNCHANGED or TRAIN for the ingested data; check the champion on new data.
 
     Args:
-        ingested: the ingest result (``dataset_version`` and ``increments`` are read).
+        ingested: the ingest result (its data set, dataset version and increments).
         preprocess, train: the run's configs (part of the inputs key).
         store: the store holding the dataset versions.
         registry: the model registry (the champion's metadata and model).
@@ -166,12 +165,9 @@ def check(
             benchmark accuracy before a FRESH-DATA DROP warning.
 
     Returns:
-        Everything ``ingested`` holds plus ``decision`` (``"UNCHANGED"`` or ``"TRAIN"``),
-        ``covered_by`` (the champion's version on UNCHANGED, else None), ``inputs_key``,
-        ``code_fingerprint``, ``champion_version`` (None without a champion),
-        ``champion_inputs_key``, ``champion_fresh`` (increment id -> ``{"n", "accuracy",
-        "benchmark_accuracy", "drop", "flagged"}`` for the increments new to the champion),
-        ``warnings`` (strings), ``force`` and ``lineage`` (see :func:`lineage_of`).
+        UNCHANGED (``covered_by``: the champion's version) or TRAIN, the inputs key, the
+        champion's accuracy on each increment new to it, the warnings, and the lineage
+        (:func:`lineage_of`); ``dataset_uri`` and ``dataset_version`` for preprocess.
 
     Raises:
         ValueError: if ``ingested`` has no dataset version.
@@ -179,33 +175,34 @@ def check(
         RegistryError, StorageError: on registry or storage failures.
     """
     start = time.perf_counter()
-    dataset_version = ingested.get("dataset_version")
-    if not isinstance(dataset_version, str) or not dataset_version:
+    dataset_version = ingested.dataset_version
+    if not dataset_version:
         raise ValueError("the ingest result has no 'dataset_version': give the output of an "
                          "ingest that records dataset versions")
     code = code_fingerprint()
     key = inputs_key(dataset_version, preprocess, train, code)
     champion = _champion(registry)
     champion_key = _lineage(champion).get("inputs_key") if champion else None
-    result: dict[str, Any] = {
-        **ingested,
-        "inputs_key": key,
-        "code_fingerprint": code,
-        "champion_version": champion.version if champion else None,
-        "champion_inputs_key": champion_key,
-        "champion_fresh": {},
-        "warnings": list(ingested.get("warnings") or []),
-        "force": force,
-        "covered_by": None,
-        "lineage": lineage_of(ingested, key, code),
-    }
+    result = CheckResult(
+        decision=TRAIN,
+        covered_by=None,
+        dataset_uri=ingested.dataset_uri,
+        dataset_version=dataset_version,
+        inputs_key=key,
+        champion_version=champion.version if champion else None,
+        champion_inputs_key=champion_key,
+        champion_fresh={},
+        warnings=(),
+        force=force,
+        lineage=lineage_of(ingested, key, code),
+    )
     if champion is not None and champion_key == key:
         if not force:
             log.info("check: UNCHANGED: champion v%d was trained on exactly these inputs "
                      "(dataset version %s, preset %s, code %s); nothing to train. Trigger with "
                      "force=true to retrain. [inputs key %s, %.2f s]", champion.version,
                      dataset_version, train.preset, code[:12], key, time.perf_counter() - start)
-            return {**result, "decision": UNCHANGED, "covered_by": champion.version}
+            return dataclasses.replace(result, decision=UNCHANGED, covered_by=champion.version)
         log.info("check: champion v%d was trained on exactly these inputs (inputs key %s); "
                  "retraining because force=true", champion.version, key)
     elif champion is not None:
@@ -223,7 +220,6 @@ def check(
                      "fresh parts before training", len(new), champion.version,
                      ", ".join(e.id for e in new))
             per, warnings = _fresh_accuracy(store, registry, champion, new, fresh_drop_margin)
-            result["champion_fresh"] = per
-            result["warnings"] += warnings
+            result = dataclasses.replace(result, champion_fresh=per, warnings=tuple(warnings))
     log.info("check: TRAIN (%.2f s)", time.perf_counter() - start)
-    return {**result, "decision": TRAIN}
+    return result

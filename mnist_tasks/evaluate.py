@@ -1,28 +1,14 @@
 """Evaluate: test-set metrics, per-digit report, confusion matrix, plots and predictions.
 
-Loads the trained model (``safe_mode=True``) and the prepared test split, and writes under
-``runs/<run-key>/evaluate/``:
+Loads the trained model (``safe_mode=True``) and the prepared data, and writes under
+``runs/<run-key>/evaluate/``: ``metrics.json`` (accuracy, loss, per-digit precision, recall and
+F1, averages, the confusion matrix, the most confused pairs, and ``fresh``: the same model on
+the increments' fresh data, overall, per increment and per digit, or null), ``predictions.npy``
+and ``fresh_predictions.npy`` (the predicted classes), ``report.txt``, the plots, and last
+``result.json``, the result (a retry of the same model and data returns it). The benchmark is
+the fixed MNIST test set, so every version is compared on the same images.
 
-* ``metrics.json``: ``test_accuracy``, ``test_loss``, ``n_test``, ``per_digit`` (precision,
-  recall, f1, support per digit "0".."9"), ``macro_avg``, ``weighted_avg``,
-  ``confusion_matrix`` (rows = true, columns = predicted), ``most_confused_pairs`` (top 5);
-* ``predictions.npy``: the predicted class (int64) of each test image;
-* ``fresh_predictions.npy``: the same for each fresh image (the increments' held-out parts),
-  when the prepared data has any; ``metrics.json`` then also holds ``fresh`` (see
-  :func:`fresh_metrics`), else ``fresh`` is null;
-* ``report.txt``: scikit-learn's classification report;
-* ``confusion_matrix.png``, ``training_curves.png`` (when the history is given),
-  ``sample_grid.png``, ``misclassified_grid.png``;
-* ``result.json``: what :func:`evaluate` returned, written last.
-
-The benchmark is the fixed MNIST test set, so every version is compared on the same images;
-the fresh data tells how a model does on the handwriting that arrived since, per increment.
-
-``test_loss`` is the mean cross-entropy of the predicted probabilities (without any weight
-regularisation term, so models trained with and without L2 compare fairly).
-
-Run it alone: ``python -m mnist_tasks evaluate --model URI --prepared URI --store URI
---run-id ID``.
+Run it alone: ``python -m mnist_tasks evaluate --trained @train.json --store URI --run-id ID``.
 """
 
 from __future__ import annotations
@@ -45,6 +31,14 @@ from mnist_tasks.artifacts import (
     read_json,
     recorded_result,
     write_json,
+    write_result,
+)
+from mnist_tasks.results import (
+    EvaluateResult,
+    FreshDigitRecall,
+    FreshIncrementMetrics,
+    FreshMetrics,
+    to_json,
 )
 from mnist_tasks.storage import Store
 
@@ -56,7 +50,8 @@ _EPS = 1e-7  # probability clip for the cross-entropy, as Keras does
 
 
 def cross_entropy(y_true: np.ndarray, proba: np.ndarray) -> float:
-    """Mean categorical cross-entropy of integer labels under predicted probabilities."""
+    """Mean categorical cross-entropy of integer labels under predicted probabilities (no
+    weight-regularisation term, so models trained with and without L2 compare fairly)."""
     p = np.clip(proba[np.arange(len(y_true)), np.asarray(y_true, dtype=np.int64)], _EPS, 1.0)
     return float(-np.mean(np.log(p)))
 
@@ -134,7 +129,7 @@ def fresh_metrics(
     y_pred: np.ndarray,
     increment: np.ndarray,
     increment_ids: list[str],
-) -> dict[str, Any] | None:
+) -> FreshMetrics | None:
     """Accuracy on the fresh data, overall, per increment and per digit.
 
     Args:
@@ -144,10 +139,9 @@ def fresh_metrics(
         increment_ids: the increments' ids, in the prepared data's order.
 
     Returns:
-        None when there is no fresh image, else ``n``, ``accuracy``, ``per_increment``
-        (id -> ``n``, ``accuracy``; every listed increment, in order, ``accuracy`` None for
-        one without images) and ``per_digit`` ("0".."9" -> ``recall`` (None without images of
-        that digit), ``support``).
+        None when there is no fresh image, else ``n``, ``accuracy``, ``per_increment`` (every
+        listed increment, in order; its ``accuracy`` None without images) and ``per_digit``
+        ("0".."9"; ``recall`` None without images of that digit).
 
     Raises:
         ValueError: if the lengths differ, a label is not a digit, or an increment index is
@@ -169,21 +163,21 @@ def fresh_metrics(
         raise ValueError(f"fresh_increment holds index {int(outside[0])}, but the increments "
                          f"listed (fresh_increments) are {list(increment_ids)}")
     right = y_true == y_pred
-    per_increment: dict[str, dict[str, Any]] = {}
+    per_increment: dict[str, FreshIncrementMetrics] = {}
     for index, inc_id in enumerate(increment_ids):
         mine = increment == index
         n = int(mine.sum())
-        per_increment[str(inc_id)] = {"n": n,
-                                      "accuracy": float(right[mine].mean()) if n else None}
+        per_increment[str(inc_id)] = FreshIncrementMetrics(
+            n=n, accuracy=float(right[mine].mean()) if n else None)
     support = np.bincount(y_true, minlength=NUM_CLASSES)
     hits = np.bincount(y_true[right], minlength=NUM_CLASSES)
     per_digit = {
-        str(d): {"recall": float(hits[d] / support[d]) if support[d] else None,
-                 "support": int(support[d])}
+        str(d): FreshDigitRecall(recall=float(hits[d] / support[d]) if support[d] else None,
+                                 support=int(support[d]))
         for d in range(NUM_CLASSES)
     }
-    return {"n": len(y_true), "accuracy": float(right.mean()), "per_increment": per_increment,
-            "per_digit": per_digit}
+    return FreshMetrics(n=len(y_true), accuracy=float(right.mean()),
+                        per_increment=per_increment, per_digit=per_digit)
 
 
 def evaluate(
@@ -193,7 +187,8 @@ def evaluate(
     run_key: str,
     *,
     history_uri: str | None = None,
-) -> dict[str, Any]:
+    train_uri: str | None = None,
+) -> EvaluateResult:
     """Evaluate the model on the benchmark (the test split) and the fresh data; store the results.
 
     Idempotent: a retry for the same model and data returns the recorded result.
@@ -204,13 +199,12 @@ def evaluate(
         store: the run's store.
         run_key: the run's key.
         history_uri: the train stage's ``history.json``, for the training-curves plot.
+        train_uri: the model's train record, cited in the result for register.
 
     Returns:
-        ``metrics_uri``, ``report_uri``, ``predictions_uri``, ``plots`` (name -> URI),
-        ``test_accuracy``, ``test_loss``, ``n_test``, ``fresh`` (:func:`fresh_metrics`: ``n``,
-        ``accuracy``, ``per_increment``, ``per_digit``; None without fresh data),
-        ``fresh_accuracy`` and ``fresh_predictions_uri`` (None without fresh data), and the
-        inputs (``model_uri``, ``model_sha256``, ``prepared_uri``, ``history_uri``).
+        The URIs of the metrics, report, predictions and plots, the benchmark accuracy and
+        loss, the fresh metrics (:func:`fresh_metrics`; None without fresh data), and the
+        inputs; also recorded as ``result.json`` (``result_uri``).
 
     Raises:
         ObjectNotFound: if the model, the prepared data or the history does not exist.
@@ -230,12 +224,13 @@ def evaluate(
         # retrained model may replace the file at the same URI.
         model_sha256 = hashlib.sha256(model_path.read_bytes()).hexdigest()
         inputs = {"model_uri": model_uri, "model_sha256": model_sha256,
-                  "prepared_uri": prepared_uri, "history_uri": history_uri}
+                  "prepared_uri": prepared_uri, "history_uri": history_uri,
+                  "train_uri": train_uri}
         recorded = _reusable(store, prefix, inputs)
         if recorded is not None:
-            fresh_acc = recorded["fresh_accuracy"]
+            fresh_acc = recorded.fresh_accuracy
             log.info("evaluate: %s already evaluated (test accuracy %.4f, fresh accuracy %s); "
-                     "reusing it", model_uri, recorded["test_accuracy"],
+                     "reusing it", model_uri, recorded.test_accuracy,
                      "n/a" if fresh_acc is None else f"{fresh_acc:.4f}")
             return recorded
         try:
@@ -261,7 +256,7 @@ def evaluate(
         fresh = fresh_metrics(y_fresh, fresh_pred, fresh_increment, fresh_ids)
     except ValueError as exc:
         raise ValueError(f"{prepared_uri}: {exc}") from exc
-    metrics["fresh"] = fresh
+    metrics["fresh"] = None if fresh is None else to_json(fresh)
     history = read_json(store, store.key_of(history_uri)) if history_uri else None
 
     plot_uris: dict[str, str] = {}
@@ -293,34 +288,37 @@ def evaluate(
             plot_uris[name] = store.uri_for(f"{prefix}/{name}.png")
 
     write_json(store, f"{prefix}/metrics.json", metrics)
-    result: dict[str, Any] = {
-        "metrics_uri": store.uri_for(f"{prefix}/metrics.json"),
-        "report_uri": store.uri_for(f"{prefix}/report.txt"),
-        "predictions_uri": store.uri_for(f"{prefix}/predictions.npy"),
-        "plots": plot_uris,
-        "test_accuracy": metrics["test_accuracy"],
-        "test_loss": metrics["test_loss"],
-        "n_test": metrics["n_test"],
-        "fresh": fresh,
-        "fresh_accuracy": None if fresh is None else fresh["accuracy"],
-        "fresh_predictions_uri": (None if fresh is None
-                                  else store.uri_for(f"{prefix}/fresh_predictions.npy")),
-        **inputs,
-    }
-    write_json(store, f"{prefix}/result.json", result)
-    log_summary(metrics, time.perf_counter() - start, result["metrics_uri"])
+    result = EvaluateResult(
+        metrics_uri=store.uri_for(f"{prefix}/metrics.json"),
+        report_uri=store.uri_for(f"{prefix}/report.txt"),
+        predictions_uri=store.uri_for(f"{prefix}/predictions.npy"),
+        plots=plot_uris,
+        test_accuracy=metrics["test_accuracy"],
+        test_loss=metrics["test_loss"],
+        n_test=metrics["n_test"],
+        fresh=fresh,
+        fresh_accuracy=None if fresh is None else fresh.accuracy,
+        fresh_predictions_uri=(None if fresh is None
+                               else store.uri_for(f"{prefix}/fresh_predictions.npy")),
+        model_uri=model_uri,
+        model_sha256=model_sha256,
+        prepared_uri=prepared_uri,
+        history_uri=history_uri,
+        train_uri=train_uri,
+        result_uri=store.uri_for(f"{prefix}/result.json"),
+    )
+    write_result(store, f"{prefix}/result.json", result)
+    log_summary(metrics, fresh, time.perf_counter() - start, result.metrics_uri)
     return result
 
 
-def _reusable(store: Store, prefix: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
+def _reusable(store: Store, prefix: str, inputs: dict[str, Any]) -> EvaluateResult | None:
     """The recorded result of an earlier attempt, if it still holds (with its fresh part)."""
-    recorded = recorded_result(store, f"{prefix}/result.json", inputs,
+    recorded = recorded_result(store, f"{prefix}/result.json", EvaluateResult, inputs,
                                requires=[f"{prefix}/metrics.json"])
     if recorded is None:
         return None
-    if "fresh" not in recorded:  # recorded before evaluate measured fresh data: redo it
-        return None
-    fresh_uri = recorded.get("fresh_predictions_uri")
+    fresh_uri = recorded.fresh_predictions_uri
     if fresh_uri is not None and not store.exists(store.key_of(fresh_uri)):
         return None
     return recorded
@@ -342,19 +340,20 @@ def _fresh_data(
     return x, np.asarray(y, dtype=np.int64), np.asarray(increment, dtype=np.int64), ids
 
 
-def fresh_summary(fresh: dict[str, Any] | None) -> str:
+def fresh_summary(fresh: FreshMetrics | None) -> str:
     """``fresh accuracy=0.9412 on 500 images (inc-001 0.9500 n=250, ...)``, or
     ``fresh: no fresh data``."""
     if fresh is None:
         return "fresh: no fresh data"
     parts = ", ".join(
-        f"{inc_id} {'n/a' if m['accuracy'] is None else format(m['accuracy'], '.4f')} "
-        f"n={m['n']}" for inc_id, m in fresh["per_increment"].items())
-    return (f"fresh accuracy={fresh['accuracy']:.4f} on {fresh['n']} images"
+        f"{inc_id} {'n/a' if m.accuracy is None else format(m.accuracy, '.4f')} n={m.n}"
+        for inc_id, m in fresh.per_increment.items())
+    return (f"fresh accuracy={fresh.accuracy:.4f} on {fresh.n} images"
             + (f" ({parts})" if parts else ""))
 
 
-def log_summary(metrics: dict[str, Any], seconds: float, metrics_uri: str) -> None:
+def log_summary(metrics: dict[str, Any], fresh: FreshMetrics | None, seconds: float,
+                metrics_uri: str) -> None:
     """Log a short summary: accuracy, loss, the 3 worst digits by recall, most-confused pairs,
     and the fresh accuracy overall and per increment."""
     worst = sorted(metrics["per_digit"].items(), key=lambda kv: kv[1]["recall"])[:3]
@@ -365,7 +364,7 @@ def log_summary(metrics: dict[str, Any], seconds: float, metrics_uri: str) -> No
     log.info("evaluated on %d test images in %.1f s: accuracy=%.4f loss=%s; worst recall: %s; "
              "most confused (true->pred): %s; %s; metrics -> %s", metrics["n_test"], seconds,
              metrics["test_accuracy"], f"{loss:.4f}" if loss is not None else "n/a",
-             worst_txt, pairs_txt, fresh_summary(metrics.get("fresh")), metrics_uri)
+             worst_txt, pairs_txt, fresh_summary(fresh), metrics_uri)
 
 
 def _sample_grid(plots: Any, x: np.ndarray, y: np.ndarray, y_pred: np.ndarray,

@@ -1,26 +1,13 @@
 """Gate: PROMOTE or REJECT a freshly evaluated model (the challenger), with reasons.
 
-The challenger is compared on two sets of images: the **benchmark** (the fixed MNIST test set,
-the same for every version) and the **fresh** data (the held-out parts of the accepted
-increments: recent handwriting no model was trained on), when the prepared data has any.
-The checks, one log line each, every line naming its set:
-
-1. **threshold** (benchmark): the test accuracy is at least ``cfg.min_accuracy``;
-2. **champion** (benchmark, then fresh): the current champion (registry alias ``champion``)
-   is downloaded and evaluated in this run on the same images; the challenger is rejected if
-   its accuracy is below the champion's minus ``cfg.champion_margin``. McNemar's test on the
-   discordant pairs is reported alongside (it informs, it does not decide);
-3. **per-digit recall** (benchmark, then fresh): no digit's recall drops by more than
-   ``cfg.max_recall_drop`` against the champion. On the fresh data only digits with at least
-   :data:`MIN_FRESH_SUPPORT` fresh images are checked (fewer make a recall too noisy to judge).
-
-The fresh data is small (a fifth of each increment: hundreds or a few thousand images, where
-the benchmark has ten thousand), so there a shortfall beyond a margin fails the check only
-when McNemar's test says it is not chance (p < ``cfg.significance``), overall and per digit.
-
-Without a champion only the threshold applies (on the benchmark), and the decision says so;
-the fresh accuracy is reported. Without fresh data the fresh checks are "n/a". The decision
-is written to ``runs/<run-key>/gate/decision.json``.
+The checks, one reason each, each naming its set of images: the **threshold** on the
+benchmark (the fixed MNIST test set); then, with a champion (evaluated in this run on the same
+images), the **champion** margin and **per-digit recall** on the benchmark and on the **fresh**
+data (the increments' held-out parts), with McNemar's test reported beside. On the small fresh
+set a shortfall fails only when McNemar's test says it is not chance, and a digit's recall is
+judged only with :data:`MIN_FRESH_SUPPORT` images of it. :func:`decide` is the pure decision;
+:func:`gate` loads the predictions, runs the champion, and records the decision once, as
+``runs/<run-key>/gate/decision.json``. Design: docs/registry.md (The gate).
 
 Run it alone: ``python -m mnist_tasks gate --evaluation @evaluation.json ...``.
 """
@@ -28,32 +15,42 @@ Run it alone: ``python -m mnist_tasks gate --evaluation @evaluation.json ...``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from mnist_tasks.artifacts import (
     NUM_CLASSES,
     Prepared,
-    json_default,
     load_keras_model,
     load_prepared,
     predict_classes,
     utc_now,
+    write_result,
 )
 from mnist_tasks.config import GateConfig
 from mnist_tasks.registry import CHAMPION, Registry, validate_run_key
+from mnist_tasks.results import (
+    PROMOTE,
+    REJECT,
+    Challenger,
+    ChampionRecord,
+    Check,
+    EvaluateResult,
+    FreshComparison,
+    FreshRecall,
+    GateDecision,
+    IncrementComparison,
+    McNemar,
+    RecallChange,
+    Verdict,
+)
 from mnist_tasks.storage import Store
 
 log = logging.getLogger(__name__)
 
-PROMOTE = "PROMOTE"
-REJECT = "REJECT"
 BENCHMARK = "benchmark"  # the fixed MNIST test set: every version is compared on it
 FRESH = "fresh"  # the increments' held-out parts: recent images no model was trained on
 # On the fresh data, a digit's recall is compared only with at least this many images of it:
@@ -64,43 +61,6 @@ MIN_FRESH_SUPPORT = 30
 MCNEMAR_EXACT_MAX = 1000
 # Accuracies are ratios of counts; compare with a tolerance far below one test image.
 _EPS = 1e-12
-
-
-@dataclass(frozen=True)
-class McNemar:
-    """McNemar's test on paired predictions of the same test images.
-
-    ``b``: images the champion gets right and the challenger wrong; ``c``: the reverse.
-    """
-
-    b: int
-    c: int
-    p_value: float
-    method: str
-    significant: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class Check:
-    """One gate check: its name, whether it passed (None: informational or skipped), details.
-
-    ``test_set``: the images it was made on (``benchmark`` or ``fresh``), None when it is about
-    neither (no champion yet).
-    """
-
-    name: str
-    passed: bool | None
-    detail: str
-    test_set: str | None = None
-
-    def line(self) -> str:
-        """E.g. ``champion FAIL: fresh: challenger 0.9100 vs champion v3 0.9500 ...``."""
-        status = {True: "PASS", False: "FAIL", None: "INFO"}[self.passed]
-        where = f"{self.test_set}: " if self.test_set else ""
-        return f"{self.name} {status}: {where}{self.detail}"
 
 
 @dataclass(frozen=True)
@@ -119,42 +79,17 @@ class FreshData:
 
 
 @dataclass(frozen=True)
-class FreshComparison:
-    """The challenger (and the champion, if any) on the fresh data."""
-
-    n: int
-    challenger_accuracy: float
-    champion_accuracy: float | None
-    mcnemar: McNemar | None
-    # digit -> challenger / champion / drop / support / checked (support >= MIN_FRESH_SUPPORT)
-    recall: dict[str, dict[str, Any]]
-    # increment id -> n / challenger / champion (accuracy)
-    per_increment: dict[str, dict[str, Any]]
-
-    def as_dict(self) -> dict[str, Any]:
-        """``n``, ``challenger_accuracy``, ``champion_accuracy``, ``mcnemar`` (or None),
-        ``per_digit_recall``, ``per_increment``."""
-        return {
-            "n": self.n,
-            "challenger_accuracy": self.challenger_accuracy,
-            "champion_accuracy": self.champion_accuracy,
-            "mcnemar": self.mcnemar.as_dict() if self.mcnemar else None,
-            "per_digit_recall": self.recall,
-            "per_increment": self.per_increment,
-        }
-
-
-@dataclass(frozen=True)
 class Decision:
-    """What the gate decided and why."""
+    """What :func:`decide` decided and why; :func:`gate` records it as a
+    :class:`~mnist_tasks.results.GateDecision`."""
 
-    decision: str
+    decision: Verdict
     checks: tuple[Check, ...]
     challenger_accuracy: float
     champion_version: int | None
     champion_accuracy: float | None
     mcnemar: McNemar | None
-    recall: dict[str, dict[str, float | None]]  # digit -> challenger / champion / drop
+    per_digit_recall: dict[str, RecallChange]  # on the benchmark
     fresh: FreshComparison | None = None  # None without fresh data
 
     @property
@@ -282,7 +217,7 @@ def decide(
             champion_version=None,
             champion_accuracy=None,
             mcnemar=None,
-            recall={},
+            per_digit_recall={},
             fresh=comparison,
         )
 
@@ -316,8 +251,8 @@ def decide(
         champion_version=champion_version,
         champion_accuracy=bench.champion_accuracy,
         mcnemar=bench.mcnemar,
-        recall={d: {k: r[k] for k in ("challenger", "champion", "drop")}
-                for d, r in bench.recall.items()},
+        per_digit_recall={d: RecallChange(r.challenger, r.champion, r.drop)
+                          for d, r in bench.recall.items()},
         fresh=comparison,
     )
 
@@ -327,7 +262,7 @@ class _Comparison:
     checks: list[Check]
     champion_accuracy: float
     mcnemar: McNemar
-    recall: dict[str, dict[str, Any]]
+    recall: dict[str, FreshRecall]
 
 
 def _compare(cfg: GateConfig, test_set: str, y: np.ndarray, ours: np.ndarray,
@@ -367,15 +302,15 @@ def _compare(cfg: GateConfig, test_set: str, y: np.ndarray, ours: np.ndarray,
 
     support = np.bincount(y, minlength=NUM_CLASSES)
     rec_ours, rec_theirs = per_digit_recall(y, ours), per_digit_recall(y, theirs)
-    recall: dict[str, dict[str, Any]] = {}
+    recall: dict[str, FreshRecall] = {}
     failing, by_chance, checked, skipped = [], [], [], []
     worst: tuple[int, float] | None = None
     for digit in range(NUM_CLASSES):
         r_new, r_old = rec_ours[digit], rec_theirs[digit]
         drop = r_old - r_new if r_new is not None and r_old is not None else None
         gated = drop is not None and bool(support[digit] >= min_support)
-        recall[str(digit)] = {"challenger": r_new, "champion": r_old, "drop": drop,
-                              "support": int(support[digit]), "checked": gated}
+        recall[str(digit)] = FreshRecall(challenger=r_new, champion=r_old, drop=drop,
+                                         support=int(support[digit]), checked=gated)
         if drop is None or r_new is None or r_old is None:
             continue
         if not gated:
@@ -428,8 +363,8 @@ def _digits(digits: list[int]) -> str:
 
 def _fresh_comparison(fresh: FreshData | None, y: np.ndarray, ours: np.ndarray,
                       theirs: np.ndarray | None, test: McNemar | None,
-                      recall: dict[str, dict[str, Any]]) -> FreshComparison:
-    per_increment: dict[str, dict[str, Any]] = {}
+                      recall: dict[str, FreshRecall]) -> FreshComparison:
+    per_increment: dict[str, IncrementComparison] = {}
     if fresh is not None and fresh.increment is not None:
         increment = np.asarray(fresh.increment).astype(np.int64)
         if increment.shape != y.shape:
@@ -438,18 +373,18 @@ def _fresh_comparison(fresh: FreshData | None, y: np.ndarray, ours: np.ndarray,
         for index, inc_id in enumerate(fresh.increment_ids):
             mine = increment == index
             n = int(mine.sum())
-            per_increment[str(inc_id)] = {
-                "n": n,
-                "challenger": float((ours[mine] == y[mine]).mean()) if n else None,
-                "champion": (float((theirs[mine] == y[mine]).mean())
-                             if n and theirs is not None else None),
-            }
+            per_increment[str(inc_id)] = IncrementComparison(
+                n=n,
+                challenger=float((ours[mine] == y[mine]).mean()) if n else None,
+                champion=(float((theirs[mine] == y[mine]).mean())
+                          if n and theirs is not None else None),
+            )
     return FreshComparison(
         n=len(y),
         challenger_accuracy=float((ours == y).mean()),
         champion_accuracy=None if theirs is None else float((theirs == y).mean()),
         mcnemar=test,
-        recall=recall,
+        per_digit_recall=recall,
         per_increment=per_increment,
     )
 
@@ -458,7 +393,7 @@ def _increments_text(comparison: FreshComparison) -> str:
     if not comparison.per_increment:
         return ""
     return " (" + ", ".join(
-        f"{inc_id} {'n/a' if m['challenger'] is None else format(m['challenger'], '.4f')}"
+        f"{inc_id} {'n/a' if m.challenger is None else format(m.challenger, '.4f')}"
         for inc_id, m in comparison.per_increment.items()) + ")"
 
 
@@ -468,48 +403,39 @@ def _load_array(store: Store, uri: str) -> np.ndarray:
 
 
 def gate(
-    evaluation: Mapping[str, Any],
+    evaluation: EvaluateResult,
     cfg: GateConfig,
     registry: Registry,
-    prepared_uri: str,
     store: Store,
     run_key: str,
-) -> dict[str, Any]:
+) -> GateDecision:
     """Decide whether the evaluated model may become the champion; record why.
 
     Args:
-        evaluation: what the evaluate stage returned (``test_accuracy``, ``predictions_uri``,
-            ``fresh_accuracy`` and ``fresh_predictions_uri`` when there is fresh data).
+        evaluation: what the evaluate stage returned: the benchmark accuracy and predictions,
+            the fresh ones when there is fresh data, and the prepared data (its
+            ``x_test``/``y_test`` are the benchmark, its ``x_fresh``/``y_fresh`` the fresh data).
         cfg: the gate thresholds.
         registry: where the champion is looked up.
-        prepared_uri: the prepared data; its ``x_test``/``y_test`` are the benchmark, its
-            ``x_fresh``/``y_fresh`` the fresh data.
         store: the store holding the run's artifacts.
         run_key: the run's key; the decision goes to ``runs/<run-key>/gate/decision.json``.
 
     Returns:
-        ``decision`` (PROMOTE/REJECT), ``reasons`` (one line per check, naming its set),
-        ``decision_uri``, ``champion_version`` (or None), ``mcnemar`` (``p_value``, ``b``,
-        ``c``, ``method``, ``significant``; None without champion), ``challenger_accuracy``,
-        ``champion_accuracy`` (or None), all on the benchmark; ``fresh``: None without fresh
-        data, else ``n``, ``challenger_accuracy``, ``champion_accuracy`` (None without
-        champion), ``mcnemar`` (as above, or None), ``per_digit_recall`` (digit ->
-        ``challenger``, ``champion``, ``drop``, ``support``, ``checked``; empty without
-        champion) and ``per_increment`` (id -> ``n``, ``challenger``, ``champion``);
-        ``per_digit_recall``: the benchmark's (digit -> ``challenger``, ``champion``, ``drop``;
-        empty without champion); ``significance``: McNemar's level (for the approval step).
+        The decision, written once to ``decision.json`` (``decision_uri``): PROMOTE or REJECT,
+        one reason per check (each naming its set), the champion compared with (None without
+        one), McNemar's test and the per-digit recall on the benchmark, the same on the fresh
+        data (None without fresh data), and the evaluation it judged (``evaluation_uri``).
 
     Raises:
-        KeyError: if ``evaluation`` lacks ``test_accuracy`` (or, with a champion,
-            ``predictions_uri``).
         ValueError: if the predictions do not match the prepared data or the reported
-            accuracies.
+            accuracies, or the evaluation has no fresh predictions for prepared fresh data.
         ObjectNotFound: if the prepared data or predictions are missing.
         RegistryError: if the champion cannot be fetched intact.
     """
     run_key = validate_run_key(run_key)
-    accuracy = float(evaluation["test_accuracy"])
-    fresh_uri = evaluation.get("fresh_predictions_uri")
+    prepared_uri = evaluation.prepared_uri
+    accuracy = evaluation.test_accuracy
+    fresh_uri = evaluation.fresh_predictions_uri
     champion_version = registry.get_alias(CHAMPION)
     champion_pred = y_test = challenger_pred = None
     fresh: FreshData | None = None
@@ -518,7 +444,7 @@ def gate(
     if champion_version is not None or fresh_uri is not None:
         prepared = load_prepared(prepared_uri, store)
         if fresh_uri is not None:
-            fresh = _fresh_data(evaluation, prepared, prepared_uri, store)
+            fresh = _fresh_data(evaluation, fresh_uri, prepared, store)
         elif len(prepared.y_fresh):
             raise ValueError(
                 f"{prepared_uri} holds {len(prepared.y_fresh)} fresh images but the evaluation "
@@ -526,10 +452,10 @@ def gate(
                 "other data; evaluate the model again")
     if champion_version is not None:
         y_test = prepared.y_test
-        challenger_pred = _load_array(store, evaluation["predictions_uri"])
-        _labels(f"predictions {evaluation['predictions_uri']}", challenger_pred, len(y_test))
-        _same_accuracy(challenger_pred, y_test, accuracy, "test",
-                       evaluation["predictions_uri"], prepared_uri)
+        challenger_pred = _load_array(store, evaluation.predictions_uri)
+        _labels(f"predictions {evaluation.predictions_uri}", challenger_pred, len(y_test))
+        _same_accuracy(challenger_pred, y_test, accuracy, "test", evaluation.predictions_uri,
+                       prepared_uri)
         with tempfile.TemporaryDirectory(prefix="mnist-champion-") as tmp:
             model_path = registry.fetch_model(champion_version, tmp)
             champion = load_keras_model(model_path)
@@ -555,71 +481,51 @@ def gate(
                 store.upload_file(f"{tmp}/{name}", f"{prefix}/{name}")
     fresh_record = None
     if result.fresh is not None:
-        fresh_record = {
-            **result.fresh.as_dict(),
-            "challenger_predictions_uri": fresh_uri,
-            "champion_predictions_uri": (
-                store.uri_for(f"{prefix}/champion_fresh_predictions.npy")
-                if champion_version is not None else None),
-        }
-    record = {
-        "decision": result.decision,
-        "reasons": result.reasons,
-        "checks": [dataclasses.asdict(c) for c in result.checks],
-        "challenger": {
-            "accuracy": result.challenger_accuracy,
-            "run_key": run_key,
-            "predictions_uri": evaluation.get("predictions_uri"),
-        },
-        "champion": None if champion_version is None else {
-            "version": champion_version,
-            "accuracy": result.champion_accuracy,
-            "model_uri": registry.model_uri(champion_version),
-            "predictions_uri": store.uri_for(f"{prefix}/champion_predictions.npy"),
-        },
-        "mcnemar": result.mcnemar.as_dict() if result.mcnemar else None,
-        "per_digit_recall": result.recall,
-        "fresh": fresh_record,
-        "config": dataclasses.asdict(cfg),
-        "decided_at": utc_now(),
-    }
+        fresh_record = dataclasses.replace(
+            result.fresh, challenger_predictions_uri=fresh_uri,
+            champion_predictions_uri=(store.uri_for(f"{prefix}/champion_fresh_predictions.npy")
+                                      if champion_version is not None else None))
     decision_key = f"{prefix}/decision.json"
-    store.write_bytes(decision_key, json.dumps(record, indent=2, default=json_default).encode())
+    decision = GateDecision(
+        decision=result.decision,
+        reasons=tuple(result.reasons),
+        checks=result.checks,
+        challenger=Challenger(accuracy=result.challenger_accuracy, loss=evaluation.test_loss,
+                              run_key=run_key, predictions_uri=evaluation.predictions_uri),
+        champion=None if champion_version is None or result.champion_accuracy is None
+        else ChampionRecord(
+            version=champion_version,
+            accuracy=result.champion_accuracy,
+            model_uri=registry.model_uri(champion_version),
+            predictions_uri=store.uri_for(f"{prefix}/champion_predictions.npy"),
+        ),
+        mcnemar=result.mcnemar,
+        per_digit_recall=result.per_digit_recall,
+        fresh=fresh_record,
+        config=dataclasses.asdict(cfg),
+        decided_at=utc_now(),
+        decision_uri=store.uri_for(decision_key),
+        evaluation_uri=evaluation.result_uri,
+        prepared_uri=prepared_uri,
+    )
+    write_result(store, decision_key, decision)
 
     log.info("gate: %s (%s)", result.decision, _summary(result))
     for check in result.checks:
         level = logging.WARNING if check.passed is False else logging.INFO
         log.log(level, "gate: %s", check.line())
-    fresh_result = None
-    if result.fresh is not None:
-        fresh_result = result.fresh.as_dict()
-        fresh_result["mcnemar"] = _mcnemar_result(result.fresh.mcnemar)
-    return {
-        "decision": result.decision,
-        "reasons": result.reasons,
-        "decision_uri": store.uri_for(decision_key),
-        "champion_version": champion_version,
-        "mcnemar": _mcnemar_result(result.mcnemar),
-        "challenger_accuracy": result.challenger_accuracy,
-        "champion_accuracy": result.champion_accuracy,
-        "fresh": fresh_result,
-        # For the approval step (mnist_tasks.approve): the benchmark's per-digit recall
-        # (digit -> challenger / champion / drop; empty without champion) and the McNemar level.
-        "per_digit_recall": result.recall,
-        "significance": cfg.significance,
-    }
+    return decision
 
 
-def _fresh_data(evaluation: Mapping[str, Any], prepared: Prepared, prepared_uri: str,
+def _fresh_data(evaluation: EvaluateResult, uri: str, prepared: Prepared,
                 store: Store) -> FreshData:
     """The fresh labels, the challenger's fresh predictions and the increments, checked."""
-    uri = str(evaluation["fresh_predictions_uri"])
     y_fresh = np.asarray(prepared.y_fresh).astype(np.int64)
     pred = _load_array(store, uri)
     _labels(f"fresh predictions {uri}", pred, len(y_fresh))
-    reported = evaluation.get("fresh_accuracy")
-    if reported is not None:
-        _same_accuracy(pred, y_fresh, float(reported), "fresh", uri, prepared_uri)
+    if evaluation.fresh_accuracy is not None:
+        _same_accuracy(pred, y_fresh, evaluation.fresh_accuracy, "fresh", uri,
+                       evaluation.prepared_uri)
     return FreshData(
         y_true=y_fresh,
         challenger_pred=pred,
@@ -637,12 +543,6 @@ def _same_accuracy(pred: np.ndarray, y: np.ndarray, reported: float, what: str, 
             f"predictions {uri} give {what} accuracy {recomputed:.4f} on {prepared_uri}, but "
             f"evaluation reports {reported:.4f}: they come from different data or models"
         )
-
-
-def _mcnemar_result(test: McNemar | None) -> dict[str, Any] | None:
-    if test is None:
-        return None
-    return {k: getattr(test, k) for k in ("p_value", "b", "c", "method", "significant")}
 
 
 def _summary(result: Decision) -> str:

@@ -1,53 +1,14 @@
-"""Ingest: fetch the four MNIST IDX files, verify them, parse them, validate them, cache them.
+"""Ingest: fetch the four MNIST IDX files, verify, parse, validate and cache them; record the
+dataset version of the base and the increments beside it.
 
-Sources (``IngestConfig.source``):
-
-* a local folder or ``file:///path``;
-* ``"default"``: the public mirrors in :data:`~mnist_tasks.config.MNIST_MIRRORS`, tried in
-  turn; or one or more ``https://`` URL prefixes separated by commas (``http://`` works too:
-  integrity comes from the payload checksums, not from TLS);
-* ``s3://bucket/prefix``: a raw-data landing zone, read with boto3 (standard AWS configuration,
-  ``AWS_ENDPOINT_URL_S3`` included, or ``s3_client_kwargs`` from an Airflow connection).
-
-Verification is by SHA-256 of the *decompressed* IDX payload (mirrors re-compress the archives,
-so the ``.gz`` hash differs between them): MNIST's pinned values, a user mapping, or nothing
-(``checksums="off"``, logged as a warning and recorded as ``"verification": "off"``).
-
-Every read is bounded, so no input can exhaust memory or hang the task: a local source accepts
-only regular files inside its folder (a symlink that leaves the folder, a device, a FIFO or a
-socket is refused before any read, and the file is named, never quoted); an ``s3://`` object's
-``ContentLength`` and an HTTP ``Content-Length`` are checked before the body is read; gzip is
-inflated piece by piece. With pinned checksums each file is refused once it is larger than its
-known size (:data:`MNIST_PAYLOAD_BYTES`), otherwise at :data:`mnist_tasks.idx.MAX_PAYLOAD_BYTES`;
-so a refused file costs at most about its limit in memory.
-
-The result is cached, content-addressed, in the store::
-
-    cache/datasets/<key>/mnist.npz         uint8 x_train (N, 28, 28), y_train (N,), x_test, y_test
-    cache/datasets/<key>/validation.json   the validation report (see mnist_tasks.validation)
-    cache/datasets/<key>/COMPLETE.json     written last; an entry without it is ignored
-
-The key is derived from the four payload hashes. When they are known in advance (pinned or
-custom checksums) a cached re-run skips download and parse entirely; with checksums off the
-files are downloaded and hashed, and parse and validation are skipped on a hit. Validation
-metrics are cached with the data and re-checked against the current thresholds on every run.
-
-Increments and the dataset version (issue 11): after the base, when the source is a folder,
-``file://`` or ``s3://`` (not the https mirrors), the complete increments under
-``<source>/increments/`` (see :mod:`mnist_tasks.increments`) that the source's latest dataset
-version has not decided yet are read, validated against the base, the test set and the
-increments accepted before them, and recorded as a new dataset version
-(:mod:`mnist_tasks.datasets`)::
-
-    datasets/<version-id>/manifest.json          the base + accepted increments (+ quarantined)
-    datasets/arrays/<increment>-<sha16>.npz      each accepted increment's train/fresh arrays
-    datasets/latest/<source-key>.json            the latest version of this source and base
-
-A run that finds no new increment id reads only that pointer, the manifest and one listing.
-Each increment's outcome is logged (QUARANTINED at WARNING, naming the file and the reason; a
-folder without ``_SUCCESS`` as "ignored: no _SUCCESS marker"). A quarantine is a warning unless
-``fail_on_quarantine`` is set. Without increments the version holds the base alone, so every
-model has one.
+Sources (``IngestConfig.source``): a folder or ``file://`` URI, ``"default"`` (the public
+mirrors) or ``https://`` prefixes, or ``s3://bucket/prefix``. Each decompressed payload's
+SHA-256 is checked (pinned, custom, or ``checksums="off"``); every read is bounded (sizes checked
+before reading, gzip inflated piece by piece, links confined to the folder). The arrays and the
+validation report are cached by content under ``cache/datasets/<key>/``, ``COMPLETE.json``
+last. Then the complete increments under ``<source>/increments/`` that the source's latest
+dataset version has not decided are read, validated, and recorded as a new version
+(:mod:`mnist_tasks.datasets`). Design: docs/architecture.md and docs/data.md.
 
 Run it alone: ``python -m mnist_tasks ingest --source ../shared/datasets/mnist --store URI``.
 """
@@ -79,6 +40,7 @@ from mnist_tasks import __version__, datasets, idx, increments, validation
 from mnist_tasks.artifacts import RAW_ARRAYS, data_sha256, load_npz, save_npz
 from mnist_tasks.config import MNIST_FILES, MNIST_MIRRORS, ConfigError, IngestConfig
 from mnist_tasks.increments import IncrementQuarantined
+from mnist_tasks.results import IgnoredIncrement, IncrementRecord, IngestResult
 from mnist_tasks.storage import ObjectNotFound, StorageError, Store, open_store, s3_client
 from mnist_tasks.validation import DataValidationError
 
@@ -540,7 +502,7 @@ def _result(
         "verification": verification,
         "checksums": dict(entry["checksums"]),
         "counts": dict(entry["counts"]),
-        "image_shape": list(entry["image_shape"]),
+        "image_shape": tuple(entry["image_shape"]),
         "data_sha256": entry["data_sha256"],
         "report_uri": store.uri_for(_entry(key, REPORT_FILE)),
         "report_summary": summary,
@@ -564,11 +526,11 @@ def _ingest_base(
             the standard AWS configuration.
 
     Returns:
-        A small JSON-serialisable dict: ``dataset_uri`` (the ``mnist.npz``), ``dataset_key``,
-        ``cached``, ``source``, ``verification`` (``"pinned"``, ``"custom"`` or ``"off"``),
-        ``checksums`` (file name -> payload SHA-256), ``counts`` (``{"train": n, "test": n}``),
-        ``image_shape``, ``data_sha256`` (the arrays' identity, as preprocess computes it),
-        ``report_uri``, ``report_summary`` and ``seconds``.
+        The base's fields of :class:`~mnist_tasks.results.IngestResult`, by name:
+        ``dataset_uri`` (the ``mnist.npz``), ``dataset_key``, ``cached``, ``source``,
+        ``verification``, ``checksums``, ``counts``, ``image_shape``, ``data_sha256`` (the
+        arrays' identity, as preprocess computes it), ``report_uri``, ``report_summary`` and
+        ``seconds``.
 
     Raises:
         ConfigError: for a malformed source.
@@ -746,17 +708,19 @@ def _latest_version(store: Store, version_id: str | None, base: datasets.BaseInf
 
 
 def _increment_records(version: datasets.DatasetVersion,
-                       new_ids: set[str]) -> list[dict[str, Any]]:
-    """The small per-increment dicts of the result (no arrays), accepted then quarantined."""
-    records = [{"id": e.id, "status": "ACCEPTED", "reasons": list(e.reasons),
-                "counts": dict(e.counts), "drift": e.drift, "payload_sha256": e.payload_sha256,
-                "train": e.train, "fresh": e.fresh, "new": e.id in new_ids}
+                       new_ids: set[str]) -> tuple[IncrementRecord, ...]:
+    """The result's record of each increment (no arrays), accepted then quarantined."""
+    records = [IncrementRecord(id=e.id, status="ACCEPTED", reasons=tuple(e.reasons),
+                               counts=dict(e.counts), drift=e.drift,
+                               payload_sha256=e.payload_sha256, train=e.train, fresh=e.fresh,
+                               new=e.id in new_ids)
                for e in version.increments]
-    records += [{"id": q.id, "status": "QUARANTINED", "reasons": list(q.reasons),
-                 "counts": dict(q.counts), "drift": q.drift, "payload_sha256": q.payload_sha256,
-                 "train": 0, "fresh": 0, "new": q.id in new_ids}
+    records += [IncrementRecord(id=q.id, status="QUARANTINED", reasons=tuple(q.reasons),
+                                counts=dict(q.counts), drift=q.drift,
+                                payload_sha256=q.payload_sha256, train=0, fresh=0,
+                                new=q.id in new_ids)
                 for q in version.quarantined]
-    return records
+    return tuple(records)
 
 
 def _changed_increments(version: datasets.DatasetVersion,
@@ -784,7 +748,7 @@ def _dataset_version(
     policy: increments.IncrementPolicy, s3_client_kwargs: Mapping[str, Any] | None,
     run_id: str | None,
 ) -> dict[str, Any]:
-    """Discover, check and record the increments; the result keys ingest adds."""
+    """Discover, check and record the increments; the result fields ingest adds."""
     base = datasets.BaseInfo(dict(base_result["checksums"]), int(base_result["counts"]["train"]),
                              int(base_result["counts"]["test"]))
     source_uri = _increments_source(cfg)
@@ -793,7 +757,7 @@ def _dataset_version(
     latest_id, etag = _read_pointer(store, pointer)
     latest = _latest_version(store, latest_id, base, policy.fresh_fraction)
 
-    ignored: list[dict[str, str]] = []
+    ignored: list[IgnoredIncrement] = []
     changed: list[dict[str, Any]] = []
     complete: tuple[increments.IncrementRef, ...] = ()
     if source_uri is not None:
@@ -802,8 +766,8 @@ def _dataset_version(
         for inc_id in found.incomplete:
             log.info("ingest: increment %s: ignored: no %s marker (an upload in progress?)",
                      inc_id, increments.MARKER)
-            ignored.append({"id": inc_id, "reason": f"no {increments.MARKER} marker"})
-        ignored += [{"id": name, "reason": problem} for name, problem in found.invalid]
+            ignored.append(IgnoredIncrement(inc_id, f"no {increments.MARKER} marker"))
+        ignored += [IgnoredIncrement(name, problem) for name, problem in found.invalid]
     known = latest.known_ids if latest else frozenset()
     new = [r for r in complete if r.id not in known]
     present = {r.id for r in complete}
@@ -861,10 +825,10 @@ def _dataset_version(
         "dataset_manifest_uri": store.uri_for(f"{datasets.DATASETS_PREFIX}/{version.id}/"
                                               "manifest.json"),
         "increments": _increment_records(version, {r.id for r in results}),
-        "quarantined": [q.id for q in version.quarantined],
-        "increments_new": [r.id for r in results],
-        "increments_ignored": ignored,
-        "increments_changed": changed,
+        "quarantined": tuple(q.id for q in version.quarantined),
+        "increments_new": tuple(r.id for r in results),
+        "increments_ignored": tuple(ignored),
+        "increments_changed": tuple(changed),
         "increments_source": source_uri,
     }
 
@@ -876,7 +840,7 @@ def ingest(
     s3_client_kwargs: Mapping[str, Any] | None = None,
     policy: increments.IncrementPolicy | None = None,
     run_id: str | None = None,
-) -> dict[str, Any]:
+) -> IngestResult:
     """Ingest the base data set (see :func:`_ingest_base`), then its increments, and record the
     dataset version (the base plus the accepted increments) in the store.
 
@@ -897,14 +861,9 @@ def ingest(
         run_id: recorded as the new dataset version's ``created_by``.
 
     Returns:
-        The base result (``dataset_uri``, ``dataset_key``, ``cached``, ``source``,
-        ``verification``, ``checksums``, ``counts``, ``image_shape``, ``data_sha256``,
-        ``report_uri``, ``report_summary``, ``seconds``) plus ``dataset_version`` (the id),
-        ``dataset_manifest_uri``, ``increments`` (one small dict per increment of the version:
-        ``id``, ``status``, ``reasons``, ``counts``, ``drift``, ``payload_sha256``, ``train``,
-        ``fresh``, ``new``), ``quarantined`` (ids), ``increments_new`` (the ids checked by
-        this run), ``increments_ignored`` (``{"id", "reason"}`` for folders without a marker
-        and entries that are not increments) and ``increments_source`` (None for https).
+        The cached base data set (``dataset_uri``, its checksums, counts and validation
+        report) and the dataset version (``dataset_version``, one record per increment,
+        the quarantined ids, the ids this run checked, the folders ignored and why).
 
     Raises:
         everything :func:`_ingest_base` raises, plus IncrementQuarantined (with
@@ -913,12 +872,10 @@ def ingest(
         increment arrays are inconsistent) and StorageError.
     """
     start = time.perf_counter()
-    result = _ingest_base(cfg, store, s3_client_kwargs=s3_client_kwargs)
-    result.update(_dataset_version(result, cfg, store,
-                                   policy=policy or increments.IncrementPolicy(),
-                                   s3_client_kwargs=s3_client_kwargs, run_id=run_id))
-    result["seconds"] = round(time.perf_counter() - start, 3)
-    return result
+    base = _ingest_base(cfg, store, s3_client_kwargs=s3_client_kwargs)
+    version = _dataset_version(base, cfg, store, policy=policy or increments.IncrementPolicy(),
+                               s3_client_kwargs=s3_client_kwargs, run_id=run_id)
+    return IngestResult(**{**base, **version, "seconds": round(time.perf_counter() - start, 3)})
 
 
 def load_dataset(dataset_uri: str, store: Store) -> dict[str, np.ndarray]:

@@ -1,27 +1,14 @@
 """Preprocess: scale pixels to float32 in [0, 1], split off a seeded validation set, fingerprint.
 
-Input is the cached data set written by ingest (``mnist.npz`` with uint8 ``x_train``,
-``y_train``, ``x_test``, ``y_test``) and, when given, the dataset version whose accepted
-increments join it (their arrays are read from the store, never from the source):
+The training pool is the base training set (ingest's cached ``mnist.npz``) followed by each
+accepted increment's train part, in id order (their arrays read from the store); the seeded
+validation split comes from that pool. ``x_test``/``y_test`` stay the fixed MNIST test set, the
+benchmark; ``x_fresh``/``y_fresh``/``fresh_increment`` are the increments' held-out parts.
+Writes ``runs/<run-key>/preprocess/prepared.npz`` (float32 images, uint8 labels) and then its
+record ``prepared.json`` (the result: fingerprint, split sizes, dataset version, increments,
+lineage); later stages read both with :func:`mnist_tasks.artifacts.load_prepared`.
 
-* the training pool is the base training set followed by each accepted increment's train part
-  (in id order); the seeded validation split is taken from that pool;
-* ``x_test``/``y_test`` stay the fixed MNIST test set: the benchmark every version is compared
-  on;
-* ``x_fresh``/``y_fresh``/``fresh_increment`` are the increments' held-out fresh parts (never
-  trained on), ``fresh_increment`` indexing ``meta["fresh_increments"]``.
-
-Output, under ``runs/<run-key>/preprocess/``:
-
-* ``prepared.npz``: float32 ``x_train``, ``x_val``, ``x_test``, ``x_fresh`` of shape
-  (N, 28, 28), uint8 labels ``y_train``, ``y_val``, ``y_test``, ``y_fresh`` and int32
-  ``fresh_increment``;
-* ``prepared.json``: the fingerprint (which covers the dataset version), split sizes, the
-  dataset version and its increments, and the parameters (written last).
-
-The later stages read both with :func:`mnist_tasks.artifacts.load_prepared`.
-
-Run it alone: ``python -m mnist_tasks preprocess --dataset URI --store URI --run-id ID``.
+Run it alone: ``python -m mnist_tasks preprocess --checked @check.json --store URI --run-id ID``.
 """
 
 from __future__ import annotations
@@ -41,9 +28,10 @@ from mnist_tasks.artifacts import (
     load_npz,
     recorded_result,
     save_npz,
-    write_json,
+    write_result,
 )
 from mnist_tasks.config import PreprocessConfig
+from mnist_tasks.results import Lineage, PreprocessResult, to_json
 from mnist_tasks.storage import Store
 
 log = logging.getLogger(__name__)
@@ -90,7 +78,8 @@ def preprocess(
     run_key: str,
     *,
     dataset_version: str | None = None,
-) -> dict[str, Any]:
+    lineage: Lineage | None = None,
+) -> PreprocessResult:
     """Scale, split and fingerprint the data set at ``dataset_uri`` (plus the accepted
     increments of ``dataset_version``); store the result.
 
@@ -103,12 +92,11 @@ def preprocess(
         run_key: the run's key.
         dataset_version: the dataset version id (see :mod:`mnist_tasks.datasets`); None for
             the base alone, as before dataset versions existed.
+        lineage: check's lineage of the run, recorded with the prepared data for register.
 
     Returns:
-        ``prepared_uri``, ``fingerprint``, ``data_sha256`` (the base arrays'), ``n_train``,
-        ``n_val``, ``n_test``, ``n_fresh``, ``dataset_version``, ``increments`` (the accepted
-        increment ids whose train parts are in the pool), ``fresh_increments`` (the ids
-        ``fresh_increment`` indexes), ``n_increment_train``.
+        The prepared data's URI, fingerprint and split sizes, its dataset version and
+        increments, and ``lineage``; the same as ``prepared.json``.
 
     Raises:
         ObjectNotFound: if the data set does not exist in the store.
@@ -133,7 +121,8 @@ def preprocess(
         spec += f"|dataset_version={version.id}"
     fingerprint = hashlib.sha256(spec.encode()).hexdigest()
 
-    existing = recorded_result(store, f"{prefix}/prepared.json", {"fingerprint": fingerprint},
+    inputs = {"fingerprint": fingerprint, "lineage": to_json(lineage) if lineage else None}
+    existing = recorded_result(store, f"{prefix}/prepared.json", PreprocessResult, inputs,
                                requires=[f"{prefix}/prepared.npz"])
     if existing is not None:
         log.info("preprocess: %s already prepared (fingerprint %s); reusing it",
@@ -159,30 +148,31 @@ def preprocess(
         "fresh_increment": inc["fresh_increment"],
     }
     save_npz(store, f"{prefix}/prepared.npz", arrays)
-    result: dict[str, Any] = {
-        "prepared_uri": store.uri_for(f"{prefix}/prepared.npz"),
-        "dataset_uri": dataset_uri,
-        "fingerprint": fingerprint,
-        "data_sha256": raw_sha,
-        "val_fraction": cfg.val_fraction,
-        "seed": cfg.seed,
-        "n_train": len(train_idx),
-        "n_val": len(val_idx),
-        "n_test": len(raw["y_test"]),
-        "n_fresh": len(inc["y_fresh"]),
-        "n_increment_train": len(inc["y_train"]),
-        "dataset_version": version.id if version else None,
-        "increments": list(inc["ids"]),
-        "fresh_increments": list(inc["ids"]),
-        "image_shape": list(image_shape),
-    }
-    write_json(store, f"{prefix}/prepared.json", result)
+    result = PreprocessResult(
+        prepared_uri=store.uri_for(f"{prefix}/prepared.npz"),
+        dataset_uri=dataset_uri,
+        fingerprint=fingerprint,
+        data_sha256=raw_sha,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        n_train=len(train_idx),
+        n_val=len(val_idx),
+        n_test=len(raw["y_test"]),
+        n_fresh=len(inc["y_fresh"]),
+        n_increment_train=len(inc["y_train"]),
+        dataset_version=version.id if version else None,
+        increments=tuple(inc["ids"]),
+        fresh_increments=tuple(inc["ids"]),
+        image_shape=tuple(int(d) for d in image_shape),
+        lineage=lineage,
+    )
+    write_result(store, f"{prefix}/prepared.json", result)
     log.info(
         "preprocess: %d train / %d validation / %d test (benchmark) / %d fresh images "
         "(dataset version %s: base + %d increment(s), %d increment training images), "
         "float32 in [0, 1], fingerprint %s, %.2f s -> %s",
-        result["n_train"], result["n_val"], result["n_test"], result["n_fresh"],
-        result["dataset_version"] or "none", len(inc["ids"]), result["n_increment_train"],
-        fingerprint[:12], time.perf_counter() - start, result["prepared_uri"],
+        result.n_train, result.n_val, result.n_test, result.n_fresh,
+        result.dataset_version or "none", len(inc["ids"]), result.n_increment_train,
+        fingerprint[:12], time.perf_counter() - start, result.prepared_uri,
     )
     return result

@@ -1,25 +1,15 @@
 """Register: store the evaluated model as an immutable registry version, verify it, promote it.
 
-Steps, each safe to retry:
+Takes the gate's decision (or the approval step's, which cites it) and reads the rest through
+their references. Steps, each safe to retry: write the version (model, metrics, plots, report,
+model card, metadata with its lineage); before it becomes visible, load the model back from
+the registry in safe mode and check its test predictions equal the evaluated ones exactly;
+only on PROMOTE, move the ``champion`` alias by compare-and-swap *from the champion the gate
+compared against*. If the champion moved since the gate ran, the version is registered but not
+promoted (``promotion_skipped`` says why). Registering the same run again returns its version
+and does not move the alias twice. Design: docs/registry.md.
 
-1. write the version: ``model.keras``, ``metrics.json``, the evaluation plots and report,
-   ``model_card.md`` and ``metadata.json`` (metrics, parameters, data fingerprint, run, code
-   and package versions, gate decision);
-2. before the version becomes visible, load the model back *from the registry* with Keras
-   safe mode and check that its predictions on the test set equal the evaluated
-   ``predictions.npy`` exactly (the notebooks' "save, reload, verify"); a mismatch raises and
-   the version never gets its manifest, so no reader ever sees it;
-3. only if the decision is PROMOTE (the gate's, approved by a person where the ``approval``
-   step asked one, or a person's override of the gate's REJECT), move the ``champion`` alias
-   by compare-and-swap *from the champion the gate compared against* (the previous champion
-   stays on the alias's rollback stack). If the champion has moved since the gate ran, the
-   version is registered but not promoted: a WARNING says why, and so do
-   ``promotion_skipped`` in its metadata and result.
-
-Registering the same run again returns the version it created and does not move the alias a
-second time.
-
-Run it alone: ``python -m mnist_tasks register --gate @gate.json`` (the gate stage's output).
+Run it alone: ``python -m mnist_tasks register --gate @gate.json --store URI --run-id ID``.
 """
 
 from __future__ import annotations
@@ -27,12 +17,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mnist_tasks.artifacts import candidates_key, prepared_record_uri, read_json, read_result
 from mnist_tasks.model_card import render_model_card
 from mnist_tasks.registry import (
     CHAMPION,
@@ -46,11 +37,19 @@ from mnist_tasks.registry import (
     package_versions,
     validate_run_key,
 )
-from mnist_tasks.storage import Store
+from mnist_tasks.results import (
+    ApproveResult,
+    EvaluateResult,
+    GateDecision,
+    PreprocessResult,
+    RegisterResult,
+    TrainResult,
+    to_json,
+)
+from mnist_tasks.storage import ObjectNotFound, Store
 
 log = logging.getLogger(__name__)
 
-DECISIONS = ("PROMOTE", "REJECT")
 # Training result fields copied into the metadata's "training" section.
 TRAINING_FIELDS = ("preset", "epochs_run", "fit_seconds", "device", "resumed_from_epoch",
                    "best_val_accuracy", "best_epoch", "stopped_early", "n_train", "n_val")
@@ -69,11 +68,13 @@ def _file_name(uri: str) -> str:
 def build_metadata(
     *,
     run_key: str,
-    train_result: Mapping[str, Any],
-    evaluation: Mapping[str, Any],
-    gate_result: Mapping[str, Any],
+    trained: TrainResult,
+    evaluation: EvaluateResult,
+    decision: GateDecision,
+    approved: ApproveResult | None,
+    prepared: PreprocessResult,
+    candidates: Sequence[Mapping[str, Any]],
     metrics: Mapping[str, Any],
-    prepared_meta: Mapping[str, Any],
     dag_id: str | None,
     run_id: str | None,
     code_version: str | None,
@@ -83,47 +84,50 @@ def build_metadata(
     Returns:
         ``run``, ``code_version``, ``packages``, ``dataset``, ``parameters``, ``training``,
         ``metrics`` (summary: test accuracy and loss, averages, per-digit recall), ``gate``,
-        ``approval`` (the approval step's record: see :func:`mnist_tasks.approve.apply_response`;
-        None without one), ``sources`` (the run artifacts the version was made from), and
-        ``lineage`` (the dataset
+        ``approval`` (the approval step's record; None without one), ``lineage`` (the dataset
         version, its increments and quarantines, the inputs key and code fingerprint: what the
-        check stage compares to skip a run whose inputs the champion already covers).
+        check stage compares to skip a run whose inputs the champion already covers),
+        ``candidates`` (the run's table; [] for a run of one) and ``sources`` (the run
+        artifacts the version was made from).
     """
     per_digit = metrics.get("per_digit") or {}
+    dataset = to_json(prepared)
     return {
         "run": {"dag_id": dag_id, "run_id": run_id, "run_key": run_key},
         "code_version": code_version,
         "packages": package_versions(),
-        "dataset": {k: prepared_meta.get(k) for k in DATASET_FIELDS if k in prepared_meta}
-        | {"prepared_uri": evaluation.get("prepared_uri") or prepared_meta.get("prepared_uri")},
-        "parameters": dict(train_result.get("params") or {}),
-        "training": {k: train_result[k] for k in TRAINING_FIELDS if k in train_result}
-        | {"runtime": train_result.get("runtime")},
+        "dataset": {k: dataset[k] for k in DATASET_FIELDS}
+        | {"prepared_uri": evaluation.prepared_uri},
+        "parameters": dict(trained.params),
+        "training": {k: getattr(trained, k) for k in TRAINING_FIELDS}
+        | {"runtime": to_json(trained.runtime)},
         "metrics": {
-            "test_accuracy": evaluation.get("test_accuracy", metrics.get("test_accuracy")),
-            "test_loss": evaluation.get("test_loss", metrics.get("test_loss")),
-            "fresh_accuracy": evaluation.get("fresh_accuracy"),
+            "test_accuracy": evaluation.test_accuracy,
+            "test_loss": evaluation.test_loss,
+            "fresh_accuracy": evaluation.fresh_accuracy,
             "n_test": metrics.get("n_test"),
             "macro_avg": metrics.get("macro_avg"),
             "weighted_avg": metrics.get("weighted_avg"),
             "per_digit_recall": {d: m.get("recall") for d, m in per_digit.items()},
         },
-        "gate": {k: gate_result.get(k) for k in (
-            "decision", "reasons", "champion_version", "champion_accuracy",
-            "challenger_accuracy", "mcnemar", "decision_uri", "fresh")}
-        # After an approval step the gate's own verdict is kept here (REJECT on an override).
-        | ({"decision": gate_result["gate_decision"]} if gate_result.get("gate_decision") else {}),
-        # Who approved, rejected or overrode, when and why (mnist_tasks.approve); None without
-        # an approval step.
-        "approval": dict(gate_result["approval"]) if isinstance(
-            gate_result.get("approval"), Mapping) else None,
-        "lineage": dict(gate_result.get("lineage") or {}),
-        # The run's candidates (docs/candidates.md): [] for a run of one.
-        "candidates": list(train_result.get("candidates") or []),
+        # The gate's own verdict (REJECT on an override: the approval says who overrode it).
+        "gate": {
+            "decision": decision.decision,
+            "reasons": list(decision.reasons),
+            "champion_version": decision.champion_version,
+            "champion_accuracy": decision.champion_accuracy,
+            "challenger_accuracy": decision.challenger_accuracy,
+            "mcnemar": to_json(decision.mcnemar) if decision.mcnemar else None,
+            "decision_uri": decision.decision_uri,
+            "fresh": to_json(decision.fresh) if decision.fresh else None,
+        },
+        "approval": to_json(approved.approval) if approved else None,
+        "lineage": to_json(prepared.lineage) if prepared.lineage else {},
+        "candidates": [dict(row) for row in candidates],
         "sources": {
-            "model_uri": train_result.get("model_uri"),
-            "metrics_uri": evaluation.get("metrics_uri"),
-            "predictions_uri": evaluation.get("predictions_uri"),
+            "model_uri": trained.model_uri,
+            "metrics_uri": evaluation.metrics_uri,
+            "predictions_uri": evaluation.predictions_uri,
         },
     }
 
@@ -162,27 +166,13 @@ def _verifier(
     return verify
 
 
-def _gate_inputs(decision: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], str]:
-    """The gate decision, evaluation, train result and prepared URI from the gate's result."""
-    verdict = decision.get("decision")
-    if verdict not in DECISIONS:
-        raise ValueError(f"gate decision {verdict!r} is not one of {', '.join(DECISIONS)}")
-    if "champion_version" not in decision:
-        raise ValueError("gate result has no 'champion_version' (the champion it compared "
-                         "against); pass the gate stage's result unchanged")
-    evaluation = decision.get("evaluation")
-    if not isinstance(evaluation, Mapping):
-        raise ValueError("gate result has no 'evaluation' object (the evaluate result it "
-                         "carries); pass the gate stage's result unchanged")
-    trained = evaluation.get("trained")
-    if not isinstance(trained, Mapping):
-        raise ValueError("gate result's 'evaluation' has no 'trained' object (the train "
-                         "result it carries); pass the gate stage's result unchanged")
-    prepared_uri = decision.get("prepared_uri")
-    if not isinstance(prepared_uri, str) or not prepared_uri:
-        raise ValueError("gate result has no 'prepared_uri'; pass the gate stage's result "
-                         "unchanged")
-    return verdict, dict(evaluation), dict(trained), prepared_uri
+def _candidates(store: Store, run_key: str) -> list[dict[str, Any]]:
+    """The run's candidates table (select's record); empty for a run that trained one."""
+    try:
+        rows = read_json(store, candidates_key(run_key)).get("candidates")
+    except ObjectNotFound:
+        return []
+    return [dict(row) for row in rows or []]
 
 
 def _champion_moved(gate_champion: int | None, current: int | None) -> str:
@@ -195,7 +185,7 @@ def _champion_moved(gate_champion: int | None, current: int | None) -> str:
 
 
 def register(
-    decision: Mapping[str, Any],
+    decided: GateDecision | ApproveResult,
     *,
     store: Store,
     registry: Registry,
@@ -203,20 +193,21 @@ def register(
     dag_id: str | None,
     run_id: str,
     code_version: str | None,
-) -> dict[str, Any]:
+) -> RegisterResult:
     """Register the run's model as a new version, verify the stored copy, promote on PROMOTE.
 
     The champion alias is moved only from the champion the gate compared against
-    (``decision["champion_version"]``), by compare-and-swap. If the champion has moved since
+    (its decision's ``champion``), by compare-and-swap. If the champion has moved since
     the gate ran (a manual promote or rollback, another run), the version is registered
     without promoting: a WARNING is logged, and the reason is recorded as
     ``promotion_skipped`` in the version's metadata (when known before the version is
     written, the usual case) and in the result.
 
     Args:
-        decision: what the gate stage returned: ``decision``, ``reasons``,
-            ``champion_version``, ... plus ``prepared_uri`` and ``evaluation`` (the evaluate
-            result, which carries ``trained``, the train result).
+        decided: the gate's decision, or the approval step's final decision (which cites the
+            gate's). The rest is read from the records they cite: the evaluation
+            (``evaluation_uri``), its train result (``train_uri``), the prepared data and its
+            lineage (``prepared_uri``), and the run's candidates table (by ``run_key``).
         store: the store holding the run's artifacts.
         registry: the model registry to write to.
         run_key: the run's key (``config.run_key(run_id)``); registration is idempotent on it.
@@ -224,21 +215,25 @@ def register(
             unknown).
 
     Returns:
-        ``model_uri`` (the registry copy), ``version``, ``test_accuracy``, ``champion`` (whether
-        this version is the champion now), ``verified``, ``registry_uri`` (the version folder),
-        ``decision``, ``previous_champion`` (on PROMOTE the champion this version replaced,
-        also on a retry; otherwise the champion left in place; None if there was none),
-        ``promotion_skipped`` (why a PROMOTE did not move the champion, else None).
+        The version (its registry copy of the model, its folder, its test accuracy), whether
+        it is the champion now, ``previous_champion`` (on PROMOTE the champion this version
+        replaced, also on a retry; otherwise the champion left in place; None if there was
+        none) and ``promotion_skipped`` (why a PROMOTE did not move the champion, else None).
 
     Raises:
-        ValueError: for a gate result without its decision or carried results, or a bad run key.
+        ObjectNotFound, ValueError: a record the decision cites is missing or is not what it
+            should be (naming it); an evaluation without a train record; a bad run key.
         VerificationError: if the stored model does not reproduce the evaluated predictions.
         RegistryError, StorageError: on registry or storage failures (a retry resumes).
     """
     run_key = validate_run_key(run_key)
-    verdict, evaluation, train_result, prepared_uri = _gate_inputs(decision)
-    raw_champion = decision.get("champion_version")
-    gate_champion = int(raw_champion) if raw_champion is not None else None
+    if isinstance(decided, ApproveResult):
+        approved: ApproveResult | None = decided
+        decision = read_result(store, decided.decision_uri, GateDecision)
+    else:
+        approved, decision = None, decided
+    verdict = approved.decision if approved else decision.decision
+    gate_champion = decision.champion_version
 
     info = registry.version_for_run(run_key)
     if info is not None:
@@ -250,8 +245,7 @@ def register(
             now = registry.get_alias(CHAMPION)
             if now != gate_champion:
                 skipped = _champion_moved(gate_champion, now)
-        info = _write(run_key, train_result=train_result, evaluation=evaluation,
-                      gate_result=decision, prepared_uri=prepared_uri, store=store,
+        info = _write(run_key, decision=decision, approved=approved, store=store,
                       registry=registry, dag_id=dag_id, run_id=run_id,
                       code_version=code_version, promotion_skipped=skipped)
     verification = info.metadata.get("verification") or {}
@@ -297,26 +291,24 @@ def register(
         log.info("register: gate said %s; champion stays at %s", verdict,
                  f"v{current}" if current is not None else "unset")
 
-    return {
-        "model_uri": info.model_uri,
-        "version": info.version,
-        "test_accuracy": info.test_accuracy,
-        "champion": champion,
-        "verified": bool(verification.get("verified")),
-        "registry_uri": info.uri,
-        "decision": verdict,
-        "previous_champion": previous,
-        "promotion_skipped": skipped,
-    }
+    return RegisterResult(
+        model_uri=info.model_uri,
+        version=info.version,
+        test_accuracy=info.test_accuracy,
+        champion=champion,
+        verified=bool(verification.get("verified")),
+        registry_uri=info.uri,
+        decision=verdict,
+        previous_champion=previous,
+        promotion_skipped=skipped,
+    )
 
 
 def _write(
     run_key: str,
     *,
-    train_result: Mapping[str, Any],
-    evaluation: Mapping[str, Any],
-    gate_result: Mapping[str, Any],
-    prepared_uri: str,
+    decision: GateDecision,
+    approved: ApproveResult | None,
     store: Store,
     registry: Registry,
     dag_id: str | None,
@@ -326,16 +318,23 @@ def _write(
 ) -> VersionInfo:
     from mnist_tasks.artifacts import load_prepared
 
-    prepared = load_prepared(prepared_uri, store)
-    predictions_uri = str(evaluation["predictions_uri"])
+    evaluation = read_result(store, decision.evaluation_uri, EvaluateResult)
+    if evaluation.train_uri is None:
+        raise ValueError(f"{evaluation.result_uri} names no train record (train_uri): "
+                         "register needs the model's training parameters")
+    trained = read_result(store, evaluation.train_uri, TrainResult)
+    preprocessed = read_result(store, prepared_record_uri(evaluation.prepared_uri),
+                               PreprocessResult)
+    prepared = load_prepared(evaluation.prepared_uri, store)
+    predictions_uri = evaluation.predictions_uri
     with store.local_copy(store.key_of(predictions_uri)) as path:
         expected = np.load(path, allow_pickle=False)
-    metrics_bytes = store.read_bytes(store.key_of(str(evaluation["metrics_uri"])))
+    metrics_bytes = store.read_bytes(store.key_of(evaluation.metrics_uri))
     metrics = json.loads(metrics_bytes)
     metadata = build_metadata(
-        run_key=run_key, train_result=train_result, evaluation=evaluation,
-        gate_result=gate_result, metrics=metrics, prepared_meta=prepared.meta,
-        dag_id=dag_id, run_id=run_id, code_version=code_version,
+        run_key=run_key, trained=trained, evaluation=evaluation, decision=decision,
+        approved=approved, prepared=preprocessed, candidates=_candidates(store, run_key),
+        metrics=metrics, dag_id=dag_id, run_id=run_id, code_version=code_version,
     ) | {"promotion_skipped": promotion_skipped}
 
     def card(pending: PendingVersion) -> bytes:
@@ -349,13 +348,10 @@ def _write(
 
     with contextlib.ExitStack() as stack:
         model_path: Path = stack.enter_context(
-            store.local_copy(store.key_of(str(train_result["model_uri"]))))
+            store.local_copy(store.key_of(trained.model_uri)))
         files: dict[str, FileSource] = {MODEL_FILE: model_path, "metrics.json": metrics_bytes,
                                         "model_card.md": card}
-        extra = dict(evaluation.get("plots") or {})
-        if evaluation.get("report_uri"):
-            extra["report"] = evaluation["report_uri"]
-        for uri in extra.values():
-            files[_file_name(str(uri))] = store.read_bytes(store.key_of(str(uri)))
+        for uri in (*evaluation.plots.values(), evaluation.report_uri):
+            files[_file_name(uri)] = store.read_bytes(store.key_of(uri))
         verify = _verifier(registry, prepared.x_test, expected, predictions_uri)
         return registry.register(run_key, files, metadata, verify=verify)

@@ -110,6 +110,10 @@ class BatchRejected(ScoringError):
     """Every file of a batch is bad: nothing of it can be scored (nothing is written)."""
 
 
+class NoChampion(ScoringError):
+    """No champion to score with (and no registry event names a version)."""
+
+
 @dataclass(frozen=True)
 class ScoringConfig:
     """What a scoring run needs besides the store.
@@ -295,8 +299,8 @@ def resolve_model(registry: Registry, events: Sequence[Mapping[str, Any]] = ()) 
                                f"{exc}") from None
     champion = registry.get_alias(CHAMPION)
     if champion is None:
-        raise ScoringError(f"no champion in {registry.uri}: nothing to score with (register "
-                           "and promote a model first)")
+        raise NoChampion(f"no champion in {registry.uri}: nothing to score with (register "
+                         "and promote a model first)")
     return {"model_version": champion, "model_uri": registry.model_uri(champion),
             "resolved_from": "champion"}
 

@@ -1,37 +1,27 @@
 """Select: of a run's trained candidates, the one that goes on to evaluate, gate and register.
 
-A run may train several candidates (the ``candidates`` trigger parameter, see
-``docs/candidates.md``); each train task returns its result, and a failed one may leave a note
-(:func:`record_failure`). :func:`select` reads what there is and picks:
-
-* by **validation accuracy** of the model each candidate saved (the last epoch's, or the best
-  epoch's when early stopping restored it), measured on the validation split every candidate
-  shares. Never by test accuracy: the test set is what the gate judges the chosen model on
-  (and compares with the champion on); choosing on it would leak the test set into the choice,
-  so the reported test accuracy of the winner would be biased upwards (the best of K noisy
-  estimates), and the gate would no longer be an independent check;
-* ties (equal validation accuracy: it moves in steps of 1/n_val) go to the lower validation
-  loss, then to the lower candidate index: the same inputs always give the same choice.
-
-A candidate that failed is listed with why; the run goes on while at least ``min_candidates``
-trained, else :class:`SelectionError`. The table of every candidate (validation metrics,
-training time, status) goes into the result (``candidates``), and so into the run's report, the
-version's metadata and model card, and the Models page; it is also written to
-``runs/<run-key>/candidates.json``.
+Picks by the **validation accuracy** of the model each candidate saved (never by test
+accuracy: the test set is the gate's independent check); ties go to the lower validation loss,
+then the lower index, so the same inputs always give the same choice. A failed candidate (its
+note from :func:`record_failure`) is listed with why; the run goes on while at least
+``min_candidates`` trained, else :class:`SelectionError`. The table of every candidate goes
+into the result and ``runs/<run-key>/candidates.json`` (register copies it into the version's
+metadata). Design: docs/candidates.md.
 
 Run it alone: ``python -m mnist_tasks select --trained @t0.json --trained @t1.json ...``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from mnist_tasks.artifacts import utc_now, write_json
+from mnist_tasks.artifacts import candidates_key, utc_now, write_json
 from mnist_tasks.config import Candidate
+from mnist_tasks.results import CandidateRow, SelectionRule, SelectResult, TrainResult, to_json
 from mnist_tasks.storage import ObjectNotFound, Store
 
 log = logging.getLogger(__name__)
@@ -61,40 +51,40 @@ def record_failure(store: Store, run_key: str, candidate: Candidate, error: Base
         log.warning("could not note the failure of candidate %d: %s", candidate.index, exc)
 
 
-def _kept_metrics(result: Mapping[str, Any], store: Store) -> tuple[float | None, float | None]:
+def _kept_metrics(result: TrainResult, store: Store) -> tuple[float | None, float | None]:
     """Validation accuracy and loss of the model the candidate saved (see the module doc)."""
     try:
-        history = json.loads(store.read_bytes(store.key_of(str(result["history_uri"]))))
-    except (KeyError, ObjectNotFound, ValueError) as exc:
+        history = json.loads(store.read_bytes(store.key_of(result.history_uri)))
+    except (ObjectNotFound, ValueError) as exc:
         log.warning("candidate %s: no history (%s); using its best val_accuracy",
-                    result.get("candidate"), exc)
-        return result.get("best_val_accuracy"), None
+                    result.candidate, exc)
+        return result.best_val_accuracy, None
     accs, losses = history.get("val_accuracy") or [], history.get("val_loss") or []
     if not accs:
         return None, None
     at = len(accs) - 1
-    best = result.get("best_epoch")
-    if result.get("stopped_early") and isinstance(best, int) and 1 <= best <= len(accs):
+    best = result.best_epoch
+    if result.stopped_early and best is not None and 1 <= best <= len(accs):
         at = best - 1  # early stopping restored the best epoch's weights
     loss = losses[at] if at < len(losses) else None
     return float(accs[at]), (float(loss) if loss is not None else None)
 
 
-def _rank(row: Mapping[str, Any]) -> tuple[float, float, int]:
-    acc, loss = row.get("val_accuracy"), row.get("val_loss")
+def _rank(row: CandidateRow) -> tuple[float, float, int]:
+    acc, loss = row.val_accuracy, row.val_loss
     return (-(acc if acc is not None else -math.inf),
             loss if loss is not None and math.isfinite(loss) else math.inf,
-            int(row["candidate"]))
+            row.candidate)
 
 
 def select(
-    trained: Sequence[Mapping[str, Any]],
+    trained: Sequence[TrainResult],
     candidates: Sequence[Candidate],
     store: Store,
     run_key: str,
     *,
     min_candidates: int = 1,
-) -> dict[str, Any]:
+) -> SelectResult:
     """Pick the best trained candidate by validation accuracy (see the module doc).
 
     Args:
@@ -106,67 +96,60 @@ def select(
         min_candidates: how many must have trained for the run to go on.
 
     Returns:
-        The chosen candidate's train result, plus ``chosen_candidate`` (its index),
-        ``candidates`` (one row per candidate: ``candidate``, ``label``, ``overrides``,
-        ``preset``, ``epochs``, ``batch_size``, ``learning_rate``, ``seed``, ``status``
-        (``trained`` / ``failed``), ``val_accuracy``, ``val_loss``, ``fit_seconds``,
-        ``epochs_run``, ``error``, ``chosen``) and ``selection`` (metric and tie-break).
+        The chosen candidate's model, history and train record (``train_uri``), its index,
+        and the table of every candidate (trained or failed, with its validation metrics).
 
     Raises:
         SelectionError: fewer than ``min_candidates`` candidates trained; names the failed
             ones and why.
     """
-    by_index: dict[int, Mapping[str, Any]] = {}
-    for done_result in trained:
-        index = done_result.get("candidate")
-        by_index[int(index) if index is not None else 0] = done_result
+    by_index = {r.candidate or 0: r for r in trained}
     unknown = sorted(set(by_index) - {c.index for c in candidates})
     if unknown:
         raise SelectionError(f"train results for unknown candidate(s) {unknown}: the run has "
                              f"{len(candidates)}")
-    rows: list[dict[str, Any]] = []
+    rows: list[CandidateRow] = []
     for cand in candidates:
-        row: dict[str, Any] = {
-            "candidate": cand.index, "label": cand.label, "overrides": dict(cand.overrides),
-            **{k: getattr(cand.train, k) for k in ("preset", "epochs", "batch_size",
-                                                   "learning_rate", "seed")},
-        }
         result = by_index.get(cand.index)
         if result is None:
-            row.update(status="failed", val_accuracy=None, val_loss=None, fit_seconds=None,
-                       epochs_run=None, error=_failure(store, run_key, cand.index))
-            log.error("candidate %d (%s) FAILED: %s", cand.index, cand.label, row["error"])
+            error = _failure(store, run_key, cand.index)
+            log.error("candidate %d (%s) FAILED: %s", cand.index, cand.label, error)
+            acc, loss, seconds, epochs = None, None, None, None
         else:
-            acc, loss = _kept_metrics(result, store)
-            row.update(status="trained", val_accuracy=acc, val_loss=loss,
-                       fit_seconds=result.get("fit_seconds"), epochs_run=result.get("epochs_run"),
-                       error=None)
-        rows.append(row)
-    done = [r for r in rows if r["status"] == "trained"]
-    failed = [r for r in rows if r["status"] == "failed"]
+            (acc, loss), error = _kept_metrics(result, store), None
+            seconds, epochs = result.fit_seconds, result.epochs_run
+        rows.append(CandidateRow(
+            candidate=cand.index, label=cand.label, overrides=dict(cand.overrides),
+            preset=cand.train.preset, epochs=cand.train.epochs,
+            batch_size=cand.train.batch_size, learning_rate=cand.train.learning_rate,
+            seed=cand.train.seed, status="trained" if result else "failed",
+            val_accuracy=acc, val_loss=loss, fit_seconds=seconds, epochs_run=epochs,
+            error=error, chosen=False))
+    done = [r for r in rows if r.status == "trained"]
+    failed = [r for r in rows if r.status == "failed"]
     if len(done) < max(min_candidates, 1):
-        why = "; ".join(f"candidate {r['candidate']} ({r['label']}): {r['error']}"
-                        for r in failed)
+        why = "; ".join(f"candidate {r.candidate} ({r.label}): {r.error}" for r in failed)
         raise SelectionError(f"{len(done)} of {len(rows)} candidates trained, fewer than "
                              f"min_candidates={min_candidates}: {why}")
-    best = min(done, key=_rank)
-    best["chosen"] = True
+    best = min(done, key=_rank).candidate
+    rows = [dataclasses.replace(r, chosen=r.candidate == best) for r in rows]
     for row in rows:
-        row.setdefault("chosen", False)
-    for row in rows:
-        acc_text = f"{row['val_accuracy']:.4f}" if row["val_accuracy"] is not None else "-"
-        secs = f"{row['fit_seconds']:.1f} s" if row["fit_seconds"] is not None else "-"
-        log.info("candidate %d %-8s val_accuracy=%s fit=%s %s%s", row["candidate"],
-                 row["status"], acc_text, secs, row["label"],
-                 "  <- chosen" if row["chosen"] else "")
-    log.info("select: candidate %d (%s) by %s, of %d trained (%d failed)", best["candidate"],
-             best["label"], SELECTION_METRIC, len(done), len(failed))
-    selection = {"metric": SELECTION_METRIC, "tie_break": list(TIE_BREAK),
-                 "min_candidates": min_candidates}
-    write_json(store, f"runs/{run_key}/candidates.json",
-               {"candidates": rows, "chosen_candidate": best["candidate"], **selection})
-    return {**by_index[best["candidate"]], "chosen_candidate": best["candidate"],
-            "candidates": rows, "selection": selection}
+        acc_text = f"{row.val_accuracy:.4f}" if row.val_accuracy is not None else "-"
+        secs = f"{row.fit_seconds:.1f} s" if row.fit_seconds is not None else "-"
+        log.info("candidate %d %-8s val_accuracy=%s fit=%s %s%s", row.candidate, row.status,
+                 acc_text, secs, row.label, "  <- chosen" if row.chosen else "")
+    chosen = by_index[best]
+    log.info("select: candidate %d (%s) by %s, of %d trained (%d failed)", best,
+             next(r.label for r in rows if r.chosen), SELECTION_METRIC, len(done), len(failed))
+    rule = SelectionRule(metric=SELECTION_METRIC, tie_break=TIE_BREAK,
+                         min_candidates=min_candidates)
+    write_json(store, candidates_key(run_key),
+               {"candidates": [to_json(r) for r in rows], "chosen_candidate": best,
+                **to_json(rule)})
+    return SelectResult(model_uri=chosen.model_uri, history_uri=chosen.history_uri,
+                        prepared_uri=chosen.prepared_uri, train_uri=chosen.train_uri,
+                        preset=chosen.preset, chosen_candidate=best, candidates=tuple(rows),
+                        selection=rule)
 
 
 def _failure(store: Store, run_key: str, index: int) -> str:

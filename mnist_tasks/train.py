@@ -1,26 +1,15 @@
 """Train: fit the preset's Keras 3 model on the prepared data, with checkpoints for resume.
 
-Reads ``prepared.npz`` (see :mod:`mnist_tasks.preprocess`) and writes, under
-``runs/<run-key>/train/``:
+Writes under ``runs/<run-key>/train/`` ``model.keras`` (loads with ``safe_mode=True``),
+``history.json`` (per-epoch metrics and seconds) and last ``result.json``, the result (a retry
+finds it and returns it). While training, ``checkpoints/`` holds the model and optimizer state
+after the latest epoch and ``checkpoint.json`` naming it, written after the files it names: a
+killed task resumes from there (docs/architecture.md, Resume after a crash). Batches come from
+NumPy (:func:`shifted_batches`: shuffled each epoch, shifted for a preset with
+``shift_pixels``); one log line per epoch. Only Keras 3 APIs are used, so JAX works too;
+:func:`describe_devices` and :func:`_enable_determinism` are the backend-specific spot.
 
-* ``model.keras``: the trained model (Keras 3 format, loads with ``safe_mode=True``);
-* ``history.json``: per-epoch metrics and seconds (``{"epoch": [1, ...], "loss": [...],
-  "accuracy": [...], "val_loss": [...], "val_accuracy": [...], "seconds": [...]}``);
-* ``result.json``: what :func:`train` returned, written last (a retry finds it and returns it);
-* ``checkpoints/``: while training, the model and optimizer state after the latest epoch
-  (``epoch-NNNN/model.keras``) and ``checkpoint.json`` naming it, written after the files it
-  names, so a half-uploaded checkpoint is never trusted. A killed task resumes from there.
-  Deleted after a successful run.
-
-The batches come from NumPy (:func:`shifted_batches`): shuffled every epoch and, for a preset
-with ``shift_pixels`` (the cnn), each image shifted by a random whole number of pixels. A fit
-logs one line before it starts (epochs, steps, batch, augmentation), one line per epoch
-(``epoch 3/10 loss=... val_accuracy=... time=1.3s samples/s=41230 eta=9.1s``), and the train
-stage ends with a one-line summary. Only Keras 3 APIs are used, so this also
-runs with ``KERAS_BACKEND=jax``; :func:`describe_devices` and :func:`_enable_determinism` are
-the one backend-specific spot.
-
-Run it alone: ``python -m mnist_tasks train --prepared URI --store URI --run-id ID``.
+Run it alone: ``python -m mnist_tasks train --prepared @preprocess.json --store URI --run-id ID``.
 """
 
 from __future__ import annotations
@@ -46,8 +35,10 @@ from mnist_tasks.artifacts import (
     read_json,
     recorded_result,
     write_json,
+    write_result,
 )
 from mnist_tasks.config import PRESETS, ConfigError, TrainConfig
+from mnist_tasks.results import TrainResult, TrainRuntime, to_json
 from mnist_tasks.storage import ObjectNotFound, Store
 
 if TYPE_CHECKING:
@@ -159,16 +150,17 @@ class Runtime:
     mixed_precision: bool
     deterministic: bool
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "device": self.device.describe(),
-            "backend": self.device.backend,
-            "batch_size": self.batch_size,
-            "learning_rate": self.learning_rate,
-            "jit_compile": self.jit_compile,
-            "mixed_precision": self.mixed_precision,
-            "deterministic": self.deterministic,
-        }
+    def record(self) -> TrainRuntime:
+        """What the train result records of it (the device as one line)."""
+        return TrainRuntime(
+            device=self.device.describe(),
+            backend=self.device.backend,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            jit_compile=self.jit_compile,
+            mixed_precision=self.mixed_precision,
+            deterministic=self.deterministic,
+        )
 
 
 def resolve_runtime(cfg: TrainConfig, device: DeviceInfo | None = None) -> Runtime:
@@ -643,7 +635,7 @@ def train(
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
     previous: Mapping[str, Any] | None = None,
     candidate: int | None = None,
-) -> dict[str, Any]:
+) -> TrainResult:
     """Train ``cfg.preset`` on the prepared data and store the model and its history.
 
     Resumes from the run's latest checkpoint when an earlier attempt was killed, and returns
@@ -665,10 +657,9 @@ def train(
             None (one candidate): ``runs/<run-key>/train``.
 
     Returns:
-        ``model_uri``, ``history_uri``, ``preset``, ``epochs_run``, ``fit_seconds``,
-        ``device``, ``resumed_from_epoch`` (0 if fresh), ``best_val_accuracy`` (None without
-        validation data), ``best_epoch``, ``stopped_early``, ``params`` (the config),
-        ``runtime`` (the effective settings), ``n_train``, ``n_val``, ``candidate``.
+        The model and history URIs, how the fit went (epochs, seconds, the device, the epoch
+        it resumed from, the best validation accuracy), the config and the effective runtime
+        settings; also recorded as ``result.json`` (``train_uri``).
 
     Raises:
         ObjectNotFound: if the prepared data does not exist.
@@ -679,12 +670,12 @@ def train(
     prefix = (f"runs/{run_key}/train" if candidate is None
               else f"runs/{run_key}/candidates/{candidate}/train")
     params = dataclasses.asdict(cfg)
-    recorded = recorded_result(store, f"{prefix}/result.json",
+    recorded = recorded_result(store, f"{prefix}/result.json", TrainResult,
                                {"params": params, "prepared_uri": prepared_uri},
                                requires=[f"{prefix}/model.keras"])
     if recorded is not None:
         log.info("train: %s already trained (%d epochs, best val_accuracy=%s); reusing it",
-                 recorded["model_uri"], recorded["epochs_run"], recorded["best_val_accuracy"])
+                 recorded.model_uri, recorded.epochs_run, recorded.best_val_accuracy)
         return recorded
 
     prepared = load_prepared(prepared_uri, store)
@@ -704,7 +695,7 @@ def train(
         "params": params,
         "prepared_uri": prepared_uri,
         "fingerprint": prepared.meta.get("fingerprint"),
-        "runtime": {k: v for k, v in runtime.as_dict().items() if k != "device"},
+        "runtime": {k: v for k, v in to_json(runtime.record()).items() if k != "device"},
     }
     with tempfile.TemporaryDirectory(prefix="mnist-train-") as tmp:
         workdir = Path(tmp)
@@ -742,32 +733,33 @@ def train(
 
     val_acc = fit.history.get("val_accuracy") or []
     best_val = max(val_acc) if val_acc else None
-    result: dict[str, Any] = {
-        "model_uri": store.uri_for(f"{prefix}/model.keras"),
-        "history_uri": store.uri_for(f"{prefix}/history.json"),
-        "prepared_uri": prepared_uri,
-        "preset": cfg.preset,
-        "epochs_run": fit.epochs_run,
-        "fit_seconds": round(fit.fit_seconds, 3),
-        "checkpoint_seconds": round(fit.checkpoint_seconds, 3),
-        "device": runtime.device.describe(),
-        "resumed_from_epoch": resumed_from,
-        "best_val_accuracy": best_val,
-        "best_epoch": fit.best_epoch,
-        "stopped_early": fit.stopped_early,
-        "n_train": len(prepared.x_train),
-        "n_val": len(prepared.x_val),
-        "params": params,
-        "runtime": runtime.as_dict(),
-        "candidate": candidate,
-    }
-    write_json(store, f"{prefix}/result.json", result)
+    result = TrainResult(
+        model_uri=store.uri_for(f"{prefix}/model.keras"),
+        history_uri=store.uri_for(f"{prefix}/history.json"),
+        prepared_uri=prepared_uri,
+        train_uri=store.uri_for(f"{prefix}/result.json"),
+        preset=cfg.preset,
+        epochs_run=fit.epochs_run,
+        fit_seconds=round(fit.fit_seconds, 3),
+        checkpoint_seconds=round(fit.checkpoint_seconds, 3),
+        device=runtime.device.describe(),
+        resumed_from_epoch=resumed_from,
+        best_val_accuracy=None if best_val is None else float(best_val),
+        best_epoch=fit.best_epoch,
+        stopped_early=fit.stopped_early,
+        n_train=len(prepared.x_train),
+        n_val=len(prepared.x_val),
+        params=params,
+        runtime=runtime.record(),
+        candidate=candidate,
+    )
+    write_result(store, f"{prefix}/result.json", result)
     checkpoints.clear()
     best_txt = f"{best_val:.4f}" if best_val is not None else "n/a (no validation data)"
     log.info("trained %s: %d epochs in %.1f s on %s%s, best val_accuracy=%s, model -> %s",
              cfg.preset, fit.epochs_run, fit.fit_seconds, runtime.device.kind,
              f" (resumed from epoch {resumed_from})" if resumed_from else "", best_txt,
-             result["model_uri"])
+             result.model_uri)
     return result
 
 

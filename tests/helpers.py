@@ -1,10 +1,11 @@
 """Shared test helpers (the one module test files import helpers from; no test file imports
 another): tiny synthetic digits and IDX files, a prepared data set in a store, a small training
-config, a deterministic training crash, a loopback HTTP server and a silent socket. Nothing here
-talks to anything but 127.0.0.1."""
+config, a deterministic training crash, a loopback HTTP server and a silent socket, typed stage
+results built by hand. Nothing here talks to anything but 127.0.0.1."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import http.server
@@ -35,6 +36,20 @@ from mnist_tasks.config import (
 from mnist_tasks.idx import encode_idx
 from mnist_tasks.ingest import ingest
 from mnist_tasks.preprocess import preprocess
+from mnist_tasks.results import (
+    Challenger,
+    ChampionRecord,
+    Check,
+    CheckResult,
+    EvaluateResult,
+    GateDecision,
+    IngestResult,
+    Lineage,
+    McNemar,
+    RecallChange,
+    TrainResult,
+    TrainRuntime,
+)
 from mnist_tasks.storage import LocalStore, Store
 
 RUN = "r1"
@@ -81,7 +96,7 @@ def make_prepared(store: Store, run_key: str = RUN, n_train: int = 600, n_test: 
     save_npz(store, dataset_key, make_arrays(n_train, n_test, seed))
     result = preprocess(store.uri_for(dataset_key),
                         PreprocessConfig(val_fraction=val_fraction, seed=7), store, run_key)
-    return str(result["prepared_uri"])
+    return result.prepared_uri
 
 
 def small_cfg(preset: str = "seed_mlp", **overrides: Any) -> TrainConfig:
@@ -355,3 +370,95 @@ def xdist_scope(nodeid: str) -> str:
     if "unit" in parts[:-1]:
         return nodeid
     return path
+
+
+# -- typed stage results, built by hand (what a stage would return) -------------------------------
+# Each builder gives a plausible result; keyword arguments replace its fields.
+
+RUNS = "file:///s/runs/r"
+
+
+def lineage(**fields: Any) -> Lineage:
+    return dataclasses.replace(Lineage(
+        dataset_version="0123456789abcdef", inputs_key="fedcba9876543210",
+        code_fingerprint="c0de" * 16, increments=(), quarantined=()), **fields)
+
+
+def ingest_result(**fields: Any) -> IngestResult:
+    return dataclasses.replace(IngestResult(
+        dataset_uri="file:///s/cache/datasets/k/mnist.npz", dataset_key="k", cached=False,
+        source="/data/mnist", verification="pinned",
+        checksums={name: f"{i:064x}" for i, name in enumerate(sorted(MNIST_FILES.values()))},
+        counts={"train": 60, "test": 30}, image_shape=(28, 28), data_sha256="d" * 64,
+        report_uri="file:///s/cache/datasets/k/validation.json",
+        report_summary={"passed": True}, seconds=0.5, dataset_version="0123456789abcdef",
+        dataset_manifest_uri="file:///s/datasets/0123456789abcdef/manifest.json",
+        increments=(), quarantined=(), increments_new=(), increments_ignored=(),
+        increments_changed=(), increments_source="file:///data/mnist/increments"), **fields)
+
+
+def check_result(**fields: Any) -> CheckResult:
+    return dataclasses.replace(CheckResult(
+        decision="TRAIN", covered_by=None, dataset_uri="file:///s/cache/datasets/k/mnist.npz",
+        dataset_version="0123456789abcdef", inputs_key="fedcba9876543210",
+        champion_version=None, champion_inputs_key=None, champion_fresh={}, warnings=(),
+        force=False, lineage=lineage()), **fields)
+
+
+def train_result(**fields: Any) -> TrainResult:
+    return dataclasses.replace(TrainResult(
+        model_uri=f"{RUNS}/train/model.keras", history_uri=f"{RUNS}/train/history.json",
+        prepared_uri=f"{RUNS}/preprocess/prepared.npz", train_uri=f"{RUNS}/train/result.json",
+        preset="tiny", epochs_run=0, fit_seconds=0.0, checkpoint_seconds=0.0, device="CPU",
+        resumed_from_epoch=0, best_val_accuracy=None, best_epoch=None, stopped_early=False,
+        n_train=40, n_val=10, params={"preset": "tiny", "seed": 1},
+        runtime=TrainRuntime(device="CPU", backend="tensorflow", batch_size=32,
+                             learning_rate=0.001, jit_compile=False, mixed_precision=False,
+                             deterministic=True),
+        candidate=None), **fields)
+
+
+def evaluate_result(**fields: Any) -> EvaluateResult:
+    return dataclasses.replace(EvaluateResult(
+        metrics_uri=f"{RUNS}/evaluate/metrics.json", report_uri=f"{RUNS}/evaluate/report.txt",
+        predictions_uri=f"{RUNS}/evaluate/predictions.npy", plots={}, test_accuracy=0.9812,
+        test_loss=0.061, n_test=10_000, fresh=None, fresh_accuracy=None,
+        fresh_predictions_uri=None, model_uri=f"{RUNS}/train/model.keras",
+        model_sha256="a" * 64, prepared_uri=f"{RUNS}/preprocess/prepared.npz",
+        history_uri=f"{RUNS}/train/history.json", train_uri=f"{RUNS}/train/result.json",
+        result_uri=f"{RUNS}/evaluate/result.json"), **fields)
+
+
+def recall_rows(**drops: float) -> dict[str, RecallChange]:
+    """Per-digit recall: champion 0.98 everywhere, the challenger lower by ``drops``
+    (``d3=0.004``), else higher by 0.002."""
+    return {str(d): RecallChange(champion=0.98, challenger=0.98 - drops.get(f"d{d}", -0.002),
+                                 drop=drops.get(f"d{d}", -0.002)) for d in range(10)}
+
+
+def gate_decision(verdict: str = "PROMOTE", *, champion: int | None = 3, p: float = 0.001,
+                  b: int = 40, c: int = 90, per_digit: dict[str, RecallChange] | None = None,
+                  **fields: Any) -> GateDecision:
+    """A gate decision over champion ``champion`` (None: the first model) with McNemar's
+    ``p``, ``b`` and ``c``."""
+    return dataclasses.replace(GateDecision(
+        decision=verdict,
+        reasons=("threshold PASS: benchmark: test accuracy 0.9812 >= minimum 0.9700",
+                 "champion PASS: benchmark: challenger 0.9812 vs champion v3 0.9762"),
+        checks=(Check("threshold", True, "test accuracy 0.9812 >= minimum 0.9700", "benchmark"),
+                Check("champion", True, "challenger 0.9812 vs champion v3 0.9762",
+                      "benchmark")),
+        challenger=Challenger(accuracy=0.9812, loss=0.061, run_key="r",
+                              predictions_uri=f"{RUNS}/evaluate/predictions.npy"),
+        champion=None if champion is None else ChampionRecord(
+            version=champion, accuracy=0.9762,
+            model_uri=f"file:///s/registry/m/versions/{champion:06d}/model.keras",
+            predictions_uri=f"{RUNS}/gate/champion_predictions.npy"),
+        mcnemar=None if champion is None else McNemar(
+            b=b, c=c, p_value=p, method="exact binomial", significant=p < 0.05),
+        per_digit_recall={} if champion is None else (
+            per_digit if per_digit is not None else recall_rows()),
+        fresh=None, config={"min_accuracy": 0.97, "significance": 0.05},
+        decided_at="2026-11-22T04:00:00.000+00:00", decision_uri=f"{RUNS}/gate/decision.json",
+        evaluation_uri=f"{RUNS}/evaluate/result.json",
+        prepared_uri=f"{RUNS}/preprocess/prepared.npz"), **fields)

@@ -4,6 +4,7 @@ landing check is one task with the increments asset as outlet; both stay cheap t
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import importlib
 import itertools
@@ -435,18 +436,24 @@ def test_stages_run_with_long_lived_objects_frozen_and_garbage_collected(glue) -
         def __init__(self) -> None:
             self.me = self
 
+    @dataclasses.dataclass(frozen=True)
+    class Probed:
+        model_uri: str
+        test_accuracy: float
+
     gc.unfreeze()
     probe = Cycle()
     garbage = weakref.ref(probe)
     del probe  # unreachable, but only the cyclic collector can free it
     seen: dict[str, object] = {}
 
-    def stage() -> dict[str, object]:
+    def stage() -> Probed:
         seen["frozen"] = gc.get_freeze_count()
         seen["garbage_alive"] = garbage() is not None
-        return {"model_uri": "file:///m.keras", "test_accuracy": 0.98}
+        return Probed("file:///m.keras", 0.98)
 
     try:
+        # The typed result goes to XCom as its JSON.
         assert glue.run_stage("probe", stage) == {
             "model_uri": "file:///m.keras", "test_accuracy": 0.98}
         assert isinstance(seen["frozen"], int) and seen["frozen"] > 10_000
@@ -666,22 +673,33 @@ def run_approve(dag, monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
     return run
 
 
-PROMOTE_OVER_V3 = {
-    "decision": "PROMOTE", "reasons": ["threshold PASS"], "champion_version": 3,
-    "challenger_accuracy": 0.981, "champion_accuracy": 0.976, "significance": 0.05,
-    "mcnemar": {"p_value": 0.3, "b": 50, "c": 60, "method": "exact binomial",
-                "significant": False},
-    "per_digit_recall": {"3": {"champion": 0.98, "challenger": 0.97, "drop": 0.01}},
-}
+def _gate_xcom(verdict: str = "PROMOTE", **fields: object) -> dict:
+    """The gate task's XCom: its decision's JSON (over champion v3 unless said otherwise)."""
+    from mnist_tasks.results import RecallChange, to_json
+    from tests.helpers import gate_decision
+
+    recall = {"3": RecallChange(champion=0.98, challenger=0.97, drop=0.01)}
+    return to_json(gate_decision(verdict, **{"p": 0.3, "b": 50, "c": 60, "per_digit": recall,
+                                             **fields}))
+
+
+PROMOTE_OVER_V3 = _gate_xcom()
 
 
 @pytest.mark.parametrize("mode", ["off", "borderline"])
 def test_approval_off_or_a_clear_case_passes_the_decision_on(run_approve, mode) -> None:  # type: ignore[no-untyped-def]
-    clear_win = {**PROMOTE_OVER_V3, "per_digit_recall": {},
-                 "mcnemar": {**PROMOTE_OVER_V3["mcnemar"], "p_value": 0.001, "significant": True}}
+    clear_win = _gate_xcom(per_digit={}, p=0.001)
     result, asked = run_approve(clear_win, approval=mode)
     assert asked == {} and run_approve.ti.skipped == []
     assert result["decision"] == "PROMOTE" and result["approval"]["asked"] is False
+    assert result["decision_uri"] == clear_win["decision_uri"]  # register reads it from there
+
+
+def test_approve_refuses_what_is_not_the_gates_decision(run_approve) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="GateDecision: missing 'checks'"):
+        run_approve({k: v for k, v in PROMOTE_OVER_V3.items() if k != "checks"})
 
 
 @pytest.mark.parametrize("mode", ["borderline", "always"])
@@ -711,7 +729,7 @@ def _event(choice: str, comment: str | None = None, *, by: str | None = "alice",
             "responded_by_user": {"id": "7", "name": by} if by else None, "timedout": timedout}
 
 
-REJECTED_BY_GATE = {**PROMOTE_OVER_V3, "decision": "REJECT", "reasons": ["threshold FAIL"]}
+REJECTED_BY_GATE = {**_gate_xcom("REJECT"), "reasons": ["threshold FAIL"]}
 
 
 @pytest.mark.parametrize(("gate", "event", "final", "outcome", "register_skipped"), [

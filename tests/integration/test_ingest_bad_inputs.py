@@ -347,7 +347,7 @@ def test_symlinks_inside_the_folder_are_followed(tmp_path: Path, file_store: Sto
     linked_folder.symlink_to(folder)  # and the source folder itself may be a link
     result = ingest(IngestConfig(source=str(linked_folder), checksums=payload_sha256(real)),
                     file_store)
-    assert result["counts"] == {"train": 60, "test": 30}
+    assert result.counts == {"train": 60, "test": 30}
 
 
 def test_symlinked_sub_folder_leading_outside_is_refused(

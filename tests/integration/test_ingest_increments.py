@@ -25,6 +25,7 @@ from mnist_tasks.config import IngestConfig
 from mnist_tasks.idx import encode_idx
 from mnist_tasks.increments import IncrementPolicy, IncrementQuarantined
 from mnist_tasks.ingest import LATEST_PREFIX, ingest
+from mnist_tasks.results import IgnoredIncrement
 from mnist_tasks.storage import Store
 from tests.conftest import TEST_BUCKET
 
@@ -87,24 +88,24 @@ def test_versions_follow_the_increments(
 ) -> None:
     src, sha = source
     a = run_ingest(src, sha, store)
-    version_a = datasets.load_version(store, a["dataset_version"])
+    version_a = datasets.load_version(store, a.dataset_version)
     assert version_a.increments == () and version_a.base.train_count == BASE
-    assert a["increments"] == [] and a["quarantined"] == [] and a["increments_new"] == []
-    assert a["dataset_manifest_uri"] == store.uri_for(f"datasets/{version_a.id}/manifest.json")
+    assert a.increments == () and a.quarantined == () and a.increments_new == ()
+    assert a.dataset_manifest_uri == store.uri_for(f"datasets/{version_a.id}/manifest.json")
     assert version_a.created_by == "test-run"
 
     datasets.add_increment(mnist_dir, src.folder, "inc-01", offset=BASE, size=SIZE)
     src.sync()
     b = run_ingest(src, sha, store)
-    assert b["dataset_version"] != a["dataset_version"]
-    version_b = datasets.load_version(store, b["dataset_version"])
+    assert b.dataset_version != a.dataset_version
+    version_b = datasets.load_version(store, b.dataset_version)
     assert version_b.increment_ids == ("inc-01",)
     assert version_b.train_images == BASE + SIZE - round(SIZE * 0.2)
-    (record,) = b["increments"]
-    assert record["id"] == "inc-01" and record["status"] == "ACCEPTED" and record["new"]
-    assert record["train"] + record["fresh"] == SIZE and record["drift"] is False
-    assert len(record["payload_sha256"]) == 64 and "images" not in record
-    assert b["increments_new"] == ["inc-01"] and reads == ["inc-01"]
+    (record,) = b.increments
+    assert record.id == "inc-01" and record.status == "ACCEPTED" and record.new
+    assert record.train + record.fresh == SIZE and record.drift is False
+    assert record.payload_sha256 is not None and len(record.payload_sha256) == 64
+    assert b.increments_new == ("inc-01",) and reads == ["inc-01"]
     pointers = store.list(LATEST_PREFIX)
     assert len(pointers) == 1
 
@@ -112,10 +113,10 @@ def test_versions_follow_the_increments(
     pointer_bytes = store.read_bytes(pointers[0])
     with caplog.at_level(logging.INFO, logger="mnist_tasks"):
         again = run_ingest(src, sha, store)
-    assert again["dataset_version"] == b["dataset_version"]
-    assert again["increments_new"] == [] and reads == ["inc-01"]
-    assert [r["id"] for r in again["increments"]] == ["inc-01"]
-    assert not again["increments"][0]["new"]
+    assert again.dataset_version == b.dataset_version
+    assert again.increments_new == () and reads == ["inc-01"]
+    assert [r.id for r in again.increments] == ["inc-01"]
+    assert not again.increments[0].new
     assert store.read_bytes(pointers[0]) == pointer_bytes
     assert "already decided in dataset version" in caplog.text and "not read again" in caplog.text
     assert datasets.list_versions(store) == sorted(
@@ -167,12 +168,12 @@ def test_bad_increments_are_quarantined_or_ignored_and_the_run_goes_on(
     src.sync()
     with caplog.at_level(logging.INFO, logger="mnist_tasks"):
         out = run_ingest(src, sha, store)
-    status = {r["id"]: r["status"] for r in out["increments"]}
+    status = {r.id: r.status for r in out.increments}
     assert status == {"good": "ACCEPTED", "cut": "QUARANTINED", "labels": "QUARANTINED",
                       "png32": "QUARANTINED", "leak": "QUARANTINED"}
-    assert sorted(out["quarantined"]) == ["cut", "labels", "leak", "png32"]
-    assert out["increments_ignored"] == [{"id": "pending", "reason": "no _SUCCESS marker"}]
-    assert datasets.load_version(store, out["dataset_version"]).increment_ids == ("good",)
+    assert sorted(out.quarantined) == ["cut", "labels", "leak", "png32"]
+    assert out.increments_ignored == (IgnoredIncrement("pending", "no _SUCCESS marker"),)
+    assert datasets.load_version(store, out.dataset_version).increment_ids == ("good",)
 
     lines = {r.getMessage(): r.levelno for r in caplog.records}
 
@@ -213,8 +214,8 @@ def test_fail_on_quarantine_fails_the_run_naming_them(
     with pytest.raises(IncrementQuarantined, match=r"decided by an earlier run.*cut \("):
         run_ingest(src, sha, store, fail_on_quarantine=True)
     out = run_ingest(src, sha, store)
-    assert sorted(out["quarantined"]) == ["cut", "labels", "leak", "png32"]
-    assert out["increments_new"] == []
+    assert sorted(out.quarantined) == ["cut", "labels", "leak", "png32"]
+    assert out.increments_new == ()
 
 
 def test_a_decided_increment_that_changes_is_named_on_every_run(
@@ -240,7 +241,7 @@ def test_a_decided_increment_that_changes_is_named_on_every_run(
     (folder / increments.MARKER).write_bytes(b"")
     src.sync()
     first = run_ingest(src, sha, store)
-    assert first["increments_new"] == ["early"] and first["increments_changed"] == []
+    assert first.increments_new == ("early",) and first.increments_changed == ()
     assert reads == ["early"]
 
     put_png("5/late arrival.png")  # landed after the marker
@@ -249,9 +250,9 @@ def test_a_decided_increment_that_changes_is_named_on_every_run(
     for _ in range(2):
         caplog.clear()
         again = run_ingest(src, sha, store)
-        assert again["dataset_version"] == first["dataset_version"] and reads == ["early"]
-        assert again["increments_changed"] == [
-            {"id": "early", "added": ["5/late arrival.png"], "changed": ["3/d03.png"]}]
+        assert again.dataset_version == first.dataset_version and reads == ["early"]
+        assert again.increments_changed == (
+            {"id": "early", "added": ["5/late arrival.png"], "changed": ["3/d03.png"]},)
         [warning] = [r.getMessage() for r in caplog.records if "changed after" in r.getMessage()]
         assert "increment early changed after it was decided" in warning
         assert "added 5/late arrival.png; changed 3/d03.png" in warning

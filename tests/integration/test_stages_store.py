@@ -21,6 +21,7 @@ from mnist_tasks.artifacts import (
     load_prepared,
     predict_classes,
 )
+from mnist_tasks.results import EvaluateResult, TrainResult, from_json, to_json
 from mnist_tasks.storage import Store
 from tests.helpers import PNG_SIGNATURE, RUN, make_prepared, put_model, small_cfg
 
@@ -34,24 +35,26 @@ def test_train_stores_model_history_and_result(store: Store,
     cfg = small_cfg(epochs=2)
     result = train_mod.train(prepared_uri, cfg, store, RUN)
 
-    assert result["model_uri"] == store.uri_for(f"runs/{RUN}/train/model.keras")
-    assert result["history_uri"] == store.uri_for(f"runs/{RUN}/train/history.json")
-    assert result["preset"] == "seed_mlp"
-    assert result["epochs_run"] == 2
-    assert result["resumed_from_epoch"] == 0
-    assert result["device"] == train_mod.describe_devices().describe()
-    assert result["params"]["epochs"] == 2 and result["params"]["batch_size"] == 32
-    assert 0.5 < result["best_val_accuracy"] <= 1.0
-    assert result["fit_seconds"] > 0
-    assert (result["n_train"], result["n_val"]) == (540, 60)
-    json.dumps(result)  # XCom-safe
+    assert result.model_uri == store.uri_for(f"runs/{RUN}/train/model.keras")
+    assert result.history_uri == store.uri_for(f"runs/{RUN}/train/history.json")
+    assert result.preset == "seed_mlp"
+    assert result.epochs_run == 2
+    assert result.resumed_from_epoch == 0
+    assert result.device == train_mod.describe_devices().describe()
+    assert result.params["epochs"] == 2 and result.params["batch_size"] == 32
+    assert result.best_val_accuracy is not None and 0.5 < result.best_val_accuracy <= 1.0
+    assert result.fit_seconds > 0
+    assert (result.n_train, result.n_val) == (540, 60)
+    json.dumps(to_json(result))  # XCom-safe
 
     history = json.loads(store.read_bytes(f"runs/{RUN}/train/history.json"))
     assert history["epoch"] == [1, 2] and len(history["val_accuracy"]) == 2
-    assert json.loads(store.read_bytes(f"runs/{RUN}/train/result.json")) == result
+    assert result.train_uri == store.uri_for(f"runs/{RUN}/train/result.json")
+    recorded = json.loads(store.read_bytes(f"runs/{RUN}/train/result.json"))
+    assert from_json(TrainResult, recorded) == result
     assert store.list(f"runs/{RUN}/train/checkpoints") == []  # cleaned up after success
 
-    model = load_model_from_store(store, result["model_uri"])
+    model = load_model_from_store(store, result.model_uri)
     data = load_prepared(prepared_uri, store)
     acc = float(np.mean(model.predict(data.x_val, verbose=0).argmax(1) == data.y_val))
     assert acc == pytest.approx(history["val_accuracy"][-1], abs=1e-6)
@@ -65,7 +68,7 @@ def test_train_stores_model_history_and_result(store: Store,
     assert "epoch 1/2" not in caplog.text
     # Other parameters for the same run key train again.
     again = train_mod.train(prepared_uri, small_cfg(epochs=1), store, RUN)
-    assert again["epochs_run"] == 1
+    assert again.epochs_run == 1
 
 
 # ---------------------------------------------------------------------------- evaluate()
@@ -99,24 +102,26 @@ def test_evaluate_writes_metrics_report_predictions_and_plots(
     result = ev.evaluate(model_uri, prepared_uri, store, RUN, history_uri=history_uri)
 
     base = f"runs/{RUN}/evaluate"
-    assert result["metrics_uri"] == store.uri_for(f"{base}/metrics.json")
-    assert result["report_uri"] == store.uri_for(f"{base}/report.txt")
-    assert result["predictions_uri"] == store.uri_for(f"{base}/predictions.npy")
-    assert set(result["plots"]) == {"confusion_matrix", "training_curves", "sample_grid",
-                                    "misclassified_grid"}
-    json.dumps(result)
+    assert result.metrics_uri == store.uri_for(f"{base}/metrics.json")
+    assert result.report_uri == store.uri_for(f"{base}/report.txt")
+    assert result.predictions_uri == store.uri_for(f"{base}/predictions.npy")
+    assert set(result.plots) == {"confusion_matrix", "training_curves", "sample_grid",
+                                  "misclassified_grid"}
+    assert result.result_uri == store.uri_for(f"{base}/result.json")
+    assert from_json(EvaluateResult, json.loads(store.read_bytes(f"{base}/result.json"))) \
+        == result
 
     metrics = json.loads(store.read_bytes(f"{base}/metrics.json"))
     assert list(metrics) == ["test_accuracy", "test_loss", "n_test", "per_digit", "macro_avg",
                              "weighted_avg", "confusion_matrix", "most_confused_pairs", "fresh"]
     # No increments, no fresh data: the fresh fields say so.
     assert metrics["fresh"] is None
-    assert (result["fresh"], result["fresh_accuracy"], result["fresh_predictions_uri"]) == \
+    assert (result.fresh, result.fresh_accuracy, result.fresh_predictions_uri) == \
         (None, None, None)
     assert not store.exists(f"{base}/fresh_predictions.npy")
     assert metrics["n_test"] == 200
-    assert result["test_accuracy"] == metrics["test_accuracy"] > 0.8
-    assert result["test_loss"] == metrics["test_loss"] > 0
+    assert result.test_accuracy == metrics["test_accuracy"] > 0.8
+    assert result.test_loss == metrics["test_loss"] > 0
 
     data = load_prepared(prepared_uri, store)
     preds = np.load(io.BytesIO(store.read_bytes(f"{base}/predictions.npy")))
@@ -129,7 +134,7 @@ def test_evaluate_writes_metrics_report_predictions_and_plots(
 
     report = store.read_bytes(f"{base}/report.txt").decode()
     assert "precision" in report and "recall" in report and "weighted avg" in report
-    for name, uri in result["plots"].items():
+    for name, uri in result.plots.items():
         png = store.read_bytes(store.key_of(uri))
         assert png.startswith(PNG_SIGNATURE), name
         assert len(png) > 5000, name
@@ -142,12 +147,12 @@ def test_evaluate_writes_metrics_report_predictions_and_plots(
     assert ev.evaluate(model_uri, prepared_uri, store, RUN, history_uri=history_uri) == result
     assert "already evaluated" in caplog.text
     without_history = ev.evaluate(model_uri, prepared_uri, store, RUN)
-    assert "training_curves" not in without_history["plots"]
-    assert without_history["test_accuracy"] == result["test_accuracy"]
+    assert "training_curves" not in without_history.plots
+    assert without_history.test_accuracy == result.test_accuracy
     caplog.clear()
     retrained = tmp_path / "model.keras"
     load_keras_model(model_file).save(retrained)  # same weights, new file (save time)
     put_model(store, retrained)
     again = ev.evaluate(model_uri, prepared_uri, store, RUN)
     assert "already evaluated" not in caplog.text
-    assert again["model_sha256"] != without_history["model_sha256"]
+    assert again.model_sha256 != without_history.model_sha256

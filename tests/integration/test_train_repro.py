@@ -26,15 +26,16 @@ import json, sys
 import numpy as np
 from mnist_tasks.config import train_config
 from mnist_tasks.artifacts import load_model_from_store, load_prepared, predict_proba
+from mnist_tasks.results import to_json
 from mnist_tasks.storage import open_store
 from mnist_tasks.train import train
 store = open_store(sys.argv[2])
 cfg = train_config(sys.argv[4], epochs=2, batch_size=32, seed=int(sys.argv[5]))
 result = train(sys.argv[1], cfg, store, sys.argv[3])
-model = load_model_from_store(store, result["model_uri"])
+model = load_model_from_store(store, result.model_uri)
 proba = predict_proba(model, load_prepared(sys.argv[1], store).x_test)
-history = json.loads(store.read_bytes(store.key_of(result["history_uri"])))
-print(json.dumps({"history": history, "proba": proba.tolist(), "result": result}))
+history = json.loads(store.read_bytes(store.key_of(result.history_uri)))
+print(json.dumps({"history": history, "proba": proba.tolist(), "result": to_json(result)}))
 """
 
 

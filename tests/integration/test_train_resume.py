@@ -29,6 +29,7 @@ from mnist_tasks.artifacts import save_npz
 from mnist_tasks.config import MNIST_FILES, PreprocessConfig
 from mnist_tasks.idx import decompress, parse_idx
 from mnist_tasks.preprocess import preprocess
+from mnist_tasks.results import TrainResult, from_json
 from mnist_tasks.storage import LocalStore, Store
 from tests.helpers import RUN, make_prepared, small_cfg, train_until_crash
 
@@ -51,12 +52,12 @@ def test_train_resumes_from_the_last_complete_checkpoint(
 
     caplog.clear()
     result = train_mod.train(prepared_uri, cfg, store, RUN)
-    assert result["resumed_from_epoch"] == 2
-    assert result["epochs_run"] == 4
+    assert result.resumed_from_epoch == 2
+    assert result.epochs_run == 4
     assert f"resuming from epoch 2 of 4 ({store.uri_for(f'{ckpt}/epoch-0002/model.keras')})" \
         in caplog.text
     assert "epoch 3/4" in caplog.text and "epoch 1/4" not in caplog.text
-    history = json.loads(store.read_bytes(store.key_of(result["history_uri"])))
+    history = json.loads(store.read_bytes(store.key_of(result.history_uri)))
     assert history["epoch"] == [1, 2, 3, 4]
     assert history["epoch"][:2] == marker["history"]["epoch"]
     assert history["loss"][:2] == marker["history"]["loss"]
@@ -81,7 +82,7 @@ def test_each_checkpoint_is_reported_and_a_retry_checks_the_report(
     caplog.clear()
     result = train_mod.train(prepared_uri, cfg, store, RUN, on_checkpoint=reports.append,
                              previous=reports[-1])
-    assert result["resumed_from_epoch"] == 3
+    assert result.resumed_from_epoch == 3
     assert ("the store holds epoch 3, newer than the 2 the previous attempt reported: "
             "resuming from epoch 3") in caplog.text
     assert [r["epoch"] for r in reports] == [1, 2, 4]
@@ -94,7 +95,7 @@ def test_a_reported_checkpoint_that_is_gone_is_a_warning_and_a_fresh_start(
     prepared_uri = make_prepared(store)
     previous = {"epoch": 2, "epochs": 2, "checkpoint_uri": "s3://gone/checkpoint.json"}
     result = train_mod.train(prepared_uri, small_cfg(epochs=2), store, RUN, previous=previous)
-    assert result["resumed_from_epoch"] == 0 and result["epochs_run"] == 2
+    assert result.resumed_from_epoch == 0 and result.epochs_run == 2
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert any("reported epoch 2 as checkpointed (s3://gone/checkpoint.json), but no usable "
                "checkpoint is in the store now: training from scratch" in r.getMessage()
@@ -109,7 +110,7 @@ def test_a_failing_progress_report_does_not_stop_training(
 
     result = train_mod.train(make_prepared(store), small_cfg(epochs=2), store, RUN,
                              on_checkpoint=broken)
-    assert result["epochs_run"] == 2
+    assert result.epochs_run == 2
     assert "could not record the progress of epoch 1: api server unreachable" in caplog.text
     assert "could not record the progress of epoch 2: api server unreachable" in caplog.text
 
@@ -125,8 +126,8 @@ def test_a_half_written_checkpoint_is_not_trusted(
     # A crash while uploading epoch 2: its model file is there, the marker still says 1.
     store.write_bytes(f"{ckpt}/epoch-0002/model.keras", b"partial")
     result = train_mod.train(prepared_uri, cfg, store, RUN)
-    assert result["resumed_from_epoch"] == 1
-    assert result["epochs_run"] == 3
+    assert result.resumed_from_epoch == 1
+    assert result.epochs_run == 3
 
 
 
@@ -138,8 +139,8 @@ def test_a_checkpoint_of_other_parameters_is_ignored(
     train_until_crash(1, prepared_uri, small_cfg(epochs=3), file_store)
     result = train_mod.train(prepared_uri, small_cfg(epochs=2, learning_rate=2e-3),
                              file_store, RUN)
-    assert result["resumed_from_epoch"] == 0
-    assert result["epochs_run"] == 2
+    assert result.resumed_from_epoch == 0
+    assert result.epochs_run == 2
     assert "made with other parameters or data" in caplog.text
 
 
@@ -150,7 +151,7 @@ def test_an_unreadable_checkpoint_marker_means_a_fresh_start(
     prepared_uri = make_prepared(file_store)
     file_store.write_bytes(f"runs/{RUN}/train/checkpoints/checkpoint.json", b"{not json")
     result = train_mod.train(prepared_uri, small_cfg(epochs=1), file_store, RUN)
-    assert result["resumed_from_epoch"] == 0
+    assert result.resumed_from_epoch == 0
     assert "ignoring unreadable checkpoint marker" in caplog.text
 
 
@@ -164,9 +165,9 @@ def test_early_stopping_state_survives_a_resume_through_the_store(
     assert marker["early_stopping"]["best"] == pytest.approx(min(marker["history"]["val_loss"]))
     assert marker["best_weights_key"].endswith("epoch-0002/best_weights.npz")
     result = train_mod.train(prepared_uri, cfg, file_store, RUN)
-    assert result["resumed_from_epoch"] == 2 and result["epochs_run"] == 3
-    history = json.loads(file_store.read_bytes(file_store.key_of(result["history_uri"])))
-    assert result["best_epoch"] == int(np.argmin(history["val_loss"])) + 1
+    assert result.resumed_from_epoch == 2 and result.epochs_run == 3
+    history = json.loads(file_store.read_bytes(file_store.key_of(result.history_uri)))
+    assert result.best_epoch == int(np.argmin(history["val_loss"])) + 1
 
 
 # ---------------------------------------------------------------------------- a real SIGKILL
@@ -183,6 +184,7 @@ SCRIPT = f"""
 import json, logging, os, sys
 logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
 from mnist_tasks.config import train_config
+from mnist_tasks.results import to_json
 from mnist_tasks.storage import open_store
 from mnist_tasks.train import train
 notes = sys.argv[4]
@@ -192,8 +194,8 @@ def note(progress):
         json.dump(progress, f)
     os.replace(notes + ".tmp", notes)
 cfg = train_config("seed_mlp", epochs={EPOCHS}, batch_size=32)
-print(json.dumps(train(sys.argv[1], cfg, open_store(sys.argv[2]), sys.argv[3],
-                       on_checkpoint=note, previous=previous)))
+print(json.dumps(to_json(train(sys.argv[1], cfg, open_store(sys.argv[2]), sys.argv[3],
+                               on_checkpoint=note, previous=previous))))
 """
 EPOCH_DONE = re.compile(r"^epoch (\d+)/(\d+) ", re.MULTILINE)
 
@@ -211,7 +213,7 @@ def _mnist_subset(mnist_dir: Path) -> dict[str, np.ndarray]:
 def _prepare(store: Store, arrays: dict[str, np.ndarray]) -> str:
     save_npz(store, "data/mnist.npz", arrays)
     result = preprocess(store.uri_for("data/mnist.npz"), PreprocessConfig(), store, KILL_RUN)
-    return str(result["prepared_uri"])
+    return result.prepared_uri
 
 
 def _start(prepared_uri: str, store: Store, log_path: Path) -> subprocess.Popen[bytes]:
@@ -224,11 +226,11 @@ def _start(prepared_uri: str, store: Store, log_path: Path) -> subprocess.Popen[
         )
 
 
-def _run(prepared_uri: str, store: Store, log_path: Path) -> dict[str, Any]:
+def _run(prepared_uri: str, store: Store, log_path: Path) -> TrainResult:
     proc = _start(prepared_uri, store, log_path)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, log_path.read_text()[-3000:]
-    return dict(json.loads(out.decode().strip().splitlines()[-1]))
+    return from_json(TrainResult, json.loads(out.decode().strip().splitlines()[-1]))
 
 
 def _epochs_logged(log_path: Path) -> list[int]:
@@ -242,18 +244,18 @@ def subset(mnist_dir: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(subset: dict[str, np.ndarray],
-                  tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+                  tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
     """The same job run without a crash, for comparison."""
     tmp = tmp_path_factory.mktemp("uninterrupted")
     store = LocalStore(tmp / "store")
     result = _run(_prepare(store, subset), store, tmp / "train.log")
-    assert result["resumed_from_epoch"] == 0 and result["epochs_run"] == EPOCHS
+    assert result.resumed_from_epoch == 0 and result.epochs_run == EPOCHS
     return result
 
 
 @pytest.mark.slow
 def test_training_killed_after_epoch_two_resumes_and_matches_an_uninterrupted_run(
-    file_store: LocalStore, subset: dict[str, np.ndarray], uninterrupted: dict[str, Any],
+    file_store: LocalStore, subset: dict[str, np.ndarray], uninterrupted: TrainResult,
     tmp_path: Path,
 ) -> None:
     store = file_store
@@ -279,7 +281,7 @@ def test_training_killed_after_epoch_two_resumes_and_matches_an_uninterrupted_ru
     result = _run(prepared_uri, store, second_log)
     text = second_log.read_text()
 
-    resumed = result["resumed_from_epoch"]
+    resumed = result.resumed_from_epoch
     # The log line of an epoch comes after its checkpoint: at most the epoch in flight is lost.
     assert done_before_kill <= resumed <= done_before_kill + 1
     ckpt_uri = store.uri_for(f"runs/{KILL_RUN}/train/checkpoints/epoch-{resumed:04d}/model.keras")
@@ -293,14 +295,14 @@ def test_training_killed_after_epoch_two_resumes_and_matches_an_uninterrupted_ru
         assert noted["epoch"] == resumed - 1
         assert f"the store holds epoch {resumed}, newer than the {resumed - 1}" in text
     assert _epochs_logged(second_log) == list(range(resumed + 1, EPOCHS + 1))
-    assert result["epochs_run"] == EPOCHS
+    assert result.epochs_run == EPOCHS
 
-    history = json.loads(store.read_bytes(store.key_of(result["history_uri"])))
+    history = json.loads(store.read_bytes(store.key_of(result.history_uri)))
     assert history["epoch"] == list(range(1, EPOCHS + 1))
     assert history["resumed_from_epoch"] == resumed
     final = history["val_accuracy"][-1]
     assert final > 0.9
-    ref = json.loads((Path(uninterrupted["history_uri"].removeprefix("file://"))).read_text())
+    ref = json.loads((Path(uninterrupted.history_uri.removeprefix("file://"))).read_text())
     assert abs(final - ref["val_accuracy"][-1]) < 0.02
     assert store.list(f"runs/{KILL_RUN}/train/checkpoints") == []
 

@@ -16,41 +16,20 @@ from mnist_tasks.model_card import render_model_card
 from mnist_tasks.register import build_metadata
 from mnist_tasks.registry import Registry
 from mnist_tasks.registry import main as registry_main
+from mnist_tasks.results import (
+    Approval,
+    ApproveResult,
+    GateDecision,
+    PreprocessResult,
+    ResultError,
+    from_json,
+    to_json,
+)
 from mnist_tasks.storage import LocalStore
+from tests.helpers import evaluate_result, gate_decision, train_result
+from tests.helpers import recall_rows as recall
 
-
-def recall(**drops: float) -> dict[str, dict[str, float]]:
-    """Per-digit recall rows: champion 0.98 everywhere, the challenger lower by ``drops``
-    (``d3=0.004``), else higher by 0.002."""
-    rows = {}
-    for d in range(10):
-        drop = drops.get(f"d{d}", -0.002)
-        rows[str(d)] = {"champion": 0.98, "challenger": 0.98 - drop, "drop": drop}
-    return rows
-
-
-def decision(verdict: str = "PROMOTE", *, champion: int | None = 3, p: float = 0.001,
-             b: int = 40, c: int = 90, per_digit: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A gate result as mnist_tasks.gate.gate returns it (plus what the pipeline carries)."""
-    significant = p < 0.05
-    return {
-        "decision": verdict,
-        "reasons": ["threshold PASS: benchmark: test accuracy 0.9812 >= minimum 0.9700",
-                    "champion PASS: benchmark: challenger 0.9812 vs champion v3 0.9762"],
-        "champion_version": champion,
-        "challenger_accuracy": 0.9812,
-        "champion_accuracy": 0.9762 if champion is not None else None,
-        "mcnemar": None if champion is None else {
-            "p_value": p, "b": b, "c": c, "method": "exact binomial",
-            "significant": significant},
-        "per_digit_recall": {} if champion is None else (
-            per_digit if per_digit is not None else recall()),
-        "significance": 0.05,
-        "fresh": None,
-        "decision_uri": "file:///s/runs/r/gate/decision.json",
-        "prepared_uri": "file:///s/runs/r/prepared/data.npz",
-        "evaluation": {"test_accuracy": 0.9812, "test_loss": 0.061, "trained": {}},
-    }
+decision = gate_decision  # the gate's decision over champion v3, as approve receives it
 
 
 # -- when a person is asked ------------------------------------------------------------------
@@ -99,8 +78,9 @@ def test_borderline_does_not_ask_about_a_reject_or_a_first_model() -> None:
 def test_bad_mode_or_decision_is_refused_naming_it() -> None:
     with pytest.raises(ApprovalError, match="'approval' = 'sometimes'"):
         approve.needs_approval(decision(), "sometimes")
-    with pytest.raises(ApprovalError, match="gate decision 'MAYBE'"):
-        approve.needs_approval({"decision": "MAYBE"}, "always")
+    # A decision reaches approve only as a GateDecision, rebuilt from the gate's XCom.
+    with pytest.raises(ResultError, match=r"GateDecision\.decision: 'MAYBE' is not one of"):
+        from_json(GateDecision, {**to_json(decision()), "decision": "MAYBE"})
     with pytest.raises(ApprovalError, match="answer 'Yes'"):
         Response(choice="Yes")
 
@@ -163,59 +143,72 @@ def test_an_answer_decides(verdict: str, choice: str, comment: str | None, final
     gate = decision(verdict)
     response = Response(choice=choice, by="alice", by_id="7", at=AT, comment=comment)
     result = approve.apply_response(gate, response, mode="always", why="asked")
-    assert (result["decision"], result["gate_decision"]) == (final, verdict)
-    record = result["approval"]
-    assert (record["outcome"], record["override"], record["by"], record["at"]) == (
+    assert (result.decision, result.gate_decision) == (final, verdict)
+    record = result.approval
+    assert (record.outcome, record.override, record.by, record.at) == (
         outcome, override, "alice", AT)
-    assert record["asked"] is True and record["answer"] == choice
-    assert record["comment"] == ((comment or "").strip() or None)
-    assert result["reasons"] == gate["reasons"]  # the gate's reasons are left as they were
+    assert record.asked is True and record.answer == choice
+    assert record.comment == ((comment or "").strip() or None)
+    assert result.decision_uri == gate.decision_uri  # the gate's decision, cited as it was
     if outcome == "override refused":
-        assert "needs a written reason" in record["note"]
+        assert record.note and "needs a written reason" in record.note
 
 
 def test_a_timeout_applies_the_default_answer_reject() -> None:
     response = Response(choice=approve.DEFAULT_ANSWER, at=AT, timed_out=True)
     result = approve.apply_response(decision("PROMOTE"), response, mode="borderline", why="w")
-    assert result["decision"] == "REJECT"
-    assert (result["approval"]["outcome"], result["approval"]["by"]) == ("timed out", None)
+    assert result.decision == "REJECT"
+    assert (result.approval.outcome, result.approval.by) == ("timed out", None)
     assert approve.DEFAULT_ANSWER == "Reject"
 
 
 def test_not_asked_passes_the_decision_on() -> None:
     result = approve.not_asked(decision(), "off", "approval is off")
-    assert result["decision"] == "PROMOTE" and result["gate_decision"] == "PROMOTE"
-    assert result["approval"] == {"mode": "off", "asked": False, "why": "approval is off"}
+    assert result == ApproveResult(
+        decision="PROMOTE", gate_decision="PROMOTE", decision_uri=decision().decision_uri,
+        approval=Approval(mode="off", asked=False, why="approval is off"))
 
 
 # -- recording -------------------------------------------------------------------------------
 
 
-def test_record_writes_the_runs_approval_and_summary(tmp_path: Any) -> None:
+def test_record_writes_the_runs_approval_and_the_pipeline_its_summary(tmp_path: Any) -> None:
+    from mnist_tasks.pipeline import Pipeline, run_summary
+
     store = LocalStore(tmp_path)
     run_id = "manual__2026-11-22T04:00:00+00:00"
     store.write_bytes(f"runs/{run_key(run_id)}/summary.json",
                       json.dumps({"run_id": run_id, "decision": "PROMOTE"}).encode())
     final = approve.apply_response(decision(), Response(choice="Reject", by="bob", at=AT),
                                    mode="always", why="w")
-    uri = approve.record(store, run_id, final)
+    uri = Pipeline(pipeline_config({"store": store.uri}), run_id).record_approval(final)
     assert uri.endswith(f"runs/{run_key(run_id)}/approval.json")
     saved = json.loads(store.read_bytes(f"runs/{run_key(run_id)}/approval.json"))
     assert (saved["decision"], saved["gate_decision"], saved["approval"]["by"]) == (
         "REJECT", "PROMOTE", "bob")
-    summary = json.loads(store.read_bytes(f"runs/{run_key(run_id)}/summary.json"))
+    summary = run_summary(store, run_id)
     assert summary["decision"] == "REJECT" and summary["approval"]["outcome"] == "rejected"
-    with pytest.raises(ApprovalError, match="no 'approval' record"):
-        approve.record(store, run_id, decision())
+    # approve.record writes the approval alone: the Pipeline is the summary's one writer.
+    approve.record(store, "other-run", final)
+    assert store.list(f"runs/{run_key('other-run')}") == [
+        f"runs/{run_key('other-run')}/approval.json"]
 
 
-def _metadata(final: dict[str, Any]) -> dict[str, Any]:
-    return build_metadata(run_key="r", train_result={}, evaluation=final["evaluation"],
-                          gate_result=final, metrics={}, prepared_meta={}, dag_id="d",
-                          run_id="r", code_version=None)
+PREPARED = PreprocessResult(
+    prepared_uri="file:///s/runs/r/preprocess/prepared.npz", dataset_uri="file:///d.npz",
+    fingerprint="f" * 64, data_sha256="d" * 64, val_fraction=0.1, seed=42, n_train=90,
+    n_val=10, n_test=30, n_fresh=0, n_increment_train=0, dataset_version="0123456789abcdef",
+    increments=(), fresh_increments=(), image_shape=(28, 28), lineage=None)
 
 
-def override() -> dict[str, Any]:
+def _metadata(final: ApproveResult) -> dict[str, Any]:
+    gate = decision(final.gate_decision)
+    return build_metadata(run_key="r", trained=train_result(), evaluation=evaluate_result(),
+                          decision=gate, approved=final, prepared=PREPARED, candidates=[],
+                          metrics={}, dag_id="d", run_id="r", code_version=None)
+
+
+def override() -> ApproveResult:
     return approve.apply_response(
         decision("REJECT"), Response(choice="Approve", by="alice", by_id="7", at=AT,
                                      comment="the | threshold is wrong"),
@@ -299,6 +292,6 @@ def test_the_models_page_shows_the_approval_and_marks_an_override() -> None:
         selected_meta={}, lineage=None, plots=[], card_html=None, error=None,
         run={"run_id": "r", "version": None, "decision": "REJECT", "reasons": [],
              "test_accuracy": None, "covered_by": None,
-             "approval": rejected["approval"]})
+             "approval": to_json(rejected.approval)})
     banner = " ".join(html[html.index('id="run-banner"'):].split("</p>")[0].split())
     assert "not promoted at the approval step" in banner and "Approval: rejected by bob" in banner

@@ -26,7 +26,17 @@ from mnist_tasks.check import TRAIN, UNCHANGED, check, inputs_key
 from mnist_tasks.config import PreprocessConfig, TrainConfig, train_config
 from mnist_tasks.increments import ACCEPTED, CheckedIncrement
 from mnist_tasks.registry import Registry
+from mnist_tasks.results import (
+    ChampionFresh,
+    CheckResult,
+    IncrementRecord,
+    IngestResult,
+    Lineage,
+    LineageIncrement,
+    to_json,
+)
 from mnist_tasks.storage import LocalStore
+from tests.helpers import ingest_result
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = datasets.BaseInfo(
@@ -65,16 +75,16 @@ def increment(inc_id: str, seed: int, *, moved: bool = False) -> CheckedIncremen
     )
 
 
-def ingested(store: LocalStore, version: datasets.DatasetVersion) -> dict[str, Any]:
-    """What ingest returns, as far as check reads it."""
-    return {
-        "dataset_uri": store.uri_for("cache/datasets/k/mnist.npz"),
-        "dataset_version": version.id,
-        "increments": [{"id": e.id, "status": "ACCEPTED", "reasons": [], "drift": e.drift,
-                        "payload_sha256": e.payload_sha256, "train": e.train,
-                        "fresh": e.fresh} for e in version.increments],
-        "quarantined": [],
-    }
+def ingested(store: LocalStore, version: datasets.DatasetVersion) -> IngestResult:
+    """What ingest returns for ``version``."""
+    return ingest_result(
+        dataset_uri=store.uri_for("cache/datasets/k/mnist.npz"),
+        dataset_version=version.id,
+        increments=tuple(IncrementRecord(
+            id=e.id, status="ACCEPTED", reasons=(), counts=dict(e.counts), drift=e.drift,
+            payload_sha256=e.payload_sha256, train=e.train, fresh=e.fresh, new=True)
+            for e in version.increments),
+    )
 
 
 def save_champion(store: LocalStore, tmp_path: Path, lineage: dict[str, Any] | None,
@@ -111,7 +121,7 @@ def key_of(version: datasets.DatasetVersion, train: TrainConfig = TRAIN_CFG) -> 
 
 
 def run_check(store: LocalStore, registry: Registry, version: datasets.DatasetVersion,
-              **kwargs: Any) -> dict[str, Any]:
+              **kwargs: Any) -> CheckResult:
     return check(ingested(store, version), preprocess=PRE, train=TRAIN_CFG, store=store,
                  registry=registry, **kwargs)
 
@@ -145,14 +155,13 @@ def test_code_fingerprint_covers_every_library_module() -> None:
 def test_no_champion_means_train(file_store: LocalStore,
                                  base_version: datasets.DatasetVersion) -> None:
     out = run_check(file_store, Registry(file_store), base_version)
-    assert out["decision"] == TRAIN and out["champion_version"] is None
-    assert out["covered_by"] is None and out["champion_fresh"] == {} and out["warnings"] == []
-    assert out["inputs_key"] == key_of(base_version)
-    assert out["lineage"] == {"dataset_version": base_version.id,
-                              "inputs_key": out["inputs_key"],
-                              "code_fingerprint": code_fingerprint(), "increments": [],
-                              "quarantined": []}
-    assert out["dataset_uri"].endswith("mnist.npz")  # everything ingest returned is kept
+    assert out.decision == TRAIN and out.champion_version is None
+    assert out.covered_by is None and out.champion_fresh == {} and out.warnings == ()
+    assert out.inputs_key == key_of(base_version)
+    assert out.lineage == Lineage(dataset_version=base_version.id, inputs_key=out.inputs_key,
+                                  code_fingerprint=code_fingerprint(), increments=(),
+                                  quarantined=())
+    assert out.dataset_uri.endswith("mnist.npz")  # what preprocess reads, passed on
 
 
 def test_unchanged_when_the_champion_has_the_same_inputs_key(
@@ -163,8 +172,8 @@ def test_unchanged_when_the_champion_has_the_same_inputs_key(
                                                     "dataset_version": base_version.id})
     with caplog.at_level(logging.INFO, logger="mnist_tasks.check"):
         out = run_check(file_store, registry, base_version)
-    assert out["decision"] == UNCHANGED and out["covered_by"] == 1
-    assert out["champion_version"] == 1 and out["champion_inputs_key"] == out["inputs_key"]
+    assert out.decision == UNCHANGED and out.covered_by == 1
+    assert out.champion_version == 1 and out.champion_inputs_key == out.inputs_key
     line = next(r.getMessage() for r in caplog.records if "UNCHANGED" in r.getMessage())
     assert (f"champion v1 was trained on exactly these inputs (dataset version "
             f"{base_version.id}, preset seed_mlp, code {code_fingerprint()[:12]}); nothing to "
@@ -176,7 +185,7 @@ def test_force_trains_even_when_unchanged(
 ) -> None:
     registry = save_champion(file_store, tmp_path, {"inputs_key": key_of(base_version)})
     out = run_check(file_store, registry, base_version, force=True)
-    assert out["decision"] == TRAIN and out["covered_by"] is None and out["force"] is True
+    assert out.decision == TRAIN and out.covered_by is None and out.force is True
 
 
 def test_other_training_config_trains(
@@ -185,7 +194,7 @@ def test_other_training_config_trains(
     registry = save_champion(file_store, tmp_path, {"inputs_key": key_of(base_version)})
     out = check(ingested(file_store, base_version), preprocess=PRE,
                 train=train_config("seed_mlp", epochs=2), store=file_store, registry=registry)
-    assert out["decision"] == TRAIN
+    assert out.decision == TRAIN
 
 
 def test_a_new_dataset_version_trains_and_checks_the_champion_on_its_fresh_data(
@@ -198,15 +207,15 @@ def test_a_new_dataset_version_trains_and_checks_the_champion_on_its_fresh_data(
                                   fresh_fraction=0.2, previous=base_version)
     with caplog.at_level(logging.INFO, logger="mnist_tasks.check"):
         out = run_check(file_store, registry, newer)
-    assert out["decision"] == TRAIN and out["inputs_key"] != key_of(base_version)
-    assert out["champion_fresh"] == {"inc-001": {
-        "n": 20, "accuracy": 1.0, "benchmark_accuracy": 0.99, "drop": pytest.approx(-0.01),
-        "flagged": False}}
-    assert out["warnings"] == []
+    assert out.decision == TRAIN and out.inputs_key != key_of(base_version)
+    assert out.champion_fresh == {"inc-001": ChampionFresh(
+        n=20, accuracy=1.0, benchmark_accuracy=0.99, drop=pytest.approx(-0.01),
+        flagged=False)}
+    assert out.warnings == ()
     assert "champion v1 on increment inc-001: 100.00 % (20 fresh images; benchmark 99.00 %)" \
         in caplog.text
-    assert out["lineage"]["increments"] == [{"id": "inc-001", "payload_sha256": f"{1:064x}",
-                                             "train": 40, "fresh": 20, "drift": False}]
+    assert out.lineage.increments == (LineageIncrement(
+        id="inc-001", payload_sha256=f"{1:064x}", train=40, fresh=20, drift=False),)
 
 
 def test_fresh_data_drop_is_a_named_warning(
@@ -222,10 +231,10 @@ def test_fresh_data_drop_is_a_named_warning(
     with caplog.at_level(logging.INFO, logger="mnist_tasks.check"):
         out = run_check(file_store, registry, newer, fresh_drop_margin=0.05)
     # Only the increment the champion has not seen is evaluated, and it fails on every image.
-    assert list(out["champion_fresh"]) == ["inc-002"]
-    fresh = out["champion_fresh"]["inc-002"]
-    assert fresh["accuracy"] == 0.0 and fresh["flagged"] and fresh["drop"] == pytest.approx(0.99)
-    (warning,) = out["warnings"]
+    assert list(out.champion_fresh) == ["inc-002"]
+    fresh = out.champion_fresh["inc-002"]
+    assert fresh.accuracy == 0.0 and fresh.flagged and fresh.drop == pytest.approx(0.99)
+    (warning,) = out.warnings
     assert warning.startswith("FRESH-DATA DROP: champion v1 on increment inc-002: 0.00 % ")
     assert "99.00 points below its benchmark accuracy, over fresh_drop_margin 5.00 points" \
         in warning
@@ -240,7 +249,7 @@ def test_a_drop_within_the_margin_is_no_warning(
     newer = datasets.save_version(file_store, BASE, [increment("inc-001", 1)],
                                   fresh_fraction=0.2, previous=base_version)
     out = run_check(file_store, registry, newer, fresh_drop_margin=0.0)
-    assert out["champion_fresh"]["inc-001"]["flagged"] is False and out["warnings"] == []
+    assert out.champion_fresh["inc-001"].flagged is False and out.warnings == ()
 
 
 def test_a_champion_without_lineage_sees_every_increment_as_new(
@@ -251,35 +260,38 @@ def test_a_champion_without_lineage_sees_every_increment_as_new(
                                                      increment("inc-002", 2, moved=True)],
                                   fresh_fraction=0.2)
     out = run_check(file_store, registry, newer)
-    assert out["decision"] == TRAIN and out["champion_inputs_key"] is None
-    assert sorted(out["champion_fresh"]) == ["inc-001", "inc-002"]
-    assert len(out["warnings"]) == 1 and "inc-002" in out["warnings"][0]
+    assert out.decision == TRAIN and out.champion_inputs_key is None
+    assert sorted(out.champion_fresh) == ["inc-001", "inc-002"]
+    assert len(out.warnings) == 1 and "inc-002" in out.warnings[0]
 
 
 def test_an_ingest_result_without_a_dataset_version_is_refused(file_store: LocalStore) -> None:
     with pytest.raises(ValueError, match="no 'dataset_version'"):
-        check({"dataset_uri": "file:///x"}, preprocess=PRE, train=TRAIN_CFG, store=file_store,
-              registry=Registry(file_store))
+        check(ingest_result(dataset_version=""), preprocess=PRE, train=TRAIN_CFG,
+              store=file_store, registry=Registry(file_store))
 
 
 def test_the_unchanged_path_never_imports_keras(
     file_store: LocalStore, tmp_path: Path, base_version: datasets.DatasetVersion,
 ) -> None:
     save_champion(file_store, tmp_path, {"inputs_key": key_of(base_version)})
-    (tmp_path / "ingested.json").write_text(json.dumps(ingested(file_store, base_version)))
+    (tmp_path / "ingested.json").write_text(
+        json.dumps(to_json(ingested(file_store, base_version))))
     script = textwrap.dedent(f"""
         import json, sys
         from mnist_tasks.check import check
         from mnist_tasks.config import PreprocessConfig, train_config
         from mnist_tasks.registry import Registry
+        from mnist_tasks.results import IngestResult, from_json
         from mnist_tasks.storage import LocalStore
         store = LocalStore({str(file_store.root)!r})
-        out = check(json.load(open({str(tmp_path / "ingested.json")!r})),
+        ingested = from_json(IngestResult, json.load(open({str(tmp_path / "ingested.json")!r})))
+        out = check(ingested,
                     preprocess=PreprocessConfig(val_fraction=0.1, seed=1),
                     train=train_config("seed_mlp", epochs=1), store=store,
                     registry=Registry(store))
         heavy = sorted(m for m in ("keras", "tensorflow", "scipy") if m in sys.modules)
-        print(json.dumps({{"decision": out["decision"], "heavy": heavy}}))
+        print(json.dumps({{"decision": out.decision, "heavy": heavy}}))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=REPO, timeout=120)
@@ -299,32 +311,21 @@ def test_run_all_stops_after_check_when_unchanged(
               "checksums": "off", "epochs": 1}
     first = Pipeline(pipeline_config(params), "run-0")
     checked = first.check(first.ingest())
-    assert checked["decision"] == TRAIN
-    prepared = first.preprocess(checked)  # the chain carries the lineage on from check
-    assert prepared["lineage"] == checked["lineage"] and prepared["warnings"] == []
-    assert prepared["dataset_version"] == checked["dataset_version"]
-    assert prepared["inputs_key"] == checked["inputs_key"] and prepared["n_fresh"] == 0
-    save_champion(file_store, tmp_path, dict(checked["lineage"]))
+    assert checked.decision == TRAIN
+    prepared = first.preprocess(checked)  # the lineage is recorded with the prepared data
+    assert prepared.lineage == checked.lineage and prepared.n_fresh == 0
+    assert prepared.dataset_version == checked.dataset_version == checked.lineage.dataset_version
+    recorded = json.loads(file_store.read_bytes("runs/run-0/preprocess/prepared.json"))
+    assert recorded["lineage"]["inputs_key"] == checked.inputs_key
+    save_champion(file_store, tmp_path, to_json(checked.lineage))
 
     out = Pipeline(pipeline_config(params), "run-2").run_all()
     assert out["decision"] == UNCHANGED and out["covered_by"] == 1
-    assert out["dataset_version"] == checked["dataset_version"]
-    assert out["inputs_key"] == checked["inputs_key"] and out["warnings"] == []
+    assert out["dataset_version"] == checked.dataset_version
+    assert out["inputs_key"] == checked.inputs_key and out["warnings"] == []
     assert list(out["timings"]) == ["ingest", "check"]
     assert file_store.list("runs/run-2") == ["runs/run-2/summary.json"]  # nothing prepared
     summary = run_summary(file_store, "run-2")
     assert summary["decision"] == UNCHANGED and summary["covered_by"] == 1
-    assert summary["dataset_version"] == checked["dataset_version"]
+    assert summary["dataset_version"] == checked.dataset_version
     assert summary["warnings"] == []
-
-
-def test_carry_keeps_the_lineage_and_appends_warnings() -> None:
-    from mnist_tasks.pipeline import carry
-
-    previous = {"lineage": {"inputs_key": "k"}, "warnings": ["FRESH-DATA DROP: a"],
-                "dataset_version": "v", "inputs_key": "k", "increments": [], "other": 1}
-    out = carry(previous, {"decision": "PROMOTE", "warnings": ["b"]})
-    assert out == {"lineage": {"inputs_key": "k"}, "warnings": ["FRESH-DATA DROP: a", "b"],
-                   "dataset_version": "v", "inputs_key": "k", "increments": [],
-                   "decision": "PROMOTE"}
-    assert carry({"x": 1}, {"y": 2}) == {"y": 2}

@@ -53,7 +53,7 @@ def test_gate_with_a_missing_evaluation_file(tmp_path: Path) -> None:
     ("argv", "argument", "detail"),
     [
         (["gate", "--evaluation", '{"test_accuracy": 0.9}'], "argument --evaluation",
-         "missing prepared_uri, trained: give evaluate's JSON output"),
+         "missing prepared_uri, result_uri: give evaluate's JSON output"),
         (["register", "--gate", "[1, 2]"], "argument --gate", "must be a JSON object"),
         (["register", "--gate", "{not json"], "argument --gate", "not valid JSON"),
         (["train", "--prepared", "{}"], "argument --prepared", "missing prepared_uri"),
@@ -136,9 +136,12 @@ def test_check_command_takes_ingest_output_and_records_the_run(
 ) -> None:
     import json
 
+    from mnist_tasks.results import to_json
+    from tests.helpers import ingest_result
+
     version = _base_only_version(tmp_path / "s")
-    ingested = json.dumps({"dataset_uri": "file:///x/mnist.npz", "dataset_version": version,
-                           "increments": [], "quarantined": []})
+    ingested = json.dumps(to_json(ingest_result(dataset_uri="file:///x/mnist.npz",
+                                                dataset_version=version)))
     assert main(["check", "--ingested", ingested, "--store", str(tmp_path / "s"),
                  "--run-id", "r1", "--force", "--epochs", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -151,10 +154,22 @@ def test_check_command_takes_ingest_output_and_records_the_run(
 def test_preprocess_refuses_an_unchanged_check(
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    checked = '{"dataset_uri": "x", "decision": "UNCHANGED", "covered_by": 3}'
-    assert main(["preprocess", "--checked", checked, "--store", str(tmp_path / "s")]) == 2
+    import json
+
+    from mnist_tasks.results import to_json
+    from tests.helpers import check_result
+
+    checked = to_json(check_result(decision="UNCHANGED", covered_by=3))
+    assert main(["preprocess", "--checked", json.dumps(checked),
+                 "--store", str(tmp_path / "s")]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "check decided UNCHANGED (covered by champion v3): nothing to preprocess" in line
+    # Anything but check's whole result is refused in one line, naming what is missing.
+    del checked["lineage"]
+    assert main(["preprocess", "--checked", json.dumps(checked),
+                 "--store", str(tmp_path / "s")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == "error: CheckResult: missing 'lineage'"
 
 
 def test_data_commands_pass_through_to_the_datasets_cli(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from mnist_tasks import evaluate as ev
 from mnist_tasks import plots
 from mnist_tasks.artifacts import load_keras_model, load_prepared, predict_classes, predict_proba
+from mnist_tasks.results import FreshDigitRecall, FreshIncrementMetrics, to_json
 from mnist_tasks.storage import Store
 from tests.helpers import PNG_SIGNATURE, RUN, make_prepared, put_model
 
@@ -90,15 +91,15 @@ def test_fresh_metrics_overall_per_increment_and_per_digit() -> None:
     increment = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     m = ev.fresh_metrics(y_true, y_pred, increment, ["inc-a", "inc-b", "inc-c"])
     assert m is not None
-    assert (m["n"], m["accuracy"]) == (8, 0.75)
-    assert m["per_increment"] == {"inc-a": {"n": 4, "accuracy": 0.75},
-                                  "inc-b": {"n": 4, "accuracy": 0.75},
-                                  "inc-c": {"n": 0, "accuracy": None}}
-    assert m["per_digit"]["0"] == {"recall": 0.5, "support": 2}
-    assert m["per_digit"]["3"] == {"recall": 1.0, "support": 2}
-    assert m["per_digit"]["9"] == {"recall": None, "support": 0}
-    assert set(m["per_digit"]) == {str(d) for d in range(10)}
-    json.dumps(m)
+    assert (m.n, m.accuracy) == (8, 0.75)
+    assert m.per_increment == {"inc-a": FreshIncrementMetrics(n=4, accuracy=0.75),
+                               "inc-b": FreshIncrementMetrics(n=4, accuracy=0.75),
+                               "inc-c": FreshIncrementMetrics(n=0, accuracy=None)}
+    assert m.per_digit["0"] == FreshDigitRecall(recall=0.5, support=2)
+    assert m.per_digit["3"] == FreshDigitRecall(recall=1.0, support=2)
+    assert m.per_digit["9"] == FreshDigitRecall(recall=None, support=0)
+    assert set(m.per_digit) == {str(d) for d in range(10)}
+    json.dumps(to_json(m))
 
 
 def test_fresh_metrics_none_without_fresh_images_and_refusals() -> None:
@@ -145,37 +146,37 @@ def test_evaluate_measures_the_fresh_data_per_increment(
     data = load_prepared(prepared_uri, store)
     expected = predict_classes(load_keras_model(model_file), data.x_fresh)
     base = f"runs/{RUN}/evaluate"
-    assert result["fresh_predictions_uri"] == store.uri_for(f"{base}/fresh_predictions.npy")
+    assert result.fresh_predictions_uri == store.uri_for(f"{base}/fresh_predictions.npy")
     preds = np.load(io.BytesIO(store.read_bytes(f"{base}/fresh_predictions.npy")))
     assert preds.dtype == np.int64
     np.testing.assert_array_equal(preds, expected)
     right = preds == data.y_fresh
-    fresh = result["fresh"]
-    assert fresh["n"] == 60
-    assert result["fresh_accuracy"] == fresh["accuracy"] == pytest.approx(right.mean())
-    assert list(fresh["per_increment"]) == ["2026-11-20", "2026-11-21"]
+    fresh = result.fresh
+    assert fresh.n == 60
+    assert result.fresh_accuracy == fresh.accuracy == pytest.approx(right.mean())
+    assert list(fresh.per_increment) == ["2026-11-20", "2026-11-21"]
     for index, inc_id in enumerate(["2026-11-20", "2026-11-21"]):
-        assert fresh["per_increment"][inc_id] == {
-            "n": 30, "accuracy": pytest.approx(right[increment == index].mean())}
-    assert sum(d["support"] for d in fresh["per_digit"].values()) == 60
+        assert fresh.per_increment[inc_id] == FreshIncrementMetrics(
+            n=30, accuracy=pytest.approx(right[increment == index].mean()))
+    assert sum(d.support for d in fresh.per_digit.values()) == 60
     metrics = json.loads(store.read_bytes(f"{base}/metrics.json"))
-    assert metrics["fresh"] == fresh
+    assert metrics["fresh"] == to_json(fresh)
     assert metrics["n_test"] == 50  # the benchmark is still the test set alone
-    a, b = (fresh["per_increment"][i]["accuracy"] for i in ("2026-11-20", "2026-11-21"))
-    assert (f"fresh accuracy={fresh['accuracy']:.4f} on 60 images (2026-11-20 {a:.4f} n=30, "
+    a, b = (fresh.per_increment[i].accuracy for i in ("2026-11-20", "2026-11-21"))
+    assert (f"fresh accuracy={fresh.accuracy:.4f} on 60 images (2026-11-20 {a:.4f} n=30, "
             f"2026-11-21 {b:.4f} n=30)") in caplog.text
 
     # A retry reuses the recorded result; one recorded before fresh data existed (no "fresh"
     # key) or whose fresh predictions are gone is done again.
     caplog.clear()
     assert ev.evaluate(model_uri, prepared_uri, store, RUN) == result
-    assert f"fresh accuracy {fresh['accuracy']:.4f}); reusing it" in caplog.text
+    assert f"fresh accuracy {fresh.accuracy:.4f}); reusing it" in caplog.text
     store.delete(f"{base}/fresh_predictions.npy")
     caplog.clear()
     assert ev.evaluate(model_uri, prepared_uri, store, RUN) == result
     assert "already evaluated" not in caplog.text
     assert store.exists(f"{base}/fresh_predictions.npy")
-    old = {k: v for k, v in result.items() if not k.startswith("fresh")}
+    old = {k: v for k, v in to_json(result).items() if not k.startswith("fresh")}
     store.write_bytes(f"{base}/result.json", json.dumps(old).encode())
     caplog.clear()
     assert ev.evaluate(model_uri, prepared_uri, store, RUN) == result

@@ -3,6 +3,7 @@ the benchmark and on the fresh data) and the stage with a store and a registry."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -24,7 +25,18 @@ from mnist_tasks.gate import (
     per_digit_recall,
 )
 from mnist_tasks.registry import MODEL_FILE, Registry
+from mnist_tasks.results import (
+    EvaluateResult,
+    FreshComparison,
+    FreshRecall,
+    GateDecision,
+    IncrementComparison,
+    RecallChange,
+    from_json,
+    to_json,
+)
 from mnist_tasks.storage import Store
+from tests.helpers import evaluate_result
 
 Y = np.repeat(np.arange(10), 100)  # 1000 test labels, 100 per digit
 
@@ -124,9 +136,9 @@ def test_per_digit_recall_drop_rejects_even_when_accuracy_is_fine() -> None:
     failed = [c for c in result.checks if c.passed is False]
     assert [c.name for c in failed] == ["per-digit recall"]
     assert "digit 3 0.9900 -> 0.9500 (drop 0.0400)" in failed[0].detail
-    assert result.recall["3"]["drop"] == pytest.approx(0.04)
-    assert result.recall["0"] == {"challenger": 1.0, "champion": 1.0, "drop": 0.0}
-    assert result.recall["1"]["drop"] == pytest.approx(-0.01)  # the challenger is better there
+    assert result.per_digit_recall["3"].drop == pytest.approx(0.04)
+    assert result.per_digit_recall["0"] == RecallChange(challenger=1.0, champion=1.0, drop=0.0)
+    assert result.per_digit_recall["1"].drop == pytest.approx(-0.01)  # the challenger's better
 
 
 def test_better_challenger_is_promoted() -> None:
@@ -205,17 +217,18 @@ def test_winning_the_benchmark_but_losing_on_fresh_data_is_rejected() -> None:
     assert (result.fresh.n, result.fresh.challenger_accuracy, result.fresh.champion_accuracy) \
         == (400, 0.95, 1.0)
     assert result.fresh.per_increment == {
-        "inc-001": {"n": 200, "challenger": 1.0, "champion": 1.0},
-        "inc-002": {"n": 200, "challenger": 0.9, "champion": 1.0},
+        "inc-001": IncrementComparison(n=200, challenger=1.0, champion=1.0),
+        "inc-002": IncrementComparison(n=200, challenger=0.9, champion=1.0),
     }
     # The benchmark numbers stay where they were.
     assert result.champion_accuracy == pytest.approx(0.997)
     assert result.mcnemar is not None and (result.mcnemar.b, result.mcnemar.c) == (0, 3)
-    as_dict = result.fresh.as_dict()
-    json.dumps(as_dict)  # plain JSON (an XCom), no NumPy scalars
-    assert set(as_dict) == {"n", "challenger_accuracy", "champion_accuracy", "mcnemar",
-                            "per_digit_recall", "per_increment"}
-    assert as_dict["mcnemar"]["b"] == 20
+    as_json = to_json(result.fresh)
+    json.dumps(as_json)  # plain JSON (an XCom), no NumPy scalars
+    assert set(as_json) == {"n", "challenger_accuracy", "champion_accuracy", "mcnemar",
+                            "per_digit_recall", "per_increment", "challenger_predictions_uri",
+                            "champion_predictions_uri"}
+    assert as_json["mcnemar"]["b"] == 20
 
     # Beyond the margin by three images of 400: not significant (p = 0.25), so not a failure.
     few = FreshData(y_true=FRESH_Y, challenger_pred=wrong(FRESH_Y, [1, 3, 5]),
@@ -248,9 +261,10 @@ def test_fresh_recall_drop_counts_only_for_digits_with_enough_fresh_images() -> 
     line = next(r for r in result.reasons if r.startswith("per-digit recall PASS: fresh: "))
     assert "digits with >= 30 images (3, 7) checked, not 5 (fewer images)" in line
     assert result.fresh is not None
-    assert result.fresh.recall["5"] == {"challenger": 0.5, "champion": 1.0, "drop": 0.5,
-                                        "support": 10, "checked": False}
-    assert result.fresh.recall["0"]["support"] == 0 and result.fresh.recall["0"]["drop"] is None
+    assert result.fresh.per_digit_recall["5"] == FreshRecall(
+        challenger=0.5, champion=1.0, drop=0.5, support=10, checked=False)
+    zero = result.fresh.per_digit_recall["0"]
+    assert zero.support == 0 and zero.drop is None
 
     # Six of the forty 3s (drop 0.15 > 0.05, McNemar p = 2 * 0.5**6): flagged, naming the
     # fresh set and the digit.
@@ -262,7 +276,7 @@ def test_fresh_recall_drop_counts_only_for_digits_with_enough_fresh_images() -> 
         "per-digit recall FAIL: fresh: digits with >= 30 images (3, 7) checked, not 5 (fewer "
         "images); recall drops by more than 0.0500 significantly: digit 3 1.0000 -> 0.8500 "
         "(drop 0.1500, p=0.03125)")
-    assert result.fresh is not None and result.fresh.recall["3"]["checked"] is True
+    assert result.fresh is not None and result.fresh.per_digit_recall["3"].checked is True
 
     # Three of them (drop 0.075, p = 0.25): beyond the limit, but on 40 images that is chance.
     chance = FreshData(y_true=y, challenger_pred=wrong(y, three[:3]), champion_pred=y.copy())
@@ -307,12 +321,12 @@ def test_without_champion_the_fresh_accuracy_is_reported_not_gated() -> None:
         " (not gated: no champion to compare with)",
     ]
     assert result.fresh is not None
-    assert result.fresh.as_dict() == {
-        "n": 400, "challenger_accuracy": 0.5, "champion_accuracy": None, "mcnemar": None,
-        "per_digit_recall": {},
-        "per_increment": {"inc-001": {"n": 200, "challenger": 0.0, "champion": None},
-                          "inc-002": {"n": 200, "challenger": 1.0, "champion": None}},
-    }
+    assert result.fresh == FreshComparison(
+        n=400, challenger_accuracy=0.5, champion_accuracy=None, mcnemar=None,
+        per_digit_recall={},
+        per_increment={"inc-001": IncrementComparison(n=200, challenger=0.0, champion=None),
+                       "inc-002": IncrementComparison(n=200, challenger=1.0, champion=None)},
+    )
 
 
 @pytest.mark.parametrize(
@@ -370,7 +384,8 @@ def _register_perfect_champion(registry: Registry, tmp_path: Path) -> int:
 
 def _prepared(store: Store, fresh: bool) -> str:
     """Prepared data with a 200-image benchmark and, if ``fresh``, 400 fresh images from two
-    increments (written as preprocess does: prepared.npz, then prepared.json)."""
+    increments (written as preprocess does: prepared.npz, then prepared.json; the gate reads
+    only the arrays and the fresh increments' ids)."""
     arrays = {name: np.zeros((0, 28, 28) if name.startswith("x") else 0, dtype=np.float32
                              if name.startswith("x") else np.uint8) for name in PREPARED_ARRAYS}
     y_test = np.repeat(np.arange(10), 20).astype(np.uint8)
@@ -385,21 +400,21 @@ def _prepared(store: Store, fresh: bool) -> str:
     return store.uri_for("runs/r/preprocess/prepared.npz")
 
 
-def _evaluation(store: Store, tmp_path: Path, test_pred: np.ndarray,
-                fresh_pred: np.ndarray | None) -> dict[str, Any]:
+def _evaluation(store: Store, tmp_path: Path, prepared_uri: str, test_pred: np.ndarray,
+                fresh_pred: np.ndarray | None) -> EvaluateResult:
     """What evaluate would return for these predictions (of the data of :func:`_prepared`)."""
     y_test = np.repeat(np.arange(10), 20)
     for name, pred in (("predictions", test_pred), ("fresh_predictions", fresh_pred)):
         if pred is not None:
             np.save(tmp_path / f"{name}.npy", pred.astype(np.int64))
             store.upload_file(tmp_path / f"{name}.npy", f"runs/r/evaluate/{name}.npy")
-    return {
-        "test_accuracy": float((test_pred == y_test).mean()),
-        "predictions_uri": store.uri_for("runs/r/evaluate/predictions.npy"),
-        "fresh_accuracy": None if fresh_pred is None else float((fresh_pred == FRESH_Y).mean()),
-        "fresh_predictions_uri": None if fresh_pred is None
+    return evaluate_result(
+        test_accuracy=float((test_pred == y_test).mean()),
+        predictions_uri=store.uri_for("runs/r/evaluate/predictions.npy"),
+        fresh_accuracy=None if fresh_pred is None else float((fresh_pred == FRESH_Y).mean()),
+        fresh_predictions_uri=None if fresh_pred is None
         else store.uri_for("runs/r/evaluate/fresh_predictions.npy"),
-    }
+        prepared_uri=prepared_uri, result_uri=store.uri_for("runs/r/evaluate/result.json"))
 
 
 def test_gate_compares_with_the_champion_on_both_sets_and_records_it(
@@ -411,28 +426,35 @@ def test_gate_compares_with_the_champion_on_both_sets_and_records_it(
     version = _register_perfect_champion(registry, tmp_path)
     y_test = np.repeat(np.arange(10), 20)
     # Perfect on the benchmark, but 20 of the 400 fresh images (all in inc-002) wrong.
-    evaluation = _evaluation(store, tmp_path, y_test, wrong(FRESH_Y, np.arange(1, 400, 20)))
+    evaluation = _evaluation(store, tmp_path, prepared_uri, y_test,
+                             wrong(FRESH_Y, np.arange(1, 400, 20)))
     cfg = GateConfig(min_accuracy=0.9, champion_margin=0.01, max_recall_drop=0.5)
 
-    result = gate(evaluation, cfg, registry, prepared_uri, store, "r")
+    result = gate(evaluation, cfg, registry, store, "r")
 
-    assert result["decision"] == "REJECT"
-    assert (result["champion_version"], result["challenger_accuracy"],
-            result["champion_accuracy"]) == (version, 1.0, 1.0)
-    assert [r for r in result["reasons"] if "FAIL" in r] == [
+    assert result.decision == "REJECT"
+    assert (result.champion_version, result.challenger_accuracy,
+            result.champion_accuracy) == (version, 1.0, 1.0)
+    assert [r for r in result.reasons if "FAIL" in r] == [
         f"champion FAIL: fresh: challenger 0.9500 vs champion v{version} 1.0000 on 400 images "
         "(difference -0.0500, allowed margin 0.0100)"]
-    fresh = result["fresh"]
-    assert (fresh["n"], fresh["challenger_accuracy"], fresh["champion_accuracy"]) == \
-        (400, 0.95, 1.0)
-    assert (fresh["mcnemar"]["b"], fresh["mcnemar"]["c"]) == (20, 0)
-    assert fresh["per_increment"]["inc-002"] == {"n": 200, "challenger": 0.9, "champion": 1.0}
-    assert fresh["per_digit_recall"]["4"]["support"] == 40
-    json.dumps(result)  # an XCom: plain JSON
+    fresh = result.fresh
+    assert fresh is not None and fresh.mcnemar is not None
+    assert (fresh.n, fresh.challenger_accuracy, fresh.champion_accuracy) == (400, 0.95, 1.0)
+    assert (fresh.mcnemar.b, fresh.mcnemar.c) == (20, 0)
+    assert fresh.per_increment["inc-002"] == IncrementComparison(n=200, challenger=0.9,
+                                                                 champion=1.0)
+    assert fresh.per_digit_recall["4"].support == 40
+    assert result.evaluation_uri == evaluation.result_uri  # what register reads next
+    assert result.challenger.loss == evaluation.test_loss  # for the approval request
 
+    # The decision is one object, written once: decision.json is its JSON.
+    assert result.decision_uri == store.uri_for("runs/r/gate/decision.json")
     record = json.loads(store.read_bytes("runs/r/gate/decision.json"))
+    assert record == json.loads(json.dumps(to_json(result)))
+    assert from_json(GateDecision, record) == result
     assert record["fresh"]["challenger_accuracy"] == 0.95
-    assert record["fresh"]["challenger_predictions_uri"] == evaluation["fresh_predictions_uri"]
+    assert record["fresh"]["challenger_predictions_uri"] == evaluation.fresh_predictions_uri
     champion_fresh = store.key_of(record["fresh"]["champion_predictions_uri"])
     with store.local_copy(champion_fresh) as path:
         np.testing.assert_array_equal(np.load(path), FRESH_Y)
@@ -441,26 +463,28 @@ def test_gate_compares_with_the_champion_on_both_sets_and_records_it(
             f"challenger 0.9500, champion v{version} 1.0000 on 400 images)") in caplog.text
 
     # Fresh predictions that do not give the reported fresh accuracy are refused.
-    bad = {**evaluation, "fresh_accuracy": 0.5}
+    bad = dataclasses.replace(evaluation, fresh_accuracy=0.5)
     with pytest.raises(ValueError, match=r"fresh_predictions\.npy give fresh accuracy 0\.9500"):
-        gate(bad, cfg, registry, prepared_uri, store, "r")
+        gate(bad, cfg, registry, store, "r")
     # An evaluation without fresh predictions of data that has fresh images: refused.
-    stale = {**evaluation, "fresh_predictions_uri": None, "fresh_accuracy": None}
+    stale = dataclasses.replace(evaluation, fresh_predictions_uri=None, fresh_accuracy=None)
     with pytest.raises(ValueError, match="400 fresh images but the evaluation reports no fresh"):
-        gate(stale, cfg, registry, prepared_uri, store, "r")
+        gate(stale, cfg, registry, store, "r")
 
 
 def test_gate_without_champion_reports_fresh_accuracy(file_store: Store, tmp_path: Path) -> None:
     store = file_store
     prepared_uri = _prepared(store, fresh=True)
     y_test = np.repeat(np.arange(10), 20)
-    evaluation = _evaluation(store, tmp_path, y_test, wrong(FRESH_Y, np.arange(0, 400, 2)))
-    result = gate(evaluation, GateConfig(), Registry(store), prepared_uri, store, "r")
-    assert result["decision"] == "PROMOTE"
-    assert result["champion_version"] is None and result["mcnemar"] is None
-    assert result["fresh"]["challenger_accuracy"] == 0.5
-    assert result["fresh"]["champion_accuracy"] is None and result["fresh"]["mcnemar"] is None
-    assert result["reasons"][-1].startswith("accuracy INFO: fresh: challenger 0.5000 on 400")
+    evaluation = _evaluation(store, tmp_path, prepared_uri, y_test,
+                             wrong(FRESH_Y, np.arange(0, 400, 2)))
+    result = gate(evaluation, GateConfig(), Registry(store), store, "r")
+    assert result.decision == "PROMOTE"
+    assert result.champion_version is None and result.mcnemar is None
+    assert result.champion is None
+    assert result.fresh is not None and result.fresh.challenger_accuracy == 0.5
+    assert result.fresh.champion_accuracy is None and result.fresh.mcnemar is None
+    assert result.reasons[-1].startswith("accuracy INFO: fresh: challenger 0.5000 on 400")
 
 
 def test_gate_without_fresh_data_is_as_before(file_store: Store, tmp_path: Path) -> None:
@@ -468,9 +492,9 @@ def test_gate_without_fresh_data_is_as_before(file_store: Store, tmp_path: Path)
     prepared_uri = _prepared(store, fresh=False)
     _register_perfect_champion(registry, tmp_path)
     y_test = np.repeat(np.arange(10), 20)
-    evaluation = _evaluation(store, tmp_path, y_test, None)
-    result = gate(evaluation, GateConfig(), registry, prepared_uri, store, "r")
-    assert result["decision"] == "PROMOTE" and result["fresh"] is None
-    assert result["reasons"][-1] == "champion INFO: fresh: n/a: no fresh data"
+    evaluation = _evaluation(store, tmp_path, prepared_uri, y_test, None)
+    result = gate(evaluation, GateConfig(), registry, store, "r")
+    assert result.decision == "PROMOTE" and result.fresh is None
+    assert result.reasons[-1] == "champion INFO: fresh: n/a: no fresh data"
     assert not store.exists("runs/r/gate/champion_fresh_predictions.npy")
     assert json.loads(store.read_bytes("runs/r/gate/decision.json"))["fresh"] is None

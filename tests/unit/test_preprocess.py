@@ -3,6 +3,8 @@ dataset version's increments (train parts in the pool, fresh parts held out)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,9 @@ from mnist_tasks.config import MNIST_FILES, PreprocessConfig
 from mnist_tasks.datasets import BaseInfo, DatasetError, DatasetVersion, save_version
 from mnist_tasks.increments import ACCEPTED, CheckedIncrement
 from mnist_tasks.preprocess import preprocess
+from mnist_tasks.results import PreprocessResult, from_json
 from mnist_tasks.storage import LocalStore
+from tests.helpers import lineage
 
 
 @pytest.fixture
@@ -29,8 +33,8 @@ def dataset(file_store: LocalStore) -> str:
 
 def test_scales_splits_and_keeps_every_image(file_store: LocalStore, dataset: str) -> None:
     out = preprocess(dataset, PreprocessConfig(val_fraction=0.1, seed=1), file_store, "r1")
-    assert (out["n_train"], out["n_val"], out["n_test"]) == (180, 20, 50)
-    p = load_prepared(out["prepared_uri"], file_store)
+    assert (out.n_train, out.n_val, out.n_test) == (180, 20, 50)
+    p = load_prepared(out.prepared_uri, file_store)
     assert p.x_train.dtype == np.float32 and p.x_train.shape == (180, 28, 28)
     assert p.x_train.min() >= 0.0 and p.x_train.max() <= 1.0
     # Train and validation partition the original training images, with their labels.
@@ -46,7 +50,7 @@ def test_scales_splits_and_keeps_every_image(file_store: LocalStore, dataset: st
         )
     )
     assert restored == original
-    assert p.meta["fingerprint"] == out["fingerprint"]
+    assert p.meta["fingerprint"] == out.fingerprint
 
 
 def test_same_seed_same_split_other_seed_other_fingerprint(
@@ -55,9 +59,9 @@ def test_same_seed_same_split_other_seed_other_fingerprint(
     a = preprocess(dataset, PreprocessConfig(seed=1), file_store, "a")
     b = preprocess(dataset, PreprocessConfig(seed=1), file_store, "b")
     c = preprocess(dataset, PreprocessConfig(seed=2), file_store, "c")
-    assert a["fingerprint"] == b["fingerprint"] != c["fingerprint"]
-    pa = load_prepared(a["prepared_uri"], file_store)
-    pc = load_prepared(c["prepared_uri"], file_store)
+    assert a.fingerprint == b.fingerprint != c.fingerprint
+    pa = load_prepared(a.prepared_uri, file_store)
+    pc = load_prepared(c.prepared_uri, file_store)
     assert not np.array_equal(pa.y_val, pc.y_val)
 
 
@@ -67,6 +71,12 @@ def test_retry_reuses_the_prepared_data(file_store: LocalStore, dataset: str) ->
     mtime = npz.stat().st_mtime_ns
     assert preprocess(dataset, PreprocessConfig(), file_store, "r") == first
     assert npz.stat().st_mtime_ns == mtime
+    # The lineage check hands on is recorded with the data; other lineage, another record.
+    with_lineage = preprocess(dataset, PreprocessConfig(), file_store, "r", lineage=lineage())
+    assert with_lineage.lineage == lineage() and first.lineage is None
+    recorded = from_json(PreprocessResult,
+                         json.loads(file_store.read_bytes("runs/r/preprocess/prepared.json")))
+    assert recorded == with_lineage
 
 
 def test_malformed_dataset_names_the_uri(file_store: LocalStore) -> None:
@@ -121,10 +131,10 @@ def test_increments_train_parts_join_the_pool_and_fresh_parts_stay_out(
     version, checked = two_increments
     out = preprocess(dataset, PreprocessConfig(val_fraction=0.1, seed=1), file_store, "r1",
                      dataset_version=version.id)
-    assert (out["n_train"] + out["n_val"], out["n_test"], out["n_fresh"]) == (250, 50, 13)
-    assert out["dataset_version"] == version.id
-    assert out["increments"] == out["fresh_increments"] == ["inc-a", "inc-b"]
-    p = load_prepared(out["prepared_uri"], file_store)
+    assert (out.n_train + out.n_val, out.n_test, out.n_fresh) == (250, 50, 13)
+    assert out.dataset_version == version.id
+    assert out.increments == out.fresh_increments == ("inc-a", "inc-b")
+    p = load_prepared(out.prepared_uri, file_store)
     raw = np.load(file_store.root / "cache/datasets/k/mnist.npz")
     # train + validation = the base training set + each increment's train part, nothing else
     pool = _rows(np.concatenate([p.x_train, p.x_val]), np.concatenate([p.y_train, p.y_val]))
@@ -155,14 +165,14 @@ def test_fingerprint_changes_with_the_dataset_version(
     a = preprocess(dataset, cfg, file_store, "a", dataset_version=base_only.id)
     b = preprocess(dataset, cfg, file_store, "b", dataset_version=version.id)
     again = preprocess(dataset, cfg, file_store, "c", dataset_version=version.id)
-    assert a["fingerprint"] != b["fingerprint"] == again["fingerprint"]
+    assert a.fingerprint != b.fingerprint == again.fingerprint
     # the base-only version has no fresh data: empty arrays, not missing ones
-    p = load_prepared(a["prepared_uri"], file_store)
+    p = load_prepared(a.prepared_uri, file_store)
     assert p.x_fresh.shape == (0, 28, 28) and len(p.y_fresh) == len(p.fresh_increment) == 0
-    assert a["n_fresh"] == 0 and a["increments"] == []
+    assert a.n_fresh == 0 and a.increments == ()
     # a retry of run "a" with another version does not reuse a's prepared data
     redo = preprocess(dataset, cfg, file_store, "a", dataset_version=version.id)
-    assert redo["fingerprint"] == b["fingerprint"] and redo["n_fresh"] == 13
+    assert redo.fingerprint == b.fingerprint and redo.n_fresh == 13
 
 
 def test_prepared_data_from_before_increments_reads_as_no_fresh_data(

@@ -169,7 +169,7 @@ def test_resolve_model_from_event_or_champion(env, tmp_path: Path) -> None:
     assert score.resolve_model(reg, [other])["model_version"] == 1
     with pytest.raises(score.ScoringError, match="version 7"):
         score.resolve_model(reg, [{"version": 7}])
-    with pytest.raises(score.ScoringError, match="no champion"):
+    with pytest.raises(score.NoChampion, match="no champion"):
         score.resolve_model(Registry(LocalStore(tmp_path / "empty")))
 
 

@@ -74,7 +74,7 @@ def test_runtime_on_cpu_keeps_the_config_and_is_deterministic() -> None:
     assert rt.jit_compile is False  # TF on the CPU: op determinism instead of XLA
     assert rt.mixed_precision is False
     assert rt.deterministic is True
-    assert rt.as_dict()["device"] == "CPU (2 threads)"
+    assert rt.record().device == "CPU (2 threads)"
 
 
 def test_runtime_without_a_device_uses_the_one_this_machine_has() -> None:
