@@ -50,6 +50,8 @@ from mnist_tasks.storage import ObjectNotFound, Store
 
 log = logging.getLogger(__name__)
 
+REFERENCE_FILE = "monitor_reference.npz"  # the version's monitoring reference (docs/monitoring.md)
+
 # Training result fields copied into the metadata's "training" section.
 TRAINING_FIELDS = ("preset", "epochs_run", "fit_seconds", "device", "resumed_from_epoch",
                    "best_val_accuracy", "best_epoch", "stopped_early", "n_train", "n_val")
@@ -164,6 +166,21 @@ def _verifier(
         }
 
     return verify
+
+
+def _monitor_reference(model_path: Path, x_val: np.ndarray, version: int,
+                       test_accuracy: float) -> bytes:
+    """What "normal" looks like for this version (its outputs on the validation split), which
+    scoring compares each batch with; stored with the version, so immutable like it."""
+    from mnist_tasks.artifacts import load_keras_model
+    from mnist_tasks.monitor import Forward, Reference
+
+    probs, embeddings = Forward(load_keras_model(model_path))(x_val)
+    ref = Reference.build(probs, embeddings, x_val, model_version=version,
+                          benchmark_accuracy=test_accuracy)
+    log.info("register: monitoring reference of v%d from %d validation images", version,
+             len(x_val))
+    return ref.to_bytes()
 
 
 def _candidates(store: Store, run_key: str) -> list[dict[str, Any]]:
@@ -351,6 +368,12 @@ def _write(
             store.local_copy(store.key_of(trained.model_uri)))
         files: dict[str, FileSource] = {MODEL_FILE: model_path, "metrics.json": metrics_bytes,
                                         "model_card.md": card}
+
+        def reference(pending: PendingVersion) -> bytes:
+            return _monitor_reference(model_path, prepared.x_val, pending.version,
+                                      evaluation.test_accuracy)
+
+        files[REFERENCE_FILE] = reference
         for uri in (*evaluation.plots.values(), evaluation.report_uri):
             files[_file_name(uri)] = store.read_bytes(store.key_of(uri))
         verify = _verifier(registry, prepared.x_test, expected, predictions_uri)

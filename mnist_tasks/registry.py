@@ -621,6 +621,25 @@ class Registry:
         info = self.get(version)
         return self._fetch_verified(info, MODEL_FILE, Path(dest_dir) / MODEL_FILE)
 
+    def read_file(self, version: int | str, name: str) -> bytes:
+        """One small object of a complete version, checked against its manifest.
+
+        Raises:
+            VersionNotFound: if the version is not complete.
+            RegistryError: if the manifest lists no such file, or the bytes do not match it.
+        """
+        info = self.get(version)
+        entry = info.files.get(name)
+        if entry is None:
+            raise RegistryError(f"{info.uri}: the manifest lists no {name!r}")
+        key = self._key(info.version, validate_file_name(name))
+        data = self.store.read_bytes(key)
+        if hashlib.sha256(data).hexdigest() != entry.get("sha256") or len(data) != entry.get(
+                "size"):
+            raise RegistryError(f"{self.store.uri_for(key)}: does not match the manifest's "
+                                "SHA-256 and size; the version is corrupted")
+        return data
+
     def _fetch_verified(self, info: VersionInfo, name: str, dest: Path) -> Path:
         entry = info.files.get(name)
         if entry is None:

@@ -19,9 +19,16 @@ import numpy as np
 import pytest
 
 from mnist_tasks import approve
-from mnist_tasks.artifacts import candidates_key, save_npz, write_json, write_result
+from mnist_tasks.artifacts import (
+    candidates_key,
+    load_prepared,
+    save_npz,
+    write_json,
+    write_result,
+)
 from mnist_tasks.config import GateConfig, PreprocessConfig
 from mnist_tasks.gate import gate
+from mnist_tasks.monitor import Reference
 from mnist_tasks.preprocess import preprocess
 from mnist_tasks.register import VerificationError, register
 from mnist_tasks.registry import CHAMPION, Registry, VersionNotFound
@@ -138,7 +145,12 @@ def test_first_run_then_a_clearly_worse_challenger(store: Store, prepared_uri: s
         previous_champion=None, promotion_skipped=None)
     info = registry.get(1)
     assert {"model.keras", "metrics.json", "model_card.md", "report.txt", "metadata.json",
-            "confusion_matrix.png", "sample_grid.png", "misclassified_grid.png"} <= set(info.files)
+            "confusion_matrix.png", "sample_grid.png", "misclassified_grid.png",
+            "monitor_reference.npz"} <= set(info.files)
+    # What scoring compares batches with: this version's outputs on the validation split.
+    reference = Reference.from_bytes(registry.read_file(1, "monitor_reference.npz"))
+    assert reference.model_version == 1 and reference.benchmark_accuracy == 1.0
+    assert reference.n_images == load_prepared(prepared_uri, store).x_val.shape[0]
     meta = info.metadata
     assert meta["gate"]["decision"] == "PROMOTE" and meta["code_version"] == "c0ffee"
     assert meta["run"] == {"dag_id": "mnist_training", "run_id": "manual__run-1",
