@@ -24,8 +24,10 @@ data) with the arguments that follow. The
 trigger parameters' options (``--preset``, ``--epochs``, ...) are generated from
 ``mnist_tasks.config.TRIGGER_PARAMS``; ``--checksums`` and ``--model-name`` are the deployment
 settings (defaults ``$MNIST_CHECKSUMS``, ``$MNIST_MODEL_NAME``). Defaults for ``--store`` and
-``--source`` come from ``MNIST_STORE`` and ``MNIST_SOURCE``. A bad argument or input exits
-with status 2 and one line naming the argument or the problem, never a traceback.
+``--source`` come from ``MNIST_STORE`` and ``MNIST_SOURCE``; a store, source or landing with a
+``..`` segment is refused (a relative folder is taken from the current directory). A bad
+argument or input exits with status 2 and one line naming the argument or the problem, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from mnist_tasks.config import (
     DEPLOYMENT_SETTINGS,
     TRIGGER_PARAMS,
     ConfigError,
+    cli_location,
     parse_checksums,
     pipeline_config,
     read_json_file,
@@ -230,9 +233,8 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
     """The flat params pipeline_config takes, from the options this command has."""
     names = [spec.name for spec in TRIGGER_PARAMS] + [s.name for s in DEPLOYMENT_SETTINGS]
     params = {name: getattr(args, name, None) for name in names}
-    store = params["store"]
-    if store and "://" not in store and not os.path.isabs(store):
-        params["store"] = os.path.abspath(store)  # a folder relative to where the CLI runs
+    if params["store"]:
+        params["store"] = cli_location(params["store"], "store")
     return params
 
 
@@ -243,6 +245,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if not args.store:
         raise ConfigError("parameter 'store' is missing: pass --store or set MNIST_STORE")
+    # A '..' is refused wherever the command takes a place: the store, a source, a landing.
+    for name in ("store", "source", "landing"):
+        if getattr(args, name, None):
+            setattr(args, name, cli_location(getattr(args, name), name))
     if args.command == "report":
         return run_summary(open_store(args.store), args.run_id)
     if args.command == "score":
@@ -275,7 +281,6 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
     from mnist_tasks.storage import open_store
 
     store_uri = _params(args)["store"]
-    config.check_store_uri(store_uri)
     cfg = score.scoring_config(os.environ, store_uri)
     changes: dict[str, Any] = {"model_name": args.model_name or cfg.model_name}
     if args.landing:
@@ -283,6 +288,7 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
     if args.shard_size is not None:
         changes["shard_size"] = args.shard_size
     cfg = dataclasses.replace(cfg, **changes)
+    config.cli_location(cfg.landing, "landing")  # also one from MNIST_SCORING_LANDING
     # A run's plan is recorded under its key and reused by a retry: two runs started within
     # the same second must not share one (microseconds in the default id).
     run_id = args.run_id or datetime.now(UTC).strftime("manual__%Y%m%dT%H%M%S%f")

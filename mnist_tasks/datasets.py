@@ -55,7 +55,7 @@ import numpy as np
 
 from mnist_tasks import idx
 from mnist_tasks.artifacts import data_sha256
-from mnist_tasks.config import MNIST_FILES, ConfigError
+from mnist_tasks.config import MNIST_FILES, ConfigError, cli_location
 from mnist_tasks.increments import (
     ID_PATTERN,
     IMAGES_FILE,
@@ -867,11 +867,15 @@ def _parser() -> argparse.ArgumentParser:
 def _store(args: argparse.Namespace) -> Store:
     if not args.store:
         raise ConfigError("parameter 'store' is missing: pass --store or set MNIST_STORE")
-    return open_store(args.store)
+    return open_store(cli_location(args.store, "store"))
 
 
 def run(args: argparse.Namespace) -> str:
     """Run a parsed command and return what it prints."""
+    # A '..' is refused in every place a command takes, as in a store (config.check_store_uri).
+    for name in ("mnist", "out"):
+        if getattr(args, name, None) is not None:
+            setattr(args, name, Path(cli_location(str(getattr(args, name)), name)))
     if args.command == "list":
         versions = list_versions(_store(args))
         if args.json:
