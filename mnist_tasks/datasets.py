@@ -667,6 +667,13 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _check_increment_id(inc_id: object) -> None:
+    """Refuse an id that is not one folder name (before anything touches the file system)."""
+    if not isinstance(inc_id, str) or not ID_PATTERN.fullmatch(inc_id):
+        raise ConfigError(f"invalid increment id {inc_id!r}: use letters, digits and ._- "
+                          "(starting with a letter or digit, at most 64 characters)")
+
+
 def write_increment(out: Path, inc_id: str, images: np.ndarray, labels: np.ndarray, *,
                     fmt: str = "idx") -> Path:
     """Land one increment under ``out/increments/<inc_id>/``, the ``_SUCCESS`` marker last.
@@ -675,9 +682,7 @@ def write_increment(out: Path, inc_id: str, images: np.ndarray, labels: np.ndarr
         ConfigError: for a bad id, an unknown format, or an increment that already exists
             (never overwritten).
     """
-    if not ID_PATTERN.fullmatch(inc_id):
-        raise ConfigError(f"parameter 'id' = {inc_id!r} is invalid: use letters, digits and "
-                          "._- (starting with a letter or digit, at most 64 characters)")
+    _check_increment_id(inc_id)
     if fmt not in ("idx", "png"):
         raise ConfigError(f"parameter 'format' = {fmt!r} is invalid: 'idx' or 'png'")
     folder = out / INCREMENTS_PREFIX / inc_id
@@ -784,6 +789,7 @@ def add_increment(mnist: Path, out: Path, inc_id: str, *, kind: str = "idx",
         ConfigError: for a bad parameter, an ``out`` inside the project checkout, a range
             outside the split, or an id that exists.
     """
+    _check_increment_id(inc_id)  # first: an empty id would name the increments folder itself
     out = _check_out(Path(out))
     if kind not in ("idx", "png", "drifted"):
         raise ConfigError(f"parameter 'kind' = {kind!r} is invalid: idx, png or drifted")
