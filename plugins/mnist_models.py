@@ -249,6 +249,15 @@ def build_app() -> FastAPI:
         openapi_url=None,
     )
 
+    @app.middleware("http")
+    async def _nosniff(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                       ) -> Response:
+        # Every response says what it is and the browser must not guess otherwise: a version's
+        # files come from the store, and a sniffed .txt or .json could be run as HTML.
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # A browser without a session goes to the login page and comes back; API clients get 401.
