@@ -14,6 +14,7 @@ Examples::
     python -m mnist_tasks register --gate @g.json --store file:///tmp/s --run-id r1
     python -m mnist_tasks data list --json          # = python -m mnist_tasks.datasets list ...
     python -m mnist_tasks score --store file:///tmp/s --landing /data/landing [--batch ID]
+    python -m mnist_tasks score --store file:///tmp/s --rebuild-summaries
 
 The stages form a chain, as in the DAG: each command takes the previous stage's JSON output
 (inline, or ``@file``) and prints its own as one JSON line on stdout; logs go to stderr.
@@ -221,6 +222,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=None, help="images per shard")
     p.add_argument("--run-id", default=None,
                    help="the run id (default: manual__<UTC time, to the microsecond>)")
+    p.add_argument("--rebuild-summaries", action="store_true",
+                   help="score nothing: add every committed output to its version's summary "
+                        "(what the Models page reads), e.g. for outputs older than summaries")
 
     p = sub.add_parser("data", help="dataset versions and demo data: list, show ID, make-demo, "
                        "add-increment (python -m mnist_tasks data --help)", add_help=False)
@@ -289,6 +293,9 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
         changes["shard_size"] = args.shard_size
     cfg = dataclasses.replace(cfg, **changes)
     config.cli_location(cfg.landing, "landing")  # also one from MNIST_SCORING_LANDING
+    if args.rebuild_summaries:
+        added = score.rebuild_summaries(open_store(store_uri), cfg.model_name)
+        return {"summaries": {f"v{v}": n for v, n in added.items()}}
     # A run's plan is recorded under its key and reused by a retry: two runs started within
     # the same second must not share one (microseconds in the default id).
     run_id = args.run_id or datetime.now(UTC).strftime("manual__%Y%m%dT%H%M%S%f")
