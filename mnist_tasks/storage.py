@@ -202,16 +202,19 @@ class Store(ABC):
         _check_size(self.uri_for(key), len(data), max_bytes)
         yield io.BytesIO(data)
 
-    @abstractmethod
     def list_children(self, prefix: str = "", *, start_after: str | None = None
                       ) -> builtins.list[str]:
         """Sorted names of the immediate children (objects or 'folders') under ``prefix`` (the
         root when empty), only those sorting after ``start_after`` when it is given.
 
-        One delimited listing (S3 ``Delimiter='/'`` from ``StartAfter``; a local folder's
-        entries), so its cost grows with the children after ``start_after`` on S3, never with
-        what lies below them. A local folder that holds no object yet may be listed too.
+        The two stores here make it one delimited listing (S3 ``Delimiter='/'`` from
+        ``StartAfter``; a local folder's entries), so its cost grows with the children after
+        ``start_after`` on S3, never with what lies below them (a local folder that holds no
+        object yet may be listed too). This generic version lists everything under ``prefix``.
         """
+        base = validate_key(prefix) + "/" if prefix else ""
+        names = {k[len(base):].split("/", 1)[0] for k in self.list(prefix) if k.startswith(base)}
+        return sorted(n for n in names if start_after is None or n > start_after)
 
     def children_token(self, prefix: str = "") -> str | None:
         """A token that changes whenever an immediate child of ``prefix`` is added, removed or
@@ -222,17 +225,18 @@ class Store(ABC):
         """
         return None
 
-    @abstractmethod
     def has_marker(self, folder: str, name: str = MARKER) -> bool:
-        """Whether the completion marker ``<folder>/<name>`` exists (one request).
+        """Whether the completion marker ``<folder>/<name>`` exists (one request in the two
+        stores here; this generic version lists the folder).
 
         Markers keep the Hadoop/Spark name (``_SUCCESS``), outside the key rules (a key segment
         may not start with ``_``), so they have these two methods of their own.
         """
+        return marker_key(folder, name) in self.list(folder)
 
-    @abstractmethod
     def write_marker(self, folder: str, name: str = MARKER) -> None:
         """Write the empty completion marker ``<folder>/<name>`` (last, by a producer)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot write a marker")
 
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -192,3 +193,22 @@ def test_children_token_moves_when_a_child_comes(store: Store) -> None:
     os.utime(folder, (old + 1, old + 1))
     assert store.children_token("landing") not in (None, token)
     assert store.children_token("nothing") is None
+
+
+def test_a_store_of_its_own_gets_the_generic_listing_and_marker_check(store: Store) -> None:
+    # Another Store (a wrapper, a test double) implements only the abstract methods: the
+    # generic list_children and has_marker answer as the two stores here do.
+    def delegate(name: str) -> Any:
+        return lambda self, *args, **kwargs: getattr(store, name)(*args, **kwargs)
+
+    methods = {name: delegate(name) for name in Store.__abstractmethods__}
+    plain = type("Plain", (Store,), {**methods, "uri": store.uri})()
+    for key in ("b/x", "b-1/x", "b.x/y/z", "top.json"):
+        store.write_bytes(key, b"1")
+    store.write_marker("b")
+    for prefix, after in (("", None), ("", "b"), ("b.x", None), ("none", None)):
+        assert plain.list_children(prefix, start_after=after) == store.list_children(
+            prefix, start_after=after)
+    assert plain.has_marker("b") and not plain.has_marker("b-1")
+    with pytest.raises(NotImplementedError):
+        plain.write_marker("b-1")
