@@ -673,7 +673,7 @@ def _predictions_csv(ids: Sequence[str], shards: Mapping[str, np.ndarray], versi
 
 def commit_batch(cfg: ScoringConfig, store: Store, batch: str, version: int, staging: str,
                  *, run_id: str | None = None, run_key: str | None = None,
-                 score_s: float | None = None,
+                 score_s: float | None = None, summarize: bool = True,
                  hook: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Commit one batch's staged shards as its output for ``version``: the predictions and
     errors into a folder of this commit's own, then, last, the manifest naming that folder
@@ -687,6 +687,8 @@ def commit_batch(cfg: ScoringConfig, store: Store, batch: str, version: int, sta
     Args:
         run_key: names the commit's folder (``<run_key>.<8 hex digits>``), with ``run_id``
             recorded in the manifest.
+        summarize: add the batch to the version's summary (False: the caller adds it, as
+            :func:`commit` does once for all its batches).
         hook: called with ``"write"`` before the files are written and ``"publish"`` before the
             manifest is; for tests that interleave two commits deterministically.
 
@@ -704,7 +706,8 @@ def commit_batch(cfg: ScoringConfig, store: Store, batch: str, version: int, sta
     if existing is not None:
         log.info("score: batch %s already scored with v%d (%s); nothing to do", batch, version,
                  store.uri_for(manifest_key))
-        record_scored(store, [existing])
+        if summarize:
+            record_scored(store, [existing])
         return {**existing, "committed": False}
     start = time.perf_counter()
     info = read_json(store, f"{staging}/batch.json")
@@ -768,10 +771,12 @@ def commit_batch(cfg: ScoringConfig, store: Store, batch: str, version: int, sta
         for name in files:  # named by no manifest: nobody will ever read them
             store.delete(f"{prefix}/{commit_id}/{name}")
         winner = read_json(store, manifest_key)
-        record_scored(store, [winner])
+        if summarize:
+            record_scored(store, [winner])
         return {**winner, "committed": False}
     _delete_unnamed(store, prefix, commit_id)
-    record_scored(store, [manifest])
+    if summarize:
+        record_scored(store, [manifest])
     _log_view(cfg, manifest)
     return {**manifest, "committed": True}
 
@@ -827,14 +832,22 @@ def commit(cfg: ScoringConfig, store: Store, planned: Mapping[str, Any],
     committed: list[str] = []
     unchanged: list[str] = []
     outputs: dict[str, str] = {}
+    manifests: list[dict[str, Any]] = []
     images = 0
-    for batch in prepared["batches"]:
-        staging = _staging(cfg, str(planned["run_key"]), batch, version)
-        result = commit_batch(cfg, store, batch, version, staging, run_id=run_id,
-                              run_key=str(planned["run_key"]), score_s=score_s.get(batch))
-        (committed if result["committed"] else unchanged).append(batch)
-        images += int(result["counts"]["images"])
-        outputs[batch] = store.uri_for(output_prefix(cfg, batch, version))
+    try:
+        for batch in prepared["batches"]:
+            staging = _staging(cfg, str(planned["run_key"]), batch, version)
+            result = commit_batch(cfg, store, batch, version, staging, run_id=run_id,
+                                  run_key=str(planned["run_key"]), score_s=score_s.get(batch),
+                                  summarize=False)
+            (committed if result["committed"] else unchanged).append(batch)
+            images += int(result["counts"]["images"])
+            outputs[batch] = store.uri_for(output_prefix(cfg, batch, version))
+            manifests.append({k: v for k, v in result.items() if k != "committed"})
+    finally:
+        # One summary update for the batches committed, also when a later one fails (a
+        # retry that finds a batch committed adds it again: rows are added once).
+        record_scored(store, manifests)
     for key in store.list(f"{_root(cfg)}/staging/{planned['run_key']}"):
         store.delete(key)
     rejected = dict(prepared.get("rejected") or {})

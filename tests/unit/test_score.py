@@ -335,3 +335,15 @@ def test_a_commit_that_stopped_before_its_summary_is_made_good(env, capsys) -> N
     assert score.scored_batches(store) == {}  # a damaged summary is logged and left out
     with pytest.raises(StorageError, match="--rebuild-summaries"):
         scoring_index.record_scored(store, [score.read_manifest(store, cfg, "b001", 1)])
+
+
+def test_a_run_whose_later_batch_fails_still_lists_the_ones_it_committed(env) -> None:
+    cfg, store, landing = env  # shard size 7
+    _idx_batch(landing, "b001", n=3)
+    _idx_batch(landing, "b002", n=10)  # two shards
+    planned = score.plan(cfg, store, landing, "run1")
+    prepared = score.prepare(cfg, store, landing, planned)
+    scored = [score.score_shard(cfg, store, s) for s in prepared["shards"][:-1]]
+    with pytest.raises(score.ScoringError, match=r"b002 v1: shard\(s\) \[1\]"):
+        score.commit(cfg, store, planned, prepared, scored)
+    assert [r["batch"] for r in score.scored_batches(store)[1]] == ["b001"]
