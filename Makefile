@@ -129,6 +129,7 @@ bench: $(BIN)/activate  ## all benchmarks on the real MNIST (see docs/benchmarks
 	$(BIN)/python bench/train.py --source ../shared/datasets/mnist
 	$(BIN)/python bench/pipeline.py --source ../shared/datasets/mnist
 	$(BIN)/python bench/score.py --source ../shared/datasets/mnist
+	$(BIN)/python bench/score_scale.py
 
 clean:  ## remove the local Airflow home and store (keeps the venv)
 	rm -rf .airflow .store

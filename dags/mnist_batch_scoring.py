@@ -10,12 +10,15 @@ event, else the champion alias; picks the new batches and the most recent
 `MNIST_SCORING_RESCORE_WINDOW` ones not yet scored with that version) → **prepare** (decode,
 skip and name bad files, stage, cut into shards of `MNIST_SCORING_SHARD_SIZE` images) →
 **score** (one mapped task per shard, in parallel) → **commit** (per batch, all or nothing:
-`predictions.csv`, `errors.json`, then `MANIFEST.json` last, under
-`scoring/<model>/batches/<batch>/v<NNNNNN>/`; never overwritten; a re-run does nothing).
+`predictions.csv` and `errors.json` in the commit's own folder, then `MANIFEST.json` last,
+naming it, under `scoring/<model>/batches/<batch>/v<NNNNNN>/`; no object ever overwritten; a
+re-run does nothing; the batch is added to the version's summary, which the Models page reads).
 
 Schedule: an event of the asset `mnist_model_registry` (the training DAG's register task, or
 `python -m mnist_tasks.registry promote|rollback --notify-airflow`), or every
 `MNIST_SCORING_INTERVAL_MINUTES` minutes (default 5) for new batches, whichever comes first.
+An interval run lists only the batch folders after its watermark (`landing.json`); a registry
+event's run, and one a day, lists them all.
 Nothing to score: the plan is skipped and nothing else runs. See docs/scoring.md.
 """
 

@@ -14,6 +14,7 @@ Examples::
     python -m mnist_tasks register --gate @g.json --store file:///tmp/s --run-id r1
     python -m mnist_tasks data list --json          # = python -m mnist_tasks.datasets list ...
     python -m mnist_tasks score --store file:///tmp/s --landing /data/landing [--batch ID]
+    python -m mnist_tasks score --store file:///tmp/s --rebuild-summaries
 
 The stages form a chain, as in the DAG: each command takes the previous stage's JSON output
 (inline, or ``@file``) and prints its own as one JSON line on stdout; logs go to stderr.
@@ -24,8 +25,10 @@ data) with the arguments that follow. The
 trigger parameters' options (``--preset``, ``--epochs``, ...) are generated from
 ``mnist_tasks.config.TRIGGER_PARAMS``; ``--checksums`` and ``--model-name`` are the deployment
 settings (defaults ``$MNIST_CHECKSUMS``, ``$MNIST_MODEL_NAME``). Defaults for ``--store`` and
-``--source`` come from ``MNIST_STORE`` and ``MNIST_SOURCE``. A bad argument or input exits
-with status 2 and one line naming the argument or the problem, never a traceback.
+``--source`` come from ``MNIST_STORE`` and ``MNIST_SOURCE``; a store, source or landing with a
+``..`` segment is refused (a relative folder is taken from the current directory). A bad
+argument or input exits with status 2 and one line naming the argument or the problem, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from mnist_tasks.config import (
     DEPLOYMENT_SETTINGS,
     TRIGGER_PARAMS,
     ConfigError,
+    cli_location,
     parse_checksums,
     pipeline_config,
     read_json_file,
@@ -218,6 +222,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=None, help="images per shard")
     p.add_argument("--run-id", default=None,
                    help="the run id (default: manual__<UTC time, to the microsecond>)")
+    p.add_argument("--rebuild-summaries", action="store_true",
+                   help="score nothing: add every committed output to its version's summary "
+                        "(what the Models page reads), e.g. for outputs older than summaries")
 
     p = sub.add_parser("data", help="dataset versions and demo data: list, show ID, make-demo, "
                        "add-increment (python -m mnist_tasks data --help)", add_help=False)
@@ -230,9 +237,8 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
     """The flat params pipeline_config takes, from the options this command has."""
     names = [spec.name for spec in TRIGGER_PARAMS] + [s.name for s in DEPLOYMENT_SETTINGS]
     params = {name: getattr(args, name, None) for name in names}
-    store = params["store"]
-    if store and "://" not in store and not os.path.isabs(store):
-        params["store"] = os.path.abspath(store)  # a folder relative to where the CLI runs
+    if params["store"]:
+        params["store"] = cli_location(params["store"], "store")
     return params
 
 
@@ -244,6 +250,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     if not args.store:
         raise ConfigError("parameter 'store' is missing: pass --store or set MNIST_STORE")
+    # A '..' is refused wherever the command takes a place: the store, a source, a landing.
+    for name in ("store", "source", "landing"):
+        if getattr(args, name, None):
+            setattr(args, name, cli_location(getattr(args, name), name))
     if args.command == "report":
         return run_summary(open_store(args.store), args.run_id)
     if args.command == "score":
@@ -284,7 +294,6 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
     from mnist_tasks.storage import open_store
 
     store_uri = _params(args)["store"]
-    config.check_store_uri(store_uri)
     cfg = score.scoring_config(os.environ, store_uri)
     changes: dict[str, Any] = {"model_name": args.model_name or cfg.model_name}
     if args.landing:
@@ -292,6 +301,10 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
     if args.shard_size is not None:
         changes["shard_size"] = args.shard_size
     cfg = dataclasses.replace(cfg, **changes)
+    config.cli_location(cfg.landing, "landing")  # also one from MNIST_SCORING_LANDING
+    if args.rebuild_summaries:
+        added = score.rebuild_summaries(open_store(store_uri), cfg.model_name)
+        return {"summaries": {f"v{v}": n for v, n in added.items()}}
     # A run's plan is recorded under its key and reused by a retry: two runs started within
     # the same second must not share one (microseconds in the default id).
     run_id = args.run_id or datetime.now(UTC).strftime("manual__%Y%m%dT%H%M%S%f")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -651,23 +652,42 @@ def check_trigger_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return dict(params)
 
 
-def check_store_uri(store: Any) -> None:
+def check_store_uri(store: Any, param: str = "store") -> None:
     """Check a store URI: s3://bucket[/prefix], file:///path or a folder, without '..' segments.
 
     A '..' would let a trigger point the store outside the tree it names
     (``file:///data/../../etc/x``); it is refused rather than normalised, so the store a run
-    used is exactly the one written in its params.
+    used is exactly the one written in its params. The same check guards every other place
+    a command takes (a landing prefix, a data source: ``param`` names it in the message).
 
     Raises:
-        ConfigError: naming ``store`` and the problem.
+        ConfigError: naming ``param`` and the problem.
     """
-    _check(isinstance(store, str) and bool(store.strip()), "store", store,
+    _check(isinstance(store, str) and bool(store.strip()), param, store,
            "must be a URI: s3://bucket/prefix, file:///path or a folder")
     parsed = urlparse(store)
     path = parsed.path if parsed.scheme in ("s3", "file") else store
     for candidate in (path, unquote(path)):
-        _check(".." not in candidate.replace("\\", "/").split("/"), "store", store,
+        _check(".." not in candidate.replace("\\", "/").split("/"), param, store,
                "must not contain '..' path segments: give the path without them")
+
+
+def cli_location(value: str, param: str) -> str:
+    """A store, landing prefix or data source given on a command line, checked: a relative
+    folder is taken from the current directory (made absolute, as a shell user means it), and
+    the result goes through :func:`check_store_uri` (no '..' segment, also percent-encoded).
+
+    Returns:
+        The value to use: ``value``, or the absolute folder for a relative one.
+
+    Raises:
+        ConfigError: naming ``param`` and the problem.
+    """
+    if isinstance(value, str) and value.strip() and "://" not in value \
+            and value != DEFAULT_SOURCE and not os.path.isabs(value):
+        value = os.path.abspath(value)
+    check_store_uri(value, param)
+    return value
 
 
 _RUN_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._=@-]+")

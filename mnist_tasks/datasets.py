@@ -55,7 +55,7 @@ import numpy as np
 
 from mnist_tasks import idx
 from mnist_tasks.artifacts import data_sha256
-from mnist_tasks.config import MNIST_FILES, ConfigError
+from mnist_tasks.config import MNIST_FILES, ConfigError, cli_location
 from mnist_tasks.increments import (
     ID_PATTERN,
     IMAGES_FILE,
@@ -689,6 +689,13 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _check_increment_id(inc_id: object) -> None:
+    """Refuse an id that is not one folder name (before anything touches the file system)."""
+    if not isinstance(inc_id, str) or not ID_PATTERN.fullmatch(inc_id):
+        raise ConfigError(f"invalid increment id {inc_id!r}: use letters, digits and ._- "
+                          "(starting with a letter or digit, at most 64 characters)")
+
+
 def write_increment(out: Path, inc_id: str, images: np.ndarray, labels: np.ndarray, *,
                     fmt: str = "idx") -> Path:
     """Land one increment under ``out/increments/<inc_id>/``, the ``_SUCCESS`` marker last.
@@ -697,9 +704,7 @@ def write_increment(out: Path, inc_id: str, images: np.ndarray, labels: np.ndarr
         ConfigError: for a bad id, an unknown format, or an increment that already exists
             (never overwritten).
     """
-    if not ID_PATTERN.fullmatch(inc_id):
-        raise ConfigError(f"parameter 'id' = {inc_id!r} is invalid: use letters, digits and "
-                          "._- (starting with a letter or digit, at most 64 characters)")
+    _check_increment_id(inc_id)
     if fmt not in ("idx", "png"):
         raise ConfigError(f"parameter 'format' = {fmt!r} is invalid: 'idx' or 'png'")
     folder = out / INCREMENTS_PREFIX / inc_id
@@ -806,6 +811,7 @@ def add_increment(mnist: Path, out: Path, inc_id: str, *, kind: str = "idx",
         ConfigError: for a bad parameter, an ``out`` inside the project checkout, a range
             outside the split, or an id that exists.
     """
+    _check_increment_id(inc_id)  # first: an empty id would name the increments folder itself
     out = _check_out(Path(out))
     if kind not in ("idx", "png", "drifted"):
         raise ConfigError(f"parameter 'kind' = {kind!r} is invalid: idx, png or drifted")
@@ -889,11 +895,15 @@ def _parser() -> argparse.ArgumentParser:
 def _store(args: argparse.Namespace) -> Store:
     if not args.store:
         raise ConfigError("parameter 'store' is missing: pass --store or set MNIST_STORE")
-    return open_store(args.store)
+    return open_store(cli_location(args.store, "store"))
 
 
 def run(args: argparse.Namespace) -> str:
     """Run a parsed command and return what it prints."""
+    # A '..' is refused in every place a command takes, as in a store (config.check_store_uri).
+    for name in ("mnist", "out"):
+        if getattr(args, name, None) is not None:
+            setattr(args, name, Path(cli_location(str(getattr(args, name)), name)))
     if args.command == "list":
         versions = list_versions(_store(args))
         if args.json:

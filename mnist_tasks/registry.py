@@ -46,7 +46,7 @@ from types import EllipsisType
 from typing import Any
 
 from mnist_tasks.artifacts import json_default, utc_now
-from mnist_tasks.config import DEFAULT_MODEL_NAME
+from mnist_tasks.config import DEFAULT_MODEL_NAME, cli_location
 from mnist_tasks.storage import ObjectNotFound, Store, open_store
 
 log = logging.getLogger(__name__)
@@ -1231,7 +1231,7 @@ def _run_cli(args: argparse.Namespace) -> tuple[Any, str]:
     """Run one command; return (JSON result, human-readable text)."""
     if not args.store:
         raise InvalidName("no store given: pass --store URI or set MNIST_STORE")
-    registry = Registry(open_store(args.store), args.model_name)
+    registry = Registry(open_store(cli_location(args.store, "store")), args.model_name)
     if args.command == "list":
         notes = []
         try:

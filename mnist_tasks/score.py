@@ -9,14 +9,18 @@ A *batch* is a folder under the landing prefix (a local folder or ``s3://``)::
 A batch is read only once its marker exists. Its outputs, one set per (batch, model version),
 in the store::
 
-    scoring/<model>/batches/<batch-id>/v<NNNNNN>/predictions.csv   one row per image
-    scoring/<model>/batches/<batch-id>/v<NNNNNN>/errors.json       the files skipped, and why
     scoring/<model>/batches/<batch-id>/v<NNNNNN>/MANIFEST.json     written last: counts, model
-                                                                   version, input SHA-256, timing
+                                                                   version, input SHA-256,
+                                                                   timing, the commit's folder
+    scoring/<model>/batches/<batch-id>/v<NNNNNN>/<commit>/predictions.csv   one row per image
+    scoring/<model>/batches/<batch-id>/v<NNNNNN>/<commit>/errors.json       files skipped, why
 
-An output exists for readers only once its manifest does (:func:`scored_batches`), and a
-manifest is never replaced: scoring a batch again with the same version does nothing and says
-so; a new version writes a new folder beside the old one.
+An output exists for readers only once its manifest does, and no object of it is ever replaced:
+each commit writes its files into a folder of its own, and the manifest (created only if
+absent) names the one that won, so its SHA-256s always match (:func:`read_output` checks them).
+Scoring a batch again with the same version does nothing and says so; a new version writes a
+new folder beside the old one. Each commit also adds its batch to the version's summary
+(:mod:`mnist_tasks.scoring_index`), which the Models page reads (:func:`scored_batches`).
 
 The work is split into steps that an orchestrator can run as separate tasks (the
 ``mnist_batch_scoring`` DAG does, with one mapped task per shard):
@@ -43,10 +47,10 @@ import io
 import json
 import logging
 import math
-import re
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,14 +65,18 @@ from mnist_tasks.artifacts import (
 )
 from mnist_tasks.config import DEFAULT_MODEL_NAME
 from mnist_tasks.registry import CHAMPION, Registry, RegistryError, parse_version
-from mnist_tasks.storage import (
-    LocalStore,
-    ObjectNotFound,
-    S3Store,
-    StorageError,
-    Store,
-    validate_key,
+from mnist_tasks.scoring_index import (
+    BATCH_ID,
+    MANIFEST,
+    REJECTED,
+    look_at_landing,
+    look_at_named,
+    rebuild_summaries,
+    record_scored,
+    scored_batches,
+    version_prefix,
 )
+from mnist_tasks.storage import MARKER, ObjectNotFound, Store, validate_key
 from mnist_tasks.userfiles import (
     MAX_IDX_FILE_BYTES,
     MAX_IMAGES,
@@ -86,11 +94,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MARKER = "_SUCCESS"
-MANIFEST = "MANIFEST.json"
 PREDICTIONS = "predictions.csv"
 ERRORS = "errors.json"
-SCHEMA = 1
+SCHEMA = 2  # 2: the files are in the commit's own folder, named by the manifest
 ROWS = COLS = 28
 COLUMNS = ("image_id", "predicted", "probability", "runner_up", "runner_up_probability",
            "model_version")
@@ -98,7 +104,7 @@ COLUMNS = ("image_id", "predicted", "probability", "runner_up", "runner_up_proba
 # distribution of a batch is compared with.
 TRAINING_PRIOR_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
 _IDX_SUFFIXES = ("-ubyte", ".idx", ".idx3")
-_BATCH_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+@-]{0,127}")
+_BATCH_RE = BATCH_ID
 MAX_BATCH_IMAGES = 10 * MAX_IMAGES  # images scored from one batch (784 MB decoded)
 
 
@@ -199,8 +205,8 @@ def _root(cfg: ScoringConfig) -> str:
 
 
 def output_prefix(cfg: ScoringConfig, batch: str, version: int) -> str:
-    """The output folder of ``batch`` scored with ``version``."""
-    return f"{_root(cfg)}/batches/{batch}/v{version:06d}"
+    """The output folder of ``batch`` scored with ``version`` (its manifest is inside)."""
+    return version_prefix(cfg.model_name, batch, version)
 
 
 def _staging(cfg: ScoringConfig, run_key: str, batch: str, version: int) -> str:
@@ -225,19 +231,18 @@ def validate_batch_id(batch: object) -> str:
 def list_batches(landing: Store) -> list[str]:
     """The complete batches under the landing prefix (those with a ``_SUCCESS`` marker), by id.
 
+    One listing of the folders and one marker check per folder: for operators and tests (a
+    plan looks only at the folders it has not decided:
+    :func:`mnist_tasks.scoring_index.look_at_landing`).
     A folder without its marker is still being written: logged and left alone.
     """
-    folders: dict[str, bool] = {}
-    for key in landing.list(""):
-        batch, sep, rest = key.partition("/")
-        if not sep or not _BATCH_RE.fullmatch(batch):
-            continue
-        folders[batch] = folders.get(batch, False) or rest == MARKER
-    waiting = sorted(b for b, done in folders.items() if not done)
+    folders = [f for f in landing.list_children() if _BATCH_RE.fullmatch(f)]
+    complete = [f for f in folders if landing.has_marker(f)]
+    waiting = sorted(set(folders) - set(complete))
     if waiting:
         log.info("score: %d batch(es) without their %s marker yet, not read: %s", len(waiting),
                  MARKER, ", ".join(waiting))
-    return sorted(b for b, done in folders.items() if done)
+    return sorted(complete)
 
 
 def is_committed(store: Store, cfg: ScoringConfig, batch: str, version: int) -> bool:
@@ -245,25 +250,37 @@ def is_committed(store: Store, cfg: ScoringConfig, batch: str, version: int) -> 
     return store.exists(f"{output_prefix(cfg, batch, version)}/{MANIFEST}")
 
 
-def scored_batches(store: Store, model_name: str = DEFAULT_MODEL_NAME
-                   ) -> dict[int, list[dict[str, Any]]]:
-    """Every committed output, by model version: the manifests (newest batch id last).
+def read_manifest(store: Store, cfg: ScoringConfig, batch: str, version: int) -> dict[str, Any]:
+    """The manifest of ``batch`` scored with ``version``.
 
-    For the Models page and operators. Unreadable manifests are logged and left out.
+    Raises:
+        ObjectNotFound: if the batch has no complete output for that version.
     """
-    base = f"scoring/{model_name}/batches/"
-    out: dict[int, list[dict[str, Any]]] = {}
-    for key in store.list(f"scoring/{model_name}/batches"):
-        parts = key[len(base):].split("/")
-        if len(parts) != 3 or parts[2] != MANIFEST or not re.fullmatch(r"v\d{6}", parts[1]):
-            continue
-        try:
-            manifest = read_json(store, key)
-        except (ValueError, StorageError) as exc:
-            log.warning("score: unreadable manifest %s: %s", store.uri_for(key), exc)
-            continue
-        out.setdefault(int(parts[1][1:]), []).append(manifest)
-    return dict(sorted(out.items()))
+    return dict(read_json(store, f"{output_prefix(cfg, batch, version)}/{MANIFEST}"))
+
+
+def output_key(cfg: ScoringConfig, manifest: Mapping[str, Any], name: str) -> str:
+    """The key of the output file ``name`` (``predictions.csv``, ``errors.json``) that
+    ``manifest`` names: in its commit's folder (schema 2), or beside it (schema 1)."""
+    prefix = output_prefix(cfg, str(manifest["batch"]), int(manifest["model_version"]))
+    path = manifest["files"][name].get("path", name)
+    return validate_key(f"{prefix}/{path}")
+
+
+def read_output(store: Store, cfg: ScoringConfig, batch: str, version: int, name: str) -> bytes:
+    """The output file ``name`` of ``batch`` scored with ``version``, checked against the
+    SHA-256 in its manifest.
+
+    Raises:
+        ObjectNotFound: if the batch has no complete output for that version.
+        ScoringError: if the file does not match its manifest.
+    """
+    manifest = read_manifest(store, cfg, batch, version)
+    key = output_key(cfg, manifest, name)
+    data = store.read_bytes(key)
+    if hashlib.sha256(data).hexdigest() != manifest["files"][name]["sha256"]:
+        raise ScoringError(f"{store.uri_for(key)}: SHA-256 does not match its manifest")
+    return data
 
 
 # --- 1. plan ------------------------------------------------------------------------------------
@@ -317,6 +334,11 @@ def plan(
     """Pin the model version and choose the batches of this run; recorded, so a retry of the
     run's plan returns the same (the version is never re-resolved mid-run).
 
+    Without ``batches``, the landing is looked at through its record
+    (:func:`mnist_tasks.scoring_index.look_at_landing`): only the folders not decided yet and
+    the re-score window, so a landing check with nothing new costs the same however many
+    batches were scored before; a run started by a registry event lists every folder instead.
+
     Args:
         events: the ``extra`` of the registry events that triggered the run, oldest first.
         batches: score exactly these (complete) batches instead of choosing.
@@ -338,37 +360,27 @@ def plan(
         pass
     model = resolve_model(Registry(store, cfg.model_name), events)
     version = int(model["model_version"])
-    complete = list_batches(landing)
     skipped: dict[str, str] = {}
     if batches is not None:
-        missing = [b for b in batches if validate_batch_id(b) not in complete]
-        if missing:
-            raise ScoringError(f"batch(es) {', '.join(missing)} not found in {landing.uri} "
-                               f"(or without their {MARKER} marker)")
-        candidates = list(batches)
-    # One listing of the outputs: which batches have a committed output (of any version, of
-    # this version) or were rejected. A commit that never finished (no manifest) counts as none.
-    base = f"{_root(cfg)}/batches/"
-    done_any: set[str] = set()
-    done_this: set[str] = set()
-    rejected: set[str] = set()
-    for k in store.list(f"{_root(cfg)}/batches"):
-        parts = k[len(base):].split("/")
-        if len(parts) == 3 and parts[2] == MANIFEST:
-            done_any.add(parts[0])
-            if parts[1] == f"v{version:06d}":
-                done_this.add(parts[0])
-        elif len(parts) == 2 and parts[1] == "REJECTED.json":
-            rejected.add(parts[0])
-    if batches is None:
-        new = [b for b in complete if b not in done_any and b not in rejected]
-        recent = complete[-cfg.rescore_window:] if cfg.rescore_window else []
+        state = look_at_named(store, landing, cfg.model_name,
+                              [validate_batch_id(b) for b in batches])
+        if state.waiting:
+            raise ScoringError(f"batch(es) {', '.join(state.waiting)} not found in "
+                               f"{landing.uri} (or without their {MARKER} marker)")
+        candidates = list(dict.fromkeys(batches))
+    else:
+        state = look_at_landing(store, landing, cfg.model_name, window=cfg.rescore_window,
+                                sweep=bool(events))
+        # New: complete and not decided (no output of any version, not rejected). A commit
+        # that never finished (no manifest) counts as none.
+        new = [b for b in state.complete if not state.outputs.decided(b)]
+        recent = state.complete[-cfg.rescore_window:] if cfg.rescore_window else []
         candidates = sorted(set(new) | set(recent))
     chosen = []
     for batch in candidates:
-        if batch in done_this:
+        if version in state.outputs.scored.get(batch, ()):
             skipped[batch] = f"already scored with v{version}"
-        elif batch in rejected and batches is None:
+        elif batch in state.outputs.rejected and batches is None:
             skipped[batch] = "rejected before: every file is bad (see its REJECTED.json)"
         else:
             chosen.append(batch)
@@ -376,7 +388,10 @@ def plan(
         log.info("score: batch %s: %s; nothing to do", batch, why)
     result = {**model, "batches": chosen, "skipped": skipped, "run_key": run_key,
               "planned_at": utc_now()}
-    store.write_bytes(key, json.dumps(result, indent=2).encode())
+    # Created only if absent: two tries of one run racing each other share the first plan.
+    if not store.write_if_absent(key, json.dumps(result, indent=2).encode()):
+        log.info("score: run %s was planned concurrently; using that plan", run_key)
+        return dict(read_json(store, key))
     log.info("score: run %s scores %d batch(es) with %s v%d (from the %s): %s", run_key,
              len(chosen), cfg.model_name, version, model["resolved_from"],
              ", ".join(chosen) or "none")
@@ -505,7 +520,7 @@ def prepare(cfg: ScoringConfig, store: Store, landing: Store, planned: Mapping[s
                 read = read_batch(landing, batch)
             except BatchRejected as exc:
                 rejected[batch] = str(exc)
-                store.write_bytes(f"{_root(cfg)}/batches/{batch}/REJECTED.json", json.dumps(
+                store.write_if_absent(f"{_root(cfg)}/batches/{batch}/{REJECTED}", json.dumps(
                     {"batch": batch, "error": str(exc), "at": utc_now()}, indent=2).encode())
                 log.error("score: %s", exc)
                 continue
@@ -548,7 +563,7 @@ def prepared_state(cfg: ScoringConfig, store: Store, planned: Mapping[str, Any]
             staged.append(batch)
             continue
         try:
-            rejected[batch] = str(read_json(store, f"{_root(cfg)}/batches/{batch}/REJECTED.json")
+            rejected[batch] = str(read_json(store, f"{_root(cfg)}/batches/{batch}/{REJECTED}")
                                   ["error"])
         except ObjectNotFound:
             raise ScoringError(f"batch {batch} v{version} of run {run_key} was not prepared; "
@@ -660,9 +675,25 @@ def _predictions_csv(ids: Sequence[str], shards: Mapping[str, np.ndarray], versi
 
 
 def commit_batch(cfg: ScoringConfig, store: Store, batch: str, version: int, staging: str,
-                 *, run_id: str | None = None, score_s: float | None = None) -> dict[str, Any]:
-    """Commit one batch's staged shards as its output for ``version``: predictions, errors,
-    then the manifest, last. Nothing to do (and says so) if the manifest already exists.
+                 *, run_id: str | None = None, run_key: str | None = None,
+                 score_s: float | None = None, summarize: bool = True,
+                 hook: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Commit one batch's staged shards as its output for ``version``: the predictions and
+    errors into a folder of this commit's own, then, last, the manifest naming that folder
+    (created only if absent). Nothing to do (and says so) if the manifest already exists.
+
+    No object is ever replaced, so two overlapping commits of one batch and version cannot mix:
+    the one whose manifest lands wins, the other deletes its own folder, and the manifest's
+    SHA-256s always match the files it names. Then the batch is added to the version's summary
+    (also when the manifest was there already: a commit that stopped in between is made good).
+
+    Args:
+        run_key: names the commit's folder (``<run_key>.<8 hex digits>``), with ``run_id``
+            recorded in the manifest.
+        summarize: add the batch to the version's summary (False: the caller adds it, as
+            :func:`commit` does once for all its batches).
+        hook: called with ``"write"`` before the files are written and ``"publish"`` before the
+            manifest is; for tests that interleave two commits deterministically.
 
     Raises:
         ScoringError: if a shard is missing (its task did not finish): nothing is written.
@@ -671,11 +702,16 @@ def commit_batch(cfg: ScoringConfig, store: Store, batch: str, version: int, sta
 
     prefix = output_prefix(cfg, batch, version)
     manifest_key = f"{prefix}/{MANIFEST}"
-    if store.exists(manifest_key):
+    try:
+        existing = read_json(store, manifest_key)
+    except ObjectNotFound:
+        existing = None
+    if existing is not None:
         log.info("score: batch %s already scored with v%d (%s); nothing to do", batch, version,
                  store.uri_for(manifest_key))
-        manifest = read_json(store, manifest_key)
-        return {**manifest, "committed": False}
+        if summarize:
+            record_scored(store, [existing])
+        return {**existing, "committed": False}
     start = time.perf_counter()
     info = read_json(store, f"{staging}/batch.json")
     missing = [i for i in range(int(info["shards"]))
@@ -696,10 +732,16 @@ def commit_batch(cfg: ScoringConfig, store: Store, batch: str, version: int, sta
     predictions = _predictions_csv(ids, merged, version)
     errors = json.dumps(info["errors"], indent=2).encode()
     report = class_report(merged["predicted"], merged["probability"], cfg)
-    # The objects first (each PUT is atomic), the manifest last: until it exists, readers
-    # (scored_batches, the Models page) see nothing of this output.
-    store.write_bytes(f"{prefix}/{PREDICTIONS}", predictions)
-    store.write_bytes(f"{prefix}/{ERRORS}", errors)
+    # The files first, in a folder no other commit writes to; the manifest last: until it
+    # exists, readers see nothing of this output, and only the manifest that lands counts.
+    commit_id = f"{run_key or 'commit'}.{uuid.uuid4().hex[:8]}"
+    files = {PREDICTIONS: predictions, ERRORS: errors}
+    if hook is not None:
+        hook("write")
+    for name, data in files.items():
+        if not store.write_if_absent(f"{prefix}/{commit_id}/{name}", data):
+            raise ScoringError(f"{store.uri_for(f'{prefix}/{commit_id}/{name}')} exists: "
+                               "another commit used this commit id; nothing committed")
     commit_s = time.perf_counter() - start
     n = len(ids)
     manifest = {
@@ -716,18 +758,41 @@ def commit_batch(cfg: ScoringConfig, store: Store, batch: str, version: int, sta
                    "images_per_s": round(n / score_s, 1) if score_s else None,
                    "commit_s": round(commit_s, 3)},
         "report": report,
-        "files": {name: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-                  for name, data in ((PREDICTIONS, predictions), (ERRORS, errors))},
+        "commit": commit_id,
+        "files": {name: {"path": f"{commit_id}/{name}",
+                         "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+                  for name, data in files.items()},
         "run_id": run_id,
         "created_at": utc_now(),
     }
     body = json.dumps(manifest, indent=2, default=json_default).encode()
+    if hook is not None:
+        hook("publish")
     if not store.write_if_absent(manifest_key, body):
         log.info("score: batch %s v%d was committed concurrently; keeping that one", batch,
                  version)
-        return {**read_json(store, manifest_key), "committed": False}
+        for name in files:  # named by no manifest: nobody will ever read them
+            store.delete(f"{prefix}/{commit_id}/{name}")
+        winner = read_json(store, manifest_key)
+        if summarize:
+            record_scored(store, [winner])
+        return {**winner, "committed": False}
+    _delete_unnamed(store, prefix, commit_id)
+    if summarize:
+        record_scored(store, [manifest])
     _log_view(cfg, manifest)
     return {**manifest, "committed": True}
+
+
+def _delete_unnamed(store: Store, prefix: str, commit_id: str) -> None:
+    """Delete what earlier tries of this output left (files of commits that stopped before
+    their manifest): the manifest now names ``commit_id``, so nothing will read them. A
+    concurrent commit still writing loses at its manifest and deletes its own anyway."""
+    for key in store.list(prefix):
+        rel = key[len(prefix) + 1:]
+        if rel != MANIFEST and not rel.startswith(f"{commit_id}/"):
+            log.info("score: deleting %s (a commit that did not finish)", store.uri_for(key))
+            store.delete(key)
 
 
 def _log_view(cfg: ScoringConfig, manifest: Mapping[str, Any]) -> None:
@@ -770,14 +835,22 @@ def commit(cfg: ScoringConfig, store: Store, planned: Mapping[str, Any],
     committed: list[str] = []
     unchanged: list[str] = []
     outputs: dict[str, str] = {}
+    manifests: list[dict[str, Any]] = []
     images = 0
-    for batch in prepared["batches"]:
-        staging = _staging(cfg, str(planned["run_key"]), batch, version)
-        result = commit_batch(cfg, store, batch, version, staging, run_id=run_id,
-                              score_s=score_s.get(batch))
-        (committed if result["committed"] else unchanged).append(batch)
-        images += int(result["counts"]["images"])
-        outputs[batch] = store.uri_for(output_prefix(cfg, batch, version))
+    try:
+        for batch in prepared["batches"]:
+            staging = _staging(cfg, str(planned["run_key"]), batch, version)
+            result = commit_batch(cfg, store, batch, version, staging, run_id=run_id,
+                                  run_key=str(planned["run_key"]), score_s=score_s.get(batch),
+                                  summarize=False)
+            (committed if result["committed"] else unchanged).append(batch)
+            images += int(result["counts"]["images"])
+            outputs[batch] = store.uri_for(output_prefix(cfg, batch, version))
+            manifests.append({k: v for k, v in result.items() if k != "committed"})
+    finally:
+        # One summary update for the batches committed, also when a later one fails (a
+        # retry that finds a batch committed adds it again: rows are added once).
+        record_scored(store, manifests)
     for key in store.list(f"{_root(cfg)}/staging/{planned['run_key']}"):
         store.delete(key)
     rejected = dict(prepared.get("rejected") or {})
@@ -825,20 +898,13 @@ def write_batch(landing: Store, batch: str, files: Mapping[str, bytes]) -> str:
     batch = validate_batch_id(batch)
     for name, data in files.items():
         landing.write_bytes(validate_key(f"{batch}/{name}"), data)
-    # Store keys may not start with "_"; the marker keeps the Hadoop/Spark name the increments
-    # use, so it is written beside the store's API, the way other tools write it.
-    if isinstance(landing, LocalStore):
-        (landing.root / batch / MARKER).write_bytes(b"")
-    elif isinstance(landing, S3Store):
-        key = f"{landing.prefix}/{batch}/{MARKER}" if landing.prefix else f"{batch}/{MARKER}"
-        landing.client.put_object(Bucket=landing.bucket, Key=key, Body=b"")
-    else:  # pragma: no cover - the two stores above are all there are
-        raise TypeError(f"cannot write a marker into {landing!r}")
+    landing.write_marker(batch)
     return landing.uri_for(batch)
 
 
 __all__ = [
     "BatchRejected", "ScoringConfig", "ScoringError", "commit", "commit_batch", "list_batches",
-    "plan", "prepare", "read_batch", "resolve_model", "score_batches", "score_shard",
-    "scored_batches", "scoring_config", "write_batch",
+    "output_key", "plan", "prepare", "read_batch", "read_manifest", "read_output",
+    "rebuild_summaries", "resolve_model", "score_batches", "score_shard", "scored_batches",
+    "scoring_config", "write_batch",
 ]

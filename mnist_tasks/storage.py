@@ -12,6 +12,12 @@ Guarantees, identical on both backends:
 * ``write_if_absent`` is a conditional create (``If-None-Match: *`` on S3, ``O_EXCL`` locally).
 * ``write_if_match`` is compare-and-swap on the object's ETag (``If-Match`` on S3, a lock plus
   content hash locally).
+* ``list_children`` is one delimited listing (``Delimiter='/'`` on S3, from ``StartAfter`` when
+  given; a folder's names locally): listing the folders after a watermark does not cost what
+  lies below them, nor, on S3, what sorts before it. ``children_token`` lets a caller skip
+  even that while a local folder is unchanged.
+* Completion markers (``_SUCCESS``, written last by producers) have ``has_marker`` and
+  ``write_marker``: their name is outside the key rules.
 
 Usage::
 
@@ -30,7 +36,9 @@ import io
 import os
 import re
 import shutil
+import stat
 import tempfile
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -39,6 +47,11 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlparse
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+@-]*$")
+_MARKER = re.compile(r"^_[A-Za-z0-9]+$")
+MARKER = "_SUCCESS"  # the completion marker a producer writes last (Hadoop/Spark's name)
+# A local folder changed this recently has no trusted token: a change within the same tick of
+# the file system's clock (coarse: milliseconds on ext4, seconds elsewhere) may leave its mtime.
+_TOKEN_MIN_AGE_S = 5.0
 
 
 class StorageError(RuntimeError):
@@ -84,6 +97,17 @@ def validate_key(key: str) -> str:
                 "(use letters, digits and ._=+@-, no '..', no leading '/', no empty segment)"
             )
     return key
+
+
+def marker_key(folder: str, name: str = MARKER) -> str:
+    """``<folder>/<name>`` for a completion marker (``folder`` validated, or empty: the root).
+
+    Raises:
+        InvalidKey: for a bad folder, or a name that is not ``_`` and letters or digits.
+    """
+    if not _MARKER.match(name):
+        raise InvalidKey(f"invalid marker name {name!r}: must be '_' then letters or digits")
+    return f"{validate_key(folder)}/{name}" if folder else name
 
 
 def join_key(*parts: str) -> str:
@@ -178,11 +202,41 @@ class Store(ABC):
         _check_size(self.uri_for(key), len(data), max_bytes)
         yield io.BytesIO(data)
 
-    def list_children(self, prefix: str) -> builtins.list[str]:
-        """Names of the immediate children (objects or 'folders') under ``prefix``."""
-        base = validate_key(prefix) + "/"
-        names = {k[len(base):].split("/", 1)[0] for k in self.list(prefix)}
-        return sorted(names)
+    def list_children(self, prefix: str = "", *, start_after: str | None = None
+                      ) -> builtins.list[str]:
+        """Sorted names of the immediate children (objects or 'folders') under ``prefix`` (the
+        root when empty), only those sorting after ``start_after`` when it is given.
+
+        The two stores here make it one delimited listing (S3 ``Delimiter='/'`` from
+        ``StartAfter``; a local folder's entries), so its cost grows with the children after
+        ``start_after`` on S3, never with what lies below them (a local folder that holds no
+        object yet may be listed too). This generic version lists everything under ``prefix``.
+        """
+        base = validate_key(prefix) + "/" if prefix else ""
+        names = {k[len(base):].split("/", 1)[0] for k in self.list(prefix) if k.startswith(base)}
+        return sorted(n for n in names if start_after is None or n > start_after)
+
+    def children_token(self, prefix: str = "") -> str | None:
+        """A token that changes whenever an immediate child of ``prefix`` is added, removed or
+        renamed, or None when the store cannot vouch for one (S3 has none).
+
+        A caller that recorded the token with a listing may skip listing again while the token
+        is the same.
+        """
+        return None
+
+    def has_marker(self, folder: str, name: str = MARKER) -> bool:
+        """Whether the completion marker ``<folder>/<name>`` exists (one request in the two
+        stores here; this generic version lists the folder).
+
+        Markers keep the Hadoop/Spark name (``_SUCCESS``), outside the key rules (a key segment
+        may not start with ``_``), so they have these two methods of their own.
+        """
+        return marker_key(folder, name) in self.list(folder)
+
+    def write_marker(self, folder: str, name: str = MARKER) -> None:
+        """Write the empty completion marker ``<folder>/<name>`` (last, by a producer)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot write a marker")
 
     @contextlib.contextmanager
     def local_copy(self, key: str) -> Iterator[Path]:
@@ -292,6 +346,36 @@ class LocalStore(Store):
                 rel = Path(dirpath, name).relative_to(self.root).as_posix()
                 keys.append(rel)
         return sorted(keys)
+
+    def list_children(self, prefix: str = "", *, start_after: str | None = None
+                      ) -> builtins.list[str]:
+        base = self._path(prefix) if prefix else self.root
+        try:
+            # Names only (no stat): a folder's entries are read whole, there is no StartAfter.
+            names = [n for n in os.listdir(base) if not n.startswith(".")]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        if start_after is not None:
+            names = [n for n in names if n > start_after]
+        return sorted(names)
+
+    def children_token(self, prefix: str = "") -> str | None:
+        base = self._path(prefix) if prefix else self.root
+        try:
+            st = os.stat(base)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        # A folder's mtime moves when an entry is added, removed or renamed in it. Trusted only
+        # once it is old enough that a later change cannot fall in the same clock tick.
+        if not stat.S_ISDIR(st.st_mode) or time.time() - st.st_mtime < _TOKEN_MIN_AGE_S:
+            return None
+        return f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}"
+
+    def has_marker(self, folder: str, name: str = MARKER) -> bool:
+        return self.root.joinpath(*marker_key(folder, name).split("/")).is_file()
+
+    def write_marker(self, folder: str, name: str = MARKER) -> None:
+        _atomic_write(self.root.joinpath(*marker_key(folder, name).split("/")), b"")
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -470,9 +554,55 @@ class S3Store(Store):
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         except Exception as exc:
             raise self._error(prefix or ".", exc) from exc
-        if prefix and self.exists(prefix):
+        # ``prefix`` may name an object itself (as a local file): asked only when nothing lies
+        # under it, as a local folder and a file cannot share a name.
+        if prefix and not keys and self.exists(prefix):
             keys.append(validate_key(prefix))
         return sorted(keys)
+
+    def list_children(self, prefix: str = "", *, start_after: str | None = None
+                      ) -> builtins.list[str]:
+        full = self._key(prefix) if prefix else self.prefix
+        if full:
+            full += "/"
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full, "Delimiter": "/"}
+        if start_after is not None:
+            # Key order puts "b/" after "b-1/" ('/' sorts after '-'), so start after the bare
+            # name: every child sorting after it comes after it as a key; the few extras that
+            # key order lets through are filtered below.
+            kwargs["StartAfter"] = full + start_after
+        names: set[str] = set()
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(**kwargs):
+                names.update(p["Prefix"][len(full):].rstrip("/")
+                             for p in page.get("CommonPrefixes", []))
+                names.update(o["Key"][len(full):] for o in page.get("Contents", []))
+        except Exception as exc:
+            raise self._error(prefix or ".", exc) from exc
+        names.discard("")
+        if start_after is not None:
+            names = {n for n in names if n > start_after}
+        return sorted(names)
+
+    def has_marker(self, folder: str, name: str = MARKER) -> bool:
+        key = f"{self.prefix}/{marker_key(folder, name)}" if self.prefix else marker_key(
+            folder, name)
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except Exception as exc:
+            if self._code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._error(folder or ".", exc) from exc
+
+    def write_marker(self, folder: str, name: str = MARKER) -> None:
+        key = f"{self.prefix}/{marker_key(folder, name)}" if self.prefix else marker_key(
+            folder, name)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"")
+        except Exception as exc:
+            raise self._error(folder or ".", exc) from exc
 
     def delete(self, key: str) -> None:
         try:

@@ -5,8 +5,9 @@ fresh-data accuracy, dataset version, champion marker, gate decision, producing 
 one version in detail: the data it was made from (dataset version, increments, quarantined
 increments, fresh-data accuracy of it and of the champion it was compared with), its plots
 (confusion matrix first), its model card, and the batches the scoring DAG scored with it
-(its outputs in the registry's store). It is reachable from the navigation bar
-("Models") and from every DAG run ("Model" tab: the version that run registered, if any).
+(the per-version summaries beside its outputs in the registry's store). It is reachable from
+the navigation bar ("Models") and from every DAG run ("Model" tab: the version that run
+registered, if any).
 
 It is a server-rendered FastAPI app mounted by the api-server at ``/models/``:
 
@@ -17,7 +18,8 @@ It is a server-rendered FastAPI app mounted by the api-server at ``/models/``:
   report (``.png``, ``.md``, ``.json``, ``.txt``; never the model itself).
 
 Every route needs an authenticated Airflow user who may read the runs of the ``mnist_training``
-DAG; a browser without a session is sent to the login page, any other client gets 401.
+DAG; a browser without a session is sent to the login page, any other client gets 401. Every
+response says ``X-Content-Type-Options: nosniff`` (a version's files come from the store).
 
 Settings (environment): ``MNIST_STORE`` (the registry's store, the DAG's default store),
 ``MNIST_MODEL_NAME`` (the registry's model name, as the DAG's). S3 credentials come the way the
@@ -64,6 +66,10 @@ SERVED_TYPES = {
     ".json": "application/json",
     ".txt": "text/plain; charset=utf-8",
 }
+
+# The selected version's table shows the newest batches only (20,000 rows are 6 MB of HTML);
+# /models/api/versions has them all.
+PAGE_BATCHES = 500
 
 # The nav icon: a stack of layers (a "model").
 ICON_SVG = (
@@ -159,33 +165,30 @@ def _approval_text(approval: Any) -> str | None:
 
 
 def _scored(reg: Registry) -> dict[int, list[dict[str, Any]]]:
-    """The batches scored with each version (the scoring DAG's committed outputs), newest
-    first; empty, logged, when they cannot be read (the versions are still shown)."""
-    from mnist_tasks.score import scored_batches
+    """The batches scored with each version (the scoring DAG's per-version summaries: a few
+    requests however many batches), newest first; empty, logged, when they cannot be read (the
+    versions are still shown)."""
+    from mnist_tasks.scoring_index import scored_batches
     from mnist_tasks.storage import StorageError
 
     try:  # the scoring DAG's outputs beside the registry it read (its store)
-        manifests = scored_batches(reg.store, reg.model_name)
+        summaries = scored_batches(reg.store, reg.model_name)
     except (StorageError, OSError, ValueError) as exc:
         log.warning("models page: cannot read the scored batches: %s", exc)
         return {}
-    out: dict[int, list[dict[str, Any]]] = {}
-    for version, items in manifests.items():
-        rows = []
-        for m in items:
-            report, counts = m.get("report") or {}, m.get("counts") or {}
-            rows.append({
-                "batch": m.get("batch"),
-                "images": counts.get("images"),
-                "skipped_files": counts.get("skipped_files"),
-                "low_confidence": report.get("low_confidence"),
-                "divergence": report.get("divergence_tvd"),
-                "flagged": bool(report.get("divergence_flagged")),
-                "scored": _fmt_time(str(m.get("created_at") or "")),
-                "run_id": m.get("run_id"),
-            })
-        out[version] = sorted(rows, key=lambda r: str(r["batch"]), reverse=True)
-    return out
+    return {
+        version: [{
+            "batch": r["batch"],
+            "images": r.get("images"),
+            "skipped_files": r.get("skipped_files"),
+            "low_confidence": r.get("low_confidence"),
+            "divergence": r.get("divergence_tvd"),
+            "flagged": bool(r.get("divergence_flagged")),
+            "scored": _fmt_time(str(r.get("created_at") or "")),
+            "run_id": r.get("run_id"),
+        } for r in reversed(rows)]  # rows come by batch id: newest last
+        for version, rows in summaries.items()
+    }
 
 
 def _plots(info: VersionInfo) -> list[str]:
@@ -249,6 +252,15 @@ def build_app() -> FastAPI:
         openapi_url=None,
     )
 
+    @app.middleware("http")
+    async def _nosniff(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                       ) -> Response:
+        # Every response says what it is and the browser must not guess otherwise: a version's
+        # files come from the store, and a sniffed .txt or .json could be run as HTML.
+        response = await call_next(request)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # A browser without a session goes to the login page and comes back; API clients get 401.
@@ -306,7 +318,8 @@ def build_app() -> FastAPI:
             lineage=lineage_summary(selected.metadata) if selected else None,
             plots=_plots(selected) if selected else [],
             card_html=card_html,
-            scored=scored.get(selected.version, []) if selected else [],
+            scored=scored.get(selected.version, [])[:PAGE_BATCHES] if selected else [],
+            scored_total=len(scored.get(selected.version, [])) if selected else 0,
             run=run,
             error=error,
         )

@@ -70,13 +70,12 @@ def _accuracy(model_path: Path, x: np.ndarray, y: np.ndarray) -> float:
 
 def _rows(store: S3Store, batch: str, version: int) -> list[dict[str, str]]:
     cfg = score.ScoringConfig(landing="unused")
-    data = store.read_bytes(f"{score.output_prefix(cfg, batch, version)}/predictions.csv")
+    data = score.read_output(store, cfg, batch, version, "predictions.csv")  # SHA-256 checked
     return list(csv.DictReader(io.StringIO(data.decode())))
 
 
 def _manifest(store: S3Store, batch: str, version: int) -> dict[str, Any]:
-    cfg = score.ScoringConfig(landing="unused")
-    return json.loads(store.read_bytes(f"{score.output_prefix(cfg, batch, version)}/MANIFEST.json"))
+    return score.read_manifest(store, score.ScoringConfig(landing="unused"), batch, version)
 
 
 def test_scoring_dag_scores_with_the_champion_and_rescores_after_a_promotion(
@@ -139,8 +138,8 @@ def test_scoring_dag_scores_with_the_champion_and_rescores_after_a_promotion(
     png_pred = np.array([by_id[f"digit-{i:03d}.png"] for i in range(N_PNG)])
     assert float((png_pred == png_y).mean()) == pytest.approx(
         _accuracy(models[1], png_x, png_y), abs=1e-9)
-    errors = json.loads(store.read_bytes(
-        f"{score.output_prefix(score.ScoringConfig(landing='-'), '2026-11-22-b', 1)}/errors.json"))
+    errors = json.loads(score.read_output(store, score.ScoringConfig(landing="-"),
+                                          "2026-11-22-b", 1, "errors.json"))
     assert sorted(e["file"] for e in errors) == ["cut.png", "half-idx3-ubyte", "scan.jpg",
                                                  "wide.png"]
     assert any("40x28, expected 28x28" in e["error"] for e in errors)

@@ -120,8 +120,8 @@ def test_registry_events_start_scoring_with_nothing_triggered_by_hand(
     assert (planned["model_version"], planned["resolved_from"]) == (1, "event")
     assert planned["batches"] == [BATCH]
     assert score.is_committed(store, cfg, BATCH, 1)
-    manifest = score.scored_batches(store)[1][0]
-    assert manifest["counts"]["images"] == N and manifest["run_id"] == first["dag_run_id"]
+    scored = score.scored_batches(store)[1][0]
+    assert scored["images"] == N and scored["run_id"] == first["dag_run_id"]
 
     # 3. v2 promoted through the CLI, which posts the event: re-scored beside v1.
     with tempfile.TemporaryDirectory() as tmp:

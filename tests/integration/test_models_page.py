@@ -216,6 +216,18 @@ def test_listing_and_files_with_a_token(deployment: Deployment) -> None:
     assert "nothing new to train on (UNCHANGED)" in text and "<b>version 2</b>" in text
 
 
+def test_every_file_response_says_nosniff(deployment: Deployment) -> None:
+    # A version's files come from the store: the browser must take the declared type, never
+    # guess HTML or script from the bytes.
+    for path in ("/models/versions/2/files/confusion_matrix.png",
+                 "/models/versions/2/files/model_card.md", "/models/versions/2/files/metrics.json",
+                 "/models/icon.svg", "/models/api/versions", "/models/",
+                 "/models/versions/2/files/model.keras"):
+        response = deployment.api.request("GET", path)
+        assert response.headers.get("x-content-type-options") == "nosniff", (
+            path, response.status_code, dict(response.headers))
+
+
 def _chromium(user_data_dir: Path) -> Any:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

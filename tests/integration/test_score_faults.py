@@ -4,7 +4,8 @@ A batch is planned, prepared and scored in shards; then the commit starts, and t
 goes away right after the predictions object is written (its reply is lost, and the proxy in
 front of the server stops, so every later request fails). Readers see no output of the batch
 (no manifest: :func:`score.scored_batches` is empty); the retry, with the endpoint back,
-completes the same output, and a second retry does nothing.
+commits the output (its own folder; the stopped try's file is deleted), and a second retry
+does nothing.
 """
 
 from __future__ import annotations
@@ -57,14 +58,18 @@ def test_s3_going_away_mid_commit_leaves_nothing_visible_and_the_retry_completes
     assert stopped.wait(10) and proxy.dropped
 
     out = score.output_prefix(cfg, "b001", 1)
-    assert store.exists(f"{out}/predictions.csv")  # the write landed ...
+    landed = [k for k in store.list(out) if k.endswith("/predictions.csv")]
+    assert len(landed) == 1  # the write landed, in the try's own folder ...
     assert not store.exists(f"{out}/MANIFEST.json")  # ... but no reader sees it
     assert score.scored_batches(store) == {}
 
     done = score.commit(cfg, store, planned, None, scored)  # the retry, the endpoint back
     assert done["committed"] == ["b001"] and done["images"] == 30
-    manifest = score.scored_batches(store)[1][0]
+    manifest = score.read_manifest(store, cfg, "b001", 1)
     assert manifest["counts"] == {"files": 1, "images": 30, "skipped_files": 0, "shards": 3}
+    assert score.read_output(store, cfg, "b001", 1, "predictions.csv")  # matches its SHA-256
+    assert landed[0] not in store.list(out)  # the stopped try's file, named by no manifest
+    assert [r["images"] for r in score.scored_batches(store)[1]] == [30]
     assert not store.list(f"{score._root(cfg)}/staging")
     again = score.commit(cfg, store, planned, None, scored)
     assert again["committed"] == [] and again["unchanged"] == ["b001"]

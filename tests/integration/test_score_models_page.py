@@ -1,5 +1,5 @@
 """The Models page's scored-batches section: per version, the batches the scoring DAG scored
-with it, read from the committed outputs (manifests) beside the registry, rendered by the page's
+with it, read from the per-version summaries beside the registry, rendered by the page's
 template. (The page's routes and login are tested with a real api-server in
 test_models_page.py.)"""
 
@@ -38,8 +38,9 @@ def test_each_version_lists_the_batches_scored_with_it(tmp_path: Path, model_fil
     for batch in ("b001", "b002"):
         score.write_batch(landing, batch, {"a-idx3-ubyte": encode_idx(synthetic_digits(6)[0])})
     score.score_batches(cfg, store, landing, "r1")
-    # A commit that never finished (no manifest) is not listed.
-    store.write_bytes(f"{score.output_prefix(cfg, 'b003', 2)}/predictions.csv", b"partial")
+    # A commit that never finished (no manifest, so no summary row) is not listed.
+    store.write_bytes(f"{score.output_prefix(cfg, 'b003', 2)}/r9.0a1b2c3d/predictions.csv",
+                      b"partial")
 
     plugin = _plugin()
     scored = plugin._scored(reg)
@@ -57,4 +58,11 @@ def test_each_version_lists_the_batches_scored_with_it(tmp_path: Path, model_fil
         scored=scored[1], run=None, error=None)
     assert "Batches scored with v1" in html
     assert 'data-batch="b001"' in html and 'data-batch="b002"' in html
-    assert "<th>Batches scored</th>" in html
+    assert "<th>Batches scored</th>" in html and "The newest" not in html
+    # A long history shows its newest batches (the page passes PAGE_BATCHES of them).
+    html = env.get_template("mnist_models.html").render(
+        model_name="mnist-classifier", registry_uri=reg.uri, champion=1,
+        rows=[selected | {"scored": 2}], selected=selected, selected_meta={}, lineage=None,
+        plots=[], card_html=None, scored=scored[1][:1], scored_total=2, run=None, error=None)
+    assert 'data-batch="b002"' in html and 'data-batch="b001"' not in html
+    assert "The newest 1 of 2 batches" in html and plugin.PAGE_BATCHES == 500

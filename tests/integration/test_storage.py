@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,3 +142,73 @@ def test_one_s3_client_builder(s3_env: str) -> None:
     assert store.client.meta.config.read_timeout == 60.0
     store.write_bytes("k", b"v")
     assert s3_client().get_object(Bucket=TEST_BUCKET, Key="p/k")["Body"].read() == b"v"
+
+
+def test_list_children_lists_one_level_after_start_after(store: Store) -> None:
+    for key in ("b/x", "b-1/x", "b.x/y/z", "c/x", "a/x", "top.json", "c1/deep/er/x"):
+        store.write_bytes(key, b"1")
+    assert store.list_children() == ["a", "b", "b-1", "b.x", "c", "c1", "top.json"]
+    # By name, not by key: "b-1/x" sorts before "b/x" as a key, yet "b-1" comes after "b".
+    assert store.list_children(start_after="b") == ["b-1", "b.x", "c", "c1", "top.json"]
+    assert store.list_children(start_after="top.json") == []
+    assert store.list_children("b.x") == ["y"]
+    assert store.list_children("c1", start_after="a") == ["deep"]
+    assert store.list_children("none") == []
+    assert store.list("top.json") == ["top.json"]  # a key names itself
+
+
+def test_completion_markers(store: Store) -> None:
+    assert not store.has_marker("batch")
+    store.write_bytes("batch/a.png", b"x")
+    assert not store.has_marker("batch")
+    store.write_marker("batch")
+    assert store.has_marker("batch") and not store.has_marker("other")
+    assert store.list("batch") == ["batch/_SUCCESS", "batch/a.png"]
+    store.write_marker("")
+    assert store.has_marker("")
+    with pytest.raises(InvalidKey, match="marker name"):
+        store.has_marker("batch", "SUCCESS")
+    with pytest.raises(InvalidKey):
+        store.write_marker("../batch")
+
+
+def test_children_token_moves_when_a_child_comes(store: Store) -> None:
+    import os
+    import time
+
+    from mnist_tasks.storage import LocalStore
+
+    store.write_bytes("landing/b1/x", b"1")
+    if not isinstance(store, LocalStore):
+        assert store.children_token("landing") is None  # S3 has none: list after a watermark
+        return
+    folder = store.root / "landing"
+    assert store.children_token("landing") is None  # changed just now: not trusted yet
+    old = time.time() - 60
+    os.utime(folder, (old, old))
+    token = store.children_token("landing")
+    assert token is not None and store.children_token("landing") == token
+    store.write_bytes("landing/b2/x", b"1")
+    assert store.children_token("landing") != token
+    os.utime(folder, (old + 1, old + 1))
+    assert store.children_token("landing") not in (None, token)
+    assert store.children_token("nothing") is None
+
+
+def test_a_store_of_its_own_gets_the_generic_listing_and_marker_check(store: Store) -> None:
+    # Another Store (a wrapper, a test double) implements only the abstract methods: the
+    # generic list_children and has_marker answer as the two stores here do.
+    def delegate(name: str) -> Any:
+        return lambda self, *args, **kwargs: getattr(store, name)(*args, **kwargs)
+
+    methods = {name: delegate(name) for name in Store.__abstractmethods__}
+    plain = type("Plain", (Store,), {**methods, "uri": store.uri})()
+    for key in ("b/x", "b-1/x", "b.x/y/z", "top.json"):
+        store.write_bytes(key, b"1")
+    store.write_marker("b")
+    for prefix, after in (("", None), ("", "b"), ("b.x", None), ("none", None)):
+        assert plain.list_children(prefix, start_after=after) == store.list_children(
+            prefix, start_after=after)
+    assert plain.has_marker("b") and not plain.has_marker("b-1")
+    with pytest.raises(NotImplementedError):
+        plain.write_marker("b-1")

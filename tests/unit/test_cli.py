@@ -89,6 +89,80 @@ def test_a_store_with_dot_dot_is_refused(store: str, capsys: pytest.CaptureFixtu
     assert "'store'" in line and "'..' path segments" in line
 
 
+DOT_DOT = ["file:///data/../etc", "/data/../etc", "file:///data/%2e%2e/etc",
+           "s3://bucket/a/../b"]
+
+
+@pytest.mark.parametrize("where", DOT_DOT)
+@pytest.mark.parametrize(("argv", "param"), [
+    (["report", "--latest", "--store", "{}"], "store"),
+    (["score", "--store", "{}"], "store"),
+    (["score", "--store", "{ok}", "--landing", "{}"], "landing"),
+    (["ingest", "--store", "{ok}", "--source", "{}"], "source"),
+    (["run-all", "--store", "{ok}", "--source", "{}"], "source"),
+    (["data", "--store", "{}", "list"], "store"),
+    (["registry", "--store", "{}", "list"], "store"),
+])
+def test_every_place_a_command_takes_refuses_dot_dot(
+    argv: list[str], param: str, where: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _refused(argv, param, where, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("where", ["/data/../etc", "/data/x/.."])
+@pytest.mark.parametrize(("argv", "param"), [  # local folders only: no URIs here
+    (["data", "add-increment", "--mnist", "{}", "--out", "{ok}", "--id", "a"], "mnist"),
+    (["data", "add-increment", "--mnist", "{ok}", "--out", "{}", "--id", "a"], "out"),
+    (["data", "make-demo", "--mnist", "{ok}", "--out", "{}"], "out"),
+])
+def test_the_data_commands_folders_refuse_dot_dot(
+    argv: list[str], param: str, where: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _refused(argv, param, where, tmp_path, capsys)
+
+
+def _refused(argv: list[str], param: str, where: str, tmp_path: Path,
+             capsys: pytest.CaptureFixture[str]) -> None:
+    from mnist_tasks import registry
+
+    ok = str(tmp_path / "ok")
+    args = [a.replace("{ok}", ok).replace("{}", where) for a in argv]
+    status = registry.main(args[1:]) if args[0] == "registry" else main(args)
+    assert status == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"parameter {param!r} = {where!r} is invalid: must not contain '..'" in line
+    assert not Path(ok).exists()  # refused before anything was written
+
+
+def test_a_landing_from_the_environment_is_checked_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("MNIST_SCORING_LANDING", "/data/../etc")
+    assert main(["score", "--store", str(tmp_path / "s")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "parameter 'landing' = '/data/../etc' is invalid" in line
+
+
+def test_dot_dot_commands_of_the_readme_are_one_line_errors(tmp_path: Path) -> None:
+    _one_line_error(_cli("score", "--store", str(tmp_path / "s"), "--landing", "/data/../etc",
+                         cwd=tmp_path), "parameter 'landing'")
+    out = subprocess.run([sys.executable, "-m", "mnist_tasks.registry", "--store",
+                          "file:///data/../etc", "list"], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    _one_line_error(out, "parameter 'store'")
+
+
+def test_a_relative_folder_is_taken_from_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    assert main(["data", "--store", "../store", "list"]) == 0  # as documented: ../shared/...
+    assert "no dataset versions" in capsys.readouterr().out
+
+
 def _options(command: str) -> dict[str, argparse.Action]:
     sub = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction))
     return {a.dest: a for a in sub.choices[command]._actions}

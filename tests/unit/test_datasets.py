@@ -318,8 +318,22 @@ def test_add_increment_kinds_and_no_overwrite(tiny_mnist: Path, tmp_path: Path) 
         add_increment(tiny_mnist, out, "thick", size=20)
     with pytest.raises(ConfigError, match=r"parameter 'offset' = 190 is invalid"):
         add_increment(tiny_mnist, out, "x1", offset=190, size=20)
-    with pytest.raises(ConfigError, match=r"parameter 'id' = 'bad/id' is invalid"):
+    with pytest.raises(ConfigError, match=r"invalid increment id 'bad/id'"):
         add_increment(tiny_mnist, out, "bad/id", size=20)
+
+
+@pytest.mark.parametrize("inc_id", ["", "x" * 65, "bad/id", ".."])
+def test_cli_add_increment_checks_the_id_before_anything_else(
+    inc_id: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "src"
+    (out / "increments").mkdir(parents=True)  # an empty id would name this folder itself
+    missing = tmp_path / "no-mnist-here"  # never read: the id is refused first
+    assert ds.main(["add-increment", "--mnist", str(missing), "--out", str(out),
+                    "--id", inc_id]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: invalid increment id {inc_id!r}: use letters, digits")
+    assert [p.name for p in out.rglob("*")] == ["increments"]
 
 
 def test_cli_add_increment_prints_one_line_and_refuses_overwrite(

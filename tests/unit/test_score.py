@@ -5,19 +5,23 @@ all-or-nothing commit and the operators' report."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import json
+import os
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mnist_tasks import score
+from mnist_tasks import score, scoring_index
 from mnist_tasks.artifacts import load_keras_model
 from mnist_tasks.idx import encode_idx
 from mnist_tasks.registry import Registry
-from mnist_tasks.storage import LocalStore
+from mnist_tasks.storage import LocalStore, StorageError
 from tests.helpers import synthetic_digits
 
 
@@ -43,7 +47,7 @@ def env(tmp_path: Path, model_file: Path) -> tuple[score.ScoringConfig, LocalSto
 
 def read_predictions(store: LocalStore, cfg: score.ScoringConfig, batch: str,
                      version: int) -> list[dict[str, str]]:
-    data = store.read_bytes(f"{score.output_prefix(cfg, batch, version)}/predictions.csv")
+    data = score.read_output(store, cfg, batch, version, "predictions.csv")
     return list(csv.DictReader(io.StringIO(data.decode())))
 
 
@@ -76,18 +80,25 @@ def test_png_and_idx_batch_scored_with_bad_files_named(env, model_file: Path) ->
         assert int(row["predicted"]) == order[0] and int(row["runner_up"]) == order[1]
         assert float(row["probability"]) == pytest.approx(expected[i][order[0]], abs=1e-5)
         assert float(row["probability"]) >= float(row["runner_up_probability"])
-    errors = json.loads(store.read_bytes(f"{score.output_prefix(cfg, 'b001', 1)}/errors.json"))
+    errors = json.loads(score.read_output(store, cfg, "b001", 1, "errors.json"))
     assert sorted(e["file"] for e in errors) == ["big.png", "broken.png", "cut-idx3-ubyte",
                                                  "notes.txt"]
     assert any("32x32, expected 28x28" in e["error"] for e in errors)
     assert any("truncated" in e["error"] for e in errors if e["file"] == "cut-idx3-ubyte")
-    manifest = json.loads(store.read_bytes(f"{score.output_prefix(cfg, 'b001', 1)}/MANIFEST.json"))
+    manifest = score.read_manifest(store, cfg, "b001", 1)
     assert manifest["model_version"] == 1 and manifest["counts"]["images"] == 20
     assert manifest["counts"]["skipped_files"] == 4 and manifest["counts"]["shards"] == 3
     assert len(manifest["input_sha256"]) == 64
     assert sum(manifest["report"]["class_counts"]) == 20
     assert manifest["files"]["predictions.csv"]["size"] == len(
-        store.read_bytes(f"{score.output_prefix(cfg, 'b001', 1)}/predictions.csv"))
+        score.read_output(store, cfg, "b001", 1, "predictions.csv"))
+    # The version's summary has the batch as the Models page shows it.
+    assert score.scored_batches(store)[1] == [{
+        "batch": "b001", "images": 20, "skipped_files": 4,
+        "low_confidence": manifest["report"]["low_confidence"],
+        "divergence_tvd": manifest["report"]["divergence_tvd"],
+        "divergence_flagged": manifest["report"]["divergence_flagged"],
+        "created_at": manifest["created_at"], "run_id": None}]
     assert not store.list("scoring/mnist-classifier/staging")  # staging cleared
 
 
@@ -217,3 +228,122 @@ def test_cli_scores_a_named_batch_and_errors_in_one_line(env, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: batch(es) nope not found in {landing.uri} (or without their "
                    "_SUCCESS marker)"]
+
+
+def _idx_batch(landing: LocalStore, batch: str, n: int = 2, marker: bool = True) -> None:
+    files = {"a-idx3-ubyte": encode_idx(synthetic_digits(n)[0])}
+    if marker:
+        score.write_batch(landing, batch, files)
+    else:
+        landing.write_bytes(f"{batch}/a-idx3-ubyte", files["a-idx3-ubyte"])
+
+
+def _record(store: LocalStore) -> dict:
+    return json.loads(store.read_bytes("scoring/mnist-classifier/landing.json"))
+
+
+def test_interval_runs_look_only_after_the_watermark_and_sweeps_find_the_rest(env) -> None:
+    cfg, store, landing = env  # window 2
+    for b in ("b001", "b002", "b003", "b004"):
+        _idx_batch(landing, b)
+    assert score.score_batches(cfg, store, landing, "r1")["committed"] == [
+        "b001", "b002", "b003", "b004"]
+    # Up to just before the re-score window (what comes after it is tracked, and so are the
+    # batches this very run was about to decide).
+    assert _record(store)["watermark"] == "b002"
+
+    _idx_batch(landing, "b0015")  # lands late, with an id before the watermark
+    _idx_batch(landing, "b005")
+    assert score.score_batches(cfg, store, landing, "r2")["committed"] == ["b005"]
+    record = _record(store)
+    assert (record["watermark"], record["tracked"]) == ("b003", ["b004", "b005"])
+    # A registry event's run lists every folder: the late batch is scored then.
+    events = [{"version": 1}]
+    assert score.score_batches(cfg, store, landing, "r3", events=events)["committed"] == [
+        "b0015"]
+    # So does the first landing check a day after the last sweep.
+    _idx_batch(landing, "b0001")
+    state = scoring_index.look_at_landing(store, landing, cfg.model_name, window=2,
+                                          sweep=False)
+    assert "b0001" not in state.complete and not state.swept
+    later = (datetime.fromisoformat(_record(store)["swept_at"]) + timedelta(hours=25))
+    state = scoring_index.look_at_landing(store, landing, cfg.model_name, window=2,
+                                          sweep=False, now=later.isoformat())
+    assert state.swept and "b0001" in state.complete
+    assert not state.outputs.decided("b0001") and state.outputs.decided("b0015")
+
+
+def test_an_undecided_folder_never_holds_the_watermark_back(env) -> None:
+    cfg, store, landing = env
+    cfg = dataclasses.replace(cfg, rescore_window=0)
+    _idx_batch(landing, "b001")
+    _idx_batch(landing, "b002", marker=False)  # still being uploaded
+    _idx_batch(landing, "b003")
+    assert score.score_batches(cfg, store, landing, "r1")["committed"] == ["b001", "b003"]
+    record = _record(store)
+    assert record["watermark"] == "b003" and "b002" in record["tracked"]
+    landing.write_marker("b002")  # the upload completes
+    assert score.score_batches(cfg, store, landing, "r2")["committed"] == ["b002"]
+    assert score.score_batches(cfg, store, landing, "r3")["committed"] == []
+    assert _record(store)["tracked"] == []  # every folder decided, none after the watermark
+
+
+def test_an_unchanged_local_landing_is_not_even_listed(env) -> None:
+    cfg, store, landing = env
+
+    class Counting(LocalStore):
+        listings = 0
+
+        def list_children(self, prefix: str = "", *, start_after: str | None = None
+                          ) -> list[str]:
+            Counting.listings += 1
+            return super().list_children(prefix, start_after=start_after)
+
+    counted = Counting(landing.root)
+    for b in ("b001", "b002", "b003"):
+        _idx_batch(landing, b)
+    old = time.time() - 60
+    os.utime(landing.root, (old, old))  # long unchanged: its mtime token is trusted
+    score.score_batches(cfg, store, counted, "r1")  # the first look is a sweep
+    before = Counting.listings
+    assert score.score_batches(cfg, store, counted, "r2")["committed"] == []
+    assert Counting.listings == before
+    _idx_batch(landing, "b004")  # a new folder moves the token: listed (after the watermark)
+    assert score.score_batches(cfg, store, counted, "r3")["committed"] == ["b004"]
+    assert Counting.listings == before + 1
+
+
+def test_a_commit_that_stopped_before_its_summary_is_made_good(env, capsys) -> None:
+    from mnist_tasks.__main__ import main
+
+    cfg, store, landing = env
+    _idx_batch(landing, "b001")
+    _idx_batch(landing, "b002")
+    score.score_batches(cfg, store, landing, "r1")
+    summary = "scoring/mnist-classifier/summaries/v000001.json"
+    store.delete(summary)  # as if the commit had stopped right after the manifest
+    assert score.scored_batches(store) == {}
+    again = score.commit_batch(cfg, store, "b001", 1, "staging-is-gone")  # the task's retry
+    assert not again["committed"]
+    assert [r["batch"] for r in score.scored_batches(store)[1]] == ["b001"]
+    # Outputs committed before there were summaries: an operator's command adds them.
+    assert main(["score", "--store", store.uri, "--landing", landing.uri,
+                 "--rebuild-summaries"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"summaries": {"v1": 1}}
+    assert [r["batch"] for r in score.scored_batches(store)[1]] == ["b001", "b002"]
+    store.write_bytes(summary, b"{not json")
+    assert score.scored_batches(store) == {}  # a damaged summary is logged and left out
+    with pytest.raises(StorageError, match="--rebuild-summaries"):
+        scoring_index.record_scored(store, [score.read_manifest(store, cfg, "b001", 1)])
+
+
+def test_a_run_whose_later_batch_fails_still_lists_the_ones_it_committed(env) -> None:
+    cfg, store, landing = env  # shard size 7
+    _idx_batch(landing, "b001", n=3)
+    _idx_batch(landing, "b002", n=10)  # two shards
+    planned = score.plan(cfg, store, landing, "run1")
+    prepared = score.prepare(cfg, store, landing, planned)
+    scored = [score.score_shard(cfg, store, s) for s in prepared["shards"][:-1]]
+    with pytest.raises(score.ScoringError, match=r"b002 v1: shard\(s\) \[1\]"):
+        score.commit(cfg, store, planned, prepared, scored)
+    assert [r["batch"] for r in score.scored_batches(store)[1]] == ["b001"]
