@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_tasks import idx
-from mnist_tasks.storage import LocalStore, S3Store, StorageError, Store
+from mnist_tasks.storage import MARKER, LocalStore, S3Store, StorageError, Store
 
 __all__ = [
     "MARKER",
@@ -48,7 +48,6 @@ __all__ = [
     "read_many",
 ]
 
-MARKER = "_SUCCESS"  # a folder is complete once this exists (Hadoop's and Spark's name)
 ROWS = COLS = 28
 MAX_IMAGES = 100_000  # images in one IDX file (78 MB decoded), and PNGs in one folder
 MAX_PNG_BYTES = 1 << 20  # one PNG; a 28x28 digit is under 1 KB
