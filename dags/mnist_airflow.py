@@ -760,3 +760,89 @@ def score_commit(planned: dict[str, Any]) -> dict[str, Any]:
                          _context()["run_id"])
     except score.BatchRejected as exc:
         raise AirflowFailException(str(exc)) from None
+
+
+# -- monitoring: drift alarms from scoring, labels that come back (mnist_feedback) ----------------
+# Settings: MNIST_FEEDBACK_LANDING (default <scoring store>/feedback),
+# MNIST_FEEDBACK_INTERVAL_MINUTES (default 5). The labelled images land as increments in
+# MNIST_SOURCE, where the watch finds them.
+
+FEEDBACK_DAG_ID = "mnist_feedback"
+# An event whenever a model's health needs attention: a scored batch's drift ALARM or a live
+# accuracy ALARM from feedback; other DAGs (or a notifier) can be scheduled on it.
+MODEL_HEALTH = Asset(name="mnist_model_health", uri="mnist://health/mnist-classifier")
+
+
+def health(committed: dict[str, Any]) -> dict[str, Any]:
+    """The scoring run's drift ALARMs as an event of :data:`MODEL_HEALTH`; none: skipped."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from mnist_tasks import score
+
+    cfg, store, _ = _scoring()
+    version = int(committed["model_version"])
+    alarms = []
+    for batch in committed.get("committed", []):
+        monitor = score.read_manifest(store, cfg, batch, version).get("monitor") or {}
+        if monitor.get("status") == "ALARM":
+            alarms.append({"batch": batch, "fired": monitor.get("fired", [])})
+    if not alarms:
+        raise AirflowSkipException("no drift alarm in this run's batches")
+    extra = {"kind": "drift", "model_version": version, "alarms": alarms}
+    _context()["outlet_events"][MODEL_HEALTH].extra = extra
+    message = (f"DRIFT ALARM on {len(alarms)} batch(es) scored with {cfg.model_name} "
+               f"v{version}: " + "; ".join(f"{a['batch']} ({', '.join(a['fired'])})"
+                                           for a in alarms))
+    notify(_context(), message)
+    return extra
+
+
+def feedback_interval(environ: Mapping[str, str] = os.environ) -> timedelta:
+    """How often landed feedback is looked for: MNIST_FEEDBACK_INTERVAL_MINUTES (default 5).
+
+    Raises:
+        ValueError: naming the variable, for a value that is not 1 to 1440 whole minutes.
+    """
+    return timedelta(minutes=_number_setting(environ, "MNIST_FEEDBACK_INTERVAL_MINUTES", 5, 1,
+                                             1440, "a whole number of minutes", int))
+
+
+def feedback(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """Merge newly landed feedback with the scored batches' predictions, land the labelled
+    images as increments in the source, and emit :data:`MODEL_HEALTH` on a live-accuracy
+    ALARM; nothing new: skipped."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from mnist_tasks import config
+    from mnist_tasks import feedback as fb
+    from mnist_tasks.storage import open_store
+
+    cfg, store, landing = _scoring(environ)
+    kwargs = s3_client_kwargs()
+    feedback_uri = (environ.get("MNIST_FEEDBACK_LANDING", "").strip()
+                    or store.uri.rstrip("/") + "/feedback")
+    source_uri = form_default(PARAM_SPECS["source"], environ)
+    source = None
+    if source_uri != "default" and not source_uri.startswith(("http://", "https://")):
+        config.check_store_uri(source_uri)
+        source = open_store(source_uri, client_kwargs=kwargs)
+    reports = fb.process_pending(
+        fb.FeedbackConfig(model_name=cfg.model_name, source=source_uri if source else None),
+        store, open_store(feedback_uri, client_kwargs=kwargs), landing, source=source)
+    if not reports:
+        raise AirflowSkipException(f"no new feedback under {feedback_uri}")
+    alarms = [r for r in reports if r.status == "ALARM"]
+    result = {"batches": [r.batch for r in reports],
+              "increments": [r.increment for r in reports if r.increment],
+              "alarms": [{"batch": r.batch, "versions": [
+                  {"version": v.version, "accuracy": v.accuracy, "interval": list(v.interval),
+                   "benchmark_accuracy": v.benchmark_accuracy}
+                  for v in r.versions if v.status == "ALARM"]} for r in alarms]}
+    if not alarms:
+        # Processed, nothing to raise: the event would say "healthy", which nobody schedules on.
+        log.info("feedback: %d batch(es) processed, no alarm", len(reports))
+        raise AirflowSkipException("feedback processed; no live-accuracy alarm")
+    _context()["outlet_events"][MODEL_HEALTH].extra = {"kind": "live_accuracy", **result}
+    message = "LIVE ACCURACY ALARM: " + "; ".join(r.summary_line() for r in alarms)
+    notify(_context(), message)
+    return result

@@ -12,7 +12,9 @@ skip and name bad files, stage, cut into shards of `MNIST_SCORING_SHARD_SIZE` im
 **score** (one mapped task per shard, in parallel) → **commit** (per batch, all or nothing:
 `predictions.csv` and `errors.json` in the commit's own folder, then `MANIFEST.json` last,
 naming it, under `scoring/<model>/batches/<batch>/v<NNNNNN>/`; no object ever overwritten; a
-re-run does nothing; the batch is added to the version's summary, which the Models page reads).
+re-run does nothing; the batch is added to the version's summary, which the Models page reads;
+each batch is checked for drift against the version's monitoring reference: OK, WARN or ALARM)
+→ **health** (an ALARM becomes an event of the asset `mnist_model_health`; none: skipped).
 
 Schedule: an event of the asset `mnist_model_registry` (the training DAG's register task, or
 `python -m mnist_tasks.registry promote|rollback --notify-airflow`), or every
@@ -62,7 +64,14 @@ def mnist_batch_scoring() -> None:
         """Runs when every shard scored (or there were none: every batch rejected)."""
         return glue.score_commit(planned)
 
+    @task(outlets=[glue.MODEL_HEALTH])
+    def health(committed: dict[str, Any]) -> dict[str, Any]:
+        """A batch's drift ALARM: an event of mnist_model_health; none: skipped."""
+        return glue.health(committed)
+
     planned = plan()
-    score.expand(shard=prepare(planned)) >> commit(planned)
+    committed = commit(planned)
+    score.expand(shard=prepare(planned)) >> committed
+    health(committed)
 
 mnist_batch_scoring()

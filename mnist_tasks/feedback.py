@@ -373,6 +373,48 @@ def pending_batches(feedback: Store) -> list[str]:
     return sorted(m for m in listing.markers if m and "/" not in m)
 
 
+def _listing_key(model_name: str, feedback: Store, batch: str) -> str:
+    """Where a processed listing of a batch's feedback is recorded: a later landing (new or
+    changed files) has another listing, so it is processed; the same one is not read again."""
+    files = list_files(feedback, batch).files
+    fingerprint = hashlib.sha256("".join(f"{f.key}\0{f.size}\0{f.stamp}\n" for f in files)
+                                 .encode()).hexdigest()[:16]
+    return f"scoring/{model_name}/feedback/{batch}/listing-{fingerprint}.json"
+
+
+def process_pending(cfg: FeedbackConfig, store: Store, feedback: Store, landing: Store, *,
+                    source: Store | None = None) -> list[FeedbackReport]:
+    """Process every landed feedback folder not processed before in its current form.
+
+    A folder whose feedback cannot be used is logged by name, recorded (so it is not retried
+    until it changes) and skipped; the others go on.
+
+    Returns:
+        The reports of this call (those whose status is ALARM need attention).
+    """
+    from mnist_tasks.registry import Registry, RegistryError
+
+    registry = Registry(store, cfg.model_name)
+    out = []
+    for batch in pending_batches(feedback):
+        key = _listing_key(cfg.model_name, feedback, batch)
+        if store.exists(key):
+            continue
+        try:
+            benchmarks: dict[int, float | None] = {}
+            for v in registry.list_versions():
+                benchmarks[v.version] = v.test_accuracy
+            report = process_batch(cfg, store, feedback, landing, batch, source=source,
+                                   benchmarks=benchmarks)
+            outcome: dict[str, Any] = {"feedback_id": report.feedback_id}
+            out.append(report)
+        except (FeedbackError, RegistryError) as exc:
+            log.error("feedback: batch %s: %s", batch, exc)
+            outcome = {"error": str(exc)}
+        store.write_if_absent(key, json.dumps({**outcome, "at": utc_now()}).encode())
+    return out
+
+
 def reports(store: Store, model_name: str, batches: Sequence[str] | None = None
             ) -> list[FeedbackReport]:
     """The recorded feedback reports (for the Models page and the CLI)."""

@@ -64,6 +64,7 @@ ALARM: Status = "ALARM"
 _RANK = {OK: 0, WARN: 1, ALARM: 2}
 
 SCHEMA = 1
+REFERENCE_FILE = "monitor_reference.npz"  # its name among a registered version's files
 MAX_REFERENCE_BYTES = 16 << 20  # from_bytes refuses more: a reference is well under 1 MB
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed entry times: the same reference, the same bytes
 _ARRAYS = ("class_counts", "embeddings", "mean_intensity", "stroke_area", "top_probability")

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from mnist_tasks import monitor
 from mnist_tasks.artifacts import candidates_key, prepared_record_uri, read_json, read_result
 from mnist_tasks.model_card import render_model_card
 from mnist_tasks.registry import (
@@ -50,7 +51,6 @@ from mnist_tasks.storage import ObjectNotFound, Store
 
 log = logging.getLogger(__name__)
 
-REFERENCE_FILE = "monitor_reference.npz"  # the version's monitoring reference (docs/monitoring.md)
 
 # Training result fields copied into the metadata's "training" section.
 TRAINING_FIELDS = ("preset", "epochs_run", "fit_seconds", "device", "resumed_from_epoch",
@@ -373,7 +373,7 @@ def _write(
             return _monitor_reference(model_path, prepared.x_val, pending.version,
                                       evaluation.test_accuracy)
 
-        files[REFERENCE_FILE] = reference
+        files[monitor.REFERENCE_FILE] = reference
         for uri in (*evaluation.plots.values(), evaluation.report_uri):
             files[_file_name(uri)] = store.read_bytes(store.key_of(uri))
         verify = _verifier(registry, prepared.x_test, expected, predictions_uri)

@@ -64,6 +64,15 @@ from mnist_tasks.artifacts import (
     utc_now,
 )
 from mnist_tasks.config import DEFAULT_MODEL_NAME
+from mnist_tasks.monitor import (
+    OK,
+    REFERENCE_FILE,
+    WARN,
+    Forward,
+    MonitorPolicy,
+    Reference,
+    check_scored,
+)
 from mnist_tasks.registry import CHAMPION, Registry, RegistryError, parse_version
 from mnist_tasks.scoring_index import (
     BATCH_ID,
@@ -593,6 +602,19 @@ def predict_images(model: keras.Model, images: np.ndarray, batch_size: int = 102
     return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
 
 
+def _forward(model: keras.Model, images: np.ndarray, batch_size: int
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities and penultimate embeddings in one pass; a model the monitor cannot split
+    (built without an input layer) gives probabilities alone."""
+    try:
+        forward = Forward(model)
+    except ValueError as exc:
+        log.info("score: no embeddings from this model (%s); the embedding test is skipped",
+                 exc)
+        return predict_images(model, images, batch_size), None
+    return forward(images, batch_size)
+
+
 def load_version(store: Store, model_name: str, version: int) -> keras.Model:
     """The registered model of ``version``, downloaded and SHA-256-verified, in safe mode."""
     registry = Registry(store, model_name)
@@ -618,15 +640,19 @@ def score_shard(cfg: ScoringConfig, store: Store, shard: Mapping[str, Any],
     part = images[int(shard["start"]):int(shard["stop"])]
     if model is None:
         model = load_version(store, cfg.model_name, int(shard["version"]))
-    start = time.perf_counter()
-    probs = predict_images(model, part, cfg.batch_size)
-    score_s = time.perf_counter() - start
-    pred, prob, second, prob2 = top2(probs)
     import numpy as np
 
-    save_npz(store, out, {"predicted": pred, "probability": prob, "runner_up": second,
-                          "runner_up_probability": prob2,
-                          "score_s": np.asarray(score_s, dtype=np.float64)})
+    start = time.perf_counter()
+    probs, embeddings = _forward(model, part, cfg.batch_size)
+    score_s = time.perf_counter() - start
+    pred, prob, second, prob2 = top2(probs)
+    staged = {"predicted": pred, "probability": prob, "runner_up": second,
+              "runner_up_probability": prob2, "score_s": np.asarray(score_s, dtype=np.float64)}
+    if embeddings is not None:  # a seeded share, for the monitor's embedding test
+        rng = np.random.default_rng(index)
+        keep = np.sort(rng.permutation(len(part))[:MonitorPolicy().embedding_sample])
+        staged["embeddings"] = embeddings[keep].astype(np.float32)
+    save_npz(store, out, staged)
     log.info("score: batch %s shard %d: %d image(s) in %.2f s (%.0f images/s) with v%s",
              shard["batch"], index, len(part), score_s, len(part) / max(score_s, 1e-9),
              shard["version"])
@@ -720,18 +746,21 @@ def commit_batch(cfg: ScoringConfig, store: Store, batch: str, version: int, sta
         raise ScoringError(f"batch {batch} v{version}: shard(s) {missing} were not scored; "
                            "nothing committed")
     columns = ("predicted", "probability", "runner_up", "runner_up_probability")
-    parts = [load_npz(store, f"{staging}/shard-{i:05d}.npz", columns, optional=("score_s",))
+    parts = [load_npz(store, f"{staging}/shard-{i:05d}.npz", columns,
+                      optional=("score_s", "embeddings"))
              for i in range(int(info["shards"]))]
     merged = {k: np.concatenate([p[k] for p in parts]) for k in columns}
     if score_s is None:  # the shards' own predict times (each shard records its own)
         score_s = sum(float(p["score_s"]) for p in parts if "score_s" in p) or None
-    ids = [str(i) for i in load_npz(store, f"{staging}/images.npz", ("ids",))["ids"]]
+    staged = load_npz(store, f"{staging}/images.npz", ("ids", "images"))
+    ids = [str(i) for i in staged["ids"]]
     if len(ids) != len(merged["predicted"]) or len(ids) != int(info["images"]):
         raise ScoringError(f"batch {batch} v{version}: {len(merged['predicted'])} predictions "
                            f"for {len(ids)} images; nothing committed")
     predictions = _predictions_csv(ids, merged, version)
     errors = json.dumps(info["errors"], indent=2).encode()
     report = class_report(merged["predicted"], merged["probability"], cfg)
+    health = _health(store, cfg, batch, version, merged, parts, staged["images"])
     # The files first, in a folder no other commit writes to; the manifest last: until it
     # exists, readers see nothing of this output, and only the manifest that lands counts.
     commit_id = f"{run_key or 'commit'}.{uuid.uuid4().hex[:8]}"
@@ -758,6 +787,7 @@ def commit_batch(cfg: ScoringConfig, store: Store, batch: str, version: int, sta
                    "images_per_s": round(n / score_s, 1) if score_s else None,
                    "commit_s": round(commit_s, 3)},
         "report": report,
+        "monitor": health,
         "commit": commit_id,
         "files": {name: {"path": f"{commit_id}/{name}",
                          "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
@@ -782,6 +812,30 @@ def commit_batch(cfg: ScoringConfig, store: Store, batch: str, version: int, sta
         record_scored(store, [manifest])
     _log_view(cfg, manifest)
     return {**manifest, "committed": True}
+
+
+def _health(store: Store, cfg: ScoringConfig, batch: str, version: int,
+            merged: Mapping[str, np.ndarray], parts: Sequence[Mapping[str, np.ndarray]],
+            images: np.ndarray) -> dict[str, Any] | None:
+    """The batch's drift against the version's monitoring reference (docs/monitoring.md), or
+    None when the version has no reference (registered before monitoring) or no embeddings."""
+    import numpy as np
+
+    if not all("embeddings" in p for p in parts):
+        return None
+    try:
+        blob = Registry(store, cfg.model_name).read_file(version, REFERENCE_FILE)
+    except RegistryError as exc:
+        log.info("score: batch %s: v%d has no monitoring reference (%s); drift not checked",
+                 batch, version, exc)
+        return None
+    health = check_scored(Reference.from_bytes(blob), merged["probability"],
+                          merged["predicted"], np.concatenate([p["embeddings"] for p in parts]),
+                          images, MonitorPolicy())
+    level = {OK: logging.INFO, WARN: logging.WARNING}.get(health.status, logging.ERROR)
+    log.log(level, "MONITOR %s batch %s with %s v%d: %s", health.status, batch,
+            cfg.model_name, version, health.summary_line())
+    return health.to_dict()
 
 
 def _delete_unnamed(store: Store, prefix: str, commit_id: str) -> None:

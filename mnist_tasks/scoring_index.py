@@ -46,7 +46,7 @@ SUMMARY_SCHEMA = 1
 # One row per batch in a summary: what the Models page shows, no more (a list, not an object,
 # so 20,000 batches stay about 2 MB).
 SUMMARY_COLUMNS = ("images", "skipped_files", "low_confidence", "divergence_tvd",
-                   "divergence_flagged", "created_at", "run_id")
+                   "divergence_flagged", "created_at", "run_id", "monitor", "fired")
 _CAS_ATTEMPTS = 12  # compare-and-swap rounds against concurrent commits
 LANDING_SCHEMA = 1
 SWEEP_EVERY = timedelta(days=1)  # a landing check lists every folder at least this often
@@ -78,7 +78,9 @@ def summary_row(manifest: Mapping[str, Any]) -> list[Any]:
     counts, report = manifest.get("counts") or {}, manifest.get("report") or {}
     return [counts.get("images"), counts.get("skipped_files"), report.get("low_confidence"),
             report.get("divergence_tvd"), bool(report.get("divergence_flagged")),
-            manifest.get("created_at"), manifest.get("run_id")]
+            manifest.get("created_at"), manifest.get("run_id"),
+            (manifest.get("monitor") or {}).get("status"),
+            list((manifest.get("monitor") or {}).get("fired") or [])]
 
 
 def _read_summary(store: Store, key: str) -> tuple[dict[str, list[Any]], str | None]:

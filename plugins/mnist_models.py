@@ -184,6 +184,8 @@ def _scored(reg: Registry) -> dict[int, list[dict[str, Any]]]:
             "low_confidence": r.get("low_confidence"),
             "divergence": r.get("divergence_tvd"),
             "flagged": bool(r.get("divergence_flagged")),
+            "monitor": r.get("monitor"),
+            "fired": ", ".join(r.get("fired") or []),
             "scored": _fmt_time(str(r.get("created_at") or "")),
             "run_id": r.get("run_id"),
         } for r in reversed(rows)]  # rows come by batch id: newest last

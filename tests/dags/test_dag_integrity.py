@@ -23,7 +23,7 @@ DAG_FILE = DAGS / "mnist_training.py"
 WATCH_FILE = DAGS / "mnist_increments_watch.py"
 GLUE_FILE = DAGS / "mnist_airflow.py"
 SCORING_FILE = DAGS / "mnist_batch_scoring.py"
-DAG_IDS = ["mnist_batch_scoring", "mnist_increments_watch", "mnist_training"]
+DAG_IDS = ["mnist_batch_scoring", "mnist_feedback", "mnist_increments_watch", "mnist_training"]
 
 # The chain of CONTRACT.md: each task takes only the previous task's result; train is mapped
 # over the candidates (from check's result), select picks one of them.
@@ -76,15 +76,16 @@ def test_the_glue_module_is_not_parsed_as_a_dag_file(dagbag) -> None:  # type: i
     from airflow.utils.file import list_py_file_paths
 
     assert "mnist_airflow.py" in (DAGS / ".airflowignore").read_text().split()
-    assert sorted(list_py_file_paths(str(DAGS))) == [str(SCORING_FILE), str(WATCH_FILE),
-                                                     str(DAG_FILE)]
+    assert sorted(list_py_file_paths(str(DAGS))) == [
+        str(SCORING_FILE), str(DAGS / "mnist_feedback.py"), str(WATCH_FILE), str(DAG_FILE)]
     assert sorted(stat.file for stat in dagbag.dagbag_stats) == [
-        "mnist_batch_scoring.py", "mnist_increments_watch.py", "mnist_training.py"]
+        "mnist_batch_scoring.py", "mnist_feedback.py", "mnist_increments_watch.py",
+        "mnist_training.py"]
 
 
 def test_the_dag_files_parse_in_well_under_a_second(dagbag) -> None:  # type: ignore[no-untyped-def]
     # The first parse in this process imports the glue and config.
-    assert len(dagbag.dagbag_stats) == 3
+    assert len(dagbag.dagbag_stats) == 4
     for stat in dagbag.dagbag_stats:
         assert stat.duration < timedelta(seconds=1), (stat.file, stat.duration)
 
@@ -756,14 +757,23 @@ def test_the_answer_decides_what_register_gets(run_approve, gate, event, final, 
 def test_scoring_graph_plans_prepares_scores_shards_in_parallel_then_commits(dagbag) -> None:  # type: ignore[no-untyped-def]
     scoring = dagbag.dags["mnist_batch_scoring"]
     edges = sorted((t.task_id, d) for t in scoring.tasks for d in t.downstream_task_ids)
-    assert edges == [("plan", "commit"), ("plan", "prepare"), ("prepare", "score"),
-                     ("score", "commit")]
+    assert edges == [("commit", "health"), ("plan", "commit"), ("plan", "prepare"),
+                     ("prepare", "score"), ("score", "commit")]
+    assert [a.name for a in scoring.get_task("health").outlets] == ["mnist_model_health"]
     from airflow.sdk.definitions.mappedoperator import MappedOperator
 
     assert isinstance(scoring.get_task("score"), MappedOperator)  # one task per shard
     # commit runs when every shard scored, and also when there were none (all rejected).
     assert scoring.get_task("commit").trigger_rule == "none_failed_min_one_success"
     assert scoring.max_active_runs == 1 and scoring.catchup is False
+
+
+def test_feedback_dag_is_one_task_on_an_interval_emitting_model_health(dagbag) -> None:  # type: ignore[no-untyped-def]
+    dag = dagbag.dags["mnist_feedback"]
+    assert [t.task_id for t in dag.tasks] == ["feedback"]
+    assert [a.name for a in dag.get_task("feedback").outlets] == ["mnist_model_health"]
+    assert dag.timetable.delta == timedelta(minutes=5)
+    assert dag.max_active_runs == 1 and dag.catchup is False
 
 
 def test_scoring_runs_on_a_registry_event_or_the_interval(dagbag, glue, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -98,7 +98,9 @@ def test_png_and_idx_batch_scored_with_bad_files_named(env, model_file: Path) ->
         "low_confidence": manifest["report"]["low_confidence"],
         "divergence_tvd": manifest["report"]["divergence_tvd"],
         "divergence_flagged": manifest["report"]["divergence_flagged"],
-        "created_at": manifest["created_at"], "run_id": None}]
+        "created_at": manifest["created_at"], "run_id": None,
+        "monitor": None, "fired": []}]  # v1 here has no monitoring reference
+    assert manifest["monitor"] is None
     assert not store.list("scoring/mnist-classifier/staging")  # staging cleared
 
 
@@ -347,3 +349,36 @@ def test_a_run_whose_later_batch_fails_still_lists_the_ones_it_committed(env) ->
     with pytest.raises(score.ScoringError, match=r"b002 v1: shard\(s\) \[1\]"):
         score.commit(cfg, store, planned, prepared, scored)
     assert [r["batch"] for r in score.scored_batches(store)[1]] == ["b001"]
+
+
+def test_batches_are_checked_against_the_versions_monitoring_reference(
+    tmp_path: Path, model_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A version registered with its reference: a batch like its validation data is OK, an
+    inverted one is flagged, in the manifest, the summary and the log."""
+    from mnist_tasks.monitor import REFERENCE_FILE, Forward, Reference
+
+    store, landing = LocalStore(tmp_path / "store"), LocalStore(tmp_path / "landing")
+    model = load_keras_model(model_file)
+    x_val, _ = synthetic_digits(600, seed=40)
+    reference = Reference.build(*Forward(model)(x_val), x_val, model_version=1,
+                                benchmark_accuracy=0.9)
+    reg = Registry(store)
+    reg.register("run-a", {"model.keras": model_file, REFERENCE_FILE: reference.to_bytes()},
+                 {"metrics": {"test_accuracy": 0.9}})
+    reg.promote(1)
+    x, _ = synthetic_digits(400, seed=41)
+    score.write_batch(landing, "clean", {"a-idx3-ubyte": encode_idx(x)})
+    score.write_batch(landing, "inverted", {"a-idx3-ubyte": encode_idx(255 - x)})
+    cfg = score.ScoringConfig(landing=landing.uri, shard_size=150)
+    caplog.set_level("INFO")
+    score.score_batches(cfg, store, landing, "run1")
+    clean = score.read_manifest(store, cfg, "clean", 1)["monitor"]
+    inverted = score.read_manifest(store, cfg, "inverted", 1)["monitor"]
+    assert clean["status"] == "OK" and clean["n_images"] == 400 and clean["fired"] == []
+    assert inverted["status"] in ("WARN", "ALARM") and "mean_intensity" in inverted["fired"]
+    rows = {r["batch"]: r for r in score.scored_batches(store)[1]}
+    assert rows["inverted"]["monitor"] == inverted["status"]
+    assert rows["inverted"]["fired"] == inverted["fired"]
+    assert any(r.getMessage().startswith(f"MONITOR {inverted['status']} batch inverted")
+               for r in caplog.records)
