@@ -330,7 +330,7 @@ def process_batch(cfg: FeedbackConfig, store: Store, feedback: Store, landing: S
     if source is not None:
         read = score.read_batch(landing, batch)
         index = {image_id: i for i, image_id in enumerate(read["ids"])}
-        chosen = sorted(i for i in labels if i in index)
+        chosen = sorted((i for i in labels if i in index), key=index.__getitem__)  # batch order
         inc = increment_id(batch, feedback_id)
         images = read["images"][[index[i] for i in chosen]]
         written = write_increment(source, inc, images,
