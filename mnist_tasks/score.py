@@ -143,6 +143,8 @@ class ScoringConfig:
         divergence_threshold: total variation distance between a batch's predicted-class
             distribution and the training prior above which the batch is flagged.
         batch_size: the ``model.predict`` batch size.
+        label_queue: how many of each batch's least confident images are exported for
+            labelling (``scoring/<model>/labeling/``); 0 exports none.
     """
 
     landing: str
@@ -152,6 +154,7 @@ class ScoringConfig:
     confidence_threshold: float = 0.5
     divergence_threshold: float = 0.1
     batch_size: int = 1024
+    label_queue: int = 100
 
     def __post_init__(self) -> None:
         checks = [
@@ -167,6 +170,8 @@ class ScoringConfig:
              "a number from 0 to 1"),
             ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1,
              "a whole number >= 1"),
+            ("label_queue", isinstance(self.label_queue, int) and self.label_queue >= 0,
+             "a whole number >= 0"),
         ]
         for name, ok, rule in checks:
             if not ok:
@@ -181,6 +186,7 @@ ENV_SETTINGS = {
     "MNIST_SCORING_RESCORE_WINDOW": ("rescore_window", int),
     "MNIST_SCORING_CONFIDENCE_THRESHOLD": ("confidence_threshold", float),
     "MNIST_SCORING_DIVERGENCE_THRESHOLD": ("divergence_threshold", float),
+    "MNIST_SCORING_LABEL_QUEUE": ("label_queue", int),
 }
 
 
@@ -811,7 +817,56 @@ def commit_batch(cfg: ScoringConfig, store: Store, batch: str, version: int, sta
     if summarize:
         record_scored(store, [manifest])
     _log_view(cfg, manifest)
+    export_label_queue(cfg, store, batch, version, ids, staged["images"], merged)
     return {**manifest, "committed": True}
+
+
+def label_queue_prefix(cfg: ScoringConfig, batch: str, version: int) -> str:
+    return f"{_root(cfg)}/labeling/{batch}/v{version:06d}"
+
+
+def export_label_queue(cfg: ScoringConfig, store: Store, batch: str, version: int,
+                       ids: Sequence[str], images: np.ndarray,
+                       merged: Mapping[str, np.ndarray]) -> str | None:
+    """Export the batch's ``cfg.label_queue`` least confident images for people to label:
+    PNG files, ``queue.csv`` (file, image_id, predicted, probability, runner_up) and
+    ``label-studio.json`` (tasks with the prediction as a pre-annotation). Labels come back as
+    feedback (``image_id,label``). Objects are created only if absent, so a re-run is a no-op.
+
+    Returns:
+        The queue's URI, or None when nothing is exported.
+    """
+    import numpy as np
+    from PIL import Image
+
+    k = min(cfg.label_queue, len(ids))
+    if k == 0:
+        return None
+    prefix = label_queue_prefix(cfg, batch, version)
+    order = np.argsort(merged["probability"], kind="stable")[:k]
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(("file", "image_id", "predicted", "probability", "runner_up"))
+    tasks = []
+    for rank, i in enumerate(order.tolist()):
+        name = f"{rank:05d}.png"
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(images[i], dtype=np.uint8)).save(buf, format="PNG")
+        store.write_if_absent(f"{prefix}/{name}", buf.getvalue())
+        predicted, probability = int(merged["predicted"][i]), float(merged["probability"][i])
+        writer.writerow((name, ids[i], predicted, f"{probability:.6f}",
+                         int(merged["runner_up"][i])))
+        tasks.append({"data": {"image": store.uri_for(f"{prefix}/{name}"), "image_id": ids[i],
+                               "batch": batch},
+                      "predictions": [{"model_version": str(version), "score": probability,
+                                       "result": [{"from_name": "label", "to_name": "image",
+                                                   "type": "choices",
+                                                   "value": {"choices": [str(predicted)]}}]}]})
+    store.write_if_absent(f"{prefix}/queue.csv", rows.getvalue().encode())
+    store.write_if_absent(f"{prefix}/label-studio.json", json.dumps(tasks, indent=1).encode())
+    log.info("score: batch %s: the %d least confident image(s) exported for labelling to %s",
+             batch, k, store.uri_for(prefix))
+    return store.uri_for(prefix)
 
 
 def _health(store: Store, cfg: ScoringConfig, batch: str, version: int,

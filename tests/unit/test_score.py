@@ -382,3 +382,29 @@ def test_batches_are_checked_against_the_versions_monitoring_reference(
     assert rows["inverted"]["fired"] == inverted["fired"]
     assert any(r.getMessage().startswith(f"MONITOR {inverted['status']} batch inverted")
                for r in caplog.records)
+
+
+def test_the_least_confident_images_are_exported_for_labelling(env) -> None:
+    cfg, store, landing = env
+    x, _ = synthetic_digits(30, seed=8)
+    score.write_batch(landing, "b1", {"a-idx3-ubyte": encode_idx(x)})
+    cfg = score.ScoringConfig(landing=cfg.landing, label_queue=5)
+    score.score_batches(cfg, store, landing, "run1")
+    prefix = score.label_queue_prefix(cfg, "b1", 1)
+    rows = list(csv.DictReader(io.StringIO(store.read_bytes(f"{prefix}/queue.csv").decode())))
+    predictions = {r["image_id"]: float(r["probability"]) for r in read_predictions(
+        store, cfg, "b1", 1)}
+    assert [r["image_id"] for r in rows] == sorted(predictions, key=predictions.get)[:5]
+    for r in rows:  # each PNG is the image as scored
+        from PIL import Image
+
+        with Image.open(io.BytesIO(store.read_bytes(f"{prefix}/{r['file']}"))) as img:
+            assert np.array_equal(np.asarray(img), x[int(r["image_id"].split("#")[1])])
+    tasks = json.loads(store.read_bytes(f"{prefix}/label-studio.json"))
+    assert [t["data"]["image_id"] for t in tasks] == [r["image_id"] for r in rows]
+    assert tasks[0]["predictions"][0]["result"][0]["value"]["choices"] == [rows[0]["predicted"]]
+    # None when the setting is 0.
+    score.write_batch(landing, "b2", {"a-idx3-ubyte": encode_idx(x)})
+    score.score_batches(score.ScoringConfig(landing=cfg.landing, label_queue=0), store,
+                        landing, "run2")
+    assert not store.list(score.label_queue_prefix(cfg, "b2", 1))
