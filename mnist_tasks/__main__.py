@@ -15,6 +15,7 @@ Examples::
     python -m mnist_tasks data list --json          # = python -m mnist_tasks.datasets list ...
     python -m mnist_tasks score --store file:///tmp/s --landing /data/landing [--batch ID]
     python -m mnist_tasks score --store file:///tmp/s --rebuild-summaries
+    python -m mnist_tasks feedback --store file:///tmp/s [--source /data/mnist]
 
 The stages form a chain, as in the DAG: each command takes the previous stage's JSON output
 (inline, or ``@file``) and prints its own as one JSON line on stdout; logs go to stderr.
@@ -226,6 +227,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="score nothing: add every committed output to its version's summary "
                         "(what the Models page reads), e.g. for outputs older than summaries")
 
+    p = sub.add_parser("feedback", help="merge landed labels with the scored batches' "
+                       "predictions (live accuracy, alarms) and land them as increments, as "
+                       "the mnist_feedback DAG does")
+    _add_params(p, "store")
+    _add_setting(p, "model_name")
+    p.add_argument("--feedback", default=None,
+                   help="the feedback prefix (default $MNIST_FEEDBACK_LANDING, else "
+                        "<store>/feedback)")
+    p.add_argument("--landing", default=None,
+                   help="the scoring landing prefix (default $MNIST_SCORING_LANDING, else "
+                        "<store>/landing)")
+    p.add_argument("--source", default=None,
+                   help="land the labelled images as increments in this source (default: none)")
+
     p = sub.add_parser("data", help="dataset versions and demo data: list, show ID, make-demo, "
                        "add-increment (python -m mnist_tasks data --help)", add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER, help="the arguments of "
@@ -258,6 +273,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return run_summary(open_store(args.store), args.run_id)
     if args.command == "score":
         return _score(args)
+    if args.command == "feedback":
+        return _feedback(args)
     cfg = pipeline_config(_params(args))
     run_id = getattr(args, "run_id", None) or datetime.now(UTC).strftime("manual__%Y%m%dT%H%M%S")
     pipe = Pipeline(cfg, run_id)
@@ -312,6 +329,27 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
     return score.score_batches(cfg, open_store(store_uri), open_store(cfg.landing),
                                config.run_key(run_id), batches=args.batch, events=events,
                                run_id=run_id)
+
+
+def _feedback(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``feedback`` command: :func:`mnist_tasks.feedback.process_pending` in this process."""
+    from mnist_tasks import config, score
+    from mnist_tasks import feedback as fb
+    from mnist_tasks.storage import open_store
+
+    store_uri = _params(args)["store"]
+    cfg = score.scoring_config(os.environ, store_uri)
+    landing = config.cli_location(args.landing or cfg.landing, "landing")
+    feedback_uri = config.cli_location(
+        args.feedback or os.environ.get("MNIST_FEEDBACK_LANDING", "").strip()
+        or store_uri.rstrip("/") + "/feedback", "feedback")
+    model_name = args.model_name or cfg.model_name
+    reports = fb.process_pending(
+        fb.FeedbackConfig(model_name=model_name, source=args.source), open_store(store_uri),
+        open_store(feedback_uri), open_store(landing),
+        source=open_store(args.source) if args.source else None)
+    return {"processed": [r.to_dict() for r in reports],
+            "alarms": [r.batch for r in reports if r.status == "ALARM"]}
 
 
 def _data_args(argv: list[str]) -> list[str] | None:

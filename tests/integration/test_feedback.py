@@ -151,3 +151,27 @@ def test_feedback_for_a_batch_never_scored_or_without_its_marker(scored: dict) -
         fb.process_batch(fb.FeedbackConfig(), scored["store"], scored["feedback"],
                          scored["landing"], "late")
     assert fb.pending_batches(scored["feedback"]) == ["other"]
+
+
+def test_the_feedback_command_line(scored: dict) -> None:
+    import json
+    import subprocess
+    import sys
+
+    y = scored["y"]
+    land(scored["feedback"], "b1", {"l.csv": "image_id,label\n" + "".join(
+        f"img-{i:03d}.png,{y[i]}\n" for i in range(60))})
+    cmd = [sys.executable, "-m", "mnist_tasks", "feedback", "--store", scored["store"].uri,
+           "--feedback", scored["feedback"].uri, "--landing", scored["landing"].uri,
+           "--source", str(scored["source"].root)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    [report] = result["processed"]
+    assert report["batch"] == "b1" and report["labels"] == 60
+    assert [v["version"] for v in report["versions"]] == [1, 2]
+    assert (scored["source"].root / "increments" / report["increment"] / "_SUCCESS").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120)
+    assert json.loads(again.stdout.strip().splitlines()[-1])["processed"] == []
+    bad = subprocess.run([*cmd[:-2], "--feedback", "/data/../etc"], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
