@@ -136,3 +136,79 @@ def digit_grid_png(images: np.ndarray, captions: Sequence[str], path: str | Path
         ax.set_title(captions[i], fontsize=9, color=(colors[i] if colors else "black"))
         ax.axis("off")
     return _save(fig, path)
+
+
+_STATUS_COLOURS = {"OK": "#2f855a", "WARN": "#b7791f", "ALARM": "#c53030"}
+
+
+def monitoring_png(batches: Sequence[Mapping[str, Any]],
+                   live: Sequence[Mapping[str, Any]] = (), *, title: str = "") -> bytes:
+    """A version's scored batches over time, for the Models page: the monitor's status per
+    batch, the confidence and embedding effects against their limits, the low-confidence
+    share, and the live accuracy (with its interval) where labels came back.
+
+    Args:
+        batches: summary rows in batch order (``batch``, ``images``, ``low_confidence``,
+            ``monitor``, ``confidence_ks``, ``embedding_mmd``).
+        live: ``{"batch", "accuracy", "low", "high", "status"}`` per batch with feedback.
+
+    Returns:
+        The PNG's bytes.
+    """
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = _figure(9.0, 5.2)
+    axes = fig.subplots(3, 1, sharex=True, height_ratios=[1.2, 1, 1])
+    x = np.arange(len(batches))
+    names = [str(b.get("batch")) for b in batches]
+    status = [str(b.get("monitor") or "") for b in batches]
+    colours = [_STATUS_COLOURS.get(s, "#a0aec0") for s in status]
+
+    ax = axes[0]
+    conf = [b.get("confidence_ks") for b in batches]
+    mmd = [b.get("embedding_mmd") for b in batches]
+    ax.scatter(x, [c if c is not None else np.nan for c in conf], c=colours, marker="o",
+               label="confidence KS D", zorder=3)
+    ax2 = ax.twinx()
+    ax2.plot(x, [m if m is not None else np.nan for m in mmd], color="#4a5568", lw=1,
+             marker="^", ms=4, label="embedding MMD²")
+    ax2.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylabel("confidence KS D")
+    ax2.set_ylabel("embedding MMD²")
+    for i, s in enumerate(status):
+        if s == "ALARM":
+            ax.axvspan(i - 0.4, i + 0.4, color=_STATUS_COLOURS["ALARM"], alpha=0.12, lw=0)
+    ax.set_title(title or "Drift per scored batch (colour: OK / WARN / ALARM; shaded: ALARM)",
+                 fontsize=10, loc="left")
+
+    ax = axes[1]
+    share = [(b.get("low_confidence") or 0) / b["images"] if b.get("images") else np.nan
+             for b in batches]
+    ax.bar(x, share, color=colours)
+    ax.set_ylabel("low-confidence\nshare")
+
+    ax = axes[2]
+    index = {n: i for i, n in enumerate(names)}
+    points = [(index[str(r["batch"])], r) for r in live if str(r["batch"]) in index]
+    if points:
+        xs = [p[0] for p in points]
+        acc = [p[1]["accuracy"] for p in points]
+        err = [[p[1]["accuracy"] - p[1]["low"] for p in points],
+               [p[1]["high"] - p[1]["accuracy"] for p in points]]
+        ax.errorbar(xs, acc, yerr=err, fmt="none", ecolor="#4a5568", capsize=3)
+        ax.scatter(xs, acc, c=[_STATUS_COLOURS.get(str(p[1].get("status")), "#a0aec0")
+                               for p in points], zorder=3)
+        ax.set_ylim(0, 1.02)
+    else:
+        ax.text(0.5, 0.5, "no labels have come back yet", ha="center", va="center",
+                transform=ax.transAxes, color="#718096")
+    ax.set_ylabel("live accuracy\n(95 % interval)")
+    step = max(1, len(names) // 12)
+    ax.set_xticks(x[::step], [n[-16:] for n in names[::step]], rotation=30, ha="right",
+                  fontsize=7)
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig)
+    fig.savefig(buf, format="png")
+    return buf.getvalue()

@@ -46,7 +46,8 @@ SUMMARY_SCHEMA = 1
 # One row per batch in a summary: what the Models page shows, no more (a list, not an object,
 # so 20,000 batches stay about 2 MB).
 SUMMARY_COLUMNS = ("images", "skipped_files", "low_confidence", "divergence_tvd",
-                   "divergence_flagged", "created_at", "run_id", "monitor", "fired")
+                   "divergence_flagged", "created_at", "run_id", "monitor", "fired",
+                   "confidence_ks", "embedding_mmd")
 _CAS_ATTEMPTS = 12  # compare-and-swap rounds against concurrent commits
 LANDING_SCHEMA = 1
 SWEEP_EVERY = timedelta(days=1)  # a landing check lists every folder at least this often
@@ -80,7 +81,17 @@ def summary_row(manifest: Mapping[str, Any]) -> list[Any]:
             report.get("divergence_tvd"), bool(report.get("divergence_flagged")),
             manifest.get("created_at"), manifest.get("run_id"),
             (manifest.get("monitor") or {}).get("status"),
-            list((manifest.get("monitor") or {}).get("fired") or [])]
+            list((manifest.get("monitor") or {}).get("fired") or []),
+            _effect(manifest, "confidence"), _effect(manifest, "embeddings")]
+
+
+def _effect(manifest: Mapping[str, Any], test: str) -> float | None:
+    """One monitor test's effect size from a manifest (None: not monitored)."""
+    for check in (manifest.get("monitor") or {}).get("checks") or []:
+        if check.get("name") == test:
+            value = check.get("effect_size")
+            return round(float(value), 5) if value is not None else None
+    return None
 
 
 def _read_summary(store: Store, key: str) -> tuple[dict[str, list[Any]], str | None]:

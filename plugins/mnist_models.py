@@ -349,6 +349,32 @@ def build_app() -> FastAPI:
                          for i in infos],
         }
 
+    @app.get("/versions/{version}/monitoring.png")
+    def monitoring_plot(version: str) -> Response:
+        """The version's scored batches over time (drift, confidence, live accuracy)."""
+        from mnist_tasks import feedback
+        from mnist_tasks.plots import monitoring_png
+        from mnist_tasks.scoring_index import scored_batches
+
+        reg = registry()
+        try:
+            info = reg.get(version)
+            rows = scored_batches(reg.store, reg.model_name).get(info.version, [])
+            live = [{"batch": r.batch, "accuracy": v.accuracy, "low": v.interval[0],
+                     "high": v.interval[1], "status": v.status}
+                    for r in feedback.reports(reg.store, reg.model_name)
+                    for v in r.versions if v.version == info.version]
+        except (InvalidName, VersionNotFound) as exc:
+            raise HTTPException(404, str(exc)) from None
+        except (StorageError, RegistryError, OSError) as exc:
+            raise store_error(exc) from None
+        if not rows:
+            raise HTTPException(404, f"version {info.version} has scored no batch yet")
+        return Response(monitoring_png(rows[-200:], live,
+                                       title=f"v{info.version}: drift per scored batch "
+                                             "(colour: OK / WARN / ALARM)"),
+                        media_type="image/png", headers={"Cache-Control": "no-store"})
+
     @app.get("/versions/{version}/files/{name}")
     def version_file(version: str, name: str) -> Response:
         reg = registry()

@@ -59,6 +59,18 @@ def test_each_version_lists_the_batches_scored_with_it(tmp_path: Path, model_fil
     assert "Batches scored with v1" in html
     assert 'data-batch="b001"' in html and 'data-batch="b002"' in html
     assert "<th>Batches scored</th>" in html and "The newest" not in html
+    assert 'src="versions/1/monitoring.png"' in html  # the batches over time, drawn
+    # The plot the page serves there, from the same summary rows.
+    from mnist_tasks.plots import monitoring_png
+
+    png = monitoring_png(scored[1], [{"batch": "b001", "accuracy": 0.5, "low": 0.4,
+                                      "high": 0.6, "status": "ALARM"}])
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as img:
+        assert img.format == "PNG" and img.size[0] > 600
     # A long history shows its newest batches (the page passes PAGE_BATCHES of them).
     html = env.get_template("mnist_models.html").render(
         model_name="mnist-classifier", registry_uri=reg.uri, champion=1,
