@@ -276,7 +276,7 @@ def test_one_bad_file_never_stops_scoring(landing: Landing, model_file: Path,
     cfg = score.ScoringConfig(landing=landing.uri)
     result = score.score_batches(cfg, store, landing.store(), "run-1")
     assert sorted(result["committed"]) == ["a-good", "b-bomb", "c-idx"]
-    errors = store.read_bytes(f"{score.output_prefix(cfg, 'b-bomb', 1)}/errors.json")
+    errors = score.read_output(store, cfg, "b-bomb", 1, score.ERRORS)
     assert b"bomb.png: PNG is 30000x30000" in errors
-    rows = store.read_bytes(f"{score.output_prefix(cfg, 'b-bomb', 1)}/predictions.csv").decode()
+    rows = score.read_output(store, cfg, "b-bomb", 1, score.PREDICTIONS).decode()
     assert "photo 1.png" in rows and rows.count("\n") == GOOD + 2
