@@ -346,6 +346,11 @@ class Registry:
     def __repr__(self) -> str:
         return f"Registry({self.uri!r})"
 
+    @property
+    def store_uri(self) -> str:
+        """The store's URI: what ``python -m mnist_tasks.registry --store`` takes."""
+        return self.store.uri
+
     # keys --------------------------------------------------------------------------------------
 
     def _version_dir(self, version: int) -> str:
@@ -603,6 +608,26 @@ class Registry:
         """
         info = self.get(version)
         return self._fetch_verified(info, MODEL_FILE, Path(dest_dir) / MODEL_FILE)
+
+    def fetch_pending_model(
+        self, pending: PendingVersion, dest_dir: str | os.PathLike[str]
+    ) -> Path:
+        """Download the ``model.keras`` of a version being registered (before its manifest)
+        into ``dest_dir``: what a verifier loads.
+
+        Returns:
+            The path of the downloaded model file.
+
+        Raises:
+            RegistryError: if ``pending`` is not a version of this registry.
+            ObjectNotFound: if its model has not been written.
+        """
+        if pending.model_name != self.model_name or pending.model_uri != self.store.uri_for(
+                self._key(pending.version, MODEL_FILE)):
+            raise RegistryError(f"{pending.model_uri} is not a pending version of {self.uri}")
+        dest = Path(dest_dir) / MODEL_FILE
+        self.store.download_file(self._key(pending.version, MODEL_FILE), dest)
+        return dest
 
     def read_file(self, version: int | str, name: str) -> bytes:
         """One small object of a complete version, checked against its manifest.

@@ -65,6 +65,7 @@ from mnist_tasks.artifacts import (
 )
 from mnist_tasks.config import DEFAULT_MODEL_NAME
 from mnist_tasks.registry import CHAMPION, Registry, RegistryError, parse_version
+from mnist_tasks.registry_api import ModelRegistry
 from mnist_tasks.scoring_index import (
     BATCH_ID,
     MANIFEST,
@@ -286,7 +287,9 @@ def read_output(store: Store, cfg: ScoringConfig, batch: str, version: int, name
 # --- 1. plan ------------------------------------------------------------------------------------
 
 
-def resolve_model(registry: Registry, events: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+def resolve_model(
+    registry: ModelRegistry, events: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
     """The model version a run scores with, resolved once.
 
     The newest registry event (its ``extra``) that names a version of *this* registry wins

@@ -1,0 +1,54 @@
+"""The store-backed Registry implements the ModelRegistry protocol that its users are typed with.
+
+mypy checks the same statically (``registry_api._store_backed``, under ``make lint``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+from mnist_tasks.registry import CHAMPION, PendingVersion, Registry, RegistryError
+from mnist_tasks.registry_api import ModelRegistry
+from mnist_tasks.storage import open_store
+
+
+def _members() -> list[str]:
+    return sorted(n for n, v in vars(ModelRegistry).items()
+                  if not n.startswith("_") and (callable(v) or isinstance(v, property)))
+
+
+def champion(registry: ModelRegistry) -> int | None:
+    return registry.get_alias(CHAMPION)
+
+
+def test_a_registry_is_a_model_registry(tmp_path: Path) -> None:
+    registry = Registry(open_store(str(tmp_path)), "m")
+    assert isinstance(registry, ModelRegistry)
+    assert champion(registry) is None
+    assert registry.store_uri == registry.store.uri
+
+
+@pytest.mark.parametrize("name", _members())
+def test_each_method_has_the_protocols_signature(name: str) -> None:
+    declared = inspect.getattr_static(ModelRegistry, name)
+    if isinstance(declared, property):  # attributes: the isinstance check above has them
+        return
+    implemented = inspect.getattr_static(Registry, name)
+    assert inspect.signature(implemented) == inspect.signature(declared), name
+
+
+def test_the_protocol_covers_what_the_users_need() -> None:
+    assert {"get", "exists", "list_versions", "latest", "version_for_run", "get_alias",
+            "set_alias", "promote", "rollback", "fetch_model", "fetch_pending_model",
+            "read_file", "register", "model_name", "uri", "store_uri"} <= set(_members())
+
+
+def test_a_pending_model_of_another_registry_is_refused(tmp_path: Path) -> None:
+    registry = Registry(open_store(str(tmp_path)), "m")
+    other = PendingVersion("other", 1, "run-1", "2026-01-01T00:00:00Z",
+                           "file:///x/1", "file:///x/1/model.keras")
+    with pytest.raises(RegistryError, match="not a pending version"):
+        registry.fetch_pending_model(other, tmp_path)
