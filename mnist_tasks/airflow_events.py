@@ -17,14 +17,13 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from mnist_tasks.settings import REGISTRY_ASSET
+
 log = logging.getLogger(__name__)
 
 
 class AirflowEventError(RuntimeError):
     """The event was not posted: the HTTP status or connection problem, or an unknown asset."""
-
-
-REGISTRY_ASSET = "mnist_model_registry"  # the asset the register task emits (dags/mnist_airflow.py)
 
 
 def post_asset_event(

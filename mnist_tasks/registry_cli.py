@@ -37,6 +37,7 @@ from mnist_tasks.registry import (
     RegistryError,
     VersionInfo,
 )
+from mnist_tasks.settings import Settings
 from mnist_tasks.storage import open_store
 
 
@@ -53,12 +54,12 @@ def _approval_cell(info: VersionInfo) -> str:
     return f"{outcome} by {approval['by']}" if approval.get("by") else outcome
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser = Parser(
         prog="python -m mnist_tasks.registry",
         description="List, inspect, promote, roll back and download registered models.",
     )
-    parser.add_argument("--store", default=os.environ.get("MNIST_STORE"),
+    parser.add_argument("--store", default=settings.store,
                         help="store URI: s3://bucket/prefix, file:///path or a folder "
                              "(default: $MNIST_STORE)")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
@@ -74,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("version")
     notify = Parser(add_help=False)
     notify.add_argument("--notify-airflow", metavar="URL",
-                        default=os.environ.get("MNIST_AIRFLOW_API_URL") or None,
+                        default=settings.airflow_api_url,
                         help="also post an event of the registry asset to the Airflow API at "
                              "URL, so the scoring DAG re-scores with the new champion "
                              "(default: $MNIST_AIRFLOW_API_URL; credentials: "
@@ -94,7 +95,7 @@ def _alias_line(before: int | None, record: AliasRecord) -> str:
     return f"{record.alias} -> v{record.version} ({was})"
 
 
-def _run_cli(args: argparse.Namespace) -> tuple[Any, str]:
+def _run_cli(args: argparse.Namespace, settings: Settings) -> tuple[Any, str]:
     """Run one command; return (JSON result, human-readable text)."""
     if not args.store:
         raise InvalidName("no store given: pass --store URI or set MNIST_STORE")
@@ -161,9 +162,8 @@ def _run_cli(args: argparse.Namespace) -> tuple[Any, str]:
                      "action": args.command, "previous": before}
             try:
                 event = post_asset_event(
-                    args.notify_airflow, extra, token=os.environ.get("MNIST_AIRFLOW_TOKEN"),
-                    username=os.environ.get("MNIST_AIRFLOW_USERNAME"),
-                    password=os.environ.get("MNIST_AIRFLOW_PASSWORD"))
+                    args.notify_airflow, extra, token=settings.airflow_token,
+                    username=settings.airflow_username, password=settings.airflow_password)
             except AirflowEventError as exc:
                 raise RegistryError(f"{line}, but the asset event was not posted: {exc}; "
                                     "post it again with the same command") from None
@@ -179,11 +179,12 @@ def _run_cli(args: argparse.Namespace) -> tuple[Any, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The registry command line; returns the exit status (2 on any error)."""
-    args = _parser().parse_args(argv)
+    settings = Settings.from_environ(os.environ)
+    args = _parser(settings).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        result, text = _run_cli(args)
+        result, text = _run_cli(args, settings)
     except (ValueError, OSError, RuntimeError) as exc:  # RegistryError, StorageError included
         message = " ".join(str(exc).split())
         print(f"error: {message}", file=sys.stderr)

@@ -52,3 +52,26 @@ def test_a_pending_model_of_another_registry_is_refused(tmp_path: Path) -> None:
                            "file:///x/1", "file:///x/1/model.keras")
     with pytest.raises(RegistryError, match="not a pending version"):
         registry.fetch_pending_model(other, tmp_path)
+
+
+def test_a_verifier_reads_the_pending_model_and_read_file_checks_the_manifest(
+    tmp_path: Path,
+) -> None:
+    store = open_store(str(tmp_path / "store"))
+    registry: ModelRegistry = Registry(store, "m")
+    seen: list[bytes] = []
+
+    def verify(pending: PendingVersion) -> dict[str, bool]:
+        assert not registry.exists(pending.version)  # not visible yet
+        seen.append(registry.fetch_pending_model(pending, tmp_path).read_bytes())
+        return {"verified": True}
+
+    info = registry.register("run-1", {"model.keras": b"model", "notes.txt": b"hello"}, {},
+                             verify=verify)
+    assert seen == [b"model"]
+    assert registry.read_file(info.version, "notes.txt") == b"hello"
+    store.write_bytes(store.key_of(f"{info.uri}/notes.txt"), b"HELLO")  # damaged in the store
+    with pytest.raises(RegistryError, match="does not match the manifest"):
+        registry.read_file(info.version, "notes.txt")
+    with pytest.raises(RegistryError, match="lists no"):
+        registry.read_file(info.version, "model_card.md")
