@@ -51,7 +51,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mnist_tasks.artifacts import (
@@ -886,11 +886,6 @@ def score_batches(cfg: ScoringConfig, store: Store, landing: Store, run_key: str
     scored = [score_shard(cfg, store, s, model) for s in prepared["shards"]]
     result = commit(cfg, store, planned, prepared, scored, run_id=run_id)
     return {**result, "skipped": planned["skipped"]}
-
-
-def config_dict(cfg: ScoringConfig) -> dict[str, Any]:
-    """The config as a JSON-serialisable dict (for logs)."""
-    return asdict(cfg)
 
 
 def write_batch(landing: Store, batch: str, files: Mapping[str, bytes]) -> str:
