@@ -41,8 +41,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 
+from mnist_tasks.cli_common import Parser
 from mnist_tasks.config import (
     DEPLOYMENT_SETTINGS,
     TRIGGER_PARAMS,
@@ -67,13 +68,6 @@ CHAIN: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 # Older option names still accepted (before check, preprocess took ingest's output).
 ALIASES: dict[str, tuple[str, ...]] = {"preprocess": ("--ingested",)}
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument error is one line on stderr and exit status 2 (no usage block)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _json_value(value: str) -> Any:
@@ -156,7 +150,7 @@ def _add_setting(p: argparse.ArgumentParser, name: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="python -m mnist_tasks",
         description="The MNIST retraining pipeline's stages, without Airflow.",
     )

@@ -26,7 +26,8 @@ from typing import Any, Literal
 from mnist_tasks import datasets
 from mnist_tasks.artifacts import code_fingerprint
 from mnist_tasks.config import CheckConfig, PreprocessConfig, TrainConfig
-from mnist_tasks.registry import CHAMPION, Registry, VersionInfo
+from mnist_tasks.registry import CHAMPION, VersionInfo
+from mnist_tasks.registry_api import ModelRegistry
 from mnist_tasks.results import (
     ChampionFresh,
     CheckResult,
@@ -82,7 +83,7 @@ def _lineage(info: VersionInfo) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
-def _champion(registry: Registry) -> VersionInfo | None:
+def _champion(registry: ModelRegistry) -> VersionInfo | None:
     number = registry.get_alias(CHAMPION)
     return registry.get(number) if number is not None else None
 
@@ -104,7 +105,7 @@ def _champion_increments(store: Store, lineage: Mapping[str, Any]) -> set[str]:
 
 
 def _fresh_accuracy(
-    store: Store, registry: Registry, champion: VersionInfo,
+    store: Store, registry: ModelRegistry, champion: VersionInfo,
     entries: list[datasets.IncrementEntry], margin: float,
 ) -> tuple[dict[str, ChampionFresh], list[str]]:
     """The champion on each entry's fresh part: per increment results and the warnings."""
@@ -149,7 +150,7 @@ def check(
     preprocess: PreprocessConfig,
     train: TrainConfig,
     store: Store,
-    registry: Registry,
+    registry: ModelRegistry,
     force: bool = False,
     fresh_drop_margin: float = CheckConfig.fresh_drop_margin,
 ) -> CheckResult:

@@ -49,12 +49,13 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 
 from mnist_tasks import idx
 from mnist_tasks.artifacts import data_sha256
+from mnist_tasks.cli_common import Parser, table
 from mnist_tasks.config import MNIST_FILES, ConfigError, cli_location
 from mnist_tasks.increments import (
     ID_PATTERN,
@@ -526,13 +527,6 @@ def list_versions(store: Store) -> list[DatasetVersion]:
 # --------------------------------------------------------------------------- tables
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in cells)
-
-
 def _one_line(v: DatasetVersion) -> str:
     return (f"base {v.base.train_count:,} train + {len(v.increments)} increment(s) "
             f"({', '.join(v.increment_ids) or 'none'}) = {v.train_images:,} train, "
@@ -547,7 +541,7 @@ def format_list(versions: Sequence[DatasetVersion]) -> str:
              len(v.increments), f"{v.train_images:,}", f"{v.fresh_images:,}",
              len(v.quarantined), sum(e.drift for e in v.increments) or "none")
             for v in versions]
-    return _table(("VERSION", "CREATED", "BY", "BASE", "INCREMENTS", "TRAIN", "FRESH",
+    return table(("VERSION", "CREATED", "BY", "BASE", "INCREMENTS", "TRAIN", "FRESH",
                    "QUARANTINED", "DRIFT"), rows)
 
 
@@ -581,7 +575,7 @@ def format_show(v: DatasetVersion) -> str:
                      c.get("leaked", 0), "yes" if q.drift else "-",
                      (q.payload_sha256 or "-")[:12]))
     if rows:
-        lines.append(_table(("INCREMENT", "STATUS", "FORMAT", "RECEIVED", "KEPT", "TRAIN",
+        lines.append(table(("INCREMENT", "STATUS", "FORMAT", "RECEIVED", "KEPT", "TRAIN",
                              "FRESH", "DUPLICATES", "LEAKED", "DRIFT", "PAYLOAD"), rows))
     else:
         lines.append("no increments (the base only)")
@@ -840,15 +834,8 @@ def add_increment(mnist: Path, out: Path, inc_id: str, *, kind: str = "idx",
 # --------------------------------------------------------------------------- CLI
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument error is one line on stderr and exit status 2, like every other error."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {self.prog}: {message}\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="python -m mnist_tasks.datasets",
         description="Dataset versions (base + accepted increments) and demo data.",
     )

@@ -31,7 +31,8 @@ from mnist_tasks.artifacts import (
     write_result,
 )
 from mnist_tasks.config import GateConfig
-from mnist_tasks.registry import CHAMPION, Registry, validate_run_key
+from mnist_tasks.registry import CHAMPION, validate_run_key
+from mnist_tasks.registry_api import ModelRegistry
 from mnist_tasks.results import (
     PROMOTE,
     REJECT,
@@ -405,7 +406,7 @@ def _load_array(store: Store, uri: str) -> np.ndarray:
 def gate(
     evaluation: EvaluateResult,
     cfg: GateConfig,
-    registry: Registry,
+    registry: ModelRegistry,
     store: Store,
     run_key: str,
 ) -> GateDecision:

@@ -42,7 +42,7 @@ from mnist_tasks.results import (
 from mnist_tasks.storage import ObjectNotFound, Store, open_store
 
 if TYPE_CHECKING:
-    from mnist_tasks.registry import Registry
+    from mnist_tasks.registry_api import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Pipeline:
         self.s3_client_kwargs = dict(s3_client_kwargs) if s3_client_kwargs else None
         self.store: Store = open_store(cfg.store, client_kwargs=self.s3_client_kwargs)
 
-    def registry(self) -> Registry:
+    def registry(self) -> ModelRegistry:
         from mnist_tasks.registry import Registry
 
         return Registry(self.store, self.cfg.model_name)

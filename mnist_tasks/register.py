@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,12 @@ from mnist_tasks.registry import (
     AliasConflict,
     FileSource,
     PendingVersion,
-    Registry,
     RegistryError,
     VersionInfo,
     package_versions,
     validate_run_key,
 )
+from mnist_tasks.registry_api import ModelRegistry
 from mnist_tasks.results import (
     ApproveResult,
     EvaluateResult,
@@ -135,16 +136,17 @@ def build_metadata(
 
 
 def _verifier(
-    registry: Registry, x_test: np.ndarray, expected: np.ndarray, predictions_uri: str
+    registry: ModelRegistry, x_test: np.ndarray, expected: np.ndarray, predictions_uri: str
 ) -> Any:
     """A registry verifier: reload the stored model in safe mode, compare predictions."""
 
     def verify(pending: PendingVersion) -> dict[str, Any]:
         import keras
 
-        from mnist_tasks.artifacts import load_model_from_store, predict_classes
+        from mnist_tasks.artifacts import load_keras_model, predict_classes
 
-        model = load_model_from_store(registry.store, pending.model_uri)
+        with tempfile.TemporaryDirectory(prefix="mnist-verify-") as tmp:
+            model = load_keras_model(registry.fetch_pending_model(pending, tmp))
         got = np.asarray(predict_classes(model, x_test))
         if got.shape != expected.shape or not np.array_equal(got, expected.astype(got.dtype)):
             differ = int((got != expected).sum()) if got.shape == expected.shape else len(got)
@@ -205,7 +207,7 @@ def register(
     decided: GateDecision | ApproveResult,
     *,
     store: Store,
-    registry: Registry,
+    registry: ModelRegistry,
     run_key: str,
     dag_id: str | None,
     run_id: str,
@@ -327,7 +329,7 @@ def _write(
     decision: GateDecision,
     approved: ApproveResult | None,
     store: Store,
-    registry: Registry,
+    registry: ModelRegistry,
     dag_id: str | None,
     run_id: str | None,
     code_version: str | None,
@@ -358,7 +360,7 @@ def _write(
         text = render_model_card(
             model_name=pending.model_name, version=pending.version,
             created_at=pending.created_at, model_uri=pending.model_uri,
-            store_uri=registry.store.uri, metadata={**metadata, "run_key": run_key},
+            store_uri=registry.store_uri, metadata={**metadata, "run_key": run_key},
             metrics=metrics,
         )
         return text.encode()

@@ -10,25 +10,12 @@ on ``file://`` and ``s3://``. Layout under ``registry/<model-name>/`` (see docs/
 * ``runs/<run-key>.json``: which version a run created, so registering a run again returns it;
 * ``aliases/<alias>.json``: e.g. ``champion``, moved by compare-and-swap, with its history.
 
-Command line::
-
-    python -m mnist_tasks.registry --store s3://bucket/mnist list
-    python -m mnist_tasks.registry --store s3://bucket/mnist list --all   # + abandoned claims
-    python -m mnist_tasks.registry --store file:///tmp/store show 3 --json
-    python -m mnist_tasks.registry --store file:///tmp/store promote 3
-    python -m mnist_tasks.registry --store file:///tmp/store rollback
-    python -m mnist_tasks.registry --store file:///tmp/store download 3 ./model-v3
-    python -m mnist_tasks.registry --store s3://b/mnist rollback --notify-airflow http://airflow:8080
-
-``promote`` and ``rollback`` with ``--notify-airflow URL`` (or ``$MNIST_AIRFLOW_API_URL``) also
-post an event of the registry asset through Airflow's REST API (plain HTTP: this module never
-imports Airflow), so the scoring DAG re-scores with the new champion at once; credentials from
-``$MNIST_AIRFLOW_TOKEN``, or ``$MNIST_AIRFLOW_USERNAME`` / ``$MNIST_AIRFLOW_PASSWORD``.
+The command line (``python -m mnist_tasks.registry list|show|promote|rollback|download``) is
+:mod:`mnist_tasks.registry_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -36,18 +23,17 @@ import os
 import platform
 import random
 import re
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import EllipsisType
 from typing import Any
 
 from mnist_tasks.artifacts import json_default, utc_now
-from mnist_tasks.config import DEFAULT_MODEL_NAME, cli_location
-from mnist_tasks.storage import ObjectNotFound, Store, open_store
+from mnist_tasks.config import DEFAULT_MODEL_NAME
+from mnist_tasks.storage import ObjectNotFound, Store
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +346,11 @@ class Registry:
     def __repr__(self) -> str:
         return f"Registry({self.uri!r})"
 
+    @property
+    def store_uri(self) -> str:
+        """The store's URI: what ``python -m mnist_tasks.registry --store`` takes."""
+        return self.store.uri
+
     # keys --------------------------------------------------------------------------------------
 
     def _version_dir(self, version: int) -> str:
@@ -398,9 +389,6 @@ class Registry:
 
     def _claimed_numbers(self) -> list[int]:
         return list(self._folders())
-
-    def _visible_numbers(self) -> list[int]:
-        return [n for n, names in self._folders().items() if MANIFEST_FILE in names]
 
     def _read_json(self, key: str) -> Any:
         data = self.store.read_bytes(key)
@@ -620,6 +608,26 @@ class Registry:
         """
         info = self.get(version)
         return self._fetch_verified(info, MODEL_FILE, Path(dest_dir) / MODEL_FILE)
+
+    def fetch_pending_model(
+        self, pending: PendingVersion, dest_dir: str | os.PathLike[str]
+    ) -> Path:
+        """Download the ``model.keras`` of a version being registered (before its manifest)
+        into ``dest_dir``: what a verifier loads.
+
+        Returns:
+            The path of the downloaded model file.
+
+        Raises:
+            RegistryError: if ``pending`` is not a version of this registry.
+            ObjectNotFound: if its model has not been written.
+        """
+        if pending.model_name != self.model_name or pending.model_uri != self.store.uri_for(
+                self._key(pending.version, MODEL_FILE)):
+            raise RegistryError(f"{pending.model_uri} is not a pending version of {self.uri}")
+        dest = Path(dest_dir) / MODEL_FILE
+        self.store.download_file(self._key(pending.version, MODEL_FILE), dest)
+        return dest
 
     def read_file(self, version: int | str, name: str) -> bytes:
         """One small object of a complete version, checked against its manifest.
@@ -1097,233 +1105,10 @@ class Registry:
         return None
 
 
-# --- the registry asset's events in Airflow (plain HTTP) ---------------------------------------
-
-REGISTRY_ASSET = "mnist_model_registry"  # the asset the register task emits (dags/mnist_airflow.py)
-
-
-def post_asset_event(
-    api_url: str,
-    extra: Mapping[str, Any],
-    *,
-    token: str | None = None,
-    username: str | None = None,
-    password: str | None = None,
-    asset_name: str = REGISTRY_ASSET,
-    timeout: float = 30.0,
-) -> dict[str, Any]:
-    """Post an event of ``asset_name`` with ``extra`` through Airflow's REST API.
-
-    ``GET /api/v2/assets`` finds the asset's id, ``POST /api/v2/assets/events`` creates the
-    event; the DAGs scheduled on the asset (the scoring DAG) start as for a register task's
-    event. Authenticates with ``token``, or gets one from ``POST /auth/token``.
-
-    Returns:
-        The created event as the API returns it.
-
-    Raises:
-        RegistryError: naming the URL and the HTTP status or connection problem, or an asset
-            Airflow does not know (no DAG file declares it).
-    """
-    import urllib.error
-    import urllib.request
-
-    base = api_url.rstrip("/")
-
-    def call(method: str, path: str, body: Any = None, auth: bool = True) -> Any:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if auth and token:
-            headers["Authorization"] = f"Bearer {token}"
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(base + path, data=data, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            detail = exc.read()[:300].decode(errors="replace")
-            raise RegistryError(f"Airflow API {method} {base}{path}: HTTP {exc.code} "
-                                f"{detail}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise RegistryError(f"Airflow API {method} {base}{path}: {exc}") from None
-
-    if not token:
-        if not (username and password):
-            raise RegistryError("to post the asset event, set MNIST_AIRFLOW_TOKEN, or "
-                                "MNIST_AIRFLOW_USERNAME and MNIST_AIRFLOW_PASSWORD")
-        token = str(call("POST", "/auth/token", {"username": username, "password": password},
-                         auth=False)["access_token"])
-    from urllib.parse import quote
-
-    found = call("GET", f"/api/v2/assets?name_pattern={quote(asset_name)}&limit=100")
-    ids = [a["id"] for a in found.get("assets", []) if a.get("name") == asset_name]
-    if not ids:
-        raise RegistryError(f"Airflow at {base} knows no asset {asset_name!r} (is the "
-                            "training DAG deployed?)")
-    event = call("POST", "/api/v2/assets/events", {"asset_id": ids[0], "extra": dict(extra)})
-    log.info("registry: posted an event of asset %s to %s: %s", asset_name, base, dict(extra))
-    return dict(event)
-
-
-# --- command line -------------------------------------------------------------------------------
-
-
-def _table(rows: Sequence[Sequence[str]]) -> Iterator[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        yield "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-
-
-def _fmt_acc(value: float | None) -> str:
-    return f"{value:.4f}" if value is not None else "-"
-
-
-def _approval_cell(info: VersionInfo) -> str:
-    """``OVERRIDE by alice``, ``approved by bob``, or ``-`` when no one was asked."""
-    approval = info.approval
-    if approval is None:
-        return "-"
-    outcome = "OVERRIDE" if info.overridden else str(approval.get("outcome") or "asked")
-    return f"{outcome} by {approval['by']}" if approval.get("by") else outcome
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m mnist_tasks.registry",
-        description="List, inspect, promote, roll back and download registered models.",
-    )
-    parser.add_argument("--store", default=os.environ.get("MNIST_STORE"),
-                        help="store URI: s3://bucket/prefix, file:///path or a folder "
-                             "(default: $MNIST_STORE)")
-    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
-                        help=f"registered model name (default {DEFAULT_MODEL_NAME})")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("list", parents=[common],
-                       help="every version, newest last; corrupted ones marked")
-    p.add_argument("--all", action="store_true",
-                   help="also claimed numbers without a version: incomplete or abandoned")
-    p = sub.add_parser("show", parents=[common], help="one version's details")
-    p.add_argument("version")
-    notify = argparse.ArgumentParser(add_help=False)
-    notify.add_argument("--notify-airflow", metavar="URL",
-                        default=os.environ.get("MNIST_AIRFLOW_API_URL") or None,
-                        help="also post an event of the registry asset to the Airflow API at "
-                             "URL, so the scoring DAG re-scores with the new champion "
-                             "(default: $MNIST_AIRFLOW_API_URL; credentials: "
-                             "$MNIST_AIRFLOW_TOKEN or $MNIST_AIRFLOW_USERNAME/_PASSWORD)")
-    p = sub.add_parser("promote", parents=[common, notify], help="make VERSION the champion")
-    p.add_argument("version")
-    sub.add_parser("rollback", parents=[common, notify],
-                   help="move champion back to the previous one")
-    p = sub.add_parser("download", parents=[common], help="copy a version's files, verified")
-    p.add_argument("version")
-    p.add_argument("dest")
-    return parser
-
-
-def _alias_line(before: int | None, record: AliasRecord) -> str:
-    was = f"was v{before}" if before is not None else "was unset"
-    return f"{record.alias} -> v{record.version} ({was})"
-
-
-def _run_cli(args: argparse.Namespace) -> tuple[Any, str]:
-    """Run one command; return (JSON result, human-readable text)."""
-    if not args.store:
-        raise InvalidName("no store given: pass --store URI or set MNIST_STORE")
-    registry = Registry(open_store(cli_location(args.store, "store")), args.model_name)
-    if args.command == "list":
-        notes = []
-        try:
-            champion = registry.get_alias(CHAMPION)
-        except RegistryError as exc:  # list the versions anyway
-            champion = None
-            notes.append(f"warning: champion unknown: {exc}")
-        entries = registry.scan(include_incomplete=args.all)
-        rows = [["", "VERSION", "CREATED (UTC)", "TEST ACC", "GATE", "APPROVAL", "RUN ID",
-                 "STATUS"]]
-        for e in entries:
-            if e.info is not None:
-                v = e.info
-                rows.append(["*" if v.version == champion else "", str(v.version),
-                             v.created_at[:19].replace("T", " "), _fmt_acc(v.test_accuracy),
-                             v.gate_decision or "-", _approval_cell(v), v.run_id or v.run_key,
-                             e.status])
-                if v.overridden and v.approval is not None:
-                    notes.append(f"v{v.version} OVERRIDE of the gate's REJECT by "
-                                 f"{v.approval.get('by') or '-'} at {v.approval.get('at') or '-'}"
-                                 f": {' '.join(str(v.approval.get('comment')).split())}")
-            else:
-                rows.append(["", str(e.version), (e.claimed_at or "-")[:19].replace("T", " "),
-                             "-", "-", "-", e.run_key or "-", e.status])
-                notes.append(f"v{e.version} {e.status}: {e.reason}")
-        if entries:
-            text = "\n".join([*_table(rows), "(* = champion)", *notes])
-        else:
-            text = "\n".join([f"no versions of {registry.model_name}", *notes])
-        return [{**e.to_dict(), "champion": e.version == champion and e.status == "ok"}
-                for e in entries], text
-    if args.command == "show":
-        info = registry.get(args.version)
-        aliases = sorted(a for a, v in registry.aliases().items() if v == info.version)
-        lines = [
-            f"{info.model_name} v{info.version}" + (f"  [{', '.join(aliases)}]" if aliases else ""),
-            f"  created       {info.created_at}",
-            f"  run           {info.run_id or '-'} (key {info.run_key})",
-            f"  test accuracy {_fmt_acc(info.test_accuracy)}",
-            f"  gate          {info.gate_decision or '-'}",
-            f"  approval      {_approval_cell(info)}" + (
-                f" at {info.approval.get('at') or '-'}: {info.approval.get('comment') or '-'}"
-                if info.approval else ""),
-            f"  code version  {info.metadata.get('code_version') or '-'}",
-            f"  model         {info.model_uri}",
-            "  files:",
-        ]
-        lines += [f"    {name}  {e['size']} bytes  sha256 {e['sha256'][:16]}…"
-                  for name, e in sorted(info.files.items())]
-        return {**info.to_dict(), "aliases": aliases}, "\n".join(lines)
-    if args.command in ("promote", "rollback"):
-        before = registry.get_alias(CHAMPION)
-        if args.command == "promote":
-            record = registry.promote(args.version)
-        else:
-            record = registry.rollback(CHAMPION)
-        line = _alias_line(before, record)
-        if getattr(args, "notify_airflow", None):
-            extra = {"version": record.version, "model_uri": registry.model_uri(record.version),
-                     "action": args.command, "previous": before}
-            try:
-                event = post_asset_event(
-                    args.notify_airflow, extra, token=os.environ.get("MNIST_AIRFLOW_TOKEN"),
-                    username=os.environ.get("MNIST_AIRFLOW_USERNAME"),
-                    password=os.environ.get("MNIST_AIRFLOW_PASSWORD"))
-            except RegistryError as exc:
-                raise RegistryError(f"{line}, but the asset event was not posted: {exc}; "
-                                    "post it again with the same command") from None
-            line += f"; asset event {event.get('id')} posted to {args.notify_airflow}"
-        return record.to_dict(), line
-    assert args.command == "download"
-    info = registry.get(args.version)
-    dest = registry.download(info.version, args.dest)
-    result = {"version": info.version, "dest": str(dest), "files": sorted(info.files)}
-    return result, (f"downloaded {info.model_name} v{info.version} ({len(info.files)} files, "
-                    f"SHA-256 verified) to {dest}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The registry command line; returns the exit status (2 on any error)."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
-    try:
-        result, text = _run_cli(args)
-    except (ValueError, OSError, RuntimeError) as exc:  # RegistryError, StorageError included
-        message = " ".join(str(exc).split())
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2, default=str) if args.json else text)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run as a script this file is ``__main__``, not ``mnist_tasks.registry``, so the CLI (which
+    # imports the registry) is looked up by name rather than imported here.
+    import importlib
+    import sys
+
+    sys.exit(importlib.import_module("mnist_tasks.registry_cli").main())

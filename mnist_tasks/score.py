@@ -51,7 +51,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mnist_tasks.artifacts import (
@@ -74,6 +74,7 @@ from mnist_tasks.monitor import (
     check_scored,
 )
 from mnist_tasks.registry import CHAMPION, Registry, RegistryError, parse_version
+from mnist_tasks.registry_api import ModelRegistry
 from mnist_tasks.scoring_index import (
     BATCH_ID,
     MANIFEST,
@@ -301,7 +302,9 @@ def read_output(store: Store, cfg: ScoringConfig, batch: str, version: int, name
 # --- 1. plan ------------------------------------------------------------------------------------
 
 
-def resolve_model(registry: Registry, events: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+def resolve_model(
+    registry: ModelRegistry, events: Sequence[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
     """The model version a run scores with, resolved once.
 
     The newest registry event (its ``extra``) that names a version of *this* registry wins
@@ -992,11 +995,6 @@ def score_batches(cfg: ScoringConfig, store: Store, landing: Store, run_key: str
     scored = [score_shard(cfg, store, s, model) for s in prepared["shards"]]
     result = commit(cfg, store, planned, prepared, scored, run_id=run_id)
     return {**result, "skipped": planned["skipped"]}
-
-
-def config_dict(cfg: ScoringConfig) -> dict[str, Any]:
-    """The config as a JSON-serialisable dict (for logs)."""
-    return asdict(cfg)
 
 
 def write_batch(landing: Store, batch: str, files: Mapping[str, bytes]) -> str:

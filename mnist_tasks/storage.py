@@ -110,11 +110,6 @@ def marker_key(folder: str, name: str = MARKER) -> str:
     return f"{validate_key(folder)}/{name}" if folder else name
 
 
-def join_key(*parts: str) -> str:
-    """Join key parts with ``/`` and validate the result."""
-    return validate_key("/".join(p.strip("/") for p in parts if p))
-
-
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

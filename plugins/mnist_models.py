@@ -21,11 +21,12 @@ Every route needs an authenticated Airflow user who may read the runs of the ``m
 DAG; a browser without a session is sent to the login page, any other client gets 401. Every
 response says ``X-Content-Type-Options: nosniff`` (a version's files come from the store).
 
-Settings (environment): ``MNIST_STORE`` (the registry's store, the DAG's default store),
-``MNIST_MODEL_NAME`` (the registry's model name, as the DAG's). S3 credentials come the way the
-tasks get them, from the DAG's glue module (``dags/mnist_airflow.py``, ``s3_client_kwargs``): the
-Airflow connection ``MNIST_S3_CONN_ID`` (default ``mnist_s3``) when it exists, else the standard
-AWS configuration (``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ...).
+Settings (environment, parsed by :mod:`mnist_tasks.settings` as for the DAG): ``MNIST_STORE``
+(the registry's store, else the DAG's default store), ``MNIST_MODEL_NAME`` (the registry's model
+name). S3 credentials come as the tasks get them: the Airflow connection ``MNIST_S3_CONN_ID``
+(default ``mnist_s3``) when it exists, else the standard AWS configuration
+(``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ...). A version's files are read through the
+registry, checked against its manifest.
 
 Airflow imports every plugin file in every component (scheduler, workers, each task), so this
 module imports only the plugin base class at the top; FastAPI, Airflow's security dependencies
@@ -34,10 +35,8 @@ and ``mnist_tasks`` are imported when the api-server first serves a request.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import sys
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime
@@ -47,17 +46,16 @@ from typing import TYPE_CHECKING, Any
 from airflow.plugins_manager import AirflowPlugin
 
 if TYPE_CHECKING:
-    from types import ModuleType
-
     from fastapi import FastAPI
 
-    from mnist_tasks.registry import Registry, VersionInfo
+    from mnist_tasks.registry import VersionInfo
+    from mnist_tasks.registry_api import ModelRegistry
+    from mnist_tasks.settings import Settings
+    from mnist_tasks.storage import Store
 
 log = logging.getLogger(__name__)
 
-DAG_ID = "mnist_training"  # the DAG whose runs register models; its read permission gates the page
 URL_PREFIX = "/models"
-DEFAULT_STORE = "file:///tmp/mnist-store"  # the DAG's default when MNIST_STORE is unset
 TEMPLATE = Path(__file__).resolve().parent / "templates" / "mnist_models.html"
 # Files of a version the page serves, by suffix; anything else (the model itself) is not served.
 SERVED_TYPES = {
@@ -83,40 +81,34 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
-def store_uri() -> str:
-    """The registry's store URI: ``MNIST_STORE``, else the DAG's default."""
-    return os.environ.get("MNIST_STORE") or DEFAULT_STORE
+def settings() -> Settings:
+    """The deployment's settings, read from the environment on each request."""
+    from mnist_tasks.settings import Settings
+
+    return Settings.from_environ(os.environ)
 
 
-GLUE_MODULE = "mnist_airflow"  # dags/mnist_airflow.py: the DAG's Airflow glue
+def s3_client_kwargs(conn_id: str) -> dict[str, Any] | None:
+    """boto3 arguments from the Airflow connection ``conn_id``; None when it does not exist."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
 
+    from mnist_tasks.settings import s3_client_kwargs as from_fields
 
-def airflow_glue() -> ModuleType:
-    """The DAG's glue module, so that the page reads the store with the tasks' credentials.
-
-    Workers and the DAG processor have the DAGs folder on ``sys.path``; the API server, which
-    serves this page, does not, so the configured DAGs folder is added on first use.
-    """
     try:
-        return importlib.import_module(GLUE_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != GLUE_MODULE:
-            raise
-    from airflow.configuration import conf
-
-    dags_folder = os.path.expanduser(conf.get("core", "dags_folder"))
-    if dags_folder not in sys.path:
-        sys.path.append(dags_folder)
-    return importlib.import_module(GLUE_MODULE)
+        conn = Connection.get(conn_id)
+    except AirflowNotFoundException:
+        return None
+    return from_fields(conn.login, conn.password, conn.host, conn.extra_dejson)
 
 
-def _open_registry(uri: str) -> Registry:
-    from mnist_tasks.config import DEFAULT_MODEL_NAME
+def _open(cfg: Settings) -> tuple[Store, ModelRegistry]:
+    """The store the page reads (registry, scoring summaries, run summaries) and the registry."""
     from mnist_tasks.registry import Registry
     from mnist_tasks.storage import open_store
 
-    store = open_store(uri, client_kwargs=airflow_glue().s3_client_kwargs())
-    return Registry(store, os.environ.get("MNIST_MODEL_NAME") or DEFAULT_MODEL_NAME)
+    store = open_store(cfg.store_or_default, client_kwargs=s3_client_kwargs(cfg.s3_conn_id))
+    return store, Registry(store, cfg.model_name)
 
 
 def _fmt_time(iso: str) -> str:
@@ -164,7 +156,7 @@ def _approval_text(approval: Any) -> str | None:
     return f"{outcome} by {approval['by']}" if approval.get("by") else outcome
 
 
-def _scored(reg: Registry) -> dict[int, list[dict[str, Any]]]:
+def _scored(store: Store, model_name: str) -> dict[int, list[dict[str, Any]]]:
     """The batches scored with each version (the scoring DAG's per-version summaries: a few
     requests however many batches), newest first; empty, logged, when they cannot be read (the
     versions are still shown)."""
@@ -172,7 +164,7 @@ def _scored(reg: Registry) -> dict[int, list[dict[str, Any]]]:
     from mnist_tasks.storage import StorageError
 
     try:  # the scoring DAG's outputs beside the registry it read (its store)
-        summaries = scored_batches(reg.store, reg.model_name)
+        summaries = scored_batches(store, model_name)
     except (StorageError, OSError, ValueError) as exc:
         log.warning("models page: cannot read the scored batches: %s", exc)
         return {}
@@ -218,6 +210,7 @@ def build_app() -> FastAPI:
 
     from mnist_tasks.model_card import lineage_summary
     from mnist_tasks.registry import InvalidName, RegistryError, VersionNotFound
+    from mnist_tasks.settings import TRAINING_DAG_ID
     from mnist_tasks.storage import StorageError
 
     templates = Environment(
@@ -226,24 +219,27 @@ def build_app() -> FastAPI:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    registries: dict[str, Registry] = {}
+    opened: dict[Settings, tuple[Store, ModelRegistry]] = {}
     lock = threading.Lock()
 
     def store_error(exc: Exception) -> HTTPException:
-        log.warning("models page: cannot read the registry at %s: %s", store_uri(), exc)
-        return HTTPException(503, f"cannot read the model registry at {store_uri()}: {exc}")
+        uri = settings().store_or_default
+        log.warning("models page: cannot read the registry at %s: %s", uri, exc)
+        return HTTPException(503, f"cannot read the model registry at {uri}: {exc}")
 
-    def registry() -> Registry:
-        uri = store_uri()
+    def source() -> tuple[Store, ModelRegistry]:
+        cfg = settings()
         with lock:
-            if uri not in registries:
+            if cfg not in opened:
                 try:
-                    registries[uri] = _open_registry(uri)
-                except ValueError as exc:  # a malformed MNIST_STORE
+                    opened[cfg] = _open(cfg)
+                except ValueError as exc:  # a malformed MNIST_STORE or MNIST_MODEL_NAME
                     raise store_error(exc) from None
-            return registries[uri]
+            return opened[cfg]
 
-    can_read_runs = requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID)
+    # Reading the runs of the DAG that registers models gates the page.
+    can_read_runs = requires_access_dag("GET", DagAccessEntity.RUN,
+                                        param_dag_id=TRAINING_DAG_ID)
     app = FastAPI(
         title="MNIST model registry",
         description="The registered versions of the MNIST classifier.",
@@ -278,7 +274,7 @@ def build_app() -> FastAPI:
         run_id: str | None = Query(None, description="show the version this run registered"),
         dag_id: str | None = Query(None, description="the DAG of run_id (from the DAG run tab)"),
     ) -> HTMLResponse:
-        reg = registry()
+        store, reg = source()
         status = 200
         error: str | None = None
         rows: list[dict[str, Any]] = []
@@ -290,12 +286,12 @@ def build_app() -> FastAPI:
         try:
             infos = reg.list_versions()
             champion = reg.get_alias("champion")
-            scored = _scored(reg)
+            scored = _scored(store, reg.model_name)
             rows = [_version_row(i, champion) | {"scored": len(scored.get(i.version, []))}
                     for i in reversed(infos)]  # newest first
             by_number = {i.version: i for i in infos}
             if run_id:
-                run = _run_banner(reg, run_id, dag_id)
+                run = _run_banner(store, reg, run_id, dag_id)
                 if run.get("version") in by_number:
                     selected = by_number[run["version"]]
             if version is not None and selected is None:
@@ -306,7 +302,8 @@ def build_app() -> FastAPI:
             if selected is None and not run_id and not error and infos:
                 selected = by_number.get(champion or -1, infos[-1])
             if selected is not None and "model_card.md" in selected.files:
-                card_html = render_markdown(_read_file(reg, selected, "model_card.md").decode())
+                card = reg.read_file(selected.version, "model_card.md")
+                card_html = render_markdown(card.decode())
         except (StorageError, RegistryError, OSError, ValueError) as exc:
             log.warning("models page: cannot read the registry at %s: %s", reg.uri, exc)
             error, status = f"cannot read the model registry: {exc}", 503
@@ -334,13 +331,13 @@ def build_app() -> FastAPI:
 
     @app.get("/api/versions")
     def api_versions() -> dict[str, Any]:
-        reg = registry()
+        store, reg = source()
         try:
             champion = reg.get_alias("champion")
             infos = reg.list_versions()
         except (StorageError, RegistryError, OSError) as exc:
             raise store_error(exc) from None
-        scored = _scored(reg)
+        scored = _scored(store, reg.model_name)
         return {
             "model_name": reg.model_name,
             "registry_uri": reg.uri,
@@ -377,7 +374,7 @@ def build_app() -> FastAPI:
 
     @app.get("/versions/{version}/files/{name}")
     def version_file(version: str, name: str) -> Response:
-        reg = registry()
+        _, reg = source()
         media_type = SERVED_TYPES.get(Path(name).suffix)
         try:
             info = reg.get(version)
@@ -388,8 +385,8 @@ def build_app() -> FastAPI:
         if media_type is None or name not in info.files:
             raise HTTPException(404, f"version {info.version} has no viewable file {name!r}")
         try:
-            data = _read_file(reg, info, name)
-        except (StorageError, OSError) as exc:
+            data = reg.read_file(info.version, name)
+        except (StorageError, RegistryError, OSError) as exc:  # RegistryError: not as registered
             raise store_error(exc) from None
         # Versions are immutable, so a browser may keep what it fetched.
         return Response(data, media_type=media_type,
@@ -398,16 +395,18 @@ def build_app() -> FastAPI:
     return app
 
 
-def _run_banner(reg: Registry, run_id: str, dag_id: str | None) -> dict[str, Any]:
+def _run_banner(store: Store, reg: ModelRegistry, run_id: str, dag_id: str | None
+                ) -> dict[str, Any]:
     """What the page says about a run: the version it registered, or why there is none."""
     from mnist_tasks.config import run_key
     from mnist_tasks.pipeline import run_summary
     from mnist_tasks.registry import InvalidName
+    from mnist_tasks.settings import TRAINING_DAG_ID
     from mnist_tasks.storage import ObjectNotFound
 
     banner: dict[str, Any] = {"run_id": run_id, "dag_id": dag_id, "version": None}
-    if dag_id and dag_id != DAG_ID:
-        banner["note"] = f"DAG {dag_id!r} does not register models; {DAG_ID!r} does."
+    if dag_id and dag_id != TRAINING_DAG_ID:
+        banner["note"] = f"DAG {dag_id!r} does not register models; {TRAINING_DAG_ID!r} does."
         return banner
     try:
         info = reg.version_for_run(run_key(run_id))
@@ -417,7 +416,7 @@ def _run_banner(reg: Registry, run_id: str, dag_id: str | None) -> dict[str, Any
         banner["version"] = info.version
         return banner
     try:
-        summary = run_summary(reg.store, run_id)
+        summary = run_summary(store, run_id)
     except (ObjectNotFound, InvalidName, ValueError):
         summary = {}
     banner["decision"] = summary.get("decision")
@@ -427,11 +426,6 @@ def _run_banner(reg: Registry, run_id: str, dag_id: str | None) -> dict[str, Any
     banner["approval"] = summary.get("approval") if isinstance(summary.get("approval"),
                                                                dict) else None
     return banner
-
-
-def _read_file(reg: Registry, info: VersionInfo, name: str) -> bytes:
-    """One object of a complete version (``name`` must be listed in its manifest)."""
-    return reg.store.read_bytes(reg.store.key_of(f"{info.uri}/{name}"))
 
 
 class LazyApp:

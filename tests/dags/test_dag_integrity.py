@@ -361,24 +361,26 @@ def test_library_never_imports_airflow() -> None:
         assert "import airflow" not in text and "from airflow" not in text, path
 
 
-def test_the_plugin_gets_the_glue_where_the_dags_folder_is_not_on_sys_path() -> None:
-    """The API server loads plugins with plugins/ on sys.path, not dags/: the Models page still
-    reads the store with the tasks' credential function."""
+def test_the_plugin_takes_its_settings_from_the_library_not_the_dag_glue() -> None:
+    """The API server loads plugins with plugins/ on sys.path, not dags/: the Models page gets
+    its settings and S3 credentials through mnist_tasks.settings, never the DAG's glue."""
     code = (
-        "import sys, runpy\n"
-        f"assert {str(DAGS)!r} not in sys.path\n"
+        "import os, runpy\n"
+        "os.environ['MNIST_STORE'] = 'file:///tmp/x'\n"
         f"plugin = runpy.run_path({str(REPO / 'plugins' / 'mnist_models.py')!r})\n"
-        "glue = plugin['airflow_glue']()\n"
-        f"assert glue.__file__ == {str(GLUE_FILE)!r}, glue.__file__\n"
-        "print(glue.s3_client_kwargs.__qualname__)\n"
+        "cfg = plugin['settings']()\n"
+        "assert cfg.store_or_default == 'file:///tmp/x', cfg\n"
     )
-    import os
+    mods = _modules_after(code)
+    assert "mnist_tasks.settings" in mods and "mnist_airflow" not in mods
+    assert "sys.path" not in (REPO / "plugins" / "mnist_models.py").read_text()
 
-    env = {**os.environ, "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd="/", env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-1] == "s3_client_kwargs"
+
+def test_the_dag_glue_and_the_library_settings_agree(glue) -> None:  # type: ignore[no-untyped-def]
+    from mnist_tasks import settings
+
+    assert glue.DAG_ID == settings.TRAINING_DAG_ID
+    assert glue.MODEL_REGISTRY.name == settings.REGISTRY_ASSET
 
 
 def _dag_with_margin(monkeypatch, margin: str | None):  # type: ignore[no-untyped-def]

@@ -43,7 +43,7 @@ def test_each_version_lists_the_batches_scored_with_it(tmp_path: Path, model_fil
                       b"partial")
 
     plugin = _plugin()
-    scored = plugin._scored(reg)
+    scored = plugin._scored(reg.store, reg.model_name)
     assert sorted(scored) == [1]
     assert [b["batch"] for b in scored[1]] == ["b002", "b001"]  # newest first
     assert scored[1][0]["images"] == 6 and scored[1][0]["skipped_files"] == 0

@@ -82,6 +82,6 @@ def test_the_pages_scored_batches_cost_the_same_after_many_batches(s3_env: str) 
     for n in (3, 40):
         _, store, _ = _scored_store(f"p{n}", n)
         reg = Registry(store)
-        assert len(plugin._scored(reg)[1]) == n
-        counts.append(_requests([store], lambda: plugin._scored(reg)))  # noqa: B023
+        assert len(plugin._scored(reg.store, reg.model_name)[1]) == n
+        counts.append(_requests([store], lambda: plugin._scored(reg.store, reg.model_name)))  # noqa: B023
     assert counts == [2, 2], counts  # the summaries' listing and one summary

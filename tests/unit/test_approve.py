@@ -15,7 +15,7 @@ from mnist_tasks.config import ConfigError, pipeline_config, run_key
 from mnist_tasks.model_card import render_model_card
 from mnist_tasks.register import build_metadata
 from mnist_tasks.registry import Registry
-from mnist_tasks.registry import main as registry_main
+from mnist_tasks.registry_cli import main as registry_main
 from mnist_tasks.results import (
     Approval,
     ApproveResult,

@@ -125,11 +125,11 @@ def test_the_data_commands_folders_refuse_dot_dot(
 
 def _refused(argv: list[str], param: str, where: str, tmp_path: Path,
              capsys: pytest.CaptureFixture[str]) -> None:
-    from mnist_tasks import registry
+    from mnist_tasks import registry_cli
 
     ok = str(tmp_path / "ok")
     args = [a.replace("{ok}", ok).replace("{}", where) for a in argv]
-    status = registry.main(args[1:]) if args[0] == "registry" else main(args)
+    status = registry_cli.main(args[1:]) if args[0] == "registry" else main(args)
     assert status == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert f"parameter {param!r} = {where!r} is invalid: must not contain '..'" in line
@@ -274,3 +274,16 @@ def test_candidates_from_the_command_line(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         _parser().parse_args(["run-all", "--candidates", "[{"])
     assert "--candidates: not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--store", "/s", "bogus"], ["--store", "/s", "show"]])
+def test_a_registry_argument_error_is_one_line(
+    argv: list[str], capsys: pytest.CaptureFixture[str],
+) -> None:
+    from mnist_tasks import registry_cli
+
+    with pytest.raises(SystemExit) as exc:
+        registry_cli.main(argv)
+    assert exc.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: python -m mnist_tasks.registry")

@@ -124,3 +124,10 @@ def test_no_import_cycles() -> None:
     for start in sorted(graph):
         if start not in state:
             visit(start, [start])
+
+
+def test_the_registry_holds_only_the_registry() -> None:
+    # The store-backed registry is one concern; its CLI and the Airflow HTTP client are others.
+    mods = imported_modules((PACKAGE / "registry.py").read_text(), "registry")
+    assert not mods & {"argparse", "urllib", "urllib.request", "mnist_tasks.registry_cli",
+                       "mnist_tasks.airflow_events", "mnist_tasks.cli_common"}
