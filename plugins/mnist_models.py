@@ -353,13 +353,13 @@ def build_app() -> FastAPI:
         from mnist_tasks.plots import monitoring_png
         from mnist_tasks.scoring_index import scored_batches
 
-        reg = registry()
+        store, reg = source()
         try:
             info = reg.get(version)
-            rows = scored_batches(reg.store, reg.model_name).get(info.version, [])
+            rows = scored_batches(store, reg.model_name).get(info.version, [])
             live = [{"batch": r.batch, "accuracy": v.accuracy, "low": v.interval[0],
                      "high": v.interval[1], "status": v.status}
-                    for r in feedback.reports(reg.store, reg.model_name)
+                    for r in feedback.reports(store, reg.model_name)
                     for v in r.versions if v.version == info.version]
         except (InvalidName, VersionNotFound) as exc:
             raise HTTPException(404, str(exc)) from None

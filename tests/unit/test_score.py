@@ -99,7 +99,8 @@ def test_png_and_idx_batch_scored_with_bad_files_named(env, model_file: Path) ->
         "divergence_tvd": manifest["report"]["divergence_tvd"],
         "divergence_flagged": manifest["report"]["divergence_flagged"],
         "created_at": manifest["created_at"], "run_id": None,
-        "monitor": None, "fired": []}]  # v1 here has no monitoring reference
+        "monitor": None, "fired": [], "confidence_ks": None,
+        "embedding_mmd": None}]  # v1 here has no monitoring reference
     assert manifest["monitor"] is None
     assert not store.list("scoring/mnist-classifier/staging")  # staging cleared
 
