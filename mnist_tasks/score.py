@@ -63,7 +63,7 @@ from mnist_tasks.artifacts import (
     save_npz,
     utc_now,
 )
-from mnist_tasks.config import ConfigError, ScoringConfig
+from mnist_tasks.config import ScoringConfig
 from mnist_tasks.monitor import (
     OK,
     REFERENCE_FILE,
@@ -127,41 +127,6 @@ class BatchRejected(ScoringError):
 
 class NoChampion(ScoringError):
     """No champion to score with (and no registry event names a version)."""
-
-
-# Deployment settings (environment variables) -> ScoringConfig fields; read at the edges.
-ENV_SETTINGS = {
-    "MNIST_SCORING_LANDING": ("landing", str),
-    "MNIST_MODEL_NAME": ("model_name", str),
-    "MNIST_SCORING_SHARD_SIZE": ("shard_size", int),
-    "MNIST_SCORING_RESCORE_WINDOW": ("rescore_window", int),
-    "MNIST_SCORING_CONFIDENCE_THRESHOLD": ("confidence_threshold", float),
-    "MNIST_SCORING_DIVERGENCE_THRESHOLD": ("divergence_threshold", float),
-    "MNIST_SCORING_LABEL_QUEUE": ("label_queue", int),
-}
-
-
-def scoring_config(environ: Mapping[str, str], store_uri: str) -> ScoringConfig:
-    """The scoring config from environment variables (:data:`ENV_SETTINGS`); the landing
-    prefix defaults to ``<store>/landing``.
-
-    Raises:
-        ValueError: naming the variable, for a value that does not parse or is out of range.
-    """
-    values: dict[str, Any] = {"landing": store_uri.rstrip("/") + "/landing"}
-    for var, (name, kind) in ENV_SETTINGS.items():
-        text = environ.get(var, "").strip()
-        if not text:
-            continue
-        try:
-            values[name] = kind(text)
-        except ValueError:
-            raise ValueError(f"{var}={text!r}: expected {kind.__name__}") from None
-    try:
-        return ScoringConfig(**values)
-    except ConfigError as exc:
-        raise ValueError(f"scoring setting {exc.param}={exc.value!r}: {exc.requirement} "
-                         f"(environment: {', '.join(ENV_SETTINGS)})") from None
 
 
 # --- keys ---------------------------------------------------------------------------------------
@@ -967,5 +932,5 @@ __all__ = [
     "BatchRejected", "ScoringConfig", "ScoringError", "commit", "commit_batch", "list_batches",
     "output_key", "plan", "prepare", "read_batch", "read_manifest", "read_output",
     "rebuild_summaries", "resolve_model", "score_batches", "score_shard", "scored_batches",
-    "scoring_config", "write_batch",
+    "write_batch",
 ]

@@ -29,8 +29,20 @@ from urllib.parse import unquote, urlparse
 # explicit re-exports) so that every config is ``from mnist_tasks.config import X``.
 from mnist_tasks.config.checks import ConfigError as ConfigError
 from mnist_tasks.config.checks import check, check_bool, check_number
+from mnist_tasks.config.environment import DEPLOYMENT_SETTINGS as DEPLOYMENT_SETTINGS
+from mnist_tasks.config.environment import ENV_SETTINGS as ENV_SETTINGS
+from mnist_tasks.config.environment import MAX_JSON_FILE_BYTES as MAX_JSON_FILE_BYTES
+from mnist_tasks.config.environment import DeploymentSetting as DeploymentSetting
+from mnist_tasks.config.environment import EnvSetting as EnvSetting
+from mnist_tasks.config.environment import deployment_values as deployment_values
+from mnist_tasks.config.environment import env_number as env_number
+from mnist_tasks.config.environment import feedback_landing as feedback_landing
+from mnist_tasks.config.environment import parse_checksums as parse_checksums
+from mnist_tasks.config.environment import read_json_file as read_json_file
+from mnist_tasks.config.environment import scoring_config as scoring_config
 from mnist_tasks.config.policies import DEFAULT_MODEL_NAME as DEFAULT_MODEL_NAME
 from mnist_tasks.config.policies import MAX_IMAGES as MAX_IMAGES
+from mnist_tasks.config.policies import MODEL_NAME_PATTERN as MODEL_NAME_PATTERN
 from mnist_tasks.config.policies import MONITOR_LIMIT_FIELDS as MONITOR_LIMIT_FIELDS
 from mnist_tasks.config.policies import FeedbackConfig as FeedbackConfig
 from mnist_tasks.config.policies import IncrementPolicy as IncrementPolicy
@@ -302,7 +314,6 @@ class ApprovalConfig:
 STORE_PATTERN = (
     r"^(?!(.*/)?\.\.(/|$))(s3://[a-z0-9][a-z0-9.-]+[a-z0-9](/.*)?|file:///.+|/.+)$"
 )
-MODEL_NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,62}"
 
 
 @dataclass(frozen=True)
@@ -538,85 +549,6 @@ def build_candidates(value: Any, run_values: Mapping[str, Any], val_fraction: fl
             raise ConfigError(f"candidate {index} ({overrides}): {exc}") from None
         out.append(Candidate(index, dict(overrides), cfg))
     return tuple(out)
-
-
-@dataclass(frozen=True)
-class DeploymentSetting:
-    """A pipeline setting that a deployment fixes and a trigger may not change."""
-
-    name: str  # the pipeline_config key (and the CLI's option, --name-with-dashes)
-    env: str  # the environment variable the DAG reads (and the CLI's default)
-    default: str
-    description: str
-
-
-DEPLOYMENT_SETTINGS: tuple[DeploymentSetting, ...] = (
-    DeploymentSetting(
-        "checksums", "MNIST_CHECKSUMS", "pinned",
-        "'pinned' (MNIST's published payload SHA-256s), 'off' (accept any IDX data; logged and "
-        "recorded) or @/path/to/file.json (a JSON object: file name -> payload SHA-256)",
-    ),
-    DeploymentSetting(
-        "model_name", "MNIST_MODEL_NAME", DEFAULT_MODEL_NAME,
-        "the registry's model name (1-63 lowercase letters, digits, '.', '_' or '-')",
-    ),
-)
-
-# Cap on a JSON file given as @path (checksums, a stage's result): these are a few kB.
-MAX_JSON_FILE_BYTES = 1 << 20
-
-
-def read_json_file(path: str, param: str) -> Any:
-    """The JSON value in the file at ``path`` (given as ``@path`` for ``param``).
-
-    Raises:
-        ConfigError: naming ``param`` and the file, when it cannot be read, is larger than
-            :data:`MAX_JSON_FILE_BYTES` or is not JSON.
-    """
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_JSON_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"parameter {param!r}: cannot read {path}: "
-                          f"{exc.strerror or exc}") from None
-    if len(data) > MAX_JSON_FILE_BYTES:
-        raise ConfigError(f"parameter {param!r}: {path} is larger than "
-                          f"{MAX_JSON_FILE_BYTES} bytes")
-    try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"parameter {param!r}: {path} is not JSON ({exc})") from None
-
-
-def parse_checksums(value: str | Mapping[str, str], param: str = "checksums") -> Any:
-    """``"pinned"``, ``"off"``, a mapping, or ``@path`` to a JSON object: what IngestConfig takes.
-
-    Raises:
-        ConfigError: naming ``param``, for any other value or an unreadable or non-object file.
-    """
-    if isinstance(value, Mapping):
-        return dict(value)
-    check(isinstance(value, str) and (value in ("pinned", "off") or value.startswith("@")),
-           param, value, "must be 'pinned', 'off' or @/path/to/file.json")
-    if value in ("pinned", "off"):
-        return value
-    obj = read_json_file(value[1:], param)
-    check(isinstance(obj, dict), param, value,
-           "the file must hold a JSON object: file name -> payload SHA-256")
-    return obj
-
-
-def deployment_values(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The deployment settings from ``environ`` (the DAG passes ``os.environ``).
-
-    Raises:
-        ConfigError: naming the environment variable whose value is invalid.
-    """
-    checksums = parse_checksums(environ.get("MNIST_CHECKSUMS") or "pinned", "MNIST_CHECKSUMS")
-    model_name = environ.get("MNIST_MODEL_NAME") or DEFAULT_MODEL_NAME
-    check(bool(re.fullmatch(MODEL_NAME_PATTERN, model_name)), "MNIST_MODEL_NAME", model_name,
-           "must be 1-63 lowercase letters, digits, '.', '_' or '-'")
-    return {"checksums": checksums, "model_name": model_name}
 
 
 def check_trigger_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 from mnist_tasks.config.checks import ConfigError, check, check_bool, check_number
 
 DEFAULT_MODEL_NAME = "mnist-classifier"
+MODEL_NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,62}"  # a registered model's name
 MAX_IMAGES = 100_000  # images in one IDX file (78 MB decoded), and PNGs in one folder
 
 
