@@ -629,7 +629,8 @@ def land() -> dict[str, Any]:
 # -- batch scoring (mnist_batch_scoring) ---------------------------------------------------------
 # Settings: MNIST_SCORING_STORE (default MNIST_STORE: the registry read and the outputs written),
 # MNIST_SCORING_LANDING (default <store>/landing), MNIST_SCORING_INTERVAL_MINUTES (how often new
-# batches are looked for; default 5), and the MNIST_SCORING_* knobs of mnist_tasks.score.
+# batches are looked for; default 5), and the MNIST_SCORING_* knobs
+# (all declared and parsed in mnist_tasks.config.environment).
 
 SCORING_DAG_ID = "mnist_batch_scoring"
 

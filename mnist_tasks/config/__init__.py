@@ -76,11 +76,13 @@ DEFAULT_SOURCE = "default"
 DEFAULT_STORE = "file:///tmp/mnist-store"
 
 
-def _check_param(name: str, value: Any) -> None:
-    """Check ``value`` against the range of the trigger parameter ``name`` (one definition)."""
+def _check_param(name: str, value: Any, where: str | None = None) -> None:
+    """Check ``value`` against the range of the trigger parameter ``name`` (one definition);
+    the message names ``where`` (e.g. ``candidates[0].seed``), by default ``name``."""
     spec = PARAM_SPECS[name]
     assert spec.minimum is not None and spec.maximum is not None
-    check_number(name, value, spec.minimum, spec.maximum, integer=spec.type == "integer")
+    check_number(where or name, value, spec.minimum, spec.maximum,
+                 integer=spec.type == "integer")
 
 
 @dataclass(frozen=True)
@@ -515,10 +517,7 @@ def expand_candidates(value: Any) -> list[dict[str, Any]]:
                     check(v in PRESETS, f"{where}.preset", v,
                            f"must be one of {', '.join(PRESET_NAMES)}")
                 else:
-                    spec = PARAM_SPECS[name]
-                    assert spec.minimum is not None and spec.maximum is not None
-                    check_number(f"{where}.{name}", v, spec.minimum, spec.maximum,
-                                 integer=spec.type == "integer")
+                    _check_param(name, v, f"{where}.{name}")
             axes.append([(name, v) for v in values])
         for combo in itertools.product(*axes):
             out.append(dict(combo))
