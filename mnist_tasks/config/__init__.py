@@ -9,8 +9,13 @@ defined once, in :data:`TRIGGER_PARAMS`: the DAG's ``Param``s and the CLI's opti
 from it, and the dataclasses below check their fields against the same ranges. The presets are
 the :data:`PRESETS` table; a new preset is one entry there plus its model in ``models.py``.
 
-This module is cheap to import (no numpy, no TensorFlow): the DAG file uses it at parse time to
-build its params.
+The package is the one home of configuration: :mod:`.checks` holds the validator every config
+uses, :mod:`.policies` the configs of the increment checks, monitoring, scoring and feedback,
+and :mod:`.environment` every ``MNIST_*`` deployment setting, parsed from the ``environ`` an
+edge hands it. All their public names are importable from here.
+
+This package is cheap to import (no numpy, no TensorFlow): the DAG file uses it at parse time
+to build its params.
 """
 
 from __future__ import annotations
