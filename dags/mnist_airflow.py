@@ -31,7 +31,7 @@ from airflow.sdk import Asset, AsyncCallback, DeadlineAlert, DeadlineReference, 
 from airflow.sdk import get_current_context as _context
 
 from mnist_tasks import results
-from mnist_tasks.config import PARAM_SPECS, TRIGGER_PARAMS
+from mnist_tasks.config import PARAM_SPECS, TRIGGER_PARAMS, env_number
 
 if TYPE_CHECKING:
     from mnist_tasks.config import ParamSpec, PipelineConfig
@@ -536,26 +536,7 @@ def retry_delay_seconds(environ: Mapping[str, str] = os.environ) -> float:
     Raises:
         ValueError: naming the variable, for a value that is not a number from 1 to 3600.
     """
-    return _number_setting(environ, "MNIST_RETRY_DELAY_SECONDS", 30, 1, 3600,
-                           "a number of seconds", float)
-
-
-def _number_setting(environ: Mapping[str, str], name: str, default: float, lo: float,
-                    hi: float, what: str, kind: Callable[[str], float]) -> float:
-    """The number in environment variable ``name`` (``default`` when unset or empty).
-
-    Raises:
-        ValueError: naming the variable and its value, when ``kind`` cannot parse it or it is
-            outside ``lo``..``hi`` (a DAG file that reads it then fails to import).
-    """
-    text = environ.get(name, "").strip() or str(default)
-    try:
-        value = kind(text)
-    except ValueError:
-        value = lo - 1
-    if not lo <= value <= hi:
-        raise ValueError(f"{name}={text!r}: expected {what} from {lo:g} to {hi:g}")
-    return value
+    return float(env_number(environ, "MNIST_RETRY_DELAY_SECONDS"))
 
 
 def default_args(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
@@ -604,8 +585,7 @@ def watch_interval(environ: Mapping[str, str] = os.environ) -> timedelta:
         ValueError: naming the variable, for a value that is not a whole number of minutes
             from 1 to 1440 (the DAG file then fails to import, with this message).
     """
-    return timedelta(minutes=_number_setting(environ, "MNIST_WATCH_INTERVAL_MINUTES", 5, 1, 1440,
-                                             "a whole number of minutes", int))
+    return timedelta(minutes=env_number(environ, "MNIST_WATCH_INTERVAL_MINUTES"))
 
 
 def land() -> dict[str, Any]:
@@ -649,7 +629,8 @@ def land() -> dict[str, Any]:
 # -- batch scoring (mnist_batch_scoring) ---------------------------------------------------------
 # Settings: MNIST_SCORING_STORE (default MNIST_STORE: the registry read and the outputs written),
 # MNIST_SCORING_LANDING (default <store>/landing), MNIST_SCORING_INTERVAL_MINUTES (how often new
-# batches are looked for; default 5), and the MNIST_SCORING_* knobs of mnist_tasks.score.
+# batches are looked for; default 5), and the MNIST_SCORING_* knobs
+# (all declared and parsed in mnist_tasks.config.environment).
 
 SCORING_DAG_ID = "mnist_batch_scoring"
 
@@ -664,8 +645,7 @@ def scoring_timetable(environ: Mapping[str, str] = os.environ) -> Any:
     """
     from airflow.sdk import AssetOrTimeSchedule, DeltaTriggerTimetable
 
-    minutes = _number_setting(environ, "MNIST_SCORING_INTERVAL_MINUTES", 5, 1, 1440,
-                              "a whole number of minutes", int)
+    minutes = env_number(environ, "MNIST_SCORING_INTERVAL_MINUTES")
     return AssetOrTimeSchedule(timetable=DeltaTriggerTimetable(timedelta(minutes=minutes)),
                                assets=[MODEL_REGISTRY])
 
@@ -678,14 +658,14 @@ def _scoring(environ: Mapping[str, str] = os.environ) -> tuple[Any, Any, Any]:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from mnist_tasks import config, score
+    from mnist_tasks import config
     from mnist_tasks.storage import open_store
 
     store_uri = environ.get("MNIST_SCORING_STORE", "").strip() or form_default(
         PARAM_SPECS["store"], environ)
     try:
         config.check_store_uri(store_uri)
-        cfg = score.scoring_config(environ, store_uri)
+        cfg = config.scoring_config(environ, store_uri)
         config.check_store_uri(cfg.landing)
     except ValueError as exc:
         raise AirflowFailException(f"scoring settings: {exc}") from None
@@ -803,8 +783,7 @@ def feedback_interval(environ: Mapping[str, str] = os.environ) -> timedelta:
     Raises:
         ValueError: naming the variable, for a value that is not 1 to 1440 whole minutes.
     """
-    return timedelta(minutes=_number_setting(environ, "MNIST_FEEDBACK_INTERVAL_MINUTES", 5, 1,
-                                             1440, "a whole number of minutes", int))
+    return timedelta(minutes=env_number(environ, "MNIST_FEEDBACK_INTERVAL_MINUTES"))
 
 
 def feedback(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
@@ -819,8 +798,7 @@ def feedback(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
 
     cfg, store, landing = _scoring(environ)
     kwargs = s3_client_kwargs()
-    feedback_uri = (environ.get("MNIST_FEEDBACK_LANDING", "").strip()
-                    or store.uri.rstrip("/") + "/feedback")
+    feedback_uri = config.feedback_landing(environ, store.uri)
     source_uri = form_default(PARAM_SPECS["source"], environ)
     source = None
     if source_uri != "default" and not source_uri.startswith(("http://", "https://")):

@@ -305,7 +305,7 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
     from mnist_tasks.storage import open_store
 
     store_uri = _params(args)["store"]
-    cfg = score.scoring_config(os.environ, store_uri)
+    cfg = config.scoring_config(os.environ, store_uri)
     changes: dict[str, Any] = {"model_name": args.model_name or cfg.model_name}
     if args.landing:
         changes["landing"] = args.landing
@@ -327,16 +327,15 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
 
 def _feedback(args: argparse.Namespace) -> dict[str, Any]:
     """The ``feedback`` command: :func:`mnist_tasks.feedback.process_pending` in this process."""
-    from mnist_tasks import config, score
+    from mnist_tasks import config
     from mnist_tasks import feedback as fb
     from mnist_tasks.storage import open_store
 
     store_uri = _params(args)["store"]
-    cfg = score.scoring_config(os.environ, store_uri)
+    cfg = config.scoring_config(os.environ, store_uri)
     landing = config.cli_location(args.landing or cfg.landing, "landing")
     feedback_uri = config.cli_location(
-        args.feedback or os.environ.get("MNIST_FEEDBACK_LANDING", "").strip()
-        or store_uri.rstrip("/") + "/feedback", "feedback")
+        args.feedback or config.feedback_landing(os.environ, store_uri), "feedback")
     model_name = args.model_name or cfg.model_name
     reports = fb.process_pending(
         fb.FeedbackConfig(model_name=model_name, source=args.source), open_store(store_uri),

@@ -32,7 +32,7 @@ import numpy as np
 
 from mnist_tasks import idx
 from mnist_tasks.artifacts import utc_now
-from mnist_tasks.config import DEFAULT_MODEL_NAME, ConfigError
+from mnist_tasks.config import FeedbackConfig
 from mnist_tasks.storage import MARKER, ObjectNotFound, Store
 from mnist_tasks.userfiles import UserFileError, list_files, read_file
 
@@ -45,37 +45,6 @@ Status = Literal["OK", "ALARM", "TOO_FEW"]
 
 class FeedbackError(ValueError):
     """Feedback cannot be used at all; the message names the batch or file and the problem."""
-
-
-@dataclass(frozen=True)
-class FeedbackConfig:
-    """How feedback is judged and where its increment goes.
-
-    Attributes:
-        model_name: the registered model whose outputs the labels are merged with.
-        source: where the labelled images land as an increment (the training source: a folder,
-            ``file://`` or ``s3://``); None: no increment.
-        alarm_margin: ALARM when live accuracy is significantly below benchmark - margin.
-        alpha: the one-sided binomial test's level.
-        min_labels: fewer labels than this for a version: TOO_FEW, never an alarm.
-    """
-
-    model_name: str = DEFAULT_MODEL_NAME
-    source: str | None = None
-    alarm_margin: float = 0.02
-    alpha: float = 0.01
-    min_labels: int = 50
-
-    def __post_init__(self) -> None:
-        for name, ok, rule in (
-            ("alarm_margin", 0.0 <= self.alarm_margin < 1.0, "a number in [0, 1)"),
-            ("alpha", 0.0 < self.alpha < 1.0, "a number in (0, 1)"),
-            ("min_labels", isinstance(self.min_labels, int) and self.min_labels >= 1,
-             "a whole number >= 1"),
-        ):
-            if not ok:
-                raise ConfigError(f"parameter {name!r} = {getattr(self, name)!r} is invalid: "
-                                  f"must be {rule}")
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mnist_tasks import idx, userfiles
-from mnist_tasks.config import ConfigError
+from mnist_tasks.config import ConfigError, IncrementPolicy
 from mnist_tasks.storage import (
     ObjectNotFound,
     StorageError,
@@ -117,56 +117,7 @@ class IncrementQuarantined(RuntimeError):
 # --------------------------------------------------------------------------- policy
 
 
-def _require(cond: bool, param: str, value: Any, requirement: str) -> None:
-    if not cond:
-        raise ConfigError(f"parameter {param!r} = {value!r} is invalid: {requirement}")
-
-
-def _number(param: str, value: Any, lo: float, hi: float, *, integer: bool = False,
-            lo_open: bool = False, hi_open: bool = False) -> None:
-    kind: tuple[type, ...] = (int,) if integer else (int, float)
-    _require(isinstance(value, kind) and not isinstance(value, bool), param, value,
-             "must be an integer" if integer else "must be a number")
-    ok = (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
-    _require(ok and not (isinstance(value, float) and math.isnan(value)), param, value,
-             f"must be in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}")
-
-
-@dataclass(frozen=True)
-class IncrementPolicy:
-    """How increments are checked, split and (optionally) quarantined.
-
-    Drift is flagged for a statistic when its p-value is below ``drift_alpha`` *and* its effect
-    size is beyond the limit: with thousands of images a p-value alone flags differences too
-    small to matter, and with a few dozen an effect size alone is noise.
-
-    Raises:
-        ConfigError: naming the parameter, for a value out of range or of the wrong type.
-    """
-
-    fresh_fraction: float = 0.2  # share of each accepted increment held out as fresh test data
-    max_leakage_fraction: float = 0.05  # images identical to test images; above: quarantine
-    min_images: int = 10  # fewer images left after dropping: quarantine
-    drift_alpha: float = 0.001  # p-value below which a drift statistic can flag
-    max_cramers_v: float = 0.1  # class distribution: Cramér's V above this flags ("small")
-    max_ks_d: float = 0.2  # ink statistics: Kolmogorov-Smirnov D above this flags
-    quarantine_on_drift: bool = False  # drift quarantines instead of only warning
-    fail_on_quarantine: bool = False  # raise_on_quarantine() raises instead of warning
-    drift_sample_size: int = 10_000  # base images sampled (seeded) for the two-sample tests
-    seed: int = 0  # seed of the base sample
-
-    def __post_init__(self) -> None:
-        _number("fresh_fraction", self.fresh_fraction, 0.0, 1.0, hi_open=True)
-        _number("max_leakage_fraction", self.max_leakage_fraction, 0.0, 1.0)
-        _number("min_images", self.min_images, 1, userfiles.MAX_IMAGES, integer=True)
-        _number("drift_alpha", self.drift_alpha, 0.0, 1.0, lo_open=True)
-        _number("max_cramers_v", self.max_cramers_v, 0.0, 10.0)
-        _number("max_ks_d", self.max_ks_d, 0.0, 1.0)
-        for name in ("quarantine_on_drift", "fail_on_quarantine"):
-            _require(isinstance(getattr(self, name), bool), name, getattr(self, name),
-                     "must be true or false")
-        _number("drift_sample_size", self.drift_sample_size, 100, 10**7, integer=True)
-        _number("seed", self.seed, 0, 2**32 - 1, integer=True)
+# IncrementPolicy is defined with the other configs, in mnist_tasks.config.
 
 
 # --------------------------------------------------------------------------- discovery

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from mnist_tasks.config import ConfigError
+from mnist_tasks.config import MONITOR_LIMIT_FIELDS, MonitorPolicy
 from mnist_tasks.drift_tests import (
     TwoSample,
     chi2_homogeneity,
@@ -290,18 +290,6 @@ def _entry(name: str) -> zipfile.ZipInfo:
 # --------------------------------------------------------------------------- policy
 
 
-def _check_number(param: str, value: Any, lo: float, hi: float, *, integer: bool = False,
-                  lo_open: bool = False) -> None:
-    kind: tuple[type[int] | type[float], ...] = (int,) if integer else (int, float)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ConfigError(f"parameter {param!r} = {value!r} is invalid: must be "
-                          f"{'an integer' if integer else 'a number'}")
-    x = float(value)
-    if math.isnan(x) or not ((lo < x) if lo_open else (lo <= x)) or x > hi:
-        raise ConfigError(f"parameter {param!r} = {value!r} is invalid: must be in "
-                          f"{'(' if lo_open else '['}{lo}, {hi}]")
-
-
 # The five tests, in report order: name -> (what is compared, test, effect-size name).
 TESTS: dict[str, tuple[str, str, str]] = {
     "mean_intensity": ("input: per-image mean intensity", "ks", "ks_d"),
@@ -312,76 +300,8 @@ TESTS: dict[str, tuple[str, str, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class MonitorPolicy:
-    """The thresholds of :func:`check_batch`; the defaults were tuned by
-    ``bench/monitor_detection.py --tune`` on its tuning shifts (``docs/monitoring.md``).
-
-    A test fires when its Holm-corrected p-value is below ``alpha`` *and* its effect size
-    reaches a limit: the ``*_warn_*`` limit makes it WARN, the ``*_alarm_*`` limit ALARM. The
-    p-value keeps small batches from firing on noise; the effect size keeps large batches from
-    firing on differences too small to matter. The input statistics have no alarm limit: a
-    change in the images that the model's outputs do not show is worth a look, not an alarm.
-
-    Raises:
-        ConfigError: naming the parameter, for a value out of range or of the wrong type, a
-            warn limit above its alarm limit, or too few permutations to reach ``alpha``.
-    """
-
-    alpha: float = 0.01  # family-wise false-alarm rate of the five tests together (Holm)
-    ink_warn_ks: float = 0.063  # mean intensity and stroke area: Kolmogorov-Smirnov D
-    confidence_warn_ks: float = 0.076  # top probability: Kolmogorov-Smirnov D
-    confidence_alarm_ks: float = 0.15
-    embedding_warn_mmd: float = 0.0015  # embeddings: unbiased MMD² (RBF, reference bandwidth)
-    embedding_alarm_mmd: float = 0.003
-    rates_warn_tvd: float = 0.072  # predicted-class rates: total variation distance
-    rates_alarm_tvd: float = 0.14
-    embedding_sample: int = 500  # batch rows in the MMD (a seeded subsample): bounds its cost
-    permutations: int = 999  # MMD permutations at most; the smallest p-value is 1 / (1 + this)
-    permutation_stop: int = 10  # stop permuting once this many reach the observed MMD²
-    seed: int = 0  # seeds the batch subsample and the permutations
-
-    def __post_init__(self) -> None:
-        _check_number("alpha", self.alpha, 0.0, 0.5, lo_open=True)
-        _check_number("ink_warn_ks", self.ink_warn_ks, 0.0, 1.0)
-        for warn, alarm, hi in (("confidence_warn_ks", "confidence_alarm_ks", 1.0),
-                                ("embedding_warn_mmd", "embedding_alarm_mmd", 2.0),
-                                ("rates_warn_tvd", "rates_alarm_tvd", 1.0)):
-            _check_number(warn, getattr(self, warn), 0.0, hi)
-            _check_number(alarm, getattr(self, alarm), 0.0, hi)
-            if getattr(self, warn) > getattr(self, alarm):
-                raise ConfigError(f"parameter {warn!r} = {getattr(self, warn)!r} is invalid: "
-                                  f"must not exceed {alarm!r} = {getattr(self, alarm)!r}")
-        _check_number("embedding_sample", self.embedding_sample, 10, 100_000, integer=True)
-        _check_number("permutations", self.permutations, 1, 1_000_000, integer=True)
-        _check_number("permutation_stop", self.permutation_stop, 1, 1_000_000, integer=True)
-        _check_number("seed", self.seed, 0, 2**32 - 1, integer=True)
-        # Holm multiplies the smallest p-value by the number of tests; the MMD's cannot be
-        # below 1 / (1 + permutations), so with too few it could never fire.
-        if len(TESTS) / (1 + self.permutations) >= self.alpha:
-            need = math.ceil(len(TESTS) / self.alpha)
-            raise ConfigError(f"parameter 'permutations' = {self.permutations!r} is invalid: "
-                              f"must be at least {need} for alpha={self.alpha} (the embedding "
-                              "test could never fire)")
-
-    def limits(self, test: str) -> tuple[float, float | None]:
-        """The (warn, alarm) effect-size limits of ``test`` (a key of :data:`TESTS`); alarm
-        None for the input statistics."""
-        warn, alarm = _LIMIT_FIELDS[test]
-        return getattr(self, warn), (None if alarm is None else getattr(self, alarm))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-
-# Each test's (warn, alarm) limit fields in MonitorPolicy.
-_LIMIT_FIELDS: dict[str, tuple[str, str | None]] = {
-    "mean_intensity": ("ink_warn_ks", None),
-    "stroke_area": ("ink_warn_ks", None),
-    "confidence": ("confidence_warn_ks", "confidence_alarm_ks"),
-    "embeddings": ("embedding_warn_mmd", "embedding_alarm_mmd"),
-    "prediction_rates": ("rates_warn_tvd", "rates_alarm_tvd"),
-}
+# MonitorPolicy (the thresholds) and its limit fields live with the other configs.
+assert set(MONITOR_LIMIT_FIELDS) == set(TESTS)
 
 
 # --------------------------------------------------------------------------- the check

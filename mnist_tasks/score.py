@@ -51,7 +51,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mnist_tasks.artifacts import (
@@ -63,7 +62,7 @@ from mnist_tasks.artifacts import (
     save_npz,
     utc_now,
 )
-from mnist_tasks.config import DEFAULT_MODEL_NAME
+from mnist_tasks.config import ScoringConfig
 from mnist_tasks.monitor import (
     OK,
     REFERENCE_FILE,
@@ -128,89 +127,6 @@ class BatchRejected(ScoringError):
 
 class NoChampion(ScoringError):
     """No champion to score with (and no registry event names a version)."""
-
-
-@dataclass(frozen=True)
-class ScoringConfig:
-    """What a scoring run needs besides the store.
-
-    Attributes:
-        landing: the landing prefix (``s3://bucket/prefix``, ``file:///path`` or a folder).
-        model_name: the registered model's name.
-        shard_size: images per shard (each shard is one mapped task in the DAG).
-        rescore_window: how many of the most recent batches (by batch id) are scored again
-            with a new champion; 0 scores only new batches.
-        confidence_threshold: predictions with a lower top probability are counted.
-        divergence_threshold: total variation distance between a batch's predicted-class
-            distribution and the training prior above which the batch is flagged.
-        batch_size: the ``model.predict`` batch size.
-        label_queue: how many of each batch's least confident images are exported for
-            labelling (``scoring/<model>/labeling/``); 0 exports none.
-    """
-
-    landing: str
-    model_name: str = DEFAULT_MODEL_NAME
-    shard_size: int = 5000
-    rescore_window: int = 5
-    confidence_threshold: float = 0.5
-    divergence_threshold: float = 0.1
-    batch_size: int = 1024
-    label_queue: int = 100
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("landing", isinstance(self.landing, str) and bool(self.landing.strip()),
-             "a URI: s3://bucket/prefix, file:///path or a folder"),
-            ("shard_size", isinstance(self.shard_size, int) and self.shard_size >= 1,
-             "a whole number >= 1"),
-            ("rescore_window", isinstance(self.rescore_window, int) and self.rescore_window >= 0,
-             "a whole number >= 0"),
-            ("confidence_threshold", 0.0 <= float(self.confidence_threshold) <= 1.0,
-             "a number from 0 to 1"),
-            ("divergence_threshold", 0.0 <= float(self.divergence_threshold) <= 1.0,
-             "a number from 0 to 1"),
-            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1,
-             "a whole number >= 1"),
-            ("label_queue", isinstance(self.label_queue, int) and self.label_queue >= 0,
-             "a whole number >= 0"),
-        ]
-        for name, ok, rule in checks:
-            if not ok:
-                raise ValueError(f"scoring setting {name}={getattr(self, name)!r}: must be {rule}")
-
-
-# Deployment settings (environment variables) -> ScoringConfig fields; read at the edges.
-ENV_SETTINGS = {
-    "MNIST_SCORING_LANDING": ("landing", str),
-    "MNIST_MODEL_NAME": ("model_name", str),
-    "MNIST_SCORING_SHARD_SIZE": ("shard_size", int),
-    "MNIST_SCORING_RESCORE_WINDOW": ("rescore_window", int),
-    "MNIST_SCORING_CONFIDENCE_THRESHOLD": ("confidence_threshold", float),
-    "MNIST_SCORING_DIVERGENCE_THRESHOLD": ("divergence_threshold", float),
-    "MNIST_SCORING_LABEL_QUEUE": ("label_queue", int),
-}
-
-
-def scoring_config(environ: Mapping[str, str], store_uri: str) -> ScoringConfig:
-    """The scoring config from environment variables (:data:`ENV_SETTINGS`); the landing
-    prefix defaults to ``<store>/landing``.
-
-    Raises:
-        ValueError: naming the variable, for a value that does not parse or is out of range.
-    """
-    values: dict[str, Any] = {"landing": store_uri.rstrip("/") + "/landing"}
-    for var, (name, kind) in ENV_SETTINGS.items():
-        text = environ.get(var, "").strip()
-        if not text:
-            continue
-        try:
-            values[name] = kind(text)
-        except ValueError:
-            raise ValueError(f"{var}={text!r}: expected {kind.__name__}") from None
-    try:
-        return ScoringConfig(**values)
-    except ValueError as exc:
-        raise ValueError(f"{exc} (environment: {', '.join(ENV_SETTINGS)})") from None
 
 
 # --- keys ---------------------------------------------------------------------------------------
@@ -1013,5 +929,5 @@ __all__ = [
     "BatchRejected", "ScoringConfig", "ScoringError", "commit", "commit_batch", "list_batches",
     "output_key", "plan", "prepare", "read_batch", "read_manifest", "read_output",
     "rebuild_summaries", "resolve_model", "score_batches", "score_shard", "scored_batches",
-    "scoring_config", "write_batch",
+    "write_batch",
 ]

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_tasks import idx
+from mnist_tasks.config import MAX_IMAGES
 from mnist_tasks.storage import MARKER, LocalStore, S3Store, StorageError, Store
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
 ]
 
 ROWS = COLS = 28
-MAX_IMAGES = 100_000  # images in one IDX file (78 MB decoded), and PNGs in one folder
 MAX_PNG_BYTES = 1 << 20  # one PNG; a 28x28 digit is under 1 KB
 MAX_IDX_FILE_BYTES = 64 << 20  # one (compressed) IDX file
 _MAX_IMAGES_PAYLOAD = 16 + MAX_IMAGES * ROWS * COLS

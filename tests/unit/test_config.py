@@ -209,6 +209,65 @@ def test_deployment_values() -> None:
         deployment_values({"MNIST_CHECKSUMS": "sometimes"})
 
 
+@pytest.mark.parametrize(("env", "value", "expected"), [
+    ("MNIST_RETRY_DELAY_SECONDS", None, 30.0),
+    ("MNIST_RETRY_DELAY_SECONDS", " 2.5 ", 2.5),
+    ("MNIST_WATCH_INTERVAL_MINUTES", "", 5),
+    ("MNIST_SCORING_INTERVAL_MINUTES", "1440", 1440),
+    ("MNIST_FEEDBACK_INTERVAL_MINUTES", "7", 7),
+])
+def test_env_number_parses_the_declared_setting(env: str, value: str | None,
+                                                expected: float) -> None:
+    from mnist_tasks.config import env_number
+
+    got = env_number({} if value is None else {env: value}, env)
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize(("env", "value", "message"), [
+    ("MNIST_WATCH_INTERVAL_MINUTES", "0", "'0': expected a whole number of minutes from 1 to"),
+    ("MNIST_WATCH_INTERVAL_MINUTES", "2.5", "'2.5': expected a whole number of minutes"),
+    ("MNIST_RETRY_DELAY_SECONDS", "nan", "'nan': expected a number of seconds from 1 to 3600"),
+    ("MNIST_FEEDBACK_INTERVAL_MINUTES", "soon", "'soon': expected a whole number"),
+])
+def test_env_number_names_the_variable(env: str, value: str, message: str) -> None:
+    from mnist_tasks.config import env_number
+
+    with pytest.raises(ConfigError, match=re.escape(f"{env}={message}")):
+        env_number({env: value}, env)
+
+
+def test_scoring_and_feedback_settings_come_from_the_given_environ() -> None:
+    from mnist_tasks.config import feedback_landing, scoring_config
+
+    cfg = scoring_config({"MNIST_MODEL_NAME": "m2", "MNIST_SCORING_LABEL_QUEUE": "0",
+                          "MNIST_SCORING_CONFIDENCE_THRESHOLD": "0.7"}, "s3://b/p/")
+    assert (cfg.model_name, cfg.label_queue, cfg.confidence_threshold, cfg.landing) == (
+        "m2", 0, 0.7, "s3://b/p/landing")
+    with pytest.raises(ConfigError, match=r"^MNIST_SCORING_RESCORE_WINDOW='-1': scoring setting "
+                                          r"rescore_window=-1: must be >= 0$"):
+        scoring_config({"MNIST_SCORING_RESCORE_WINDOW": "-1"}, "/s")
+    assert feedback_landing({}, "s3://b/p/") == "s3://b/p/feedback"
+    assert feedback_landing({"MNIST_FEEDBACK_LANDING": " /in "}, "/s") == "/in"
+
+
+@pytest.mark.parametrize(("value", "kwargs", "rule"), [
+    (1.0, {"hi_open": True}, r"must be in \[0, 1\)"),
+    (0, {"lo_open": True}, r"must be in \(0, 1\]"),
+    (2, {}, "must be between 0 and 1"),
+    (float("nan"), {}, "must be between 0 and 1"),
+    (True, {}, "must be a number"),
+    (0.5, {"integer": True}, "must be an integer"),
+])
+def test_one_validator_for_every_range(value: object, kwargs: dict[str, bool], rule: str) -> None:
+    from mnist_tasks.config.checks import check_number
+
+    with pytest.raises(ConfigError, match=rf"^parameter 'x' = .* is invalid: {rule}$"):
+        check_number("x", value, 0, 1, **kwargs)
+    with pytest.raises(ConfigError, match=r"must be >= 1$"):
+        check_number("x", 0, 1)
+
+
 # -- the issue 11 parameters: skip-when-unchanged, quarantines, fresh-data drop ----------------
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mnist_tasks import score, scoring_index
+from mnist_tasks import config, score, scoring_index
 from mnist_tasks.artifacts import load_keras_model
 from mnist_tasks.idx import encode_idx
 from mnist_tasks.registry import Registry
@@ -213,8 +213,8 @@ def test_class_report_flags_divergence() -> None:
 ])
 def test_scoring_config_names_the_bad_setting(var: str, value: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        score.scoring_config({var: value}, "s3://b/p")
-    cfg = score.scoring_config({}, "s3://b/p")
+        config.scoring_config({var: value}, "s3://b/p")
+    cfg = config.scoring_config({}, "s3://b/p")
     assert cfg.landing == "s3://b/p/landing"
 
 

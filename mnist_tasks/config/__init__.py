@@ -9,8 +9,13 @@ defined once, in :data:`TRIGGER_PARAMS`: the DAG's ``Param``s and the CLI's opti
 from it, and the dataclasses below check their fields against the same ranges. The presets are
 the :data:`PRESETS` table; a new preset is one entry there plus its model in ``models.py``.
 
-This module is cheap to import (no numpy, no TensorFlow): the DAG file uses it at parse time to
-build its params.
+The package is the one home of configuration: :mod:`.checks` holds the validator every config
+uses, :mod:`.policies` the configs of the increment checks, monitoring, scoring and feedback,
+and :mod:`.environment` every ``MNIST_*`` deployment setting, parsed from the ``environ`` an
+edge hands it. All their public names are importable from here.
+
+This package is cheap to import (no numpy, no TensorFlow): the DAG file uses it at parse time
+to build its params.
 """
 
 from __future__ import annotations
@@ -24,6 +29,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
+
+# The validator and the configs of the other stages live in submodules; imported here (as
+# explicit re-exports) so that every config is ``from mnist_tasks.config import X``.
+from mnist_tasks.config.checks import ConfigError as ConfigError
+from mnist_tasks.config.checks import check, check_bool, check_number
+from mnist_tasks.config.environment import DEPLOYMENT_SETTINGS as DEPLOYMENT_SETTINGS
+from mnist_tasks.config.environment import ENV_SETTINGS as ENV_SETTINGS
+from mnist_tasks.config.environment import MAX_JSON_FILE_BYTES as MAX_JSON_FILE_BYTES
+from mnist_tasks.config.environment import DeploymentSetting as DeploymentSetting
+from mnist_tasks.config.environment import EnvSetting as EnvSetting
+from mnist_tasks.config.environment import deployment_values as deployment_values
+from mnist_tasks.config.environment import env_number as env_number
+from mnist_tasks.config.environment import feedback_landing as feedback_landing
+from mnist_tasks.config.environment import parse_checksums as parse_checksums
+from mnist_tasks.config.environment import read_json_file as read_json_file
+from mnist_tasks.config.environment import scoring_config as scoring_config
+from mnist_tasks.config.policies import DEFAULT_MODEL_NAME as DEFAULT_MODEL_NAME
+from mnist_tasks.config.policies import MAX_IMAGES as MAX_IMAGES
+from mnist_tasks.config.policies import MODEL_NAME_PATTERN as MODEL_NAME_PATTERN
+from mnist_tasks.config.policies import MONITOR_LIMIT_FIELDS as MONITOR_LIMIT_FIELDS
+from mnist_tasks.config.policies import FeedbackConfig as FeedbackConfig
+from mnist_tasks.config.policies import IncrementPolicy as IncrementPolicy
+from mnist_tasks.config.policies import MonitorPolicy as MonitorPolicy
+from mnist_tasks.config.policies import ScoringConfig as ScoringConfig
 
 # The four IDX files, by role.
 MNIST_FILES: dict[str, str] = {
@@ -50,38 +79,15 @@ MNIST_MIRRORS: tuple[str, ...] = (
 
 DEFAULT_SOURCE = "default"
 DEFAULT_STORE = "file:///tmp/mnist-store"
-DEFAULT_MODEL_NAME = "mnist-classifier"
 
 
-class ConfigError(ValueError):
-    """A configuration value is out of range or of the wrong type; names the parameter."""
-
-
-def _check(cond: bool, param: str, value: Any, requirement: str) -> None:
-    if not cond:
-        raise ConfigError(f"parameter {param!r} = {value!r} is invalid: {requirement}")
-
-
-def _check_range(param: str, value: Any, lo: float, hi: float, *, integer: bool = False) -> None:
-    kind = int if integer else (int, float)
-    _check(
-        isinstance(value, kind) and not isinstance(value, bool),
-        param,
-        value,
-        f"must be {'an integer' if integer else 'a number'}",
-    )
-    _check(lo <= value <= hi, param, value, f"must be between {lo} and {hi}")
-
-
-def _check_bool(param: str, value: Any) -> None:
-    _check(isinstance(value, bool), param, value, "must be true or false")
-
-
-def _check_param(name: str, value: Any) -> None:
-    """Check ``value`` against the range of the trigger parameter ``name`` (one definition)."""
+def _check_param(name: str, value: Any, where: str | None = None) -> None:
+    """Check ``value`` against the range of the trigger parameter ``name`` (one definition);
+    the message names ``where`` (e.g. ``candidates[0].seed``), by default ``name``."""
     spec = PARAM_SPECS[name]
     assert spec.minimum is not None and spec.maximum is not None
-    _check_range(name, value, spec.minimum, spec.maximum, integer=spec.type == "integer")
+    check_number(where or name, value, spec.minimum, spec.maximum,
+                 integer=spec.type == "integer")
 
 
 @dataclass(frozen=True)
@@ -102,9 +108,9 @@ class ValidationThresholds:
             "max_duplicate_fraction",
             "max_leakage_fraction",
         ):
-            _check_range(name, getattr(self, name), 0.0, 1e9)
-        _check_range("min_train_images", self.min_train_images, 0, 10**9, integer=True)
-        _check_range("min_test_images", self.min_test_images, 0, 10**9, integer=True)
+            check_number(name, getattr(self, name), 0.0, 1e9)
+        check_number("min_train_images", self.min_train_images, 0, 10**9, integer=True)
+        check_number("min_test_images", self.min_test_images, 0, 10**9, integer=True)
 
 
 @dataclass(frozen=True)
@@ -127,21 +133,21 @@ class IngestConfig:
     fail_on_quarantine: bool = False
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.source, str) and bool(self.source), "source", self.source,
+        check(isinstance(self.source, str) and bool(self.source), "source", self.source,
                "must be a non-empty URI or folder")
         if isinstance(self.checksums, str):
-            _check(self.checksums in ("pinned", "off"), "checksums", self.checksums,
+            check(self.checksums in ("pinned", "off"), "checksums", self.checksums,
                    "must be 'pinned', 'off' or a mapping of file name to SHA-256")
         else:
             for name, digest in dict(self.checksums).items():
-                _check(name in MNIST_FILES.values(), "checksums", name,
+                check(name in MNIST_FILES.values(), "checksums", name,
                        f"unknown file name (expected one of {sorted(MNIST_FILES.values())})")
-                _check(isinstance(digest, str) and bool(re.fullmatch(r"[0-9a-f]{64}", digest)),
+                check(isinstance(digest, str) and bool(re.fullmatch(r"[0-9a-f]{64}", digest)),
                        f"checksums[{name}]", digest, "must be a 64-digit lowercase hex SHA-256")
-        _check_range("timeout_s", self.timeout_s, 0.01, 3600)
-        _check_range("retries", self.retries, 0, 20, integer=True)
-        _check_range("backoff_s", self.backoff_s, 0.0, 60)
-        _check_bool("fail_on_quarantine", self.fail_on_quarantine)
+        check_number("timeout_s", self.timeout_s, 0.01, 3600)
+        check_number("retries", self.retries, 0, 20, integer=True)
+        check_number("backoff_s", self.backoff_s, 0.0, 60)
+        check_bool("fail_on_quarantine", self.fail_on_quarantine)
 
     def expected_sha256(self) -> dict[str, str] | None:
         """The expected payload hashes by file name, or None when verification is off."""
@@ -161,7 +167,7 @@ class PreprocessConfig:
     seed: int = 42
 
     def __post_init__(self) -> None:
-        _check_range("val_fraction", self.val_fraction, 0.0, 0.5)
+        check_number("val_fraction", self.val_fraction, 0.0, 0.5)
         _check_param("seed", self.seed)
 
 
@@ -184,18 +190,18 @@ class TrainConfig:
     shift_pixels: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.preset in PRESETS, "preset", self.preset,
+        check(self.preset in PRESETS, "preset", self.preset,
                f"must be one of {', '.join(PRESET_NAMES)}")
         for name in ("epochs", "batch_size", "learning_rate", "seed"):
             _check_param(name, getattr(self, name))
-        _check_range("val_fraction", self.val_fraction, 0.0, 0.5)
-        _check_range("early_stopping_patience", self.early_stopping_patience, 0, 1000,
+        check_number("val_fraction", self.val_fraction, 0.0, 0.5)
+        check_number("early_stopping_patience", self.early_stopping_patience, 0, 1000,
                      integer=True)
-        _check_range("steps_per_execution", self.steps_per_execution, 1, 10000, integer=True)
-        _check_range("shift_pixels", self.shift_pixels, 0, 8, integer=True)
-        _check(self.jit_compile in (True, False, "auto"), "jit_compile", self.jit_compile,
+        check_number("steps_per_execution", self.steps_per_execution, 1, 10000, integer=True)
+        check_number("shift_pixels", self.shift_pixels, 0, 8, integer=True)
+        check(self.jit_compile in (True, False, "auto"), "jit_compile", self.jit_compile,
                "must be true, false or 'auto'")
-        _check(self.mixed_precision in (True, False, "auto"), "mixed_precision",
+        check(self.mixed_precision in (True, False, "auto"), "mixed_precision",
                self.mixed_precision, "must be true, false or 'auto'")
 
 
@@ -255,13 +261,13 @@ def train_config(preset: str = "seed_mlp", **overrides: Any) -> TrainConfig:
     Raises:
         ConfigError: for an unknown preset, an unknown field or an out-of-range value.
     """
-    _check(preset in PRESETS, "preset", preset, f"must be one of {', '.join(PRESET_NAMES)}")
+    check(preset in PRESETS, "preset", preset, f"must be one of {', '.join(PRESET_NAMES)}")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in PRESETS[preset].items() if k != "description"}
     for key, value in overrides.items():
         if value is None:
             continue
-        _check(key in known, key, value, "is not a training parameter")
+        check(key in known, key, value, "is not a training parameter")
         values[key] = value
     return TrainConfig(preset=preset, **values)
 
@@ -278,7 +284,7 @@ class GateConfig:
     def __post_init__(self) -> None:
         for name in ("min_accuracy", "champion_margin", "max_recall_drop"):
             _check_param(name, getattr(self, name))
-        _check_range("significance", self.significance, 1e-9, 0.5)
+        check_number("significance", self.significance, 1e-9, 0.5)
 
 
 @dataclass(frozen=True)
@@ -291,7 +297,7 @@ class CheckConfig:
     fresh_drop_margin: float = 0.02
 
     def __post_init__(self) -> None:
-        _check_bool("force", self.force)
+        check_bool("force", self.force)
         _check_param("fresh_drop_margin", self.fresh_drop_margin)
 
 
@@ -303,7 +309,7 @@ class ApprovalConfig:
     timeout_minutes: float = 1440.0  # a day; then the default answer (reject) applies
 
     def __post_init__(self) -> None:
-        _check(self.mode in APPROVAL_MODES, "approval", self.mode,
+        check(self.mode in APPROVAL_MODES, "approval", self.mode,
                f"must be one of {', '.join(APPROVAL_MODES)}")
         _check_param("approval_timeout_minutes", self.timeout_minutes)
 
@@ -315,7 +321,6 @@ class ApprovalConfig:
 STORE_PATTERN = (
     r"^(?!(.*/)?\.\.(/|$))(s3://[a-z0-9][a-z0-9.-]+[a-z0-9](/.*)?|file:///.+|/.+)$"
 )
-MODEL_NAME_PATTERN = r"[a-z0-9][a-z0-9._-]{0,62}"
 
 
 @dataclass(frozen=True)
@@ -499,32 +504,29 @@ def expand_candidates(value: Any) -> list[dict[str, Any]]:
     if value is None or value == []:
         return [{}]
     items = [value] if isinstance(value, Mapping) else value
-    _check(isinstance(items, list), "candidates", value,
+    check(isinstance(items, list), "candidates", value,
            "must be a list of objects, e.g. [{\"seed\": 1}, {\"learning_rate\": 0.005}]")
     out: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         where = f"candidates[{i}]"
-        _check(isinstance(item, Mapping), where, item,
+        check(isinstance(item, Mapping), where, item,
                f"must be an object with some of {', '.join(CANDIDATE_FIELDS)}")
         axes: list[list[tuple[str, Any]]] = []
         for name, given in item.items():
-            _check(name in CANDIDATE_FIELDS, f"{where}.{name}", given,
+            check(name in CANDIDATE_FIELDS, f"{where}.{name}", given,
                    f"is not a candidate field (one of {', '.join(CANDIDATE_FIELDS)})")
             values = given if isinstance(given, list) else [given]
-            _check(bool(values), f"{where}.{name}", given, "a sweep needs at least one value")
+            check(bool(values), f"{where}.{name}", given, "a sweep needs at least one value")
             for v in values:
                 if name == "preset":
-                    _check(v in PRESETS, f"{where}.preset", v,
+                    check(v in PRESETS, f"{where}.preset", v,
                            f"must be one of {', '.join(PRESET_NAMES)}")
                 else:
-                    spec = PARAM_SPECS[name]
-                    assert spec.minimum is not None and spec.maximum is not None
-                    _check_range(f"{where}.{name}", v, spec.minimum, spec.maximum,
-                                 integer=spec.type == "integer")
+                    _check_param(name, v, f"{where}.{name}")
             axes.append([(name, v) for v in values])
         for combo in itertools.product(*axes):
             out.append(dict(combo))
-            _check(len(out) <= MAX_CANDIDATES, "candidates", f"{len(out)}+ candidates",
+            check(len(out) <= MAX_CANDIDATES, "candidates", f"{len(out)}+ candidates",
                    f"at most {MAX_CANDIDATES} candidates (count a sweep's product)")
     return out
 
@@ -551,85 +553,6 @@ def build_candidates(value: Any, run_values: Mapping[str, Any], val_fraction: fl
             raise ConfigError(f"candidate {index} ({overrides}): {exc}") from None
         out.append(Candidate(index, dict(overrides), cfg))
     return tuple(out)
-
-
-@dataclass(frozen=True)
-class DeploymentSetting:
-    """A pipeline setting that a deployment fixes and a trigger may not change."""
-
-    name: str  # the pipeline_config key (and the CLI's option, --name-with-dashes)
-    env: str  # the environment variable the DAG reads (and the CLI's default)
-    default: str
-    description: str
-
-
-DEPLOYMENT_SETTINGS: tuple[DeploymentSetting, ...] = (
-    DeploymentSetting(
-        "checksums", "MNIST_CHECKSUMS", "pinned",
-        "'pinned' (MNIST's published payload SHA-256s), 'off' (accept any IDX data; logged and "
-        "recorded) or @/path/to/file.json (a JSON object: file name -> payload SHA-256)",
-    ),
-    DeploymentSetting(
-        "model_name", "MNIST_MODEL_NAME", DEFAULT_MODEL_NAME,
-        "the registry's model name (1-63 lowercase letters, digits, '.', '_' or '-')",
-    ),
-)
-
-# Cap on a JSON file given as @path (checksums, a stage's result): these are a few kB.
-MAX_JSON_FILE_BYTES = 1 << 20
-
-
-def read_json_file(path: str, param: str) -> Any:
-    """The JSON value in the file at ``path`` (given as ``@path`` for ``param``).
-
-    Raises:
-        ConfigError: naming ``param`` and the file, when it cannot be read, is larger than
-            :data:`MAX_JSON_FILE_BYTES` or is not JSON.
-    """
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_JSON_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"parameter {param!r}: cannot read {path}: "
-                          f"{exc.strerror or exc}") from None
-    if len(data) > MAX_JSON_FILE_BYTES:
-        raise ConfigError(f"parameter {param!r}: {path} is larger than "
-                          f"{MAX_JSON_FILE_BYTES} bytes")
-    try:
-        return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"parameter {param!r}: {path} is not JSON ({exc})") from None
-
-
-def parse_checksums(value: str | Mapping[str, str], param: str = "checksums") -> Any:
-    """``"pinned"``, ``"off"``, a mapping, or ``@path`` to a JSON object: what IngestConfig takes.
-
-    Raises:
-        ConfigError: naming ``param``, for any other value or an unreadable or non-object file.
-    """
-    if isinstance(value, Mapping):
-        return dict(value)
-    _check(isinstance(value, str) and (value in ("pinned", "off") or value.startswith("@")),
-           param, value, "must be 'pinned', 'off' or @/path/to/file.json")
-    if value in ("pinned", "off"):
-        return value
-    obj = read_json_file(value[1:], param)
-    _check(isinstance(obj, dict), param, value,
-           "the file must hold a JSON object: file name -> payload SHA-256")
-    return obj
-
-
-def deployment_values(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The deployment settings from ``environ`` (the DAG passes ``os.environ``).
-
-    Raises:
-        ConfigError: naming the environment variable whose value is invalid.
-    """
-    checksums = parse_checksums(environ.get("MNIST_CHECKSUMS") or "pinned", "MNIST_CHECKSUMS")
-    model_name = environ.get("MNIST_MODEL_NAME") or DEFAULT_MODEL_NAME
-    _check(bool(re.fullmatch(MODEL_NAME_PATTERN, model_name)), "MNIST_MODEL_NAME", model_name,
-           "must be 1-63 lowercase letters, digits, '.', '_' or '-'")
-    return {"checksums": checksums, "model_name": model_name}
 
 
 def check_trigger_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -663,12 +586,12 @@ def check_store_uri(store: Any, param: str = "store") -> None:
     Raises:
         ConfigError: naming ``param`` and the problem.
     """
-    _check(isinstance(store, str) and bool(store.strip()), param, store,
+    check(isinstance(store, str) and bool(store.strip()), param, store,
            "must be a URI: s3://bucket/prefix, file:///path or a folder")
     parsed = urlparse(store)
     path = parsed.path if parsed.scheme in ("s3", "file") else store
     for candidate in (path, unquote(path)):
-        _check(".." not in candidate.replace("\\", "/").split("/"), param, store,
+        check(".." not in candidate.replace("\\", "/").split("/"), param, store,
                "must not contain '..' path segments: give the path without them")
 
 
@@ -698,7 +621,7 @@ def run_key(run_id: str) -> str:
 
     Deterministic, so a retried task writes to the same place.
     """
-    _check(isinstance(run_id, str) and bool(run_id.strip()), "run_id", run_id,
+    check(isinstance(run_id, str) and bool(run_id.strip()), "run_id", run_id,
            "must be a non-empty string")
     key = _RUN_ID_UNSAFE.sub("_", run_id.strip()).strip("._-@=")[:180] or "run"
     if key != run_id:
@@ -730,10 +653,10 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         check_store_uri(self.store)
-        _check_range("min_candidates", self.min_candidates, 1, MAX_CANDIDATES, integer=True)
-        _check(self.min_candidates <= len(self.candidate_list), "min_candidates",
+        check_number("min_candidates", self.min_candidates, 1, MAX_CANDIDATES, integer=True)
+        check(self.min_candidates <= len(self.candidate_list), "min_candidates",
                self.min_candidates, f"more than the {len(self.candidate_list)} candidate(s)")
-        _check(isinstance(self.model_name, str)
+        check(isinstance(self.model_name, str)
                and bool(re.fullmatch(MODEL_NAME_PATTERN, self.model_name)),
                "model_name", self.model_name,
                "must be 1-63 lowercase letters, digits, '.', '_' or '-'")
@@ -754,7 +677,7 @@ def pipeline_config(params: Mapping[str, Any]) -> PipelineConfig:
         ConfigError: naming the first invalid parameter.
     """
     unknown = sorted(k for k in params if k not in PIPELINE_PARAMS)
-    _check(not unknown, ", ".join(unknown), None,
+    check(not unknown, ", ".join(unknown), None,
            f"unknown parameter(s); known: {', '.join(PIPELINE_PARAMS)}")
 
     def get(name: str, default: Any = None) -> Any:
