@@ -138,7 +138,7 @@ def digit_grid_png(images: np.ndarray, captions: Sequence[str], path: str | Path
     return _save(fig, path)
 
 
-_STATUS_COLOURS = {"OK": "#2f855a", "WARN": "#b7791f", "ALARM": "#c53030"}
+_STATUS_COLOURS = {"OK": "#38a169", "WARN": "#b7791f", "ALARM": "#c53030"}
 
 
 def monitoring_png(batches: Sequence[Mapping[str, Any]],

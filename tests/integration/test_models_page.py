@@ -118,6 +118,42 @@ def _register(store: Store, run_id: str, accuracy: float, work: Path) -> int:
     return info.version
 
 
+def _scored_history(store: Store, version: int) -> None:
+    """Two weeks of batches scored with ``version``, as the scoring DAG's commits leave them in
+    the version's summary: mostly OK, a WARN, then drifting into ALARMs; and labels that came
+    back for two of them."""
+    from mnist_tasks.feedback import FeedbackReport, LiveAccuracy, report_key
+    from mnist_tasks.scoring_index import record_scored
+
+    manifests = []
+    for day in range(1, 15):
+        drift = max(0, day - 10)  # from day 11 on, the images drift
+        status = "ALARM" if drift >= 2 else "WARN" if drift == 1 or day == 5 else "OK"
+        checks = [{"name": "confidence", "effect_size": 0.03 + 0.06 * drift + 0.04 * (day == 5)},
+                  {"name": "embeddings", "effect_size": 0.0008 * (1 + 3 * drift)}]
+        manifests.append({
+            "model_name": "mnist-classifier", "model_version": version,
+            "batch": f"2026-11-{day:02d}T0300-shop",
+            "counts": {"images": 2000, "skipped_files": int(day == 7)},
+            "report": {"low_confidence": 25 + 40 * drift + 3 * (day % 3),
+                       "divergence_tvd": 0.02 + 0.03 * drift, "divergence_flagged": drift >= 3},
+            "monitor": {"status": status, "checks": checks,
+                        "fired": ([] if status == "OK" else
+                                  ["confidence", "embeddings"] if drift else ["confidence"])},
+            "created_at": f"2026-11-{day:02d}T03:10:00+00:00", "run_id": f"scheduled__{day}",
+        })
+    record_scored(store, manifests)
+    for day, correct, status in ((4, 482, "OK"), (13, 361, "ALARM")):
+        batch = f"2026-11-{day:02d}T0300-shop"
+        live = LiveAccuracy(version, 500, correct, correct / 500,
+                            (correct / 500 - 0.03, min(1.0, correct / 500 + 0.02)), 0.9791,
+                            0.5 if status == "OK" else 1e-9, status, {})
+        report = FeedbackReport(batch, f"fb-{day:012d}", ("labels.csv",), 500, (), 0, (live,),
+                                None, f"2026-11-{day:02d}T09:00:00+00:00", status)
+        store.write_bytes(report_key("mnist-classifier", batch, report.feedback_id),
+                          json.dumps(report.to_dict()).encode())
+
+
 @pytest.fixture(scope="module")
 def deployment(s3_server: str, airflow_db_template: Path) -> Iterator[Deployment]:
     """An api-server on a free loopback port over a registry with versions 1 and 2."""
@@ -146,6 +182,7 @@ def deployment(s3_server: str, airflow_db_template: Path) -> Iterator[Deployment
                        json={"logical_date": None, "conf": {}})
         _register(store, OLD_RUN_ID, 0.9712, home / "v1")
         assert _register(store, run["dag_run_id"], 0.9791, home / "v2") == 2
+        _scored_history(store, 2)
         # A run that stopped at check: its inputs were version 2's.
         store.write_bytes(f"runs/{run_key(UNCHANGED_RUN_ID)}/summary.json", json.dumps(
             {"run_id": UNCHANGED_RUN_ID, "decision": "UNCHANGED", "covered_by": 2}).encode())
@@ -328,6 +365,13 @@ def test_models_page_in_chromium(deployment: Deployment, tmp_path: Path) -> None
         wait.until(lambda d: d.execute_script(
             "return arguments[0].complete && arguments[0].naturalWidth > 0", image))
         assert "Intended use" in driver.find_element(By.CSS_SELECTOR, "article.card").text
+        # The version's batches over time: the monitoring plot, and each batch's status.
+        plot = driver.find_element(By.CSS_SELECTOR, "img.monitoring")
+        wait.until(lambda d: d.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth > 600", plot))
+        statuses = [c.text.split()[0] for c in driver.find_elements(
+            By.CSS_SELECTOR, "table.scored td[class^='monitor-']")]
+        assert statuses.count("ALARM") == 3 and statuses.count("WARN") == 2, statuses
         driver.switch_to.default_content()
         time.sleep(1)  # let the nav settle before the picture
         shot = _save_screenshot(driver, artifacts, "models-page.png")
