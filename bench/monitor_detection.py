@@ -41,8 +41,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from train import load_mnist  # noqa: E402  (bench/ is on sys.path when run)
+
 from mnist_tasks import monitor, score  # noqa: E402
-from mnist_tasks.config import MNIST_FILES, train_config  # noqa: E402
+from mnist_tasks.config import train_config  # noqa: E402
 
 BATCH = 2000
 N_CLEAN = 20
@@ -274,20 +276,6 @@ def make_batch(spec: Spec, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np
 
 
 # --------------------------------------------------------------------------- model
-
-
-def load_mnist(source: Path) -> dict[str, np.ndarray]:
-    from mnist_tasks.idx import decompress, parse_idx
-
-    arrays = {}
-    for name, role in (("x_train", "train_images"), ("y_train", "train_labels"),
-                       ("x_test", "test_images"), ("y_test", "test_labels")):
-        path = source / MNIST_FILES[role]
-        if not path.is_file():
-            sys.exit(f"bench: {path} not found (give --source, the MNIST folder)")
-        arrays[name] = np.asarray(parse_idx(decompress(path.read_bytes(), source=str(path)),
-                                            source=str(path)))
-    return arrays
 
 
 def champion(data: dict[str, np.ndarray], cache: Path, preset: str, epochs: int | None
