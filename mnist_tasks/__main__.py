@@ -21,7 +21,7 @@ The stages form a chain, as in the DAG: each command takes the previous stage's 
 (inline, or ``@file``) and prints its own as one JSON line on stdout; logs go to stderr.
 ``check`` prints ``"decision": "UNCHANGED"`` when the champion was trained on exactly these
 inputs (then preprocess refuses its output); ``preprocess --ingested`` is the older name of
-``--checked``. ``data ...`` runs :func:`mnist_tasks.datasets.main` (dataset versions and demo
+``--checked``. ``data ...`` runs :func:`mnist_tasks.datasets_cli.main` (dataset versions and demo
 data) with the arguments that follow. The
 trigger parameters' options (``--preset``, ``--epochs``, ...) are generated from
 ``mnist_tasks.config.TRIGGER_PARAMS``; ``--checksums`` and ``--model-name`` are the deployment
@@ -364,9 +364,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     data = _data_args(argv)
     if data is not None:
-        from mnist_tasks import datasets
+        from mnist_tasks import datasets_cli
 
-        return datasets.main(data)
+        return datasets_cli.main(data)
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level,

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_tasks import datasets as ds
-from mnist_tasks import idx, userfiles
+from mnist_tasks import datasets_cli, idx, userfiles
 from mnist_tasks import increments as inc
 from mnist_tasks.config import MNIST_FILES
 from mnist_tasks.datasets import BaseInfo, list_versions, load_arrays, load_version, save_version
@@ -136,7 +135,7 @@ def test_dataset_versions_in_an_s3_store(s3_env: str, reference: Reference,
     assert load_version(store, v.id) == v and [w.id for w in list_versions(store)] == [v.id]
     arrays = load_arrays(store, v.increments[0])
     assert arrays["x_train"].shape == (40, 28, 28) and arrays["y_fresh"].shape == (10,)
-    assert ds.main(["--store", store.uri, "show", v.id, "--json"]) == 0
+    assert datasets_cli.main(["--store", store.uri, "show", v.id, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["increments"][0]["id"] == "a"
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_tasks import datasets, increments
+from mnist_tasks import datasets, demo_data, increments
 from mnist_tasks.config import IngestConfig
 from mnist_tasks.idx import encode_idx
 from mnist_tasks.increments import IncrementPolicy, IncrementQuarantined
@@ -57,7 +57,7 @@ class Source:
 @pytest.fixture
 def source(store: Store, tmp_path: Path, mnist_dir: Path) -> tuple[Source, dict[str, str]]:
     """A base-only demo source of the first BASE training images, for the store's kind."""
-    demo = datasets.make_demo(mnist_dir, tmp_path / "src", base=BASE, increments=0, size=SIZE)
+    demo = demo_data.make_demo(mnist_dir, tmp_path / "src", base=BASE, increments=0, size=SIZE)
     src = Source(tmp_path / "src", "file" if store.uri.startswith("file:") else "s3")
     src.sync()
     return src, demo["payload_sha256"]
@@ -94,7 +94,7 @@ def test_versions_follow_the_increments(
     assert a.dataset_manifest_uri == store.uri_for(f"datasets/{version_a.id}/manifest.json")
     assert version_a.created_by == "test-run"
 
-    datasets.add_increment(mnist_dir, src.folder, "inc-01", offset=BASE, size=SIZE)
+    demo_data.add_increment(mnist_dir, src.folder, "inc-01", offset=BASE, size=SIZE)
     src.sync()
     b = run_ingest(src, sha, store)
     assert b.dataset_version != a.dataset_version
@@ -141,7 +141,7 @@ def _png(size: int, seed: int) -> bytes:
 
 def land_bad_increments(folder: Path, mnist_dir: Path) -> None:
     """One good increment and five bad ones (ids name what is wrong with them)."""
-    datasets.add_increment(mnist_dir, folder, "good", offset=BASE, size=SIZE)
+    demo_data.add_increment(mnist_dir, folder, "good", offset=BASE, size=SIZE)
     rng = np.random.default_rng(7)
     x = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8)
     y = (np.arange(50) % 10).astype(np.uint8)
@@ -156,7 +156,7 @@ def land_bad_increments(folder: Path, mnist_dir: Path) -> None:
                               increments.LABELS_FILE: gzip.compress(encode_idx(y), mtime=0)},
           marker=False)
     _land(folder, "png32", {"3/a.png": _png(28, 1), "3/b.png": _png(32, 2)})
-    datasets.add_increment(mnist_dir, folder, "leak", split="test", offset=0, size=100)
+    demo_data.add_increment(mnist_dir, folder, "leak", split="test", offset=0, size=100)
 
 
 def test_bad_increments_are_quarantined_or_ignored_and_the_run_goes_on(

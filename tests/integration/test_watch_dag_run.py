@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_tasks.datasets import write_increment
+from mnist_tasks.demo_data import write_increment
 from tests.helpers import seed_airflow_home
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

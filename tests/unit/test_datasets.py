@@ -15,16 +15,14 @@ import numpy as np
 import pytest
 
 from mnist_tasks import datasets as ds
-from mnist_tasks import idx
+from mnist_tasks import datasets_cli, demo_data, idx
 from mnist_tasks.config import MNIST_FILES, ConfigError, IngestConfig
 from mnist_tasks.datasets import (
     BaseInfo,
     DatasetError,
-    add_increment,
     list_versions,
     load_arrays,
     load_version,
-    make_demo,
     save_version,
     version_id,
 )
@@ -202,15 +200,15 @@ def test_cli_list_and_show_tables_and_json(store: LocalStore, reference: Referen
     v = save_version(store, BASE, [checked("a", 100, 10, reference), thick,
                                    checked("c-tiny", 5, 12, reference)],
                      fresh_fraction=0.2, created_by="run-1", created_at="2026-11-20T00:00:00")
-    assert ds.main(["--store", store.uri, "list"]) == 0
+    assert datasets_cli.main(["--store", store.uri, "list"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["VERSION", "CREATED", "BY", "BASE", "INCREMENTS", "TRAIN",
                               "FRESH", "QUARANTINED", "DRIFT"]
     assert out[1].split() == [v.id, "2026-11-20T00:00:00", "run-1", "2,000", "2", "2,128",
                               "32", "1", "1"]
-    assert ds.main(["--store", store.uri, "list", "--json"]) == 0
+    assert datasets_cli.main(["--store", store.uri, "list", "--json"]) == 0
     assert [d["id"] for d in json.loads(capsys.readouterr().out)] == [v.id]
-    assert ds.main(["--store", store.uri, "show", v.id]) == 0
+    assert datasets_cli.main(["--store", store.uri, "show", v.id]) == 0
     text = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line[:2] in
             ("a ", "b-", "c-")}
@@ -219,7 +217,7 @@ def test_cli_list_and_show_tables_and_json(store: LocalStore, reference: Referen
     assert rows["c-tiny"][1] == "QUARANTINED"
     assert "c-tiny: too few images: 5 left of 5" in text
     assert "b-one-digit: drift: class_distribution: cramers_v = " in text
-    assert ds.main(["--store", store.uri, "show", v.id, "--json"]) == 0
+    assert datasets_cli.main(["--store", store.uri, "show", v.id, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["id"] == v.id and shown["totals"]["drift_flagged"] == 1
 
@@ -227,16 +225,17 @@ def test_cli_list_and_show_tables_and_json(store: LocalStore, reference: Referen
 def test_cli_errors_are_one_line_with_status_2(store: LocalStore,
                                                capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    assert ds.main(["--store", store.uri, "show", "0123456789abcdef"]) == 2
+    assert datasets_cli.main(["--store", store.uri, "show", "0123456789abcdef"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown dataset version '0123456789abcdef'")
     assert err.count("\n") == 1
     monkeypatch.delenv("MNIST_STORE", raising=False)
-    assert ds.main(["list"]) == 2
+    assert datasets_cli.main(["list"]) == 2
     assert capsys.readouterr().err == ("error: parameter 'store' is missing: pass --store or "
                                        "set MNIST_STORE\n")
     with pytest.raises(SystemExit) as exit_info:
-        ds.main(["add-increment", "--mnist", "m", "--out", "o", "--id", "x", "--kind", "gif"])
+        datasets_cli.main(["add-increment", "--mnist", "m", "--out", "o", "--id", "x",
+                           "--kind", "gif"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: python -m mnist_tasks.datasets add-increment: argument --kind")
@@ -261,7 +260,7 @@ def tiny_mnist(tmp_path: Path) -> Path:
 
 def test_make_demo_lays_out_a_base_and_increments(tiny_mnist: Path, tmp_path: Path) -> None:
     out = tmp_path / "src"
-    result = make_demo(tiny_mnist, out, base=120, increments=2, size=30, drifted=20)
+    result = demo_data.make_demo(tiny_mnist, out, base=120, increments=2, size=30, drifted=20)
     assert result["increments"] == ["demo-01", "demo-02", "demo-drifted"]
     sha = json.loads((out / "payload-sha256.json").read_text())
     IngestConfig(source=str(out), checksums=sha)  # the mapping ingest's --checksums takes
@@ -282,31 +281,32 @@ def test_make_demo_lays_out_a_base_and_increments(tiny_mnist: Path, tmp_path: Pa
     assert [(r.id, r.status, r.counts["received"]) for r in results] == [
         ("demo-01", ACCEPTED, 30), ("demo-02", ACCEPTED, 30), ("demo-drifted", ACCEPTED, 20)]
     assert results[1].payload_sha256 == payload_sha256(x[150:180], y[150:180])
-    assert results[2].payload_sha256 == payload_sha256(ds.thicken(x[180:200]), y[180:200])
+    assert results[2].payload_sha256 == payload_sha256(demo_data.thicken(x[180:200]), y[180:200])
     with pytest.raises(ConfigError, match=r"is not empty"):
-        make_demo(tiny_mnist, out, base=120, increments=1, size=30)
+        demo_data.make_demo(tiny_mnist, out, base=120, increments=1, size=30)
     with pytest.raises(ConfigError, match=r"base 150 \+ 2 x 30 \+ 0 drifted images is more "
                                           r"than the 200"):
-        make_demo(tiny_mnist, tmp_path / "src2", base=150, increments=2, size=30)
+        demo_data.make_demo(tiny_mnist, tmp_path / "src2", base=150, increments=2, size=30)
 
 
 def test_make_demo_never_writes_into_the_repository(tiny_mnist: Path) -> None:
-    repo = Path(ds.__file__).resolve().parents[1]
+    repo = Path(demo_data.__file__).resolve().parents[1]
     with pytest.raises(ConfigError, match=r"inside the project checkout"):
-        make_demo(tiny_mnist, repo / "demo-source", base=10, increments=0, size=1)
+        demo_data.make_demo(tiny_mnist, repo / "demo-source", base=10, increments=0, size=1)
     assert not (repo / "demo-source").exists()
 
 
 def test_add_increment_kinds_and_no_overwrite(tiny_mnist: Path, tmp_path: Path) -> None:
     out = tmp_path / "src"
     x, y = digits(200, seed=40)
-    r = add_increment(tiny_mnist, out, "p1", kind="png", offset=0, size=20)
+    r = demo_data.add_increment(tiny_mnist, out, "p1", kind="png", offset=0, size=20)
     assert r["offset"] == 0
     pngs = sorted((out / "increments" / "p1").rglob("*.png"))
     assert len(pngs) == 20 and {p.parent.name for p in pngs} == {str(d) for d in range(10)}
-    add_increment(tiny_mnist, out, "thick", kind="drifted", size=20)  # the last 20
-    add_increment(tiny_mnist, out, "inv", kind="drifted", drift="invert", size=20)
-    add_increment(tiny_mnist, out, "moved", kind="drifted", drift="shift", size=20, seed=3)
+    demo_data.add_increment(tiny_mnist, out, "thick", kind="drifted", size=20)  # the last 20
+    demo_data.add_increment(tiny_mnist, out, "inv", kind="drifted", drift="invert", size=20)
+    demo_data.add_increment(tiny_mnist, out, "moved", kind="drifted", drift="shift", size=20,
+                            seed=3)
     found = {f.id: f for f in discover(str(out)).complete}
     thick = read_increment(found["thick"])
     np.testing.assert_array_equal(thick.labels, y[180:])
@@ -315,11 +315,11 @@ def test_add_increment_kinds_and_no_overwrite(tiny_mnist: Path, tmp_path: Path) 
     moved = read_increment(found["moved"]).images
     assert not np.array_equal(moved, x[180:])
     with pytest.raises(ConfigError, match=r"increment 'thick' already exists"):
-        add_increment(tiny_mnist, out, "thick", size=20)
+        demo_data.add_increment(tiny_mnist, out, "thick", size=20)
     with pytest.raises(ConfigError, match=r"parameter 'offset' = 190 is invalid"):
-        add_increment(tiny_mnist, out, "x1", offset=190, size=20)
+        demo_data.add_increment(tiny_mnist, out, "x1", offset=190, size=20)
     with pytest.raises(ConfigError, match=r"invalid increment id 'bad/id'"):
-        add_increment(tiny_mnist, out, "bad/id", size=20)
+        demo_data.add_increment(tiny_mnist, out, "bad/id", size=20)
 
 
 @pytest.mark.parametrize("inc_id", ["", "x" * 65, "bad/id", ".."])
@@ -329,7 +329,7 @@ def test_cli_add_increment_checks_the_id_before_anything_else(
     out = tmp_path / "src"
     (out / "increments").mkdir(parents=True)  # an empty id would name this folder itself
     missing = tmp_path / "no-mnist-here"  # never read: the id is refused first
-    assert ds.main(["add-increment", "--mnist", str(missing), "--out", str(out),
+    assert datasets_cli.main(["add-increment", "--mnist", str(missing), "--out", str(out),
                     "--id", inc_id]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: invalid increment id {inc_id!r}: use letters, digits")
@@ -341,8 +341,8 @@ def test_cli_add_increment_prints_one_line_and_refuses_overwrite(
 ) -> None:
     args = ["add-increment", "--mnist", str(tiny_mnist), "--out", str(tmp_path / "s"),
             "--id", "2026-11-27", "--split", "test", "--size", "10"]
-    assert ds.main(args) == 0
+    assert datasets_cli.main(args) == 0
     assert capsys.readouterr().out.startswith("landed increment 2026-11-27 (idx, 10 test images")
-    assert ds.main(args) == 2
+    assert datasets_cli.main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: increment '2026-11-27' already exists") and err.count("\n") == 1

@@ -20,7 +20,7 @@ from PIL import Image
 from mnist_tasks import idx, userfiles
 from mnist_tasks import increments as inc
 from mnist_tasks.config import ConfigError
-from mnist_tasks.datasets import thicken, write_increment
+from mnist_tasks.demo_data import thicken, write_increment
 from mnist_tasks.increments import (
     ACCEPTED,
     MARKER,
