@@ -34,8 +34,15 @@ def _as_a_user(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         prefix = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
     bash = shutil.which("bash")
     assert bash
-    return subprocess.run([*prefix, bash, str(SETUP_SCRIPT)], env=env, capture_output=True,
-                          text=True, timeout=60, cwd="/")
+    # A copy the user can read: the checkout may sit in a folder only root may enter (a
+    # mktemp -d clone is 0700).
+    with tempfile.TemporaryDirectory(prefix="setup-script-") as folder:
+        os.chmod(folder, 0o755)
+        script = Path(folder) / SETUP_SCRIPT.name
+        shutil.copyfile(SETUP_SCRIPT, script)
+        os.chmod(script, 0o755)
+        return subprocess.run([*prefix, bash, str(script)], env=env, capture_output=True,
+                              text=True, timeout=60, cwd="/")
 
 
 @pytest.fixture
