@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -277,3 +277,17 @@ def wait_for_run(api: ApiClient, services: Services, dag_id: str, run_id: str,
         return run
     raise AssertionError(f"run {run_id} ended as {run.get('state')!r} after at most "
                          f"{timeout:.0f} s: {run_failure_report(api, services, dag_id, run_id)}")
+
+
+def wait_until(services: Services, what: str, timeout: float, probe: Callable[[], Any]) -> Any:
+    """Poll ``probe()`` every 2 s until it returns something truthy, and return that; raise
+    AssertionError naming ``what``, with the services' logs, after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        services.check_alive()
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f} s\n{services.all_logs(2500)}")
+        time.sleep(2)

@@ -72,6 +72,8 @@ WATCH_INTERVAL_MINUTES = 1
 DEPLOYMENT_FIXTURE = "celery_deployment"
 SCORING_DAG_ID = "mnist_batch_scoring"  # scheduled on the registry asset (test_celery_scoring)
 SCORING_PREFIX = "scoring"
+# Paused until its test lands feedback (test_celery_scoring.py): an interval DAG, every minute.
+FEEDBACK_DAG_ID = "mnist_feedback"
 WORKERS = 2  # Celery workers, each of concurrency 1; the gpu pool has as many slots
 
 
@@ -248,6 +250,8 @@ def celery_deployment(
         # interval runs only on the hour, so registry events start the runs under test.
         MNIST_SCORING_STORE=f"s3://{DEPLOYMENT_BUCKET}/{SCORING_PREFIX}",
         MNIST_SCORING_INTERVAL_MINUTES="60",
+        # Feedback under the scoring store (its default), looked for every minute once unpaused.
+        MNIST_FEEDBACK_INTERVAL_MINUTES="1",
     )
     services = Services(env, home / "logs")
     deployment: CeleryDeployment | None = None

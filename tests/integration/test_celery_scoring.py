@@ -12,6 +12,12 @@ only registry asset events start it:
    its event starts a run that re-scores the batch with v2, beside the v1 output;
 4. ``rollback --notify-airflow``: a run pinned to v1 from the event, which finds the batch
    already scored with v1 and does nothing (the output is never rewritten).
+
+Then the monitoring loop closes under the scheduler, with no one copying files: a batch of
+held-back training images is scored; labels for it land as feedback; the feedback DAG merges
+them and lands the labelled images as an increment in the deployment's source; the watch
+announces it; the scheduler starts ``mnist_training`` on that asset event; and the version it
+registers names the feedback increment (and so the batch) in its lineage.
 """
 
 from __future__ import annotations
@@ -31,14 +37,19 @@ import pytest
 from mnist_tasks import score
 from mnist_tasks.config import run_key
 from mnist_tasks.idx import decompress, encode_idx, parse_idx
+from mnist_tasks.increments import discover
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import S3Store
-from tests.integration.airflow_services import REPO, ApiClient, wait_for_run
+from tests.integration.airflow_services import REPO, ApiClient, wait_for_run, wait_until
 from tests.integration.conftest import (
     DAG_ID,
     DEPLOYMENT_BUCKET,
+    FEEDBACK_DAG_ID,
     SCORING_DAG_ID,
     SCORING_PREFIX,
+    WATCH_DAG_ID,
+    WATCH_INTERVAL_MINUTES,
+    WATCHED_PREFIX,
     CeleryDeployment,
 )
 
@@ -141,3 +152,66 @@ def test_registry_events_start_scoring_with_nothing_triggered_by_hand(
     assert (planned["model_version"], planned["resolved_from"]) == (1, "event")
     assert planned["batches"] == [] and planned["skipped"] == {BATCH: "already scored with v1"}
     assert store.read_bytes(f"{score.output_prefix(cfg, BATCH, 1)}/MANIFEST.json") == v1_manifest
+
+
+LOOP_BATCH = "2026-12-05-loop"
+LOOP_N = 2000
+
+
+def _read_mnist(deployment: CeleryDeployment, name: str) -> Any:
+    path = deployment.mnist_dir / name
+    return parse_idx(decompress(path.read_bytes(), source=str(path)), source=str(path))
+
+
+def test_feedback_closes_the_loop_under_the_scheduler(celery_deployment: CeleryDeployment) -> None:
+    deployment, api = celery_deployment, celery_deployment.api
+    kwargs = deployment.s3_client_kwargs
+    store = S3Store(DEPLOYMENT_BUCKET, SCORING_PREFIX, client_kwargs=kwargs)
+    cfg = score.ScoringConfig(landing=store.uri_for("landing"))
+    champion = Registry(store).get_alias("champion")
+    assert champion is not None, "the scoring scenario above registers the champion"
+
+    # 1. Held-back training images (make-demo's base stops at 50,000), scored by the champion.
+    x = _read_mnist(deployment, "train-images-idx3-ubyte.gz")[50_000:50_000 + LOOP_N]
+    y = _read_mnist(deployment, "train-labels-idx1-ubyte.gz")[50_000:50_000 + LOOP_N]
+    landing = S3Store(DEPLOYMENT_BUCKET, f"{SCORING_PREFIX}/landing", client_kwargs=kwargs)
+    score.write_batch(landing, LOOP_BATCH, {"a-idx3-ubyte": encode_idx(x)})
+    run = api.json("POST", f"/api/v2/dags/{SCORING_DAG_ID}/dagRuns",
+                   json={"logical_date": None, "conf": {}})
+    wait_for_run(api, deployment.services, SCORING_DAG_ID, run["dag_run_id"], RUN_TIMEOUT_S)
+    assert score.is_committed(store, cfg, LOOP_BATCH, champion)
+
+    # 2. Labels come back for every image, and the feedback DAG is switched on.
+    rows = "".join(f"a-idx3-ubyte#{i},{label}\n" for i, label in enumerate(y.tolist()))
+    feedback = S3Store(DEPLOYMENT_BUCKET, f"{SCORING_PREFIX}/feedback", client_kwargs=kwargs)
+    feedback.write_bytes(f"{LOOP_BATCH}/labels.csv", ("image_id,label\n" + rows).encode())
+    feedback.write_marker(LOOP_BATCH)
+    api.json("PATCH", f"/api/v2/dags/{FEEDBACK_DAG_ID}", json={"is_paused": False})
+
+    # 3. The feedback DAG lands the labelled images as an increment in the source.
+    source = str(deployment.watched_source)
+    [increment] = wait_until(
+        deployment.services, "the feedback increment in the source", 4 * 60,
+        lambda: [ref for ref in discover(source).complete if ref.id.startswith("feedback-")])
+    assert increment.id.startswith(f"feedback-{LOOP_BATCH}-"), increment.id
+
+    # 4. The watch announces it, and the scheduler starts a training run on the asset event.
+    def asset_runs() -> list[dict[str, Any]]:
+        body = api.json("GET", f"/api/v2/dags/{DAG_ID}/dagRuns",
+                        params={"run_type": "asset_triggered", "order_by": "run_after"})
+        return list(body["dag_runs"])
+
+    [training] = wait_until(deployment.services, "an asset-triggered mnist_training run",
+                            2 * 60 * WATCH_INTERVAL_MINUTES + 120, asset_runs)
+    events = api.json("GET", "/api/v2/assets/events",
+                      params={"source_dag_id": WATCH_DAG_ID})["asset_events"]
+    assert [e["extra"]["increments"] for e in events] == [[increment.id]], events
+    wait_for_run(api, deployment.services, DAG_ID, training["dag_run_id"], RUN_TIMEOUT_S)
+
+    # 5. The version it registered was trained on the feedback increment.
+    registry = Registry(S3Store(DEPLOYMENT_BUCKET, WATCHED_PREFIX, client_kwargs=kwargs))
+    info = registry.version_for_run(run_key(training["dag_run_id"]))
+    assert info is not None and info.gate_decision == "PROMOTE", info
+    [trained_on] = info.metadata["lineage"]["increments"]
+    assert trained_on["id"] == increment.id, trained_on
+    assert trained_on["train"] > 0 and trained_on["fresh"] > 0, trained_on
