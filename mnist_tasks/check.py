@@ -26,8 +26,7 @@ from typing import Any, Literal
 from mnist_tasks import datasets
 from mnist_tasks.artifacts import code_fingerprint
 from mnist_tasks.config import CheckConfig, PreprocessConfig, TrainConfig
-from mnist_tasks.registry import CHAMPION, VersionInfo
-from mnist_tasks.registry_api import ModelRegistry
+from mnist_tasks.registry_api import CHAMPION, ModelRegistry, VersionInfo
 from mnist_tasks.results import (
     ChampionFresh,
     CheckResult,

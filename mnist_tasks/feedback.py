@@ -361,7 +361,8 @@ def process_pending(cfg: FeedbackConfig, store: Store, feedback: Store, landing:
     Returns:
         The reports of this call (those whose status is ALARM need attention).
     """
-    from mnist_tasks.registry import Registry, RegistryError
+    from mnist_tasks.registry import Registry
+    from mnist_tasks.registry_api import RegistryError
 
     registry = Registry(store, cfg.model_name)
     out = []

@@ -31,8 +31,7 @@ from mnist_tasks.artifacts import (
     write_result,
 )
 from mnist_tasks.config import GateConfig
-from mnist_tasks.registry import CHAMPION, validate_run_key
-from mnist_tasks.registry_api import ModelRegistry
+from mnist_tasks.registry_api import CHAMPION, ModelRegistry, validate_run_key
 from mnist_tasks.results import (
     PROMOTE,
     REJECT,

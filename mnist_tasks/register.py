@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import platform
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,18 +28,17 @@ import numpy as np
 from mnist_tasks import monitor
 from mnist_tasks.artifacts import candidates_key, prepared_record_uri, read_json, read_result
 from mnist_tasks.model_card import render_model_card
-from mnist_tasks.registry import (
+from mnist_tasks.registry_api import (
     CHAMPION,
     MODEL_FILE,
     AliasConflict,
     FileSource,
+    ModelRegistry,
     PendingVersion,
     RegistryError,
     VersionInfo,
-    package_versions,
     validate_run_key,
 )
-from mnist_tasks.registry_api import ModelRegistry
 from mnist_tasks.results import (
     ApproveResult,
     EvaluateResult,
@@ -66,6 +66,35 @@ class VerificationError(RegistryError):
 
 def _file_name(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that shape a model, read from installed metadata.
+
+    Never imports the packages themselves (importing TensorFlow takes seconds).
+
+    Returns:
+        ``python``, ``keras``, ``tensorflow``, ``jax``, ``numpy``, ``scikit-learn``: a version
+        string, or None when not installed.
+    """
+    from importlib import metadata
+
+    def version(*dists: str) -> str | None:
+        for dist in dists:
+            try:
+                return metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
+    return {
+        "python": platform.python_version(),
+        "keras": version("keras"),
+        "tensorflow": version("tensorflow", "tensorflow-cpu", "tensorflow_cpu"),
+        "jax": version("jax"),
+        "numpy": version("numpy"),
+        "scikit-learn": version("scikit-learn"),
+    }
 
 
 def build_metadata(

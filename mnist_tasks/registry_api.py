@@ -1,10 +1,11 @@
-"""What the pipeline needs from a model registry: the :class:`ModelRegistry` protocol.
+"""What the pipeline needs from a model registry, whichever backend keeps it.
 
-The stages (check, gate, register), scoring, the Models page and the registry CLI take a
-``ModelRegistry``; :class:`mnist_tasks.registry.Registry` (versions and aliases in a
-:class:`~mnist_tasks.storage.Store`) is one implementation. Another backend is one module that
-implements these methods with the same values and errors (:mod:`mnist_tasks.registry`'s
-``VersionInfo``, ``AliasRecord``, ``PendingVersion``, ``RegistryError`` and its subclasses)::
+The :class:`ModelRegistry` protocol, the values it passes (``VersionInfo``, ``AliasRecord``,
+``PendingVersion``), the errors it raises and the name rules every backend enforces. The stages
+(check, gate, register), scoring, the Models page and the registry CLI are typed with it;
+:class:`mnist_tasks.registry.Registry` (versions and aliases in a
+:class:`~mnist_tasks.storage.Store`) is one implementation, and another backend is one module
+that imports what it shares from here::
 
     def champion_accuracy(registry: ModelRegistry) -> float | None:
         number = registry.get_alias(CHAMPION)
@@ -17,20 +18,224 @@ docs/registry.md.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import EllipsisType
 from typing import Any, Protocol, runtime_checkable
 
-from mnist_tasks.registry import (
-    CHAMPION,
-    AliasRecord,
-    FileSource,
-    PendingVersion,
-    Registry,
-    Verifier,
-    VersionInfo,
-)
+CHAMPION = "champion"
+MODEL_FILE = "model.keras"
+# Names the registry writes itself in a version; reserved in every backend, so a version's
+# files mean the same wherever it is kept.
+METADATA_FILE = "metadata.json"
+MANIFEST_FILE = "MANIFEST.json"
+CLAIM_FILE = "claim.json"
+RESERVED_FILES = frozenset({METADATA_FILE, MANIFEST_FILE, CLAIM_FILE})
+MAX_VERSION = 999_999  # six digits: the store-backed registry's folders are zero-padded
+
+_MODEL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")  # same rule as PipelineConfig
+_ALIAS_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_RUN_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=@+-]{0,199}")  # what config.run_key makes
+_FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_VERSION_RE = re.compile(r"[0-9]{1,6}")
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+class RegistryError(RuntimeError):
+    """A registry operation failed; the message names the model, version or alias."""
+
+
+class InvalidName(RegistryError, ValueError):
+    """A model name, version, alias, run key or file name from outside is malformed."""
+
+
+class VersionNotFound(RegistryError, LookupError):
+    """The version does not exist, or is not complete (no manifest yet)."""
+
+
+class ImmutableVersionError(RegistryError):
+    """An attempt to write into a version that is already complete."""
+
+
+class AliasConflict(RegistryError):
+    """An alias did not hold the expected version, or kept changing under us."""
+
+
+class CorruptedVersion(RegistryError):
+    """A complete version whose manifest or metadata is malformed or does not match."""
+
+
+# --- names from outside ---------------------------------------------------------------------------
+
+
+def _check_name(kind: str, value: object, pattern: re.Pattern[str], rule: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value) or ".." in value:
+        raise InvalidName(f"invalid {kind} {value!r}: {rule}")
+    return value
+
+
+def validate_model_name(name: object) -> str:
+    """Return ``name`` if it is a valid model name, else raise :class:`InvalidName`."""
+    return _check_name("model name", name, _MODEL_NAME_RE,
+                       "must be 1-63 lowercase letters, digits, '.', '_' or '-', "
+                       "starting with a letter or digit")
+
+
+def validate_alias(alias: object) -> str:
+    """Return ``alias`` if it is a valid alias name, else raise :class:`InvalidName`."""
+    return _check_name("alias", alias, _ALIAS_RE,
+                       "must be 1-63 lowercase letters, digits, '_' or '-', starting with a letter")
+
+
+def validate_run_key(run_key: object) -> str:
+    """Return ``run_key`` if it is a storage-safe run key, else raise :class:`InvalidName`."""
+    return _check_name("run key", run_key, _RUN_KEY_RE,
+                       "must be 1-200 characters from A-Z a-z 0-9 . _ = @ + -, starting with a "
+                       "letter or digit (use mnist_tasks.config.run_key(run_id))")
+
+
+def validate_file_name(name: object) -> str:
+    """Return ``name`` if it may be stored in a version folder, else raise :class:`InvalidName`."""
+    _check_name("file name", name, _FILE_RE,
+                "must be one path segment of letters, digits, '.', '_' or '-'")
+    if name in RESERVED_FILES:
+        raise InvalidName(f"invalid file name {name!r}: reserved for the registry")
+    assert isinstance(name, str)
+    return name
+
+
+def parse_version(value: object) -> int:
+    """The version number in ``value`` (an int, or a string of digits such as ``"3"``).
+
+    Raises:
+        InvalidName: for anything else (signs, letters, ``../``, 0, more than six digits).
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _VERSION_RE.fullmatch(value):
+        number = int(value)
+    else:
+        raise InvalidName(
+            f"invalid version {value!r}: must be a positive whole number (digits only, e.g. 3)"
+        )
+    if not 1 <= number <= MAX_VERSION:
+        raise InvalidName(f"invalid version {value!r}: must be between 1 and {MAX_VERSION}")
+    return number
+
+
+# --- values ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One complete (visible) version, as its manifest and metadata describe it."""
+
+    model_name: str
+    version: int
+    run_key: str
+    created_at: str
+    uri: str  # the version folder
+    model_uri: str
+    files: Mapping[str, Mapping[str, Any]]  # name -> {"sha256": ..., "size": ...}
+    metadata: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def test_accuracy(self) -> float | None:
+        """The test accuracy recorded at registration, if any."""
+        value = (self.metadata.get("metrics") or {}).get("test_accuracy")
+        return float(value) if value is not None else None
+
+    @property
+    def gate_decision(self) -> str | None:
+        """PROMOTE or REJECT as recorded at registration, if any."""
+        value = (self.metadata.get("gate") or {}).get("decision")
+        return str(value) if value is not None else None
+
+    @property
+    def approval(self) -> Mapping[str, Any] | None:
+        """The approval step's record (who decided, when, the comment, whether it was an
+        override of the gate's REJECT), if a person was asked."""
+        value = self.metadata.get("approval")
+        return value if isinstance(value, Mapping) and value.get("asked") else None
+
+    @property
+    def overridden(self) -> bool:
+        """Whether a person promoted this version over the gate's REJECT."""
+        return bool(self.approval and self.approval.get("override"))
+
+    @property
+    def run_id(self) -> str | None:
+        """The Airflow (or CLI) run id that produced this version, if recorded."""
+        value = (self.metadata.get("run") or {}).get("run_id")
+        return str(value) if value is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (metadata included)."""
+        return {
+            "model_name": self.model_name,
+            "version": self.version,
+            "run_key": self.run_key,
+            "run_id": self.run_id,
+            "created_at": self.created_at,
+            "test_accuracy": self.test_accuracy,
+            "gate_decision": self.gate_decision,
+            "approval": dict(self.approval) if self.approval else None,
+            "override": self.overridden,
+            "uri": self.uri,
+            "model_uri": self.model_uri,
+            "files": {k: dict(v) for k, v in self.files.items()},
+            "metadata": dict(self.metadata),
+        }
+
+
+@dataclass(frozen=True)
+class AliasRecord:
+    """An alias and where it has been.
+
+    ``previous`` is the rollback stack (the most recent former target last); ``history`` is
+    every move, oldest first, each ``{"seq", "version", "action", "at", "token"}`` where action
+    is ``set`` or ``rollback``.
+    """
+
+    alias: str
+    version: int
+    previous: tuple[int, ...]
+    history: tuple[Mapping[str, Any], ...]
+    updated_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alias": self.alias,
+            "version": self.version,
+            "previous": list(self.previous),
+            "history": [dict(h) for h in self.history],
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True)
+class PendingVersion:
+    """A claimed version being written: what late-rendered files and the verifier are given."""
+
+    model_name: str
+    version: int
+    run_key: str
+    created_at: str
+    uri: str
+    model_uri: str
+
+
+# A file to store: a local path, bytes, or a function of the pending version (e.g. a model card
+# that names its own version number).
+FileSource = Path | bytes | Callable[[PendingVersion], bytes]
+Verifier = Callable[[PendingVersion], Mapping[str, Any] | None]
+
+
+# --- the protocol ---------------------------------------------------------------------------------
 
 
 @runtime_checkable
@@ -124,8 +329,3 @@ class ModelRegistry(Protocol):
         """Store a new version, idempotent per ``run_key``; ``verify`` is called with the
         :class:`PendingVersion` before the version becomes visible, and may raise to keep it
         invisible."""
-
-
-def _store_backed(registry: Registry) -> ModelRegistry:
-    # mypy (make lint) checks here that the store-backed Registry implements the protocol.
-    return registry

@@ -29,14 +29,8 @@ from typing import Any
 from mnist_tasks.airflow_events import AirflowEventError, post_asset_event
 from mnist_tasks.cli_common import Parser, table
 from mnist_tasks.config import DEFAULT_MODEL_NAME, cli_location
-from mnist_tasks.registry import (
-    CHAMPION,
-    AliasRecord,
-    InvalidName,
-    Registry,
-    RegistryError,
-    VersionInfo,
-)
+from mnist_tasks.registry import Registry
+from mnist_tasks.registry_api import CHAMPION, AliasRecord, InvalidName, RegistryError, VersionInfo
 from mnist_tasks.settings import Settings
 from mnist_tasks.storage import open_store
 

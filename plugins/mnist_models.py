@@ -48,8 +48,7 @@ from airflow.plugins_manager import AirflowPlugin
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from mnist_tasks.registry import VersionInfo
-    from mnist_tasks.registry_api import ModelRegistry
+    from mnist_tasks.registry_api import ModelRegistry, VersionInfo
     from mnist_tasks.settings import Settings
     from mnist_tasks.storage import Store
 
@@ -209,7 +208,7 @@ def build_app() -> FastAPI:
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from mnist_tasks.model_card import lineage_summary
-    from mnist_tasks.registry import InvalidName, RegistryError, VersionNotFound
+    from mnist_tasks.registry_api import InvalidName, RegistryError, VersionNotFound
     from mnist_tasks.settings import TRAINING_DAG_ID
     from mnist_tasks.storage import StorageError
 
@@ -400,7 +399,7 @@ def _run_banner(store: Store, reg: ModelRegistry, run_id: str, dag_id: str | Non
     """What the page says about a run: the version it registered, or why there is none."""
     from mnist_tasks.config import run_key
     from mnist_tasks.pipeline import run_summary
-    from mnist_tasks.registry import InvalidName
+    from mnist_tasks.registry_api import InvalidName
     from mnist_tasks.settings import TRAINING_DAG_ID
     from mnist_tasks.storage import ObjectNotFound
 

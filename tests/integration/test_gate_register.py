@@ -31,7 +31,8 @@ from mnist_tasks.gate import gate
 from mnist_tasks.monitor import Reference
 from mnist_tasks.preprocess import preprocess
 from mnist_tasks.register import VerificationError, register
-from mnist_tasks.registry import CHAMPION, Registry, VersionNotFound
+from mnist_tasks.registry import Registry
+from mnist_tasks.registry_api import CHAMPION, VersionNotFound
 from mnist_tasks.results import EvaluateResult, GateDecision, RegisterResult
 from mnist_tasks.storage import ObjectNotFound, Store
 from tests.helpers import train_result

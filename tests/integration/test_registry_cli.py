@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from mnist_tasks.registry import CHAMPION, CorruptedVersion, Registry, RegistryError
+from mnist_tasks.registry import Registry
+from mnist_tasks.registry_api import CHAMPION, CorruptedVersion, RegistryError
 from mnist_tasks.storage import LocalStore, S3Store, Store
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

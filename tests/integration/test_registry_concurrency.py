@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from mnist_tasks.registry import CHAMPION, AliasConflict, Registry
+from mnist_tasks.registry import Registry
+from mnist_tasks.registry_api import CHAMPION, AliasConflict
 from mnist_tasks.storage import S3Store, Store
 
 N_RUNS = 32

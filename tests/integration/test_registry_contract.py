@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from mnist_tasks.registry import (
+from mnist_tasks.registry import Registry
+from mnist_tasks.registry_api import (
     CHAMPION,
     AliasConflict,
     ImmutableVersionError,
     InvalidName,
     PendingVersion,
-    Registry,
     RegistryError,
     VersionNotFound,
 )

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from mnist_tasks.registry import CHAMPION, Registry
+from mnist_tasks.registry import Registry
+from mnist_tasks.registry_api import CHAMPION
 from mnist_tasks.storage import S3Store, StorageError, Store
 from tests.conftest import TEST_BUCKET
 from tests.integration.s3_fault_proxy import S3FaultProxy, SeenRequest
@@ -275,7 +276,7 @@ def test_lost_reply_while_registering_leaves_no_gap_and_no_false_report(
     store: Store, suffix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     lossy = LostReplyStore(store, suffix)
-    with caplog.at_level("INFO", logger="mnist_tasks.registry"):
+    with caplog.at_level("INFO"):
         info = Registry(lossy).register("run-1", FILES, META)
     assert lossy.lost
     assert info.version == 1
@@ -337,7 +338,7 @@ def test_s3_lost_reply_of_a_conditional_create(
     store = proxied_store(proxy)
     registry = Registry(store)
     proxy.drop_reply_once(conditional_put(suffix, "if-none-match"))
-    with caplog.at_level("INFO", logger="mnist_tasks.registry"):
+    with caplog.at_level("INFO"):
         assert registry.register("run-1", FILES, META).version == 1
         assert registry.set_alias(CHAMPION, 1, expected=None).version == 1
     assert len(proxy.dropped) == 1

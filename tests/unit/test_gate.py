@@ -24,7 +24,8 @@ from mnist_tasks.gate import (
     mcnemar_test,
     per_digit_recall,
 )
-from mnist_tasks.registry import MODEL_FILE, Registry
+from mnist_tasks.registry import Registry
+from mnist_tasks.registry_api import MODEL_FILE
 from mnist_tasks.results import (
     EvaluateResult,
     FreshComparison,

@@ -1,6 +1,6 @@
 """The store-backed Registry implements the ModelRegistry protocol that its users are typed with.
 
-mypy checks the same statically (``registry_api._store_backed``, under ``make lint``).
+mypy checks the same statically (``registry._store_backed``, under ``make lint``).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mnist_tasks.registry import CHAMPION, PendingVersion, Registry, RegistryError
-from mnist_tasks.registry_api import ModelRegistry
+from mnist_tasks.registry import Registry
+from mnist_tasks.registry_api import CHAMPION, ModelRegistry, PendingVersion, RegistryError
 from mnist_tasks.storage import open_store
 
 
