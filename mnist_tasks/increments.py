@@ -2,32 +2,20 @@
 
 Layout of a source (a local folder, ``file://`` or ``s3://bucket/prefix``)::
 
-    train-images-idx3-ubyte.gz ... t10k-labels-idx1-ubyte.gz   the base data set (as today)
     increments/<increment-id>/_SUCCESS                         the marker, written last
     increments/<increment-id>/images-idx3-ubyte.gz             either an IDX pair ...
     increments/<increment-id>/labels-idx1-ubyte.gz
     increments/<increment-id>/0/*.png ... 9/*.png              ... or one folder per digit
 
-An increment id matches ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}`` (a date such as ``2026-11-20``
-works). An increment is read only once its ``_SUCCESS`` marker exists; folders without it are
-reported by name and ignored (an upload in progress). Increments are immutable once complete:
-to correct one, land a new id. Nothing here ever deletes or changes the user's files.
-
-Files are listed, read and decoded by the one reader for user files
-(:mod:`mnist_tasks.userfiles`; its rules are in ``docs/data.md``): any file name, hidden files
-skipped, links confined to the source, sizes capped, PNGs 28x28 with 8 bits per channel.
-
-Flow (what the ingest stage calls)::
+Files go through the one reader for user files (:mod:`mnist_tasks.userfiles`); the drift
+tests come from :mod:`mnist_tasks.drift`. What the ingest stage calls::
 
     found = discover("s3://bucket/mnist")                        # complete + incomplete ids
     ref = Reference.build(x_train, y_train, x_test)              # the base and the test set
     results = check_all(found, ref, IncrementPolicy())           # one CheckedIncrement each
-    for r in results:
-        log.info(r.summary_line())                               # and r.to_dict() for reports
 
-Each :class:`CheckedIncrement` is ACCEPTED (its kept images split into train and a held-out
-"fresh" part) or QUARANTINED with its reasons; a file that cannot be read quarantines its
-increment with a message naming the file, and the run goes on.
+Each is ACCEPTED (split into train and a held-out "fresh" part) or QUARANTINED with its
+reasons; nothing here deletes or changes the user's files. The rules: ``docs/data.md``.
 """
 
 from __future__ import annotations
