@@ -603,7 +603,7 @@ def land() -> dict[str, Any]:
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
     from mnist_tasks import config
-    from mnist_tasks.increments import announce_new
+    from mnist_tasks.watch import announce_new
 
     ctx = _context()
     source = form_default(PARAM_SPECS["source"])

@@ -2,50 +2,29 @@
 
 Layout of a source (a local folder, ``file://`` or ``s3://bucket/prefix``)::
 
-    train-images-idx3-ubyte.gz ... t10k-labels-idx1-ubyte.gz   the base data set (as today)
     increments/<increment-id>/_SUCCESS                         the marker, written last
     increments/<increment-id>/images-idx3-ubyte.gz             either an IDX pair ...
     increments/<increment-id>/labels-idx1-ubyte.gz
     increments/<increment-id>/0/*.png ... 9/*.png              ... or one folder per digit
 
-An increment id matches ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}`` (a date such as ``2026-11-20``
-works). An increment is read only once its ``_SUCCESS`` marker exists; folders without it are
-reported by name and ignored (an upload in progress). Increments are immutable once complete:
-to correct one, land a new id. Nothing here ever deletes or changes the user's files.
-
-Files are listed, read and decoded by the one reader for user files
-(:mod:`mnist_tasks.userfiles`; its rules are in ``docs/data.md``): any file name, hidden files
-skipped, links confined to the source, sizes capped, PNGs 28x28 with 8 bits per channel.
-
-Flow (what the ingest stage calls)::
+Files go through the one reader for user files (:mod:`mnist_tasks.userfiles`); the drift
+tests come from :mod:`mnist_tasks.drift`. What the ingest stage calls::
 
     found = discover("s3://bucket/mnist")                        # complete + incomplete ids
     ref = Reference.build(x_train, y_train, x_test)              # the base and the test set
     results = check_all(found, ref, IncrementPolicy())           # one CheckedIncrement each
-    for r in results:
-        log.info(r.summary_line())                               # and r.to_dict() for reports
 
-Each :class:`CheckedIncrement` is ACCEPTED (its kept images split into train and a held-out
-"fresh" part) or QUARANTINED with its reasons; a file that cannot be read quarantines its
-increment with a message naming the file, and the run goes on.
-
-The landing check (the ``mnist_increments_watch`` DAG) calls :func:`announce_new`: one listing,
-one small JSON object in the store, no increment read::
-
-    new = announce_new("s3://bucket/mnist", store, announcer=run_id)   # ["2026-11-20"] or []
+Each is ACCEPTED (split into train and a held-out "fresh" part) or QUARANTINED with its
+reasons; nothing here deletes or changes the user's files. The rules: ``docs/data.md``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
-import random
 import re
-import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -53,25 +32,19 @@ from typing import Any, Literal
 import numpy as np
 
 from mnist_tasks import idx, userfiles
-from mnist_tasks.config import ConfigError, IncrementPolicy
-from mnist_tasks.storage import (
-    ObjectNotFound,
-    StorageError,
-    Store,
-    open_store,
-)
+from mnist_tasks.config import IncrementPolicy
+from mnist_tasks.drift import chi2_goodness_of_fit, ink_features, ks_test
+from mnist_tasks.storage import Store, open_store
 from mnist_tasks.userfiles import MARKER, UserFile, UserFileError, list_files
 from mnist_tasks.validation import row_hashes
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ANNOUNCED_FILE",
     "IMAGES_FILE",
     "INCREMENTS_PREFIX",
     "LABELS_FILE",
     "MARKER",
-    "WATCH_PREFIX",
     "CheckedIncrement",
     "Discovery",
     "IncrementError",
@@ -80,8 +53,6 @@ __all__ = [
     "IncrementRef",
     "RawIncrement",
     "Reference",
-    "announce_new",
-    "announced_key",
     "check_all",
     "discover",
     "payload_sha256",
@@ -359,16 +330,6 @@ def read_increment(ref: IncrementRef) -> RawIncrement:
 # --------------------------------------------------------------------------- validation
 
 
-def ink_features(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-image mean intensity (0..1) and stroke area (fraction of pixels >= 128)."""
-    flat = np.asarray(images, dtype=np.uint8).reshape(len(images), -1)
-    if flat.shape[1] == 0:
-        return np.zeros(len(images)), np.zeros(len(images))
-    mean = flat.mean(axis=1, dtype=np.float64) / 255.0
-    area = np.count_nonzero(flat >= 128, axis=1) / flat.shape[1]
-    return mean, area.astype(np.float64)
-
-
 def _unique_sorted(hashes: np.ndarray) -> np.ndarray:
     return np.unique(np.asarray(hashes, dtype=np.uint64))
 
@@ -534,58 +495,39 @@ def _finite(x: float) -> float | None:
 
 
 def _class_drift(counts: np.ndarray, ref: Reference, policy: IncrementPolicy) -> dict[str, Any]:
-    from scipy import stats
-
-    n = int(counts.sum())
-    props = ref.class_counts / ref.class_counts.sum()
-    expected = n * props
-    present = expected > 0
-    k = int(present.sum())
-    if np.any(counts[~present] > 0):
-        chi2 = math.inf  # a digit the base never has
-    else:
-        chi2 = float((((counts[present] - expected[present]) ** 2) / expected[present]).sum())
-    p = float(stats.chi2.sf(chi2, k - 1)) if k > 1 else 1.0
-    v = math.sqrt(chi2 / (n * (k - 1))) if k > 1 and n else 0.0
+    res = chi2_goodness_of_fit(counts, ref.class_counts)
     return {
         "test": "chi-square goodness of fit vs base class proportions",
         "statistic_name": "chi2",
-        "statistic": _finite(chi2),
-        "dof": k - 1,
-        "p_value": p,
+        "statistic": _finite(res.statistic),
+        "dof": int(res.details["dof"]),
+        "p_value": res.p_value,
         "effect": "cramers_v",
-        "effect_size": _finite(v),
+        "effect_size": _finite(res.effect_size),
         "threshold": "max_cramers_v",
         "limit": policy.max_cramers_v,
-        "flagged": bool(p < policy.drift_alpha and v > policy.max_cramers_v),
+        "flagged": bool(res.p_value < policy.drift_alpha
+                        and res.effect_size > policy.max_cramers_v),
     }
 
 
 def _ks_drift(sample: np.ndarray, base: np.ndarray, policy: IncrementPolicy,
               what: str) -> dict[str, Any]:
-    from scipy import stats
-
-    res = stats.ks_2samp(sample, base)
-    d_stat, p = float(res.statistic), float(res.pvalue)
-    na, nb = len(sample), len(base)
-    pooled = math.sqrt(((na - 1) * sample.var(ddof=1) + (nb - 1) * base.var(ddof=1))
-                       / (na + nb - 2))
-    diff = float(sample.mean() - base.mean())
-    cohen = diff / pooled if pooled > 0 else (0.0 if diff == 0 else math.inf)
+    res = ks_test(sample, base)
     return {
         "test": f"two-sample Kolmogorov-Smirnov of per-image {what} vs a seeded base sample "
-                f"of {nb}",
+                f"of {len(base)}",
         "statistic_name": "ks_d",
-        "statistic": d_stat,
-        "p_value": p,
+        "statistic": res.statistic,
+        "p_value": res.p_value,
         "effect": "ks_d",
-        "effect_size": d_stat,
-        "cohens_d": _finite(cohen),
-        "increment_mean": float(sample.mean()),
-        "base_mean": float(base.mean()),
+        "effect_size": res.effect_size,
+        "cohens_d": res.details.get("cohens_d"),  # absent: both constant and different
+        "increment_mean": res.details["batch_mean"],
+        "base_mean": res.details["reference_mean"],
         "threshold": "max_ks_d",
         "limit": policy.max_ks_d,
-        "flagged": bool(p < policy.drift_alpha and d_stat > policy.max_ks_d),
+        "flagged": bool(res.p_value < policy.drift_alpha and res.statistic > policy.max_ks_d),
     }
 
 
@@ -785,140 +727,3 @@ def raise_on_quarantine(results: Sequence[CheckedIncrement], policy: IncrementPo
             f"{len(bad)} increment(s) quarantined and fail_on_quarantine is set: "
             + "; ".join(f"{r.id} ({'; '.join(r.reasons)})" for r in bad)
         )
-
-
-
-# --------------------------------------------------------------------------- announcing
-
-WATCH_PREFIX = "watch"
-ANNOUNCED_FILE = "announced.json"
-_ANNOUNCED_SCHEMA = "mnist-tasks/announced-increments/1"
-_ANNOUNCE_ATTEMPTS = 8  # compare-and-swap rounds against concurrent announcers
-
-
-def announced_key(source_uri: str) -> str:
-    """The store key of the announcement record of a source: ``watch/<key>/announced.json``,
-    where ``<key>`` is the first 16 hex digits of the SHA-256 of the source's canonical URI."""
-    digest = hashlib.sha256(source_uri.encode()).hexdigest()[:16]
-    return f"{WATCH_PREFIX}/{digest}/{ANNOUNCED_FILE}"
-
-
-def _listable_source(source: str) -> None:
-    """Refuse the sources that have no ``increments/`` folder to list (the https mirrors)."""
-    text = source.strip() if isinstance(source, str) else ""
-    if text == "default" or text.lower().startswith(("https://", "http://")):
-        raise ConfigError(
-            f"parameter 'source' = {source!r} cannot hold increments: the public mirrors and "
-            "https:// prefixes serve the four base files only; land increments in a folder, "
-            "file:// or s3:// source"
-        )
-
-
-def _read_announced(store: Store, key: str, source_uri: str
-                    ) -> tuple[dict[str, dict[str, Any]], str | None]:
-    """The recorded announcements (id -> record) and the object's ETag (None: no record)."""
-    try:
-        data, etag = store.read_with_etag(key)
-    except ObjectNotFound:
-        return {}, None
-    uri = store.uri_for(key)
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StorageError(f"{uri}: not JSON ({exc}); delete it to announce every complete "
-                           "increment again") from None
-    recorded = doc.get("increments") if isinstance(doc, dict) else None
-    if (not isinstance(doc, dict) or doc.get("schema") != _ANNOUNCED_SCHEMA
-            or not isinstance(recorded, dict)
-            or not all(isinstance(r, dict) for r in recorded.values())):
-        raise StorageError(f"{uri}: not an announcement record (schema {_ANNOUNCED_SCHEMA}); "
-                           "delete it to announce every complete increment again")
-    if doc.get("source") != source_uri:
-        raise StorageError(f"{uri}: records the source {doc.get('source')!r}, not "
-                           f"{source_uri!r} (a hash collision or a copied file); delete it to "
-                           "start over")
-    return recorded, etag
-
-
-def announce_new(
-    source: str,
-    store: Store | str,
-    *,
-    client_kwargs: Mapping[str, Any] | None = None,
-    announcer: str | None = None,
-) -> list[str]:
-    """Record the complete increments of ``source`` not announced before, and return them.
-
-    One listing of ``<source>/increments/`` (:func:`discover`; no increment is read) and one
-    small JSON object in the store, ``watch/<source key>/announced.json`` (:func:`announced_key`),
-    updated by compare-and-swap (``write_if_absent`` / ``write_if_match``), so concurrent
-    announcers never announce an id twice: each recorded id carries the token of the call that
-    recorded it, and a call returns only the ids that carry its token after a re-read. A write
-    whose reply is lost (the write landed, the reply did not: a retried conditional PUT is then
-    refused) is settled by that re-read, not by the reply. ``announcer`` (the DAG run's id)
-    makes a retry safe: a later call with the same announcer gets back the ids its earlier
-    try recorded, so a try that failed after writing never loses an announcement.
-
-    Args:
-        source: the source root: a folder, ``file:///path`` or ``s3://bucket/prefix``.
-        store: the artifact store, or its URI (opened with ``client_kwargs``).
-        client_kwargs: boto3 client arguments for ``s3://`` (e.g. from an Airflow connection);
-            None uses the standard AWS configuration.
-        announcer: who announces (a run id); recorded with each id.
-
-    Returns:
-        The ids announced by this call (or by an earlier try of the same announcer), sorted;
-        empty when nothing is new.
-
-    Raises:
-        ConfigError: naming ``source``, for one that cannot hold increments (``default``,
-            https:// mirrors).
-        ValueError: for an unsupported or malformed source or store URI.
-        StorageError: if the source cannot be listed, the store fails, the record is damaged
-            (the message names it), or concurrent announcers kept winning the race.
-    """
-    _listable_source(source)
-    found = discover(source, client_kwargs=client_kwargs)
-    complete = [ref.id for ref in found.complete]
-    st = open_store(store, client_kwargs=client_kwargs) if isinstance(store, str) else store
-    key = announced_key(found.source_uri)
-    token = uuid.uuid4().hex
-    write_error: StorageError | None = None
-    for attempt in range(_ANNOUNCE_ATTEMPTS + 1):
-        recorded, etag = _read_announced(st, key, found.source_uri)
-        mine = sorted(i for i, rec in recorded.items() if rec.get("token") == token
-                      or (announcer is not None and rec.get("announcer") == announcer))
-        new = [i for i in complete if i not in recorded]
-        if not new:
-            if mine:
-                log.info("watch: %d new increment(s) in %s: %s", len(mine), found.source_uri,
-                         ", ".join(mine))
-            else:
-                log.info("watch: nothing new in %s (%d complete increment(s), all announced "
-                         "before)", found.source_uri, len(complete))
-            return mine
-        if write_error is not None:
-            raise write_error  # the re-read shows that our write did not land
-        if attempt == _ANNOUNCE_ATTEMPTS:
-            break
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        for inc_id in new:
-            recorded[inc_id] = {"token": token, "announcer": announcer, "at": now}
-        body = (json.dumps({"schema": _ANNOUNCED_SCHEMA, "source": found.source_uri,
-                            "increments": dict(sorted(recorded.items())), "updated_at": now},
-                           indent=1, sort_keys=True) + "\n").encode()
-        try:
-            written = (st.write_if_absent(key, body) if etag is None
-                       else st.write_if_match(key, body, etag))
-        except StorageError as exc:
-            # The reply may be lost while the write landed: the re-read decides.
-            log.warning("watch: writing %s failed (%s); re-reading to see whether it landed",
-                        st.uri_for(key), exc)
-            write_error = exc
-            continue
-        # Won or lost, the next read decides what is ours: a conditional write's reply is not
-        # trusted alone (some S3-compatible servers check and write in two steps).
-        if not written:  # lost a race: back off with jitter before re-reading
-            time.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
-    raise StorageError(f"{st.uri_for(key)}: could not record new increments after "
-                       f"{_ANNOUNCE_ATTEMPTS} attempts (concurrent announcers kept winning)")

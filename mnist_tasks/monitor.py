@@ -29,15 +29,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from mnist_tasks.config import MONITOR_LIMIT_FIELDS, MonitorPolicy
-from mnist_tasks.drift_tests import (
+from mnist_tasks.drift import (
     TwoSample,
     chi2_homogeneity,
     holm,
+    ink_features,
     ks_test,
     median_bandwidth,
     mmd_test,
 )
-from mnist_tasks.increments import ink_features
 
 if TYPE_CHECKING:
     import keras

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_tasks import datasets_cli, idx, userfiles
-from mnist_tasks import increments as inc
+from mnist_tasks import datasets_cli, idx, userfiles, watch
 from mnist_tasks.config import MNIST_FILES
 from mnist_tasks.datasets import BaseInfo, list_versions, load_arrays, load_version, save_version
 from mnist_tasks.increments import (
@@ -167,11 +166,11 @@ def test_announce_new_on_s3(s3_env: str) -> None:
     land_idx("2026-11-20", x, y)
     land_idx("2026-11-27", x, y, marker=False)
     store = S3Store(TEST_BUCKET, "store")
-    assert inc.announce_new(SOURCE, store, announcer="run-1") == ["2026-11-20"]
-    assert inc.announce_new(SOURCE, f"s3://{TEST_BUCKET}/store") == []
+    assert watch.announce_new(SOURCE, store, announcer="run-1") == ["2026-11-20"]
+    assert watch.announce_new(SOURCE, f"s3://{TEST_BUCKET}/store") == []
     put("increments/2026-11-27/_SUCCESS", b"")
-    assert inc.announce_new(SOURCE, store) == ["2026-11-27"]  # write_if_match on the record
-    key = inc.announced_key(SOURCE)
+    assert watch.announce_new(SOURCE, store) == ["2026-11-27"]  # write_if_match on the record
+    key = watch.announced_key(SOURCE)
     doc = json.loads(store.read_bytes(key))
     assert doc["source"] == SOURCE and sorted(doc["increments"]) == ["2026-11-20", "2026-11-27"]
 
@@ -179,12 +178,12 @@ def test_announce_new_on_s3(s3_env: str) -> None:
     land_idx("2026-12-04", x, y)
     theirs: list[str] = []
     raced = _RacedS3Store(lambda: theirs.extend(
-        inc.announce_new(SOURCE, S3Store(TEST_BUCKET, "store"), announcer="other")))
-    mine = inc.announce_new(SOURCE, raced, announcer="me")
+        watch.announce_new(SOURCE, S3Store(TEST_BUCKET, "store"), announcer="other")))
+    mine = watch.announce_new(SOURCE, raced, announcer="me")
     assert (theirs, mine) == (["2026-12-04"], [])
-    assert inc.announce_new(SOURCE, store) == []
+    assert watch.announce_new(SOURCE, store) == []
 
 
 def test_announce_new_on_a_missing_bucket_fails_naming_it(s3_env: str) -> None:
     with pytest.raises(StorageError, match="no-such-bucket"):
-        inc.announce_new("s3://no-such-bucket/landing", S3Store(TEST_BUCKET, "store"))
+        watch.announce_new("s3://no-such-bucket/landing", S3Store(TEST_BUCKET, "store"))

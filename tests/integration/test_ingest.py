@@ -12,14 +12,9 @@ import boto3
 import numpy as np
 import pytest
 
+from mnist_tasks.base_data import DataValidationError, SourceNotFound, dataset_key, load_dataset
 from mnist_tasks.config import MNIST_FILES, MNIST_PAYLOAD_SHA256, IngestConfig, ValidationThresholds
-from mnist_tasks.ingest import (
-    DataValidationError,
-    SourceNotFound,
-    dataset_key,
-    ingest,
-    load_dataset,
-)
+from mnist_tasks.ingest import ingest
 from mnist_tasks.results import to_json
 from mnist_tasks.storage import LocalStore, S3Store, Store
 from tests.conftest import TEST_BUCKET
@@ -32,7 +27,7 @@ from tests.helpers import (
     write_folder,
 )
 
-LOGGER = "mnist_tasks.ingest"
+LOGGER = "mnist_tasks.base_data"
 
 
 def _entry_files(store: Store, key: str) -> list[str]:

@@ -18,16 +18,11 @@ import boto3
 import numpy as np
 import pytest
 
-from mnist_tasks import ingest as ingest_mod
+from mnist_tasks import base_data
+from mnist_tasks.base_data import ChecksumMismatch, DatasetError, FetchError, SourceNotFound
 from mnist_tasks.config import MNIST_FILES, IngestConfig
 from mnist_tasks.idx import IdxFormatError, encode_idx
-from mnist_tasks.ingest import (
-    ChecksumMismatch,
-    DatasetError,
-    FetchError,
-    SourceNotFound,
-    ingest,
-)
+from mnist_tasks.ingest import ingest
 from mnist_tasks.storage import LocalStore, Store
 from tests.conftest import TEST_BUCKET
 from tests.helpers import (
@@ -534,5 +529,5 @@ def test_unsupported_source_scheme(file_store: Store) -> None:
 
 
 def test_module_exports_the_error_types() -> None:
-    assert issubclass(ingest_mod.SourceNotFound, FileNotFoundError)
-    assert issubclass(ingest_mod.DataValidationError, ValueError)
+    assert issubclass(base_data.SourceNotFound, FileNotFoundError)
+    assert issubclass(base_data.DataValidationError, ValueError)

@@ -1,4 +1,4 @@
-"""mnist_tasks.monitor and mnist_tasks.drift_tests on tiny synthetic data.
+"""mnist_tasks.monitor on tiny synthetic data (its tests themselves: test_drift.py).
 
 A synthetic "model output" stands in for a real model: images with a seeded ink level,
 probabilities with a seeded confidence and class mix, Gaussian embeddings. Each test of
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_tasks import drift_tests, monitor
+from mnist_tasks import drift, monitor
 from mnist_tasks.config import ConfigError
 from mnist_tasks.monitor import ALARM, OK, WARN, MonitorPolicy, Reference, check_batch
 
@@ -157,7 +157,7 @@ def test_a_small_shifted_batch_is_not_flagged_on_effect_size_alone(reference: Re
 def test_check_corrects_the_p_values_with_holm(reference: Reference) -> None:
     health = check_batch(reference, *synthetic(300, seed=14, confidence=0.93), POLICY)
     raw = [c.p_value for c in health.checks]
-    assert [c.p_corrected for c in health.checks] == pytest.approx(drift_tests.holm(raw).tolist())
+    assert [c.p_corrected for c in health.checks] == pytest.approx(drift.holm(raw).tolist())
     assert all(c.p_corrected >= c.p_value for c in health.checks)
 
 
@@ -241,75 +241,6 @@ def test_policy_limits_and_defaults() -> None:
     assert policy.limits("stroke_area") == (policy.ink_warn_ks, None)
     assert policy.limits("embeddings") == (policy.embedding_warn_mmd, policy.embedding_alarm_mmd)
     assert MonitorPolicy(permutations=499, alpha=0.02).permutations == 499
-
-
-# --------------------------------------------------------------------------- drift_tests
-
-
-def test_holm_matches_the_textbook_example() -> None:
-    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone
-    assert drift_tests.holm([0.01, 0.04, 0.03, 0.005]).tolist() == pytest.approx(
-        [0.03, 0.06, 0.06, 0.02])
-    assert drift_tests.holm([0.5, 0.9]).tolist() == [1.0, 1.0]
-    assert drift_tests.holm([]).tolist() == []
-    with pytest.raises(ValueError, match="p-values in"):
-        drift_tests.holm([0.1, 1.2])
-
-
-def test_holm_is_never_below_bonferroni_divided_nor_above_it() -> None:
-    p = np.random.default_rng(0).random(7) / 10
-    adjusted = drift_tests.holm(p)
-    assert (adjusted >= p).all() and (adjusted <= np.minimum(1, 7 * p) + 1e-12).all()
-
-
-def test_mmd_separates_shifted_samples_and_not_equal_ones() -> None:
-    rng = np.random.default_rng(0)
-    ref = rng.normal(0, 1, (200, 8))
-    same = rng.normal(0, 1, (200, 8))
-    moved = rng.normal(0.5, 1, (200, 8))
-    bw = drift_tests.median_bandwidth(ref)
-    null = drift_tests.mmd_test(same, ref, bandwidth=bw, permutations=199,
-                                rng=np.random.default_rng(1))
-    alt = drift_tests.mmd_test(moved, ref, bandwidth=bw, permutations=199,
-                               rng=np.random.default_rng(1))
-    assert null.p_value > 0.05 and abs(null.effect_size) < 0.01
-    assert alt.p_value == 1 / 200 and alt.effect_size > 0.05
-    assert alt.details["permutations"] == 199
-
-
-def test_mmd_stops_early_with_the_sequential_p_value() -> None:
-    rng = np.random.default_rng(2)
-    ref, same = rng.normal(0, 1, (100, 4)), rng.normal(0, 1, (100, 4))
-    bw = drift_tests.median_bandwidth(ref)
-    full = drift_tests.mmd_test(same, ref, bandwidth=bw, permutations=999,
-                                rng=np.random.default_rng(3))
-    early = drift_tests.mmd_test(same, ref, bandwidth=bw, permutations=999,
-                                 rng=np.random.default_rng(3), stop_after=10)
-    made = early.details["permutations"]
-    assert made < 999 and early.p_value == pytest.approx(10 / made)
-    assert early.statistic == full.statistic
-    # The same seed and chunks: the early run saw the full run's first relabellings.
-    assert full.p_value > 0.05 and early.p_value > 0.05
-
-
-def test_mmd_of_one_row_is_no_evidence() -> None:
-    res = drift_tests.mmd_test(np.ones((1, 3)), np.zeros((5, 3)), bandwidth=1.0,
-                               permutations=9, rng=np.random.default_rng(0))
-    assert (res.statistic, res.p_value) == (0.0, 1.0)
-
-
-def test_median_bandwidth_is_positive_even_for_equal_rows() -> None:
-    assert drift_tests.median_bandwidth(np.zeros((5, 3))) == 1.0
-    assert drift_tests.median_bandwidth(np.array([[0.0], [3.0]])) == pytest.approx(3.0)
-
-
-def test_ks_and_chi2_effect_sizes() -> None:
-    ks = drift_tests.ks_test(np.zeros(50), np.ones(50))
-    assert ks.effect_size == 1.0 and ks.p_value < 1e-10 and "cohens_d" not in ks.details
-    rates = drift_tests.chi2_homogeneity(np.array([10, 0, 0]), np.array([5, 5, 0]))
-    assert rates.effect_size == pytest.approx(0.5) and rates.details["dof"] == 1
-    with pytest.raises(ValueError, match="count vectors"):
-        drift_tests.chi2_homogeneity(np.array([1, 2]), np.array([1, 2, 3]))
 
 
 # --------------------------------------------------------------------------- Forward
