@@ -35,9 +35,7 @@ import numpy as np
 
 from mnist_tasks.artifacts import data_sha256
 from mnist_tasks.config import MNIST_FILES
-from mnist_tasks.increments import (
-    CheckedIncrement,
-)
+from mnist_tasks.increments import CheckedIncrement
 from mnist_tasks.storage import ObjectNotFound, Store
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import numpy as np
 
 from mnist_tasks import idx
 from mnist_tasks.config import MNIST_FILES, ConfigError
-from mnist_tasks.increments import (
+from mnist_tasks.increment_files import (
     ID_PATTERN,
     IMAGES_FILE,
     INCREMENTS_PREFIX,

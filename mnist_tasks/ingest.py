@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from mnist_tasks import base_data, datasets, increments
+from mnist_tasks import base_data, datasets, increment_files, increments
 from mnist_tasks.config import IngestConfig
 from mnist_tasks.results import IgnoredIncrement, IncrementRecord, IngestResult
 from mnist_tasks.storage import ObjectNotFound, Store
@@ -132,7 +132,7 @@ def _increment_records(version: datasets.DatasetVersion,
 
 
 def _changed_increments(version: datasets.DatasetVersion,
-                        decided: Sequence[increments.IncrementRef]) -> list[dict[str, Any]]:
+                        decided: Sequence[increment_files.IncrementRef]) -> list[dict[str, Any]]:
     """The decided increments whose files changed since they were read, each warned about by
     name: they are never read again, so the change would otherwise go unnoticed."""
     out = []
@@ -167,14 +167,14 @@ def _dataset_version(
 
     ignored: list[IgnoredIncrement] = []
     changed: list[dict[str, Any]] = []
-    complete: tuple[increments.IncrementRef, ...] = ()
+    complete: tuple[increment_files.IncrementRef, ...] = ()
     if source_uri is not None:
-        found = increments.discover(source_uri, client_kwargs=s3_client_kwargs)
+        found = increment_files.discover(source_uri, client_kwargs=s3_client_kwargs)
         complete = found.complete
         for inc_id in found.incomplete:
             log.info("ingest: increment %s: ignored: no %s marker (an upload in progress?)",
-                     inc_id, increments.MARKER)
-            ignored.append(IgnoredIncrement(inc_id, f"no {increments.MARKER} marker"))
+                     inc_id, increment_files.MARKER)
+            ignored.append(IgnoredIncrement(inc_id, f"no {increment_files.MARKER} marker"))
         ignored += [IgnoredIncrement(name, problem) for name, problem in found.invalid]
     known = latest.known_ids if latest else frozenset()
     new = [r for r in complete if r.id not in known]

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mnist_tasks.config import ConfigError
-from mnist_tasks.increments import discover
+from mnist_tasks.increment_files import discover
 from mnist_tasks.storage import ObjectNotFound, StorageError, Store, open_store
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import pytest
 
 from mnist_tasks import score
 from mnist_tasks.idx import decompress, encode_idx, parse_idx
-from mnist_tasks.increments import discover
+from mnist_tasks.increment_files import discover
 from mnist_tasks.monitor import REFERENCE_FILE, Forward, Reference
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import LocalStore

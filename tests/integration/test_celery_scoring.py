@@ -37,7 +37,7 @@ import pytest
 from mnist_tasks import score
 from mnist_tasks.config import run_key
 from mnist_tasks.idx import decompress, encode_idx, parse_idx
-from mnist_tasks.increments import discover
+from mnist_tasks.increment_files import discover
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import S3Store
 from tests.integration.airflow_services import REPO, ApiClient, wait_for_run, wait_until

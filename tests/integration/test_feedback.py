@@ -13,7 +13,8 @@ from PIL import Image
 
 from mnist_tasks import feedback as fb
 from mnist_tasks import score
-from mnist_tasks.increments import IncrementPolicy, Reference, check_all, discover
+from mnist_tasks.increment_files import discover
+from mnist_tasks.increments import IncrementPolicy, Reference, check_all
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import LocalStore
 from tests.helpers import synthetic_digits

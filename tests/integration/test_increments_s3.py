@@ -19,16 +19,8 @@ from PIL import Image
 from mnist_tasks import datasets_cli, idx, userfiles, watch
 from mnist_tasks.config import MNIST_FILES
 from mnist_tasks.datasets import BaseInfo, list_versions, load_arrays, load_version, save_version
-from mnist_tasks.increments import (
-    ACCEPTED,
-    QUARANTINED,
-    IncrementPolicy,
-    Reference,
-    check_all,
-    discover,
-    payload_sha256,
-    read_increment,
-)
+from mnist_tasks.increment_files import discover, payload_sha256, read_increment
+from mnist_tasks.increments import ACCEPTED, QUARANTINED, IncrementPolicy, Reference, check_all
 from mnist_tasks.storage import S3Store, StorageError
 from mnist_tasks.userfiles import UserFileError
 from tests.conftest import TEST_BUCKET

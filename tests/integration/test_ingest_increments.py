@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_tasks import datasets, demo_data, increments
+from mnist_tasks import datasets, demo_data, increment_files, increments
 from mnist_tasks.config import IngestConfig
 from mnist_tasks.idx import encode_idx
 from mnist_tasks.increments import IncrementPolicy, IncrementQuarantined
@@ -49,7 +49,7 @@ class Source:
             return
         client = boto3.client("s3")
         files = sorted(p for p in self.folder.rglob("*") if p.is_file())
-        for path in sorted(files, key=lambda p: p.name == increments.MARKER):
+        for path in sorted(files, key=lambda p: p.name == increment_files.MARKER):
             key = f"landing/{path.relative_to(self.folder).as_posix()}"
             client.put_object(Bucket=TEST_BUCKET, Key=key, Body=path.read_bytes())
 
@@ -72,9 +72,9 @@ def run_ingest(src: Source, sha: dict[str, str], store: Store, **policy: Any) ->
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The ids of the increments read from the source (our reader, wrapped to count)."""
     seen: list[str] = []
-    real: Callable[..., Any] = increments.read_increment
+    real: Callable[..., Any] = increment_files.read_increment
 
-    def counting(ref: increments.IncrementRef, *args: Any, **kwargs: Any) -> Any:
+    def counting(ref: increment_files.IncrementRef, *args: Any, **kwargs: Any) -> Any:
         seen.append(ref.id)
         return real(ref, *args, **kwargs)
 
@@ -129,7 +129,7 @@ def _land(folder: Path, inc_id: str, files: dict[str, bytes], *, marker: bool = 
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
     if marker:
-        (root / increments.MARKER).write_bytes(b"")
+        (root / increment_files.MARKER).write_bytes(b"")
 
 
 def _png(size: int, seed: int) -> bytes:
@@ -146,14 +146,15 @@ def land_bad_increments(folder: Path, mnist_dir: Path) -> None:
     x = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8)
     y = (np.arange(50) % 10).astype(np.uint8)
     whole = gzip.compress(encode_idx(x), mtime=0)
-    _land(folder, "cut", {increments.IMAGES_FILE: whole[: len(whole) // 2],
-                          increments.LABELS_FILE: gzip.compress(encode_idx(y), mtime=0)})
+    _land(folder, "cut", {increment_files.IMAGES_FILE: whole[: len(whole) // 2],
+                          increment_files.LABELS_FILE: gzip.compress(encode_idx(y), mtime=0)})
     bad_y = y.copy()
     bad_y[7] = 12
-    _land(folder, "labels", {increments.IMAGES_FILE: whole,
-                             increments.LABELS_FILE: gzip.compress(encode_idx(bad_y), mtime=0)})
-    _land(folder, "pending", {increments.IMAGES_FILE: whole,
-                              increments.LABELS_FILE: gzip.compress(encode_idx(y), mtime=0)},
+    _land(folder, "labels", {
+        increment_files.IMAGES_FILE: whole,
+        increment_files.LABELS_FILE: gzip.compress(encode_idx(bad_y), mtime=0)})
+    _land(folder, "pending", {increment_files.IMAGES_FILE: whole,
+                              increment_files.LABELS_FILE: gzip.compress(encode_idx(y), mtime=0)},
           marker=False)
     _land(folder, "png32", {"3/a.png": _png(28, 1), "3/b.png": _png(32, 2)})
     demo_data.add_increment(mnist_dir, folder, "leak", split="test", offset=0, size=100)
@@ -183,7 +184,7 @@ def test_bad_increments_are_quarantined_or_ignored_and_the_run_goes_on(
         return found[0]
 
     base = src.uri.rstrip("/") + "/increments"
-    assert line("increment cut: QUARANTINED", f"{base}/cut/{increments.IMAGES_FILE}",
+    assert line("increment cut: QUARANTINED", f"{base}/cut/{increment_files.IMAGES_FILE}",
                 "truncated gzip") == logging.WARNING
     assert line("increment labels: QUARANTINED", "labels out of range 0..9",
                 "label 12 at index 7") == logging.WARNING
@@ -238,7 +239,7 @@ def test_a_decided_increment_that_changes_is_named_on_every_run(
 
     for i in range(20):
         put_png(f"{i % 10}/d{i:02d}.png")
-    (folder / increments.MARKER).write_bytes(b"")
+    (folder / increment_files.MARKER).write_bytes(b"")
     src.sync()
     first = run_ingest(src, sha, store)
     assert first.increments_new == ("early",) and first.increments_changed == ()

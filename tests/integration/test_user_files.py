@@ -26,7 +26,8 @@ from PIL import Image
 
 from mnist_tasks import score
 from mnist_tasks.idx import encode_idx
-from mnist_tasks.increments import IncrementPolicy, Reference, check_all, discover
+from mnist_tasks.increment_files import discover
+from mnist_tasks.increments import IncrementPolicy, Reference, check_all
 from mnist_tasks.storage import LocalStore, S3Store, Store
 from mnist_tasks.userfiles import MAX_IMAGES, MAX_PNG_BYTES
 from tests.conftest import TEST_BUCKET

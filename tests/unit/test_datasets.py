@@ -26,18 +26,20 @@ from mnist_tasks.datasets import (
     save_version,
     version_id,
 )
-from mnist_tasks.increments import (
-    ACCEPTED,
+from mnist_tasks.increment_files import (
     MARKER,
-    QUARANTINED,
-    CheckedIncrement,
-    IncrementPolicy,
     RawIncrement,
-    Reference,
-    check_all,
     discover,
     payload_sha256,
     read_increment,
+)
+from mnist_tasks.increments import (
+    ACCEPTED,
+    QUARANTINED,
+    CheckedIncrement,
+    IncrementPolicy,
+    Reference,
+    check_all,
     validate_increment,
 )
 from mnist_tasks.storage import LocalStore

@@ -15,23 +15,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_tasks import idx, userfiles
-from mnist_tasks import increments as inc
+from mnist_tasks import idx, increment_files, userfiles
 from mnist_tasks.config import ConfigError
 from mnist_tasks.demo_data import thicken, write_increment
+from mnist_tasks.increment_files import MARKER, discover, payload_sha256, read_increment
 from mnist_tasks.increments import (
     ACCEPTED,
-    MARKER,
     QUARANTINED,
     IncrementPolicy,
     IncrementQuarantined,
     Reference,
     check_all,
-    discover,
     fresh_split,
-    payload_sha256,
     raise_on_quarantine,
-    read_increment,
     validate_increment,
 )
 from mnist_tasks.userfiles import UserFileError
@@ -83,7 +79,7 @@ def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
     return buf.getvalue()
 
 
-def only(root: Path) -> inc.IncrementRef:
+def only(root: Path) -> increment_files.IncrementRef:
     found = discover(str(root))
     assert len(found.complete) == 1, found
     return found.complete[0]
@@ -284,9 +280,10 @@ def test_policy_names_the_bad_parameter(param: str, value: object) -> None:
 # --------------------------------------------------------------------------- validation
 
 
-def raw_of(images: np.ndarray, labels: np.ndarray, inc_id: str = "t") -> inc.RawIncrement:
-    return inc.RawIncrement(inc_id, f"file:///src/increments/{inc_id}", "idx", images, labels,
-                            payload_sha256(images, labels), ())
+def raw_of(images: np.ndarray, labels: np.ndarray, inc_id: str = "t"
+           ) -> increment_files.RawIncrement:
+    return increment_files.RawIncrement(inc_id, f"file:///src/increments/{inc_id}", "idx",
+                                        images, labels, payload_sha256(images, labels), ())
 
 
 def test_a_clean_increment_is_accepted_and_split(reference: Reference) -> None:
