@@ -9,24 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from mnist_tasks import feedback as fb
 from mnist_tasks import score
 from mnist_tasks.increments import IncrementPolicy, Reference, check_all, discover
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import LocalStore
-from tests.helpers import synthetic_digits
+from tests.helpers import png, synthetic_digits
 
 pytestmark = pytest.mark.integration
 
 N = 120
-
-
-def png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture
