@@ -33,13 +33,15 @@ from mnist_tasks.config import run_key
 from mnist_tasks.idx import decompress, encode_idx, parse_idx
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import S3Store
-from tests.integration.airflow_services import REPO, ApiClient, wait_for_run
-from tests.integration.conftest import (
+from tests.integration.airflow_services import (
     DAG_ID,
     DEPLOYMENT_BUCKET,
+    REPO,
     SCORING_DAG_ID,
     SCORING_PREFIX,
+    ApiClient,
     CeleryDeployment,
+    wait_for_run,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

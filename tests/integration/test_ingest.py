@@ -22,8 +22,8 @@ from mnist_tasks.ingest import (
 )
 from mnist_tasks.results import to_json
 from mnist_tasks.storage import LocalStore, S3Store, Store
-from tests.conftest import TEST_BUCKET
 from tests.helpers import (
+    TEST_BUCKET,
     TEST_LABELS,
     TRAIN_IMAGES,
     http_server,
