@@ -54,6 +54,7 @@ from mnist_tasks.results import (
     RecallChange,
     TrainResult,
     TrainRuntime,
+    Verdict,
 )
 from mnist_tasks.storage import LocalStore, Store
 
@@ -577,7 +578,7 @@ def recall_rows(**drops: float) -> dict[str, RecallChange]:
                                  drop=drops.get(f"d{d}", -0.002)) for d in range(10)}
 
 
-def gate_decision(verdict: str = "PROMOTE", *, champion: int | None = 3, p: float = 0.001,
+def gate_decision(verdict: Verdict = "PROMOTE", *, champion: int | None = 3, p: float = 0.001,
                   b: int = 40, c: int = 90, per_digit: dict[str, RecallChange] | None = None,
                   **fields: Any) -> GateDecision:
     """A gate decision over champion ``champion`` (None: the first model) with McNemar's
