@@ -20,11 +20,15 @@ from typing import Any
 import pytest
 
 from mnist_tasks.storage import LocalStore, S3Store, Store
-from tests.helpers import CELERY_FILE_PREFIX, train_model_file, xdist_scope
+from tests.helpers import (
+    CELERY_FILE_PREFIX,
+    REPO,
+    TEST_BUCKET,
+    train_model_file,
+    xdist_scope,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MNIST_DIR = Path(os.environ.get("MNIST_DIR", REPO_ROOT.parent / "shared" / "datasets" / "mnist"))
-TEST_BUCKET = "mnist-test"
+MNIST_DIR = Path(os.environ.get("MNIST_DIR", REPO.parent / "shared" / "datasets" / "mnist"))
 TESTS = Path(__file__).resolve().parent
 LAYERS = ("unit", "dags", "integration", "e2e")
 SERVICE_FIXTURES = {"s3_server", "s3_env", "s3_store"}
@@ -103,7 +107,7 @@ def airflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
            "AIRFLOW__CORE__UNIT_TEST_MODE": "False"}
     env.pop("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", None)
     result = subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
-                            env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+                            env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return home / "airflow.db"
 

@@ -1,7 +1,9 @@
 """Shared test helpers (the one module test files import helpers from; no test file imports
-another): tiny synthetic digits and IDX files, a prepared data set in a store, a small training
-config, a deterministic training crash, a loopback HTTP server and a silent socket, typed stage
-results built by hand. Nothing here talks to anything but 127.0.0.1."""
+another, nor a conftest module): tiny synthetic digits, IDX, gzip and PNG bytes, increments and
+their reference, patch images and the hand-weighted model that reads them, a prepared data set
+in a store, a small training config, a deterministic training crash, a loopback HTTP server and
+a silent socket, typed stage results built by hand. Nothing here talks to anything but
+127.0.0.1."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import dataclasses
 import gzip
 import hashlib
 import http.server
+import io
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -34,6 +38,7 @@ from mnist_tasks.config import (
     train_config,
 )
 from mnist_tasks.idx import encode_idx
+from mnist_tasks.increments import Reference
 from mnist_tasks.ingest import ingest
 from mnist_tasks.preprocess import preprocess
 from mnist_tasks.results import (
@@ -49,10 +54,15 @@ from mnist_tasks.results import (
     RecallChange,
     TrainResult,
     TrainRuntime,
+    Verdict,
 )
 from mnist_tasks.storage import LocalStore, Store
+from mnist_tasks.userfiles import MARKER
 
+REPO = Path(__file__).resolve().parents[1]
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 RUN = "r1"
+TEST_BUCKET = "mnist-test"  # the bucket the s3_env fixture makes on the S3 server
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TRAIN_IMAGES = MNIST_FILES["train_images"]
 TRAIN_LABELS = MNIST_FILES["train_labels"]
@@ -65,6 +75,36 @@ def seed_airflow_home(home: Path, template: Path) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(template, home / "airflow.db")
     return home
+
+
+class AirflowCLI:
+    """Runs the `airflow` CLI against one AIRFLOW_HOME (the end-to-end tests' ``airflow_home``),
+    with this repo's dags/ and plugins/."""
+
+    def __init__(self, home: Path, extra_env: dict[str, str | None] | None = None) -> None:
+        """``extra_env`` values of None remove the variable."""
+        self.home = home
+        env: dict[str, str | None] = {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            # `airflow dags test` on 3.3.2 cannot run DAGs with deadline alerts (see Makefile).
+            "MNIST_DEADLINE_MARGIN_MINUTES": "off",
+            **(extra_env or {}),
+        }
+        self.env = {k: v for k, v in env.items() if v is not None}
+
+    def __call__(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [AIRFLOW, *args], env=self.env, cwd=REPO, capture_output=True, text=True,
+            timeout=timeout,
+        )
+
+    def dags_test(self, conf: dict[str, object]) -> subprocess.CompletedProcess[str]:
+        return self("dags", "test", "mnist_training", "--conf", json.dumps(conf))
 
 
 def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -90,12 +130,15 @@ def make_arrays(n_train: int = 60, n_test: int = 30, seed: int = 0) -> dict[str,
 
 def make_prepared(store: Store, run_key: str = RUN, n_train: int = 600, n_test: int = 200,
                   val_fraction: float = 0.1, seed: int = 0,
-                  dataset_key: str = "data/mnist.npz") -> str:
-    """Write :func:`make_arrays` to ``dataset_key`` and run the real preprocess stage on it
-    (split seed 7); returns the prepared URI."""
-    save_npz(store, dataset_key, make_arrays(n_train, n_test, seed))
+                  dataset_key: str = "data/mnist.npz", *,
+                  arrays: dict[str, np.ndarray] | None = None, split_seed: int = 7) -> str:
+    """Write ``arrays`` (default: :func:`make_arrays` of ``n_train``, ``n_test``, ``seed``) to
+    ``dataset_key`` and run the real preprocess stage on it; returns the prepared URI."""
+    save_npz(store, dataset_key, arrays if arrays is not None
+             else make_arrays(n_train, n_test, seed))
     result = preprocess(store.uri_for(dataset_key),
-                        PreprocessConfig(val_fraction=val_fraction, seed=7), store, run_key)
+                        PreprocessConfig(val_fraction=val_fraction, seed=split_seed), store,
+                        run_key)
     return result.prepared_uri
 
 
@@ -160,13 +203,35 @@ def train_until_crash(epoch: int, prepared_uri: str, cfg: TrainConfig, store: St
               **kwargs)
 
 
+def gz(payload: bytes) -> bytes:
+    """``payload`` gzip-compressed, the same bytes on every run (no timestamp)."""
+    return gzip.compress(payload, mtime=0)
+
+
+def gz_idx(array: np.ndarray) -> bytes:
+    """``array`` as a gzip-compressed IDX file (:func:`gz`)."""
+    return gz(encode_idx(array))
+
+
+def png(image: np.ndarray, mode: str | None = None) -> bytes:
+    """``image`` as PNG bytes (PIL's mode from its dtype and shape, or converted to ``mode``)."""
+    from PIL import Image
+
+    img = Image.fromarray(image)
+    if mode is not None:
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def idx_files(arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
     """The four gzip-compressed IDX files of ``arrays``, by MNIST file name."""
     return {
-        TRAIN_IMAGES: gzip.compress(encode_idx(arrays["x_train"]), mtime=0),
-        TRAIN_LABELS: gzip.compress(encode_idx(arrays["y_train"]), mtime=0),
-        TEST_IMAGES: gzip.compress(encode_idx(arrays["x_test"]), mtime=0),
-        TEST_LABELS: gzip.compress(encode_idx(arrays["y_test"]), mtime=0),
+        TRAIN_IMAGES: gz_idx(arrays["x_train"]),
+        TRAIN_LABELS: gz_idx(arrays["y_train"]),
+        TEST_IMAGES: gz_idx(arrays["x_test"]),
+        TEST_LABELS: gz_idx(arrays["y_test"]),
     }
 
 
@@ -187,6 +252,84 @@ def payload_sha256(folder: Path) -> dict[str, str]:
             data = gzip.decompress(data)
         out[name] = hashlib.sha256(data).hexdigest()
     return out
+
+
+# -- increments: sparse random digits, the reference they are checked against, landed folders ----
+
+
+def sparse_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` distinct random uint8 'digits' (a fifth of the pixels inked) and labels cycling
+    0..9: what the increment tests land and check."""
+    rng = np.random.default_rng(seed)
+    images = np.where(rng.random((n, 28, 28)) < 0.2, rng.integers(1, 256, (n, 28, 28)), 0)
+    return images.astype(np.uint8), (np.arange(n) % 10).astype(np.uint8)
+
+
+def reference_data(n_train: int = 2000, n_test: int = 300
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The base an increment is checked against: training images and labels
+    (:func:`sparse_digits`, seed 1) and test images (seed 2)."""
+    x, y = sparse_digits(n_train, seed=1)
+    return x, y, sparse_digits(n_test, seed=2)[0]
+
+
+def increment_reference(n_train: int = 2000, n_test: int = 300) -> Reference:
+    """The increments' :class:`Reference` of :func:`reference_data`."""
+    return Reference.build(*reference_data(n_train, n_test))
+
+
+def land_files(root: Path, inc_id: str, files: dict[str, bytes], *,
+               marker: bool = True) -> Path:
+    """Write ``files`` (relative names: bytes) into the increment folder
+    ``root/increments/inc_id``, then its completion marker unless ``marker`` is False."""
+    folder = root / "increments" / inc_id
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    if marker:
+        (folder / MARKER).write_bytes(b"")
+    return folder
+
+
+# -- patch digits: digit d is a bright 4x4 patch at its own place; a model reads them exactly -----
+
+
+def patch_at(digit: int) -> tuple[slice, slice]:
+    """Where ``digit``'s 4x4 patch lies in a 28x28 image (two rows of five places)."""
+    row, col = 2 + (digit // 5) * 12, 2 + (digit % 5) * 5
+    return slice(row, row + 4), slice(col, col + 4)
+
+
+def patch_images(labels: np.ndarray, seed: int | np.random.Generator | None = None, *,
+                 moved: bool = False) -> np.ndarray:
+    """uint8 28x28 images, each its label's patch at 255 over faint noise (from ``seed``; a
+    black background for None). ``moved`` draws each patch where the next digit's belongs,
+    so :func:`patch_model` reads every image wrong."""
+    if seed is None:
+        x = np.zeros((len(labels), 28, 28), dtype=np.uint8)
+    else:
+        x = np.random.default_rng(seed).integers(0, 40, size=(len(labels), 28, 28),
+                                                 dtype=np.uint8)
+    for i, digit in enumerate(labels):
+        x[i][patch_at((int(digit) + 1) % 10 if moved else int(digit))] = 255
+    return x
+
+
+def patch_model(mapping: dict[int, int] | None = None) -> Any:
+    """Flatten + Dense(10, softmax) with hand-set weights (no training) that sends the patch of
+    digit d to class ``mapping.get(d, d)``: 100 % on :func:`patch_images` without a mapping."""
+    import keras
+
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    weights = np.zeros((28 * 28, 10), dtype=np.float32)
+    for digit in range(10):
+        mask = np.zeros((28, 28), dtype=np.float32)
+        mask[patch_at(digit)] = 1.0
+        weights[:, (mapping or {}).get(digit, digit)] += mask.ravel()
+    model.layers[-1].set_weights([weights, np.zeros(10, dtype=np.float32)])
+    return model
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -326,7 +469,7 @@ def call_in_child(target: str, *args: Any, timeout_s: float = 120) -> ChildRun:
     proc = subprocess.run(
         [sys.executable, "-c", _CHILD, target, json.dumps(args)],
         capture_output=True, text=True, timeout=timeout_s, check=False,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO,
     )
     if proc.returncode != 0 or not proc.stdout.strip():
         raise AssertionError(f"child failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
@@ -436,7 +579,7 @@ def recall_rows(**drops: float) -> dict[str, RecallChange]:
                                  drop=drops.get(f"d{d}", -0.002)) for d in range(10)}
 
 
-def gate_decision(verdict: str = "PROMOTE", *, champion: int | None = 3, p: float = 0.001,
+def gate_decision(verdict: Verdict = "PROMOTE", *, champion: int | None = 3, p: float = 0.001,
                   b: int = 40, c: int = 90, per_digit: dict[str, RecallChange] | None = None,
                   **fields: Any) -> GateDecision:
     """A gate decision over champion ``champion`` (None: the first model) with McNemar's

@@ -20,7 +20,7 @@ import pytest
 from mnist_tasks.pipeline import run_summary
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import LocalStore
-from tests.e2e.conftest import AirflowCLI
+from tests.helpers import AirflowCLI
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -30,8 +30,7 @@ import numpy as np
 import pytest
 
 from mnist_tasks.storage import S3Store
-from tests.conftest import TEST_BUCKET
-from tests.e2e.conftest import AirflowCLI
+from tests.helpers import TEST_BUCKET, AirflowCLI
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -22,7 +22,7 @@ from mnist_tasks.increment_files import discover
 from mnist_tasks.monitor import REFERENCE_FILE, Forward, Reference
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import LocalStore
-from tests.e2e.conftest import AirflowCLI
+from tests.helpers import AirflowCLI
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -31,8 +31,7 @@ from mnist_tasks.config import PRESET_NAMES
 from mnist_tasks.pipeline import run_summary
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import LocalStore
-from tests.e2e.conftest import AirflowCLI
-from tests.helpers import write_folder
+from tests.helpers import AirflowCLI, write_folder
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -30,8 +30,7 @@ from mnist_tasks import score
 from mnist_tasks.idx import decompress, encode_idx, parse_idx
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import S3Store
-from tests.conftest import TEST_BUCKET
-from tests.e2e.conftest import AirflowCLI
+from tests.helpers import TEST_BUCKET, AirflowCLI, png
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -40,14 +39,6 @@ N_BIG, N_PNG = 2000, 40
 
 def _read_idx(path: Path) -> np.ndarray:
     return parse_idx(decompress(path.read_bytes(), source=str(path)), source=str(path))
-
-
-def _png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _train(x: np.ndarray, y: np.ndarray, seed: int, path: Path) -> Path:
@@ -100,10 +91,10 @@ def test_scoring_dag_scores_with_the_champion_and_rescores_after_a_promotion(
     score.write_batch(landing, "2026-11-22-a", {
         "images-idx3-ubyte.gz": gzip.compress(encode_idx(big_x), mtime=0)})
     png_x, png_y = x_test[N_BIG:N_BIG + N_PNG], y_test[N_BIG:N_BIG + N_PNG]
-    files = {f"digit-{i:03d}.png": _png(png_x[i]) for i in range(N_PNG)}
+    files = {f"digit-{i:03d}.png": png(png_x[i]) for i in range(N_PNG)}
     files.update({
-        "cut.png": _png(png_x[0])[:60],  # truncated
-        "wide.png": _png(np.zeros((28, 40), dtype=np.uint8)),  # wrong size
+        "cut.png": png(png_x[0])[:60],  # truncated
+        "wide.png": png(np.zeros((28, 40), dtype=np.uint8)),  # wrong size
         "half-idx3-ubyte": encode_idx(png_x[:10])[:-300],  # truncated IDX
         "scan.jpg": b"\xff\xd8\xff\xe0 not a png",
     })

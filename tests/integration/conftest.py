@@ -40,82 +40,38 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.helpers import xdist_scope
 from tests.integration.airflow_services import (
-    REPO,
+    DAG_ID,
+    DEPLOYMENT_BUCKET,
+    DEPLOYMENT_FIXTURE,
+    PG_PORT,
+    REDIS_DB,
+    REDIS_PORT,
+    SCORING_DAG_ID,
+    SCORING_PREFIX,
+    WATCH_DAG_ID,
+    WATCH_INTERVAL_MINUTES,
+    WATCHED_PREFIX,
+    WORKERS,
     ApiClient,
+    Broker,
+    CeleryDeployment,
     Services,
     airflow_env,
     free_port,
+    make_demo_source,
     service_missing,
+    wait_for_dag,
+    worker_name,
 )
-
-PG_PORT = 5432
-REDIS_PORT = 6379
-REDIS_DB = int(os.environ.get("MNIST_IT_REDIS_DB", "13"))
-DEPLOYMENT_BUCKET = "celery-deployment"
-WATCHED_PREFIX = "watched"  # the deployment's MNIST_STORE: the data-triggered scenario's
-DAG_ID = "mnist_training"
-WATCH_DAG_ID = "mnist_increments_watch"
-WATCH_INTERVAL_MINUTES = 1
-DEPLOYMENT_FIXTURE = "celery_deployment"
-SCORING_DAG_ID = "mnist_batch_scoring"  # scheduled on the registry asset (test_celery_scoring)
-SCORING_PREFIX = "scoring"
-# Paused until its test lands feedback (test_celery_scoring.py): an interval DAG, every minute.
-FEEDBACK_DAG_ID = "mnist_feedback"
-WORKERS = 2  # Celery workers, each of concurrency 1; the gpu pool has as many slots
-
-
-def worker_name(n: int) -> str:
-    """The n-th worker's service name (its log: ``<home>/logs/<name>.log``): worker, worker2."""
-    return "worker" if n == 1 else f"worker{n}"
-
-
-@dataclass
-class CeleryDeployment:
-    """The running deployment: its services, REST API client and data."""
-
-    services: Services
-    api: ApiClient
-    home: Path
-    s3_endpoint: str
-    watched_source: Path  # MNIST_SOURCE: the watch DAG looks for increments here
-    static_source: Path  # the same base, never changed: for runs triggered with a conf
-    mnist_dir: Path
-    started_s: float  # how long set-up took
-    stopped: bool = field(default=False)
-
-    @property
-    def s3_client_kwargs(self) -> dict[str, Any]:
-        """boto3 arguments for the test process (the services get the same as AWS_* env)."""
-        return {"endpoint_url": self.s3_endpoint, "aws_access_key_id": "testing",
-                "aws_secret_access_key": "testing", "region_name": "us-east-1"}
-
-    def store_uri(self, prefix: str) -> str:
-        """A scenario's own store in the deployment's bucket."""
-        return f"s3://{DEPLOYMENT_BUCKET}/{prefix}"
-
-    @property
-    def watched_store_uri(self) -> str:
-        """The deployment's MNIST_STORE (the watch's record, the Models page's registry)."""
-        return self.store_uri(WATCHED_PREFIX)
-
-    def stop(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            self.services.stop()
-
 
 _running: list[CeleryDeployment] = []
 
@@ -143,14 +99,6 @@ def postgres_db() -> Iterator[str]:
         admin.close()
 
 
-@dataclass(frozen=True)
-class Broker:
-    """The Celery broker of one deployment: a Redis URL and the prefix of all its keys."""
-
-    url: str
-    prefix: str
-
-
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[Broker]:
     """The Celery broker: Redis with a key prefix of this session's own (another session's
@@ -168,24 +116,6 @@ def redis_url() -> Iterator[Broker]:
         for key in client.scan_iter(match=f"{prefix}*", count=1000):
             client.delete(key)
         client.close()
-
-
-def make_demo_source(mnist_dir: Path, out: Path) -> None:
-    """A demo source (base of 50,000 training images, no increment) with the project's CLI."""
-    result = subprocess.run(
-        [sys.executable, "-m", "mnist_tasks", "data", "make-demo", "--mnist", str(mnist_dir),
-         "--out", str(out), "--increments", "0"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def _wait_for_dag(services: Services, api: ApiClient, dag_id: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while api.request("GET", f"/api/v2/dags/{dag_id}").status_code != 200:
-        services.check_alive()
-        assert time.monotonic() < deadline, f"DAG {dag_id} never appeared\n{services.all_logs()}"
-        time.sleep(1)
 
 
 @pytest.fixture(scope="session")
@@ -275,7 +205,7 @@ def celery_deployment(
         services.wait_http(f"{base_url}/api/v2/version")
         api = ApiClient(base_url)
         for dag_id in (DAG_ID, WATCH_DAG_ID, SCORING_DAG_ID):
-            _wait_for_dag(services, api, dag_id)
+            wait_for_dag(services, api, dag_id)
             api.json("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
         deployment = CeleryDeployment(
             services=services, api=api, home=home, s3_endpoint=s3_server,

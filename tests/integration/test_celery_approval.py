@@ -30,15 +30,17 @@ from mnist_tasks.config import run_key
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import S3Store
 from tests.integration.airflow_services import (
+    DAG_ID,
+    DEPLOYMENT_BUCKET,
     REPO,
     ApiClient,
+    CeleryDeployment,
     run_failure_report,
     run_path,
     task_instances,
     task_log,
     wait_for_run,
 )
-from tests.integration.conftest import DAG_ID, DEPLOYMENT_BUCKET, CeleryDeployment
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

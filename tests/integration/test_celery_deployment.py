@@ -46,23 +46,21 @@ from mnist_tasks.pipeline import run_summary
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import S3Store
 from tests.integration.airflow_services import (
+    DAG_ID,
+    DEPLOYMENT_BUCKET,
     REPO,
+    WATCH_DAG_ID,
+    WATCH_INTERVAL_MINUTES,
+    WATCHED_PREFIX,
+    WORKERS,
     ApiClient,
+    CeleryDeployment,
     Services,
     run_failure_report,
     run_path,
     task_instances,
     task_log,
     wait_for_run,
-)
-from tests.integration.conftest import (
-    DAG_ID,
-    DEPLOYMENT_BUCKET,
-    WATCH_DAG_ID,
-    WATCH_INTERVAL_MINUTES,
-    WATCHED_PREFIX,
-    WORKERS,
-    CeleryDeployment,
     worker_name,
 )
 

@@ -40,17 +40,20 @@ from mnist_tasks.idx import decompress, encode_idx, parse_idx
 from mnist_tasks.increment_files import discover
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import S3Store
-from tests.integration.airflow_services import REPO, ApiClient, wait_for_run, wait_until
-from tests.integration.conftest import (
+from tests.integration.airflow_services import (
     DAG_ID,
     DEPLOYMENT_BUCKET,
     FEEDBACK_DAG_ID,
+    REPO,
     SCORING_DAG_ID,
     SCORING_PREFIX,
     WATCH_DAG_ID,
     WATCH_INTERVAL_MINUTES,
     WATCHED_PREFIX,
+    ApiClient,
     CeleryDeployment,
+    wait_for_run,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]

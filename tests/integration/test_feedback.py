@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from mnist_tasks import feedback as fb
 from mnist_tasks import score
@@ -17,17 +16,11 @@ from mnist_tasks.increment_files import discover
 from mnist_tasks.increments import IncrementPolicy, Reference, check_all
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import LocalStore
-from tests.helpers import synthetic_digits
+from tests.helpers import png, synthetic_digits
 
 pytestmark = pytest.mark.integration
 
 N = 120
-
-
-def png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture

@@ -22,73 +22,41 @@ from mnist_tasks import approve
 from mnist_tasks.artifacts import (
     candidates_key,
     load_prepared,
-    save_npz,
     write_json,
     write_result,
 )
-from mnist_tasks.config import GateConfig, PreprocessConfig
+from mnist_tasks.config import GateConfig
 from mnist_tasks.gate import gate
 from mnist_tasks.monitor import Reference
-from mnist_tasks.preprocess import preprocess
 from mnist_tasks.register import VerificationError, register
 from mnist_tasks.registry import Registry
 from mnist_tasks.registry_api import CHAMPION, VersionNotFound
 from mnist_tasks.results import EvaluateResult, GateDecision, RegisterResult
 from mnist_tasks.storage import ObjectNotFound, Store
-from tests.helpers import train_result
+from tests.helpers import make_prepared, patch_images, patch_model, train_result
 
 PER_DIGIT_TEST = 20
 
 
-def patch(digit: int) -> tuple[slice, slice]:
-    row, col = 2 + (digit // 5) * 12, 2 + (digit % 5) * 5
-    return slice(row, row + 4), slice(col, col + 4)
-
-
-def images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    x = rng.integers(0, 40, size=(len(labels), 28, 28), dtype=np.uint8)
-    for i, digit in enumerate(labels):
-        x[i][patch(int(digit))] = 255
-    return x
-
-
-def make_prepared(store: Store) -> str:
-    """Write a tiny data set and run the real preprocess stage on it."""
+def make_patch_prepared(store: Store) -> str:
+    """A tiny data set of patch images, prepared by the real preprocess stage."""
     rng = np.random.default_rng(0)
     y_train = np.repeat(np.arange(10, dtype=np.uint8), 5)
     y_test = np.repeat(np.arange(10, dtype=np.uint8), PER_DIGIT_TEST)
-    save_npz(store, "cache/datasets/tiny/mnist.npz", {
-        "x_train": images(y_train, rng), "y_train": y_train,
-        "x_test": images(y_test, rng), "y_test": y_test,
-    })
-    result = preprocess(store.uri_for("cache/datasets/tiny/mnist.npz"),
-                        PreprocessConfig(val_fraction=0.2, seed=1), store, "prep")
-    return result.prepared_uri
+    arrays = {"x_train": patch_images(y_train, rng), "y_train": y_train,
+              "x_test": patch_images(y_test, rng), "y_test": y_test}
+    return make_prepared(store, "prep", val_fraction=0.2, split_seed=1, arrays=arrays,
+                         dataset_key="cache/datasets/tiny/mnist.npz")
 
 
 @pytest.fixture
 def prepared_uri(store: Store) -> str:
-    return make_prepared(store)
+    return make_patch_prepared(store)
 
 
 def load_npy(store: Store, uri: str) -> np.ndarray:
     with store.local_copy(store.key_of(uri)) as path:
         return np.load(path)
-
-
-def model_with(mapping: dict[int, int]) -> Any:
-    """A Dense classifier sending the patch of digit d to class mapping.get(d, d)."""
-    import keras
-
-    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
-                              keras.layers.Dense(10, activation="softmax")])
-    weights = np.zeros((28 * 28, 10), dtype=np.float32)
-    for digit in range(10):
-        mask = np.zeros((28, 28), dtype=np.float32)
-        mask[patch(digit)] = 1.0
-        weights[:, mapping.get(digit, digit)] += mask.ravel()
-    model.layers[-1].set_weights([weights, np.zeros(10, dtype=np.float32)])
-    return model
 
 
 GOOD: dict[int, int] = {}
@@ -113,7 +81,7 @@ def run_stages(store: Store, registry: Registry, prepared_uri: str, run_key: str
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.keras"
-        model_with(mapping).save(path)
+        patch_model(mapping).save(path)
         store.upload_file(path, f"runs/{run_key}/train/model.keras")
     trained = train_result(model_uri=store.uri_for(f"runs/{run_key}/train/model.keras"),
                            prepared_uri=prepared_uri,
@@ -190,7 +158,7 @@ def test_first_run_then_a_clearly_worse_challenger(store: Store, prepared_uri: s
 
 def test_better_challenger_is_promoted_and_register_is_idempotent(file_store: Store) -> None:
     store = file_store
-    prepared = make_prepared(store)
+    prepared = make_patch_prepared(store)
     registry = Registry(store)
     cfg = GateConfig(min_accuracy=0.8)
     first = run_stages(store, registry, prepared, "run-1", broken(1), cfg)  # 90 %
@@ -221,7 +189,7 @@ def test_better_challenger_is_promoted_and_register_is_idempotent(file_store: St
 
 def test_verification_mismatch_registers_nothing(file_store: Store) -> None:
     store = file_store
-    prepared = make_prepared(store)
+    prepared = make_patch_prepared(store)
     registry = Registry(store)
     stages = run_stages(store, registry, prepared, "run-1", GOOD, GateConfig(min_accuracy=0.8))
     predictions_uri = stages.evaluation.predictions_uri
@@ -315,7 +283,7 @@ def test_an_override_registers_with_the_gates_verdict_and_who_overrode_it(
 ) -> None:
     """The approval step's result cites the gate's decision; register reads it from there,
     and the run's candidates table by the run key."""
-    prepared_uri = make_prepared(file_store)
+    prepared_uri = make_patch_prepared(file_store)
     registry = Registry(file_store)
     cfg = GateConfig(min_accuracy=0.8)
     do_register(file_store, registry, prepared_uri, "run-1",
@@ -342,7 +310,7 @@ def test_an_override_registers_with_the_gates_verdict_and_who_overrode_it(
 
 
 def test_register_names_a_record_it_cannot_read(file_store: Store) -> None:
-    prepared_uri = make_prepared(file_store)
+    prepared_uri = make_patch_prepared(file_store)
     registry = Registry(file_store)
     stages = run_stages(file_store, registry, prepared_uri, "run-1", GOOD,
                         GateConfig(min_accuracy=0.8))

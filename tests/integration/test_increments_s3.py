@@ -6,48 +6,30 @@ last); discovery, bounded reads and the version manifest then go through real HT
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 from collections.abc import Callable
 
 import boto3
 import numpy as np
 import pytest
-from PIL import Image
 
-from mnist_tasks import datasets_cli, idx, userfiles, watch
+from mnist_tasks import datasets_cli, userfiles, watch
 from mnist_tasks.config import MNIST_FILES
 from mnist_tasks.datasets import BaseInfo, list_versions, load_arrays, load_version, save_version
 from mnist_tasks.increment_files import discover, payload_sha256, read_increment
 from mnist_tasks.increments import ACCEPTED, QUARANTINED, IncrementPolicy, Reference, check_all
 from mnist_tasks.storage import S3Store, StorageError
 from mnist_tasks.userfiles import UserFileError
-from tests.conftest import TEST_BUCKET
+from tests.helpers import TEST_BUCKET, gz_idx, increment_reference, png
+from tests.helpers import sparse_digits as digits
 
 pytestmark = pytest.mark.integration
 
 SOURCE = f"s3://{TEST_BUCKET}/landing"
 
 
-def digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images = np.where(rng.random((n, 28, 28)) < 0.2, rng.integers(1, 256, (n, 28, 28)), 0)
-    return images.astype(np.uint8), (np.arange(n) % 10).astype(np.uint8)
-
-
 def put(key: str, data: bytes) -> None:
     boto3.client("s3").put_object(Bucket=TEST_BUCKET, Key=f"landing/{key}", Body=data)
-
-
-def gz_idx(arr: np.ndarray) -> bytes:
-    return gzip.compress(idx.encode_idx(arr), mtime=0)
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def land_idx(inc_id: str, images: np.ndarray, labels: np.ndarray, *, marker: bool = True) -> None:
@@ -59,8 +41,7 @@ def land_idx(inc_id: str, images: np.ndarray, labels: np.ndarray, *, marker: boo
 
 @pytest.fixture
 def reference() -> Reference:
-    x, y = digits(1000, seed=1)
-    return Reference.build(x, y, digits(200, seed=2)[0])
+    return increment_reference(1000, 200)
 
 
 def test_discover_and_check_increments_on_s3(s3_env: str, reference: Reference) -> None:

@@ -17,8 +17,8 @@ from mnist_tasks.config import MNIST_FILES, MNIST_PAYLOAD_SHA256, IngestConfig, 
 from mnist_tasks.ingest import ingest
 from mnist_tasks.results import to_json
 from mnist_tasks.storage import LocalStore, S3Store, Store
-from tests.conftest import TEST_BUCKET
 from tests.helpers import (
+    TEST_BUCKET,
     TEST_LABELS,
     TRAIN_IMAGES,
     http_server,

@@ -24,12 +24,14 @@ from mnist_tasks.config import MNIST_FILES, IngestConfig
 from mnist_tasks.idx import IdxFormatError, encode_idx
 from mnist_tasks.ingest import ingest
 from mnist_tasks.storage import LocalStore, Store
-from tests.conftest import TEST_BUCKET
 from tests.helpers import (
+    TEST_BUCKET,
     TEST_IMAGES,
     TEST_LABELS,
     TRAIN_IMAGES,
     TRAIN_LABELS,
+    gz,
+    gz_idx,
     http_server,
     ingest_in_child,
     make_arrays,
@@ -43,10 +45,6 @@ from tests.helpers import (
 def assert_cache_clean(store: Store) -> None:
     """No cache entry at all: nothing partial, nothing for the failed key."""
     assert store.list("cache") == []
-
-
-def _gz(payload: bytes) -> bytes:
-    return gzip.compress(payload, mtime=0)
 
 
 def _header(code: int, dims: tuple[int, ...]) -> bytes:
@@ -76,26 +74,26 @@ def corrupt_crc(folder: Path, a: dict[str, np.ndarray]) -> None:
 def wrong_magic(folder: Path, a: dict[str, np.ndarray]) -> None:
     payload = bytearray(encode_idx(a["y_train"]))
     payload[1] = 0x01
-    (folder / TRAIN_LABELS).write_bytes(_gz(bytes(payload)))
+    (folder / TRAIN_LABELS).write_bytes(gz(bytes(payload)))
 
 
 def declared_size_larger(folder: Path, a: dict[str, np.ndarray]) -> None:
     payload = _header(0x08, (61, 28, 28)) + a["x_train"].tobytes()  # 60 images present
-    (folder / TRAIN_IMAGES).write_bytes(_gz(payload))
+    (folder / TRAIN_IMAGES).write_bytes(gz(payload))
 
 
 def trailing_bytes(folder: Path, a: dict[str, np.ndarray]) -> None:
-    (folder / TEST_IMAGES).write_bytes(_gz(encode_idx(a["x_test"]) + b"\x00" * 100))
+    (folder / TEST_IMAGES).write_bytes(gz(encode_idx(a["x_test"]) + b"\x00" * 100))
 
 
 def count_mismatch(folder: Path, a: dict[str, np.ndarray]) -> None:
-    (folder / TRAIN_LABELS).write_bytes(_gz(encode_idx(a["y_train"][:-1])))
+    (folder / TRAIN_LABELS).write_bytes(gz_idx(a["y_train"][:-1]))
 
 
 def label_out_of_range(folder: Path, a: dict[str, np.ndarray]) -> None:
     y = a["y_train"].copy()
     y[5] = 10
-    (folder / TRAIN_LABELS).write_bytes(_gz(encode_idx(y)))
+    (folder / TRAIN_LABELS).write_bytes(gz_idx(y))
 
 
 def empty_file(folder: Path, a: dict[str, np.ndarray]) -> None:
@@ -104,7 +102,7 @@ def empty_file(folder: Path, a: dict[str, np.ndarray]) -> None:
 
 def billion_images(folder: Path, a: dict[str, np.ndarray]) -> None:
     payload = _header(0x08, (1_000_000_000, 28, 28)) + a["x_train"].tobytes()
-    (folder / TRAIN_IMAGES).write_bytes(_gz(payload))
+    (folder / TRAIN_IMAGES).write_bytes(gz(payload))
 
 
 def pinned_checksum_mismatch(folder: Path, a: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -124,15 +122,15 @@ def missing_folder(folder: Path, a: dict[str, np.ndarray]) -> dict[str, Any]:
 
 
 def labels_not_uint8(folder: Path, a: dict[str, np.ndarray]) -> None:
-    (folder / TEST_LABELS).write_bytes(_gz(encode_idx(a["y_test"].astype(np.int32))))
+    (folder / TEST_LABELS).write_bytes(gz_idx(a["y_test"].astype(np.int32)))
 
 
 def images_with_two_dims(folder: Path, a: dict[str, np.ndarray]) -> None:
-    (folder / TRAIN_IMAGES).write_bytes(_gz(encode_idx(a["x_train"].reshape(60, 784))))
+    (folder / TRAIN_IMAGES).write_bytes(gz_idx(a["x_train"].reshape(60, 784)))
 
 
 def other_test_image_shape(folder: Path, a: dict[str, np.ndarray]) -> None:
-    (folder / TEST_IMAGES).write_bytes(_gz(encode_idx(a["x_test"][:, :20, :20])))
+    (folder / TEST_IMAGES).write_bytes(gz_idx(a["x_test"][:, :20, :20]))
 
 
 CASES: list[tuple[Mutation, type[Exception], str, str]] = [
@@ -376,7 +374,7 @@ def test_pinned_checksums_cap_each_file_at_its_own_size(
     for name in (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES):  # the real ones pass
         shutil.copyfile(mnist_dir / name, folder / name)
     # 20,000 labels gzip to a few hundred bytes but are twice the size of MNIST's test labels.
-    (folder / TEST_LABELS).write_bytes(_gz(encode_idx(np.zeros(20_000, dtype=np.uint8))))
+    (folder / TEST_LABELS).write_bytes(gz_idx(np.zeros(20_000, dtype=np.uint8)))
     with pytest.raises(IdxFormatError, match=rf"{TEST_LABELS}: decompresses to more than "
                                              r"10,008 bytes"):
         ingest(IngestConfig(source=str(folder), checksums="pinned"), file_store)

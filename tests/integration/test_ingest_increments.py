@@ -8,8 +8,6 @@ the log, and the run goes on; ``fail_on_quarantine`` makes the run fail naming t
 
 from __future__ import annotations
 
-import gzip
-import io
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -18,16 +16,14 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
-from PIL import Image
 
 from mnist_tasks import datasets, demo_data, increment_files, increments
 from mnist_tasks.config import IngestConfig
-from mnist_tasks.idx import encode_idx
 from mnist_tasks.increments import IncrementPolicy, IncrementQuarantined
 from mnist_tasks.ingest import LATEST_PREFIX, ingest
 from mnist_tasks.results import IgnoredIncrement
 from mnist_tasks.storage import Store
-from tests.conftest import TEST_BUCKET
+from tests.helpers import TEST_BUCKET, gz_idx, land_files, png
 
 pytestmark = pytest.mark.integration
 
@@ -123,20 +119,8 @@ def test_versions_follow_the_increments(
         [version_a, version_b], key=lambda v: (v.created_at or "", v.id))
 
 
-def _land(folder: Path, inc_id: str, files: dict[str, bytes], *, marker: bool = True) -> None:
-    root = folder / "increments" / inc_id
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    if marker:
-        (root / increment_files.MARKER).write_bytes(b"")
-
-
 def _png(size: int, seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
+    return png(np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8))
 
 
 def land_bad_increments(folder: Path, mnist_dir: Path) -> None:
@@ -145,18 +129,16 @@ def land_bad_increments(folder: Path, mnist_dir: Path) -> None:
     rng = np.random.default_rng(7)
     x = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8)
     y = (np.arange(50) % 10).astype(np.uint8)
-    whole = gzip.compress(encode_idx(x), mtime=0)
-    _land(folder, "cut", {increment_files.IMAGES_FILE: whole[: len(whole) // 2],
-                          increment_files.LABELS_FILE: gzip.compress(encode_idx(y), mtime=0)})
+    whole = gz_idx(x)
+    land_files(folder, "cut", {increment_files.IMAGES_FILE: whole[: len(whole) // 2],
+                               increment_files.LABELS_FILE: gz_idx(y)})
     bad_y = y.copy()
     bad_y[7] = 12
-    _land(folder, "labels", {
-        increment_files.IMAGES_FILE: whole,
-        increment_files.LABELS_FILE: gzip.compress(encode_idx(bad_y), mtime=0)})
-    _land(folder, "pending", {increment_files.IMAGES_FILE: whole,
-                              increment_files.LABELS_FILE: gzip.compress(encode_idx(y), mtime=0)},
-          marker=False)
-    _land(folder, "png32", {"3/a.png": _png(28, 1), "3/b.png": _png(32, 2)})
+    land_files(folder, "labels", {increment_files.IMAGES_FILE: whole,
+                                  increment_files.LABELS_FILE: gz_idx(bad_y)})
+    land_files(folder, "pending", {increment_files.IMAGES_FILE: whole,
+                                   increment_files.LABELS_FILE: gz_idx(y)}, marker=False)
+    land_files(folder, "png32", {"3/a.png": _png(28, 1), "3/b.png": _png(32, 2)})
     demo_data.add_increment(mnist_dir, folder, "leak", split="test", offset=0, size=100)
 
 
@@ -232,10 +214,8 @@ def test_a_decided_increment_that_changes_is_named_on_every_run(
 
     def put_png(name: str) -> None:
         image = np.where(rng.random((28, 28)) < 0.3, rng.integers(1, 256, (28, 28)), 0)
-        buf = io.BytesIO()
-        Image.fromarray(image.astype(np.uint8)).save(buf, format="PNG")
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(buf.getvalue())
+        (folder / name).write_bytes(png(image.astype(np.uint8)))
 
     for i in range(20):
         put_png(f"{i % 10}/d{i:02d}.png")

@@ -27,7 +27,7 @@ import pytest
 from mnist_tasks.registry import Registry
 from mnist_tasks.registry_api import CHAMPION
 from mnist_tasks.storage import S3Store, StorageError, Store
-from tests.conftest import TEST_BUCKET
+from tests.helpers import TEST_BUCKET
 from tests.integration.s3_fault_proxy import S3FaultProxy, SeenRequest
 
 FILES = {"model.keras": b"the weights", "metrics.json": b'{"test_accuracy": 0.98}',

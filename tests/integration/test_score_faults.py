@@ -21,8 +21,7 @@ from mnist_tasks import score
 from mnist_tasks.idx import encode_idx
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import S3Store, StorageError
-from tests.conftest import TEST_BUCKET
-from tests.helpers import synthetic_digits
+from tests.helpers import TEST_BUCKET, synthetic_digits
 from tests.integration.s3_fault_proxy import S3FaultProxy
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from mnist_tasks import score, scoring_index
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import S3Store
-from tests.conftest import TEST_BUCKET
+from tests.helpers import TEST_BUCKET
 
 PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "mnist_models.py"
 

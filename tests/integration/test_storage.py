@@ -17,7 +17,7 @@ from mnist_tasks.storage import (
     open_store,
     s3_client,
 )
-from tests.conftest import TEST_BUCKET
+from tests.helpers import TEST_BUCKET
 
 
 def test_write_read_roundtrip_and_list(store: Store) -> None:

@@ -9,7 +9,6 @@ read (counted), skipped as hidden (never mentioned), or refused with a message n
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import re
 import struct
@@ -22,7 +21,6 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
-from PIL import Image
 
 from mnist_tasks import score
 from mnist_tasks.idx import encode_idx
@@ -30,18 +28,11 @@ from mnist_tasks.increment_files import discover
 from mnist_tasks.increments import IncrementPolicy, Reference, check_all
 from mnist_tasks.storage import LocalStore, S3Store, Store
 from mnist_tasks.userfiles import MAX_IMAGES, MAX_PNG_BYTES
-from tests.conftest import TEST_BUCKET
-from tests.helpers import call_in_child, write_zero_bomb
+from tests.helpers import TEST_BUCKET, call_in_child, png, write_zero_bomb
 
 pytestmark = pytest.mark.integration
 
 GOOD = 12  # good digits landed beside each case (an increment needs at least 10)
-
-
-def png(arr: np.ndarray, **save: Any) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG", **save)
-    return buf.getvalue()
 
 
 def digit(seed: int) -> np.ndarray:

@@ -36,7 +36,7 @@ from mnist_tasks.results import (
     to_json,
 )
 from mnist_tasks.storage import LocalStore
-from tests.helpers import ingest_result
+from tests.helpers import ingest_result, patch_images, patch_model
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = datasets.BaseInfo(
@@ -48,19 +48,6 @@ PRE = PreprocessConfig(val_fraction=0.1, seed=1)
 TRAIN_CFG = train_config("seed_mlp", epochs=1)
 
 
-def patch(digit: int) -> tuple[slice, slice]:
-    row, col = 2 + (digit // 5) * 12, 2 + (digit % 5) * 5
-    return slice(row, row + 4), slice(col, col + 4)
-
-
-def images(labels: np.ndarray, seed: int, *, moved: bool = False) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, 40, size=(len(labels), 28, 28), dtype=np.uint8)
-    for i, digit in enumerate(labels):
-        x[i][patch((int(digit) + 1) % 10 if moved else int(digit))] = 255
-    return x
-
-
 def increment(inc_id: str, seed: int, *, moved: bool = False) -> CheckedIncrement:
     y_train = np.repeat(np.arange(10, dtype=np.uint8), 4)
     y_fresh = np.repeat(np.arange(10, dtype=np.uint8), 2)
@@ -70,8 +57,8 @@ def increment(inc_id: str, seed: int, *, moved: bool = False) -> CheckedIncremen
         counts={"received": 60, "kept": 60, "train": 40, "fresh": 20, "leaked": 0,
                 "duplicates_within": 0, "duplicates_accepted": 0},
         class_counts=(6,) * 10, drift={}, fresh_fraction=0.2,
-        train_images=images(y_train, seed, moved=moved), train_labels=y_train,
-        fresh_images=images(y_fresh, seed + 1000, moved=moved), fresh_labels=y_fresh,
+        train_images=patch_images(y_train, seed, moved=moved), train_labels=y_train,
+        fresh_images=patch_images(y_fresh, seed + 1000, moved=moved), fresh_labels=y_fresh,
     )
 
 
@@ -90,18 +77,8 @@ def ingested(store: LocalStore, version: datasets.DatasetVersion) -> IngestResul
 def save_champion(store: LocalStore, tmp_path: Path, lineage: dict[str, Any] | None,
                   accuracy: float = 0.99) -> Registry:
     """Register the patch model as v1 (with ``lineage`` in its metadata) and promote it."""
-    import keras
-
-    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
-                              keras.layers.Dense(10, activation="softmax")])
-    weights = np.zeros((28 * 28, 10), dtype=np.float32)
-    for digit in range(10):
-        mask = np.zeros((28, 28), dtype=np.float32)
-        mask[patch(digit)] = 1.0
-        weights[:, digit] += mask.ravel()
-    model.layers[-1].set_weights([weights, np.zeros(10, dtype=np.float32)])
     path = tmp_path / "champion.keras"
-    model.save(path)
+    patch_model().save(path)
     metadata: dict[str, Any] = {"metrics": {"test_accuracy": accuracy}}
     if lineage is not None:
         metadata["lineage"] = lineage

@@ -6,7 +6,6 @@ tests/integration/test_increments_s3.py).
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -43,21 +42,16 @@ from mnist_tasks.increments import (
     validate_increment,
 )
 from mnist_tasks.storage import LocalStore
+from tests.helpers import increment_reference, write_folder
+from tests.helpers import sparse_digits as digits
 
 BASE = BaseInfo({name: hashlib.sha256(name.encode()).hexdigest()
                  for name in MNIST_FILES.values()}, train_count=2000, test_count=300)
 
 
-def digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images = np.where(rng.random((n, 28, 28)) < 0.2, rng.integers(1, 256, (n, 28, 28)), 0)
-    return images.astype(np.uint8), (np.arange(n) % 10).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def reference() -> Reference:
-    x, y = digits(2000, seed=1)
-    return Reference.build(x, y, digits(300, seed=2)[0])
+    return increment_reference()
 
 
 def checked(inc_id: str, n: int, seed: int, reference: Reference,
@@ -250,14 +244,10 @@ def test_cli_errors_are_one_line_with_status_2(store: LocalStore,
 @pytest.fixture
 def tiny_mnist(tmp_path: Path) -> Path:
     """A synthetic folder with the four MNIST file names (200 train, 40 test images)."""
-    folder = tmp_path / "mnist"
-    folder.mkdir()
     x, y = digits(200, seed=40)
     xt, yt = digits(40, seed=41)
-    for role, arr in (("train_images", x), ("train_labels", y), ("test_images", xt),
-                      ("test_labels", yt)):
-        (folder / MNIST_FILES[role]).write_bytes(gzip.compress(idx.encode_idx(arr)))
-    return folder
+    return write_folder(tmp_path / "mnist", {"x_train": x, "y_train": y, "x_test": xt,
+                                             "y_test": yt})
 
 
 def test_make_demo_lays_out_a_base_and_increments(tiny_mnist: Path, tmp_path: Path) -> None:

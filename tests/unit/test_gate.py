@@ -37,7 +37,7 @@ from mnist_tasks.results import (
     to_json,
 )
 from mnist_tasks.storage import Store
-from tests.helpers import evaluate_result
+from tests.helpers import evaluate_result, patch_images, patch_model
 
 Y = np.repeat(np.arange(10), 100)  # 1000 test labels, 100 per digit
 
@@ -354,30 +354,12 @@ def test_bad_fresh_inputs_are_refused(fresh: FreshData, message: str) -> None:
 # hand-set weights reads them perfectly (no training).
 
 
-def _patch(digit: int) -> tuple[slice, slice]:
-    row, col = 2 + (digit // 5) * 12, 2 + (digit % 5) * 5
-    return slice(row, row + 4), slice(col, col + 4)
-
-
 def _images(labels: np.ndarray) -> np.ndarray:
-    x = np.zeros((len(labels), 28, 28), dtype=np.float32)
-    for i, digit in enumerate(labels):
-        x[i][_patch(int(digit))] = 1.0
-    return x
+    return patch_images(labels).astype(np.float32) / 255  # as preprocess scales them
 
 
 def _register_perfect_champion(registry: Registry, tmp_path: Path) -> int:
-    import keras
-
-    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
-                              keras.layers.Dense(10, activation="softmax")])
-    weights = np.zeros((28 * 28, 10), dtype=np.float32)
-    for digit in range(10):
-        mask = np.zeros((28, 28), dtype=np.float32)
-        mask[_patch(digit)] = 1.0
-        weights[:, digit] = mask.ravel()
-    model.layers[-1].set_weights([weights, np.zeros(10, dtype=np.float32)])
-    model.save(tmp_path / "model.keras")
+    patch_model().save(tmp_path / "model.keras")
     info = registry.register("champion-run", {MODEL_FILE: tmp_path / "model.keras"}, {})
     registry.promote(info.version)
     return info.version

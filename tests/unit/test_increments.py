@@ -6,14 +6,12 @@ Synthetic digits throughout, except the drift test, which uses 500 real MNIST di
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from mnist_tasks import idx, increment_files, userfiles
 from mnist_tasks.config import ConfigError
@@ -31,20 +29,13 @@ from mnist_tasks.increments import (
     validate_increment,
 )
 from mnist_tasks.userfiles import UserFileError
-
-
-def digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n distinct random 'digits' (sparse ink) and labels cycling 0..9."""
-    rng = np.random.default_rng(seed)
-    images = np.where(rng.random((n, 28, 28)) < 0.2, rng.integers(1, 256, (n, 28, 28)), 0)
-    return images.astype(np.uint8), (np.arange(n) % 10).astype(np.uint8)
+from tests.helpers import gz_idx, land_files, png, reference_data
+from tests.helpers import sparse_digits as digits
 
 
 @pytest.fixture(scope="module")
 def base() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x, y = digits(2000, seed=1)
-    x_test, _ = digits(300, seed=2)
-    return x, y, x_test
+    return reference_data()
 
 
 @pytest.fixture(scope="module")
@@ -55,28 +46,6 @@ def reference(base: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Reference:
 def land(root: Path, inc_id: str, images: np.ndarray, labels: np.ndarray, *,
          fmt: str = "idx") -> Path:
     return write_increment(root, inc_id, images, labels, fmt=fmt)
-
-
-def raw_folder(root: Path, inc_id: str, files: dict[str, bytes], *, marker: bool = True) -> Path:
-    folder = root / "increments" / inc_id
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(data)
-    if marker:
-        (folder / MARKER).write_bytes(b"")
-    return folder
-
-
-def gz_idx(arr: np.ndarray) -> bytes:
-    return gzip.compress(idx.encode_idx(arr), mtime=0)
-
-
-def png_bytes(arr: np.ndarray, mode: str | None = None) -> bytes:
-    buf = io.BytesIO()
-    img = Image.fromarray(arr) if mode is None else Image.fromarray(arr).convert(mode)
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def only(root: Path) -> increment_files.IncrementRef:
@@ -92,10 +61,10 @@ def test_discover_sorts_complete_and_names_incomplete_and_invalid(tmp_path: Path
     x, y = digits(20, seed=3)
     land(tmp_path, "2026-11-27", x, y)
     land(tmp_path, "2026-11-20", x, y)
-    raw_folder(tmp_path, "2026-12-01", {"images-idx3-ubyte.gz": gz_idx(x)}, marker=False)
-    raw_folder(tmp_path, "-bad", {"images-idx3-ubyte.gz": gz_idx(x)})
+    land_files(tmp_path, "2026-12-01", {"images-idx3-ubyte.gz": gz_idx(x)}, marker=False)
+    land_files(tmp_path, "-bad", {"images-idx3-ubyte.gz": gz_idx(x)})
     (tmp_path / "increments" / "stray.txt").write_text("hi")
-    raw_folder(tmp_path, ".uploading-x", {"images-idx3-ubyte.gz": b""})  # hidden: skipped
+    land_files(tmp_path, ".uploading-x", {"images-idx3-ubyte.gz": b""})  # hidden: skipped
     (tmp_path / "increments" / "2026-11-20" / ".notes").write_text("hidden")
     found = discover(f"file://{tmp_path}")
     assert [r.id for r in found.complete] == ["2026-11-20", "2026-11-27"]
@@ -118,7 +87,7 @@ def test_an_incomplete_folder_is_not_read_and_its_marker_makes_it_complete(
     tmp_path: Path,
 ) -> None:
     x, y = digits(20, seed=3)
-    folder = raw_folder(tmp_path, "late", {"images-idx3-ubyte.gz": b"partial upload"},
+    folder = land_files(tmp_path, "late", {"images-idx3-ubyte.gz": b"partial upload"},
                         marker=False)
     assert discover(str(tmp_path)).incomplete == ("late",)
     (folder / "images-idx3-ubyte.gz").write_bytes(gz_idx(x))
@@ -148,7 +117,7 @@ def test_idx_and_png_increments_of_the_same_digits_decode_and_hash_alike(tmp_pat
 def test_truncated_gzip_names_the_file(tmp_path: Path) -> None:
     x, y = digits(50, seed=5)
     data = gz_idx(x)
-    raw_folder(tmp_path, "cut", {"images-idx3-ubyte.gz": data[: len(data) // 2],
+    land_files(tmp_path, "cut", {"images-idx3-ubyte.gz": data[: len(data) // 2],
                                  "labels-idx1-ubyte.gz": gz_idx(y)})
     with pytest.raises(UserFileError, match=r"increments/cut/images-idx3-ubyte\.gz: truncated"):
         read_increment(only(tmp_path))
@@ -157,7 +126,7 @@ def test_truncated_gzip_names_the_file(tmp_path: Path) -> None:
 def test_label_out_of_range_names_the_file(tmp_path: Path) -> None:
     x, y = digits(20, seed=6)
     y[7] = 12
-    raw_folder(tmp_path, "bad-label", {"images-idx3-ubyte.gz": gz_idx(x),
+    land_files(tmp_path, "bad-label", {"images-idx3-ubyte.gz": gz_idx(x),
                                        "labels-idx1-ubyte.gz": gz_idx(y)})
     with pytest.raises(UserFileError, match=r"labels-idx1-ubyte\.gz: 1 labels out of range "
                                              r"0\.\.9 \(first: label 12 at index 7\)"):
@@ -168,15 +137,15 @@ def test_bad_idx_header_and_count_mismatch_name_the_file(tmp_path: Path) -> None
     x, y = digits(20, seed=7)
     bad = bytearray(idx.encode_idx(x))
     bad[2] = 0x42
-    raw_folder(tmp_path / "a", "hdr", {"images-idx3-ubyte.gz": gzip.compress(bytes(bad)),
+    land_files(tmp_path / "a", "hdr", {"images-idx3-ubyte.gz": gzip.compress(bytes(bad)),
                                        "labels-idx1-ubyte.gz": gz_idx(y)})
     with pytest.raises(UserFileError, match=r"hdr/images-idx3-ubyte\.gz: unknown IDX type"):
         read_increment(only(tmp_path / "a"))
-    raw_folder(tmp_path / "b", "count", {"images-idx3-ubyte.gz": gz_idx(x),
+    land_files(tmp_path / "b", "count", {"images-idx3-ubyte.gz": gz_idx(x),
                                          "labels-idx1-ubyte.gz": gz_idx(y[:19])})
     with pytest.raises(UserFileError, match=r"labels-idx1-ubyte\.gz: 19 labels for 20 images"):
         read_increment(only(tmp_path / "b"))
-    raw_folder(tmp_path / "c", "size", {"images-idx3-ubyte.gz": gz_idx(x[:, :27, :]),
+    land_files(tmp_path / "c", "size", {"images-idx3-ubyte.gz": gz_idx(x[:, :27, :]),
                                         "labels-idx1-ubyte.gz": gz_idx(y)})
     with pytest.raises(UserFileError, match=r"images are 27x28, expected 28x28"):
         read_increment(only(tmp_path / "c"))
@@ -184,9 +153,9 @@ def test_bad_idx_header_and_count_mismatch_name_the_file(tmp_path: Path) -> None
 
 def test_png_of_the_wrong_size_names_the_file(tmp_path: Path) -> None:
     x, _ = digits(3, seed=8)
-    raw_folder(tmp_path, "big", {
-        "3/a.png": png_bytes(x[0]),
-        "3/b.png": png_bytes(np.zeros((32, 32), dtype=np.uint8)),
+    land_files(tmp_path, "big", {
+        "3/a.png": png(x[0]),
+        "3/b.png": png(np.zeros((32, 32), dtype=np.uint8)),
     })
     with pytest.raises(UserFileError, match=r"increments/big/3/b\.png: PNG is 32x32, "
                                              r"expected 28x28"):
@@ -196,39 +165,39 @@ def test_png_of_the_wrong_size_names_the_file(tmp_path: Path) -> None:
 def test_png_modes_convert_to_grayscale_and_16_bit_is_refused(tmp_path: Path) -> None:
     gray = digits(1, seed=9)[0][0]
     rgba = np.dstack([gray, gray, gray, np.full_like(gray, 255)])
-    raw_folder(tmp_path / "a", "colour", {"1/rgba.png": png_bytes(rgba),
-                                          "2/p.png": png_bytes(gray, "P")})
+    land_files(tmp_path / "a", "colour", {"1/rgba.png": png(rgba),
+                                          "2/p.png": png(gray, "P")})
     raw = read_increment(only(tmp_path / "a"))
     np.testing.assert_array_equal(raw.images[0], gray)  # R=G=B: luma is the gray value
     np.testing.assert_array_equal(raw.images[1], gray)
     assert raw.labels.tolist() == [1, 2]
-    raw_folder(tmp_path / "b", "deep", {"4/x.png": png_bytes(gray.astype(np.uint16) * 256)})
+    land_files(tmp_path / "b", "deep", {"4/x.png": png(gray.astype(np.uint16) * 256)})
     with pytest.raises(UserFileError, match=r"deep/4/x\.png: 16-bit grayscale PNG is not "):
         read_increment(only(tmp_path / "b"))
 
 
 def test_unreadable_png_and_unexpected_files_name_the_file(tmp_path: Path) -> None:
-    raw_folder(tmp_path / "a", "junk", {"5/x.png": b"not a png at all"})
+    land_files(tmp_path / "a", "junk", {"5/x.png": b"not a png at all"})
     with pytest.raises(UserFileError, match=r"junk/5/x\.png: unreadable PNG"):
         read_increment(only(tmp_path / "a"))
-    good = png_bytes(digits(1, seed=1)[0][0])
-    raw_folder(tmp_path / "b", "cut", {"5/x.png": good[: len(good) - 20]})
+    good = png(digits(1, seed=1)[0][0])
+    land_files(tmp_path / "b", "cut", {"5/x.png": good[: len(good) - 20]})
     with pytest.raises(UserFileError, match=r"cut/5/x\.png: unreadable PNG"):
         read_increment(only(tmp_path / "b"))
-    raw_folder(tmp_path / "c", "odd", {"5/x.png": good, "notes.txt": b"hi"})
+    land_files(tmp_path / "c", "odd", {"5/x.png": good, "notes.txt": b"hi"})
     with pytest.raises(UserFileError, match=r"odd/notes\.txt: unexpected file"):
         read_increment(only(tmp_path / "c"))
-    raw_folder(tmp_path / "d", "half", {"images-idx3-ubyte.gz": gz_idx(digits(2, 1)[0])})
+    land_files(tmp_path / "d", "half", {"images-idx3-ubyte.gz": gz_idx(digits(2, 1)[0])})
     with pytest.raises(UserFileError, match=r"half/labels-idx1-ubyte\.gz: missing"):
         read_increment(only(tmp_path / "d"))
-    raw_folder(tmp_path / "e", "empty", {})
+    land_files(tmp_path / "e", "empty", {})
     with pytest.raises(UserFileError, match=r"empty: empty increment"):
         read_increment(only(tmp_path / "e"))
 
 
 def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     x, _ = digits(5, seed=10)
-    folder = raw_folder(tmp_path, "fifo", {"images-idx3-ubyte.gz": gz_idx(x)})
+    folder = land_files(tmp_path, "fifo", {"images-idx3-ubyte.gz": gz_idx(x)})
     os.mkfifo(folder / "labels-idx1-ubyte.gz")
     with pytest.raises(UserFileError, match=r"labels-idx1-ubyte\.gz: not a regular file"):
         read_increment(only(tmp_path))
@@ -239,7 +208,7 @@ def test_symlinks_may_not_leave_the_source_folder(tmp_path: Path) -> None:
     outside = tmp_path / "outside.gz"
     outside.write_bytes(gz_idx(y))
     src = tmp_path / "src"
-    folder = raw_folder(src, "link", {"images-idx3-ubyte.gz": gz_idx(x)})
+    folder = land_files(src, "link", {"images-idx3-ubyte.gz": gz_idx(x)})
     (folder / "labels-idx1-ubyte.gz").symlink_to(outside)
     with pytest.raises(UserFileError, match=r"labels-idx1-ubyte\.gz: a symbolic link .* "
                                              r"outside the source folder"):
@@ -439,7 +408,7 @@ def test_check_all_quarantines_bad_increments_and_goes_on(
     land(tmp_path, "a-good", x[:40], y[:40])
     land(tmp_path, "b-repeat", x[:40], y[:40])  # the same digits again: all duplicates
     data = gz_idx(x)
-    cut = raw_folder(tmp_path, "c-cut", {"images-idx3-ubyte.gz": data[:-30],
+    cut = land_files(tmp_path, "c-cut", {"images-idx3-ubyte.gz": data[:-30],
                                          "labels-idx1-ubyte.gz": gz_idx(y)})
     land(tmp_path, "d-png", x[40:], y[40:], fmt="png")
     results = check_all(discover(str(tmp_path)), reference, IncrementPolicy())
@@ -454,3 +423,5 @@ def test_check_all_quarantines_bad_increments_and_goes_on(
     with pytest.raises(IncrementQuarantined, match=r"b-repeat .*; c-cut \(.*truncated gzip"):
         raise_on_quarantine(results, IncrementPolicy(fail_on_quarantine=True))
     raise_on_quarantine(results, IncrementPolicy())  # a warning by default
+
+

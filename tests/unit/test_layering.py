@@ -1,4 +1,5 @@
-"""The library's layering: stages stand alone, and nothing in mnist_tasks imports Airflow.
+"""The layering: stages stand alone, nothing in mnist_tasks imports Airflow, and no test imports
+a conftest module or another test file.
 
 Read from the source with ``ast``, so imports inside functions (the lazy ones) count too.
 """
@@ -143,3 +144,17 @@ def test_the_registry_interface_needs_no_backend() -> None:
     for stage in ("check", "gate", "register"):
         mods = imported_modules((PACKAGE / f"{stage}.py").read_text(), stage)
         assert "mnist_tasks.registry" not in mods, stage
+
+
+def test_no_test_imports_a_conftest_or_a_test_file() -> None:
+    # Shared test code lives in plain modules (tests/helpers.py, integration/airflow_services.py):
+    # pytest loads a conftest itself, and a test file imported by another runs twice.
+    tests = Path(__file__).resolve().parents[1]
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        for module in imported_modules(path.read_text(), "tests"):
+            parts = module.split(".")
+            if parts[0] == "tests" and any(p == "conftest" or p.startswith("test_")
+                                           for p in parts[1:]):
+                found.append(f"{path.relative_to(tests)}: {module}")
+    assert found == []

@@ -22,15 +22,7 @@ from mnist_tasks.artifacts import load_keras_model
 from mnist_tasks.idx import encode_idx
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import LocalStore, StorageError
-from tests.helpers import synthetic_digits
-
-
-def png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
+from tests.helpers import png, synthetic_digits
 
 
 @pytest.fixture

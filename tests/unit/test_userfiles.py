@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import io
 import struct
 import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from mnist_tasks import userfiles
 from mnist_tasks.idx import encode_idx
 from mnist_tasks.userfiles import UserFileError, decode_idx_images, decode_png, is_skipped_name
+from tests.helpers import png
 
 URI = "file:///landing/b1/x.png"
-
-
-def png(arr: np.ndarray, mode: str | None = None) -> bytes:
-    buf = io.BytesIO()
-    (Image.fromarray(arr, mode) if mode else Image.fromarray(arr)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def header_only(width: int, height: int, depth: int = 8, colour: int = 0) -> bytes:

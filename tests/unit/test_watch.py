@@ -15,29 +15,13 @@ from mnist_tasks.demo_data import write_increment
 from mnist_tasks.storage import LocalStore, StorageError
 from mnist_tasks.userfiles import MARKER
 from mnist_tasks.watch import announce_new, announced_key
-
-
-def digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n distinct random 'digits' (sparse ink) and labels cycling 0..9."""
-    rng = np.random.default_rng(seed)
-    images = np.where(rng.random((n, 28, 28)) < 0.2, rng.integers(1, 256, (n, 28, 28)), 0)
-    return images.astype(np.uint8), (np.arange(n) % 10).astype(np.uint8)
+from tests.helpers import land_files
+from tests.helpers import sparse_digits as digits
 
 
 def land(root: Path, inc_id: str, images: np.ndarray, labels: np.ndarray, *,
          fmt: str = "idx") -> Path:
     return write_increment(root, inc_id, images, labels, fmt=fmt)
-
-
-def raw_folder(root: Path, inc_id: str, files: dict[str, bytes], *, marker: bool = True) -> Path:
-    """An increment folder holding exactly ``files`` (whatever their bytes)."""
-    folder = root / "increments" / inc_id
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (folder / name).write_bytes(data)
-    if marker:
-        (folder / MARKER).write_bytes(b"")
-    return folder
 
 
 class _HookedStore(LocalStore):
@@ -83,7 +67,7 @@ def test_announce_new_returns_each_complete_increment_once(tmp_path: Path) -> No
     x, y = digits(20, seed=3)
     land(source, "2026-11-27", x, y)
     land(source, "2026-11-20", x, y, fmt="png")
-    raw_folder(source, "2026-12-01", {"images-idx3-ubyte.gz": b"partial"}, marker=False)
+    land_files(source, "2026-12-01", {"images-idx3-ubyte.gz": b"partial"}, marker=False)
     assert announce_new(str(source), store, announcer="run-1") == ["2026-11-20", "2026-11-27"]
     assert announce_new(f"file://{source}", store) == []  # the same source, spelled otherwise
     (source / "increments" / "2026-12-01" / MARKER).write_bytes(b"")  # its upload finished
@@ -98,7 +82,7 @@ def test_announce_new_returns_each_complete_increment_once(tmp_path: Path) -> No
 def test_announce_new_reads_no_increment(tmp_path: Path) -> None:
     """Only the listing: files that ingest will quarantine are announced all the same."""
     source, store = tmp_path / "source", LocalStore(tmp_path / "store")
-    raw_folder(source, "garbage", {"images-idx3-ubyte.gz": b"not gzip",
+    land_files(source, "garbage", {"images-idx3-ubyte.gz": b"not gzip",
                                    "labels-idx1-ubyte.gz": b""})
     assert announce_new(str(source), store) == ["garbage"]
 
