@@ -28,10 +28,12 @@ from typing import Any
 
 import pytest
 
-from mnist_tasks import score
+from mnist_tasks import score, scoring_index
 from mnist_tasks.config import run_key
 from mnist_tasks.idx import decompress, encode_idx, parse_idx
 from mnist_tasks.registry import Registry
+from mnist_tasks.scoring_batches import write_batch
+from mnist_tasks.scoring_outputs import is_committed, output_prefix
 from mnist_tasks.storage import S3Store
 from tests.integration.airflow_services import REPO, ApiClient, wait_for_run
 from tests.integration.conftest import (
@@ -103,7 +105,7 @@ def test_registry_events_start_scoring_with_nothing_triggered_by_hand(
     x = parse_idx(decompress(images.read_bytes(), source=str(images)), source=str(images))[:N]
     landing = S3Store(DEPLOYMENT_BUCKET, f"{SCORING_PREFIX}/landing",
                       client_kwargs=deployment.s3_client_kwargs)
-    score.write_batch(landing, BATCH, {"batch-idx3-ubyte.gz": gzip.compress(encode_idx(x))})
+    write_batch(landing, BATCH, {"batch-idx3-ubyte.gz": gzip.compress(encode_idx(x))})
     seen = {r["dag_run_id"] for r in _scoring_runs(api)}
 
     # 2. A training run registers v1; its asset event starts scoring.
@@ -119,8 +121,8 @@ def test_registry_events_start_scoring_with_nothing_triggered_by_hand(
         f"scoring/mnist-classifier/runs/{run_key(first['dag_run_id'])}/plan.json"))
     assert (planned["model_version"], planned["resolved_from"]) == (1, "event")
     assert planned["batches"] == [BATCH]
-    assert score.is_committed(store, cfg, BATCH, 1)
-    scored = score.scored_batches(store)[1][0]
+    assert is_committed(store, cfg, BATCH, 1)
+    scored = scoring_index.scored_batches(store)[1][0]
     assert scored["images"] == N and scored["run_id"] == first["dag_run_id"]
 
     # 3. v2 promoted through the CLI, which posts the event: re-scored beside v1.
@@ -130,8 +132,8 @@ def test_registry_events_start_scoring_with_nothing_triggered_by_hand(
     assert "champion -> v2 (was v1); asset event" in _registry_cli(deployment, "promote", "2")
     second = _next_event_run(deployment, seen)
     assert second["state"] == "success"
-    assert score.is_committed(store, cfg, BATCH, 2) and score.is_committed(store, cfg, BATCH, 1)
-    v1_manifest = store.read_bytes(f"{score.output_prefix(cfg, BATCH, 1)}/MANIFEST.json")
+    assert is_committed(store, cfg, BATCH, 2) and is_committed(store, cfg, BATCH, 1)
+    v1_manifest = store.read_bytes(f"{output_prefix(cfg, BATCH, 1)}/MANIFEST.json")
 
     # 4. Rolled back: a run pinned to v1 from the event; already scored, nothing rewritten.
     assert "champion -> v1 (was v2); asset event" in _registry_cli(deployment, "rollback")
@@ -140,4 +142,4 @@ def test_registry_events_start_scoring_with_nothing_triggered_by_hand(
         f"scoring/mnist-classifier/runs/{run_key(third['dag_run_id'])}/plan.json"))
     assert (planned["model_version"], planned["resolved_from"]) == (1, "event")
     assert planned["batches"] == [] and planned["skipped"] == {BATCH: "already scored with v1"}
-    assert store.read_bytes(f"{score.output_prefix(cfg, BATCH, 1)}/MANIFEST.json") == v1_manifest
+    assert store.read_bytes(f"{output_prefix(cfg, BATCH, 1)}/MANIFEST.json") == v1_manifest
