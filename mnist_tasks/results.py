@@ -581,7 +581,7 @@ class ScorePlan:
 
     model_version: int
     model_uri: str
-    resolved_from: str  # event (a registry event's version) or champion (the alias)
+    resolved_from: Literal["event", "champion"]  # a registry event's version, or the alias
     batches: tuple[str, ...]
     skipped: dict[str, str]  # batch -> why not scored
     run_key: str

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from mnist_tasks.artifacts import (
     json_default,
@@ -91,7 +91,7 @@ class PinnedModel:
 
     version: int
     uri: str
-    resolved_from: str  # event or champion
+    resolved_from: Literal["event", "champion"]
 
 
 @dataclass(frozen=True)
