@@ -36,6 +36,9 @@ from mnist_tasks.artifacts import save_npz
 from mnist_tasks.config import DEFAULT_MODEL_NAME, train_config
 from mnist_tasks.idx import decompress, parse_idx
 from mnist_tasks.registry import Registry
+from mnist_tasks.results import ScoreShard
+from mnist_tasks.scoring_batches import write_batch
+from mnist_tasks.scoring_outputs import read_manifest
 from mnist_tasks.storage import LocalStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,8 +86,9 @@ def main() -> None:
         # The staged batch the stage's shards read (as prepare leaves it).
         staging = "scoring/bench/staging"
         save_npz(store, f"{staging}/images.npz", {"images": x, "ids": np.arange(len(x))})
-        shards = [{"batch": "bench", "version": 1, "staging": staging, "index": i,
-                   "start": i * cfg.shard_size, "stop": min(len(x), (i + 1) * cfg.shard_size)}
+        shards = [ScoreShard(batch="bench", version=1, staging=staging, index=i,
+                             start=i * cfg.shard_size,
+                             stop=min(len(x), (i + 1) * cfg.shard_size), model_uri="")
                   for i in range((len(x) + cfg.shard_size - 1) // cfg.shard_size)]
         model.predict(x[:2048].astype(np.float32) / 255, batch_size=1024, verbose=0)  # warm-up
         plain, stage = [], []
@@ -105,12 +109,12 @@ def main() -> None:
         end_to_end, parts = [], []
         for r in range(args.repeats):
             batch = f"pngs-{r}"
-            score.write_batch(landing, batch, files)
+            write_batch(landing, batch, files)
             start = time.perf_counter()
             result = score.score_batches(cfg, store, landing, f"bench-e2e-{r}", batches=[batch])
             end_to_end.append(time.perf_counter() - start)
-            manifest = score.scored_batches(store)[1][-1]
-            assert result["images"] == len(x) and manifest["batch"] == batch
+            manifest = read_manifest(store, cfg, batch, 1)  # the summaries keep no timing
+            assert result.images == len(x) and manifest["batch"] == batch
             parts.append(manifest["timing"])
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -40,6 +40,7 @@ from typing import Any
 
 from mnist_tasks import score, scoring_index
 from mnist_tasks.registry import Registry
+from mnist_tasks.scoring_outputs import ERRORS, PREDICTIONS, SCHEMA, output_prefix
 from mnist_tasks.storage import LocalStore, S3Store, Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def _plugin() -> Any:
 def _manifest(batch: str, version: int, i: int) -> dict[str, Any]:
     commit = f"scheduled__2026-11-{1 + i % 28:02d}T03_00_00_00_00-1a2b3c4d.5e6f7a8b"
     return {
-        "schema": score.SCHEMA, "batch": batch, "model_name": MODEL, "model_version": version,
+        "schema": SCHEMA, "batch": batch, "model_name": MODEL, "model_version": version,
         "input_uri": f"s3://landing/{batch}", "input_sha256": f"{i:064x}",
         "counts": {"files": 1, "images": 2000, "skipped_files": i % 3, "shards": 1},
         "timing": {"decode_s": 0.2, "score_s": 0.2, "images_per_s": 10000.0, "commit_s": 0.1},
@@ -70,7 +71,7 @@ def _manifest(batch: str, version: int, i: int) -> dict[str, Any]:
                    "confidence_threshold": 0.5},
         "commit": commit,
         "files": {name: {"path": f"{commit}/{name}", "sha256": f"{i:064x}", "size": 1}
-                  for name in (score.PREDICTIONS, score.ERRORS)},
+                  for name in (PREDICTIONS, ERRORS)},
         "run_id": f"scheduled__2026-11-{1 + i % 28:02d}T03:00:00+00:00",
         "created_at": "2026-11-22T03:00:00.000+00:00",
     }
@@ -97,7 +98,7 @@ def build(store: Store, landing: Store | None, n_batches: int, versions: int) ->
     for i, batch in enumerate(batches):
         version = min(versions, 1 + i // per_version)
         manifests.setdefault(version, []).append(_manifest(batch, version, i))
-    outputs = [(f"{score.output_prefix(score.ScoringConfig(landing='-'), m['batch'], v)}/"
+    outputs = [(f"{output_prefix(score.ScoringConfig(landing='-'), m['batch'], v)}/"
                 f"{scoring_index.MANIFEST}", json.dumps(m).encode())
                for v, ms in manifests.items() for m in ms]
     if landing is not None:
@@ -273,7 +274,7 @@ def main() -> None:
                 counter.attach(s3st, landing_s3)
                 with counter.counting() as requests:
                     planned = score.plan(cfg, s3st, landing_s3, "measured")
-                assert planned["batches"] == [], planned
+                assert planned.batches == (), planned
                 s3_requests.append(requests[0])
             ratio_s = local_s[1] / local_s[0]
             ratio_r = s3_requests[1] / s3_requests[0]

@@ -674,6 +674,11 @@ def _scoring(environ: Mapping[str, str] = os.environ) -> tuple[Any, Any, Any]:
             open_store(cfg.landing, client_kwargs=kwargs))
 
 
+# Each scoring task's input, the typed result of the task before it (see :func:`typed`).
+INPUTS.update({"prepare": results.ScorePlan, "score": results.ScoreShard,
+               "commit": results.ScorePlan, "health": results.ScoreCommit})
+
+
 def _registry_events(ctx: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The extras of the registry asset's events that triggered this run, oldest first."""
     events: list[Any] = []
@@ -696,17 +701,18 @@ def score_plan() -> dict[str, Any]:
     cfg, store, landing = _scoring()
     events = _registry_events(ctx)
     try:
-        planned = run_stage("plan", score.plan, cfg, store, landing,
-                            config.run_key(ctx["run_id"]), events)
+        xcom = run_stage("plan", score.plan, cfg, store, landing, config.run_key(ctx["run_id"]),
+                         events)
     except score.NoChampion as exc:
         raise AirflowSkipException(str(exc)) from None
-    log.info("MODEL VERSION %s v%s pinned for this run (from the %s%s)", cfg.model_name,
-             planned["model_version"], planned["resolved_from"],
+    planned = results.from_json(results.ScorePlan, xcom)
+    log.info("MODEL VERSION %s v%d pinned for this run (from the %s%s)", cfg.model_name,
+             planned.model_version, planned.resolved_from,
              f"; {len(events)} registry event(s)" if events else "")
-    if not planned["batches"]:
+    if not planned.batches:
         raise AirflowSkipException("nothing to score: no new batch, and the recent ones are "
-                                   f"scored with v{planned['model_version']}")
-    return planned
+                                   f"scored with v{planned.model_version}")
+    return xcom
 
 
 def score_prepare(planned: dict[str, Any]) -> list[dict[str, Any]]:
@@ -714,7 +720,9 @@ def score_prepare(planned: dict[str, Any]) -> list[dict[str, Any]]:
     from mnist_tasks import score
 
     cfg, store, landing = _scoring()
-    return list(run_stage("prepare", score.prepare, cfg, store, landing, planned)["shards"])
+    prepared = run_stage("prepare", score.prepare, cfg, store, landing,
+                         typed("prepare", planned))
+    return list(prepared["shards"])
 
 
 def score_shard(shard: dict[str, Any]) -> dict[str, Any]:
@@ -722,7 +730,7 @@ def score_shard(shard: dict[str, Any]) -> dict[str, Any]:
     from mnist_tasks import score
 
     cfg, store, _ = _scoring()
-    return run_stage("score", score.score_shard, cfg, store, shard)
+    return run_stage("score", score.score_shard, cfg, store, typed("score", shard))
 
 
 def score_commit(planned: dict[str, Any]) -> dict[str, Any]:
@@ -736,8 +744,8 @@ def score_commit(planned: dict[str, Any]) -> dict[str, Any]:
     try:
         # What prepare staged and the shards' results are read from the store, not XCom: the
         # mapped task has no XCom when there were no shards (every batch rejected).
-        return run_stage("commit", score.commit, cfg, store, planned, None, (),
-                         _context()["run_id"])
+        return run_stage("commit", score.commit, cfg, store, typed("commit", planned),
+                         None, (), _context()["run_id"])
     except score.BatchRejected as exc:
         raise AirflowFailException(str(exc)) from None
 
@@ -757,22 +765,19 @@ def health(committed: dict[str, Any]) -> dict[str, Any]:
     """The scoring run's drift ALARMs as an event of :data:`MODEL_HEALTH`; none: skipped."""
     from airflow.sdk.exceptions import AirflowSkipException
 
-    from mnist_tasks import score
+    from mnist_tasks.scoring_monitor import drift_alarms
 
     cfg, store, _ = _scoring()
-    version = int(committed["model_version"])
-    alarms = []
-    for batch in committed.get("committed", []):
-        monitor = score.read_manifest(store, cfg, batch, version).get("monitor") or {}
-        if monitor.get("status") == "ALARM":
-            alarms.append({"batch": batch, "fired": monitor.get("fired", [])})
+    run = typed("health", committed)
+    alarms = drift_alarms(store, cfg, run)
     if not alarms:
         raise AirflowSkipException("no drift alarm in this run's batches")
-    extra = {"kind": "drift", "model_version": version, "alarms": alarms}
+    extra = {"kind": "drift", "model_version": run.model_version,
+             "alarms": [results.to_json(a) for a in alarms]}
     _context()["outlet_events"][MODEL_HEALTH].extra = extra
     message = (f"DRIFT ALARM on {len(alarms)} batch(es) scored with {cfg.model_name} "
-               f"v{version}: " + "; ".join(f"{a['batch']} ({', '.join(a['fired'])})"
-                                           for a in alarms))
+               f"v{run.model_version}: " + "; ".join(f"{a.batch} ({', '.join(a.fired)})"
+                                                     for a in alarms))
     notify(_context(), message)
     return extra
 

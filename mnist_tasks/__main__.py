@@ -301,7 +301,7 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
     """The ``score`` command: :func:`mnist_tasks.score.score_batches` in this process."""
     import dataclasses
 
-    from mnist_tasks import config, score
+    from mnist_tasks import config, results, score, scoring_index
     from mnist_tasks.storage import open_store
 
     store_uri = _params(args)["store"]
@@ -314,15 +314,15 @@ def _score(args: argparse.Namespace) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, **changes)
     config.cli_location(cfg.landing, "landing")  # also one from MNIST_SCORING_LANDING
     if args.rebuild_summaries:
-        added = score.rebuild_summaries(open_store(store_uri), cfg.model_name)
+        added = scoring_index.rebuild_summaries(open_store(store_uri), cfg.model_name)
         return {"summaries": {f"v{v}": n for v, n in added.items()}}
     # A run's plan is recorded under its key and reused by a retry: two runs started within
     # the same second must not share one (microseconds in the default id).
     run_id = args.run_id or datetime.now(UTC).strftime("manual__%Y%m%dT%H%M%S%f")
     events = [{"version": args.version}] if args.version is not None else []
-    return score.score_batches(cfg, open_store(store_uri), open_store(cfg.landing),
-                               config.run_key(run_id), batches=args.batch, events=events,
-                               run_id=run_id)
+    return results.to_json(score.score_batches(
+        cfg, open_store(store_uri), open_store(cfg.landing), config.run_key(run_id),
+        batches=args.batch, events=events, run_id=run_id))
 
 
 def _feedback(args: argparse.Namespace) -> dict[str, Any]:

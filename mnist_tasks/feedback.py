@@ -261,17 +261,19 @@ def process_batch(cfg: FeedbackConfig, store: Store, feedback: Store, landing: S
         FeedbackError: naming the batch or file: no marker, no CSV, a bad header, a batch
             never scored, no label that matches an image of the batch.
     """
-    from mnist_tasks import score
+    from mnist_tasks.config import ScoringConfig
+    from mnist_tasks.scoring_batches import read_batch
+    from mnist_tasks.scoring_outputs import PREDICTIONS, is_committed, read_output
 
     files, labelled, problems, duplicates = read_feedback(feedback, batch)
-    scfg = score.ScoringConfig(landing=landing.uri, model_name=cfg.model_name)
+    scfg = ScoringConfig(landing=landing.uri, model_name=cfg.model_name)
     versions = sorted(int(v[1:]) for v in store.list_children(
         f"scoring/{cfg.model_name}/batches/{batch}") if re.fullmatch(r"v\d{6}", v)
-        and score.is_committed(store, scfg, batch, int(v[1:])))
+        and is_committed(store, scfg, batch, int(v[1:])))
     if not versions:
         raise FeedbackError(f"feedback for batch {batch!r}: the batch was never scored with "
                             f"{cfg.model_name} (no output in {store.uri})")
-    preds = {v: _predictions(score.read_output(store, scfg, batch, v, score.PREDICTIONS))
+    preds = {v: _predictions(read_output(store, scfg, batch, v, PREDICTIONS))
              for v in versions}
     known = set().union(*(p.keys() for p in preds.values()))
     for image_id, (_, name, line) in sorted(labelled.items(), key=lambda kv: kv[1][1:]):
@@ -297,11 +299,11 @@ def process_batch(cfg: FeedbackConfig, store: Store, feedback: Store, landing: S
                   for v in versions)
     inc = None
     if source is not None:
-        read = score.read_batch(landing, batch)
-        index = {image_id: i for i, image_id in enumerate(read["ids"])}
+        read = read_batch(landing, batch)
+        index = {image_id: i for i, image_id in enumerate(read.ids)}
         chosen = sorted((i for i in labels if i in index), key=index.__getitem__)  # batch order
         inc = increment_id(batch, feedback_id)
-        images = read["images"][[index[i] for i in chosen]]
+        images = read.images[[index[i] for i in chosen]]
         written = write_increment(source, inc, images,
                                   np.array([labels[i] for i in chosen], dtype=np.uint8))
         log.info("feedback: batch %s: %d labelled image(s) %s increment %s in %s", batch,

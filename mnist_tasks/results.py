@@ -1,4 +1,4 @@
-"""What each training stage returns: small frozen dataclasses, and their one JSON codec.
+"""What each stage returns: small frozen dataclasses, and their one JSON codec.
 
 A result holds references (URIs) and a few numbers, never arrays, and the references the next
 stages need, so the stages form a chain. :func:`to_json` makes the plain dict that XCom, the
@@ -569,3 +569,63 @@ class RegisterResult:
     decision: Verdict
     previous_champion: int | None
     promotion_skipped: str | None  # why a PROMOTE did not move the champion
+
+
+# --- score (the batch scoring DAG) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScorePlan:
+    """The model version a scoring run is pinned to and its batches; also its record,
+    ``scoring/<model>/runs/<run-key>/plan.json``."""
+
+    model_version: int
+    model_uri: str
+    resolved_from: Literal["event", "champion"]  # a registry event's version, or the alias
+    batches: tuple[str, ...]
+    skipped: dict[str, str]  # batch -> why not scored
+    run_key: str
+    planned_at: str
+
+
+@dataclass(frozen=True)
+class ScoreShard:
+    """One shard of a staged batch: what one mapped scoring task predicts."""
+
+    batch: str
+    version: int
+    staging: str  # the batch's staging folder
+    index: int
+    start: int  # the shard's images: [start, stop) of the batch
+    stop: int
+    model_uri: str
+
+
+@dataclass(frozen=True)
+class ScorePrepared:
+    """The staged batches, cut into shards, and those rejected (no readable image)."""
+
+    shards: tuple[ScoreShard, ...]
+    batches: tuple[str, ...]
+    rejected: dict[str, str]  # batch -> why
+
+
+@dataclass(frozen=True)
+class ShardScored:
+    batch: str
+    index: int
+    images: int
+    score_s: float  # predict time (0 when an earlier try had scored it)
+
+
+@dataclass(frozen=True)
+class ScoreCommit:
+    """What a scoring run committed, by batch; ``outputs``: each output's folder URI."""
+
+    model_version: int
+    committed: tuple[str, ...]
+    unchanged: tuple[str, ...]  # already committed with this version
+    rejected: dict[str, str]
+    skipped: dict[str, str]  # from the plan
+    images: int
+    outputs: dict[str, str]

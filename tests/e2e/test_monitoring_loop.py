@@ -21,6 +21,8 @@ from mnist_tasks.idx import decompress, encode_idx, parse_idx
 from mnist_tasks.increment_files import discover
 from mnist_tasks.monitor import REFERENCE_FILE, Forward, Reference
 from mnist_tasks.registry import Registry
+from mnist_tasks.scoring_batches import write_batch
+from mnist_tasks.scoring_outputs import read_manifest
 from mnist_tasks.storage import LocalStore
 from tests.helpers import AirflowCLI
 
@@ -66,8 +68,8 @@ def test_drift_alarm_then_feedback_alarm_then_an_increment_for_the_watch(
                       {"metrics": {"test_accuracy": benchmark}})
     registry.promote(1)
     landing = LocalStore(tmp_path / "store" / "landing")
-    score.write_batch(landing, "2026-12-01-clean", {"a-idx3-ubyte": encode_idx(x_test[:N])})
-    score.write_batch(landing, "2026-12-01-inverted",
+    write_batch(landing, "2026-12-01-clean", {"a-idx3-ubyte": encode_idx(x_test[:N])})
+    write_batch(landing, "2026-12-01-inverted",
                       {"a-idx3-ubyte": encode_idx(255 - x_test[N:2 * N])})
     source = tmp_path / "source"
     (source / "increments").mkdir(parents=True)
@@ -81,8 +83,8 @@ def test_drift_alarm_then_feedback_alarm_then_an_increment_for_the_watch(
     assert "MONITOR ALARM batch 2026-12-01-inverted" in log
     assert "DRIFT ALARM on 1 batch(es)" in log
     cfg = score.ScoringConfig(landing=landing.uri)
-    assert score.read_manifest(store, cfg, "2026-12-01-clean", 1)["monitor"]["status"] == "OK"
-    inverted = score.read_manifest(store, cfg, "2026-12-01-inverted", 1)["monitor"]
+    assert read_manifest(store, cfg, "2026-12-01-clean", 1)["monitor"]["status"] == "OK"
+    inverted = read_manifest(store, cfg, "2026-12-01-inverted", 1)["monitor"]
     assert inverted["status"] == "ALARM" and "confidence" in inverted["fired"]
 
     # 2. Labels come back for half the inverted batch: the live accuracy, its ALARM, and an

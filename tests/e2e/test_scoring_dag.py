@@ -26,9 +26,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mnist_tasks import score
+from mnist_tasks import score, scoring_index
 from mnist_tasks.idx import decompress, encode_idx, parse_idx
 from mnist_tasks.registry import Registry
+from mnist_tasks.scoring_batches import write_batch
+from mnist_tasks.scoring_outputs import read_manifest, read_output
 from mnist_tasks.storage import S3Store
 from tests.helpers import TEST_BUCKET, AirflowCLI, png
 
@@ -61,12 +63,12 @@ def _accuracy(model_path: Path, x: np.ndarray, y: np.ndarray) -> float:
 
 def _rows(store: S3Store, batch: str, version: int) -> list[dict[str, str]]:
     cfg = score.ScoringConfig(landing="unused")
-    data = score.read_output(store, cfg, batch, version, "predictions.csv")  # SHA-256 checked
+    data = read_output(store, cfg, batch, version, "predictions.csv")  # SHA-256 checked
     return list(csv.DictReader(io.StringIO(data.decode())))
 
 
 def _manifest(store: S3Store, batch: str, version: int) -> dict[str, Any]:
-    return score.read_manifest(store, score.ScoringConfig(landing="unused"), batch, version)
+    return read_manifest(store, score.ScoringConfig(landing="unused"), batch, version)
 
 
 def test_scoring_dag_scores_with_the_champion_and_rescores_after_a_promotion(
@@ -88,7 +90,7 @@ def test_scoring_dag_scores_with_the_champion_and_rescores_after_a_promotion(
 
     landing = S3Store(TEST_BUCKET, "store/landing")
     big_x, big_y = x_test[:N_BIG], y_test[:N_BIG]
-    score.write_batch(landing, "2026-11-22-a", {
+    write_batch(landing, "2026-11-22-a", {
         "images-idx3-ubyte.gz": gzip.compress(encode_idx(big_x), mtime=0)})
     png_x, png_y = x_test[N_BIG:N_BIG + N_PNG], y_test[N_BIG:N_BIG + N_PNG]
     files = {f"digit-{i:03d}.png": png(png_x[i]) for i in range(N_PNG)}
@@ -98,7 +100,7 @@ def test_scoring_dag_scores_with_the_champion_and_rescores_after_a_promotion(
         "half-idx3-ubyte": encode_idx(png_x[:10])[:-300],  # truncated IDX
         "scan.jpg": b"\xff\xd8\xff\xe0 not a png",
     })
-    score.write_batch(landing, "2026-11-22-b", files)
+    write_batch(landing, "2026-11-22-b", files)
 
     airflow = AirflowCLI(airflow_home, {
         "MNIST_STORE": store.uri,
@@ -129,7 +131,7 @@ def test_scoring_dag_scores_with_the_champion_and_rescores_after_a_promotion(
     png_pred = np.array([by_id[f"digit-{i:03d}.png"] for i in range(N_PNG)])
     assert float((png_pred == png_y).mean()) == pytest.approx(
         _accuracy(models[1], png_x, png_y), abs=1e-9)
-    errors = json.loads(score.read_output(store, score.ScoringConfig(landing="-"),
+    errors = json.loads(read_output(store, score.ScoringConfig(landing="-"),
                                           "2026-11-22-b", 1, "errors.json"))
     assert sorted(e["file"] for e in errors) == ["cut.png", "half-idx3-ubyte", "scan.jpg",
                                                  "wide.png"]
@@ -151,16 +153,16 @@ def test_scoring_dag_scores_with_the_champion_and_rescores_after_a_promotion(
     assert len(_rows(store, "2026-11-22-b", 2)) == N_PNG
     assert {k: store.read_bytes(k) for k in store.list("scoring") if "/v000001/" in k} \
         == v1_objects
-    assert sorted(m["batch"] for m in score.scored_batches(store)[2]) == [
+    assert sorted(m["batch"] for m in scoring_index.scored_batches(store)[2]) == [
         "2026-11-22-a", "2026-11-22-b"]
 
     # 3. A batch of nothing but bad files: no shard to score, and the run fails naming it.
-    score.write_batch(landing, "2026-11-22-c", {"x.png": b"garbage", "y.png": b"\x89PNG\r\n"})
+    write_batch(landing, "2026-11-22-c", {"x.png": b"garbage", "y.png": b"\x89PNG\r\n"})
     third = airflow("dags", "test", "mnist_batch_scoring")
     log = third.stdout + third.stderr
     assert third.returncode != 0, log[-5000:]
     assert "batch 2026-11-22-c" in log and "no readable image, nothing scored" in log
     assert "x.png: unreadable PNG" in log
     assert not store.list("scoring/mnist-classifier/batches/2026-11-22-c/v000002")
-    assert sorted(m["batch"] for m in score.scored_batches(store)[2]) == [
+    assert sorted(m["batch"] for m in scoring_index.scored_batches(store)[2]) == [
         "2026-11-22-a", "2026-11-22-b"]

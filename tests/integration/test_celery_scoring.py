@@ -34,11 +34,13 @@ from typing import Any
 
 import pytest
 
-from mnist_tasks import score
+from mnist_tasks import score, scoring_index
 from mnist_tasks.config import run_key
 from mnist_tasks.idx import decompress, encode_idx, parse_idx
 from mnist_tasks.increment_files import discover
 from mnist_tasks.registry import Registry
+from mnist_tasks.scoring_batches import write_batch
+from mnist_tasks.scoring_outputs import is_committed, output_prefix
 from mnist_tasks.storage import S3Store
 from tests.integration.airflow_services import (
     DAG_ID,
@@ -117,7 +119,7 @@ def test_registry_events_start_scoring_with_nothing_triggered_by_hand(
     x = parse_idx(decompress(images.read_bytes(), source=str(images)), source=str(images))[:N]
     landing = S3Store(DEPLOYMENT_BUCKET, f"{SCORING_PREFIX}/landing",
                       client_kwargs=deployment.s3_client_kwargs)
-    score.write_batch(landing, BATCH, {"batch-idx3-ubyte.gz": gzip.compress(encode_idx(x))})
+    write_batch(landing, BATCH, {"batch-idx3-ubyte.gz": gzip.compress(encode_idx(x))})
     seen = {r["dag_run_id"] for r in _scoring_runs(api)}
 
     # 2. A training run registers v1; its asset event starts scoring.
@@ -133,8 +135,8 @@ def test_registry_events_start_scoring_with_nothing_triggered_by_hand(
         f"scoring/mnist-classifier/runs/{run_key(first['dag_run_id'])}/plan.json"))
     assert (planned["model_version"], planned["resolved_from"]) == (1, "event")
     assert planned["batches"] == [BATCH]
-    assert score.is_committed(store, cfg, BATCH, 1)
-    scored = score.scored_batches(store)[1][0]
+    assert is_committed(store, cfg, BATCH, 1)
+    scored = scoring_index.scored_batches(store)[1][0]
     assert scored["images"] == N and scored["run_id"] == first["dag_run_id"]
 
     # 3. v2 promoted through the CLI, which posts the event: re-scored beside v1.
@@ -144,8 +146,8 @@ def test_registry_events_start_scoring_with_nothing_triggered_by_hand(
     assert "champion -> v2 (was v1); asset event" in _registry_cli(deployment, "promote", "2")
     second = _next_event_run(deployment, seen)
     assert second["state"] == "success"
-    assert score.is_committed(store, cfg, BATCH, 2) and score.is_committed(store, cfg, BATCH, 1)
-    v1_manifest = store.read_bytes(f"{score.output_prefix(cfg, BATCH, 1)}/MANIFEST.json")
+    assert is_committed(store, cfg, BATCH, 2) and is_committed(store, cfg, BATCH, 1)
+    v1_manifest = store.read_bytes(f"{output_prefix(cfg, BATCH, 1)}/MANIFEST.json")
 
     # 4. Rolled back: a run pinned to v1 from the event; already scored, nothing rewritten.
     assert "champion -> v1 (was v2); asset event" in _registry_cli(deployment, "rollback")
@@ -154,7 +156,7 @@ def test_registry_events_start_scoring_with_nothing_triggered_by_hand(
         f"scoring/mnist-classifier/runs/{run_key(third['dag_run_id'])}/plan.json"))
     assert (planned["model_version"], planned["resolved_from"]) == (1, "event")
     assert planned["batches"] == [] and planned["skipped"] == {BATCH: "already scored with v1"}
-    assert store.read_bytes(f"{score.output_prefix(cfg, BATCH, 1)}/MANIFEST.json") == v1_manifest
+    assert store.read_bytes(f"{output_prefix(cfg, BATCH, 1)}/MANIFEST.json") == v1_manifest
 
 
 LOOP_BATCH = "2026-12-05-loop"
@@ -178,11 +180,11 @@ def test_feedback_closes_the_loop_under_the_scheduler(celery_deployment: CeleryD
     x = _read_mnist(deployment, "train-images-idx3-ubyte.gz")[50_000:50_000 + LOOP_N]
     y = _read_mnist(deployment, "train-labels-idx1-ubyte.gz")[50_000:50_000 + LOOP_N]
     landing = S3Store(DEPLOYMENT_BUCKET, f"{SCORING_PREFIX}/landing", client_kwargs=kwargs)
-    score.write_batch(landing, LOOP_BATCH, {"a-idx3-ubyte": encode_idx(x)})
+    write_batch(landing, LOOP_BATCH, {"a-idx3-ubyte": encode_idx(x)})
     run = api.json("POST", f"/api/v2/dags/{SCORING_DAG_ID}/dagRuns",
                    json={"logical_date": None, "conf": {}})
     wait_for_run(api, deployment.services, SCORING_DAG_ID, run["dag_run_id"], RUN_TIMEOUT_S)
-    assert score.is_committed(store, cfg, LOOP_BATCH, champion)
+    assert is_committed(store, cfg, LOOP_BATCH, champion)
 
     # 2. Labels come back for every image, and the feedback DAG is switched on.
     rows = "".join(f"a-idx3-ubyte#{i},{label}\n" for i, label in enumerate(y.tolist()))

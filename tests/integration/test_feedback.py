@@ -15,6 +15,8 @@ from mnist_tasks import score
 from mnist_tasks.increment_files import discover
 from mnist_tasks.increments import IncrementPolicy, Reference, check_all
 from mnist_tasks.registry import Registry
+from mnist_tasks.scoring_batches import write_batch
+from mnist_tasks.scoring_outputs import PREDICTIONS, read_output
 from mnist_tasks.storage import LocalStore
 from tests.helpers import png, synthetic_digits
 
@@ -33,13 +35,13 @@ def scored(tmp_path: Path, model_file: Path) -> dict:
         reg.register(run, {"model.keras": model_file}, {"metrics": {"test_accuracy": 0.9}})
     reg.promote(1)
     x, y = synthetic_digits(N, seed=21)
-    score.write_batch(landing, "b1", {f"img-{i:03d}.png": png(x[i]) for i in range(N)})
+    write_batch(landing, "b1", {f"img-{i:03d}.png": png(x[i]) for i in range(N)})
     cfg = score.ScoringConfig(landing=landing.uri, rescore_window=0)
     score.score_batches(cfg, store, landing, "run-1", batches=["b1"])
     score.score_batches(cfg, store, landing, "run-2", batches=["b1"],
                         events=[{"version": 2}])
     rows = {v: {r["image_id"]: int(r["predicted"]) for r in csv.DictReader(io.StringIO(
-        score.read_output(store, cfg, "b1", v, score.PREDICTIONS).decode()))} for v in (1, 2)}
+        read_output(store, cfg, "b1", v, PREDICTIONS).decode()))} for v in (1, 2)}
     return {"store": store, "landing": landing, "feedback": feedback, "source": source,
             "x": x, "y": y, "predicted": rows}
 

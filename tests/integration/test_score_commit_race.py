@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from mnist_tasks import score
+from mnist_tasks import score, scoring_index
 from mnist_tasks.artifacts import load_npz, save_npz
 from mnist_tasks.idx import encode_idx
 from mnist_tasks.registry import Registry
+from mnist_tasks.scoring_batches import write_batch
+from mnist_tasks.scoring_outputs import output_key, output_prefix, read_manifest, read_output
 from mnist_tasks.storage import Store
 from tests.helpers import synthetic_digits
 
@@ -30,15 +32,15 @@ def _staged_by_two_runs(store: Store, model_file: Path) -> tuple[score.ScoringCo
     registry = Registry(store)
     registry.register("run-a", {"model.keras": model_file}, {})
     registry.promote(1)
-    score.write_batch(landing, "b001", {"a-idx3-ubyte": encode_idx(synthetic_digits(12)[0])})
+    write_batch(landing, "b001", {"a-idx3-ubyte": encode_idx(synthetic_digits(12)[0])})
     cfg = score.ScoringConfig(landing=landing.uri, shard_size=5)
     staging = []
     for run in ("run1", "run2"):
         planned = score.plan(cfg, store, landing, run, batches=["b001"])
         prepared = score.prepare(cfg, store, landing, planned)
-        for shard in prepared["shards"]:
+        for shard in prepared.shards:
             score.score_shard(cfg, store, shard)
-        staging.append(prepared["shards"][0]["staging"])
+        staging.append(prepared.shards[0].staging)
     key = f"{staging[1]}/shard-00000.npz"
     arrays = load_npz(store, key, COLUMNS, optional=("score_s",))
     arrays["probability"] = arrays["probability"] * 0.999
@@ -49,7 +51,7 @@ def _staged_by_two_runs(store: Store, model_file: Path) -> tuple[score.ScoringCo
 @pytest.mark.parametrize("held_at", ["write", "publish"])
 def test_overlapping_commits_never_mix(store: Store, model_file: Path, held_at: str) -> None:
     cfg, staging = _staged_by_two_runs(store, model_file)
-    second: list[dict] = []
+    second: list[score.BatchCommit] = []
 
     def hold(step: str) -> None:  # the first commit, held here: the second one runs fully
         if step == held_at and not second:
@@ -59,18 +61,18 @@ def test_overlapping_commits_never_mix(store: Store, model_file: Path, held_at: 
     first = score.commit_batch(cfg, store, "b001", 1, staging[0], run_id="run1",
                                run_key="run1", hook=hold)
 
-    assert second[0]["committed"] and not first["committed"]
-    manifest = score.read_manifest(store, cfg, "b001", 1)
-    assert manifest["run_id"] == "run2" and first["commit"] == manifest["commit"]
-    prefix = score.output_prefix(cfg, "b001", 1)
+    assert second[0].committed and not first.committed
+    manifest = read_manifest(store, cfg, "b001", 1)
+    assert manifest["run_id"] == "run2" and first.manifest["commit"] == manifest["commit"]
+    prefix = output_prefix(cfg, "b001", 1)
     for name, entry in manifest["files"].items():
-        data = store.read_bytes(score.output_key(cfg, manifest, name))
+        data = store.read_bytes(output_key(cfg, manifest, name))
         assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
         assert len(data) == entry["size"]
-    assert score.read_output(store, cfg, "b001", 1, "predictions.csv")  # checks the hash too
+    assert read_output(store, cfg, "b001", 1, "predictions.csv")  # checks the hash too
     # Nothing but the winner's files and the manifest: the loser removed its own.
     assert sorted(store.list(prefix)) == sorted(
         [f"{prefix}/MANIFEST.json"] + [f"{prefix}/{e['path']}"
                                        for e in manifest["files"].values()])
-    rows = score.scored_batches(store)[1]
+    rows = scoring_index.scored_batches(store)[1]
     assert [(r["batch"], r["run_id"]) for r in rows] == [("b001", "run2")]

@@ -14,6 +14,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from mnist_tasks import score
 from mnist_tasks.idx import encode_idx
 from mnist_tasks.registry import Registry
+from mnist_tasks.scoring_batches import write_batch
+from mnist_tasks.scoring_outputs import output_prefix
 from mnist_tasks.storage import LocalStore
 from tests.helpers import synthetic_digits
 
@@ -36,10 +38,10 @@ def test_each_version_lists_the_batches_scored_with_it(tmp_path: Path, model_fil
     reg.promote(1)
     cfg = score.ScoringConfig(landing=landing.uri)
     for batch in ("b001", "b002"):
-        score.write_batch(landing, batch, {"a-idx3-ubyte": encode_idx(synthetic_digits(6)[0])})
+        write_batch(landing, batch, {"a-idx3-ubyte": encode_idx(synthetic_digits(6)[0])})
     score.score_batches(cfg, store, landing, "r1")
     # A commit that never finished (no manifest, so no summary row) is not listed.
-    store.write_bytes(f"{score.output_prefix(cfg, 'b003', 2)}/r9.0a1b2c3d/predictions.csv",
+    store.write_bytes(f"{output_prefix(cfg, 'b003', 2)}/r9.0a1b2c3d/predictions.csv",
                       b"partial")
 
     plugin = _plugin()

@@ -16,6 +16,7 @@ from typing import Any
 
 from mnist_tasks import score, scoring_index
 from mnist_tasks.registry import Registry
+from mnist_tasks.scoring_outputs import output_prefix
 from mnist_tasks.storage import S3Store
 from tests.helpers import TEST_BUCKET
 
@@ -38,7 +39,7 @@ def _scored_store(prefix: str, n: int) -> tuple[score.ScoringConfig, S3Store, S3
         manifest = {"batch": batch, "model_name": cfg.model_name, "model_version": 1,
                     "counts": {"images": 10, "skipped_files": 0}, "report": {},
                     "run_id": "r0", "created_at": "2026-11-22T03:00:00+00:00"}
-        store.write_bytes(f"{score.output_prefix(cfg, batch, 1)}/MANIFEST.json",
+        store.write_bytes(f"{output_prefix(cfg, batch, 1)}/MANIFEST.json",
                           json.dumps(manifest).encode())
         manifests.append(manifest)
     scoring_index.record_scored(store, manifests)
@@ -69,7 +70,7 @@ def test_a_landing_check_with_nothing_new_costs_the_same_after_many_batches(s3_e
     for n in (8, 40):  # both more than the re-score window (5): it is looked at each time
         cfg, store, landing = _scored_store(f"s{n}", n)
         counts.append(_requests([store, landing], lambda: score.plan(
-            cfg, store, landing, "check")["batches"]))  # noqa: B023
+            cfg, store, landing, "check").batches))  # noqa: B023
     assert counts[0] == counts[1], counts
 
 

@@ -26,6 +26,8 @@ from mnist_tasks import score
 from mnist_tasks.idx import encode_idx
 from mnist_tasks.increment_files import discover
 from mnist_tasks.increments import IncrementPolicy, Reference, check_all
+from mnist_tasks.scoring_batches import read_batch
+from mnist_tasks.scoring_outputs import ERRORS, PREDICTIONS, read_output
 from mnist_tasks.storage import LocalStore, S3Store, Store
 from mnist_tasks.userfiles import MAX_IMAGES, MAX_PNG_BYTES
 from tests.helpers import TEST_BUCKET, call_in_child, png, write_zero_bomb
@@ -140,23 +142,23 @@ def reference() -> Reference:
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_a_scoring_batch_reads_skips_or_names_each_file(landing: Landing, case: Case) -> None:
     land_batch(landing, "b1", {case.name: case.data()})
-    read = score.read_batch(landing.store(), "b1")
+    read = read_batch(landing.store(), "b1")
     good = [f"good-{i:02d}.png" for i in range(GOOD)]
     if case.outcome == "read":
-        assert sorted(read["ids"]) == sorted([*good, case.name]) and read["errors"] == []
+        assert sorted(read.ids) == sorted([*good, case.name]) and read.errors == []
     elif case.outcome == "hidden":
-        assert sorted(read["ids"]) == good and read["errors"] == []
-        assert read["files"] == GOOD
+        assert sorted(read.ids) == good and read.errors == []
+        assert read.files == GOOD
     else:
-        assert sorted(read["ids"]) == good
-        [error] = read["errors"]
+        assert sorted(read.ids) == good
+        [error] = read.errors
         assert error["file"] == case.name
         assert error["error"].startswith(f"{case.name}: ")
         assert re.search(case.outcome, error["error"]), error["error"]
         assert " at 0x" not in error["error"]
         # The same file gives the same message, so two runs write the same errors.json.
-        assert score.read_batch(landing.store(), "b1")["errors"] == read["errors"]
-    assert read["images"].shape == (len(read["ids"]), 28, 28)
+        assert read_batch(landing.store(), "b1").errors == read.errors
+    assert read.images.shape == (len(read.ids), 28, 28)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -196,9 +198,9 @@ def test_links_and_special_files_in_a_folder(tmp_path: Path) -> None:
     (landing.folder / "shared.png").write_bytes(png(digit(51)))
     (batch / "in.png").symlink_to(landing.folder / "shared.png")  # inside the landing: fine
     (batch / "sub").symlink_to(outside, target_is_directory=True)
-    read = score.read_batch(landing.store(), "b1")
-    assert "in.png" in read["ids"] and len(read["ids"]) == GOOD + 1
-    problems = {e["file"]: e["error"] for e in read["errors"]}
+    read = read_batch(landing.store(), "b1")
+    assert "in.png" in read.ids and len(read.ids) == GOOD + 1
+    problems = {e["file"]: e["error"] for e in read.errors}
     assert set(problems) == {"p.png", "z.png", "out.png", "sub"}
     assert "not a regular file" in problems["p.png"]
     assert "outside the source folder" in problems["z.png"]
@@ -246,9 +248,9 @@ def test_bombs_and_special_files_cost_bounded_memory(tmp_path: Path) -> None:
 
 
 def read_batch_summary(folder: str, batch: str) -> dict[str, Any]:
-    """``score.read_batch`` of a folder landing, as JSON (for :func:`call_in_child`)."""
-    read = score.read_batch(LocalStore(folder), batch)
-    return {"images": len(read["ids"]), "skipped": [e["file"] for e in read["errors"]]}
+    """``read_batch`` of a folder landing, as JSON (for :func:`call_in_child`)."""
+    read = read_batch(LocalStore(folder), batch)
+    return {"images": len(read.ids), "skipped": [e["file"] for e in read.errors]}
 
 
 def test_one_bad_file_never_stops_scoring(landing: Landing, model_file: Path,
@@ -267,8 +269,8 @@ def test_one_bad_file_never_stops_scoring(landing: Landing, model_file: Path,
     landing.put("c-idx/_SUCCESS", b"")
     cfg = score.ScoringConfig(landing=landing.uri)
     result = score.score_batches(cfg, store, landing.store(), "run-1")
-    assert sorted(result["committed"]) == ["a-good", "b-bomb", "c-idx"]
-    errors = score.read_output(store, cfg, "b-bomb", 1, score.ERRORS)
+    assert sorted(result.committed) == ["a-good", "b-bomb", "c-idx"]
+    errors = read_output(store, cfg, "b-bomb", 1, ERRORS)
     assert b"bomb.png: PNG is 30000x30000" in errors
-    rows = score.read_output(store, cfg, "b-bomb", 1, score.PREDICTIONS).decode()
+    rows = read_output(store, cfg, "b-bomb", 1, PREDICTIONS).decode()
     assert "photo 1.png" in rows and rows.count("\n") == GOOD + 2
