@@ -13,8 +13,16 @@ on the 10,000 real test images:
   decode the PNGs, stage, load the model from the registry (SHA-256 verified), score, commit
   (predictions CSV, errors, manifest last).
 
-Each is repeated ``--repeats`` times (median; plain and stage interleaved so machine load
-hits both alike). Goal: stage >= 0.8x plain. Prints a Markdown table.
+* **monitoring**: the same 10,000 images as one IDX batch, :func:`mnist_tasks.score.score_batches`
+  end to end with the model registered twice: v1 without a monitoring reference (the commit
+  skips the drift check: scoring alone) and v2 with one built from 3,000 held-out training
+  images (the commit runs the per-batch drift check: KS on confidence and ink, MMD on
+  embeddings with its permutations), on the clean batch and on the batch rotated ±20° (where
+  the MMD runs all its permutations). Both pay the same two-output forward pass.
+
+Each is repeated ``--repeats`` times (median; plain and stage interleaved, and v1 and v2, so
+machine load hits both alike). Goals: stage >= 0.8x plain; monitored <= 1.5x scoring alone.
+Prints Markdown tables.
 
     .venv/bin/python bench/score.py --source ../shared/datasets/mnist
 """
@@ -34,7 +42,8 @@ import numpy as np
 from mnist_tasks import score
 from mnist_tasks.artifacts import save_npz
 from mnist_tasks.config import DEFAULT_MODEL_NAME, train_config
-from mnist_tasks.idx import decompress, parse_idx
+from mnist_tasks.idx import decompress, encode_idx, parse_idx
+from mnist_tasks.monitor import REFERENCE_FILE, Forward, Reference
 from mnist_tasks.registry import Registry
 from mnist_tasks.results import ScoreShard
 from mnist_tasks.scoring_batches import write_batch
@@ -43,6 +52,7 @@ from mnist_tasks.storage import LocalStore
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_RATIO = 0.8
+GOAL_MONITOR_RATIO = 1.5
 
 
 def _read(path: Path) -> np.ndarray:
@@ -58,6 +68,16 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _rotate(images: np.ndarray, degrees: float) -> np.ndarray:
+    """Each image rotated by a seeded angle in [-degrees, degrees] (a shift the monitor sees)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    return np.stack([np.asarray(Image.fromarray(img).rotate(float(a), resample=Image.BILINEAR))
+                     for img, a in zip(images, rng.uniform(-degrees, degrees, len(images)),
+                                       strict=True)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--source", type=Path, default=REPO.parent / "shared/datasets/mnist")
@@ -66,8 +86,10 @@ def main() -> None:
     args = parser.parse_args()
     from mnist_tasks.train import fit_arrays
 
-    x_train = _read(args.source / "train-images-idx3-ubyte.gz")[:12000]
+    x_all = _read(args.source / "train-images-idx3-ubyte.gz")
+    x_train = x_all[:12000]
     y_train = _read(args.source / "train-labels-idx1-ubyte.gz")[:12000]
+    x_val = x_all[50_000:53_000]
     x = _read(args.source / "t10k-images-idx3-ubyte.gz")[:args.images]
     y = _read(args.source / "t10k-labels-idx1-ubyte.gz")[:args.images]
     root = Path(tempfile.mkdtemp(prefix="bench-score-"))
@@ -116,6 +138,30 @@ def main() -> None:
             manifest = read_manifest(store, cfg, batch, 1)  # the summaries keep no timing
             assert result.images == len(x) and manifest["batch"] == batch
             parts.append(manifest["timing"])
+
+        # Monitoring: v2 is the same model with its reference; the champion alias picks which
+        # version score_batches uses.
+        reference = Reference.build(*Forward(model)(x_val), x_val, model_version=2,
+                                    benchmark_accuracy=accuracy)
+        registry.register("bench-monitored", {"model.keras": model_path,
+                                              REFERENCE_FILE: reference.to_bytes()}, {})
+        rotated = _rotate(x, 20)
+        idx_batches = {"clean": encode_idx(x), "rotated ±20°": encode_idx(rotated)}
+        monitored: dict[tuple[str, int], list[float]] = {}
+        statuses: dict[str, str] = {}
+        for r in range(args.repeats):
+            for name, data in idx_batches.items():
+                for version in (1, 2):
+                    registry.promote(version)
+                    batch = f"idx-{r}-{'rot' if name != 'clean' else 'clean'}-v{version}"
+                    write_batch(landing, batch, {"a-idx3-ubyte": data})
+                    start = time.perf_counter()
+                    score.score_batches(cfg, store, landing, f"bench-mon-{batch}",
+                                        batches=[batch])
+                    monitored.setdefault((name, version), []).append(
+                        time.perf_counter() - start)
+                    status = read_manifest(store, cfg, batch, version).get("monitor") or {}
+                    statuses[f"{name} v{version}"] = str(status.get("status", "none"))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -136,6 +182,21 @@ def main() -> None:
     print(f"\nEnd to end (median run): decode {mid['decode_s']:.2f} s, score "
           f"{mid['score_s']:.2f} s, commit {mid['commit_s']:.2f} s; the rest is planning, "
           "staging and loading the model.")
+
+    print(f"\nMonitoring: one {n:,}-image IDX batch end to end (`score_batches`), median of "
+          f"{args.repeats}, v1 and v2 interleaved\n")
+    print("| batch | scoring alone (v1, no reference) | monitored (v2) | monitor status | "
+          "ratio |")
+    print("|---|---:|---:|---|---:|")
+    met = True
+    for name in idx_batches:
+        alone, with_monitor = (statistics.median(monitored[(name, v)]) for v in (1, 2))
+        ratio = with_monitor / alone
+        met = met and ratio <= GOAL_MONITOR_RATIO
+        print(f"| {name} | {alone:.3f} s | {with_monitor:.3f} s | {statuses[f'{name} v2']} | "
+              f"**{ratio:.2f}x** |")
+    print(f"\nmonitoring goal (<= {GOAL_MONITOR_RATIO}x scoring alone): "
+          f"{'met' if met else 'NOT met'}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,25 @@ import mnist_tasks
 
 PACKAGE = Path(mnist_tasks.__file__).resolve().parent
 STAGES = ("ingest", "check", "preprocess", "train", "select", "evaluate", "gate", "approve",
-          "register", "score")
+          "register", "score", "feedback")
+
+# The library's layers, bottom first: a module imports only modules of its own layer or of the
+# layers below it, and a stage imports no other stage. docs/architecture.md draws this table
+# (test_the_architecture_picture_is_the_layers_table).
+LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("foundation", "configs, storage, typed results, the registry interface, statistics", (
+        "config", "storage", "results", "registry_api", "drift", "settings", "cli_common",
+        "alerts", "plots", "model_card")),
+    ("formats", "reading what users hand us; shared artifact I/O", (
+        "idx", "userfiles", "validation", "artifacts")),
+    ("services", "data, models, the registry, scoring's records", (
+        "base_data", "increment_files", "increments", "datasets", "watch", "monitor", "models",
+        "registry_read", "registry_aliases", "registry", "scoring_index", "scoring_batches",
+        "scoring_outputs", "scoring_monitor", "labeling")),
+    ("stages", "one call each from the DAG glue; never each other", STAGES),
+    ("runners", "what chains stages or faces a user: run-all and the command lines", (
+        "pipeline", "__main__", "registry_cli", "datasets_cli", "demo_data", "airflow_events")),
+)
 
 
 def imported_modules(source: str, module: str) -> set[str]:
@@ -158,3 +176,69 @@ def test_no_test_imports_a_conftest_or_a_test_file() -> None:
                                            for p in parts[1:]):
                 found.append(f"{path.relative_to(tests)}: {module}")
     assert found == []
+
+
+def _layer_of() -> dict[str, int]:
+    return {module: n for n, (_, _, modules) in enumerate(LAYERS) for module in modules}
+
+
+def _library_modules() -> list[str]:
+    """Every module of the library; the config package counts as one."""
+    names = {f.stem for f in _library_files()} - {"__init__"}
+    return sorted(names | {"config"})
+
+
+def _imports_of(module: str) -> set[str]:
+    """The library modules ``module`` imports (lazily or not); the config package as one."""
+    files = (sorted((PACKAGE / "config").glob("*.py")) if module == "config"
+             else [PACKAGE / f"{module}.py"])
+    found: set[str] = set()
+    for path in files:
+        name = f"config.{path.stem}" if module == "config" else module
+        for imported in imported_modules(path.read_text(), name):
+            parts = imported.split(".")
+            if parts[0] == "mnist_tasks" and len(parts) > 1:
+                found.add(parts[1])
+    return (found & set(_library_modules())) - {module}
+
+
+def test_every_library_module_has_one_layer() -> None:
+    placed = [m for _, _, modules in LAYERS for m in modules]
+    assert len(placed) == len(set(placed)), "a module is in two layers"
+    assert sorted(placed) == _library_modules(), (
+        "put each new module in one layer of LAYERS (and the picture in docs/architecture.md)")
+
+
+@pytest.mark.parametrize("module", _library_modules())
+def test_a_module_imports_only_its_layer_and_those_below(module: str) -> None:
+    layer = _layer_of()
+    stages = set(STAGES)
+    for imported in sorted(_imports_of(module)):
+        assert layer[imported] <= layer[module], (
+            f"mnist_tasks.{module} ({LAYERS[layer[module]][0]}) imports mnist_tasks.{imported} "
+            f"from the layer above it ({LAYERS[layer[imported]][0]})")
+        assert not (module in stages and imported in stages), (module, imported)
+
+
+def layers_picture() -> str:
+    """The layers as docs/architecture.md draws them (generated here, checked there)."""
+    lines = []
+    for n, (name, why, modules) in reversed(list(enumerate(LAYERS))):
+        lines.append(f"{name} — {why}")
+        row = "   "
+        for module in modules:
+            if len(row) + len(module) + 1 > 96:
+                lines.append(row.rstrip())
+                row = "   "
+            row += f" {module}"
+        lines.append(row.rstrip())
+        if n:
+            lines.append("        │ imports ▼ (never ▲)")
+    return "\n".join(lines)
+
+
+def test_the_architecture_picture_is_the_layers_table() -> None:
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    assert f"```\n{layers_picture()}\n```" in doc, (
+        "docs/architecture.md's layers picture differs from LAYERS; paste this:\n"
+        + layers_picture())
