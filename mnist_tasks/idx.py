@@ -1,19 +1,10 @@
 """A strict reader for the IDX format (MNIST's file format), with guarded gzip decompression.
 
-An IDX file is a 4-byte magic number, one big-endian uint32 per dimension, then the values in
-C order, big-endian::
-
-    00 00 <type code> <number of dims>   e.g. 00 00 08 03 for uint8 images (count, rows, cols)
-    <dim 0> ... <dim n-1>                uint32, big-endian
-    <data>                               prod(dims) values of the type
-
-Everything is checked before a single array is built: the magic, the type code, the number of
-dimensions, and the declared size against the bytes actually present (so a header that
-declares a billion images fails at once instead of allocating), and trailing bytes. Every
-error names the file (its source URI) and the problem.
-
-Decompression is incremental and bounded: a gzip bomb, an endless stream or an oversize file
-is refused after reading at most the limit plus one byte, and no error quotes the file's bytes.
+Everything is checked before an array is built: the magic, the type code, the dimensions, the
+declared size against the bytes present (a header that claims a billion images fails at once
+instead of allocating) and trailing bytes. Decompression is incremental and bounded: a gzip
+bomb or an oversize file is refused after at most the limit plus one byte. Every error names
+the file and the problem, and never quotes its bytes. The format: docs/data.md.
 
 Usage::
 

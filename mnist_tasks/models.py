@@ -1,22 +1,15 @@
 """The Keras 3 model of each training preset, and how it is compiled.
 
 Read a model top to bottom in :func:`build_model`; the presets' numbers (epochs, batch size,
-learning rate, ...) live in :mod:`mnist_tasks.config`. Only Keras 3 APIs are used here, so the
-same code runs with ``KERAS_BACKEND=tensorflow`` or ``jax``; Keras itself is imported inside the
-functions, so importing this module is cheap and never pulls in TensorFlow.
+learning rate, ...) live in :mod:`mnist_tasks.config`, and what each preset is for in the
+README's preset table. Only Keras 3 APIs are used here, so the same code runs with
+``KERAS_BACKEND=tensorflow`` or ``jax``; Keras is imported inside the functions, so importing
+this module never pulls in TensorFlow.
 
-Presets:
+Usage::
 
-* ``seed_mlp``: the first notebook, exactly (784-128-64-10, dropout 0.3, Adam, categorical
-  cross-entropy on one-hot labels).
-* ``seed_wide_mlp``: the second notebook (784-512-10, L2(0.001), dropout 0.3, sparse
-  categorical cross-entropy; early stopping is set up by :mod:`mnist_tasks.train`).
-* ``fast_mlp``: one hidden layer of 256, large batches and a one-cycle learning-rate
-  schedule: the shortest wall time to >= 97.5 % test accuracy on a small CPU.
-* ``cnn``: a small convnet (24 filters 5x5 | 32 filters 3x3, then 256 units, each with batch
-  normalisation), trained on images shifted by up to 2 pixels (``TrainConfig.shift_pixels``,
-  made in the input pipeline by :mod:`mnist_tasks.train`; never flips: a mirrored digit is
-  another symbol), for >= 99.5 % in a few minutes on two CPU cores.
+    cfg = train_config("cnn")
+    model = compile_model(build_model(cfg), cfg, steps_per_epoch=steps_per_epoch(54_000, 128))
 """
 
 from __future__ import annotations

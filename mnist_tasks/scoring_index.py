@@ -1,22 +1,14 @@
 """What the scoring stage keeps beside its outputs so that reading them costs the same however
 many batches were scored: per-version summaries of the scored batches, and the landing record
-that lets a landing check list only the batches it has not decided yet.
-
-Layout, under ``scoring/<model>/`` in the store::
-
-    batches/<batch-id>/v<NNNNNN>/MANIFEST.json         one output (written by score.commit_batch)
-    batches/<batch-id>/REJECTED.json                   a batch none of whose files could be read
-    summaries/v<NNNNNN>.json                           the batches scored with that version
-    landing.json                                       the landing record (a watermark)
+that lets a landing check list only the batches it has not decided yet. A batch is
+**decided** once it has a manifest (of any version) or a ``REJECTED.json``. The layout under
+``scoring/<model>/``, the design and the guarantees: docs/scoring.md.
 
 Use::
 
     record_scored(store, manifest)                     # after a manifest is written
     scored_batches(store, "mnist-classifier")          # {version: [row, ...]}: a few requests
     state = look_at_landing(store, landing, "mnist-classifier", window=5, sweep=False)
-
-A batch is **decided** once it has a manifest (of any version) or a ``REJECTED.json``. Design
-and guarantees: docs/scoring.md.
 """
 
 from __future__ import annotations

@@ -1,23 +1,10 @@
 """One storage API over ``file://`` (local folders) and ``s3://`` (boto3).
 
 Every stage reads and writes through a :class:`Store`, so the pipeline behaves the same on a
-laptop and against AWS S3 or MinIO. Keys are ``/``-separated paths relative to the store root;
-they are validated so that a key from outside (a version string, a run id) can never escape the
-root.
-
-Guarantees, identical on both backends:
-
-* ``write_bytes`` / ``upload_file`` are atomic: a reader sees the old object, the new object or
-  nothing, never a partial one (temp file + rename locally; a single PUT on S3).
-* ``write_if_absent`` is a conditional create (``If-None-Match: *`` on S3, ``O_EXCL`` locally).
-* ``write_if_match`` is compare-and-swap on the object's ETag (``If-Match`` on S3, a lock plus
-  content hash locally).
-* ``list_children`` is one delimited listing (``Delimiter='/'`` on S3, from ``StartAfter`` when
-  given; a folder's names locally): listing the folders after a watermark does not cost what
-  lies below them, nor, on S3, what sorts before it. ``children_token`` lets a caller skip
-  even that while a local folder is unchanged.
-* Completion markers (``_SUCCESS``, written last by producers) have ``has_marker`` and
-  ``write_marker``: their name is outside the key rules.
+laptop and against AWS S3 or MinIO. Keys are validated ``/``-separated paths that can never
+escape the root. Both backends give atomic writes, a conditional create (``write_if_absent``:
+If-None-Match), compare-and-swap (``write_if_match``: If-Match), one-request delimited
+listings and completion markers; what each guarantees and how: docs/architecture.md#storage.
 
 Usage::
 
