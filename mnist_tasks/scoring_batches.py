@@ -116,9 +116,10 @@ def read_batch(landing: Store, batch: str) -> LandedBatch:
         decoded[key[len(batch) + 1:]] = f"{key[len(batch) + 1:]}: {why}"
     pngs = [f for f in listing.files if f.name.lower().endswith(".png")]
     idxs = [f for f in listing.files if _is_idx(f.name) and not f.name.lower().endswith(".png")]
-    others = [f for f in listing.files if f not in set(pngs) | set(idxs)]
+    sorted_out = {f.key for f in pngs} | {f.key for f in idxs}  # one set: n files, not n²
+    others = [f for f in listing.files if f.key not in sorted_out]
     digest_parts: dict[str, str] = {}
-    for files, limit in ((pngs, MAX_PNG_BYTES), (idxs, MAX_IDX_FILE_BYTES)):
+    for files, limit, is_png in ((pngs, MAX_PNG_BYTES, True), (idxs, MAX_IDX_FILE_BYTES, False)):
         for f, data in read_many(landing, files, limit):
             name = names[f.key]
             if isinstance(data, UserFileError):
@@ -126,7 +127,7 @@ def read_batch(landing: Store, batch: str) -> LandedBatch:
                 continue
             digest_parts[name] = hashlib.sha256(data).hexdigest()
             try:
-                arr = (decode_png(data, folder + name)[None] if f in pngs
+                arr = (decode_png(data, folder + name)[None] if is_png
                        else decode_idx_images(data, folder + name))
             except UserFileError as exc:
                 decoded[name] = problem(exc)
