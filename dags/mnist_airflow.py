@@ -463,17 +463,19 @@ class PromotionApproval(ApprovalOperator):
         return super().execute(context)
 
     def _require_comment(self) -> None:
-        """Make the form's comment required (a non-empty string) for this request."""
+        """Make the form's comment required (a non-empty string) for this request; a copy of
+        the form, so that the task as defined (and its answer's check) keeps it optional."""
         import copy
 
         from mnist_tasks.approve import COMMENT
 
-        param = copy.deepcopy(self.params.get_param(COMMENT))
+        form = copy.deepcopy(self.params)
+        param = form.get_param(COMMENT)
         param.schema = {**param.schema, "type": "string", "minLength": 1,
                         "description": "Why you decide so: an override of the gate's REJECT "
                                        "(Approve) needs a written reason. Recorded with the "
                                        "version."}
-        self.params[COMMENT] = param
+        self.params = form
 
     def _trained(self, cfg: PipelineConfig, context: Any, decision: results.GateDecision
                  ) -> Any:

@@ -2,13 +2,14 @@
 
 Pure logic, no Airflow: the DAG's ``approve`` task (an ``ApprovalOperator``, in
 ``dags/mnist_airflow.py``) asks :func:`needs_approval` whether the gate's decision waits for a
-person; :func:`what_was_trained` reads the run's records (preset, epochs, dataset version,
-increments) and :func:`request_subject` and :func:`report_markdown` make the request: what was
-trained on which data first, then the gate's checks and metrics; :func:`apply_response` turns the answer into the final decision (an override of a
-REJECT needs a written reason), :func:`not_asked` passes the decision on, and :func:`record`
-writes ``runs/<run-key>/approval.json``. Modes: ``off`` (no one is asked), ``borderline`` (a
-PROMOTE that McNemar's test does not show clearly better, or with a digit's recall dropping),
-``always`` (every decision; a REJECT may be overridden). Design: docs/approval.md.
+person; :func:`what_was_trained` reads what the run trained on which data, and
+:func:`request_subject` and :func:`report_markdown` make the request (that first, then the
+gate's checks and metrics); :func:`apply_response` turns the answer into the final decision
+(an override of a REJECT needs a written reason), :func:`not_asked` passes the decision on,
+and :func:`record` writes ``runs/<run-key>/approval.json``. Modes: ``off`` (no one is asked),
+``borderline`` (a PROMOTE that McNemar's test does not show clearly better, or with a digit's
+recall dropping), ``always`` (every decision; a REJECT may be overridden). Design:
+docs/approval.md.
 """
 
 from __future__ import annotations
@@ -210,8 +211,9 @@ def trained_markdown(trained: Trained | None, champion: int | None) -> list[str]
     increment's fresh part against the champion."""
     out = ["### What was trained", ""]
     if trained is None:
-        return out + ["The run's records could not be read: see the approve task's log.", ""]
-    epochs = (f"{trained.epochs} epochs" if trained.epochs is not None else "? epochs") + (
+        return [*out, "The run's records could not be read: see the approve task's log.", ""]
+    epochs = (f"{trained.epochs} epoch{'' if trained.epochs == 1 else 's'}"
+              if trained.epochs is not None else "? epochs") + (
         f" ({trained.epochs_run} run)" if trained.epochs_run != trained.epochs else "")
     out.append(f"Preset **{_cell(trained.preset)}**, {epochs}, on dataset version "
                f"**`{_cell(trained.dataset_version or '-')}`** ({trained.n_train:,} training "

@@ -368,4 +368,5 @@ def test_the_models_page_shows_the_approval_and_marks_an_override() -> None:
              "test_accuracy": None, "covered_by": None,
              "approval": to_json(rejected.approval)})
     banner = " ".join(html[html.index('id="run-banner"'):].split("</p>")[0].split())
-    assert "not promoted at the approval step" in banner and "Approval: rejected by bob" in banner
+    assert "not promoted at the approval step" in banner
+    assert "Approval: <b>rejected</b> by bob" in banner
