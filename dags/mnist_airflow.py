@@ -385,11 +385,12 @@ class PromotionApproval(ApprovalOperator):
 
     ``decision`` is the gate's result (an XComArg, resolved at run time). With the run's
     ``approval`` mode saying nobody need be asked (:func:`mnist_tasks.approve.needs_approval`),
-    the decision passes straight on. Otherwise the request shows the gate's report, waits up
-    to ``approval_timeout_minutes`` (then the default answer, Reject, applies), and the answer
+    the decision passes straight on. Otherwise the request shows what the run trained on which
+    data and the gate's report (its form requires the comment on a REJECT), waits up to
+    ``approval_timeout_minutes`` (then the default answer, Reject, applies), and the answer
     (who, when, the comment) is applied and recorded by :mod:`mnist_tasks.approve`; unless the
-    final decision is PROMOTE, register is skipped. Returns the final decision, register's
-    input.
+    final decision is PROMOTE, register is skipped, and a refused override (Approve on a REJECT
+    without a reason) fails the task, saying why. Returns the final decision, register's input.
     """
 
     template_fields = (*ApprovalOperator.template_fields, "decision")
