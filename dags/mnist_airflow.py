@@ -355,7 +355,10 @@ def gate(evaluation: dict[str, Any]) -> dict[str, Any] | bool:
 # -- approval: a person's decision between gate and register (mnist_tasks.approve) -------------
 
 APPROVAL_TASK_ID = "approve"
-# The request's form: one optional text field, the approver's comment (an override's reason).
+# The request's form: one text field, the approver's comment (an override's reason). Optional
+# here; a request about a REJECT makes it required (PromotionApproval.execute): Airflow's form
+# then keeps both answers disabled until a reason is written, as it cannot require a field for
+# one answer only.
 APPROVAL_FORM = {
     "comment": Param(
         None, type=["null", "string"], title="Comment",
@@ -382,11 +385,12 @@ class PromotionApproval(ApprovalOperator):
 
     ``decision`` is the gate's result (an XComArg, resolved at run time). With the run's
     ``approval`` mode saying nobody need be asked (:func:`mnist_tasks.approve.needs_approval`),
-    the decision passes straight on. Otherwise the request shows the gate's report, waits up
-    to ``approval_timeout_minutes`` (then the default answer, Reject, applies), and the answer
+    the decision passes straight on. Otherwise the request shows what the run trained on which
+    data and the gate's report (its form requires the comment on a REJECT), waits up to
+    ``approval_timeout_minutes`` (then the default answer, Reject, applies), and the answer
     (who, when, the comment) is applied and recorded by :mod:`mnist_tasks.approve`; unless the
-    final decision is PROMOTE, register is skipped. Returns the final decision, register's
-    input.
+    final decision is PROMOTE, register is skipped, and a refused override (Approve on a REJECT
+    without a reason) fails the task, saying why. Returns the final decision, register's input.
     """
 
     template_fields = (*ApprovalOperator.template_fields, "decision")
@@ -446,15 +450,49 @@ class PromotionApproval(ApprovalOperator):
         dag_id, run_id = context["dag"].dag_id, context["run_id"]
         self.response_timeout = timedelta(minutes=cfg.approval.timeout_minutes)
         self.subject = approve.request_subject(decision, cfg.model_name, run_id)
+        if decision.decision != "PROMOTE":
+            self._require_comment()
         self.body = approve.report_markdown(
             decision, why=why, models_url=models_page_url(dag_id, run_id),
-            timeout_minutes=cfg.approval.timeout_minutes)
+            timeout_minutes=cfg.approval.timeout_minutes,
+            trained=self._trained(cfg, context, decision))
         notify(context, f"APPROVAL REQUESTED {dag_id} run {run_id}: {why}; answer under "
                         f"Required actions within {cfg.approval.timeout_minutes:g} minutes "
                         "(else: rejected)")
         log.info("approval: asking (%s), for up to %g minutes; the request:\n%s", why,
                  cfg.approval.timeout_minutes, self.body)
         return super().execute(context)
+
+    def _require_comment(self) -> None:
+        """Make the form's comment required (a non-empty string) for this request; a copy of
+        the form, so that the task as defined (and its answer's check) keeps it optional."""
+        import copy
+
+        from mnist_tasks.approve import COMMENT
+
+        form = copy.deepcopy(self.params)
+        param = form.get_param(COMMENT)
+        param.schema = {**param.schema, "type": "string", "minLength": 1,
+                        "description": "Why you decide so: an override of the gate's REJECT "
+                                       "(Approve) needs a written reason. Recorded with the "
+                                       "version."}
+        self.params = form
+
+    def _trained(self, cfg: PipelineConfig, context: Any, decision: results.GateDecision
+                 ) -> Any:
+        """What the run trained on which data (the request's opening); None, logged, when the
+        run's records cannot be read (the request still shows the gate's report)."""
+        from mnist_tasks import approve
+        from mnist_tasks.pipeline import Pipeline
+        from mnist_tasks.storage import StorageError
+
+        pipe = Pipeline(cfg, context["run_id"], dag_id=context["dag"].dag_id,
+                        s3_client_kwargs=s3_client_kwargs())
+        try:
+            return approve.what_was_trained(pipe.store, decision)
+        except (StorageError, OSError, ValueError) as exc:
+            log.warning("approval: cannot read what the run trained: %s", exc)
+            return None
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         from mnist_tasks import approve
@@ -485,6 +523,11 @@ class PromotionApproval(ApprovalOperator):
         if final.decision != "PROMOTE":
             notify(context, f"APPROVAL {str(record.outcome).upper()} {context['dag'].dag_id} "
                             f"run {context['run_id']}: {record.note}; nothing is promoted")
+            if record.outcome == approve.REFUSED:
+                # An Approve the step did not carry out must not read as a success.
+                from airflow.sdk.exceptions import AirflowFailException
+
+                raise AirflowFailException(f"override refused: {record.note}")
             self._skip_register(context)
         return results.to_json(final)
 

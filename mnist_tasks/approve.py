@@ -2,12 +2,14 @@
 
 Pure logic, no Airflow: the DAG's ``approve`` task (an ``ApprovalOperator``, in
 ``dags/mnist_airflow.py``) asks :func:`needs_approval` whether the gate's decision waits for a
-person; :func:`request_subject` and :func:`report_markdown` make the request (the gate's
-report); :func:`apply_response` turns the answer into the final decision (an override of a
-REJECT needs a written reason), :func:`not_asked` passes the decision on, and :func:`record`
-writes ``runs/<run-key>/approval.json``. Modes: ``off`` (no one is asked), ``borderline`` (a
-PROMOTE that McNemar's test does not show clearly better, or with a digit's recall dropping),
-``always`` (every decision; a REJECT may be overridden). Design: docs/approval.md.
+person; :func:`what_was_trained` reads what the run trained on which data, and
+:func:`request_subject` and :func:`report_markdown` make the request (that first, then the
+gate's checks and metrics); :func:`apply_response` turns the answer into the final decision
+(an override of a REJECT needs a written reason), :func:`not_asked` passes the decision on,
+and :func:`record` writes ``runs/<run-key>/approval.json``. Modes: ``off`` (no one is asked),
+``borderline`` (a PROMOTE that McNemar's test does not show clearly better, or with a digit's
+recall dropping), ``always`` (every decision; a REJECT may be overridden). Design:
+docs/approval.md.
 """
 
 from __future__ import annotations
@@ -17,18 +19,21 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from mnist_tasks.artifacts import utc_now
+from mnist_tasks.artifacts import prepared_record_uri, read_json, read_result, utc_now
 from mnist_tasks.config import APPROVAL_MODES, run_key
 from mnist_tasks.results import (
     PROMOTE,
     REJECT,
     Approval,
     ApproveResult,
+    EvaluateResult,
     GateDecision,
+    PreprocessResult,
+    TrainResult,
     Verdict,
     to_json,
 )
-from mnist_tasks.storage import Store
+from mnist_tasks.storage import ObjectNotFound, Store
 
 # The answers: the labels of Airflow's ApprovalOperator (the glue checks they match).
 APPROVE = "Approve"
@@ -43,6 +48,37 @@ APPROVED, REJECTED, OVERRIDE, TIMED_OUT, REFUSED = (
 
 class ApprovalError(ValueError):
     """A decision or an answer that the approval step cannot use; names what is wrong."""
+
+
+@dataclass(frozen=True)
+class TrainedIncrement:
+    """An increment of the dataset version the model was trained on, and how the challenger
+    and the champion did on its fresh part (None: not measured)."""
+
+    id: str
+    train: int  # images in the training pool
+    fresh: int  # images held out as its fresh part
+    drift: bool  # accepted with a drift warning
+    new: bool | None  # not in the champion's training data (None: not known)
+    challenger: float | None
+    champion: float | None
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What a request is about: the model trained, and the data it was trained on."""
+
+    preset: str
+    epochs: int | None  # as configured (early stopping may run fewer)
+    epochs_run: int
+    dataset_version: str | None
+    n_train: int
+    increments: tuple[TrainedIncrement, ...]
+    quarantined: tuple[str, ...]
+
+    @property
+    def drifted(self) -> list[str]:
+        return [inc.id for inc in self.increments if inc.drift]
 
 
 @dataclass(frozen=True)
@@ -132,6 +168,87 @@ def _cell(value: Any) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
 
+def what_was_trained(store: Store, decision: GateDecision) -> Trained:
+    """What the gate judged, from the run's records: the train record (preset, epochs), the
+    prepared data's record (dataset version, increments, drift, quarantines), the gate's
+    per-increment fresh comparison, and the run summary (which increments check found new to
+    the champion).
+
+    Raises:
+        ObjectNotFound: if a record is missing.
+        ValueError: if a record is not what its stage writes.
+    """
+    evaluation = read_result(store, decision.evaluation_uri, EvaluateResult)
+    if evaluation.train_uri is None:
+        raise ValueError(f"{decision.evaluation_uri}: evaluated a model with no train record")
+    trained = read_result(store, evaluation.train_uri, TrainResult)
+    prepared = read_result(store, prepared_record_uri(decision.prepared_uri), PreprocessResult)
+    try:
+        summary = read_json(store, f"runs/{decision.challenger.run_key}/summary.json")
+    except ObjectNotFound:
+        summary = {}
+    checked = summary.get("champion_fresh") if isinstance(summary, dict) else None
+    scores = decision.fresh.per_increment if decision.fresh else {}
+    lineage = prepared.lineage
+    increments = tuple(
+        TrainedIncrement(
+            id=inc.id, train=inc.train, fresh=inc.fresh, drift=inc.drift,
+            new=(True if decision.champion is None else
+                 inc.id in checked if isinstance(checked, dict) else None),
+            challenger=scores[inc.id].challenger if inc.id in scores else None,
+            champion=scores[inc.id].champion if inc.id in scores else None)
+        for inc in (lineage.increments if lineage else ()))
+    epochs = trained.params.get("epochs")
+    return Trained(
+        preset=trained.preset, epochs=epochs if _is_num(epochs) else None,
+        epochs_run=trained.epochs_run, dataset_version=prepared.dataset_version,
+        n_train=prepared.n_train, increments=increments,
+        quarantined=tuple(q.id for q in lineage.quarantined) if lineage else ())
+
+
+def trained_markdown(trained: Trained | None, champion: int | None) -> list[str]:
+    """The request's opening: what was trained, on which data, and how it did on each
+    increment's fresh part against the champion."""
+    out = ["### What was trained", ""]
+    if trained is None:
+        return [*out, "The run's records could not be read: see the approve task's log.", ""]
+    epochs = (f"{trained.epochs} epoch{'' if trained.epochs == 1 else 's'}"
+              if trained.epochs is not None else "? epochs") + (
+        f" ({trained.epochs_run} run)" if trained.epochs_run != trained.epochs else "")
+    out.append(f"Preset **{_cell(trained.preset)}**, {epochs}, on dataset version "
+               f"**`{_cell(trained.dataset_version or '-')}`** ({trained.n_train:,} training "
+               "images: the MNIST training set"
+               + (f" and {len(trained.increments)} increment(s))." if trained.increments
+                  else " alone, no increments)."))
+    if trained.increments:
+        who = f"champion v{champion}" if champion is not None else "champion"
+        out += ["", f"| increment | new | train images | fresh images | challenger on its "
+                    f"fresh part | {who} | drift |", "|---|---|---|---|---|---|---|"]
+        for inc in trained.increments:
+            new = {True: "new", False: "no", None: "?"}[inc.new]
+            out.append(f"| `{_cell(inc.id)}` | {new} | {inc.train:,} | {inc.fresh:,} | "
+                       f"{_num(inc.challenger)} | {_num(inc.champion)} | "
+                       f"{'⚠ drift' if inc.drift else 'none'} |")
+    if trained.drifted:
+        out += ["", "**⚠ Trained on drifted data**: increment(s) "
+                + ", ".join(f"`{_cell(i)}`" for i in trained.drifted)
+                + " were accepted with a drift warning."]
+    if trained.quarantined:
+        out += ["", "Quarantined, not trained on: "
+                + ", ".join(f"`{_cell(i)}`" for i in trained.quarantined) + "."]
+    return [*out, ""]
+
+
+def checks_markdown(decision: GateDecision) -> list[str]:
+    """The gate's checks as a PASS/FAIL table (INFO: informational or skipped)."""
+    out = ["| check | set | result | detail |", "|---|---|---|---|"]
+    for check in decision.checks:
+        result = {True: "PASS", False: "**FAIL**", None: "INFO"}[check.passed]
+        out.append(f"| {_cell(check.name)} | {_cell(check.test_set or '-')} | {result} | "
+                   f"{_cell(check.detail)} |")
+    return out
+
+
 def request_subject(decision: GateDecision, model_name: str, run_id: str) -> str:
     """The request's headline, e.g. ``Promote mnist-classifier from run X? (gate: PROMOTE)``."""
     if decision.decision == REJECT:
@@ -141,27 +258,30 @@ def request_subject(decision: GateDecision, model_name: str, run_id: str) -> str
 
 
 def report_markdown(decision: GateDecision, *, why: str, models_url: str | None,
-                    timeout_minutes: float) -> str:
-    """The gate's report for the person: decision and reasons, metrics, McNemar's test,
-    per-digit recall changes, a link to the run's entry on the Models page, what each answer
-    does."""
+                    timeout_minutes: float, trained: Trained | None = None) -> str:
+    """The request for the person: what was trained on which data (``trained``, from
+    :func:`what_was_trained`), the gate's decision and its checks (PASS/FAIL), metrics,
+    McNemar's test, per-digit recall changes (⚠ where a drop broke the gate's limit), a link to
+    the run's entry on the Models page, and what each answer does."""
     verdict, champion = decision.decision, decision.champion_version
     ours, theirs = decision.challenger_accuracy, decision.champion_accuracy
-    out = [f"**Gate decision: {verdict}**. Asked because {why}.", ""]
-    out += [f"- {_cell(r)}" for r in decision.reasons]
+    out = trained_markdown(trained, champion)
+    out += [f"### Gate decision: {verdict}", "", f"Asked because {_cell(why)}.", ""]
+    out += checks_markdown(decision)
+    champion_loss = decision.champion.loss if decision.champion else None
     out += ["", "### Metrics (benchmark: the MNIST test set)", "",
             "| | challenger | " + (f"champion v{champion}" if champion is not None
                                    else "champion") + " | change |",
             "|---|---|---|---|",
-            f"| test accuracy | {_num(ours)} | {_num(theirs)} | "
-            f"{_change(ours, theirs)} |"]
-    if decision.challenger.loss is not None:
-        out.append(f"| test loss | {_num(decision.challenger.loss)} | - | - |")
+            f"| test accuracy | {_num(ours)} | {_num(theirs)} | {_change(ours, theirs)} |",
+            f"| test loss | {_num(decision.challenger.loss)} | {_num(champion_loss)} | "
+            f"{_change(decision.challenger.loss, champion_loss)} |"]
     fresh = decision.fresh
     if fresh is not None:
         a, b = fresh.challenger_accuracy, fresh.champion_accuracy
-        out.append(f"| fresh-data accuracy ({fresh.n} images) | {_num(a)} | {_num(b)} | "
-                   f"{_change(a, b)} |")
+        sets = ", ".join(fresh.per_increment) or "the increments"
+        out.append(f"| fresh-data accuracy ({fresh.n:,} images: {_cell(sets)}) | {_num(a)} | "
+                   f"{_num(b)} | {_change(a, b)} |")
     test = decision.mcnemar
     out += ["", "### McNemar's test", ""]
     if test is not None:
@@ -173,15 +293,17 @@ def report_markdown(decision: GateDecision, *, why: str, models_url: str | None,
     else:
         out.append("Not run: there is no champion to compare with.")
     recall = decision.per_digit_recall
-    out += ["", "### Per-digit recall", ""]
+    limit = float(decision.config.get("max_recall_drop", 0.01))
+    out += ["", "### Per-digit recall (benchmark)", ""]
     if recall:
         out += ["| digit | champion | challenger | change |", "|---|---|---|---|"]
         for digit, row in sorted(recall.items()):
             drop = row.drop
             change = _signed(-drop) if drop is not None else "-"
-            mark = " ⚠" if drop is not None and drop > 0 else ""
+            mark = " ⚠" if drop is not None and drop > limit + 1e-12 else ""
             out.append(f"| {digit} | {_num(row.champion)} | {_num(row.challenger)} | "
                        f"{change}{mark} |")
+        out += ["", f"⚠: recall dropped by more than the gate's limit ({limit:.4f})."]
     else:
         out.append("No champion to compare with.")
     if models_url:
@@ -193,8 +315,9 @@ def report_markdown(decision: GateDecision, *, why: str, models_url: str | None,
                    "registers nothing and keeps the champion.")
     else:
         out.append(f"**{APPROVE}** overrides the gate: the model is registered and made the "
-                   f"champion, recorded as an override. It needs a written reason in "
-                   f"*{COMMENT}*; without one the override is refused. **{DENY}** keeps the "
+                   f"champion, recorded as an override. An override needs a written reason: "
+                   f"the form asks for a *{COMMENT}* before either answer, and an Approve "
+                   f"without one fails this task and promotes nothing. **{DENY}** keeps the "
                    "gate's REJECT.")
     out.append(f"Your name, the time and your {COMMENT} are recorded with the version. Without "
                f"an answer within {_num(timeout_minutes, 'g')} minutes the request is "

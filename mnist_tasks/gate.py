@@ -397,6 +397,13 @@ def _increments_text(comparison: FreshComparison) -> str:
         for inc_id, m in comparison.per_increment.items()) + ")"
 
 
+def _registered_loss(registry: ModelRegistry, version: int) -> float | None:
+    """The champion's test loss as registered: the benchmark is fixed, so it is the loss the
+    challenger's is compared with (None for a version registered without one)."""
+    loss = (registry.get(version).metadata.get("metrics") or {}).get("test_loss")
+    return float(loss) if isinstance(loss, int | float) and not isinstance(loss, bool) else None
+
+
 def _load_array(store: Store, uri: str) -> np.ndarray:
     with store.local_copy(store.key_of(uri)) as path:
         return np.load(path, allow_pickle=False)
@@ -498,6 +505,7 @@ def gate(
             accuracy=result.champion_accuracy,
             model_uri=registry.model_uri(champion_version),
             predictions_uri=store.uri_for(f"{prefix}/champion_predictions.npy"),
+            loss=_registered_loss(registry, champion_version),
         ),
         mcnemar=result.mcnemar,
         per_digit_recall=result.per_digit_recall,

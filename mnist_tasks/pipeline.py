@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -314,3 +315,30 @@ def run_summary(store: Store, run_id: str | None = None) -> dict[str, Any]:
         raise ObjectNotFound(f"{store.uri_for('runs')}: no run has reached evaluation yet")
     latest: dict[str, Any] = max(summaries, key=lambda run: str(run.get("updated_at", "")))
     return latest
+
+
+# The date in a run id (``scheduled__2026-11-21T00:00:00+00:00``, as a run key
+# ``scheduled__2026-11-21T00_00_00_00_00-…``): what orders runs without reading them.
+_RUN_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(?:T[\d_:.]+)?")
+
+
+def recent_runs(store: Store, limit: int = 50) -> list[dict[str, Any]]:
+    """The summaries of the ``limit`` most recent runs, newest first: one listing of ``runs/``
+    and at most ``limit`` reads, however many runs the store holds. Recent by the date in the
+    run key (runs without one come last), then by the summary's ``updated_at``; a run without
+    a summary (it stopped before check) is left out."""
+    def date(name: str) -> str:
+        found = _RUN_DATE.search(name)
+        return found.group(0) if found else ""
+
+    names = sorted(store.list_children("runs"), key=lambda n: (date(n), n), reverse=True)
+    summaries = []
+    for name in names[:max(0, limit)]:
+        try:
+            summary = json.loads(store.read_bytes(f"runs/{name}/summary.json"))
+        except (ObjectNotFound, ValueError):
+            continue
+        if isinstance(summary, dict):
+            summaries.append({**summary, "run_key": name})
+    return sorted(summaries, key=lambda s: (date(s["run_key"]), str(s.get("updated_at", ""))),
+                  reverse=True)

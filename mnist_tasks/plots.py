@@ -57,7 +57,7 @@ def confusion_matrix_png(cm: np.ndarray | Sequence[Sequence[int]], path: str | P
             if value == 0:
                 continue
             dark = value > vmax * 0.6
-            ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=10,
                     color="white" if dark else ("black" if i == j else "darkred"))
     ax.set_xticks(range(n))
     ax.set_yticks(range(n))

@@ -487,6 +487,7 @@ class ChampionRecord:
     accuracy: float
     model_uri: str
     predictions_uri: str
+    loss: float | None = None  # its registered test loss (the same benchmark); None: unknown
 
 
 @dataclass(frozen=True)

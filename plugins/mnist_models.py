@@ -1,13 +1,15 @@
 """A "Models" page in the Airflow UI: the model registry's versions, behind Airflow's login.
 
-The page lists every registered version of the model (version, creation time, test accuracy,
-fresh-data accuracy, dataset version, champion marker, gate decision, producing run) and shows
-one version in detail: the data it was made from (dataset version, increments, quarantined
-increments, fresh-data accuracy of it and of the champion it was compared with), its plots
-(confusion matrix first), its model card, and the batches the scoring DAG scored with it
-(the per-version summaries beside its outputs in the registry's store). It is reachable from
-the navigation bar ("Models") and from every DAG run ("Model" tab: the version that run
-registered, if any).
+The page lists every registered version of the model (version, creation time, preset, test
+accuracy, fresh-data accuracy labelled with its fresh set, dataset version, champion marker,
+gate decision, producing run linked to its Airflow run) and the recent training runs with their
+outcome (PROMOTE, REJECT, UNCHANGED, an approval's answer), and shows one version in detail: the
+gate's checks (PASS/FAIL), the challenger against the champion on each new increment, the data
+it was made from, its plots (enlarged on click), its model card, and the batches the scoring
+DAG scored with it. It is reachable from the navigation bar ("Models") and from every DAG run
+("Model" tab: the version that run registered, or why there is none). Inside Airflow's frame the
+page sizes the frame to its content (one scrollbar, Airflow's); opened on its own, it links
+back to Airflow.
 
 It is a server-rendered FastAPI app mounted by the api-server at ``/models/``:
 
@@ -38,7 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +69,8 @@ SERVED_TYPES = {
 # The selected version's table shows the newest batches only (20,000 rows are 6 MB of HTML);
 # /models/api/versions has them all.
 PAGE_BATCHES = 500
+# The training runs table: the most recent runs' summaries (one read each).
+PAGE_RUNS = 30
 
 # The nav icon: a stack of layers (a "model").
 ICON_SVG = (
@@ -117,23 +121,54 @@ def _fmt_time(iso: str) -> str:
         return iso
 
 
+def run_url(dag_id: str | None, run_id: str | None) -> str | None:
+    """The Airflow UI's page of a DAG run, relative to the Models page (``/models/``), so that
+    a sub-path deployment works."""
+    from urllib.parse import quote
+
+    from mnist_tasks.settings import TRAINING_DAG_ID
+
+    if not run_id:
+        return None
+    return f"../dags/{quote(dag_id or TRAINING_DAG_ID, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+def fresh_set(lineage: Mapping[str, Any] | None) -> str | None:
+    """Which fresh images a fresh accuracy was measured on, e.g. ``2 increments (inc-a,
+    inc-b), 300 images``: versions trained on other data were measured on other sets."""
+    if not lineage or not lineage.get("fresh"):
+        return None
+    ids = [str(i["id"]) for i in lineage.get("increments") or [] if i.get("fresh")]
+    n = lineage["fresh"].get("n")
+    count = f"{n:,} images" if isinstance(n, int) else "? images"
+    if not ids:
+        return count
+    return (f"{len(ids)} increment{'s' if len(ids) > 1 else ''} ({', '.join(ids)}), {count}")
+
+
 def _version_row(info: VersionInfo, champion: int | None) -> dict[str, Any]:
     from mnist_tasks.model_card import lineage_summary
 
     lineage = lineage_summary(info.metadata) or {}
     fresh = lineage.get("fresh") or {}
+    run = info.metadata.get("run") or {}
+    parameters = info.metadata.get("parameters") or {}
     return {
         "version": info.version,
         "created_at": info.created_at,
         "created": _fmt_time(info.created_at),
+        "preset": parameters.get("preset"),
+        "epochs": parameters.get("epochs"),
         "test_accuracy": info.test_accuracy,
         "fresh_accuracy": fresh.get("accuracy"),
+        "fresh_set": fresh_set(lineage),
         "dataset_version": lineage.get("dataset_version"),
         "gate_decision": info.gate_decision,
         "approval": _approval_text(info.approval),
         "override": info.overridden,
         "run_id": info.run_id,
         "run_key": info.run_key,
+        "run_url": run_url(run.get("dag_id"), info.run_id),
         "champion": info.version == champion,
         "model_uri": info.model_uri,
         "files": sorted(info.files),
@@ -145,6 +180,69 @@ def _version_row(info: VersionInfo, champion: int | None) -> dict[str, Any]:
             for c in info.metadata.get("candidates") or [] if isinstance(c, dict)
         ],
     }
+
+
+def gate_checks(store: Store, decision_uri: Any, reasons: Any = ()) -> list[dict[str, Any]]:
+    """The gate's checks of a decision (``name``, ``set``, ``result``: PASS, FAIL or INFO,
+    ``detail``), from its ``decision.json``; from its reason lines when that cannot be read."""
+    import re
+
+    from mnist_tasks.artifacts import read_result
+    from mnist_tasks.results import GateDecision
+    from mnist_tasks.storage import StorageError
+
+    if isinstance(decision_uri, str):
+        try:
+            decision = read_result(store, decision_uri, GateDecision)
+        except (StorageError, OSError, ValueError) as exc:
+            log.info("models page: reading the gate's checks from its reasons: %s", exc)
+        else:
+            return [{"name": c.name, "set": c.test_set,
+                     "result": {True: "PASS", False: "FAIL", None: "INFO"}[c.passed],
+                     "detail": c.detail} for c in decision.checks]
+    rows = []
+    for line in reasons or ():  # Check.line(): "name STATUS: [set: ]detail"
+        found = re.match(r"(\S+) (PASS|FAIL|INFO): (?:(benchmark|fresh): )?(.*)", str(line))
+        if found:
+            rows.append(dict(zip(("name", "result", "set", "detail"), found.groups(),
+                                 strict=True)))
+    return rows
+
+
+def _runs(store: Store, by_run_key: Mapping[str, int]) -> list[dict[str, Any]]:
+    """The recent training runs and what each did, newest first; empty, logged, when they
+    cannot be read."""
+    from mnist_tasks.pipeline import recent_runs
+    from mnist_tasks.storage import StorageError
+
+    try:
+        summaries = recent_runs(store, PAGE_RUNS)
+    except (StorageError, OSError, ValueError) as exc:
+        log.warning("models page: cannot read the runs: %s", exc)
+        return []
+    rows = []
+    for s in summaries:
+        approval = s.get("approval") if isinstance(s.get("approval"), dict) else None
+        run_id = s.get("run_id")
+        rows.append({
+            "run_id": run_id or s["run_key"],
+            "run_url": run_url(s.get("dag_id"), run_id),
+            "updated": _fmt_time(str(s.get("updated_at") or "")) if s.get("updated_at") else None,
+            "decision": s.get("decision"),
+            "approval": _approval_text(approval),
+            "approval_note": (approval or {}).get("note") if (approval or {}).get("asked")
+            else None,
+            "covered_by": s.get("covered_by"),
+            "preset": s.get("preset"),
+            "dataset_version": s.get("dataset_version"),
+            "test_accuracy": s.get("test_accuracy"),
+            "version": s.get("version", by_run_key.get(s["run_key"])),
+            "reasons": [str(r) for r in s.get("reasons") or []],
+            # What made a REJECT: the failed checks (Check.line(): "name FAIL: ...").
+            "failed": [str(r) for r in s.get("reasons") or [] if " FAIL: " in str(r)],
+            "warnings": [str(w) for w in s.get("warnings") or []],
+        })
+    return rows
 
 
 def _approval_text(approval: Any) -> str | None:
@@ -280,6 +378,7 @@ def build_app() -> FastAPI:
         selected: VersionInfo | None = None
         champion: int | None = None
         run: dict[str, Any] | None = None
+        runs: list[dict[str, Any]] = []
         card_html: str | None = None
         scored: dict[int, list[dict[str, Any]]] = {}
         try:
@@ -289,6 +388,7 @@ def build_app() -> FastAPI:
             rows = [_version_row(i, champion) | {"scored": len(scored.get(i.version, []))}
                     for i in reversed(infos)]  # newest first
             by_number = {i.version: i for i in infos}
+            runs = _runs(store, {i.run_key: i.version for i in infos})
             if run_id:
                 run = _run_banner(store, reg, run_id, dag_id)
                 if run.get("version") in by_number:
@@ -306,13 +406,17 @@ def build_app() -> FastAPI:
         except (StorageError, RegistryError, OSError, ValueError) as exc:
             log.warning("models page: cannot read the registry at %s: %s", reg.uri, exc)
             error, status = f"cannot read the model registry: {exc}", 503
+        gate = dict(selected.metadata.get("gate") or {}) if selected else {}
         html = templates.get_template(TEMPLATE.name).render(
             model_name=reg.model_name,
             registry_uri=reg.uri,
             rows=rows,
+            runs=runs,
             champion=champion,
             selected=_version_row(selected, champion) if selected else None,
             selected_meta=dict(selected.metadata) if selected else {},
+            checks=gate_checks(store, gate.get("decision_uri"), gate.get("reasons"))
+            if selected else [],
             lineage=lineage_summary(selected.metadata) if selected else None,
             plots=_plots(selected) if selected else [],
             card_html=card_html,
@@ -403,7 +507,8 @@ def _run_banner(store: Store, reg: ModelRegistry, run_id: str, dag_id: str | Non
     from mnist_tasks.settings import TRAINING_DAG_ID
     from mnist_tasks.storage import ObjectNotFound
 
-    banner: dict[str, Any] = {"run_id": run_id, "dag_id": dag_id, "version": None}
+    banner: dict[str, Any] = {"run_id": run_id, "dag_id": dag_id, "version": None,
+                              "run_url": run_url(dag_id, run_id)}
     if dag_id and dag_id != TRAINING_DAG_ID:
         banner["note"] = f"DAG {dag_id!r} does not register models; {TRAINING_DAG_ID!r} does."
         return banner
@@ -420,6 +525,10 @@ def _run_banner(store: Store, reg: ModelRegistry, run_id: str, dag_id: str | Non
         summary = {}
     banner["decision"] = summary.get("decision")
     banner["reasons"] = summary.get("reasons") or []
+    if summary.get("decision") in ("PROMOTE", "REJECT"):
+        banner["checks"] = gate_checks(
+            store, store.uri_for(f"runs/{run_key(run_id)}/gate/decision.json"),
+            banner["reasons"])
     banner["test_accuracy"] = summary.get("test_accuracy")
     banner["covered_by"] = summary.get("covered_by")
     banner["approval"] = summary.get("approval") if isinstance(summary.get("approval"),

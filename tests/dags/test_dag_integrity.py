@@ -711,9 +711,16 @@ def test_approval_on_parks_the_task_with_the_gates_report(run_approve, mode) -> 
     assert result is None  # parked in awaiting_input: no worker slot held
     assert asked["parked_timeout"] == timedelta(minutes=2.5)
     assert asked["options"] == ["Approve", "Reject"] and asked["defaults"] == ["Reject"]
-    assert "**Gate decision: PROMOTE**" in asked["body"]
+    assert "### Gate decision: PROMOTE" in asked["body"]
     assert "/models/?dag_id=mnist_training&run_id=manual__1" in asked["body"]
     assert "Promote mnist-classifier from run manual__1?" in asked["subject"]
+    assert asked["params"]["comment"]["schema"]["type"] == ["null", "string"]  # optional
+
+
+def test_a_request_about_a_reject_requires_the_comment(run_approve) -> None:  # type: ignore[no-untyped-def]
+    _, asked = run_approve(REJECTED_BY_GATE, approval="always")
+    schema = asked["params"]["comment"]["schema"]
+    assert (schema["type"], schema["minLength"]) == ("string", 1)  # the form requires it
 
 
 def test_a_gate_reject_reaches_a_person_only_with_always(glue) -> None:  # type: ignore[no-untyped-def]
@@ -741,8 +748,7 @@ REJECTED_BY_GATE = {**_gate_xcom("REJECT"), "reasons": ["threshold FAIL"]}
     (PROMOTE_OVER_V3, _event("Reject", None, by=None, timedout=True), "REJECT", "timed out",
      True),
     (REJECTED_BY_GATE, _event("Approve", "threshold too high"), "PROMOTE", "override", False),
-    (REJECTED_BY_GATE, _event("Approve", None), "REJECT", "override refused", True),
-], ids=["approve", "reject", "timeout", "override", "override-without-reason"])
+], ids=["approve", "reject", "timeout", "override"])
 def test_the_answer_decides_what_register_gets(run_approve, gate, event, final, outcome,  # type: ignore[no-untyped-def]
                                                register_skipped) -> None:
     result = run_approve.answer(gate, event, approval="always")
@@ -753,6 +759,16 @@ def test_the_answer_decides_what_register_gets(run_approve, gate, event, final, 
     assert run_approve.ti.skipped == (["register"] if register_skipped else [])
     saved = json.loads((run_approve.store / "runs" / "manual__1" / "approval.json").read_text())
     assert saved["approval"]["outcome"] == outcome and saved["decision"] == final
+
+
+def test_an_override_without_a_reason_fails_the_task_saying_why(run_approve) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match=r"^override refused: an override of the "
+                                                   r"gate's REJECT needs a written reason"):
+        run_approve.answer(REJECTED_BY_GATE, _event("Approve", "  "), approval="always")
+    saved = json.loads((run_approve.store / "runs" / "manual__1" / "approval.json").read_text())
+    assert saved["approval"]["outcome"] == "override refused" and saved["decision"] == "REJECT"
 # -- the scoring DAG (mnist_batch_scoring) -------------------------------------------------------
 
 

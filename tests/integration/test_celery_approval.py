@@ -9,10 +9,12 @@ does to reconsider: the task asks again):
 1. run 1 (no champion yet, the gate says PROMOTE): **reject** → nothing registered, no
    champion, the rejection recorded with who and when; cleared, then **approve** → v1
    registered and promoted, the approver, time and comment in its metadata and model card;
-2. run 2 (``min_accuracy: 1.0``: the gate REJECTs; a short ``approval_timeout_minutes``):
-   nobody answers → the **timeout**'s default (reject) applies, champion still v1; cleared,
-   then **override** with a reason → v2 registered and promoted, recorded as an override,
-   which ``registry list`` shows.
+2. run 2 (``min_accuracy: 1.0``: the gate REJECTs; a short ``approval_timeout_minutes``): the
+   form requires a comment; nobody answers → the **timeout**'s default (reject) applies,
+   champion still v1; cleared, then **Approve without a reason** (the REST API does not check
+   the form) → the override is refused: the approve task fails, saying why, nothing
+   registered; cleared, then **override** with a reason → v2 registered and promoted,
+   recorded as an override, which ``registry list`` shows.
 """
 
 from __future__ import annotations
@@ -132,7 +134,11 @@ def test_approve_reject_timeout_and_override_through_the_rest_api(
     assert request["options"] == ["Approve", "Reject"] and request["defaults"] == ["Reject"]
     assert "Promote mnist-classifier" in request["subject"] and run1 in request["subject"]
     body = request["body"]
-    assert "**Gate decision: PROMOTE**" in body and "approval is 'always'" in body
+    dataset_version = _run_record(deployment, run1, "summary.json")["dataset_version"]
+    assert body.startswith("### What was trained\n\nPreset **fast_mlp**, 1 epoch, "), body
+    assert f"on dataset version **`{dataset_version}`**" in body, body
+    assert "### Gate decision: PROMOTE" in body and "approval is 'always'" in body
+    assert "| threshold | benchmark | PASS |" in body, body
     assert "### McNemar's test" in body and "### Per-digit recall" in body
     assert "/models/?dag_id=mnist_training&run_id=" in body, body
     # The waiting task holds no worker slot: nothing of this run is running meanwhile.
@@ -171,8 +177,12 @@ def test_approve_reject_timeout_and_override_through_the_rest_api(
     run2 = _trigger(deployment, min_accuracy=1.0, approval_timeout_minutes=TIMEOUT_MINUTES)
     request = _wait_for_request(deployment, run2)
     waited = time.monotonic()
-    assert "REJECTED" in request["subject"] and "**Gate decision: REJECT**" in request["body"]
-    assert "written reason" in request["body"]
+    assert "REJECTED" in request["subject"] and "### Gate decision: REJECT" in request["body"]
+    assert "written reason" in request["body"] and "| threshold | benchmark | **FAIL** |" in (
+        request["body"])
+    # The form requires the comment (Airflow's form disables both answers until it is given).
+    schema = request["params"]["comment"]["schema"]
+    assert (schema["type"], schema["minLength"]) == ("string", 1), schema
     _wait(deployment, run2)
     timeout_s = time.monotonic() - waited
     assert timeout_s >= TIMEOUT_MINUTES * 60 - 5, timeout_s
@@ -181,6 +191,21 @@ def test_approve_reject_timeout_and_override_through_the_rest_api(
     timed_out = _run_record(deployment, run2, "approval.json")["approval"]
     assert (timed_out["outcome"], timed_out["by"], timed_out["timed_out"]) == (
         "timed out", None, True), timed_out
+    assert registry.get_alias("champion") == 1 and registry.version_for_run(run_key(run2)) is None
+
+    # Approve without a reason (past the form, through the REST API): refused, visibly.
+    _clear_approve(api, run2)
+    _wait_for_request(deployment, run2)
+    _answer(api, run2, "Approve", None)
+    with pytest.raises(AssertionError, match="ended as 'failed'"):
+        wait_for_run(api, deployment.services, DAG_ID, run2, RUN_TIMEOUT_S)
+    assert _states(api, run2) == {"gate": "success", "approve": "failed",
+                                  "register": "upstream_failed"}
+    refused = _run_record(deployment, run2, "approval.json")["approval"]
+    assert refused["outcome"] == "override refused", refused
+    log = task_log(api, DAG_ID, run2, "approve",
+                   task_instances(api, DAG_ID, run2)["approve"]["try_number"])
+    assert "override refused: an override of the gate's REJECT needs a written reason" in log
     assert registry.get_alias("champion") == 1 and registry.version_for_run(run_key(run2)) is None
 
     _clear_approve(api, run2)

@@ -4,6 +4,7 @@ the version's metadata, the model card, ``registry list``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 from mnist_tasks import approve
 from mnist_tasks.approve import ApprovalError, Response
+from mnist_tasks.artifacts import write_result
 from mnist_tasks.config import ConfigError, pipeline_config, run_key
 from mnist_tasks.model_card import render_model_card
 from mnist_tasks.register import build_metadata
@@ -19,14 +21,18 @@ from mnist_tasks.registry_cli import main as registry_main
 from mnist_tasks.results import (
     Approval,
     ApproveResult,
+    FreshComparison,
     GateDecision,
+    IncrementComparison,
+    LineageIncrement,
     PreprocessResult,
+    QuarantinedIncrement,
     ResultError,
     from_json,
     to_json,
 )
 from mnist_tasks.storage import LocalStore
-from tests.helpers import evaluate_result, gate_decision, train_result
+from tests.helpers import evaluate_result, gate_decision, lineage, train_result
 from tests.helpers import recall_rows as recall
 
 decision = gate_decision  # the gate's decision over champion v3, as approve receives it
@@ -98,16 +104,24 @@ def test_the_approval_params_reach_the_config() -> None:
 
 
 def test_the_request_shows_the_gates_report_in_markdown() -> None:
-    gate = decision(p=0.2, b=50, c=62, per_digit=recall(d3=0.004))
+    gate = dataclasses.replace(decision(p=0.2, b=50, c=62,
+                                        per_digit=recall(d3=0.004, d5=0.0000004, d7=0.02)),
+                               champion=dataclasses.replace(decision().champion, loss=0.0712))
     _, why = approve.needs_approval(gate, "borderline")
     body = approve.report_markdown(gate, why=why, timeout_minutes=60,
                                    models_url="http://af/models/?dag_id=d&run_id=r")
-    assert body.startswith("**Gate decision: PROMOTE**. Asked because borderline: McNemar")
-    assert "- champion PASS: benchmark: challenger 0.9812 vs champion v3 0.9762" in body
+    assert "### Gate decision: PROMOTE\n\nAsked because borderline: McNemar" in body
+    assert "| check | set | result | detail |" in body
+    assert "| champion | benchmark | PASS | challenger 0.9812 vs champion v3 0.9762 |" in body
     assert "| | challenger | champion v3 | change |" in body
     assert "| test accuracy | 0.9812 | 0.9762 | +0.0050 |" in body
+    assert "| test loss | 0.0610 | 0.0712 | -0.0102 |" in body  # the champion's, registered
     assert "p = **0.2** (exact binomial): b = 50" in body and "not significant at 0.05" in body
-    assert "| 3 | 0.9800 | 0.9760 | -0.0040 ⚠ |" in body
+    # Only a drop beyond the gate's limit (0.01) is marked; small ones and -0.0000 are not.
+    assert "| 7 | 0.9800 | 0.9600 | -0.0200 ⚠ |" in body
+    assert "| 3 | 0.9800 | 0.9760 | -0.0040 |" in body
+    assert "| 5 | 0.9800 | 0.9800 | -0.0000 |" in body
+    assert body.count("⚠") == 2  # the row and its legend
     assert "| 4 | 0.9800 | 0.9820 | +0.0020 |" in body
     assert "[This run's entry on the Models page](http://af/models/?dag_id=d&run_id=r)" in body
     assert "within 60 minutes the request is rejected" in body
@@ -120,10 +134,70 @@ def test_the_request_about_a_reject_explains_the_override() -> None:
     gate = decision("REJECT", champion=None)
     body = approve.report_markdown(gate, why="approval is 'always'", models_url=None,
                                    timeout_minutes=1440)
-    assert "**Gate decision: REJECT**" in body and "Not run: there is no champion" in body
+    assert "### Gate decision: REJECT" in body and "Not run: there is no champion" in body
     assert "overrides the gate" in body and "needs a written reason" in body
+    assert "fails this task and promotes nothing" in body
+    assert "| test loss | 0.0610 | - | - |" in body
     assert "Models page" not in body
     assert "REJECTED mnist-classifier" in approve.request_subject(gate, "mnist-classifier", "r")
+
+
+def _run_records(store: LocalStore, *, champion: int | None = 3) -> GateDecision:
+    """A run's records as the stages leave them (train, prepared, evaluation, summary) for a
+    dataset version with two increments, one drifted and new, and a quarantined one; and the
+    gate's decision citing them."""
+    runs = f"{store.uri}/runs/r"
+    inc = [LineageIncrement("2026-11-20-shop", "a" * 64, 800, 200, drift=True),
+           LineageIncrement("2026-11-01-shop", "b" * 64, 400, 100, drift=False)]
+    prepared = dataclasses.replace(
+        PREPARED, prepared_uri=f"{runs}/preprocess/prepared.npz", n_train=55_200,
+        dataset_version="d5e7a1b2c3d4e5f6", increments=("2026-11-01-shop", "2026-11-20-shop"),
+        lineage=lineage(dataset_version="d5e7a1b2c3d4e5f6", increments=tuple(inc),
+                        quarantined=(QuarantinedIncrement("2026-11-21-bad", ("bad labels",)),)))
+    write_result(store, "runs/r/preprocess/prepared.json", prepared)
+    write_result(store, "runs/r/train/result.json", train_result(
+        preset="fast_mlp", epochs_run=4, params={"preset": "fast_mlp", "epochs": 5}))
+    write_result(store, "runs/r/evaluate/result.json", evaluate_result(
+        train_uri=f"{runs}/train/result.json"))
+    store.write_bytes("runs/r/summary.json", json.dumps({"champion_fresh": {
+        "2026-11-20-shop": {"n": 200, "accuracy": 0.91}}}).encode())
+    fresh = FreshComparison(
+        n=300, challenger_accuracy=0.95, champion_accuracy=0.93, mcnemar=None,
+        per_digit_recall={}, per_increment={
+            "2026-11-01-shop": IncrementComparison(100, 0.97, 0.97),
+            "2026-11-20-shop": IncrementComparison(200, 0.94, 0.91)})
+    return decision("REJECT", champion=champion, fresh=fresh,
+                    evaluation_uri=f"{runs}/evaluate/result.json",
+                    prepared_uri=f"{runs}/preprocess/prepared.npz")
+
+
+def test_the_request_starts_with_what_was_trained_on_which_data(tmp_path: Any) -> None:
+    store = LocalStore(tmp_path)
+    gate = _run_records(store)
+    trained = approve.what_was_trained(store, gate)
+    assert (trained.preset, trained.epochs, trained.epochs_run) == ("fast_mlp", 5, 4)
+    assert trained.dataset_version == "d5e7a1b2c3d4e5f6" and trained.drifted == [
+        "2026-11-20-shop"]
+    assert [(i.id, i.new) for i in trained.increments] == [
+        ("2026-11-20-shop", True), ("2026-11-01-shop", False)]
+    body = approve.report_markdown(gate, why="approval is 'always'", models_url=None,
+                                   timeout_minutes=60, trained=trained)
+    assert body.startswith("### What was trained\n\nPreset **fast_mlp**, 5 epochs (4 run), on "
+                           "dataset version **`d5e7a1b2c3d4e5f6`** (55,200 training images")
+    assert body.index("What was trained") < body.index("Gate decision")
+    assert ("| `2026-11-20-shop` | new | 800 | 200 | 0.9400 | 0.9100 | ⚠ drift |" in body)
+    assert "| `2026-11-01-shop` | no | 400 | 100 | 0.9700 | 0.9700 | none |" in body
+    assert "**⚠ Trained on drifted data**: increment(s) `2026-11-20-shop`" in body
+    assert "Quarantined, not trained on: `2026-11-21-bad`." in body
+    assert ("| fresh-data accuracy (300 images: 2026-11-01-shop, 2026-11-20-shop) | 0.9500 | "
+            "0.9300 | +0.0200 |") in body
+    # A first model: every increment is new to it.
+    first = approve.what_was_trained(store, _run_records(store, champion=None))
+    assert all(i.new for i in first.increments)
+    # Without the run's records the request says so, and still shows the gate's report.
+    body = approve.report_markdown(gate, why="w", models_url=None, timeout_minutes=60)
+    assert body.startswith("### What was trained\n\nThe run's records could not be read")
+    assert "| check | set | result | detail |" in body
 
 
 # -- applying the answer ---------------------------------------------------------------------
@@ -294,4 +368,5 @@ def test_the_models_page_shows_the_approval_and_marks_an_override() -> None:
              "test_accuracy": None, "covered_by": None,
              "approval": to_json(rejected.approval)})
     banner = " ".join(html[html.index('id="run-banner"'):].split("</p>")[0].split())
-    assert "not promoted at the approval step" in banner and "Approval: rejected by bob" in banner
+    assert "not promoted at the approval step" in banner
+    assert "Approval: <b>rejected</b> by bob" in banner

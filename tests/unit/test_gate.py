@@ -360,7 +360,8 @@ def _images(labels: np.ndarray) -> np.ndarray:
 
 def _register_perfect_champion(registry: Registry, tmp_path: Path) -> int:
     patch_model().save(tmp_path / "model.keras")
-    info = registry.register("champion-run", {MODEL_FILE: tmp_path / "model.keras"}, {})
+    info = registry.register("champion-run", {MODEL_FILE: tmp_path / "model.keras"},
+                             {"metrics": {"test_loss": 0.0123}})
     registry.promote(info.version)
     return info.version
 
@@ -430,6 +431,7 @@ def test_gate_compares_with_the_champion_on_both_sets_and_records_it(
     assert fresh.per_digit_recall["4"].support == 40
     assert result.evaluation_uri == evaluation.result_uri  # what register reads next
     assert result.challenger.loss == evaluation.test_loss  # for the approval request
+    assert result.champion is not None and result.champion.loss == 0.0123  # as registered
 
     # The decision is one object, written once: decision.json is its JSON.
     assert result.decision_uri == store.uri_for("runs/r/gate/decision.json")
