@@ -550,7 +550,8 @@ def run_note(summary: Mapping[str, Any]) -> str:
     chosen = next((c for c in summary.get("candidates") or [] if c.get("chosen")), None)
     parts = [str(summary.get("preset") or "?")]
     if chosen is not None:
-        parts.append(f"{chosen.get('epochs_run') or chosen.get('epochs')} epochs")
+        epochs = chosen.get("epochs_run") or chosen.get("epochs")
+        parts.append(f"{epochs} epoch{'' if epochs == 1 else 's'}")
         if len(summary["candidates"]) > 1:
             parts.append(f"best of {len(summary['candidates'])} candidates")
     accuracy = summary.get("test_accuracy")

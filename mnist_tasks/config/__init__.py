@@ -396,10 +396,10 @@ FORM_SECTIONS: dict[str, str | None] = {
 
 
 def _preset_line(name: str) -> str:
-    """``fast_mlp: tuned for CPU time (6 epochs, batch 512, learning rate 0.005)``."""
+    """``fast_mlp (6 epochs, batch 512, learning rate 0.005): tuned for CPU time``."""
     preset = PRESETS[name]
-    return (f"{name}: {preset['description']} ({preset['epochs']} epochs, batch "
-            f"{preset['batch_size']}, learning rate {preset['learning_rate']:g})")
+    return (f"{name} ({preset['epochs']} epochs, batch {preset['batch_size']}, learning rate "
+            f"{preset['learning_rate']:g}): {preset['description']}")
 
 
 _OVERRIDE = "Unset (empty): the preset's (listed under Training preset)."

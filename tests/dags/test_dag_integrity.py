@@ -226,8 +226,8 @@ def test_params_are_the_librarys_trigger_parameters(dag) -> None:  # type: ignor
     assert dag.params.get_param("seed").schema["allOf"] == [{"minimum": 0,
                                                              "maximum": 2**31 - 1}]
     for preset, values in PRESETS.items():  # the form describes every preset, with its values
-        assert (f"{preset}: {values['description']} ({values['epochs']} epochs, batch "
-                f"{values['batch_size']}, learning rate {values['learning_rate']:g})"
+        assert (f"{preset} ({values['epochs']} epochs, batch {values['batch_size']}, "
+                f"learning rate {values['learning_rate']:g}): {values['description']}"
                 in PARAM_SPECS["preset"].description)
 
 
