@@ -199,9 +199,11 @@ def import_tensorflow_quietly() -> None:
     C++ start-up ("All log messages before absl::InitializeLog() ...", "oneDNN custom
     operations are on ...") writes there while it loads, before ``TF_CPP_MIN_LOG_LEVEL`` (set
     here to 2 unless the deployment set it) can silence them; on stdout they are INFO lines.
-    Nothing to do once it is imported, or where it is not installed.
+    Nothing to do once it is imported, where it is not installed, or with another Keras
+    backend (``KERAS_BACKEND``).
     """
-    if "tensorflow" in sys.modules:
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if "tensorflow" in sys.modules or backend != "tensorflow":
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.stderr.flush()

@@ -37,6 +37,7 @@ CANDIDATES = [
 @dataclass(frozen=True)
 class Run:
     output: str
+    stderr: str
     returncode: int
     store: LocalStore
     summary: dict[str, Any]
@@ -50,7 +51,7 @@ def run(airflow_home: Path, mnist_dir: Path, tmp_path_factory: pytest.TempPathFa
             "min_accuracy": 0.9, "candidates": CANDIDATES, "min_candidates": 2}
     result = AirflowCLI(airflow_home).dags_test(conf)
     output = result.stdout + result.stderr
-    return Run(output, result.returncode, store, run_summary(store), airflow_home)
+    return Run(output, result.stderr, result.returncode, store, run_summary(store), airflow_home)
 
 
 def _train_instances(home: Path) -> list[tuple[int, str, int]]:
@@ -158,6 +159,10 @@ def test_a_train_log_shows_its_epochs_at_the_top_level_and_no_error(run: Run) ->
     assert epochs == [0], log
     assert any(line.split("] ", 1)[-1].startswith("SUMMARY train finished in ") for line in log)
     assert "Returned value was" not in run.output
+    # TensorFlow's start-up lines, which a deployed task's stderr would turn into ERROR lines,
+    # went to stdout (here, `airflow dags test` runs the tasks in its own process).
+    assert "oneDNN custom operations are on" in run.output
+    assert "oneDNN" not in run.stderr and "absl::InitializeLog" not in run.stderr, run.stderr
     # The run's note (a DAG callback): what it did, in one line.
     assert re.search(r"RUN NOTE manual__\S+: fast_mlp · 1 epoch · best of 3 candidates · "
                      rf"PROMOTE v{run.summary['version']} \(\d+\.\d\d %\)", run.output)
