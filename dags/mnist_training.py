@@ -25,8 +25,8 @@ increments land in the source (`MNIST_SOURCE`); no one needs to touch Airflow fo
 increment to be trained on. **Unpausing** a paused DAG (also the trigger form's "Unpause on
 trigger" box, ticked by default) makes the scheduler start the latest weekly run it missed
 while paused, at once: Airflow does this even with `catchup=False`, and no built-in timetable
-option prevents it (`run_immediately` only concerns a DAG's very first run). Untick the box, or
-expect one scheduled run besides the triggered one.
+option prevents it (`run_immediately` only concerns the first run of a DAG that never ran). Untick
+the box, or expect one scheduled run besides the triggered one.
 
 Trigger it from the UI with the form, or from the CLI:
 `airflow dags trigger mnist_training --conf '{"preset": "fast_mlp"}'`; several candidates
