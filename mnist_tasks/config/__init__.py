@@ -354,8 +354,8 @@ class ParamSpec:
 
         The range sits under ``allOf``, not at the top: Airflow's trigger form gives a number
         field a top-level ``minimum``/``maximum`` as its bounds and silently clamps a value
-        typed outside them (0 epochs became 1). Under ``allOf`` the value stays as typed, and
-        the trigger is refused, naming the parameter and its range.
+        typed outside them (0 epochs would become 1). Under ``allOf`` the value stays as
+        typed, and the trigger is refused, naming the parameter and its range.
         """
         if self.json_schema is not None:
             return json.loads(json.dumps(self.json_schema))  # a deep copy
