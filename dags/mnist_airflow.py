@@ -147,13 +147,14 @@ def s3_client_kwargs() -> dict[str, Any] | None:
     return kwargs or None
 
 
-def notify(context: Any, message: str) -> None:
-    """Log ``message`` and, when MNIST_NOTIFIER is set, send it through that Airflow notifier.
+def notify(context: Any, message: str, level: int = logging.ERROR) -> None:
+    """Log ``message`` (at ``level``) and, when MNIST_NOTIFIER is set, send it through that
+    Airflow notifier.
 
     MNIST_NOTIFIER: ``{"class": "dotted.path.Notifier", "kwargs": {...}}``, e.g. the SMTP or
     Slack provider's notifier; its templates can use ``{{ mnist_alert }}``.
     """
-    log.error("%s", message)
+    log.log(level, "%s", message)
     spec_text = os.environ.get("MNIST_NOTIFIER", "")
     if not spec_text:
         return
@@ -359,7 +360,8 @@ def check(ingested: dict[str, Any]) -> dict[str, Any] | bool:
     result = run_stage("check", pipeline().check, typed("check", ingested))
     ctx = _context()
     for warning in result["warnings"]:
-        notify(ctx, f"WARNING {ctx['dag'].dag_id} run {ctx['run_id']}: {warning}")
+        notify(ctx, f"WARNING {ctx['dag'].dag_id} run {ctx['run_id']}: {warning}",
+               logging.WARNING)
     if result["decision"] == "UNCHANGED":
         return False
     return result
