@@ -2,7 +2,7 @@
 
 What is here: the trigger form's ``Param``s (generated from ``mnist_tasks.config``), the
 deployment settings read from the environment (``MNIST_*``: the README's deployment table), the
-failure/rejection notifier, the stage wrapper (``gc.freeze``, a collapsible log group, one
+failure/rejection notifier, the stage wrapper (``gc.freeze``, TensorFlow imported quietly, one
 summary line), XCom <-> typed results (:func:`typed`, :func:`run_stage`), the Airflow
 connection -> boto3 arguments (also used by the Models page plugin), the deadline alert, the
 task bodies that need Airflow's context (train's progress note, the short-circuits, register's
@@ -21,6 +21,7 @@ import gc
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -76,9 +77,10 @@ def trigger_params(environ: Mapping[str, str] = os.environ) -> dict[str, Param]:
     """
     params: dict[str, Param] = {}
     for spec in TRIGGER_PARAMS:
+        section = {"section": spec.section} if spec.section else {}
         params[spec.name] = Param(
-            form_default(spec, environ), description=spec.description, title=spec.title,
-            **spec.schema(),
+            form_default(spec, environ), description=spec.help, title=spec.title,
+            **section, **spec.schema(),
         )
     return params
 
@@ -145,13 +147,14 @@ def s3_client_kwargs() -> dict[str, Any] | None:
     return kwargs or None
 
 
-def notify(context: Any, message: str) -> None:
-    """Log ``message`` and, when MNIST_NOTIFIER is set, send it through that Airflow notifier.
+def notify(context: Any, message: str, level: int = logging.ERROR) -> None:
+    """Log ``message`` (at ``level``) and, when MNIST_NOTIFIER is set, send it through that
+    Airflow notifier.
 
     MNIST_NOTIFIER: ``{"class": "dotted.path.Notifier", "kwargs": {...}}``, e.g. the SMTP or
     Slack provider's notifier; its templates can use ``{{ mnist_alert }}``.
     """
-    log.error("%s", message)
+    log.log(level, "%s", message)
     spec_text = os.environ.get("MNIST_NOTIFIER", "")
     if not spec_text:
         return
@@ -186,6 +189,37 @@ def freeze_long_lived_objects() -> None:
     gc.freeze()
 
 
+# The stages that load TensorFlow (to train, or to predict with a model).
+TENSORFLOW_STAGES = frozenset({"check", "train", "evaluate", "gate", "register", "score"})
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its start-up lines on stdout instead of stderr.
+
+    Airflow's task supervisor logs whatever a task writes to stderr as ERROR, and TensorFlow's
+    C++ start-up ("All log messages before absl::InitializeLog() ...", "oneDNN custom
+    operations are on ...") writes there while it loads, before ``TF_CPP_MIN_LOG_LEVEL`` (set
+    here to 2 unless the deployment set it) can silence them; on stdout they are INFO lines.
+    Nothing to do once it is imported, where it is not installed, or with another Keras
+    backend (``KERAS_BACKEND``).
+    """
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if "tensorflow" in sys.modules or backend != "tensorflow":
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        os.dup2(1, 2)
+        import tensorflow  # noqa: F401
+    except ImportError:
+        pass
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 # -- XCom <-> typed results: each task's input is the typed result of the task before it -------
 
 # The result type each task takes, rebuilt from the previous task's XCom.
@@ -214,11 +248,13 @@ def typed(task: str, xcom: Any) -> Any:
 
 
 def run_stage(name: str, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
-    """Run a library stage inside a collapsible log group, then log one summary line; its
-    typed result goes to XCom as JSON (:func:`mnist_tasks.results.to_json`)."""
+    """Run a library stage, its log lines at the top level of the task's log (the per-epoch
+    lines, what was quarantined), then log one summary line; its typed result goes to XCom as
+    JSON (:func:`mnist_tasks.results.to_json`)."""
     start = time.perf_counter()
+    if name in TENSORFLOW_STAGES:
+        import_tensorflow_quietly()
     freeze_long_lived_objects()
-    log.info("::group::%s: details", name)
     try:
         out = fn(*args)
         # The training stages return typed results; the scoring stages, plain dicts.
@@ -232,9 +268,7 @@ def run_stage(name: str, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
 
             raise AirflowFailException(str(exc)) from exc
         raise
-    finally:
-        log.info("::endgroup::")
-    # Scalars only, and of the URIs only the model's: the details are in the group above.
+    # Scalars only, and of the URIs only the model's: the details are in the lines above.
     brief = ", ".join(
         f"{k}={v}"
         for k, v in result.items()
@@ -295,7 +329,9 @@ def select(trained: Any) -> dict[str, Any]:
 
     from mnist_tasks.select import SelectionError
 
-    done = [typed("select", r) for r in (trained or []) if r]
+    # A slice is one request for every instance's result; iterating would fetch one at a time
+    # until Airflow's client logs a 404 (as an ERROR line) past the last one.
+    done = [typed("select", r) for r in (trained[:] if trained else []) if r]
     try:
         return run_stage("select", pipeline().select, done)
     except SelectionError as exc:
@@ -324,7 +360,8 @@ def check(ingested: dict[str, Any]) -> dict[str, Any] | bool:
     result = run_stage("check", pipeline().check, typed("check", ingested))
     ctx = _context()
     for warning in result["warnings"]:
-        notify(ctx, f"WARNING {ctx['dag'].dag_id} run {ctx['run_id']}: {warning}")
+        notify(ctx, f"WARNING {ctx['dag'].dag_id} run {ctx['run_id']}: {warning}",
+               logging.WARNING)
     if result["decision"] == "UNCHANGED":
         return False
     return result
@@ -547,6 +584,105 @@ def register(decision: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# -- the run's note: what the run did, on the grid -------------------------------------------------
+
+
+def run_note(summary: Mapping[str, Any]) -> str:
+    """One line for the run's note, from its summary (``runs/<run-key>/summary.json``):
+    ``fast_mlp · 2 epochs · PROMOTE v4 (99.12 %)``, ``... · REJECT (threshold: ...)``,
+    ``UNCHANGED (v3)``; a run that stopped before the gate says where it got to."""
+    decision = summary.get("decision")
+    if decision == "UNCHANGED":
+        return f"UNCHANGED (v{summary.get('covered_by')})"
+    chosen = next((c for c in summary.get("candidates") or [] if c.get("chosen")), None)
+    parts = [str(summary.get("preset") or "?")]
+    if chosen is not None:
+        epochs = chosen.get("epochs_run") or chosen.get("epochs")
+        parts.append(f"{epochs} epoch{'' if epochs == 1 else 's'}")
+        if len(summary["candidates"]) > 1:
+            parts.append(f"best of {len(summary['candidates'])} candidates")
+    accuracy = summary.get("test_accuracy")
+    if decision == "PROMOTE" and summary.get("version") is not None:
+        parts.append(f"PROMOTE v{summary['version']} ({100 * accuracy:.2f} %)")
+    elif decision == "PROMOTE":
+        parts.append("PROMOTE, not registered")
+    elif decision == "REJECT":
+        failed = [r.replace(" FAIL:", ":", 1) for r in summary.get("reasons") or []
+                  if " FAIL:" in r]
+        parts.append(f"REJECT ({'; '.join(failed)})" if failed else "REJECT")
+    else:
+        parts.append("no decision: stopped before the gate")
+    outcome = (summary.get("approval") or {}).get("outcome")
+    if outcome:
+        by = (summary.get("approval") or {}).get("by")
+        parts.append(f"approval: {outcome}" + (f" by {by}" if by else ""))
+    return " · ".join(parts)[:1000]  # the API's limit for a note
+
+
+def post_run_note(dag_id: str, run_id: str, note: str,
+                  environ: Mapping[str, str] = os.environ) -> str:
+    """Set the run's note through Airflow's REST API (``PATCH .../dagRuns/<run_id>``), with
+    MNIST_AIRFLOW_API_URL and MNIST_AIRFLOW_TOKEN (or MNIST_AIRFLOW_USERNAME and
+    MNIST_AIRFLOW_PASSWORD): a task cannot set its run's note otherwise in Airflow 3.3 (the
+    execution API has no such call). Returns what happened, for the log; never raises."""
+    import urllib.request
+    from urllib.parse import quote
+
+    from mnist_tasks.settings import Settings
+
+    cfg = Settings.from_environ(environ)
+    if not cfg.airflow_api_url:
+        return "not set on the run: MNIST_AIRFLOW_API_URL is not set"
+    base = cfg.airflow_api_url.rstrip("/")
+
+    def call(method: str, path: str, body: Any, token: str | None = None) -> Any:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(base + path, data=json.dumps(body).encode(),
+                                         headers=headers, method=method)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
+
+    try:
+        token = cfg.airflow_token or str(call("POST", "/auth/token", {
+            "username": cfg.airflow_username, "password": cfg.airflow_password})["access_token"])
+        call("PATCH", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/{quote(run_id, safe='')}"
+                      "?update_mask=note", {"note": note}, token)
+    except Exception as exc:  # a note is not worth failing anything for
+        return f"not set on the run: {base}: {exc}"
+    return f"set on the run through {base}"
+
+
+def note_the_run(context: Any) -> None:
+    """The training DAG's success and failure callback: the run's note says what it did.
+
+    Airflow runs DAG callbacks in the DAG processor (in ``airflow dags test``, in its
+    process); the note comes from the run's summary in the store, and the line ``RUN NOTE``
+    goes to the callback's log whether or not the API is reachable.
+    """
+    from mnist_tasks.pipeline import run_summary
+    from mnist_tasks.storage import ObjectNotFound, open_store
+
+    dag_id, run_id = context["dag"].dag_id, context["run_id"]
+    try:
+        params = context.get("params") or {}
+        store_uri = params.get("store") or form_default(PARAM_SPECS["store"])
+        try:
+            kwargs = s3_client_kwargs()
+        except Exception:  # no connection API where this callback runs: boto3's defaults
+            kwargs = None
+        try:
+            note = run_note(run_summary(open_store(store_uri, client_kwargs=kwargs), run_id))
+        except ObjectNotFound:
+            note = "no decision: stopped before check"
+        if context.get("reason") not in (None, "success"):
+            note += f" · FAILED ({context['reason']})"
+        log.info("RUN NOTE %s: %s (%s)", run_id, note, post_run_note(dag_id, run_id, note))
+    except Exception:
+        log.exception("RUN NOTE %s: not written", run_id)
+
+
 def deadline_alert(environ: Mapping[str, str] = os.environ) -> DeadlineAlert | None:
     """Alert when a run takes MNIST_DEADLINE_MARGIN_MINUTES (default 60) longer than its recent
     average; ``off`` disables it (``airflow dags test`` on 3.3.2 needs that: apache/airflow#73428).
@@ -584,8 +720,10 @@ def retry_delay_seconds(environ: Mapping[str, str] = os.environ) -> float:
 
 def default_args(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """Every task's defaults: retries with exponential backoff from MNIST_RETRY_DELAY_SECONDS, a
-    timeout (train overrides its own), and the failure notification."""
+    timeout (train overrides its own), the failure notification, and no dump of a task's
+    return value in its log (the stage wrapper's SUMMARY line says what matters)."""
     return {
+        "show_return_value_in_logs": False,
         "owner": "ml-platform",
         "retries": 2,
         "retry_delay": timedelta(seconds=retry_delay_seconds(environ)),
@@ -609,26 +747,67 @@ def training_timetable(environ: Mapping[str, str] = os.environ) -> Any:
     """
     from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
 
+    text = _training_cron(environ)
+    if text is None:
+        return [MNIST_INCREMENTS]
+    timetable = CronTriggerTimetable(text, timezone="UTC")
+    return AssetOrTimeSchedule(timetable=timetable, assets=[MNIST_INCREMENTS])
+
+
+def _training_cron(environ: Mapping[str, str]) -> str | None:
+    """MNIST_TRAINING_SCHEDULE, checked; None for ``off``."""
     text = environ.get("MNIST_TRAINING_SCHEDULE", "").strip() or "@weekly"
     if text.lower() in ("off", "none"):
-        return [MNIST_INCREMENTS]
+        return None
     from croniter import croniter  # Airflow's own cron parser
 
     if not croniter.is_valid(text):
         raise ValueError(f"MNIST_TRAINING_SCHEDULE={text!r}: not a cron expression; "
                          "use e.g. '@weekly', '0 3 * * 1' or 'off'")
-    timetable = CronTriggerTimetable(text, timezone="UTC")
-    return AssetOrTimeSchedule(timetable=timetable, assets=[MNIST_INCREMENTS])
+    return text
 
 
-def watch_interval(environ: Mapping[str, str] = os.environ) -> timedelta:
+def training_schedule_text(environ: Mapping[str, str] = os.environ) -> str:
+    """The training schedule in words, for the DAG's description: Airflow's UI shows only the
+    asset of an asset-or-time schedule, so the time part would appear nowhere else."""
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    text = _training_cron(environ)
+    if text is None:
+        return f"when new labeled increments land (asset {MNIST_INCREMENTS.name})"
+    words = CronTriggerTimetable(text, timezone="UTC").description
+    when = "Weekly" if text == "@weekly" else "On a schedule"
+    return (f"{when} ({words}, UTC) or when new labeled increments land (asset "
+            f"{MNIST_INCREMENTS.name}), whichever comes first")
+
+
+def every(env: str, environ: Mapping[str, str] = os.environ) -> str:
+    """``every 5 minutes``: how often an interval DAG runs (``env``: its minutes variable)."""
+    minutes = int(env_number(environ, env))
+    return "every minute" if minutes == 1 else f"every {minutes} minutes"
+
+
+def interval_timetable(minutes: int) -> Any:
+    """Every ``minutes`` minutes, as a cron timetable where one fits (the UI shows
+    ``*/5 * * * *`` and "Every 5 minutes"; a plain interval reads ``0:05:00``), else as an
+    interval."""
+    from airflow.sdk import CronTriggerTimetable, DeltaTriggerTimetable
+
+    if minutes < 60 and 60 % minutes == 0:
+        return CronTriggerTimetable(f"*/{minutes} * * * *", timezone="UTC")
+    if minutes % 60 == 0 and 24 % (minutes // 60) == 0:
+        return CronTriggerTimetable(f"0 */{minutes // 60} * * *", timezone="UTC")
+    return DeltaTriggerTimetable(timedelta(minutes=minutes))
+
+
+def watch_interval(environ: Mapping[str, str] = os.environ) -> Any:
     """How often the landing check runs: MNIST_WATCH_INTERVAL_MINUTES (default 5).
 
     Raises:
         ValueError: naming the variable, for a value that is not a whole number of minutes
             from 1 to 1440 (the DAG file then fails to import, with this message).
     """
-    return timedelta(minutes=env_number(environ, "MNIST_WATCH_INTERVAL_MINUTES"))
+    return interval_timetable(int(env_number(environ, "MNIST_WATCH_INTERVAL_MINUTES")))
 
 
 def land() -> dict[str, Any]:
@@ -825,13 +1004,13 @@ def health(committed: dict[str, Any]) -> dict[str, Any]:
     return extra
 
 
-def feedback_interval(environ: Mapping[str, str] = os.environ) -> timedelta:
+def feedback_interval(environ: Mapping[str, str] = os.environ) -> Any:
     """How often landed feedback is looked for: MNIST_FEEDBACK_INTERVAL_MINUTES (default 5).
 
     Raises:
         ValueError: naming the variable, for a value that is not 1 to 1440 whole minutes.
     """
-    return timedelta(minutes=env_number(environ, "MNIST_FEEDBACK_INTERVAL_MINUTES"))
+    return interval_timetable(int(env_number(environ, "MNIST_FEEDBACK_INTERVAL_MINUTES")))
 
 
 def feedback(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:

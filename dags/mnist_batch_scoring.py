@@ -37,6 +37,8 @@ from airflow.sdk import dag, task
     dag_id=glue.SCORING_DAG_ID,
     # A new champion (promote or rollback), or the interval's landing check.
     schedule=glue.scoring_timetable(),
+    description="Scores landed batches with the champion: on a new champion, or "
+                f"{glue.every('MNIST_SCORING_INTERVAL_MINUTES')} for new batches.",
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -47,26 +49,29 @@ from airflow.sdk import dag, task
 def mnist_batch_scoring() -> None:
     @task
     def plan() -> dict[str, Any]:
-        """The pinned model version and the batches; nothing to do: skipped."""
+        """Pins the model version and picks the batches to score; nothing to do: skipped."""
         return glue.score_plan()
 
     @task
     def prepare(planned: dict[str, Any]) -> list[dict[str, Any]]:
-        """The shards: small dicts naming the staged images, one per mapped `score`."""
+        """Decodes and stages the batches' images, cut into shards, one `score` each."""
         return glue.score_prepare(planned)
 
-    @task(execution_timeout=timedelta(hours=1))
+    # A mapped task takes neither its docstring (as its description) nor the operator's
+    # arguments in default_args (show_return_value_in_logs): given here.
+    @task(execution_timeout=timedelta(hours=1), show_return_value_in_logs=False,
+          doc_md="Scores one shard of images with the pinned model version.")
     def score(shard: dict[str, Any]) -> dict[str, Any]:
         return glue.score_shard(shard)
 
     @task(trigger_rule="none_failed_min_one_success")
     def commit(planned: dict[str, Any]) -> dict[str, Any]:
-        """Runs when every shard scored (or there were none: every batch rejected)."""
+        """Commits each batch's predictions, manifest last, once every shard is scored."""
         return glue.score_commit(planned)
 
     @task(outlets=[glue.MODEL_HEALTH])
     def health(committed: dict[str, Any]) -> dict[str, Any]:
-        """A batch's drift ALARM: an event of mnist_model_health; none: skipped."""
+        """Turns a batch's drift ALARM into an event of mnist_model_health; none: skipped."""
         return glue.health(committed)
 
     planned = plan()

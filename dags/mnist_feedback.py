@@ -23,6 +23,8 @@ from airflow.sdk import dag, task
 @dag(
     dag_id=glue.FEEDBACK_DAG_ID,
     schedule=glue.feedback_interval(),
+    description=f"Merges labels that come back {glue.every('MNIST_FEEDBACK_INTERVAL_MINUTES')}"
+                ": live accuracy, alarms, new increments.",
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -33,8 +35,7 @@ from airflow.sdk import dag, task
 def mnist_feedback() -> None:
     @task(outlets=[glue.MODEL_HEALTH], execution_timeout=timedelta(minutes=30))
     def feedback() -> dict[str, Any]:
-        """Live-accuracy ALARM: an asset event; processed without alarm, or nothing new:
-        skipped (no event)."""
+        """Merges landed labels with the predictions; an ALARM is an event of mnist_model_health."""
         return glue.feedback()
 
     feedback()

@@ -23,6 +23,8 @@ from airflow.sdk import dag, task
 @dag(
     dag_id=glue.WATCH_DAG_ID,
     schedule=glue.watch_interval(),
+    description=f"Looks for new labeled increments {glue.every('MNIST_WATCH_INTERVAL_MINUTES')}"
+                "; new ones start mnist_training.",
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -33,7 +35,7 @@ from airflow.sdk import dag, task
 def mnist_increments_watch() -> None:
     @task(outlets=[glue.MNIST_INCREMENTS], execution_timeout=timedelta(minutes=10))
     def land() -> dict[str, Any]:
-        """New complete increments: an asset event; none: skipped (no event)."""
+        """Announces new complete increments as an event of mnist_increments; none: skipped."""
         return glue.land()
 
     land()

@@ -22,13 +22,24 @@ Schedule: `AssetOrTimeSchedule`: every Sunday at 00:00 UTC (`@weekly`; `MNIST_TR
 sets another cron, or `off`), and also on each event of
 the asset `mnist_increments`, which the `mnist_increments_watch` DAG emits when complete
 increments land in the source (`MNIST_SOURCE`); no one needs to touch Airflow for a new
-increment to be trained on.
+increment to be trained on. **Unpausing** a paused DAG (also the trigger form's "Unpause on
+trigger" box, ticked by default) makes the scheduler start the latest weekly run it missed
+while paused, at once: Airflow does this even with `catchup=False`, and no built-in timetable
+option prevents it (`run_immediately` only concerns the first run of a DAG that never ran). Untick
+the box, or expect one scheduled run besides the triggered one.
 
 Trigger it from the UI with the form, or from the CLI:
 `airflow dags trigger mnist_training --conf '{"preset": "fast_mlp"}'`; several candidates
 (a sweep) with `--conf '{"candidates": [{"seed": [1, 2], "learning_rate": [0.002, 0.005]}]}'`
 (docs/candidates.md). A trigger may set only
-the form's fields; any other key fails the run at its first task, naming the key. The checksum
+the form's fields; any other key fails the run at its first task, naming the key. A value out
+of its range is refused when you trigger (the form keeps the value as typed and says why),
+and the first task checks every value again: `parameter 'epochs' = 0 is invalid: ...`.
+
+Each run's **note** (the grid) says what it did, e.g. `fast_mlp · 2 epochs · PROMOTE v4
+(99.12 %)`, `... · REJECT (threshold: ...)` or `UNCHANGED (v3)`: the DAG's success and failure
+callback writes it through Airflow's REST API (`MNIST_AIRFLOW_API_URL` and a token or user),
+and logs it as `RUN NOTE`. The checksum
 policy (`MNIST_CHECKSUMS`), the model name (`MNIST_MODEL_NAME`) and the other deployment settings
 are environment variables: see `mnist_airflow.py` and the README's deployment table.
 """
@@ -46,6 +57,7 @@ from airflow.sdk import TriggerRule, dag, task
     dag_id=glue.DAG_ID,
     # Weekly (MNIST_TRAINING_SCHEDULE), or as soon as the landing check announces increments.
     schedule=glue.training_timetable(),
+    description=f"Retrains the MNIST classifier: {glue.training_schedule_text()}.",
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -54,50 +66,57 @@ from airflow.sdk import TriggerRule, dag, task
     tags=["mnist", "ml", "retraining"],
     doc_md=__doc__,
     deadline=glue.deadline_alert(),
+    on_success_callback=glue.note_the_run,
+    on_failure_callback=glue.note_the_run,
 )
 def mnist_training() -> None:
+    # Each task's docstring is its description in the UI (Details, and the graph's tooltip).
     @task
     def ingest() -> dict[str, Any]:
+        """Fetches, verifies and validates the base data and the increments: a dataset version."""
         return glue.stage("ingest")
 
     @task.short_circuit
     def check(ingested: dict[str, Any]) -> dict[str, Any] | bool:
-        """UNCHANGED (the champion covers these inputs) returns False: nothing later runs."""
+        """Stops the run as UNCHANGED when the champion was trained on exactly these inputs."""
         return glue.check(ingested)
 
     @task
     def preprocess(checked: dict[str, Any]) -> dict[str, Any]:
+        """Scales the images and makes the seeded validation split and the fresh test data."""
         return glue.stage("preprocess", checked)
 
     @task
     def candidates(checked: dict[str, Any]) -> list[int]:
-        """The candidates' indexes (the `candidates` param): train maps over them."""
+        """Lists the run's candidates (the `candidates` param), one `train` instance each."""
         return glue.candidates(checked)
 
-    @task(pool=glue.TRAIN_POOL, queue=glue.TRAIN_QUEUE, execution_timeout=timedelta(hours=6))
+    # A mapped task takes neither its docstring (as its description) nor the operator's
+    # arguments in default_args (show_return_value_in_logs): given here.
+    @task(pool=glue.TRAIN_POOL, queue=glue.TRAIN_QUEUE, execution_timeout=timedelta(hours=6),
+          doc_md="Trains one candidate, one log line per epoch; a retry resumes from its "
+                 "checkpoint.", show_return_value_in_logs=False)
     def train(prepared: dict[str, Any], candidate: int) -> dict[str, Any]:
-        """One mapped instance per candidate. Notes each checkpoint in the task state store
-        (per instance); a retry resumes from it."""
         return glue.train(prepared, candidate)
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def select(trained: Any) -> dict[str, Any]:
-        """Runs when every candidate is done, failed ones too: the best by validation accuracy
-        of those that trained; fails when fewer than `min_candidates` did."""
+        """Keeps the candidate with the best validation accuracy (failed ones are named)."""
         return glue.select(trained)
 
     @task
     def evaluate(trained: dict[str, Any]) -> dict[str, Any]:
+        """Measures the model on the test set and the fresh data: metrics, report, plots."""
         return glue.stage("evaluate", trained)
 
     @task.short_circuit
     def gate(evaluation: dict[str, Any]) -> dict[str, Any] | bool:
-        """PROMOTE passes the decision on; REJECT notifies, returns False and skips approve and
-        register (with approval 'always' it goes on to a person, who may override it)."""
+        """Decides PROMOTE or REJECT (threshold, champion, McNemar, per-digit recall)."""
         return glue.gate(evaluation)
 
     @task(outlets=[glue.MODEL_REGISTRY])
     def register(decision: dict[str, Any]) -> dict[str, Any]:
+        """Registers the promoted model as a new version and moves the champion alias."""
         return glue.register(decision)
 
     checked = check(ingest())
@@ -106,7 +125,8 @@ def mnist_training() -> None:
     # ApprovalOperator; it passes the decision on, or asks under "Required actions" and applies
     # the answer. Anything but a final PROMOTE skips register.
     approve = glue.PromotionApproval(
-        task_id=glue.APPROVAL_TASK_ID, decision=gate(evaluate(select(trained))))
+        task_id=glue.APPROVAL_TASK_ID, decision=gate(evaluate(select(trained))),
+        doc_md="Passes the gate's decision on, or asks a person (the `approval` param).")
     register(approve.output)
 
 

@@ -350,24 +350,63 @@ class ParamSpec:
     json_schema: Mapping[str, Any] | None = None
 
     def schema(self) -> dict[str, Any]:
-        """The JSON schema of the value: what Airflow's ``Param`` validates a trigger against."""
+        """The JSON schema of the value: what Airflow's ``Param`` validates a trigger against.
+
+        The range sits under ``allOf``, not at the top: Airflow's trigger form gives a number
+        field a top-level ``minimum``/``maximum`` as its bounds and silently clamps a value
+        typed outside them (0 epochs would become 1). Under ``allOf`` the value stays as
+        typed, and the trigger is refused, naming the parameter and its range.
+        """
         if self.json_schema is not None:
             return json.loads(json.dumps(self.json_schema))  # a deep copy
         schema: dict[str, Any] = {"type": ["null", self.type] if self.nullable else self.type}
-        for key, value in (("minimum", self.minimum), ("maximum", self.maximum),
-                           ("pattern", self.pattern), ("minLength", self.min_length)):
+        for key, value in (("pattern", self.pattern), ("minLength", self.min_length)):
             if value is not None:
                 schema[key] = value
+        bounds = {key: value for key, value in (("minimum", self.minimum),
+                                                ("maximum", self.maximum)) if value is not None}
+        if bounds:
+            schema["allOf"] = [bounds]
         if self.enum is not None:
             schema["enum"] = list(self.enum)
         return schema
 
+    @property
+    def section(self) -> str | None:
+        """The trigger form's section of the parameter (None: the form's first, open one)."""
+        return FORM_SECTIONS[self.group]
 
-_OVERRIDE = "Unset (empty): the preset's."
+    @property
+    def help(self) -> str:
+        """The description, with the range when there is one: what the form shows."""
+        if self.minimum is None or self.maximum is None:
+            return self.description
+        low, high = (f"{v:g}" for v in (self.minimum, self.maximum))
+        kind = "A whole number" if self.type == "integer" else "A number"
+        return (f"{self.description} {kind} from {low} to {high}; another value is refused "
+                "when you trigger, and the first task checks it again.")
+
+
+# The trigger form's sections, by group: Airflow shows the parameters without a section first,
+# in its open "Run Parameters" section, and each section below it, collapsed until opened.
+FORM_SECTIONS: dict[str, str | None] = {
+    "training": None, "gating": "Gate", "data": "Data and store", "store": "Data and store",
+    "approval": "Approval",
+}
+
+
+def _preset_line(name: str) -> str:
+    """``fast_mlp (6 epochs, batch 512, learning rate 0.005): tuned for CPU time``."""
+    preset = PRESETS[name]
+    return (f"{name} ({preset['epochs']} epochs, batch {preset['batch_size']}, learning rate "
+            f"{preset['learning_rate']:g}): {preset['description']}")
+
+
+_OVERRIDE = "Unset (empty): the preset's (listed under Training preset)."
 TRIGGER_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec(
-        "preset", "string", TrainConfig.preset, "Training preset", " ".join(
-            f"{name}: {preset['description']}." for name, preset in PRESETS.items()),
+        "preset", "string", TrainConfig.preset, "Training preset",
+        "; ".join(_preset_line(name) for name in PRESETS) + ".",
         "training", enum=PRESET_NAMES, env="MNIST_PRESET",
     ),
     ParamSpec("epochs", "integer", None, "Epochs",

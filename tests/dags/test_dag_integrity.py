@@ -213,8 +213,9 @@ def test_params_are_the_librarys_trigger_parameters(dag) -> None:  # type: ignor
     assert list(dag.params) == list(PARAM_SPECS)
     for name, spec in PARAM_SPECS.items():
         param = dag.params.get_param(name)
-        assert param.schema == {"title": spec.title, **spec.schema()}, name
-        assert param.description == spec.description, name
+        section = {"section": spec.section} if spec.section else {}
+        assert param.schema == {"title": spec.title, **section, **spec.schema()}, name
+        assert param.description == spec.help, name
         default = (os.environ.get(spec.env) if spec.env else None) or spec.default
         assert param.value == default, name
     assert dag.params.get_param("preset").schema["enum"] == list(PRESETS)
@@ -222,10 +223,58 @@ def test_params_are_the_librarys_trigger_parameters(dag) -> None:  # type: ignor
     for name in ("force", "fail_on_quarantine"):  # switches on the form, off by default
         assert dag.params.get_param(name).schema["type"] == "boolean", name
         assert dag.params.get_param(name).value is False, name
-    assert (dag.params.get_param("seed").schema["minimum"],
-            dag.params.get_param("seed").schema["maximum"]) == (0, 2**31 - 1)
-    for preset in PRESETS:  # the form describes every preset
-        assert f"{preset}: " in PARAM_SPECS["preset"].description
+    assert dag.params.get_param("seed").schema["allOf"] == [{"minimum": 0,
+                                                             "maximum": 2**31 - 1}]
+    for preset, values in PRESETS.items():  # the form describes every preset, with its values
+        assert (f"{preset} ({values['epochs']} epochs, batch {values['batch_size']}, "
+                f"learning rate {values['learning_rate']:g}): {values['description']}"
+                in PARAM_SPECS["preset"].description)
+
+
+def test_the_form_shows_the_groups_as_sections(dag) -> None:  # type: ignore[no-untyped-def]
+    """Training fields in the form's first, open section; the others in their own sections."""
+    sections = {name: dag.params.get_param(name).schema.get("section") for name in dag.params}
+    assert {n for n, s in sections.items() if s is None} == {
+        "preset", "epochs", "batch_size", "learning_rate", "seed", "force", "candidates",
+        "min_candidates"}
+    assert sections["min_accuracy"] == sections["champion_margin"] == "Gate"
+    assert sections["approval"] == sections["approval_timeout_minutes"] == "Approval"
+    assert sections["source"] == sections["store"] == "Data and store"
+
+
+def test_the_form_does_not_clamp_a_number_it_refuses_it(dag) -> None:  # type: ignore[no-untyped-def]
+    """Airflow's trigger form clamps a number field to a top-level minimum/maximum without a
+    word; the ranges sit under allOf, so the value stays and the trigger is refused naming it,
+    and the field's description gives the range."""
+    import copy
+
+    from airflow.sdk.exceptions import ParamValidationError
+
+    for name in dag.params:
+        schema = dag.params.get_param(name).schema
+        assert "minimum" not in schema and "maximum" not in schema, name
+    assert "from 1 to 1000" in dag.params.get_param("epochs").description
+    params = copy.deepcopy(dag.params)
+    with pytest.raises(ParamValidationError, match="epochs: 0 is less than the minimum of 1"):
+        params["epochs"] = 0
+    with pytest.raises(ParamValidationError, match=r"min_accuracy: 1\.5 is greater than the "
+                                                   r"maximum of 1"):
+        params["min_accuracy"] = 1.5
+    params["epochs"] = None  # unset: the preset's
+    params["min_accuracy"] = 1.0
+
+
+def test_a_bad_value_that_reaches_a_run_fails_its_first_task_in_one_line(dag, glue) -> None:  # type: ignore[no-untyped-def]
+    """A run whose params got past the form (an older DAG version's schema, a hand-made run)
+    fails ingest without retries, with the library's one-line message."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    for key, value, rule in (("epochs", 0, "must be between 1 and 1000"),
+                             ("min_accuracy", 1.5, "must be between 0.0 and 1.0")):
+        params = {**dag.params.validate(), key: value}
+        with pytest.raises(AirflowFailException) as err:
+            glue.pipeline_config(params, environ={})
+        assert str(err.value) == f"parameter '{key}' = {value} is invalid: {rule}"
 
 
 def test_a_deployment_default_comes_from_the_environment(glue) -> None:  # type: ignore[no-untyped-def]
@@ -432,6 +481,97 @@ def test_failure_callback_on_every_task(any_dag) -> None:  # type: ignore[no-unt
         assert [c.__name__ for c in callbacks] == ["on_failure"], t.task_id
 
 
+def test_every_dag_and_task_says_what_it_does(any_dag) -> None:  # type: ignore[no-untyped-def]
+    """The UI's DAG description and each task's Details -> Description (its doc_md)."""
+    assert any_dag.description and any_dag.doc_md
+    for t in any_dag.tasks:
+        assert t.doc_md and "\n" not in t.doc_md.strip(), t.task_id
+
+
+def test_the_training_description_names_both_triggers(dag) -> None:  # type: ignore[no-untyped-def]
+    """The UI shows an asset-or-time schedule as its asset only: the description says both."""
+    assert dag.description == (
+        "Retrains the MNIST classifier: Weekly (At 00:00, only on Sunday, UTC) or when new "
+        "labeled increments land (asset mnist_increments), whichever comes first.")
+
+
+def test_task_logs_show_a_summary_not_the_returned_value(any_dag) -> None:  # type: ignore[no-untyped-def]
+    python_tasks = [t for t in any_dag.tasks if t.task_id != "approve"]
+    for t in python_tasks:
+        shown = (t.partial_kwargs.get("show_return_value_in_logs")
+                 if hasattr(t, "partial_kwargs") else t.show_return_value_in_logs)
+        assert shown is False, t.task_id
+
+
+def test_a_stages_log_lines_are_not_folded_into_a_group(glue, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Airflow folds the lines between ::group:: and ::endgroup:: away: an operator must see
+    the per-epoch lines without opening anything."""
+    import logging
+
+    stage_log = logging.getLogger("mnist_tasks.train")
+
+    def stage() -> dict[str, object]:
+        stage_log.info("epoch 1/1 loss=0.1")
+        return {"epochs_run": 1}
+
+    with caplog.at_level(logging.INFO):
+        glue.run_stage("probe", stage)
+    lines = [r.getMessage() for r in caplog.records]
+    assert "epoch 1/1 loss=0.1" in lines
+    assert not [line for line in lines if "::group::" in line or "::endgroup::" in line]
+    assert lines[-1].startswith("SUMMARY probe finished in ") and lines[-1].endswith(
+        "epochs_run=1")
+
+
+def test_tensorflow_starts_up_on_stdout_not_stderr() -> None:
+    """Airflow logs a task's stderr as ERROR lines; TensorFlow's C++ start-up lines go there
+    as it loads, whatever TF_CPP_MIN_LOG_LEVEL says, unless the glue imports it."""
+    code = (f"import sys; sys.path.insert(0, {str(DAGS)!r}); import mnist_airflow; "
+            "mnist_airflow.import_tensorflow_quietly(); import tensorflow; "
+            "sys.stderr.write('stderr still works')")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("TF_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stderr == "stderr still works", out.stderr[-2000:]
+    assert "oneDNN custom operations" in out.stdout
+
+
+@pytest.mark.parametrize(("summary", "note"), [
+    ({"decision": "UNCHANGED", "covered_by": 3}, "UNCHANGED (v3)"),
+    ({"decision": "PROMOTE", "preset": "fast_mlp", "test_accuracy": 0.99123, "version": 4,
+      "candidates": [{"chosen": True, "epochs": 2, "epochs_run": 2}]},
+     "fast_mlp · 2 epochs · PROMOTE v4 (99.12 %)"),
+    ({"decision": "REJECT", "preset": "fast_mlp", "test_accuracy": 0.9599,
+      "candidates": [{"chosen": True, "epochs": 2, "epochs_run": 2}, {"chosen": False}],
+      "reasons": ["threshold FAIL: benchmark: test accuracy 0.9599 < minimum 0.9700",
+                  "champion INFO: no champion yet: threshold only"]},
+     "fast_mlp · 2 epochs · best of 2 candidates · REJECT (threshold: benchmark: test "
+     "accuracy 0.9599 < minimum 0.9700)"),
+    ({"decision": "PROMOTE", "preset": "cnn", "test_accuracy": 0.995, "version": 5,
+      "candidates": [{"chosen": True, "epochs": 8, "epochs_run": 8}],
+      "approval": {"outcome": "override", "by": "alice"}},
+     "cnn · 8 epochs · PROMOTE v5 (99.50 %) · approval: override by alice"),
+    ({"preset": "seed_mlp"}, "seed_mlp · no decision: stopped before the gate"),
+])
+def test_the_run_note_says_what_the_run_did(glue, summary, note) -> None:  # type: ignore[no-untyped-def]
+    assert glue.run_note(summary) == note
+
+
+def test_the_run_note_is_written_by_the_dags_callbacks(dag, glue) -> None:  # type: ignore[no-untyped-def]
+    """No task can set its run's note in Airflow 3.3: the DAG's callbacks do, through the REST
+    API when one is configured, and say so when not."""
+    assert dag.on_success_callback == [glue.note_the_run] or \
+        dag.on_success_callback == glue.note_the_run
+    assert dag.on_failure_callback == [glue.note_the_run] or \
+        dag.on_failure_callback == glue.note_the_run
+    assert glue.post_run_note("mnist_training", "r", "n", environ={}) == (
+        "not set on the run: MNIST_AIRFLOW_API_URL is not set")
+    refused = glue.post_run_note("mnist_training", "r", "n", environ={
+        "MNIST_AIRFLOW_API_URL": "http://127.0.0.1:9", "MNIST_AIRFLOW_TOKEN": "t"})
+    assert refused.startswith("not set on the run: http://127.0.0.1:9: ")
+
+
 def test_stages_run_with_long_lived_objects_frozen_and_garbage_collected(glue) -> None:  # type: ignore[no-untyped-def]
     """`run_stage` collects, then freezes what is alive: full collections skip Airflow's heap."""
 
@@ -479,12 +619,19 @@ def test_the_watch_is_one_task_that_emits_the_increments_asset(watch, glue) -> N
 
 
 def test_the_watch_runs_every_few_minutes_one_at_a_time(watch) -> None:  # type: ignore[no-untyped-def]
-    from airflow.sdk import DeltaTriggerTimetable
-
-    assert isinstance(watch.timetable, DeltaTriggerTimetable)
-    assert watch.timetable.delta == timedelta(minutes=5)
+    assert _schedule_in_words(watch) == ("*/5 * * * *", "Every 5 minutes")
     assert watch.catchup is False and watch.max_active_runs == 1
     assert watch.tags and "mnist" in watch.tags and watch.doc_md
+    assert watch.description.startswith("Looks for new labeled increments every 5 minutes")
+
+
+def _schedule_in_words(dag):  # type: ignore[no-untyped-def]
+    """What the UI shows for the DAG's schedule: the served timetable's summary, and the
+    description it shows beside it."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    served = DagSerialization.from_dict(DagSerialization.to_dict(dag)).timetable
+    return served.summary, served.description
 
 
 def _watch_with_interval(monkeypatch, value: str | None):  # type: ignore[no-untyped-def]
@@ -496,11 +643,16 @@ def _watch_with_interval(monkeypatch, value: str | None):  # type: ignore[no-unt
     return bag, bag.dags.get("mnist_increments_watch")
 
 
-@pytest.mark.parametrize(("value", "minutes"), [(None, 5), ("", 5), ("1", 1), (" 60 ", 60)])
-def test_the_watch_interval_comes_from_the_environment(monkeypatch, value, minutes) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("value", "summary", "words"), [
+    (None, "*/5 * * * *", "Every 5 minutes"), ("", "*/5 * * * *", "Every 5 minutes"),
+    ("1", "*/1 * * * *", "Every minute"), (" 60 ", "0 */1 * * *", "Every hour"),
+    ("180", "0 */3 * * *", "Every 3 hours"), ("1440", "0 */24 * * *", "Every 24 hours"),
+    ("7", "0:07:00", ""), ("90", "1:30:00", "")])
+def test_the_watch_interval_comes_from_the_environment(monkeypatch, value, summary, words) -> None:  # type: ignore[no-untyped-def]
+    """Cron where one fits the interval (the UI then describes it in words), else a delta."""
     bag, watch = _watch_with_interval(monkeypatch, value)
     assert bag.import_errors == {}
-    assert watch.timetable.delta == timedelta(minutes=minutes)
+    assert _schedule_in_words(watch) == (summary, words)
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "five", "2.5", "1441"])
@@ -790,7 +942,7 @@ def test_feedback_dag_is_one_task_on_an_interval_emitting_model_health(dagbag) -
     dag = dagbag.dags["mnist_feedback"]
     assert [t.task_id for t in dag.tasks] == ["feedback"]
     assert [a.name for a in dag.get_task("feedback").outlets] == ["mnist_model_health"]
-    assert dag.timetable.delta == timedelta(minutes=5)
+    assert _schedule_in_words(dag) == ("*/5 * * * *", "Every 5 minutes")
     assert dag.max_active_runs == 1 and dag.catchup is False
 
 

@@ -5,11 +5,13 @@ one whose override is invalid only at training time (a batch larger than the tra
 The train task is mapped over the three; the failed instance fails at once (no retries) and
 the run goes on: select picks the better of the two by validation accuracy, only that one is
 evaluated, gated and registered, and the run's report, the version's metadata and its model
-card list all three. One run serves every test here (module fixture).
+card list all three. One run serves every test here (module fixture), also the check of what
+an operator reads: a train task's log, the run's note.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ CANDIDATES = [
 @dataclass(frozen=True)
 class Run:
     output: str
+    stderr: str
     returncode: int
     store: LocalStore
     summary: dict[str, Any]
@@ -48,7 +51,7 @@ def run(airflow_home: Path, mnist_dir: Path, tmp_path_factory: pytest.TempPathFa
             "min_accuracy": 0.9, "candidates": CANDIDATES, "min_candidates": 2}
     result = AirflowCLI(airflow_home).dags_test(conf)
     output = result.stdout + result.stderr
-    return Run(output, result.returncode, store, run_summary(store), airflow_home)
+    return Run(output, result.stderr, result.returncode, store, run_summary(store), airflow_home)
 
 
 def _train_instances(home: Path) -> list[tuple[int, str, int]]:
@@ -129,3 +132,37 @@ def test_the_models_page_shows_the_versions_candidates(run: Run) -> None:
         card_html=None, run=None, error=None)
     assert 'id="candidates"' in html and html.count("<td><code>fast_mlp") == 3
     assert "chosen" in html and ">failed</span>" in html
+
+
+def _task_log(output: str, task_id: str, map_index: int = -1) -> list[str]:
+    """The lines `airflow dags test` printed while one task instance ran."""
+    start = f"[DAG TEST] starting task_id={task_id} map_index={map_index} "
+    end = f"[DAG TEST] end task task_id={task_id} map_index={map_index} "
+    lines = output.splitlines()
+    first = next(i for i, line in enumerate(lines) if start in line)
+    last = next(i for i, line in enumerate(lines) if end in line and i > first)
+    return lines[first:last + 1]
+
+
+def test_a_train_log_shows_its_epochs_at_the_top_level_and_no_error(run: Run) -> None:
+    """What the UI shows an operator: Airflow folds the lines between ::group:: and
+    ::endgroup:: away, and writes a level per line; the epochs must be in view, no line an
+    ERROR, and no dump of the returned value."""
+    log = _task_log(run.output, "train", 0)
+    assert [line for line in log if "[error" in line] == []
+    depth, epochs = 0, []
+    for line in log:
+        # (The task runner closes a group it opened before its log was shown: never below 0.)
+        depth = max(0, depth + ("::group::" in line) - ("::endgroup::" in line))
+        if "epoch 1/1 " in line:
+            epochs.append(depth)
+    assert epochs == [0], log
+    assert any(line.split("] ", 1)[-1].startswith("SUMMARY train finished in ") for line in log)
+    assert "Returned value was" not in run.output
+    # TensorFlow's start-up lines, which a deployed task's stderr would turn into ERROR lines,
+    # went to stdout (here, `airflow dags test` runs the tasks in its own process).
+    assert "oneDNN custom operations are on" in run.output
+    assert "oneDNN" not in run.stderr and "absl::InitializeLog" not in run.stderr, run.stderr
+    # The run's note (a DAG callback): what it did, in one line.
+    assert re.search(r"RUN NOTE manual__\S+: fast_mlp · 1 epoch · best of 3 candidates · "
+                     rf"PROMOTE v{run.summary['version']} \(\d+\.\d\d %\)", run.output)

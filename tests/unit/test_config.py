@@ -277,7 +277,7 @@ def test_the_data_trigger_parameters_reach_their_configs() -> None:
     assert (PARAM_SPECS["force"].type, PARAM_SPECS["force"].default) == ("boolean", False)
     assert PARAM_SPECS["fail_on_quarantine"].schema() == {"type": "boolean"}
     assert PARAM_SPECS["fresh_drop_margin"].schema() == {
-        "type": "number", "minimum": 0.0, "maximum": 1.0}
+        "type": "number", "allOf": [{"minimum": 0.0, "maximum": 1.0}]}
     assert PARAM_SPECS["fresh_drop_margin"].default == 0.02
     cfg = pipeline_config({"store": "/s", "force": True, "fail_on_quarantine": True,
                            "fresh_drop_margin": 0.1})
