@@ -3,7 +3,7 @@
 Needs only keras, jax and numpy (no TensorFlow, no Airflow): it sets ``KERAS_BACKEND=jax``
 before Keras loads, and the library code it uses (``mnist_tasks.train.fit_arrays``,
 ``mnist_tasks.models``, ``mnist_tasks.idx``) imports nothing else. On a GPU the library turns
-on XLA and bfloat16 mixed precision and uses a 4x larger batch (see ``train.resolve_runtime``).
+on XLA and bfloat16 mixed precision and uses a 4x larger batch (see ``runtime.resolve_runtime``).
 After every epoch it measures the test accuracy and prints one line; at the end it prints the
 seconds from the start of ``fit`` until the test accuracy first reached ``--target``.
 
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     from mnist_tasks.artifacts import predict_classes
     from mnist_tasks.config import train_config
     from mnist_tasks.preprocess import split_indices
-    from mnist_tasks.train import fit_arrays, resolve_runtime
+    from mnist_tasks.runtime import resolve_runtime
+    from mnist_tasks.train import fit_arrays
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if keras.backend.backend() != "jax":

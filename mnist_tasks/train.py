@@ -7,7 +7,7 @@ after the latest epoch and ``checkpoint.json`` naming it, written after the file
 killed task resumes from there (docs/architecture.md, Resume after a crash). Batches come from
 NumPy (:func:`shifted_batches`: shuffled each epoch, shifted for a preset with
 ``shift_pixels``); one log line per epoch. Only Keras 3 APIs are used, so JAX works too;
-:func:`describe_devices` and :func:`_enable_determinism` are the backend-specific spot.
+the backend-specific spot is :mod:`mnist_tasks.runtime`.
 
 Run it alone: ``python -m mnist_tasks train --prepared @preprocess.json --store URI --run-id ID``.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,8 +36,9 @@ from mnist_tasks.artifacts import (
     write_json,
     write_result,
 )
-from mnist_tasks.config import PRESETS, ConfigError, TrainConfig
-from mnist_tasks.results import TrainResult, TrainRuntime, to_json
+from mnist_tasks.config import ConfigError, TrainConfig
+from mnist_tasks.results import TrainResult, to_json
+from mnist_tasks.runtime import Runtime, resolve_runtime
 from mnist_tasks.storage import ObjectNotFound, Store
 
 if TYPE_CHECKING:
@@ -47,167 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
-# On a GPU, a preset's default batch is too small to fill the device: it is multiplied by this
-# (capped at GPU_MAX_BATCH), and the learning rate by its square root, unless the user chose
-# the batch size.
-GPU_BATCH_FACTOR = 4
-GPU_MAX_BATCH = 2048
 CHECKPOINT_MARKER = "checkpoint.json"
-
-
-# --------------------------------------------------------------------------------------------
-# Devices and runtime settings. The backend-specific spot: the only code here that may import
-# TensorFlow or JAX, each only when it is the active Keras backend.
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """The device Keras trains on."""
-
-    kind: str  # "CPU" or "GPU"
-    name: str  # "CPU" or the GPU model, e.g. "NVIDIA H100 80GB HBM3"
-    count: int  # number of GPUs (1 for the CPU)
-    threads: int  # CPU threads available to this process
-    bfloat16: bool  # whether the device computes bfloat16 fast (GPU compute capability >= 8)
-    backend: str  # the Keras backend
-
-    def describe(self) -> str:
-        """A short phrase for logs: ``CPU (2 threads)`` or ``GPU: NVIDIA H100 ...``."""
-        if self.kind == "GPU":
-            more = f" (x{self.count})" if self.count > 1 else ""
-            return f"GPU: {self.name}{more}"
-        return f"CPU ({self.threads} threads)"
-
-
-def describe_devices() -> DeviceInfo:
-    """Which device Keras will train on.
-
-    Uses ``keras.distribution.list_devices()``; the GPU's model name and compute capability
-    come from the active backend (the one backend-specific helper, with
-    :func:`_enable_determinism`).
-
-    Returns:
-        A :class:`DeviceInfo`.
-    """
-    import keras
-
-    backend = keras.backend.backend()
-    try:
-        threads = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        threads = os.cpu_count() or 1
-    gpus = [d for d in keras.distribution.list_devices() if d.lower().startswith("gpu")]
-    if not gpus:
-        return DeviceInfo("CPU", "CPU", 1, threads, False, backend)
-    name = "GPU"
-    capability: tuple[int, ...] = (0,)
-    try:
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            details = tf.config.experimental.get_device_details(
-                tf.config.list_physical_devices("GPU")[0]
-            )
-            name = str(details.get("device_name", name))
-            capability = tuple(details.get("compute_capability", capability))
-        elif backend == "jax":
-            import jax
-
-            dev = jax.devices("gpu")[0]
-            name = str(getattr(dev, "device_kind", name))
-            cc = str(getattr(dev, "compute_capability", "0.0"))
-            capability = tuple(int(p) for p in cc.split(".")[:2])
-    except Exception as exc:  # the name is only for the log
-        log.debug("could not read GPU details: %s", exc)
-    return DeviceInfo("GPU", name, len(gpus), threads, capability >= (8, 0), backend)
-
-
-def _enable_determinism(device: DeviceInfo) -> bool:
-    """Make training reproducible where that is cheap; returns whether it is on.
-
-    On the CPU with TensorFlow, turns on TF op determinism (which also makes ``tf.data``
-    shuffling deterministic; Keras then skips XLA). JAX on the CPU is deterministic already.
-    On a GPU determinism costs speed, so it is left off there.
-    """
-    if device.kind != "CPU":
-        return False
-    if device.backend == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-    return True
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """The effective settings one training run uses (the config, resolved for the device)."""
-
-    device: DeviceInfo
-    batch_size: int
-    learning_rate: float
-    jit_compile: bool
-    mixed_precision: bool
-    deterministic: bool
-
-    def record(self) -> TrainRuntime:
-        """What the train result records of it (the device as one line)."""
-        return TrainRuntime(
-            device=self.device.describe(),
-            backend=self.device.backend,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            jit_compile=self.jit_compile,
-            mixed_precision=self.mixed_precision,
-            deterministic=self.deterministic,
-        )
-
-
-def resolve_runtime(cfg: TrainConfig, device: DeviceInfo | None = None) -> Runtime:
-    """Seed everything and resolve the config's ``"auto"`` settings for the device.
-
-    * ``jit_compile="auto"``: XLA on a GPU; on the CPU only with JAX (with TensorFlow on the
-      CPU, op determinism wins and Keras runs without XLA).
-    * ``mixed_precision="auto"``: bfloat16 on a GPU that computes it fast (Ampere or newer).
-    * On a GPU, a preset's default batch size is scaled up (see :data:`GPU_BATCH_FACTOR`).
-
-    Returns:
-        The :class:`Runtime`; its settings are also logged.
-    """
-    import keras
-
-    device = device or describe_devices()
-    keras.utils.set_random_seed(cfg.seed)
-    on_gpu = device.kind == "GPU"
-    deterministic = _enable_determinism(device)
-
-    # XLA: on a GPU; with JAX always (it compiles anyway); with TensorFlow on the CPU not.
-    auto_jit = on_gpu or device.backend == "jax"
-    jit = auto_jit if cfg.jit_compile == "auto" else bool(cfg.jit_compile)
-    if jit and deterministic and device.backend == "tensorflow":
-        log.warning("jit_compile=True is ignored on the CPU with TensorFlow: op determinism "
-                    "(for reproducible runs) and XLA do not mix there")
-        jit = False
-
-    if cfg.mixed_precision == "auto":
-        mixed = on_gpu and device.bfloat16
-    else:
-        mixed = bool(cfg.mixed_precision)
-        if mixed and not on_gpu:
-            log.warning("mixed_precision=True on the CPU: bfloat16 is usually slower there")
-
-    batch, lr = cfg.batch_size, cfg.learning_rate
-    if on_gpu and cfg.batch_size == PRESETS[cfg.preset].get("batch_size"):
-        batch = min(GPU_MAX_BATCH, max(cfg.batch_size, cfg.batch_size * GPU_BATCH_FACTOR))
-        lr = cfg.learning_rate * math.sqrt(batch / cfg.batch_size)
-        log.info("GPU: batch size %d -> %d, learning rate %g -> %g (square-root scaling); "
-                 "set batch_size to choose it yourself", cfg.batch_size, batch,
-                 cfg.learning_rate, lr)
-    runtime = Runtime(device, batch, lr, jit, mixed, deterministic)
-    log.info("training on %s with Keras %s (%s backend): batch %d, jit_compile=%s, "
-             "mixed_precision=%s, deterministic=%s", device.describe(), keras.__version__,
-             device.backend, batch, jit, "bfloat16" if mixed else "off", deterministic)
-    return runtime
 
 
 # --------------------------------------------------------------------------------------------

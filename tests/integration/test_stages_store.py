@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mnist_tasks import evaluate as ev
+from mnist_tasks import runtime
 from mnist_tasks import train as train_mod
 from mnist_tasks.artifacts import (
     load_keras_model,
@@ -40,7 +41,7 @@ def test_train_stores_model_history_and_result(store: Store,
     assert result.preset == "seed_mlp"
     assert result.epochs_run == 2
     assert result.resumed_from_epoch == 0
-    assert result.device == train_mod.describe_devices().describe()
+    assert result.device == runtime.describe_devices().describe()
     assert result.params["epochs"] == 2 and result.params["batch_size"] == 32
     assert result.best_val_accuracy is not None and 0.5 < result.best_val_accuracy <= 1.0
     assert result.fit_seconds > 0

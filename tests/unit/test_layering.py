@@ -28,6 +28,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "idx", "userfiles", "validation", "artifacts")),
     ("services", "data, models, the registry, scoring's records", (
         "base_data", "increment_files", "increments", "datasets", "watch", "monitor", "models",
+        "runtime",
         "registry_read", "registry_aliases", "registry", "scoring_index", "scoring_batches",
         "scoring_outputs", "scoring_monitor", "labeling")),
     ("stages", "one call each from the DAG glue; never each other", STAGES),

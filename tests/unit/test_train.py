@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from mnist_tasks import runtime
 from mnist_tasks import train as train_mod
 from mnist_tasks.artifacts import save_npz
 from mnist_tasks.config import train_config
@@ -38,7 +39,7 @@ def test_describe_devices_matches_what_keras_lists() -> None:
     """Device-agnostic: the same assertions hold on a CPU-only machine and on a GPU worker."""
     import keras
 
-    device = train_mod.describe_devices()
+    device = runtime.describe_devices()
     gpus = [d for d in keras.distribution.list_devices() if d.lower().startswith("gpu")]
     assert device.threads >= 1
     assert device.backend == keras.backend.backend()
@@ -51,8 +52,8 @@ def test_describe_devices_matches_what_keras_lists() -> None:
         assert device.describe() == f"CPU ({device.threads} threads)"
 
 
-def _cpu() -> train_mod.DeviceInfo:
-    return train_mod.DeviceInfo("CPU", "CPU", 1, 2, False, "tensorflow")
+def _cpu() -> runtime.DeviceInfo:
+    return runtime.DeviceInfo("CPU", "CPU", 1, 2, False, "tensorflow")
 
 
 @pytest.fixture
@@ -69,7 +70,7 @@ def op_determinism_restored() -> Iterator[None]:
 
 @pytest.mark.usefixtures("op_determinism_restored")
 def test_runtime_on_cpu_keeps_the_config_and_is_deterministic() -> None:
-    rt = train_mod.resolve_runtime(train_config("seed_mlp"), device=_cpu())
+    rt = runtime.resolve_runtime(train_config("seed_mlp"), device=_cpu())
     assert (rt.batch_size, rt.learning_rate) == (128, 1e-3)
     assert rt.jit_compile is False  # TF on the CPU: op determinism instead of XLA
     assert rt.mixed_precision is False
@@ -78,20 +79,20 @@ def test_runtime_on_cpu_keeps_the_config_and_is_deterministic() -> None:
 
 
 def test_runtime_without_a_device_uses_the_one_this_machine_has() -> None:
-    rt = train_mod.resolve_runtime(train_config("seed_mlp"))
-    assert rt.device == train_mod.describe_devices()
+    rt = runtime.resolve_runtime(train_config("seed_mlp"))
+    assert rt.device == runtime.describe_devices()
     assert rt.deterministic is (rt.device.kind == "CPU")
 
 
-def _gpu(bf16: bool = True) -> train_mod.DeviceInfo:
-    return train_mod.DeviceInfo("GPU", "NVIDIA H100 80GB HBM3", 1, 16, bf16, "tensorflow")
+def _gpu(bf16: bool = True) -> runtime.DeviceInfo:
+    return runtime.DeviceInfo("GPU", "NVIDIA H100 80GB HBM3", 1, 16, bf16, "tensorflow")
 
 
 def test_runtime_on_a_gpu_scales_the_default_batch_and_enables_xla_and_bf16(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="mnist_tasks.train")
-    rt = train_mod.resolve_runtime(train_config("seed_mlp"), device=_gpu())
+    caplog.set_level(logging.INFO, logger="mnist_tasks.runtime")
+    rt = runtime.resolve_runtime(train_config("seed_mlp"), device=_gpu())
     assert rt.batch_size == 512
     assert rt.learning_rate == pytest.approx(2e-3)
     assert rt.jit_compile is True and rt.mixed_precision is True
@@ -101,10 +102,10 @@ def test_runtime_on_a_gpu_scales_the_default_batch_and_enables_xla_and_bf16(
 
 
 def test_runtime_on_a_gpu_keeps_a_batch_size_the_user_chose() -> None:
-    rt = train_mod.resolve_runtime(train_config("seed_mlp", batch_size=64), device=_gpu(False))
+    rt = runtime.resolve_runtime(train_config("seed_mlp", batch_size=64), device=_gpu(False))
     assert (rt.batch_size, rt.learning_rate) == (64, 1e-3)
     assert rt.mixed_precision is False  # no fast bfloat16 on this GPU
-    explicit = train_mod.resolve_runtime(
+    explicit = runtime.resolve_runtime(
         train_config("seed_mlp", mixed_precision=False, jit_compile=False), device=_gpu())
     assert explicit.mixed_precision is False and explicit.jit_compile is False
 
