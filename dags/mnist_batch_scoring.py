@@ -29,20 +29,20 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-import mnist_airflow as glue
 from airflow.sdk import dag, task
+from mnist_airflow import common, schedules, scoring
 
 
 @dag(
-    dag_id=glue.SCORING_DAG_ID,
+    dag_id=common.SCORING_DAG_ID,
     # A new champion (promote or rollback), or the interval's landing check.
-    schedule=glue.scoring_timetable(),
+    schedule=scoring.scoring_timetable(),
     description="Scores landed batches with the champion: on a new champion, or "
-                f"{glue.every('MNIST_SCORING_INTERVAL_MINUTES')} for new batches.",
+                f"{schedules.every('MNIST_SCORING_INTERVAL_MINUTES')} for new batches.",
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args=glue.default_args(),
+    default_args=common.default_args(),
     tags=["mnist", "ml", "scoring"],
     doc_md=__doc__,
 )
@@ -50,29 +50,29 @@ def mnist_batch_scoring() -> None:
     @task
     def plan() -> dict[str, Any]:
         """Pins the model version and picks the batches to score; nothing to do: skipped."""
-        return glue.score_plan()
+        return scoring.score_plan()
 
     @task
     def prepare(planned: dict[str, Any]) -> list[dict[str, Any]]:
         """Decodes and stages the batches' images, cut into shards, one `score` each."""
-        return glue.score_prepare(planned)
+        return scoring.score_prepare(planned)
 
     # A mapped task takes neither its docstring (as its description) nor the operator's
     # arguments in default_args (show_return_value_in_logs): given here.
     @task(execution_timeout=timedelta(hours=1), show_return_value_in_logs=False,
           doc_md="Scores one shard of images with the pinned model version.")
     def score(shard: dict[str, Any]) -> dict[str, Any]:
-        return glue.score_shard(shard)
+        return scoring.score_shard(shard)
 
     @task(trigger_rule="none_failed_min_one_success")
     def commit(planned: dict[str, Any]) -> dict[str, Any]:
         """Commits each batch's predictions, manifest last, once every shard is scored."""
-        return glue.score_commit(planned)
+        return scoring.score_commit(planned)
 
-    @task(outlets=[glue.MODEL_HEALTH])
+    @task(outlets=[common.MODEL_HEALTH])
     def health(committed: dict[str, Any]) -> dict[str, Any]:
         """Turns a batch's drift ALARM into an event of mnist_model_health; none: skipped."""
-        return glue.health(committed)
+        return scoring.health(committed)
 
     planned = plan()
     committed = commit(planned)

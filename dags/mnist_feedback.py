@@ -16,27 +16,29 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-import mnist_airflow as glue
 from airflow.sdk import dag, task
+from mnist_airflow import common, schedules
+from mnist_airflow import feedback as feedback_glue  # `feedback` is the task below
 
 
 @dag(
-    dag_id=glue.FEEDBACK_DAG_ID,
-    schedule=glue.feedback_interval(),
-    description=f"Merges labels that come back {glue.every('MNIST_FEEDBACK_INTERVAL_MINUTES')}"
-                ": live accuracy, alarms, new increments.",
+    dag_id=common.FEEDBACK_DAG_ID,
+    schedule=feedback_glue.feedback_interval(),
+    description="Merges labels that come back "
+                f"{schedules.every('MNIST_FEEDBACK_INTERVAL_MINUTES')}: live accuracy, alarms, "
+                "new increments.",
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args=glue.default_args(),
+    default_args=common.default_args(),
     tags=["mnist", "ml", "monitoring"],
     doc_md=__doc__,
 )
 def mnist_feedback() -> None:
-    @task(outlets=[glue.MODEL_HEALTH], execution_timeout=timedelta(minutes=30))
+    @task(outlets=[common.MODEL_HEALTH], execution_timeout=timedelta(minutes=30))
     def feedback() -> dict[str, Any]:
         """Merges landed labels with the predictions; an ALARM is an event of mnist_model_health."""
-        return glue.feedback()
+        return feedback_glue.feedback()
 
     feedback()
 

@@ -16,27 +16,28 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-import mnist_airflow as glue
 from airflow.sdk import dag, task
+from mnist_airflow import common, schedules, watch
 
 
 @dag(
-    dag_id=glue.WATCH_DAG_ID,
-    schedule=glue.watch_interval(),
-    description=f"Looks for new labeled increments {glue.every('MNIST_WATCH_INTERVAL_MINUTES')}"
-                "; new ones start mnist_training.",
+    dag_id=common.WATCH_DAG_ID,
+    schedule=watch.watch_interval(),
+    description="Looks for new labeled increments "
+                f"{schedules.every('MNIST_WATCH_INTERVAL_MINUTES')}; new ones start "
+                "mnist_training.",
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args=glue.default_args(),
+    default_args=common.default_args(),
     tags=["mnist", "data", "watch"],
     doc_md=__doc__,
 )
 def mnist_increments_watch() -> None:
-    @task(outlets=[glue.MNIST_INCREMENTS], execution_timeout=timedelta(minutes=10))
+    @task(outlets=[common.MNIST_INCREMENTS], execution_timeout=timedelta(minutes=10))
     def land() -> dict[str, Any]:
         """Announces new complete increments as an event of mnist_increments; none: skipped."""
-        return glue.land()
+        return watch.land()
 
     land()
 

@@ -41,7 +41,7 @@ Each run's **note** (the grid) says what it did, e.g. `fast_mlp · 2 epochs · P
 callback writes it through Airflow's REST API (`MNIST_AIRFLOW_API_URL` and a token or user),
 and logs it as `RUN NOTE`. The checksum
 policy (`MNIST_CHECKSUMS`), the model name (`MNIST_MODEL_NAME`) and the other deployment settings
-are environment variables: see `mnist_airflow.py` and the README's deployment table.
+are environment variables: see the README's deployment table.
 """
 
 from __future__ import annotations
@@ -49,83 +49,84 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-import mnist_airflow as glue
 from airflow.sdk import TriggerRule, dag, task
+from mnist_airflow import approval, common, notes, stages, training
 
 
 @dag(
-    dag_id=glue.DAG_ID,
+    dag_id=common.DAG_ID,
     # Weekly (MNIST_TRAINING_SCHEDULE), or as soon as the landing check announces increments.
-    schedule=glue.training_timetable(),
-    description=f"Retrains the MNIST classifier: {glue.training_schedule_text()}.",
+    schedule=training.training_timetable(),
+    description=f"Retrains the MNIST classifier: {training.training_schedule_text()}.",
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
-    default_args=glue.default_args(),
-    params=glue.trigger_params(),
+    default_args=common.default_args(),
+    params=common.trigger_params(),
     tags=["mnist", "ml", "retraining"],
     doc_md=__doc__,
-    deadline=glue.deadline_alert(),
-    on_success_callback=glue.note_the_run,
-    on_failure_callback=glue.note_the_run,
+    deadline=training.deadline_alert(),
+    on_success_callback=notes.note_the_run,
+    on_failure_callback=notes.note_the_run,
 )
 def mnist_training() -> None:
     # Each task's docstring is its description in the UI (Details, and the graph's tooltip).
     @task
     def ingest() -> dict[str, Any]:
         """Fetches, verifies and validates the base data and the increments: a dataset version."""
-        return glue.stage("ingest")
+        return stages.stage("ingest")
 
     @task.short_circuit
     def check(ingested: dict[str, Any]) -> dict[str, Any] | bool:
         """Stops the run as UNCHANGED when the champion was trained on exactly these inputs."""
-        return glue.check(ingested)
+        return training.check(ingested)
 
     @task
     def preprocess(checked: dict[str, Any]) -> dict[str, Any]:
         """Scales the images and makes the seeded validation split and the fresh test data."""
-        return glue.stage("preprocess", checked)
+        return stages.stage("preprocess", checked)
 
     @task
     def candidates(checked: dict[str, Any]) -> list[int]:
         """Lists the run's candidates (the `candidates` param), one `train` instance each."""
-        return glue.candidates(checked)
+        return training.candidates(checked)
 
     # A mapped task takes neither its docstring (as its description) nor the operator's
     # arguments in default_args (show_return_value_in_logs): given here.
-    @task(pool=glue.TRAIN_POOL, queue=glue.TRAIN_QUEUE, execution_timeout=timedelta(hours=6),
+    @task(pool=training.TRAIN_POOL, queue=training.TRAIN_QUEUE,
+          execution_timeout=timedelta(hours=6),
           doc_md="Trains one candidate, one log line per epoch; a retry resumes from its "
                  "checkpoint.", show_return_value_in_logs=False)
     def train(prepared: dict[str, Any], candidate: int) -> dict[str, Any]:
-        return glue.train(prepared, candidate)
+        return training.train(prepared, candidate)
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
     def select(trained: Any) -> dict[str, Any]:
         """Keeps the candidate with the best validation accuracy (failed ones are named)."""
-        return glue.select(trained)
+        return training.select(trained)
 
     @task
     def evaluate(trained: dict[str, Any]) -> dict[str, Any]:
         """Measures the model on the test set and the fresh data: metrics, report, plots."""
-        return glue.stage("evaluate", trained)
+        return stages.stage("evaluate", trained)
 
     @task.short_circuit
     def gate(evaluation: dict[str, Any]) -> dict[str, Any] | bool:
         """Decides PROMOTE or REJECT (threshold, champion, McNemar, per-digit recall)."""
-        return glue.gate(evaluation)
+        return training.gate(evaluation)
 
-    @task(outlets=[glue.MODEL_REGISTRY])
+    @task(outlets=[common.MODEL_REGISTRY])
     def register(decision: dict[str, Any]) -> dict[str, Any]:
         """Registers the promoted model as a new version and moves the champion alias."""
-        return glue.register(decision)
+        return training.register(decision)
 
     checked = check(ingest())
     trained = train.partial(prepared=preprocess(checked)).expand(candidate=candidates(checked))
     # A person's approval (the `approval` param: off | borderline | always): Airflow's
     # ApprovalOperator; it passes the decision on, or asks under "Required actions" and applies
     # the answer. Anything but a final PROMOTE skips register.
-    approve = glue.PromotionApproval(
-        task_id=glue.APPROVAL_TASK_ID, decision=gate(evaluate(select(trained))),
+    approve = approval.PromotionApproval(
+        task_id=approval.APPROVAL_TASK_ID, decision=gate(evaluate(select(trained))),
         doc_md="Passes the gate's decision on, or asks a person (the `approval` param).")
     register(approve.output)
 

@@ -1,8 +1,8 @@
 """Approve: a person's decision between the gate and register (the ``approval`` parameter).
 
 Pure logic, no Airflow: the DAG's ``approve`` task (an ``ApprovalOperator``, in
-``dags/mnist_airflow.py``) asks :func:`needs_approval` whether the gate's decision waits for a
-person; :func:`what_was_trained` reads what the run trained on which data, and
+``dags/mnist_airflow/approval.py``) asks :func:`needs_approval` whether the gate's decision
+waits for a person; :func:`what_was_trained` reads what the run trained on which data, and
 :func:`request_subject` and :func:`report_markdown` make the request (that first, then the
 gate's checks and metrics); :func:`apply_response` turns the answer into the final decision
 (an override of a REJECT needs a written reason), :func:`not_asked` passes the decision on,

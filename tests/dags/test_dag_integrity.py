@@ -11,6 +11,7 @@ import itertools
 import json
 import subprocess
 import sys
+import types
 import weakref
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 DAG_FILE = DAGS / "mnist_training.py"
 WATCH_FILE = DAGS / "mnist_increments_watch.py"
-GLUE_FILE = DAGS / "mnist_airflow.py"
 SCORING_FILE = DAGS / "mnist_batch_scoring.py"
 DAG_IDS = ["mnist_batch_scoring", "mnist_feedback", "mnist_increments_watch", "mnist_training"]
 
@@ -64,7 +64,11 @@ def any_dag(request, dagbag):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def glue(dagbag):  # type: ignore[no-untyped-def]
-    return importlib.import_module("mnist_airflow")
+    """The glue's modules (dags/mnist_airflow/), imported as the DAG files import them, once
+    the bag has put dags/ on sys.path."""
+    return types.SimpleNamespace(**{
+        name: importlib.import_module(f"mnist_airflow.{name}")
+        for name in ("common", "stages", "training", "notes", "scoring")})
 
 
 def test_no_import_errors(dagbag) -> None:  # type: ignore[no-untyped-def]
@@ -75,7 +79,7 @@ def test_no_import_errors(dagbag) -> None:  # type: ignore[no-untyped-def]
 def test_the_glue_module_is_not_parsed_as_a_dag_file(dagbag) -> None:  # type: ignore[no-untyped-def]
     from airflow.utils.file import list_py_file_paths
 
-    assert "mnist_airflow.py" in (DAGS / ".airflowignore").read_text().split()
+    assert "mnist_airflow/" in (DAGS / ".airflowignore").read_text().split()
     assert sorted(list_py_file_paths(str(DAGS))) == [
         str(SCORING_FILE), str(DAGS / "mnist_feedback.py"), str(WATCH_FILE), str(DAG_FILE)]
     assert sorted(stat.file for stat in dagbag.dagbag_stats) == [
@@ -144,7 +148,7 @@ def test_the_candidates_reach_the_config(dag, glue) -> None:  # type: ignore[no-
     params["preset"], params["epochs"] = "fast_mlp", 1
     params["candidates"] = [{"seed": [1, 2]}, {"preset": "seed_mlp", "learning_rate": 0.01}]
     params["min_candidates"] = 2
-    cfg = glue.pipeline_config(params.validate(), environ={})
+    cfg = glue.common.pipeline_config(params.validate(), environ={})
     cands = cfg.candidate_list
     assert [(c.train.preset, c.train.seed, c.train.epochs) for c in cands] == [
         ("fast_mlp", 1, 1), ("fast_mlp", 2, 1), ("seed_mlp", 42, 1)]
@@ -187,7 +191,7 @@ def test_every_task_retries_with_backoff_and_timeout(any_dag) -> None:  # type: 
 
 def test_train_runs_in_its_pool_and_queue_with_a_long_timeout(dag, glue) -> None:  # type: ignore[no-untyped-def]
     train = dag.get_task("train")
-    assert (train.pool, train.queue) == (glue.TRAIN_POOL, glue.TRAIN_QUEUE)
+    assert (train.pool, train.queue) == (glue.training.TRAIN_POOL, glue.training.TRAIN_QUEUE)
     assert train.execution_timeout == timedelta(hours=6)
     assert dag.get_task("evaluate").execution_timeout == timedelta(minutes=30)
 
@@ -273,12 +277,12 @@ def test_a_bad_value_that_reaches_a_run_fails_its_first_task_in_one_line(dag, gl
                              ("min_accuracy", 1.5, "must be between 0.0 and 1.0")):
         params = {**dag.params.validate(), key: value}
         with pytest.raises(AirflowFailException) as err:
-            glue.pipeline_config(params, environ={})
+            glue.common.pipeline_config(params, environ={})
         assert str(err.value) == f"parameter '{key}' = {value} is invalid: {rule}"
 
 
 def test_a_deployment_default_comes_from_the_environment(glue) -> None:  # type: ignore[no-untyped-def]
-    params = glue.trigger_params({"MNIST_STORE": "s3://bucket/mnist", "MNIST_SOURCE": ""})
+    params = glue.common.trigger_params({"MNIST_STORE": "s3://bucket/mnist", "MNIST_SOURCE": ""})
     assert params["store"].value == "s3://bucket/mnist"
     assert params["source"].value == "default"
 
@@ -311,7 +315,7 @@ def test_bad_params_are_refused(dag, conf: dict, param: str) -> None:  # type: i
 
 
 def test_default_params_are_valid(dag, glue) -> None:  # type: ignore[no-untyped-def]
-    cfg = glue.pipeline_config(dag.params.validate(), environ={})
+    cfg = glue.common.pipeline_config(dag.params.validate(), environ={})
     assert cfg.train.preset == "seed_mlp" and cfg.gate.min_accuracy == 0.97
     assert cfg.ingest.checksums == "pinned" and cfg.model_name == "mnist-classifier"
     assert (cfg.check.force, cfg.check.fresh_drop_margin) == (False, 0.02)
@@ -325,7 +329,7 @@ def test_the_data_params_from_a_trigger_reach_the_config(dag, glue) -> None:  # 
     for key, value in {"force": True, "fail_on_quarantine": True,
                        "fresh_drop_margin": 0.05}.items():
         params[key] = value
-    cfg = glue.pipeline_config(params.validate(), environ={})
+    cfg = glue.common.pipeline_config(params.validate(), environ={})
     assert (cfg.check.force, cfg.check.fresh_drop_margin) == (True, 0.05)
     assert cfg.ingest.fail_on_quarantine is True
 
@@ -343,7 +347,7 @@ def test_unknown_conf_keys_fail_the_first_task_naming_them(dag, glue) -> None:  
 
     params = {**dag.params.validate(), **conf}
     with pytest.raises(AirflowFailException) as err:
-        glue.pipeline_config(params, environ={})
+        glue.common.pipeline_config(params, environ={})
     message = str(err.value)
     assert "'checksums', 'epoch', 'model_name'" in message
     assert "MNIST_CHECKSUMS" in message and "MNIST_MODEL_NAME" in message
@@ -353,19 +357,19 @@ def test_checksums_and_model_name_are_deployment_settings(dag, glue, tmp_path) -
     from airflow.sdk.exceptions import AirflowFailException
 
     params = dag.params.validate()
-    cfg = glue.pipeline_config(params, environ={"MNIST_CHECKSUMS": "off",
+    cfg = glue.common.pipeline_config(params, environ={"MNIST_CHECKSUMS": "off",
                                                 "MNIST_MODEL_NAME": "another-model"})
     assert (cfg.ingest.checksums, cfg.model_name) == ("off", "another-model")
     digest = "0" * 64
     sums = tmp_path / "sums.json"
     sums.write_text(json.dumps({"t10k-labels-idx1-ubyte.gz": digest}))
-    cfg = glue.pipeline_config(params, environ={"MNIST_CHECKSUMS": f"@{sums}"})
+    cfg = glue.common.pipeline_config(params, environ={"MNIST_CHECKSUMS": f"@{sums}"})
     assert cfg.ingest.expected_sha256()["t10k-labels-idx1-ubyte.gz"] == digest
     sums.write_text("not json")
     with pytest.raises(AirflowFailException, match=r"MNIST_CHECKSUMS.*not JSON"):
-        glue.pipeline_config(params, environ={"MNIST_CHECKSUMS": f"@{sums}"})
+        glue.common.pipeline_config(params, environ={"MNIST_CHECKSUMS": f"@{sums}"})
     with pytest.raises(AirflowFailException, match="MNIST_MODEL_NAME"):
-        glue.pipeline_config(params, environ={"MNIST_MODEL_NAME": "../evil"})
+        glue.common.pipeline_config(params, environ={"MNIST_MODEL_NAME": "../evil"})
 
 
 def test_a_store_with_dot_dot_fails_the_task_naming_store(dag, glue) -> None:  # type: ignore[no-untyped-def]
@@ -374,7 +378,7 @@ def test_a_store_with_dot_dot_fails_the_task_naming_store(dag, glue) -> None:  #
 
     params = {**dag.params.validate(), "store": "file:///data/%2e%2e/%2e%2e/etc/x"}
     with pytest.raises(AirflowFailException, match=r"'store'.*'\.\.' path segments"):
-        glue.pipeline_config(params, environ={})
+        glue.common.pipeline_config(params, environ={})
 
 
 def _modules_after(code: str) -> set[str]:
@@ -390,7 +394,7 @@ def test_parsing_a_dag_file_imports_no_heavy_libraries(dag_file: Path) -> None:
     mods = _modules_after(
         f"import runpy, sys; sys.path.insert(0, {str(DAGS)!r}); runpy.run_path({str(dag_file)!r})"
     )
-    assert "mnist_airflow" in mods and "mnist_tasks.config" in mods
+    assert "mnist_airflow.common" in mods and "mnist_tasks.config" in mods
     heavy = {"tensorflow", "keras", "numpy", "sklearn", "matplotlib", "mnist_tasks.train",
              "mnist_tasks.pipeline", "mnist_tasks.increments", "mnist_tasks.score", "boto3"}
     assert not (heavy & mods), heavy & mods
@@ -428,8 +432,8 @@ def test_the_plugin_takes_its_settings_from_the_library_not_the_dag_glue() -> No
 def test_the_dag_glue_and_the_library_settings_agree(glue) -> None:  # type: ignore[no-untyped-def]
     from mnist_tasks import settings
 
-    assert glue.DAG_ID == settings.TRAINING_DAG_ID
-    assert glue.MODEL_REGISTRY.name == settings.REGISTRY_ASSET
+    assert glue.common.DAG_ID == settings.TRAINING_DAG_ID
+    assert glue.common.MODEL_REGISTRY.name == settings.REGISTRY_ASSET
 
 
 def _dag_with_margin(monkeypatch, margin: str | None):  # type: ignore[no-untyped-def]
@@ -510,12 +514,16 @@ def test_a_stages_log_lines_are_not_folded_into_a_group(glue, caplog) -> None:  
 
     stage_log = logging.getLogger("mnist_tasks.train")
 
-    def stage() -> dict[str, object]:
+    @dataclasses.dataclass(frozen=True)
+    class Trained:
+        epochs_run: int
+
+    def stage() -> Trained:
         stage_log.info("epoch 1/1 loss=0.1")
-        return {"epochs_run": 1}
+        return Trained(epochs_run=1)
 
     with caplog.at_level(logging.INFO):
-        glue.run_stage("probe", stage)
+        glue.stages.run_stage("probe", stage)
     lines = [r.getMessage() for r in caplog.records]
     assert "epoch 1/1 loss=0.1" in lines
     assert not [line for line in lines if "::group::" in line or "::endgroup::" in line]
@@ -526,8 +534,8 @@ def test_a_stages_log_lines_are_not_folded_into_a_group(glue, caplog) -> None:  
 def test_tensorflow_starts_up_on_stdout_not_stderr() -> None:
     """Airflow logs a task's stderr as ERROR lines; TensorFlow's C++ start-up lines go there
     as it loads, whatever TF_CPP_MIN_LOG_LEVEL says, unless the glue imports it."""
-    code = (f"import sys; sys.path.insert(0, {str(DAGS)!r}); import mnist_airflow; "
-            "mnist_airflow.import_tensorflow_quietly(); import tensorflow; "
+    code = (f"import sys; sys.path.insert(0, {str(DAGS)!r}); from mnist_airflow import stages; "
+            "stages.import_tensorflow_quietly(); import tensorflow; "
             "sys.stderr.write('stderr still works')")
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("TF_")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -555,19 +563,19 @@ def test_tensorflow_starts_up_on_stdout_not_stderr() -> None:
     ({"preset": "seed_mlp"}, "seed_mlp · no decision: stopped before the gate"),
 ])
 def test_the_run_note_says_what_the_run_did(glue, summary, note) -> None:  # type: ignore[no-untyped-def]
-    assert glue.run_note(summary) == note
+    assert glue.notes.run_note(summary) == note
 
 
 def test_the_run_note_is_written_by_the_dags_callbacks(dag, glue) -> None:  # type: ignore[no-untyped-def]
     """No task can set its run's note in Airflow 3.3: the DAG's callbacks do, through the REST
     API when one is configured, and say so when not."""
-    assert dag.on_success_callback == [glue.note_the_run] or \
-        dag.on_success_callback == glue.note_the_run
-    assert dag.on_failure_callback == [glue.note_the_run] or \
-        dag.on_failure_callback == glue.note_the_run
-    assert glue.post_run_note("mnist_training", "r", "n", environ={}) == (
+    assert dag.on_success_callback == [glue.notes.note_the_run] or \
+        dag.on_success_callback == glue.notes.note_the_run
+    assert dag.on_failure_callback == [glue.notes.note_the_run] or \
+        dag.on_failure_callback == glue.notes.note_the_run
+    assert glue.notes.post_run_note("mnist_training", "r", "n", environ={}) == (
         "not set on the run: MNIST_AIRFLOW_API_URL is not set")
-    refused = glue.post_run_note("mnist_training", "r", "n", environ={
+    refused = glue.notes.post_run_note("mnist_training", "r", "n", environ={
         "MNIST_AIRFLOW_API_URL": "http://127.0.0.1:9", "MNIST_AIRFLOW_TOKEN": "t"})
     assert refused.startswith("not set on the run: http://127.0.0.1:9: ")
 
@@ -597,7 +605,7 @@ def test_stages_run_with_long_lived_objects_frozen_and_garbage_collected(glue) -
 
     try:
         # The typed result goes to XCom as its JSON.
-        assert glue.run_stage("probe", stage) == {
+        assert glue.stages.run_stage("probe", stage) == {
             "model_uri": "file:///m.keras", "test_accuracy": 0.98}
         assert isinstance(seen["frozen"], int) and seen["frozen"] > 10_000
         assert seen["garbage_alive"] is False
@@ -613,7 +621,7 @@ def test_the_watch_is_one_task_that_emits_the_increments_asset(watch, glue) -> N
     land = watch.get_task("land")
     # (Airflow normalises the URI "mnist://increments" to "mnist://increments/".)
     assert [(a.name, a.uri) for a in land.outlets] == [("mnist_increments", "mnist://increments/")]
-    assert land.outlets == [glue.MNIST_INCREMENTS]
+    assert land.outlets == [glue.common.MNIST_INCREMENTS]
     assert land.execution_timeout == timedelta(minutes=10)
     assert not dict(watch.params)  # nothing to set: source and store are the deployment's
 
@@ -709,9 +717,9 @@ def test_a_quarantine_that_fails_the_run_is_not_retried(glue) -> None:  # type: 
         raise OSError("the store is unreachable")
 
     with pytest.raises(AirflowFailException, match="bad-label is quarantined"):
-        glue.run_stage("ingest", quarantined)
+        glue.stages.run_stage("ingest", quarantined)
     with pytest.raises(OSError):  # anything else keeps its retries
-        glue.run_stage("ingest", broken)
+        glue.stages.run_stage("ingest", broken)
 
 
 def test_the_deployment_sets_the_default_preset_and_retry_delay(monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -771,10 +779,10 @@ def test_the_approval_params_are_on_the_form(dag, glue) -> None:  # type: ignore
         params["approval"] = "sometimes"
     with pytest.raises(ParamValidationError, match="param approval_timeout_minutes"):
         params["approval_timeout_minutes"] = 0
-    params = glue.trigger_params({"MNIST_APPROVAL": "borderline"})
+    params = glue.common.trigger_params({"MNIST_APPROVAL": "borderline"})
     assert params["approval"].value == "borderline"
     with pytest.raises(ValueError, match="MNIST_APPROVAL='maybe'"):
-        glue.trigger_params({"MNIST_APPROVAL": "maybe"})
+        glue.common.trigger_params({"MNIST_APPROVAL": "maybe"})
 
 
 class _Ti:
@@ -788,8 +796,8 @@ def run_approve(dag, monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
     request (upsert + park) and the skip are recorded instead of sent."""
     import copy
 
-    import mnist_airflow
     from airflow.sdk.exceptions import TaskAwaitingInput
+    from mnist_airflow import approval
 
     approve = copy.copy(dag.get_task("approve"))
     asked: dict[str, object] = {}
@@ -798,8 +806,9 @@ def run_approve(dag, monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
         asked.update(kwargs)
 
     monkeypatch.setattr("airflow.providers.standard.operators.hitl.upsert_hitl_detail", upsert)
-    monkeypatch.setattr(mnist_airflow, "notify", lambda context, message: None)
-    monkeypatch.setattr(mnist_airflow, "s3_client_kwargs", lambda: None)
+    # Patched where the approve task looks them up.
+    monkeypatch.setattr(approval, "notify", lambda context, message: None)
+    monkeypatch.setattr(approval, "s3_client_kwargs", lambda: None)
     ti = _Ti()
     monkeypatch.setattr(type(approve), "skip",
                         lambda self, ti, tasks: ti.skipped.extend(t.task_id for t in tasks))
@@ -953,10 +962,10 @@ def test_scoring_runs_on_a_registry_event_or_the_interval(dagbag, glue, monkeypa
     assert isinstance(schedule, AssetOrTimeSchedule)
     assert isinstance(schedule.timetable, DeltaTriggerTimetable)
     assert schedule.timetable.delta == timedelta(minutes=5)
-    assert schedule.asset_condition == AssetAll(glue.MODEL_REGISTRY)
+    assert schedule.asset_condition == AssetAll(glue.common.MODEL_REGISTRY)
     monkeypatch.setenv("MNIST_SCORING_INTERVAL_MINUTES", "0")
     with pytest.raises(ValueError, match="MNIST_SCORING_INTERVAL_MINUTES='0'"):
-        glue.scoring_timetable()
+        glue.scoring.scoring_timetable()
 
 
 def test_scoring_settings_errors_fail_the_task_naming_the_variable(glue, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -964,4 +973,4 @@ def test_scoring_settings_errors_fail_the_task_naming_the_variable(glue, monkeyp
 
     monkeypatch.setenv("MNIST_SCORING_SHARD_SIZE", "0")
     with pytest.raises(AirflowFailException, match="shard_size=0"):
-        glue._scoring({"MNIST_SCORING_SHARD_SIZE": "0", "MNIST_STORE": "file:///tmp/x"})
+        glue.scoring.open_scoring({"MNIST_SCORING_SHARD_SIZE": "0", "MNIST_STORE": "file:///tmp/x"})

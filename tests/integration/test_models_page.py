@@ -344,7 +344,7 @@ def _request_approval(services: Services, store: Store, run_id: str, decision: G
     form, mnist_tasks.approve's subject and body), parked in the metadata DB."""
     sys.path.insert(0, str(REPO / "dags"))
     try:
-        from mnist_airflow import PromotionApproval
+        from mnist_airflow.approval import PromotionApproval
 
         from mnist_tasks import approve
     finally:
