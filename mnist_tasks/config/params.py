@@ -114,7 +114,8 @@ class ParamSpec:
         """The description, with the range when there is one: what the form shows."""
         if self.minimum is None or self.maximum is None:
             return self.description
-        low, high = (f"{v:g}" for v in (self.minimum, self.maximum))
+        low, high = (f"{v:,}" if self.type == "integer" else f"{v:g}"
+                     for v in (self.minimum, self.maximum))
         kind = "A whole number" if self.type == "integer" else "A number"
         return (f"{self.description} {kind} from {low} to {high}; another value is refused "
                 "when you trigger, and the first task checks it again.")

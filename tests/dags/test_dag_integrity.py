@@ -257,7 +257,7 @@ def test_the_form_does_not_clamp_a_number_it_refuses_it(dag) -> None:  # type: i
     for name in dag.params:
         schema = dag.params.get_param(name).schema
         assert "minimum" not in schema and "maximum" not in schema, name
-    assert "from 1 to 1000" in dag.params.get_param("epochs").description
+    assert "from 1 to 1,000" in dag.params.get_param("epochs").description
     params = copy.deepcopy(dag.params)
     with pytest.raises(ParamValidationError, match="epochs: 0 is less than the minimum of 1"):
         params["epochs"] = 0
