@@ -447,7 +447,7 @@ def test_every_file_response_says_nosniff(deployment: Deployment) -> None:
             path, response.status_code, dict(response.headers))
 
 
-def test_models_page_inchromium(deployment: Deployment, tmp_path: Path) -> None:
+def test_models_page_in_chromium(deployment: Deployment, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
