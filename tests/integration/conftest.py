@@ -182,6 +182,11 @@ def celery_deployment(
         MNIST_SCORING_INTERVAL_MINUTES="60",
         # Feedback under the scoring store (its default), looked for every minute once unpaused.
         MNIST_FEEDBACK_INTERVAL_MINUTES="1",
+        # The training run's note: the DAG's callback (in the dag-processor) sets it through the
+        # REST API as the admin that airflow_env gives the simple auth manager.
+        MNIST_AIRFLOW_API_URL=f"http://127.0.0.1:{port}",
+        MNIST_AIRFLOW_USERNAME="admin",
+        MNIST_AIRFLOW_PASSWORD="admin-password",
     )
     services = Services(env, home / "logs")
     deployment: CeleryDeployment | None = None

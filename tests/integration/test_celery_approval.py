@@ -6,15 +6,25 @@ Two training runs (fast_mlp, one epoch, ``approval: always``) serve the four ans
 the second answer of each run is given after clearing its ``approve`` task (what an operator
 does to reconsider: the task asks again):
 
-1. run 1 (no champion yet, the gate says PROMOTE): **reject** → nothing registered, no
-   champion, the rejection recorded with who and when; cleared, then **approve** → v1
-   registered and promoted, the approver, time and comment in its metadata and model card;
+1. run 1, walked in headless Chromium as a user does it: on the trigger form, bad values
+   (epochs 0, then a minimum accuracy of 1.5) are refused with the reason and start no run;
+   then the run is triggered from the form. The gate says PROMOTE (no champion yet):
+   **reject** (REST API) → nothing registered, no champion, the rejection recorded with who
+   and when, the run's note says so; cleared, then **approve** on the Required Actions page
+   (which names the dataset version and shows the PASS/FAIL table) → v1 registered and
+   promoted, the approver, time and comment in its metadata and model card; the run's note
+   (REST API and the run's page) says ``PROMOTE v1``; the train task's log has no ERROR line
+   and its ``epoch 1/1`` line outside any collapsed group (REST API and the log page).
+   Screenshots of each step go to the test's tmp folder (or $TEST_ARTIFACTS);
 2. run 2 (``min_accuracy: 1.0``: the gate REJECTs; a short ``approval_timeout_minutes``): the
    form requires a comment; nobody answers → the **timeout**'s default (reject) applies,
    champion still v1; cleared, then **Approve without a reason** (the REST API does not check
    the form) → the override is refused: the approve task fails, saying why, nothing
    registered; cleared, then **override** with a reason → v2 registered and promoted,
    recorded as an override, which ``registry list`` shows.
+
+The Models page reads the deployment's ``MNIST_STORE`` (the data-triggered scenario's), not
+this scenario's store: test_models_page.py walks it.
 """
 
 from __future__ import annotations
@@ -23,7 +33,9 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import pytest
 import requests
@@ -42,6 +54,15 @@ from tests.integration.airflow_services import (
     task_instances,
     task_log,
     wait_for_run,
+    wait_until,
+)
+from tests.integration.browser import (
+    artifacts,
+    chromium,
+    full_page,
+    open_logged_in,
+    save_failure,
+    save_screenshot,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -49,6 +70,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PREFIX = "approval"
 RUN_TIMEOUT_S = 15 * 60
 TIMEOUT_MINUTES = 0.5  # run 2's request: 30 s, then the scheduler's sweep (every 15 s)
+RUN_PARAMETERS = "Run Parameters"  # the trigger form's first section
 CONF = {"preset": "fast_mlp", "epochs": 1, "min_accuracy": 0.9, "approval": "always",
         "force": True}
 
@@ -119,18 +141,33 @@ def _run_record(deployment: CeleryDeployment, run_id: str, name: str) -> dict[st
     return dict(json.loads(store.read_bytes(f"runs/{run_key(run_id)}/{name}")))
 
 
-def test_approve_reject_timeout_and_override_through_the_rest_api(
-        celery_deployment: CeleryDeployment) -> None:
+def test_approve_reject_timeout_and_override_in_the_ui_and_the_rest_api(
+        celery_deployment: CeleryDeployment, tmp_path: Path) -> None:
     deployment = celery_deployment
-    api = deployment.api
     registry = Registry(S3Store(DEPLOYMENT_BUCKET, PREFIX,
                                 client_kwargs=deployment.s3_client_kwargs))
     started = time.monotonic()
+    shots = artifacts(tmp_path)
+    driver = chromium(tmp_path / "chromium-profile")
+    try:
+        run1 = _run_1(deployment, registry, driver, shots)
+    except Exception:
+        save_failure(driver, shots, "ui-walk-failure")
+        raise
+    finally:
+        driver.quit()
+    run1_s = time.monotonic() - started
+    _run_2(deployment, registry)
+    print(f"\napproval scenarios: run 1 {run1} (the UI walk: trigger form, reject, clear, approve "
+          f"on Required Actions, note, log) {run1_s:.0f} s; all "
+          f"{time.monotonic() - started:.0f} s; screenshots in {shots}")
 
-    # -- run 1: the gate says PROMOTE (no champion yet); a person rejects, then approves.
-    run1 = _trigger(deployment)
+
+def _run_1(deployment: CeleryDeployment, registry: Registry, driver: Any, shots: Path) -> str:
+    """Run 1: the gate says PROMOTE (no champion yet); a person rejects, then approves."""
+    api = deployment.api
+    run1 = _trigger_from_the_form(driver, deployment, shots)
     request = _wait_for_request(deployment, run1)
-    asked_s = time.monotonic() - started
     assert request["options"] == ["Approve", "Reject"] and request["defaults"] == ["Reject"]
     assert "Promote mnist-classifier" in request["subject"] and run1 in request["subject"]
     body = request["body"]
@@ -155,10 +192,15 @@ def test_approve_reject_timeout_and_override_through_the_rest_api(
     assert (rejected["approval"]["outcome"], rejected["approval"]["by"],
             rejected["approval"]["comment"]) == ("rejected", "admin", "not this week")
     assert _run_record(deployment, run1, "summary.json")["decision"] == "REJECT"
+    # The run's note (set by the DAG's callback) says what happened; waited for before the
+    # clear, so this callback cannot land after the next one.
+    note = _note(deployment, run1, "approval: rejected by admin")
+    assert note.startswith("fast_mlp · 1 epoch · REJECT"), note
 
     _clear_approve(api, run1)
     _wait_for_request(deployment, run1)
-    _answer(api, run1, "Approve", "fine for the demo")
+    _approve_on_required_actions(driver, deployment, run1, dataset_version,
+                                 "fine for the demo", shots)
     _wait(deployment, run1)
     assert _states(api, run1) == {"gate": "success", "approve": "success",
                                   "register": "success"}
@@ -171,9 +213,31 @@ def test_approve_reject_timeout_and_override_through_the_rest_api(
     assert v1.gate_decision == "PROMOTE"
     card = registry.store.read_bytes(registry.store.key_of(f"{v1.uri}/model_card.md")).decode()
     assert "## Approval" in card and "fine for the demo" in card and "admin" in card
-    run1_s = time.monotonic() - started
 
-    # -- run 2: the gate REJECTs (min_accuracy 1.0); nobody answers in time, then an override.
+    note = _note(deployment, run1, "PROMOTE v1")
+    assert note.startswith("fast_mlp · 1 epoch · PROMOTE v1 (") and note.endswith(
+        " %) · approval: approved by admin"), note
+    driver.get(f"{api.base_url}/dags/{DAG_ID}/runs/{quote(run1, safe='')}")
+    _page_shows(driver, note)
+    save_screenshot(driver, shots, "run-note.png")
+
+    # The train task's log: no ERROR line (TensorFlow's start-up lines are not on stderr), and
+    # the epochs at the top level, not inside a collapsed group.
+    events = _log_events(api, run1, "train", 0)
+    errors = [e for _, e in events if str(e.get("level", "")).lower() in ("error", "critical")]
+    assert errors == [], errors
+    epochs = [(depth, str(e["event"])) for depth, e in events if "epoch 1/1" in str(e["event"])]
+    assert [depth for depth, _ in epochs] == [0], epochs
+    driver.get(f"{api.base_url}/dags/{DAG_ID}/runs/{quote(run1, safe='')}/tasks/train/mapped/0")
+    _page_shows(driver, "epoch 1/1")
+    save_screenshot(driver, shots, "train-log.png")
+    return run1
+
+
+def _run_2(deployment: CeleryDeployment, registry: Registry) -> None:
+    """Run 2: the gate REJECTs (min_accuracy 1.0); nobody answers in time, then an override."""
+    api = deployment.api
+    started = time.monotonic()
     run2 = _trigger(deployment, min_accuracy=1.0, approval_timeout_minutes=TIMEOUT_MINUTES)
     request = _wait_for_request(deployment, run2)
     waited = time.monotonic()
@@ -235,10 +299,221 @@ def test_approve_reject_timeout_and_override_through_the_rest_api(
     assert "REJECT" in row2 and "OVERRIDE by admin" in row2, listing.stdout
     assert any(line.startswith("v2 OVERRIDE of the gate's REJECT by admin") and reason in line
                for line in lines), listing.stdout
-    print(f"\napproval scenarios: run 1 asked after {asked_s:.0f} s, done (reject, clear, "
-          f"approve) after {run1_s:.0f} s; run 2's timeout resolved {timeout_s:.0f} s after the "
-          f"request; all {time.monotonic() - started:.0f} s")
+    print(f"\napproval run 2: the timeout resolved {timeout_s:.0f} s after the request; "
+          f"run 2 {time.monotonic() - started:.0f} s")
     print(listing.stdout)
+
+
+def _run_count(api: ApiClient) -> int:
+    return int(api.json("GET", f"/api/v2/dags/{DAG_ID}/dagRuns", params={"limit": 1})[
+        "total_entries"])
+
+
+def _note(deployment: CeleryDeployment, run_id: str, expected: str) -> str:
+    """The run's note once it says ``expected`` (the DAG's callback sets it after the run)."""
+    def probe() -> str | None:
+        note = deployment.api.json("GET", run_path(DAG_ID, run_id)).get("note") or ""
+        return note if expected in note else None
+
+    return str(wait_until(deployment.services, f"run {run_id}'s note saying {expected!r}", 120,
+                          probe))
+
+
+def _log_events(api: ApiClient, run_id: str, task_id: str, map_index: int
+                ) -> list[tuple[int, dict[str, Any]]]:
+    """The latest try's structured log lines, each with its depth in ``::group::`` sections
+    (the log page shows depth 0 and collapses the groups)."""
+    ti = api.json("GET", f"{run_path(DAG_ID, run_id)}/taskInstances/{task_id}/{map_index}")
+    body = api.json(
+        "GET", f"{run_path(DAG_ID, run_id)}/taskInstances/{task_id}/logs/{ti['try_number']}",
+        params={"full_content": "true", "map_index": map_index},
+        headers={"Accept": "application/json"})
+    depth, events = 0, []
+    for line in body["content"]:
+        event = line if isinstance(line, dict) else {"event": str(line)}
+        text = str(event.get("event", ""))
+        if "::endgroup::" in text:
+            depth -= 1
+        elif "::group::" in text:
+            depth += 1
+        else:
+            events.append((depth, event))
+    return events
+
+
+# -- the user's walk in the browser ---------------------------------------------------------------
+
+
+def _dialog(driver: Any) -> Any:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.NAME, "element_epochs"))
+    return driver.find_element(By.CSS_SELECTOR, ".chakra-dialog__content")
+
+
+def _visible(driver: Any, element: Any) -> Any:
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+    return element
+
+
+def _type(driver: Any, field: Any, text: str) -> None:
+    """Replace a field's text as a user does (select all, type over it)."""
+    from selenium.webdriver.common.keys import Keys
+
+    _visible(driver, field).send_keys(Keys.CONTROL, "a")
+    field.send_keys(Keys.DELETE)
+    field.send_keys(text)
+
+
+def _field(driver: Any, dialog: Any, name: str, section: str | None = None) -> Any:
+    """A form field by its parameter name; its section opened first, as a user does (one
+    section is open at a time)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 30)
+    if section is not None:
+        button = dialog.find_element(By.CSS_SELECTOR, f"button[id$=':{section}']")
+        if button.get_attribute("aria-expanded") != "true":
+            _visible(driver, button).click()
+        wait.until(lambda d: button.get_attribute("aria-expanded") == "true")
+    field = dialog.find_element(By.NAME, f"element_{name}")
+    if field.get_attribute("type") not in ("hidden", "checkbox"):  # those are drawn otherwise
+        wait.until(lambda d: field.is_displayed())
+    return field
+
+
+def _choose(driver: Any, dialog: Any, name: str, value: str, section: str | None = None) -> None:
+    """Pick ``value`` in a select field (type it, Enter)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    hidden = _field(driver, dialog, name, section)
+    control = hidden.find_element(By.XPATH, "..")
+    WebDriverWait(driver, 30).until(lambda d: control.is_displayed())
+    box = control.find_element(By.CSS_SELECTOR, "input[type=text]")
+    _visible(driver, box).send_keys(value)
+    box.send_keys(Keys.ENTER)
+    WebDriverWait(driver, 30).until(lambda d: hidden.get_attribute("value") == value)
+
+
+def _submit(driver: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    # The button's own click handler; a toast from the last refusal may lie over it.
+    button = driver.find_element(By.CSS_SELECTOR, "[data-testid=trigger-dag-submit]")
+    driver.execute_script("arguments[0].click()", _visible(driver, button))
+
+
+def _refused(driver: Any, reason: str, folder: Path, shot: str) -> None:
+    """Wait for the trigger dialog to show ``reason``; a picture of it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    shown = WebDriverWait(driver, 60).until(lambda d: next(
+        (e for e in d.find_elements(By.XPATH, f"//*[contains(text(), {json.dumps(reason)})]")
+         if e.is_displayed()), None))
+    _visible(driver, shown)
+    save_screenshot(driver, folder, shot)
+
+
+def _trigger_from_the_form(driver: Any, deployment: CeleryDeployment, folder: Path) -> str:
+    """Refused bad values, then run 1 triggered from the trigger form; its run id."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    api, base = deployment.api, deployment.api.base_url
+    open_logged_in(driver, f"{base}/dags/{DAG_ID}")
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(
+        By.CSS_SELECTOR, "[data-testid=trigger-dag-button]"))[0].click()
+    dialog = _dialog(driver)
+    before = _run_count(api)
+
+    epochs = _field(driver, dialog, "epochs", RUN_PARAMETERS)
+    _type(driver, epochs, "0")
+    _submit(driver)
+    _refused(driver, "Invalid input for param epochs: 0 is less than the minimum of 1", folder,
+             "trigger-form-refused.png")
+    assert epochs.get_attribute("value") == "0"  # the form keeps what was typed
+    _type(driver, epochs, "1")
+    min_accuracy = _field(driver, dialog, "min_accuracy", "Gate")
+    _type(driver, min_accuracy, "1.5")
+    _submit(driver)
+    _refused(driver, "Invalid input for param min_accuracy: 1.5 is greater than the maximum of 1",
+             folder, "trigger-form-refused-min-accuracy.png")
+    # The refusal comes with the API's answer (400): no run was made.
+    assert _run_count(api) == before
+
+    _type(driver, min_accuracy, str(CONF["min_accuracy"]))
+    _choose(driver, dialog, "preset", str(CONF["preset"]), RUN_PARAMETERS)
+    force = _field(driver, dialog, "force", RUN_PARAMETERS)
+    if not force.is_selected():
+        _visible(driver, force.find_element(By.XPATH, "./ancestor::label[1]")).click()
+    _type(driver, _field(driver, dialog, "source", "Data and store"),
+          str(deployment.static_source))
+    _type(driver, _field(driver, dialog, "store"), deployment.store_uri(PREFIX))
+    _choose(driver, dialog, "approval", str(CONF["approval"]), "Approval")
+    full_page(driver, folder, "trigger-form-filled.png")
+    _submit(driver)
+    # Triggered, the UI opens the new run's page.
+    WebDriverWait(driver, 60).until(lambda d: "/runs/" in d.current_url)
+    run_id = unquote(driver.current_url.split("/runs/", 1)[1].split("/")[0])
+    assert _run_count(api) == before + 1
+    conf = api.json("GET", run_path(DAG_ID, run_id))["conf"]
+    expected = {**CONF, "source": str(deployment.static_source),
+                "store": deployment.store_uri(PREFIX)}
+    assert {k: conf.get(k) for k in expected} == expected, conf
+    return run_id
+
+
+def _approve_on_required_actions(driver: Any, deployment: CeleryDeployment, run_id: str,
+                                 dataset_version: str, comment: str, folder: Path) -> None:
+    """The request as its page shows it, answered there: Approve, with a comment."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, 60)
+    driver.get(f"{deployment.api.base_url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}"
+               "/tasks/approve/required_actions")
+    body = wait.until(ec.presence_of_element_located(
+        (By.XPATH, "//*[normalize-space()='What was trained']/..")))
+    text = " ".join(body.text.split())
+    assert f"on dataset version {dataset_version}" in text, text
+    assert "Preset fast_mlp, 1 epoch" in text, text
+    assert text.index("What was trained") < text.index("Gate decision: PROMOTE"), text
+    cells = [c.text for c in body.find_elements(By.CSS_SELECTOR, "table td")]
+    assert "PASS" in cells and "FAIL" not in cells, cells
+    full_page(driver, folder, "required-action.png")
+    driver.find_element(By.CSS_SELECTOR, "textarea, input[name='comment'], "
+                                         "input#element_comment").send_keys(comment)
+    approve = driver.find_element(By.CSS_SELECTOR, "[data-testid='hitl-option-Approve']")
+    wait.until(lambda d: approve.is_enabled())
+    _visible(driver, approve).click()
+    wait_until(deployment.services, "the answer from the Required Actions page", 60,
+               lambda: deployment.api.json("GET", _hitl_path(run_id))["response_received"])
+    save_screenshot(driver, folder, "required-action-answered.png")
+
+
+def _page_shows(driver: Any, text: str, timeout: float = 60) -> None:
+    """Wait until the page shows ``text``, scrolling its scrolled boxes (the log page draws
+    only the lines in view) a screen at a time."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def shown(d: Any) -> bool:
+        if text in d.find_element(By.TAG_NAME, "body").text:
+            return True
+        d.execute_script(
+            "for (const e of document.querySelectorAll('*')) {"
+            " if (e.scrollHeight > e.clientHeight + 4 && e.clientHeight > 200"
+            "     && getComputedStyle(e).overflowY !== 'visible')"
+            "  e.scrollTop += e.clientHeight * 0.8; }")
+        return False
+
+    WebDriverWait(driver, timeout, poll_frequency=0.5).until(shown)
 
 
 def _s3_env(deployment: CeleryDeployment) -> dict[str, str]:

@@ -20,7 +20,9 @@ and source, so their order does not matter.
   with no one touching Airflow the watch DAG announces it (an ``mnist_increments`` asset
   event), the scheduler starts an asset-triggered training run, and that run registers a
   version trained on the increment, whose gate compared it with the champion on the
-  increment's fresh data; the next watch, with nothing new, is skipped and starts nothing.
+  increment's fresh data, which the Models page (in Chromium, inside Airflow) shows above the
+  first, with both runs' outcomes; the next watch, with nothing new, is skipped and starts
+  nothing.
 
 The first run is a module fixture shared by three tests (whichever runs first triggers it):
 fewer models to train, and the base of the data-triggered scenario is a run already checked.
@@ -62,6 +64,14 @@ from tests.integration.airflow_services import (
     task_log,
     wait_for_run,
     worker_name,
+)
+from tests.integration.browser import (
+    artifacts,
+    chromium,
+    frame_fits,
+    open_logged_in,
+    save_failure,
+    save_screenshot,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -344,8 +354,43 @@ def _wait_until(deployment: CeleryDeployment, what: str, timeout: float,
         time.sleep(2)
 
 
+def _models_page_shows(deployment: CeleryDeployment, outcomes: dict[str, str],
+                       dataset_version: str, tmp_path: Path) -> None:
+    """The Models page in Airflow, in Chromium, as a user reads it: v2 the champion above v1,
+    and the training runs with their outcomes (a screenshot in the test's tmp folder)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    shots = artifacts(tmp_path)
+    driver = chromium(tmp_path / "chromium-profile")
+    wait = WebDriverWait(driver, 60)
+    try:
+        open_logged_in(driver, f"{deployment.api.base_url}/plugin/models")
+        frame = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR,
+                                                           "iframe[title='Models']")))
+        driver.switch_to.frame(frame)
+        rows = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr[data-version]"))
+        assert [r.get_attribute("data-version") for r in rows] == ["2", "1"]
+        assert "★ champion" in rows[0].text and "fast_mlp" in rows[0].text, rows[0].text
+        runs = {r.get_attribute("data-run"): r for r in driver.find_elements(
+            By.CSS_SELECTOR, "table.runs tr[data-run]")}
+        assert {k: runs[k].get_attribute("data-outcome") for k in outcomes if k in runs} == (
+            outcomes), list(runs)
+        run_id = list(outcomes)[-1]
+        assert dataset_version in runs[run_id].text, runs[run_id].text
+        driver.switch_to.default_content()
+        wait.until(lambda d: frame_fits(d, frame))
+        save_screenshot(driver, shots, "models-page-deployment.png")
+    except Exception:
+        save_failure(driver, shots, "models-page-deployment-failure")
+        raise
+    finally:
+        driver.quit()
+
+
 def test_new_increment_triggers_training(celery_deployment: CeleryDeployment,
-                                        base_run: BaseRun) -> None:
+                                        base_run: BaseRun, tmp_path: Path) -> None:
     """Triggered by data: nobody touches Airflow between the increment landing and the new
     version (the deployment's MNIST_SOURCE and MNIST_STORE are this scenario's alone)."""
     deployment = celery_deployment
@@ -407,6 +452,8 @@ def test_new_increment_triggers_training(celery_deployment: CeleryDeployment,
     listing = api.json("GET", "/models/api/versions")
     assert [v["version"] for v in listing["versions"]] == [1, 2] and listing["champion"] == 2
     assert listing["versions"][1]["dataset_version"] == lineage["dataset_version"]
+    _models_page_shows(deployment, {base_run.run_id: "PROMOTE", run_id: "PROMOTE"},
+                       lineage["dataset_version"], tmp_path)
 
     # (c) The next watch, with nothing new, is skipped: no event, no second training run.
     announcer = event["source_run_id"]

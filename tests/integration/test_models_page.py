@@ -23,7 +23,6 @@ and ``selenium`` from PyPI.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import shutil
@@ -64,12 +63,19 @@ from tests.helpers import (
     train_result,
 )
 from tests.integration.airflow_services import REPO, ApiClient, Services, airflow_env, free_port
+from tests.integration.browser import (
+    artifacts,
+    chromium,
+    frame_fits,
+    full_page,
+    log_in,
+    save_docs_copy,
+    save_screenshot,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 BUCKET = "models-page"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 OLD_RUN_ID = "manual__2026-11-14T09:00:00+00:00"
 REFUSED_RUN_ID = "manual__2026-11-23T10:00:00+00:00"
 DATASET = "d5e7a1b2c3d4e5f6"
@@ -441,108 +447,20 @@ def test_every_file_response_says_nosniff(deployment: Deployment) -> None:
             path, response.status_code, dict(response.headers))
 
 
-def _chromium(user_data_dir: Path) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail(f"{CHROMIUM} / {CHROMEDRIVER} missing: `make test-deps` installs Debian's "
-                    "chromium and chromium-driver", pytrace=False)
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 "--window-size=1280,1000", f"--user-data-dir={user_data_dir}",
-                 "--no-proxy-server"):
-        options.add_argument(flag)
-    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-
-
-def _artifacts(tmp_path: Path) -> Path:
-    """Where screenshots go: $TEST_ARTIFACTS if set (CI keeps it), else the test's tmp folder."""
-    folder = Path(os.environ.get("TEST_ARTIFACTS") or tmp_path / "artifacts")
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
-def _save_screenshot(driver: Any, folder: Path, name: str) -> Path:
-    path = folder / name
-    driver.save_screenshot(str(path))
-    return path
-
-
-def _save_docs_copy(png: Path) -> Path:
-    """A small copy for the README, beside ``png``: the same picture with a 64-colour palette
-    (docs/models-page.png is copied from it by hand)."""
-    from PIL import Image
-
-    with Image.open(png) as image:
-        buffer = io.BytesIO()
-        image.convert("RGB").quantize(colors=64).save(buffer, format="PNG", optimize=True)
-    small = png.with_name(f"{png.stem}-small.png")
-    small.write_bytes(buffer.getvalue())
-    return small
-
-
-def _full_page(driver: Any, folder: Path, name: str) -> Path:
-    """A screenshot of the whole page (the window made as tall as the page, then restored)."""
-    size = driver.get_window_size()
-    height = driver.execute_script(
-        "return Math.max(document.documentElement.scrollHeight, "
-        "...Array.from(document.querySelectorAll('*')).map(e => e.scrollHeight))")
-    driver.set_window_size(size["width"], min(int(height) + 120, 8000))
-    time.sleep(0.5)
-    try:
-        return _save_screenshot(driver, folder, name)
-    finally:
-        driver.set_window_size(size["width"], size["height"])
-
-
-def _log_in(driver: Any, username: str, password: str, tries: int = 3) -> None:
-    """Fill in and send Airflow's login form until the browser leaves it. On a busy machine
-    the form can be shown before its script is ready, and then a click (or the text typed)
-    is lost; the form is filled in again and sent again, up to ``tries`` times."""
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    for attempt in range(1, tries + 1):
-        for name, value in (("username", username), ("password", password)):
-            field = driver.find_element(By.NAME, name)
-            field.clear()
-            field.send_keys(value)
-        driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        try:
-            WebDriverWait(driver, 20).until(lambda d: "/auth/login" not in d.current_url)
-            return
-        except TimeoutException:
-            if attempt == tries:
-                raise AssertionError(f"still on the login form after {tries} tries: "
-                                     f"{driver.current_url}") from None
-
-
-def _frame_fits(driver: Any, frame: Any) -> bool:
-    """Whether the frame is as tall as the page inside it: no scrollbar of its own."""
-    return bool(driver.execute_script(
-        "const f = arguments[0], d = f.contentDocument.documentElement;"
-        "return d.scrollHeight > 0 && f.clientHeight >= d.scrollHeight - 2", frame))
-
-
 def test_models_page_in_chromium(deployment: Deployment, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    artifacts = _artifacts(tmp_path)
-    driver = _chromium(tmp_path / "chromium-profile")
+    shots = artifacts(tmp_path)
+    driver = chromium(tmp_path / "chromium-profile")
     wait = WebDriverWait(driver, 60)
     try:
         # Not logged in: the Models page sends the browser to Airflow's login form.
         driver.get(f"{deployment.base_url}/models/")
         wait.until(ec.presence_of_element_located((By.NAME, "username")))
         assert "/auth/login" in driver.current_url
-        _log_in(driver, "admin", "admin-password")
+        log_in(driver, "admin", "admin-password")
 
         # Opened on its own, the page links back to Airflow and to itself inside Airflow.
         driver.get(f"{deployment.base_url}/models/")
@@ -619,11 +537,11 @@ def test_models_page_in_chromium(deployment: Deployment, tmp_path: Path) -> None
         assert "per_digit_recall FAIL" in runs[deployment.waiting_run_id].text
         driver.execute_script("document.querySelector('h1').scrollIntoView()")
         driver.switch_to.default_content()
-        wait.until(lambda d: _frame_fits(d, frame))
+        wait.until(lambda d: frame_fits(d, frame))
         time.sleep(1)  # let the nav settle before the picture
-        shot = _save_screenshot(driver, artifacts, "models-page.png")
-        small = _save_docs_copy(shot)
-        _full_page(driver, artifacts, "models-page-full.png")
+        shot = save_screenshot(driver, shots, "models-page.png")
+        small = save_docs_copy(shot)
+        full_page(driver, shots, "models-page-full.png")
 
         # The DAG run's "Model" tab shows the version that run registered, in a frame as tall
         # as its page.
@@ -642,9 +560,9 @@ def test_models_page_in_chromium(deployment: Deployment, tmp_path: Path) -> None
         selected = driver.find_element(By.CSS_SELECTOR, "tr.selected")
         assert selected.get_attribute("data-version") == "2"
         driver.switch_to.default_content()
-        wait.until(lambda d: _frame_fits(d, frame))
+        wait.until(lambda d: frame_fits(d, frame))
         assert frame.size["height"] > 1500, frame.size
-        _save_screenshot(driver, artifacts, "models-page-dag-run.png")
+        save_screenshot(driver, shots, "models-page-dag-run.png")
 
         # The approval request of the run that waits: what was trained on which data first,
         # then the gate's checks; no answer until a reason is written.
@@ -663,14 +581,14 @@ def test_models_page_in_chromium(deployment: Deployment, tmp_path: Path) -> None
         approve_button = driver.find_element(By.CSS_SELECTOR, "[data-testid='hitl-option-Approve']")
         reject_button = driver.find_element(By.CSS_SELECTOR, "[data-testid='hitl-option-Reject']")
         assert not approve_button.is_enabled() and not reject_button.is_enabled()
-        _full_page(driver, artifacts, "approval-request.png")
+        full_page(driver, shots, "approval-request.png")
         comment = driver.find_element(By.CSS_SELECTOR, "textarea, input[name='comment'], "
                                                        "input#element_comment")
         comment.send_keys("the fresh data is what counts here")
         wait.until(lambda d: approve_button.is_enabled())
     except Exception:
-        _save_screenshot(driver, artifacts, "models-page-failure.png")
-        (artifacts / "models-page-failure.html").write_text(driver.page_source)
+        save_screenshot(driver, shots, "models-page-failure.png")
+        (shots / "models-page-failure.html").write_text(driver.page_source)
         raise
     finally:
         driver.quit()
