@@ -357,13 +357,25 @@ def _visible(driver: Any, element: Any) -> Any:
     return element
 
 
-def _type(driver: Any, field: Any, text: str) -> None:
-    """Replace a field's text as a user does (select all, type over it)."""
+def _type(driver: Any, field: Any, text: str, tries: int = 3) -> None:
+    """Replace a field's text as a user does (select all, type over it), until the field holds
+    it: on a busy machine the form can re-render mid-typing and drop a keystroke, which a user
+    would see and retype."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
 
-    _visible(driver, field).send_keys(Keys.CONTROL, "a")
-    field.send_keys(Keys.DELETE)
-    field.send_keys(text)
+    for attempt in range(1, tries + 1):
+        _visible(driver, field).send_keys(Keys.CONTROL, "a")
+        field.send_keys(Keys.DELETE)
+        field.send_keys(text)
+        try:
+            WebDriverWait(driver, 5).until(lambda d: field.get_attribute("value") == text)
+            return
+        except TimeoutException:
+            if attempt == tries:
+                raise AssertionError(f"the field holds {field.get_attribute('value')!r} after "
+                                     f"{tries} tries, not {text!r}") from None
 
 
 def _field(driver: Any, dialog: Any, name: str, section: str | None = None) -> Any:
@@ -487,8 +499,8 @@ def _approve_on_required_actions(driver: Any, deployment: CeleryDeployment, run_
     cells = [c.text for c in body.find_elements(By.CSS_SELECTOR, "table td")]
     assert "PASS" in cells and "FAIL" not in cells, cells
     full_page(driver, folder, "required-action.png")
-    driver.find_element(By.CSS_SELECTOR, "textarea, input[name='comment'], "
-                                         "input#element_comment").send_keys(comment)
+    _type(driver, driver.find_element(By.CSS_SELECTOR, "textarea, input[name='comment'], "
+                                                "input#element_comment"), comment)
     approve = driver.find_element(By.CSS_SELECTOR, "[data-testid='hitl-option-Approve']")
     wait.until(lambda d: approve.is_enabled())
     _visible(driver, approve).click()
