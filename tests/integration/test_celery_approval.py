@@ -357,25 +357,31 @@ def _visible(driver: Any, element: Any) -> Any:
     return element
 
 
-def _type(driver: Any, field: Any, text: str, tries: int = 3) -> None:
-    """Replace a field's text as a user does (select all, type over it), until the field holds
-    it: on a busy machine the form can re-render mid-typing and drop a keystroke, which a user
-    would see and retype."""
+def _type(driver: Any, field: Any, text: str) -> None:
+    """Replace a field's text as a user does (select all, type over it), a key at a time, each
+    one checked in the field: the form re-renders while it validates, and a key pressed during
+    a re-render can be lost (the rehearsal saw 'celery-sourcs0'), which a user would see and
+    press again."""
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    for attempt in range(1, tries + 1):
-        _visible(driver, field).send_keys(Keys.CONTROL, "a")
-        field.send_keys(Keys.DELETE)
-        field.send_keys(text)
-        try:
-            WebDriverWait(driver, 5).until(lambda d: field.get_attribute("value") == text)
-            return
-        except TimeoutException:
-            if attempt == tries:
-                raise AssertionError(f"the field holds {field.get_attribute('value')!r} after "
-                                     f"{tries} tries, not {text!r}") from None
+    _visible(driver, field).send_keys(Keys.CONTROL, "a")
+    field.send_keys(Keys.DELETE)
+    WebDriverWait(driver, 5).until(lambda d: field.get_attribute("value") == "")
+    for i, key in enumerate(text):
+        for _ in range(3):
+            field.send_keys(key)
+            try:
+                WebDriverWait(driver, 2).until(
+                    lambda d, want=text[:i + 1]: field.get_attribute("value") == want)
+                break
+            except TimeoutException:
+                if field.get_attribute("value") != text[:i]:  # not a lost key: something else
+                    raise AssertionError(f"typing {text!r}: the field holds "
+                                         f"{field.get_attribute('value')!r}") from None
+        else:
+            raise AssertionError(f"typing {text!r}: {key!r} never reached the field")
 
 
 def _field(driver: Any, dialog: Any, name: str, section: str | None = None) -> Any:
