@@ -86,6 +86,19 @@ def typed(task: str, xcom: Any) -> Any:
                                    f"{exc}") from None
 
 
+class StageResult(dict[str, Any]):
+    """A stage's result as XCom stores it (a plain JSON object), printed as its one-line summary:
+    what Airflow writes of a returned value (a short-circuit task's ``Condition result is``)
+    stays one line instead of the whole result."""
+
+    summary = ""
+
+    def __str__(self) -> str:
+        return self.summary
+
+    __repr__ = __str__
+
+
 def run_stage(name: str, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
     """Run a library stage, its log lines at the top level of the task's log (the per-epoch
     lines, what was quarantined), then log one summary line; its typed result goes to XCom as
@@ -113,7 +126,9 @@ def run_stage(name: str, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
         and (k == "model_uri" or not k.endswith(("_uri", "_key")))
     )
     log.info("SUMMARY %s finished in %.1f s: %s", name, time.perf_counter() - start, brief)
-    return result
+    out = StageResult(result)
+    out.summary = f"{name}: {brief}" if len(brief) <= 200 else f"{name}: {brief[:197]}..."
+    return out
 
 
 def stage(name: str, *args: Any) -> dict[str, Any]:

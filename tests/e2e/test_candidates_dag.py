@@ -161,6 +161,11 @@ def test_a_train_log_shows_its_epochs_at_the_top_level_and_no_error(run: Run) ->
     assert epochs == [0], log
     assert any(line.split("] ", 1)[-1].startswith("SUMMARY train finished in ") for line in log)
     assert "Returned value was" not in run.output
+    # A short-circuit task's "Condition result is ..." is the result's one-line summary.
+    conditions = [line for task in ("check", "gate") for line in _task_log(run.output, task)
+                  if "Condition result is" in line]
+    assert len(conditions) == 2 and all(len(line) < 400 for line in conditions), conditions
+    assert any("Condition result is gate: decision=PROMOTE" in line for line in conditions)
     # TensorFlow's start-up lines, which a deployed task's stderr would turn into ERROR lines,
     # went to stdout (here, `airflow dags test` runs the tasks in its own process).
     assert "oneDNN custom operations are on" in run.output
