@@ -395,8 +395,11 @@ def test_parsing_a_dag_file_imports_no_heavy_libraries(dag_file: Path) -> None:
         f"import runpy, sys; sys.path.insert(0, {str(DAGS)!r}); runpy.run_path({str(dag_file)!r})"
     )
     assert "mnist_airflow.common" in mods and "mnist_tasks.config" in mods
+    # boto3 is not on the list: with the Amazon provider installed (S3 events through SQS),
+    # Airflow itself imports it when an Asset is declared (the provider's s3 URI handler).
     heavy = {"tensorflow", "keras", "numpy", "sklearn", "matplotlib", "mnist_tasks.train",
-             "mnist_tasks.pipeline", "mnist_tasks.increments", "mnist_tasks.score", "boto3"}
+             "mnist_tasks.pipeline", "mnist_tasks.increments", "mnist_tasks.score",
+             "mnist_tasks.storage"}
     assert not (heavy & mods), heavy & mods
 
 
