@@ -503,6 +503,7 @@ def _result(
         "report_uri": store.uri_for(_entry(key, REPORT_FILE)),
         "report_summary": summary,
         "seconds": round(time.perf_counter() - start, 3),
+        "base_files": tuple(sorted((entry.get("fetched_from") or {}).values())),
     }
 
 
@@ -525,8 +526,9 @@ def ingest_base(
         The base's fields of :class:`~mnist_tasks.results.IngestResult`, by name:
         ``dataset_uri`` (the ``mnist.npz``), ``dataset_key``, ``cached``, ``source``,
         ``verification``, ``checksums``, ``counts``, ``image_shape``, ``data_sha256`` (the
-        arrays' identity, as preprocess computes it), ``report_uri``, ``report_summary`` and
-        ``seconds``.
+        arrays' identity, as preprocess computes it), ``report_uri``, ``report_summary``,
+        ``seconds`` and ``base_files`` (the files' URIs; on a cache hit, those the cache was
+        made from).
 
     Raises:
         ConfigError: for a malformed source.

@@ -272,7 +272,8 @@ class DatasetVersion:
 # --------------------------------------------------------------------------- store I/O
 
 
-def _manifest_key(version: str) -> str:
+def manifest_key(version: str) -> str:
+    """The key of dataset version ``version``'s manifest in the store."""
     return f"{DATASETS_PREFIX}/{version}/manifest.json"
 
 
@@ -436,7 +437,7 @@ def _encode(version: DatasetVersion) -> bytes:
 
 
 def _write_manifest(store: Store, version: DatasetVersion) -> DatasetVersion:
-    key = _manifest_key(version.id)
+    key = manifest_key(version.id)
     if store.write_if_absent(key, _encode(version)):
         log.info("dataset version %s: %s", version.id, _one_line(version))
         return version
@@ -468,7 +469,7 @@ def load_version(store: Store, version: str) -> DatasetVersion:
     if not isinstance(version, str) or not _VERSION_ID.fullmatch(version):
         raise DatasetError(f"unknown dataset version {version!r}: ids are 16 lowercase hex "
                            "digits (see 'list')")
-    key = _manifest_key(version)
+    key = manifest_key(version)
     try:
         data = store.read_bytes(key)
     except ObjectNotFound:
@@ -488,7 +489,7 @@ def list_versions(store: Store) -> list[DatasetVersion]:
         DatasetError: if a manifest is corrupt (naming it).
     """
     ids = [n for n in store.list_children(DATASETS_PREFIX) if _VERSION_ID.fullmatch(n)]
-    versions = [load_version(store, v) for v in ids if store.exists(_manifest_key(v))]
+    versions = [load_version(store, v) for v in ids if store.exists(manifest_key(v))]
     return sorted(versions, key=lambda v: (v.created_at or "", v.id))
 
 

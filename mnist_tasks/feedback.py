@@ -83,6 +83,12 @@ class FeedbackReport:
     status: Status = "OK"
     refused_total: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # What it read and wrote: the landed labels, each version's scored output, this report,
+    # the increment in the source ("" / None where unknown: a report recorded before these).
+    feedback_uri: str = ""
+    scored_uris: tuple[str, ...] = ()
+    report_uri: str = ""
+    increment_uri: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,9 +233,13 @@ def increment_id(batch: str, feedback_id: str) -> str:
     return f"{INCREMENT_PREFIX}{safe}-{feedback_id[3:11]}"
 
 
+def _increment_folder(inc_id: str) -> str:
+    return f"increments/{inc_id}"
+
+
 def write_increment(source: Store, inc_id: str, images: np.ndarray, labels: np.ndarray) -> bool:
     """Land the labelled images as an IDX increment (marker last); False if it exists."""
-    folder = f"increments/{inc_id}"
+    folder = _increment_folder(inc_id)
     if source.exists(f"{folder}/images-idx3-ubyte.gz"):
         return False
     for name, arr in (("images-idx3-ubyte.gz", images), ("labels-idx1-ubyte.gz", labels)):
@@ -263,7 +273,7 @@ def process_batch(cfg: FeedbackConfig, store: Store, feedback: Store, landing: S
     """
     from mnist_tasks.config import ScoringConfig
     from mnist_tasks.scoring_batches import read_batch
-    from mnist_tasks.scoring_outputs import PREDICTIONS, is_committed, read_output
+    from mnist_tasks.scoring_outputs import PREDICTIONS, is_committed, output_prefix, read_output
 
     files, labelled, problems, duplicates = read_feedback(feedback, batch)
     scfg = ScoringConfig(landing=landing.uri, model_name=cfg.model_name)
@@ -315,6 +325,11 @@ def process_batch(cfg: FeedbackConfig, store: Store, feedback: Store, landing: S
         created_at=utc_now(), status=status, refused_total=len(problems),
         notes=(f"{len(problems) - 200} more refused rows not listed",)
         if len(problems) > 200 else (),
+        feedback_uri=feedback.uri_for(batch),
+        scored_uris=tuple(store.uri_for(output_prefix(scfg, batch, v)) for v in versions),
+        report_uri=store.uri_for(key),
+        increment_uri=(source.uri_for(_increment_folder(inc))
+                       if source is not None and inc else None),
     )
     for p in problems[:20]:
         log.warning("feedback: batch %s: refused %s line %d: %s", batch, p.file, p.line,
@@ -334,7 +349,9 @@ def _report_from_dict(doc: Mapping[str, Any]) -> FeedbackReport:
                        for v in doc["versions"]),
         increment=doc.get("increment"), created_at=doc["created_at"],
         status=doc.get("status", "OK"), refused_total=int(doc.get("refused_total", 0)),
-        notes=tuple(doc.get("notes", ())),
+        notes=tuple(doc.get("notes", ())), feedback_uri=str(doc.get("feedback_uri", "")),
+        scored_uris=tuple(doc.get("scored_uris", ())), report_uri=str(doc.get("report_uri", "")),
+        increment_uri=doc.get("increment_uri"),
     )
 
 

@@ -51,6 +51,11 @@ class IncrementError(UserFileError):
 # --------------------------------------------------------------------------- discovery
 
 
+def increment_uri(source_uri: str, inc_id: str) -> str:
+    """The folder of increment ``inc_id`` in the source at ``source_uri``."""
+    return f"{source_uri.rstrip('/')}/{INCREMENTS_PREFIX}/{inc_id}"
+
+
 @dataclass(frozen=True)
 class IncrementRef:
     """A complete increment found by :func:`discover` (not read yet).
@@ -69,7 +74,7 @@ class IncrementRef:
     @property
     def uri(self) -> str:
         """The increment folder's URI."""
-        return f"{self.source_uri.rstrip('/')}/{INCREMENTS_PREFIX}/{self.id}"
+        return increment_uri(self.source_uri, self.id)
 
     def listing(self) -> dict[str, list[Any]]:
         """Name -> [size, stamp] of each file (relative to the increment folder): what is

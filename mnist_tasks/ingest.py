@@ -115,18 +115,22 @@ def _latest_version(store: Store, version_id: str | None, base: datasets.BaseInf
     return latest
 
 
-def _increment_records(version: datasets.DatasetVersion,
-                       new_ids: set[str]) -> tuple[IncrementRecord, ...]:
+def _increment_records(version: datasets.DatasetVersion, new_ids: set[str],
+                       source_uri: str | None) -> tuple[IncrementRecord, ...]:
     """The result's record of each increment (no arrays), accepted then quarantined."""
+
+    def uri(inc_id: str) -> str | None:
+        return increment_files.increment_uri(source_uri, inc_id) if source_uri else None
+
     records = [IncrementRecord(id=e.id, status="ACCEPTED", reasons=tuple(e.reasons),
                                counts=dict(e.counts), drift=e.drift,
                                payload_sha256=e.payload_sha256, train=e.train, fresh=e.fresh,
-                               new=e.id in new_ids)
+                               new=e.id in new_ids, uri=uri(e.id))
                for e in version.increments]
     records += [IncrementRecord(id=q.id, status="QUARANTINED", reasons=tuple(q.reasons),
                                 counts=dict(q.counts), drift=q.drift,
                                 payload_sha256=q.payload_sha256, train=0, fresh=0,
-                                new=q.id in new_ids)
+                                new=q.id in new_ids, uri=uri(q.id))
                 for q in version.quarantined]
     return tuple(records)
 
@@ -230,9 +234,8 @@ def _dataset_version(
                 + "; ".join(f"{q.id} ({'; '.join(q.reasons)})" for q in earlier))
     return {
         "dataset_version": version.id,
-        "dataset_manifest_uri": store.uri_for(f"{datasets.DATASETS_PREFIX}/{version.id}/"
-                                              "manifest.json"),
-        "increments": _increment_records(version, {r.id for r in results}),
+        "dataset_manifest_uri": store.uri_for(datasets.manifest_key(version.id)),
+        "increments": _increment_records(version, {r.id for r in results}, source_uri),
         "quarantined": tuple(q.id for q in version.quarantined),
         "increments_new": tuple(r.id for r in results),
         "increments_ignored": tuple(ignored),

@@ -165,6 +165,8 @@ def preprocess(
         fresh_increments=tuple(inc["ids"]),
         image_shape=tuple(int(d) for d in image_shape),
         lineage=lineage,
+        dataset_manifest_uri=(store.uri_for(datasets.manifest_key(version.id))
+                              if version else None),
     )
     write_result(store, f"{prefix}/prepared.json", result)
     log.info(

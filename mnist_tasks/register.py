@@ -349,6 +349,8 @@ def register(
         decision=verdict,
         previous_champion=previous,
         promotion_skipped=skipped,
+        trained_model_uri=(info.metadata.get("sources") or {}).get("model_uri"),
+        dataset_version=(info.metadata.get("lineage") or {}).get("dataset_version"),
     )
 
 

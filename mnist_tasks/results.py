@@ -147,6 +147,7 @@ class IncrementRecord:
     train: int  # images in its train part (0 when quarantined)
     fresh: int  # images held out as fresh data
     new: bool  # decided by this run
+    uri: str | None = None  # its folder in the source (None: a source with no increments)
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,8 @@ class IngestResult:
     # Decided increments whose files changed since: id plus added/removed/changed names.
     increments_changed: tuple[dict[str, Any], ...]
     increments_source: str | None  # None for the https mirrors
+    # Where the base's files came from (on a cache hit, the files the cache was made from).
+    base_files: tuple[str, ...] = ()
 
 
 # --- check --------------------------------------------------------------------------------------
@@ -267,6 +270,7 @@ class PreprocessResult:
     fresh_increments: tuple[str, ...]  # the ids ``fresh_increment`` indexes
     image_shape: tuple[int, ...]
     lineage: Lineage | None  # from check; None when prepared without it
+    dataset_manifest_uri: str | None = None  # the dataset version's manifest; None: unknown
 
 
 # --- train and select ---------------------------------------------------------------------------
@@ -570,6 +574,8 @@ class RegisterResult:
     decision: Verdict
     previous_champion: int | None
     promotion_skipped: str | None  # why a PROMOTE did not move the champion
+    trained_model_uri: str | None = None  # the run's model this version is a copy of
+    dataset_version: str | None = None  # what the model was trained on
 
 
 # --- score (the batch scoring DAG) --------------------------------------------------------------
@@ -630,3 +636,5 @@ class ScoreCommit:
     skipped: dict[str, str]  # from the plan
     images: int
     outputs: dict[str, str]
+    inputs: dict[str, str] = dataclasses.field(default_factory=dict)  # batch -> landing folder
+    model_uri: str | None = None  # the version's model, as the plan pinned it

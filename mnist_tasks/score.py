@@ -545,6 +545,7 @@ def commit(cfg: ScoringConfig, store: Store, planned: ScorePlan,
     committed: list[str] = []
     unchanged: list[str] = []
     outputs: dict[str, str] = {}
+    inputs: dict[str, str] = {}
     manifests: list[dict[str, Any]] = []
     images = 0
     try:
@@ -555,6 +556,8 @@ def commit(cfg: ScoringConfig, store: Store, planned: ScorePlan,
             (committed if result.committed else unchanged).append(batch)
             images += int(result.manifest["counts"]["images"])
             outputs[batch] = store.uri_for(output_prefix(cfg, batch, version))
+            if result.manifest.get("input_uri"):
+                inputs[batch] = str(result.manifest["input_uri"])
             manifests.append(result.manifest)
     finally:
         # One summary update for the batches committed, also when a later one fails (a
@@ -566,7 +569,8 @@ def commit(cfg: ScoringConfig, store: Store, planned: ScorePlan,
         raise BatchRejected("; ".join(prepared.rejected.values()))
     return ScoreCommit(model_version=version, committed=tuple(committed),
                        unchanged=tuple(unchanged), rejected=dict(prepared.rejected),
-                       skipped=dict(planned.skipped), images=images, outputs=outputs)
+                       skipped=dict(planned.skipped), images=images, outputs=outputs,
+                       inputs=inputs, model_uri=planned.model_uri)
 
 
 # --- all steps in one process -------------------------------------------------------------------

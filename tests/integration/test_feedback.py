@@ -70,6 +70,13 @@ def test_feedback_gives_every_version_its_live_accuracy_and_lands_an_increment(
         assert live.labelled == 100 and live.accuracy == pytest.approx(expected)
         assert live.interval[0] <= live.accuracy <= live.interval[1]
     assert report.labels == 100 and report.refused == () and report.duplicates == 0
+    # What lineage names: the labels and each version's output in; the report and increment out.
+    store = scored["store"]
+    assert report.feedback_uri == scored["feedback"].uri_for("b1")
+    assert report.scored_uris == tuple(
+        store.uri_for(f"scoring/mnist-classifier/batches/b1/v{v:06d}") for v in (1, 2))
+    assert store.exists(store.key_of(report.report_uri))
+    assert report.increment_uri == scored["source"].uri_for(f"increments/{report.increment}")
 
     # The increment: the batch's own pixels with the labels, found and accepted like any other.
     [ref] = discover(scored["source"].uri).complete

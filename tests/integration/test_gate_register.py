@@ -111,7 +111,9 @@ def test_first_run_then_a_clearly_worse_challenger(store: Store, prepared_uri: s
     assert registered == RegisterResult(
         model_uri=registry.model_uri(1), version=1, test_accuracy=1.0, champion=True,
         verified=True, registry_uri=registry.get(1).uri, decision="PROMOTE",
-        previous_champion=None, promotion_skipped=None)
+        previous_champion=None, promotion_skipped=None,
+        trained_model_uri=store.uri_for("runs/run-1/train/model.keras"),
+        dataset_version=registry.get(1).metadata["lineage"].get("dataset_version"))
     info = registry.get(1)
     assert {"model.keras", "metrics.json", "model_card.md", "report.txt", "metadata.json",
             "confusion_matrix.png", "sample_grid.png", "misclassified_grid.png",

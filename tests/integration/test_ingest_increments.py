@@ -102,6 +102,9 @@ def test_versions_follow_the_increments(
     assert record.train + record.fresh == SIZE and record.drift is False
     assert record.payload_sha256 is not None and len(record.payload_sha256) == 64
     assert b.increments_new == ("inc-01",) and reads == ["inc-01"]
+    # What lineage names: the increment's folder and the base's files, in the source.
+    assert record.uri == f"{src.uri}/increments/inc-01"
+    assert sorted(b.base_files) == sorted(f"{src.uri}/{name}" for name in sha)
     pointers = store.list(LATEST_PREFIX)
     assert len(pointers) == 1
 

@@ -59,6 +59,11 @@ def test_png_and_idx_batch_scored_with_bad_files_named(env, model_file: Path) ->
     result = score.score_batches(cfg, store, landing, "run1")
 
     assert result.committed == ("b001",) and result.model_version == 1
+    # What lineage names: the landed batch and the version's model in, the output folder out.
+    assert result.inputs == {"b001": landing.uri_for("b001")}
+    assert result.model_uri == Registry(store).model_uri(1)
+    assert result.outputs == {"b001": store.uri_for("scoring/mnist-classifier/batches/b001/"
+                                                    "v000001")}
     rows = read_predictions(store, cfg, "b001", 1)
     assert sorted(r["image_id"] for r in rows) == sorted(
         [f"img-{i:02d}.png" for i in range(8)] + [f"more-idx3-ubyte.gz#{i}" for i in range(12)])
