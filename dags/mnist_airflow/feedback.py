@@ -10,6 +10,7 @@ from typing import Any
 
 from airflow.sdk import get_current_context as _context
 
+from mnist_airflow import lineage
 from mnist_airflow.common import MODEL_HEALTH, form_default, log, notify, s3_client_kwargs
 from mnist_airflow.schedules import interval_timetable
 from mnist_airflow.scoring import open_scoring
@@ -52,6 +53,7 @@ def feedback(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
         store, open_store(feedback_uri, client_kwargs=kwargs), landing, source=source)
     if not reports:
         raise AirflowSkipException(f"no new feedback under {feedback_uri}")
+    lineage.report(reports)
     alarms = [r for r in reports if r.status == "ALARM"]
     result = {"batches": [r.batch for r in reports],
               "increments": [r.increment for r in reports if r.increment],

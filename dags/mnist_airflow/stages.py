@@ -1,6 +1,7 @@
 """The stage wrapper every task body goes through: the previous task's XCom rebuilt as the
 typed result the stage takes (:func:`typed`), the stage run with ``gc.freeze`` and TensorFlow
-imported quietly, one summary line, and its typed result back to XCom (:func:`run_stage`)."""
+imported quietly, one summary line, its lineage, and its typed result back to XCom
+(:func:`run_stage`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from mnist_airflow import lineage
 from mnist_airflow.common import log, pipeline
 from mnist_tasks import results
 
@@ -101,14 +103,15 @@ class StageResult(dict[str, Any]):
 
 def run_stage(name: str, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
     """Run a library stage, its log lines at the top level of the task's log (the per-epoch
-    lines, what was quarantined), then log one summary line; its typed result goes to XCom as
+    lines, what was quarantined), then log one summary line; what it read and wrote goes to
+    OpenLineage when configured (:mod:`mnist_airflow.lineage`), its typed result to XCom as
     JSON (:func:`mnist_tasks.results.to_json`)."""
     start = time.perf_counter()
     if name in TENSORFLOW_STAGES:
         import_tensorflow_quietly()
     freeze_long_lived_objects()
     try:
-        result = results.to_json(fn(*args))
+        value = fn(*args)
     except Exception as exc:
         # A decision about the data (fail_on_quarantine) is the same on every try: no retry.
         from mnist_tasks.increments import IncrementQuarantined
@@ -118,6 +121,8 @@ def run_stage(name: str, fn: Callable[..., Any], *args: Any) -> dict[str, Any]:
 
             raise AirflowFailException(str(exc)) from exc
         raise
+    lineage.report(value)
+    result = results.to_json(value)
     # Scalars only, and of the URIs only the model's: the details are in the lines above.
     brief = ", ".join(
         f"{k}={v}"
