@@ -159,7 +159,8 @@ def report(result: Any) -> None:
     """Give the running task's lineage (:func:`of` ``result``) to the OpenLineage provider,
     when it is configured; its listener emits it after the task, in its own process.
 
-    No I/O here and nothing raised: lineage never fails or slows a task.
+    No I/O here and nothing raised: lineage never fails a task (how long the provider waits
+    for an emission: docs/lineage.md).
     """
     try:
         if not enabled():
@@ -173,16 +174,28 @@ def report(result: Any) -> None:
         # on success, failure or skip. A @task operator has no extractor of its own, and the
         # hook lineage collector is one per process: under `airflow dags test` it would carry
         # every earlier task's datasets into the next task's events, and it keeps no facets.
-        task = get_current_context()["task"]
-        task.get_openlineage_facets_on_complete = functools.partial(operator_lineage, lineage)
+        context = get_current_context()
+        context["task"].get_openlineage_facets_on_complete = functools.partial(
+            operator_lineage, lineage, _identity(context["ti"]))
     except Exception as exc:
         log.warning("lineage: not reported (the task goes on): %s", exc)
 
 
-def operator_lineage(lineage: StageLineage, task_instance: Any = None) -> Any:
+def _identity(ti: Any) -> tuple[Any, ...]:
+    return (ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
+
+
+def operator_lineage(lineage: StageLineage, reported_by: tuple[Any, ...] | None = None,
+                     task_instance: Any = None) -> Any:
     """The provider's ``OperatorLineage`` of ``lineage``: each URI named by the provider's
-    asset conversion, with the ``version`` and ``mnist`` facets."""
+    asset conversion, with the ``version`` and ``mnist`` facets. None for a task instance other
+    than the one that reported it (the operator object outlives it under `airflow dags test`:
+    another mapped instance, a later try)."""
     from airflow.providers.openlineage.extractors import OperatorLineage
+
+    if reported_by is not None and task_instance is not None and \
+            _identity(task_instance) != reported_by:
+        return None
 
     return OperatorLineage(inputs=[openlineage_dataset(d) for d in lineage.inputs],
                            outputs=[openlineage_dataset(d) for d in lineage.outputs])

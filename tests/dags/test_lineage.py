@@ -10,6 +10,7 @@ import importlib
 import json
 import logging
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,16 @@ def test_the_events_datasets_carry_the_standard_version_and_the_documented_mnist
     schema = json.loads(SCHEMA.read_text())["$defs"]["MnistDatasetFacet"]["allOf"][1]
     for ds in [*ol.inputs, *ol.outputs]:
         jsonschema.validate(json.loads(Serde.to_json(ds))["facets"]["mnist"], schema)
+    # Only for the task instance that reported it: not another mapped instance or a later try
+    # that finds the same operator object (under `airflow dags test`).
+    ti = types.SimpleNamespace(dag_id="d", task_id="train", run_id="r", map_index=0,
+                               try_number=1)
+    key = (ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
+    assert lineage.operator_lineage(got, key, ti).outputs == ol.outputs
+    assert lineage.operator_lineage(got, key, types.SimpleNamespace(**{**vars(ti),
+                                                                       "map_index": 1})) is None
+    assert lineage.operator_lineage(got, key, types.SimpleNamespace(**{**vars(ti),
+                                                                       "try_number": 2})) is None
     # Every field of the facet class is in the schema, and nothing else.
     fields = {f.name for f in dataclasses.fields(lineage.LineageDataset)}
     assert fields == {"uri", "version", "mnist"}
