@@ -390,6 +390,52 @@ def http_server(root: Path) -> Iterator[ScriptedHttpServer]:
         server.server_close()
 
 
+@dataclass
+class LineageGraph:
+    """The datasets and jobs of OpenLineage events (the file transport's JSON lines): each
+    dataset as (namespace, name), each job as ``namespace/name``."""
+
+    inputs_of: dict[str, set[tuple[str, str]]]
+    outputs_of: dict[str, set[tuple[str, str]]]
+    jobs: dict[tuple[str, str], set[str]]  # dataset -> the jobs that wrote it
+    facets: dict[tuple[str, str], dict[str, Any]]  # dataset -> its facets, as last reported
+
+    def reaches(self, start: tuple[str, str], end: tuple[str, str]) -> bool:
+        """Whether a chain of jobs leads from dataset ``start`` to dataset ``end``."""
+        seen, todo = {start}, [start]
+        while todo:
+            ds = todo.pop()
+            for job, ins in self.inputs_of.items():
+                if ds in ins:
+                    for out in self.outputs_of.get(job, set()) - seen:
+                        seen.add(out)
+                        todo.append(out)
+        return end in seen
+
+    def describe(self) -> str:
+        return "\n".join(f"{job}: {sorted(self.inputs_of.get(job, ()))} -> "
+                         f"{sorted(self.outputs_of.get(job, ()))}"
+                         for job in sorted({*self.inputs_of, *self.outputs_of}))
+
+
+def lineage_graph(lines: list[str]) -> LineageGraph:
+    """The graph of the COMPLETE events among ``lines``."""
+    graph = LineageGraph({}, {}, {}, {})
+    for line in lines:
+        event = json.loads(line)
+        if event.get("eventType") != "COMPLETE":
+            continue
+        job = f"{event['job']['namespace']}/{event['job']['name']}"
+        for side, into in (("inputs", graph.inputs_of), ("outputs", graph.outputs_of)):
+            for ds in event.get(side) or ():
+                key = (ds["namespace"], ds["name"])
+                into.setdefault(job, set()).add(key)
+                graph.facets[key] = {**graph.facets.get(key, {}), **(ds.get("facets") or {})}
+                if side == "outputs":
+                    graph.jobs.setdefault(key, set()).add(job)
+    return graph
+
+
 @contextmanager
 def silent_socket() -> Iterator[int]:
     """A loopback TCP port that accepts connections (the kernel does) but never answers."""

@@ -4,8 +4,9 @@ A fast_mlp champion is registered with its monitoring reference. Two batches of 
 images land, one of them inverted: the scoring DAG flags the inverted one (ALARM, an event of
 `mnist_model_health`) and not the clean one. Labels come back for the inverted batch: the
 feedback DAG measures the champion's live accuracy there, raises the ALARM, and lands the
-labelled images as an increment in the source; the watch DAG then announces that increment,
-which is what starts a training run.
+labelled images as an increment in the source (its OpenLineage event names the labels and the
+predictions it read, the report and the increment it wrote); the watch DAG then announces that
+increment, which is what starts a training run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from mnist_tasks.registry import Registry
 from mnist_tasks.scoring_batches import write_batch
 from mnist_tasks.scoring_outputs import read_manifest
 from mnist_tasks.storage import LocalStore
-from tests.helpers import AirflowCLI
+from tests.helpers import AirflowCLI, lineage_graph
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -95,7 +96,10 @@ def test_drift_alarm_then_feedback_alarm_then_an_increment_for_the_watch(
     feedback.mkdir(parents=True)
     (feedback / "labels.csv").write_text("image_id,label\n" + rows)
     (feedback / "_SUCCESS").write_text("")
-    run = airflow("dags", "test", "mnist_feedback")
+    events = tmp_path / "lineage.jsonl"
+    run = AirflowCLI(airflow_home, {**airflow.env, "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+        {"type": "file", "log_file_path": str(events), "append": True})})("dags", "test",
+                                                                          "mnist_feedback")
     log = run.stdout + run.stderr
     assert run.returncode == 0, log[-5000:]
     assert "LIVE ACCURACY ALARM: FEEDBACK ALARM batch 2026-12-01-inverted: 1000 label(s)" in log
@@ -113,6 +117,16 @@ def test_drift_alarm_then_feedback_alarm_then_an_increment_for_the_watch(
     labels = _read_idx(source / "increments" / increment.id / "labels-idx1-ubyte.gz")
     assert np.array_equal(labels, y_test[N:2 * N][list(labelled)])
     assert np.array_equal(images, 255 - x_test[N:2 * N][list(labelled)])
+    # Its lineage: the labels and the batch's predictions in; the report and the increment out,
+    # the folder the next ingest reads (named alike: tests/e2e/test_dag_e2e.py).
+    graph = lineage_graph(events.read_text().splitlines())
+    assert graph.inputs_of["default/mnist_feedback.feedback"] == {
+        ("file", str(feedback)),
+        ("file", str(store.root / "scoring/mnist-classifier/batches/2026-12-01-inverted/v000001"))}
+    assert graph.outputs_of["default/mnist_feedback.feedback"] == {
+        ("file", str(store.root / report_key)),
+        ("file", str(source / "increments" / increment.id))}
+    assert graph.facets[("file", str(store.root / report_key))]["mnist"]["status"] == "ALARM"
 
     # Landed twice: nothing new to do.
     again = airflow("dags", "test", "mnist_feedback")
