@@ -398,7 +398,7 @@ class LineageGraph:
     inputs_of: dict[str, set[tuple[str, str]]]
     outputs_of: dict[str, set[tuple[str, str]]]
     jobs: dict[tuple[str, str], set[str]]  # dataset -> the jobs that wrote it
-    facets: dict[tuple[str, str], dict[str, Any]]  # dataset -> its facets, as last reported
+    facets: dict[tuple[str, str], dict[str, Any]]  # dataset -> its facets (its writer's first)
 
     def reaches(self, start: tuple[str, str], end: tuple[str, str]) -> bool:
         """Whether a chain of jobs leads from dataset ``start`` to dataset ``end``."""
@@ -430,9 +430,12 @@ def lineage_graph(lines: list[str]) -> LineageGraph:
             for ds in event.get(side) or ():
                 key = (ds["namespace"], ds["name"])
                 into.setdefault(job, set()).add(key)
-                graph.facets[key] = {**graph.facets.get(key, {}), **(ds.get("facets") or {})}
+                facets, known = ds.get("facets") or {}, graph.facets.get(key, {})
                 if side == "outputs":
                     graph.jobs.setdefault(key, set()).add(job)
+                    graph.facets[key] = {**known, **facets}
+                else:  # the writer's facets win over a reader's
+                    graph.facets[key] = {**facets, **known}
     return graph
 
 

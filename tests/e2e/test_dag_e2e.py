@@ -10,7 +10,13 @@ other 10,000 training images held back for increments), three `airflow dags test
    ignored, each named in the log, and the run goes on; the drifted one is flagged with its
    statistic; the champion is checked on the new data before training; version 2's lineage
    lists the accepted increments, and the gate compared champion and challenger on the fresh
-   data too.
+   data too;
+4. a batch lands and the scoring DAG scores it with version 2.
+
+OpenLineage is on through the provider's file transport: the events of run 3 and the scoring run
+form one graph, from the increment folders to the scored batch's predictions, with the names
+and facets docs/lineage.md shows. Run 2 sends its events to an HTTP backend that hangs: the
+run still succeeds, and waits on it at most the provider's execution timeout per event.
 
 The S3 credentials come from an Airflow connection whose secret must never reach the logs or
 XCom.
@@ -30,7 +36,7 @@ import numpy as np
 import pytest
 
 from mnist_tasks.storage import S3Store
-from tests.helpers import TEST_BUCKET, AirflowCLI
+from tests.helpers import TEST_BUCKET, AirflowCLI, lineage_graph, silent_socket
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -117,8 +123,11 @@ def test_the_data_loop_base_then_unchanged_then_an_increment(
 ) -> None:
     source = tmp_path / "source"
     _data("make-demo", "--mnist", str(mnist_dir), "--out", str(source), "--increments", "0")
-    cli = AirflowCLI(airflow_home, {**_conn_env(s3_env),
-                                    "MNIST_CHECKSUMS": f"@{source / 'payload-sha256.json'}"})
+    events = tmp_path / "lineage.jsonl"
+    env = {**_conn_env(s3_env), "MNIST_CHECKSUMS": f"@{source / 'payload-sha256.json'}",
+           "AIRFLOW__OPENLINEAGE__NAMESPACE": "mnist-e2e"}
+    cli = AirflowCLI(airflow_home, {**env, "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+        {"type": "file", "log_file_path": str(events), "append": True})})
     store_uri = f"s3://{TEST_BUCKET}/e2e"
     # Two epochs (fast_mlp: about 0.95 on the benchmark) and a floor to match: this test is
     # about the data; the presets' accuracy is checked in tests/integration/test_train_repro.py.
@@ -147,10 +156,20 @@ def test_the_data_loop_base_then_unchanged_then_an_increment(
     assert v1.metadata["lineage"]["increments"] == []
     assert v1.metadata["dataset"]["n_train"] + v1.metadata["dataset"]["n_val"] == 50_000
 
-    # 2. Nothing new: UNCHANGED, naming version 1; train never starts; no version 2.
-    second = cli.dags_test(conf)
+    # 2. Nothing new: UNCHANGED, naming version 1; train never starts; no version 2. The
+    #    lineage backend hangs (it accepts and never answers): the run does not fail, and
+    #    each event waits at most the provider's execution timeout (1 s here).
+    with silent_socket() as port:
+        down = AirflowCLI(airflow_home, {
+            **env, "AIRFLOW__OPENLINEAGE__EXECUTION_TIMEOUT": "1",
+            "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+                {"type": "http", "url": f"http://127.0.0.1:{port}"})})
+        second = down.dags_test(conf)
     output2 = second.stdout + second.stderr
     assert second.returncode == 0, output2[-6000:]
+    # The provider stopped waiting after the timeout, each time (the backend never answers).
+    assert output2.count("expired and will be terminated by listener") >= 4, [
+        t for t in output2.splitlines() if "OpenLineage" in t][-20:]
     assert re.search(r"UNCHANGED: champion v1 was trained on exactly these inputs", output2)
     states = _task_states(airflow_home, 1)
     assert states["ingest"] == states["check"] == "success"
@@ -160,6 +179,7 @@ def test_the_data_loop_base_then_unchanged_then_an_increment(
     assert "epoch 1/2" not in output2
 
     # 3. Increments land: one clean, one drifted (thicker strokes), five bad.
+    run3_from = len(events.read_text().splitlines())
     _data("add-increment", "--mnist", str(mnist_dir), "--out", str(source), "--id", "inc-001")
     _data("add-increment", "--mnist", str(mnist_dir), "--out", str(source), "--id",
           "inc-thick", "--kind", "drifted", "--offset", "50000", "--size", "1000")
@@ -232,3 +252,45 @@ def test_the_data_loop_base_then_unchanged_then_an_increment(
     model = load_model_from_store(store, registry.model_uri(2))
     accuracy = float(np.mean(predict_classes(model, x_test) == y_test))
     assert accuracy == pytest.approx(v2["metrics"]["test_accuracy"], abs=1e-9)
+
+    # 4. A batch lands; the scoring DAG scores it with the champion, version 2.
+    from mnist_tasks.idx import encode_idx
+    from mnist_tasks.scoring_batches import write_batch
+
+    x_batch = read("t10k-images-idx3-ubyte.gz")[:200]
+    write_batch(S3Store(TEST_BUCKET, "e2e/landing"), "batch-001",
+                {"a-idx3-ubyte": encode_idx(x_batch)})
+    scoring = AirflowCLI(airflow_home, {**cli.env, "MNIST_STORE": store_uri})(
+        "dags", "test", "mnist_batch_scoring")
+    assert scoring.returncode == 0, (scoring.stdout + scoring.stderr)[-6000:]
+    assert store.exists("scoring/mnist-classifier/batches/batch-001/v000002/MANIFEST.json")
+
+    # The lineage of run 3 and the scoring run: one graph from the increments to the batch's
+    # predictions, named as OpenLineage names S3 objects and local files.
+    graph = lineage_graph(events.read_text().splitlines()[run3_from:])
+    bucket = f"s3://{TEST_BUCKET}"
+    inc = ("file", str(source / "increments" / "inc-001"))
+    manifest = (bucket, f"e2e/datasets/{lineage['dataset_version']}/manifest.json")
+    model = (bucket, registry.model_uri(2).removeprefix(f"{bucket}/"))
+    batch = (bucket, "e2e/landing/batch-001")
+    predictions = (bucket, "e2e/scoring/mnist-classifier/batches/batch-001/v000002")
+    assert graph.jobs[manifest] == {"mnist-e2e/mnist_training.ingest"}
+    assert graph.reaches(inc, predictions), graph.describe()
+    assert graph.reaches(batch, predictions) and not graph.reaches(predictions, inc)
+    assert {("file", str(source / "increments" / i)) for i in ("inc-001", "inc-thick")} | {
+        ("file", str(source / f)) for f in ("train-images-idx3-ubyte.gz",
+                                            "t10k-labels-idx1-ubyte.gz")} <= graph.inputs_of[
+        "mnist-e2e/mnist_training.ingest"]
+    assert graph.inputs_of["mnist-e2e/mnist_batch_scoring.commit"] == {model, batch}
+    facets = graph.facets
+    assert facets[manifest]["version"]["datasetVersion"] == lineage["dataset_version"]
+    assert facets[manifest]["mnist"]["increments"] == ["inc-001", "inc-thick"]
+    assert facets[inc]["mnist"] == {**facets[inc]["mnist"], "kind": "increment",
+                                    "increment_id": "inc-001", "status": "ACCEPTED"}
+    assert facets[model]["version"]["datasetVersion"] == "2"
+    assert {k: facets[model]["mnist"][k] for k in (
+        "model_version", "gate_decision", "test_accuracy", "dataset_version")} == {
+        "model_version": 2, "gate_decision": "PROMOTE",
+        "test_accuracy": v2["metrics"]["test_accuracy"],
+        "dataset_version": lineage["dataset_version"]}
+    assert facets[predictions]["mnist"]["model_version"] == 2
