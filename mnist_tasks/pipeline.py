@@ -91,9 +91,9 @@ class Pipeline:
         self.store: Store = open_store(cfg.store, client_kwargs=self.s3_client_kwargs)
 
     def registry(self) -> ModelRegistry:
-        from mnist_tasks.registry import Registry
+        from mnist_tasks.registries import open_registry
 
-        return Registry(self.store, self.cfg.model_name)
+        return open_registry(self.store, self.cfg.model_name)
 
     def ingest(self) -> IngestResult:
         """Ingest the base data set and the increments; record the dataset version."""
