@@ -123,6 +123,9 @@ class MlflowRegistry:
         self.client = MlflowRest(location)
         self.location = self.client.location
         self._name = validate_model_name(model_name)
+        # Seconds from reading an alias to MLflow's reply to setting it, for the last move:
+        # another writer's move in that window is lost (MLflow has no compare-and-swap).
+        self.last_alias_window_s: float | None = None
 
     def __repr__(self) -> str:
         return f"MlflowRegistry({self.uri!r})"
@@ -441,15 +444,18 @@ class MlflowRegistry:
     ) -> AliasRecord:
         """Point ``alias`` at a complete version of ours, if it holds ``expected`` now.
 
-        MLflow has no compare-and-swap: this reads the alias, checks it, and sets it; a move
-        by another writer between the read and the set (the window docs/registry.md measures)
-        is overwritten. ``expected=...`` moves whatever the alias holds, a dangling alias too.
+        MLflow has no compare-and-swap: this verifies the version first, then reads the
+        alias, checks it, and sets it; a move by another writer between the read and the set
+        (``last_alias_window_s``, measured in docs/registry.md) is overwritten.
+        ``expected=...`` moves whatever the alias holds, a dangling alias too.
 
         Raises:
             InvalidName, VersionNotFound (missing, unfinished or foreign version),
             AliasConflict (``expected`` does not hold), RegistryError (the server failed).
         """
         alias, number = validate_alias(alias), parse_version(version)
+        self.get(number)  # ours, complete and intact: checked before the read, off the window
+        started = time.monotonic()
         actual, state, dangling = self._alias_state(alias)
         current = actual if actual is not None else dangling
         if expected is not ... and current != expected:
@@ -459,11 +465,11 @@ class MlflowRegistry:
                 f"{'nothing' if expected is None else expected}; not moved")
         if dangling is None and actual == number:
             return self._record(alias, number, state)
-        return self._move(alias, number, "set", actual, state, dangling)
+        return self._move(alias, number, "set", actual, state, dangling, started)
 
     def _move(self, alias: str, number: int, action: str, actual: int | None,
-              state: Mapping[str, Any], dangling: int | None) -> AliasRecord:
-        self.get(number)  # complete, ours and intact, or VersionNotFound / CorruptedVersion
+              state: Mapping[str, Any], dangling: int | None, read_at: float) -> AliasRecord:
+        """Set the alias (its target verified, its state read at ``read_at``), then its tag."""
         record = self._record(alias, actual, state) if actual is not None else None
         previous = list(record.previous) if record else [int(v) for v in
                                                           state.get("previous", [])]
@@ -481,6 +487,7 @@ class MlflowRegistry:
                      "history": history[-HISTORY_LIMIT:], "updated_at": now}
         self._call("POST", "registered-models/alias",
                    body={"name": self._name, "alias": alias, "version": str(number)})
+        self.last_alias_window_s = time.monotonic() - read_at
         self._call("POST", "registered-models/set-tag",
                    body={"name": self._name, "key": ALIAS_TAG + alias, "value": json.dumps(
                        new_state, sort_keys=True)})
@@ -505,8 +512,13 @@ class MlflowRegistry:
         if not previous:
             raise RegistryError(f"alias {alias!r} of {self._name!r} has no previous version to "
                                 f"roll back to (it points to {actual})")
+        self.get(previous[-1])  # verified before the re-read, off the window
+        started = time.monotonic()
+        if self._alias_state(alias) != (actual, state, dangling):
+            raise AliasConflict(f"alias {alias!r} of {self._name!r} moved while rolling back; "
+                                "not moved (try again)")
         return self._move(alias, previous[-1], "rollback", actual,
-                          {**state, "previous": previous, "version": actual}, dangling)
+                          {**state, "previous": previous, "version": actual}, dangling, started)
 
     # registering -------------------------------------------------------------------------------
 

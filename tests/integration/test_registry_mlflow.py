@@ -1,0 +1,181 @@
+"""The MLflow-backed registry against a real MLflow server: what MLflow itself sees (a Keras model
+that ``mlflow.keras.load_model`` loads in the server's own environment), its faults (server down,
+a version made by hand, an alias left on a deleted version), the command line, and the
+read-check-set window of an alias move. The contract every backend keeps is
+test_registry_contract.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_tasks.mlflow_rest import MlflowRest
+from mnist_tasks.registry_api import CHAMPION, AliasConflict, RegistryError, VersionNotFound
+from mnist_tasks.registry_mlflow import MlflowRegistry
+from tests.helpers import REPO
+from tests.mlflow_server import MLFLOW_VENV, free_port
+
+
+def fresh(location: str, name: str) -> MlflowRegistry:
+    """The registry of a model of this test's own (the server is shared by the session)."""
+    rest = MlflowRest(location)
+    try:
+        rest.call("DELETE", "registered-models/delete", body={"name": name})
+    except RuntimeError:
+        pass
+    return MlflowRegistry(location, name)
+
+
+def register(registry: MlflowRegistry, run: str, accuracy: float = 0.98) -> int:
+    return registry.register(
+        run, {"model.keras": f"weights of {run}".encode(), "metrics.json": b"{}"},
+        {"run": {"run_id": f"manual__{run}"}, "metrics": {"test_accuracy": accuracy},
+         "gate": {"decision": "PROMOTE"}}).version
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MNIST_STORE", "MNIST_REGISTRY")}
+    return subprocess.run([sys.executable, "-m", "mnist_tasks.registry", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_version_is_an_mlflow_keras_model(mlflow_server: str, model_file: Path) -> None:
+    registry = fresh(mlflow_server, "keras-flavour")
+    info = registry.register("run-k", {"model.keras": model_file, "metrics.json": b"{}"},
+                             {"metrics": {"test_accuracy": 0.91}, "gate": {"decision": "PROMOTE"},
+                              "lineage": {"dataset_version": "d" * 16}})
+    registry.promote(info.version)
+    raw = MlflowRest(mlflow_server).call("GET", "model-versions/get", params={
+        "name": "keras-flavour", "version": str(info.version)})["model_version"]
+    tags = {t["key"]: t["value"] for t in raw["tags"]}
+    assert tags["mnist.run_key"] == "run-k" and tags["mnist.test_accuracy"] == "0.91"
+    assert tags["mnist.dataset_version"] == "d" * 16 and tags["mnist.complete"]
+    # MLflow's own client, in the server's environment, loads it by alias and predicts.
+    script = (
+        "import sys, mlflow, numpy as np\n"
+        "mlflow.set_tracking_uri(sys.argv[1])\n"
+        "model = mlflow.keras.load_model('models:/keras-flavour@champion')\n"
+        "print(model.predict(np.zeros((2, 28, 28), 'float32'), verbose=0).shape)\n"
+        "print(type(mlflow.pyfunc.load_model('models:/keras-flavour/1')).__name__)\n")
+    out = subprocess.run(
+        [str(MLFLOW_VENV / "bin" / "python"), "-c", script,
+         mlflow_server.removeprefix("mlflow+")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND":
+                                                         "tensorflow"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["(2,", "10)", "PyFuncModel"]
+
+
+def test_an_unreachable_server_is_one_line_naming_it(tmp_path: Path) -> None:
+    location = f"mlflow+http://127.0.0.1:{free_port()}"  # nothing listens there
+    registry = MlflowRegistry(location, "mnist-classifier")
+    for call in (lambda: register(registry, "r1"), registry.list_versions,
+                 lambda: registry.get_alias(CHAMPION), lambda: registry.get(1)):
+        with pytest.raises(RegistryError, match="unreachable") as err:
+            call()
+        assert location in str(err.value) and "\n" not in str(err.value)
+    result = cli("--registry", location, "list")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"error: MLflow server {location} is unreachable "
+        "(GET model-versions/search: ConnectionError)"]
+
+
+def test_a_version_made_by_hand_is_foreign(mlflow_server: str) -> None:
+    registry = fresh(mlflow_server, "hand-edited")
+    register(registry, "r1")
+    rest = MlflowRest(mlflow_server)
+    # What a person does in MLflow: log a run's model and register it, without our metadata.
+    experiment = rest.call("POST", "experiments/create", body={"name": "by hand"})
+    run = rest.call("POST", "runs/create", body={
+        "experiment_id": experiment["experiment_id"]})["run"]["info"]
+    rest.put_artifact(run["artifact_uri"].removeprefix("mlflow-artifacts:") + "/model/MLmodel",
+                      b"flavors: {}\n")
+    rest.call("POST", "model-versions/create", body={
+        "name": "hand-edited", "source": run["artifact_uri"] + "/model",
+        "run_id": run["run_id"]})
+
+    assert [(e.version, e.status) for e in registry.scan()] == [(1, "ok"), (2, "foreign")]
+    assert [v.version for v in registry.list_versions()] == [1]
+    assert registry.latest().version == 1  # type: ignore[union-attr]
+    for call in (registry.get, registry.model_uri, registry.promote):
+        with pytest.raises(VersionNotFound, match="version 2 .* is foreign"):
+            call(2)
+    assert registry.get_alias(CHAMPION) is None
+    listed = cli("--registry", mlflow_server, "--model-name", "hand-edited", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "foreign" in listed.stdout.splitlines()[2]
+    assert "v2 foreign: not registered by this pipeline" in listed.stdout
+
+
+def test_an_alias_left_on_a_deleted_version_is_one_line_naming_both(mlflow_server: str) -> None:
+    registry = fresh(mlflow_server, "dangling")
+    register(registry, "r1")
+    register(registry, "r2")
+    registry.promote(1)
+    registry.promote(2)
+    MlflowRest(mlflow_server).call("DELETE", "model-versions/delete",
+                                   body={"name": "dangling", "version": "2"})
+    with pytest.raises(RegistryError) as err:
+        registry.get_alias(CHAMPION)
+    assert str(err.value) == (f"alias 'champion' of 'dangling' points at version 2, which was "
+                              f"deleted from {mlflow_server}; promote a version to repair it")
+    listed = cli("--registry", mlflow_server, "--model-name", "dangling", "list")
+    assert listed.returncode == 0 and "warning: champion unknown: alias 'champion'" in \
+        listed.stdout
+    with pytest.raises(AliasConflict, match="points to 2, expected 1"):
+        registry.set_alias(CHAMPION, 1, expected=1)
+    assert registry.rollback().version == 1  # back to what the deleted version replaced
+    assert registry.get_alias(CHAMPION) == 1
+
+
+def test_the_command_line_lists_shows_promotes_and_rolls_back(mlflow_server: str) -> None:
+    registry = fresh(mlflow_server, "cli-model")
+    register(registry, "run-1", 0.9712)
+    register(registry, "run-2", 0.9803)
+    registry.promote(1)
+    args = ("--registry", mlflow_server, "--model-name", "cli-model")
+
+    listed = cli(*args, "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()[1:3]]
+    assert rows[0][:2] == ["*", "1"] and "0.9712" in rows[0] and "manual__run-1" in rows[0]
+    assert rows[1][0] == "2" and "0.9803" in rows[1]
+
+    shown = cli(*args, "show", "2", "--json")
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert data["version"] == 2 and data["test_accuracy"] == 0.9803
+    assert data["model_uri"] == f"{mlflow_server}/cli-model/versions/2/model.keras"
+
+    promoted = cli(*args, "promote", "2")
+    assert (promoted.returncode, promoted.stdout.strip()) == (0, "champion -> v2 (was v1)")
+    assert registry.get_alias(CHAMPION) == 2
+    rolled = cli(*args, "rollback")
+    assert (rolled.returncode, rolled.stdout.strip()) == (0, "champion -> v1 (was v2)")
+    # --store accepts the MLflow location too (what a model card's download line says)
+    again = cli("--store", mlflow_server, "--model-name", "cli-model", "show", "1")
+    assert again.returncode == 0 and again.stdout.startswith("cli-model v1  [champion]")
+
+
+def test_the_alias_read_check_set_window(mlflow_server: str) -> None:
+    """MLflow has no compare-and-swap: measure how long a concurrent move could be lost."""
+    registry = fresh(mlflow_server, "window")
+    register(registry, "r1")
+    register(registry, "r2")
+    windows = []
+    for i in range(20):
+        registry.promote(1 + i % 2)
+        assert registry.last_alias_window_s is not None
+        windows.append(registry.last_alias_window_s * 1000)
+    windows.sort()
+    print(f"alias read-check-set window over {len(windows)} moves: median "
+          f"{statistics.median(windows):.1f} ms, p90 {windows[17]:.1f} ms, "
+          f"max {windows[-1]:.1f} ms")
+    assert registry.alias_record(CHAMPION).history[-1]["seq"] == 20  # type: ignore[union-attr]
