@@ -51,6 +51,9 @@ def running_server(folder: Path) -> Iterator[str]:
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    # No job runner (huey consumers, each importing mlflow again): the registry needs none,
+    # and the start takes a third of the CPU.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [str(python), "-m", "mlflow", "server",
@@ -77,7 +80,7 @@ def running_server(folder: Path) -> Iterator[str]:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout=5)
+                proc.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
