@@ -28,9 +28,9 @@ from mnist_tasks.artifacts import (
 )
 from mnist_tasks.config import GateConfig
 from mnist_tasks.gate import gate
+from mnist_tasks.mlflow_rest import MlflowError, MlflowRest
 from mnist_tasks.monitor import Reference
 from mnist_tasks.register import VerificationError, register
-from mnist_tasks.mlflow_rest import MlflowError, MlflowRest
 from mnist_tasks.registry import Registry
 from mnist_tasks.registry_api import CHAMPION, ModelRegistry, VersionNotFound
 from mnist_tasks.registry_mlflow import MlflowRegistry
