@@ -1,7 +1,7 @@
 """The MLflow-backed registry against a real MLflow server: what MLflow itself sees (a Keras model
 that ``mlflow.keras.load_model`` loads in the server's own environment), its faults (server down,
 a version made by hand, an alias left on a deleted version), the command line, and the
-read-check-set window of an alias move. The contract every backend keeps is
+read-check-set window of an alias move; and the tracking mirror. The contract every backend keeps is
 test_registry_contract.py."""
 
 from __future__ import annotations
@@ -12,14 +12,21 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
+from mnist_tasks.artifacts import write_json, write_result
 from mnist_tasks.mlflow_rest import MlflowError, MlflowRest
 from mnist_tasks.registry_api import CHAMPION, AliasConflict, RegistryError, VersionNotFound
 from mnist_tasks.registry_mlflow import MlflowRegistry
-from tests.helpers import REPO
+from mnist_tasks.results import EvaluateResult
+from mnist_tasks.storage import Store
+from mnist_tasks.tracking_mlflow import mirror_evaluation
+from tests.helpers import REPO, make_prepared, patch_images, patch_model, train_result
 from tests.mlflow_server import MLFLOW_VENV, free_port
 
 
@@ -178,3 +185,63 @@ def test_the_alias_read_check_set_window(mlflow_server: str) -> None:
           f"{statistics.median(windows):.1f} ms, p90 {windows[17]:.1f} ms, "
           f"max {windows[-1]:.1f} ms")
     assert registry.alias_record(CHAMPION).history[-1]["seq"] == 20  # type: ignore[union-attr]
+
+
+def evaluated_run(store: Store, run_key: str) -> EvaluateResult:
+    """A model evaluated for real by the evaluate stage, with its train record and history."""
+    from mnist_tasks.evaluate import evaluate
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10, dtype=np.uint8), 5)
+    prepared_uri = make_prepared(store, "prep", val_fraction=0.2, split_seed=1, arrays={
+        "x_train": patch_images(y, rng), "y_train": y, "x_test": patch_images(y, rng),
+        "y_test": y}, dataset_key="cache/datasets/tiny/mnist.npz")
+    prefix = f"runs/{run_key}/train"
+    with tempfile.TemporaryDirectory() as tmp:
+        patch_model().save(Path(tmp) / "model.keras")
+        store.upload_file(Path(tmp) / "model.keras", f"{prefix}/model.keras")
+    write_json(store, f"{prefix}/history.json", {
+        "epoch": [1, 2], "loss": [1.2, 0.7], "accuracy": [0.5, 0.75], "val_accuracy": [0.6, 0.8],
+        "preset": "tiny"})
+    trained = train_result(model_uri=store.uri_for(f"{prefix}/model.keras"),
+                           history_uri=store.uri_for(f"{prefix}/history.json"),
+                           prepared_uri=prepared_uri,
+                           train_uri=store.uri_for(f"{prefix}/result.json"))
+    write_result(store, f"{prefix}/result.json", trained)
+    return evaluate(trained.model_uri, prepared_uri, store, run_key,
+                    history_uri=trained.history_uri, train_uri=trained.train_uri)
+
+
+def test_the_tracking_mirror_logs_a_run_and_never_fails_a_task(
+        mlflow_server: str, file_store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    evaluation = evaluated_run(file_store, "run-m")
+    kwargs: dict[str, Any] = {"model_name": "mirror-model", "run_key": "run-m",
+                              "run_id": "manual__run-m", "dag_id": "mnist_training",
+                              "code_fingerprint": "c0de"}
+    run_id = mirror_evaluation(mlflow_server, file_store, evaluation, **kwargs)
+    assert run_id is not None
+    # A retry logs into the same run.
+    assert mirror_evaluation(mlflow_server, file_store, evaluation, **kwargs) == run_id
+    rest = MlflowRest(mlflow_server)
+    run = rest.call("GET", "runs/get", params={"run_id": run_id})["run"]
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert params["preset"] == "tiny" and params["seed"] == "1"
+    assert metrics["test_accuracy"] == evaluation.test_accuracy == 1.0
+    assert metrics["recall_digit_7"] == 1.0 and metrics["val_accuracy"] == 0.8
+    history = rest.call("GET", "metrics/get-history",
+                        params={"run_id": run_id, "metric_key": "accuracy"})["metrics"]
+    assert sorted((m["step"], m["value"]) for m in history) == [(1, 0.5), (2, 0.75)]
+    assert tags["mnist.airflow_run_id"] == "manual__run-m"
+    assert tags["mnist.code_fingerprint"] == "c0de" and tags["mnist.dag_id"] == "mnist_training"
+    assert run["info"]["status"] == "FINISHED"
+    root = run["info"]["artifact_uri"].removeprefix("mlflow-artifacts:")
+    assert rest.get_artifact(f"{root}/plots/confusion_matrix.png").startswith(b"\x89PNG")
+    assert b"precision" in rest.get_artifact(f"{root}/report.txt")
+
+    down = f"mlflow+http://127.0.0.1:{free_port()}"
+    with caplog.at_level("WARNING", logger="mnist_tasks.tracking_mlflow"):
+        assert mirror_evaluation(down, file_store, evaluation, **kwargs) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and down in warnings[0] and "unreachable" in warnings[0]

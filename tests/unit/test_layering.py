@@ -30,7 +30,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "base_data", "increment_files", "increments", "datasets", "watch", "monitor", "models",
         "runtime",
         "registry_read", "registry_aliases", "registry", "mlflow_rest", "registry_mlflow",
-        "registries", "scoring_index", "scoring_batches",
+        "registries", "tracking_mlflow", "scoring_index", "scoring_batches",
         "scoring_outputs", "scoring_monitor", "labeling")),
     ("stages", "one call each from the DAG glue; never each other", STAGES),
     ("runners", "what chains stages or faces a user: run-all and the command lines", (
