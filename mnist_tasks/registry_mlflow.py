@@ -231,7 +231,10 @@ class MlflowRegistry:
         if _sha(manifest_bytes) != sha:
             raise CorruptedVersion(f"{where}/{MANIFEST_FILE}: does not match the SHA-256 in "
                                    f"its {TAG_COMPLETE} tag (the version is corrupted)")
-        manifest = json.loads(manifest_bytes)
+        try:
+            manifest = json.loads(manifest_bytes)
+        except ValueError as exc:
+            raise CorruptedVersion(f"{where}/{MANIFEST_FILE}: not valid JSON ({exc})") from None
         objects = manifest.get("objects") if isinstance(manifest, dict) else None
         if not isinstance(objects, dict):
             raise CorruptedVersion(f"{where}/{MANIFEST_FILE}: no 'objects' (corrupted)")
@@ -239,7 +242,10 @@ class MlflowRegistry:
         if _sha(meta_bytes) != (objects.get(METADATA_FILE) or {}).get("sha256"):
             raise CorruptedVersion(f"{where}/{METADATA_FILE}: content does not match its "
                                    "manifest (the version is corrupted)")
-        metadata = json.loads(meta_bytes)
+        try:
+            metadata = json.loads(meta_bytes)
+        except ValueError:
+            metadata = None
         if not isinstance(metadata, dict):
             raise CorruptedVersion(f"{where}/{METADATA_FILE}: not a JSON object (corrupted)")
         info = VersionInfo(
