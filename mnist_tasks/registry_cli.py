@@ -100,8 +100,7 @@ def _run_cli(args: argparse.Namespace, settings: Settings) -> tuple[Any, str]:
     if location:
         registry = open_registry(None, args.model_name, location)
     elif not args.store:
-        raise InvalidName("no store given: pass --store URI or set MNIST_STORE "
-                          "(or --registry mlflow+http://host:port)")
+        raise InvalidName("no store given: pass --store URI or set MNIST_STORE")
     else:
         registry = open_registry(open_store(cli_location(args.store, "store")), args.model_name,
                                  None)
