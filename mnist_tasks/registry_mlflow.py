@@ -569,6 +569,18 @@ class MlflowRegistry:
             log.info("registry: resuming %s v%d of run %s", self._name, number, run_key)
         else:
             raw = self._create_version(run_key)
+            # Two attempts of one run may both have found nothing and created a version each:
+            # both go on with the run's first, and the later one is deleted by its creator.
+            first = min((v for v in self._raw_versions()
+                         if self._tags(v).get(TAG_RUN_KEY) == run_key),
+                        key=lambda v: int(v["version"]), default=raw)
+            if int(first["version"]) != int(raw["version"]):
+                log.warning("registry: run %s was registered concurrently as %s v%s; deleting "
+                            "its duplicate v%s", run_key, self._name, first["version"],
+                            raw["version"])
+                self._call("DELETE", "model-versions/delete",
+                           body={"name": self._name, "version": str(raw["version"])})
+                raw = first
         tags = self._tags(raw)
         number = int(raw["version"])
         pending = PendingVersion(model_name=self._name, version=number, run_key=run_key,

@@ -245,3 +245,16 @@ def test_the_tracking_mirror_logs_a_run_and_never_fails_a_task(
         assert mirror_evaluation(down, file_store, evaluation, **kwargs) is None
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and down in warnings[0] and "unreachable" in warnings[0]
+
+
+def test_two_attempts_of_one_run_make_one_version(mlflow_server: str) -> None:
+    registry = fresh(mlflow_server, "two-attempts")
+    # What two attempts that both found nothing leave: two unfinished versions of one run.
+    registry._ensure_model()
+    registry._create_version("r1")
+    registry._create_version("r1")
+    assert [(e.version, e.status) for e in registry.scan(include_incomplete=True)] == [
+        (1, "incomplete"), (2, "incomplete")]
+    assert register(registry, "r1") == 1  # the run's first version is completed
+    assert [v.version for v in registry.list_versions()] == [1]
+    assert registry.version_for_run("r1").version == 1  # type: ignore[union-attr]
