@@ -51,8 +51,10 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
                           env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_a_version_is_an_mlflow_keras_model(mlflow_server: str, model_file: Path) -> None:
+def test_a_version_is_an_mlflow_keras_model(mlflow_server: str, tmp_path: Path) -> None:
     registry = fresh(mlflow_server, "keras-flavour")
+    model_file = tmp_path / "model.keras"
+    patch_model().save(model_file)  # hand-set weights: no training needed
     info = registry.register("run-k", {"model.keras": model_file, "metrics.json": b"{}"},
                              {"metrics": {"test_accuracy": 0.91}, "gate": {"decision": "PROMOTE"},
                               "lineage": {"dataset_version": "d" * 16}})
