@@ -39,7 +39,7 @@ unexport PYTHONDONTWRITEBYTECODE
 # a deployment) handles it fine.
 DAGS_TEST_DEADLINE ?= off
 
-.PHONY: help venv run airflow test test-deps test-fast lint bench clean
+.PHONY: help venv mlflow-venv mlflow-lock run airflow test test-deps test-fast lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -81,6 +81,25 @@ $(BIN)/activate: requirements-lock.txt pyproject.toml
 	touch $(BIN)/activate
 
 venv: $(BIN)/activate  ## create .venv from the pinned lock (uv; pip as the fallback)
+
+# The MLflow server's own environment: mlflow needs cachetools<8 and Airflow 3.3 pins 8.0.0, so
+# it cannot share .venv; the pipeline speaks MLflow's REST API (docs/registry.md). Built by uv
+# (installed by `make venv`) from requirements-mlflow-lock.txt; the tests build it on first use.
+MLFLOW_VENV := .venv-mlflow
+UV := $(or $(shell command -v uv),$(UV_TOOL)/bin/uv)
+
+$(MLFLOW_VENV)/bin/mlflow: requirements-mlflow-lock.txt | $(BIN)/activate
+	@rm -rf $(MLFLOW_VENV)
+	@echo "building $(MLFLOW_VENV) with $(UV)"
+	@$(UV) venv --quiet --python $(PYTHON) $(MLFLOW_VENV)
+	@$(UV) pip install --quiet --python $(MLFLOW_VENV)/bin/python -r requirements-mlflow-lock.txt
+	@touch $@
+
+mlflow-venv: $(MLFLOW_VENV)/bin/mlflow  ## the MLflow server's environment (.venv-mlflow)
+
+mlflow-lock:  ## re-resolve requirements-mlflow-lock.txt from requirements-mlflow.txt
+	$(UV) pip compile --quiet --python-version 3.11 requirements-mlflow.txt \
+	  -o requirements-mlflow-lock.txt --custom-compile-command "make mlflow-lock"
 
 # A fresh venv's first `import keras` writes TensorFlow's .pyc files (about 20 s on this machine):
 # started on the other core while the database migrates and the run's first tasks go, instead

@@ -380,10 +380,10 @@ def process_pending(cfg: FeedbackConfig, store: Store, feedback: Store, landing:
     Returns:
         The reports of this call (those whose status is ALARM need attention).
     """
-    from mnist_tasks.registry import Registry
+    from mnist_tasks.registries import open_registry
     from mnist_tasks.registry_api import RegistryError
 
-    registry = Registry(store, cfg.model_name)
+    registry = open_registry(store, cfg.model_name)
     out = []
     for batch in pending_batches(feedback):
         key = _listing_key(cfg.model_name, feedback, batch)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import re
 import subprocess
 import time
@@ -40,6 +41,7 @@ from mnist_tasks.results import (
     TrainResult,
     to_json,
 )
+from mnist_tasks.settings import Settings
 from mnist_tasks.storage import ObjectNotFound, Store, open_store
 
 if TYPE_CHECKING:
@@ -91,9 +93,9 @@ class Pipeline:
         self.store: Store = open_store(cfg.store, client_kwargs=self.s3_client_kwargs)
 
     def registry(self) -> ModelRegistry:
-        from mnist_tasks.registry import Registry
+        from mnist_tasks.registries import open_registry
 
-        return Registry(self.store, self.cfg.model_name)
+        return open_registry(self.store, self.cfg.model_name)
 
     def ingest(self) -> IngestResult:
         """Ingest the base data set and the increments; record the dataset version."""
@@ -188,6 +190,17 @@ class Pipeline:
             history_uri=trained.history_uri, train_uri=trained.train_uri,
         )
         self._update_summary(test_accuracy=result.test_accuracy, preset=trained.preset)
+        tracking = Settings.from_environ(os.environ).mlflow_tracking
+        if tracking:  # the mirror never fails the task (tracking_mlflow)
+            from mnist_tasks.artifacts import code_fingerprint
+            from mnist_tasks.tracking_mlflow import mirror_evaluation
+
+            mlflow_run = mirror_evaluation(
+                tracking, self.store, result, model_name=self.cfg.model_name,
+                run_key=self.run_key, run_id=self.run_id, dag_id=self.dag_id,
+                code_fingerprint=code_fingerprint())
+            if mlflow_run:
+                self._update_summary(mlflow_run_id=mlflow_run, mlflow_tracking=tracking)
         return result
 
     def gate(self, evaluation: EvaluateResult) -> GateDecision:

@@ -229,6 +229,34 @@ class PendingVersion:
     model_uri: str
 
 
+@dataclass(frozen=True)
+class VersionEntry:
+    """One numbered version as a backend's ``scan`` finds it.
+
+    ``status`` is ``ok`` (complete; ``info`` is set), ``corrupted`` (it has a manifest, but
+    the manifest or metadata is malformed or does not match; ``reason`` says which object),
+    ``foreign`` (a version this pipeline did not register, e.g. one made by hand in MLflow:
+    listed, never promoted or scored),
+    ``incomplete`` (claimed by a run whose registration has not finished: the run's retry
+    resumes it) or ``abandoned`` (a claim its run gave up: it lost a race for its run record,
+    or died before recording it; the number stays a gap, never reused).
+    """
+
+    version: int
+    status: str
+    info: VersionInfo | None = None
+    reason: str | None = None
+    run_key: str | None = None
+    claimed_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (the version's own summary when it is ``ok``)."""
+        if self.info is not None:
+            return {**self.info.to_dict(), "status": self.status, "reason": self.reason}
+        return {"version": self.version, "status": self.status, "reason": self.reason,
+                "run_key": self.run_key, "claimed_at": self.claimed_at}
+
+
 # A file to store: a local path, bytes, or a function of the pending version (e.g. a model card
 # that names its own version number).
 FileSource = Path | bytes | Callable[[PendingVersion], bytes]
@@ -270,6 +298,10 @@ class ModelRegistry(Protocol):
 
     def latest(self) -> VersionInfo | None:
         """The newest complete version, or None."""
+
+    def scan(self, *, include_incomplete: bool = False) -> list[VersionEntry]:
+        """Every version with its status, oldest first (``include_incomplete``: also those
+        whose registration has not finished)."""
 
     def version_for_run(self, run_key: str) -> VersionInfo | None:
         """The complete version a run registered, or None."""

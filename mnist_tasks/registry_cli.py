@@ -9,6 +9,7 @@ Run as ``python -m mnist_tasks.registry`` (that module hands over to :func:`main
     python -m mnist_tasks.registry --store file:///tmp/store rollback
     python -m mnist_tasks.registry --store file:///tmp/store download 3 ./model-v3
     python -m mnist_tasks.registry --store s3://b/mnist rollback --notify-airflow http://airflow:8080
+    python -m mnist_tasks.registry --registry mlflow+http://mlflow:5000 list   # MLflow's registry
 
 ``promote`` and ``rollback`` with ``--notify-airflow URL`` (or ``$MNIST_AIRFLOW_API_URL``) also
 post an event of the registry asset (:mod:`mnist_tasks.airflow_events`), so the scoring DAG
@@ -29,7 +30,8 @@ from typing import Any
 from mnist_tasks.airflow_events import AirflowEventError, post_asset_event
 from mnist_tasks.cli_common import Parser, table
 from mnist_tasks.config import DEFAULT_MODEL_NAME, cli_location
-from mnist_tasks.registry import Registry
+from mnist_tasks.mlflow_rest import is_mlflow_location
+from mnist_tasks.registries import open_registry
 from mnist_tasks.registry_api import CHAMPION, AliasRecord, InvalidName, RegistryError, VersionInfo
 from mnist_tasks.settings import Settings
 from mnist_tasks.storage import open_store
@@ -56,6 +58,9 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--store", default=settings.store,
                         help="store URI: s3://bucket/prefix, file:///path or a folder "
                              "(default: $MNIST_STORE)")
+    parser.add_argument("--registry", default=settings.registry,
+                        help="an MLflow server's registry, mlflow+http://host:port (default: "
+                             "$MNIST_REGISTRY; unset: the registry in --store)")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
                         help=f"registered model name (default {DEFAULT_MODEL_NAME})")
     common = Parser(add_help=False)
@@ -91,9 +96,14 @@ def _alias_line(before: int | None, record: AliasRecord) -> str:
 
 def _run_cli(args: argparse.Namespace, settings: Settings) -> tuple[Any, str]:
     """Run one command; return (JSON result, human-readable text)."""
-    if not args.store:
+    location = args.registry or (args.store if is_mlflow_location(args.store or "") else None)
+    if location:
+        registry = open_registry(None, args.model_name, location)
+    elif not args.store:
         raise InvalidName("no store given: pass --store URI or set MNIST_STORE")
-    registry = Registry(open_store(cli_location(args.store, "store")), args.model_name)
+    else:
+        registry = open_registry(open_store(cli_location(args.store, "store")), args.model_name,
+                                 None)
     if args.command == "list":
         notes = []
         try:

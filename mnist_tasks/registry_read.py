@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from mnist_tasks.registry_api import (
     InvalidName,
     PendingVersion,
     RegistryError,
+    VersionEntry,
     VersionInfo,
     VersionNotFound,
     parse_version,
@@ -53,32 +53,6 @@ def sha256_file(path: Path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return h.hexdigest(), size
-
-
-@dataclass(frozen=True)
-class VersionEntry:
-    """One numbered version folder as :meth:`RegistryReader.scan` finds it.
-
-    ``status`` is ``ok`` (complete; ``info`` is set), ``corrupted`` (it has a manifest, but
-    the manifest or metadata is malformed or does not match; ``reason`` says which object),
-    ``incomplete`` (claimed by a run whose registration has not finished: the run's retry
-    resumes it) or ``abandoned`` (a claim its run gave up: it lost a race for its run record,
-    or died before recording it; the number stays a gap, never reused).
-    """
-
-    version: int
-    status: str
-    info: VersionInfo | None = None
-    reason: str | None = None
-    run_key: str | None = None
-    claimed_at: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable summary (the version's own summary when it is ``ok``)."""
-        if self.info is not None:
-            return {**self.info.to_dict(), "status": self.status, "reason": self.reason}
-        return {"version": self.version, "status": self.status, "reason": self.reason,
-                "run_key": self.run_key, "claimed_at": self.claimed_at}
 
 
 class RegistryReader:

@@ -39,7 +39,7 @@ from mnist_tasks.artifacts import (
 from mnist_tasks.config import MonitorPolicy, ScoringConfig
 from mnist_tasks.labeling import export_label_queue
 from mnist_tasks.monitor import Forward
-from mnist_tasks.registry import Registry
+from mnist_tasks.registries import open_registry
 from mnist_tasks.registry_api import CHAMPION, ModelRegistry, RegistryError, parse_version
 from mnist_tasks.results import (
     ScoreCommit,
@@ -187,7 +187,7 @@ def plan(
         return recorded
     except ObjectNotFound:
         pass
-    model = resolve_model(Registry(store, cfg.model_name), events)
+    model = resolve_model(open_registry(store, cfg.model_name), events)
     version = model.version
     skipped: dict[str, str] = {}
     if batches is not None:
@@ -341,7 +341,7 @@ def _forward(model: keras.Model, images: np.ndarray, batch_size: int
 
 def load_version(store: Store, model_name: str, version: int) -> keras.Model:
     """The registered model of ``version``, downloaded and SHA-256-verified, in safe mode."""
-    registry = Registry(store, model_name)
+    registry = open_registry(store, model_name)
     with tempfile.TemporaryDirectory(prefix="mnist-score-") as tmp:
         return load_keras_model(registry.fetch_model(version, tmp))
 

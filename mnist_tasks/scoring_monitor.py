@@ -28,7 +28,7 @@ from mnist_tasks.monitor import (
     Reference,
     check_scored,
 )
-from mnist_tasks.registry import Registry
+from mnist_tasks.registries import open_registry
 from mnist_tasks.registry_api import RegistryError
 from mnist_tasks.results import ScoreCommit
 from mnist_tasks.scoring_outputs import read_manifest
@@ -109,7 +109,7 @@ def batch_health(store: Store, cfg: ScoringConfig, batch: str, version: int,
     if embeddings is None:
         return None
     try:
-        blob = Registry(store, cfg.model_name).read_file(version, REFERENCE_FILE)
+        blob = open_registry(store, cfg.model_name).read_file(version, REFERENCE_FILE)
     except RegistryError as exc:
         log.info("score: batch %s: v%d has no monitoring reference (%s); drift not checked",
                  batch, version, exc)

@@ -5,7 +5,7 @@ passes the values on::
 
     settings = Settings.from_environ(os.environ)
     store = open_store(settings.store_or_default, client_kwargs=...)
-    registry = Registry(store, settings.model_name)
+    registry = open_registry(store, settings.model_name, settings.registry)
 """
 
 from __future__ import annotations
@@ -14,7 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mnist_tasks.config import DEFAULT_MODEL_NAME, DEFAULT_STORE
+from mnist_tasks.config import (
+    DEFAULT_MODEL_NAME,
+    DEFAULT_STORE,
+    registry_location,
+    tracking_location,
+)
 
 TRAINING_DAG_ID = "mnist_training"  # the DAG whose runs register models
 REGISTRY_ASSET = "mnist_model_registry"  # the asset a register task (or promote/rollback) emits
@@ -32,6 +37,8 @@ class Settings:
     airflow_token: str | None = None  # MNIST_AIRFLOW_TOKEN
     airflow_username: str | None = None  # MNIST_AIRFLOW_USERNAME (when there is no token)
     airflow_password: str | None = None  # MNIST_AIRFLOW_PASSWORD
+    registry: str | None = None  # MNIST_REGISTRY: an MLflow server's registry (None: the store's)
+    mlflow_tracking: str | None = None  # MNIST_MLFLOW_TRACKING_URI: the runs' mirror (None: off)
 
     @property
     def store_or_default(self) -> str:
@@ -44,6 +51,8 @@ class Settings:
         return cls(
             store=environ.get("MNIST_STORE") or None,
             model_name=environ.get("MNIST_MODEL_NAME") or DEFAULT_MODEL_NAME,
+            registry=registry_location(environ),
+            mlflow_tracking=tracking_location(environ),
             s3_conn_id=environ.get("MNIST_S3_CONN_ID") or DEFAULT_S3_CONN_ID,
             airflow_api_url=environ.get("MNIST_AIRFLOW_API_URL") or None,
             airflow_token=environ.get("MNIST_AIRFLOW_TOKEN") or None,

@@ -107,11 +107,11 @@ def s3_client_kwargs(conn_id: str) -> dict[str, Any] | None:
 
 def _open(cfg: Settings) -> tuple[Store, ModelRegistry]:
     """The store the page reads (registry, scoring summaries, run summaries) and the registry."""
-    from mnist_tasks.registry import Registry
+    from mnist_tasks.registries import open_registry
     from mnist_tasks.storage import open_store
 
     store = open_store(cfg.store_or_default, client_kwargs=s3_client_kwargs(cfg.s3_conn_id))
-    return store, Registry(store, cfg.model_name)
+    return store, open_registry(store, cfg.model_name, cfg.registry)
 
 
 def _fmt_time(iso: str) -> str:

@@ -31,7 +31,7 @@ from tests.helpers import (
 MNIST_DIR = Path(os.environ.get("MNIST_DIR", REPO.parent / "shared" / "datasets" / "mnist"))
 TESTS = Path(__file__).resolve().parent
 LAYERS = ("unit", "dags", "integration", "e2e")
-SERVICE_FIXTURES = {"s3_server", "s3_env", "s3_store"}
+SERVICE_FIXTURES = {"s3_server", "s3_env", "s3_store", "mlflow_server"}
 CELERY_FIXTURE = "celery_deployment"  # tests/integration/conftest.py
 
 
@@ -124,6 +124,17 @@ def s3_server() -> Iterator[str]:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow server (its own environment, .venv-mlflow; SQLite, local artifacts) on a
+    free loopback port, once per session; yields its ``mlflow+http://`` location. Each test
+    that writes to it uses a model name of its own."""
+    from tests.mlflow_server import running_server
+
+    with running_server(tmp_path_factory.mktemp("mlflow-server")) as location:
+        yield location
 
 
 @pytest.fixture

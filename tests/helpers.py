@@ -552,7 +552,8 @@ CELERY_SECOND_HALF = frozenset({"test_celery_approval.py", "test_celery_scoring.
 
 
 def xdist_scope(nodeid: str) -> str:
-    """The unit of work an xdist worker takes whole: a half of the deployment's scenarios; a
+    """The unit of work an xdist worker takes whole: a half of the deployment's scenarios; the
+    tests against the MLflow server (one server for them all); a
     file of DAG, integration or end-to-end tests (they share module set-ups: an Airflow home, a
     DagBag, a browser, a trained model); a single unit test."""
     path = nodeid.split("::", 1)[0]
@@ -561,6 +562,8 @@ def xdist_scope(nodeid: str) -> str:
         return "celery-deployment-" + ("2" if parts[-1] in CELERY_SECOND_HALF else "1")
     if "unit" in parts[:-1]:
         return nodeid
+    if "mlflow" in nodeid:  # one worker starts the MLflow server (the mlflow_server fixture)
+        return "mlflow"
     return path
 
 

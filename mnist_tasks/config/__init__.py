@@ -38,7 +38,9 @@ from mnist_tasks.config.environment import env_number as env_number
 from mnist_tasks.config.environment import feedback_landing as feedback_landing
 from mnist_tasks.config.environment import parse_checksums as parse_checksums
 from mnist_tasks.config.environment import read_json_file as read_json_file
+from mnist_tasks.config.environment import registry_location as registry_location
 from mnist_tasks.config.environment import scoring_config as scoring_config
+from mnist_tasks.config.environment import tracking_location as tracking_location
 from mnist_tasks.config.params import CANDIDATE_FIELDS as CANDIDATE_FIELDS
 from mnist_tasks.config.params import FORM_SECTIONS as FORM_SECTIONS
 from mnist_tasks.config.params import MAX_CANDIDATES as MAX_CANDIDATES

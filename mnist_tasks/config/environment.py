@@ -163,6 +163,12 @@ ENV_SETTINGS: tuple[EnvSetting, ...] = (
              "a batch's predicted-class distance from the training prior that flags it"),
     _scoring("MNIST_SCORING_LABEL_QUEUE", "label_queue", int,
              "each batch's least confident images exported for labelling; 0: none"),
+    EnvSetting("MNIST_REGISTRY", "store",
+               "where the model registry lives: store (in MNIST_STORE) or mlflow+http://host:port "
+               "(an MLflow server's registry; docs/registry.md)"),
+    EnvSetting("MNIST_MLFLOW_TRACKING_URI", "off",
+               "mlflow+http://host:port: each evaluated training run is also an MLflow run "
+               "(params, per-epoch metrics, plots); an outage is a warning"),
     EnvSetting("MNIST_FEEDBACK_LANDING", "<scoring store>/feedback",
                "where the labels that come back land"),
     _minutes("MNIST_FEEDBACK_INTERVAL_MINUTES", "landed feedback is looked for"),
@@ -224,3 +230,32 @@ def scoring_config(environ: Mapping[str, str], store_uri: str) -> ScoringConfig:
 def feedback_landing(environ: Mapping[str, str], store_uri: str) -> str:
     """Where labels land: ``MNIST_FEEDBACK_LANDING``, else ``<store_uri>/feedback``."""
     return environ.get("MNIST_FEEDBACK_LANDING", "").strip() or store_uri.rstrip("/") + "/feedback"
+
+
+def _mlflow_location(environ: Mapping[str, str], env: str, off: str) -> str | None:
+    value = environ.get(env, "").strip()
+    if value in ("", off):
+        return None
+    check(bool(re.fullmatch(r"mlflow\+https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?", value)),
+          env, value, f"must be '{off}' or mlflow+http://host:port")
+    return value.rstrip("/")
+
+
+def registry_location(environ: Mapping[str, str]) -> str | None:
+    """``MNIST_REGISTRY``: None for the store-backed registry (unset, empty or ``store``), else
+    the MLflow server's ``mlflow+http(s)://host:port``.
+
+    Raises:
+        ConfigError: naming ``MNIST_REGISTRY``, for any other value.
+    """
+    return _mlflow_location(environ, "MNIST_REGISTRY", "store")
+
+
+def tracking_location(environ: Mapping[str, str]) -> str | None:
+    """``MNIST_MLFLOW_TRACKING_URI``: the MLflow server the training runs are mirrored to, or
+    None (unset, empty or ``off``).
+
+    Raises:
+        ConfigError: naming the variable, for a value that is not mlflow+http(s)://host:port.
+    """
+    return _mlflow_location(environ, "MNIST_MLFLOW_TRACKING_URI", "off")

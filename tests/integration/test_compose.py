@@ -65,11 +65,22 @@ def _env(service: dict[str, Any]) -> dict[str, str]:
 
 
 def test_services(config: dict[str, Any]) -> None:
-    assert set(config["services"]) == {*LONG_RUNNING, "airflow-init"}
-    for name in LONG_RUNNING:
+    assert set(config["services"]) == {*LONG_RUNNING, "airflow-init", "mlflow"}
+    for name in (*LONG_RUNNING, "mlflow"):
         healthcheck = config["services"][name].get("healthcheck") or {}
         assert healthcheck.get("test"), f"{name} has no healthcheck"
         assert config["services"][name].get("restart") == "always", name
+
+
+def test_mlflow_is_optional_and_the_version_the_tests_run(config: dict[str, Any]) -> None:
+    mlflow = config["services"]["mlflow"]
+    assert mlflow["profiles"] == ["mlflow"]  # started only with --profile mlflow
+    pinned = re.search(r"^mlflow==(\S+)$", (REPO / "requirements-mlflow-lock.txt").read_text(),
+                       re.M)
+    assert pinned and mlflow["image"].endswith(f":v{pinned.group(1)}")
+    assert "--serve-artifacts" in mlflow["command"]  # versions are uploaded through its proxy
+    for name in AIRFLOW_SERVICES:
+        assert _env(config["services"][name])["MNIST_REGISTRY"] == "store", name
 
 
 def test_airflow_services_share_celery_postgres_redis(config: dict[str, Any]) -> None:

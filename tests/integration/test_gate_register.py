@@ -8,6 +8,7 @@ digits to the wrong class.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import tempfile
@@ -27,10 +28,12 @@ from mnist_tasks.artifacts import (
 )
 from mnist_tasks.config import GateConfig
 from mnist_tasks.gate import gate
+from mnist_tasks.mlflow_rest import MlflowError, MlflowRest
 from mnist_tasks.monitor import Reference
 from mnist_tasks.register import VerificationError, register
 from mnist_tasks.registry import Registry
-from mnist_tasks.registry_api import CHAMPION, VersionNotFound
+from mnist_tasks.registry_api import CHAMPION, ModelRegistry, VersionNotFound
+from mnist_tasks.registry_mlflow import MlflowRegistry
 from mnist_tasks.results import EvaluateResult, GateDecision, RegisterResult
 from mnist_tasks.storage import ObjectNotFound, Store
 from tests.helpers import make_prepared, patch_images, patch_model, train_result
@@ -73,7 +76,18 @@ class Stages:
     gate: GateDecision
 
 
-def run_stages(store: Store, registry: Registry, prepared_uri: str, run_key: str,
+def open_backend(request: pytest.FixtureRequest, store: Store, backend: str) -> ModelRegistry:
+    """The store-backed registry, or a fresh model in the session's MLflow server."""
+    if backend == "store":
+        return Registry(store)
+    location = request.getfixturevalue("mlflow_server")
+    with contextlib.suppress(MlflowError):  # left by an earlier test
+        MlflowRest(location).call("DELETE", "registered-models/delete",
+                                  body={"name": "gate-register"})
+    return MlflowRegistry(location, "gate-register")
+
+
+def run_stages(store: Store, registry: ModelRegistry, prepared_uri: str, run_key: str,
                mapping: dict[int, int], cfg: GateConfig) -> Stages:
     """Save the model and its train record where train would, then evaluate and gate it for
     real."""
@@ -92,7 +106,7 @@ def run_stages(store: Store, registry: Registry, prepared_uri: str, run_key: str
     return Stages(evaluation, gate(evaluation, cfg, registry, store, run_key))
 
 
-def do_register(store: Store, registry: Registry, prepared_uri: str, run_key: str,
+def do_register(store: Store, registry: ModelRegistry, prepared_uri: str, run_key: str,
                 stages: Stages) -> RegisterResult:
     """Register the gate's decision (register reads the rest by the references in it)."""
     return register(stages.gate, store=store, registry=registry, run_key=run_key,
@@ -131,7 +145,7 @@ def test_first_run_then_a_clearly_worse_challenger(store: Store, prepared_uri: s
     assert meta["parameters"] == {"preset": "tiny", "seed": 1}
     assert meta["packages"]["keras"] and meta["packages"]["numpy"]
     assert meta["verification"]["verified"] is True
-    card = store.read_bytes(store.key_of(info.uri) + "/model_card.md").decode()
+    card = registry.read_file(1, "model_card.md").decode()
     assert prepared_meta["fingerprint"] in card and "download 1" in card
 
     # A challenger that gets five digits wrong: rejected, the champion stays.
@@ -158,10 +172,12 @@ def test_first_run_then_a_clearly_worse_challenger(store: Store, prepared_uri: s
     assert registry.get(2).gate_decision == "REJECT"
 
 
-def test_better_challenger_is_promoted_and_register_is_idempotent(file_store: Store) -> None:
+@pytest.mark.parametrize("backend", ["store", "mlflow"])
+def test_better_challenger_is_promoted_and_register_is_idempotent(
+        file_store: Store, backend: str, request: pytest.FixtureRequest) -> None:
     store = file_store
     prepared = make_patch_prepared(store)
-    registry = Registry(store)
+    registry = open_backend(request, store, backend)
     cfg = GateConfig(min_accuracy=0.8)
     first = run_stages(store, registry, prepared, "run-1", broken(1), cfg)  # 90 %
     assert do_register(store, registry, prepared, "run-1", first).champion is True
@@ -187,6 +203,9 @@ def test_better_challenger_is_promoted_and_register_is_idempotent(file_store: St
     assert (late.version, late.champion) == (2, False)
     assert registry.get_alias(CHAMPION) == 1
     assert [v.version for v in registry.list_versions()] == [1, 2]
+    # The model card tells how to download this version from where it is registered.
+    card = registry.read_file(2, "model_card.md").decode()
+    assert f"--store {registry.store_uri}" in card and "download 2" in card
 
 
 def test_verification_mismatch_registers_nothing(file_store: Store) -> None:

@@ -29,7 +29,8 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("services", "data, models, the registry, scoring's records", (
         "base_data", "increment_files", "increments", "datasets", "watch", "monitor", "models",
         "runtime",
-        "registry_read", "registry_aliases", "registry", "scoring_index", "scoring_batches",
+        "registry_read", "registry_aliases", "registry", "mlflow_rest", "registry_mlflow",
+        "registries", "tracking_mlflow", "scoring_index", "scoring_batches",
         "scoring_outputs", "scoring_monitor", "labeling")),
     ("stages", "one call each from the DAG glue; never each other", STAGES),
     ("runners", "what chains stages or faces a user: run-all and the command lines", (
@@ -153,6 +154,14 @@ def test_the_registry_holds_only_the_registry(module: str) -> None:
     mods = imported_modules((PACKAGE / f"{module}.py").read_text(), module)
     assert not mods & {"argparse", "urllib", "urllib.request", "mnist_tasks.registry_cli",
                        "mnist_tasks.airflow_events", "mnist_tasks.cli_common"}
+
+
+def test_the_mlflow_backend_imports_only_the_registry_interface() -> None:
+    # A backend shares registry_api alone: never the store-backed registry's modules.
+    mods = imported_modules((PACKAGE / "registry_mlflow.py").read_text(), "registry_mlflow")
+    registry_modules = {m for m in mods if m.startswith("mnist_tasks.registry")}
+    assert {m.split(".")[1] for m in registry_modules} == {"registry_api"}
+    assert "mlflow" not in {m.split(".")[0] for m in mods}  # REST, not the mlflow package
 
 
 def test_the_registry_interface_needs_no_backend() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from mnist_tasks.config import DEFAULT_MODEL_NAME, DEFAULT_STORE
+import pytest
+
+from mnist_tasks.config import DEFAULT_MODEL_NAME, DEFAULT_STORE, ConfigError
 from mnist_tasks.settings import DEFAULT_S3_CONN_ID, Settings, s3_client_kwargs
 
 
@@ -18,9 +20,24 @@ def test_each_setting_comes_from_its_variable() -> None:
         "MNIST_STORE": "s3://b/p", "MNIST_MODEL_NAME": "m2", "MNIST_S3_CONN_ID": "c",
         "MNIST_AIRFLOW_API_URL": "http://a:8080", "MNIST_AIRFLOW_TOKEN": "t",
         "MNIST_AIRFLOW_USERNAME": "u", "MNIST_AIRFLOW_PASSWORD": "p", "OTHER": "x",
+        "MNIST_REGISTRY": "mlflow+http://mlflow:5000/",
     })
-    assert cfg == Settings("s3://b/p", "m2", "c", "http://a:8080", "t", "u", "p")
+    assert cfg == Settings("s3://b/p", "m2", "c", "http://a:8080", "t", "u", "p",
+                           "mlflow+http://mlflow:5000")
     assert cfg.store_or_default == "s3://b/p"
+
+
+@pytest.mark.parametrize("value", ["", "store", " store "])
+def test_the_registry_is_the_stores_unless_an_mlflow_server_is_named(value: str) -> None:
+    assert Settings.from_environ({"MNIST_REGISTRY": value}).registry is None
+
+
+@pytest.mark.parametrize("bad", ["mlflow", "http://mlflow:5000", "mlflow+ftp://h", "s3://b/p",
+                                 "mlflow+http://", "mlflow+http://h:5000?x=1"])
+def test_a_bad_registry_setting_is_refused_naming_the_variable(bad: str) -> None:
+    with pytest.raises(ConfigError, match="MNIST_REGISTRY") as err:
+        Settings.from_environ({"MNIST_REGISTRY": bad})
+    assert "\n" not in str(err.value) and repr(bad.strip()) in str(err.value)
 
 
 def test_s3_client_kwargs_from_a_connections_fields() -> None:

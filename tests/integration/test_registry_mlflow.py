@@ -1,0 +1,262 @@
+"""The MLflow-backed registry against a real MLflow server: what MLflow itself sees (a Keras model
+that ``mlflow.keras.load_model`` loads in the server's own environment), its faults (server down,
+a version made by hand, an alias left on a deleted version), the command line, and the
+read-check-set window of an alias move; and the tracking mirror. The contract every backend keeps is
+test_registry_contract.py."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mnist_tasks.artifacts import write_json, write_result
+from mnist_tasks.mlflow_rest import MlflowError, MlflowRest
+from mnist_tasks.registry_api import CHAMPION, AliasConflict, RegistryError, VersionNotFound
+from mnist_tasks.registry_mlflow import MlflowRegistry
+from mnist_tasks.results import EvaluateResult
+from mnist_tasks.storage import Store
+from mnist_tasks.tracking_mlflow import mirror_evaluation
+from tests.helpers import REPO, make_prepared, patch_images, patch_model, train_result
+from tests.mlflow_server import MLFLOW_VENV, free_port
+
+
+def fresh(location: str, name: str) -> MlflowRegistry:
+    """The registry of a model of this test's own (the server is shared by the session)."""
+    rest = MlflowRest(location)
+    with contextlib.suppress(MlflowError):  # not there yet
+        rest.call("DELETE", "registered-models/delete", body={"name": name})
+    return MlflowRegistry(location, name)
+
+
+def register(registry: MlflowRegistry, run: str, accuracy: float = 0.98) -> int:
+    return registry.register(
+        run, {"model.keras": f"weights of {run}".encode(), "metrics.json": b"{}"},
+        {"run": {"run_id": f"manual__{run}"}, "metrics": {"test_accuracy": accuracy},
+         "gate": {"decision": "PROMOTE"}}).version
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MNIST_STORE", "MNIST_REGISTRY")}
+    return subprocess.run([sys.executable, "-m", "mnist_tasks.registry", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_version_is_an_mlflow_keras_model(mlflow_server: str, tmp_path: Path) -> None:
+    registry = fresh(mlflow_server, "keras-flavour")
+    model_file = tmp_path / "model.keras"
+    patch_model().save(model_file)  # hand-set weights: no training needed
+    info = registry.register("run-k", {"model.keras": model_file, "metrics.json": b"{}"},
+                             {"metrics": {"test_accuracy": 0.91}, "gate": {"decision": "PROMOTE"},
+                              "lineage": {"dataset_version": "d" * 16}})
+    registry.promote(info.version)
+    raw = MlflowRest(mlflow_server).call("GET", "model-versions/get", params={
+        "name": "keras-flavour", "version": str(info.version)})["model_version"]
+    tags = {t["key"]: t["value"] for t in raw["tags"]}
+    assert tags["mnist.run_key"] == "run-k" and tags["mnist.test_accuracy"] == "0.91"
+    assert tags["mnist.dataset_version"] == "d" * 16 and tags["mnist.complete"]
+    # MLflow's own client, in the server's environment, loads it by alias and predicts.
+    script = (
+        "import sys, mlflow, numpy as np\n"
+        "mlflow.set_tracking_uri(sys.argv[1])\n"
+        "model = mlflow.keras.load_model('models:/keras-flavour@champion')\n"
+        "print(model.predict(np.zeros((2, 28, 28), 'float32'), verbose=0).shape)\n"
+        "print(type(mlflow.pyfunc.load_model('models:/keras-flavour/1')).__name__)\n")
+    out = subprocess.run(
+        [str(MLFLOW_VENV / "bin" / "python"), "-c", script,
+         mlflow_server.removeprefix("mlflow+")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "KERAS_BACKEND":
+                                                         "tensorflow"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["(2,", "10)", "PyFuncModel"]
+
+
+def test_an_unreachable_server_is_one_line_naming_it(tmp_path: Path) -> None:
+    location = f"mlflow+http://127.0.0.1:{free_port()}"  # nothing listens there
+    registry = MlflowRegistry(location, "mnist-classifier")
+    for call in (lambda: register(registry, "r1"), registry.list_versions,
+                 lambda: registry.get_alias(CHAMPION), lambda: registry.get(1)):
+        with pytest.raises(RegistryError, match="unreachable") as err:
+            call()
+        assert location in str(err.value) and "\n" not in str(err.value)
+    result = cli("--registry", location, "list")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"error: MLflow server {location} is unreachable "
+        "(GET model-versions/search: ConnectionError)"]
+
+
+def test_a_version_made_by_hand_is_foreign(mlflow_server: str) -> None:
+    registry = fresh(mlflow_server, "hand-edited")
+    register(registry, "r1")
+    rest = MlflowRest(mlflow_server)
+    # What a person does in MLflow: log a run's model and register it, without our metadata.
+    experiment = rest.call("POST", "experiments/create", body={"name": "by hand"})
+    run = rest.call("POST", "runs/create", body={
+        "experiment_id": experiment["experiment_id"]})["run"]["info"]
+    rest.put_artifact(run["artifact_uri"].removeprefix("mlflow-artifacts:") + "/model/MLmodel",
+                      b"flavors: {}\n")
+    rest.call("POST", "model-versions/create", body={
+        "name": "hand-edited", "source": run["artifact_uri"] + "/model",
+        "run_id": run["run_id"]})
+
+    assert [(e.version, e.status) for e in registry.scan()] == [(1, "ok"), (2, "foreign")]
+    assert [v.version for v in registry.list_versions()] == [1]
+    assert registry.latest().version == 1  # type: ignore[union-attr]
+    for call in (registry.get, registry.model_uri, registry.promote):
+        with pytest.raises(VersionNotFound, match=r"version 2 .* is foreign"):
+            call(2)
+    assert registry.get_alias(CHAMPION) is None
+    listed = cli("--registry", mlflow_server, "--model-name", "hand-edited", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "foreign" in listed.stdout.splitlines()[2]
+    assert "v2 foreign: not registered by this pipeline" in listed.stdout
+
+
+def test_an_alias_left_on_a_deleted_version_is_one_line_naming_both(mlflow_server: str) -> None:
+    registry = fresh(mlflow_server, "dangling")
+    register(registry, "r1")
+    register(registry, "r2")
+    registry.promote(1)
+    registry.promote(2)
+    MlflowRest(mlflow_server).call("DELETE", "model-versions/delete",
+                                   body={"name": "dangling", "version": "2"})
+    with pytest.raises(RegistryError) as err:
+        registry.get_alias(CHAMPION)
+    assert str(err.value) == (f"alias 'champion' of 'dangling' points at version 2, which was "
+                              f"deleted from {mlflow_server}; promote a version to repair it")
+    listed = cli("--registry", mlflow_server, "--model-name", "dangling", "list")
+    assert listed.returncode == 0 and "warning: champion unknown: alias 'champion'" in \
+        listed.stdout
+    with pytest.raises(AliasConflict, match="points to 2, expected 1"):
+        registry.set_alias(CHAMPION, 1, expected=1)
+    assert registry.rollback().version == 1  # back to what the deleted version replaced
+    assert registry.get_alias(CHAMPION) == 1
+
+
+def test_the_command_line_lists_shows_promotes_and_rolls_back(mlflow_server: str) -> None:
+    registry = fresh(mlflow_server, "cli-model")
+    register(registry, "run-1", 0.9712)
+    register(registry, "run-2", 0.9803)
+    registry.promote(1)
+    args = ("--registry", mlflow_server, "--model-name", "cli-model")
+
+    listed = cli(*args, "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split() for line in listed.stdout.splitlines()[1:3]]
+    assert rows[0][:2] == ["*", "1"] and "0.9712" in rows[0] and "manual__run-1" in rows[0]
+    assert rows[1][0] == "2" and "0.9803" in rows[1]
+
+    shown = cli(*args, "show", "2", "--json")
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert data["version"] == 2 and data["test_accuracy"] == 0.9803
+    assert data["model_uri"] == f"{mlflow_server}/cli-model/versions/2/model.keras"
+
+    promoted = cli(*args, "promote", "2")
+    assert (promoted.returncode, promoted.stdout.strip()) == (0, "champion -> v2 (was v1)")
+    assert registry.get_alias(CHAMPION) == 2
+    rolled = cli(*args, "rollback")
+    assert (rolled.returncode, rolled.stdout.strip()) == (0, "champion -> v1 (was v2)")
+    # --store accepts the MLflow location too (what a model card's download line says)
+    again = cli("--store", mlflow_server, "--model-name", "cli-model", "show", "1")
+    assert again.returncode == 0 and again.stdout.startswith("cli-model v1  [champion]")
+
+
+def test_the_alias_read_check_set_window(mlflow_server: str) -> None:
+    """MLflow has no compare-and-swap: measure how long a concurrent move could be lost."""
+    registry = fresh(mlflow_server, "window")
+    register(registry, "r1")
+    register(registry, "r2")
+    windows = []
+    for i in range(20):
+        registry.promote(1 + i % 2)
+        assert registry.last_alias_window_s is not None
+        windows.append(registry.last_alias_window_s * 1000)
+    windows.sort()
+    print(f"alias read-check-set window over {len(windows)} moves: median "
+          f"{statistics.median(windows):.1f} ms, p90 {windows[17]:.1f} ms, "
+          f"max {windows[-1]:.1f} ms")
+    assert registry.alias_record(CHAMPION).history[-1]["seq"] == 20  # type: ignore[union-attr]
+
+
+def evaluated_run(store: Store, run_key: str) -> EvaluateResult:
+    """A model evaluated for real by the evaluate stage, with its train record and history."""
+    from mnist_tasks.evaluate import evaluate
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10, dtype=np.uint8), 5)
+    prepared_uri = make_prepared(store, "prep", val_fraction=0.2, split_seed=1, arrays={
+        "x_train": patch_images(y, rng), "y_train": y, "x_test": patch_images(y, rng),
+        "y_test": y}, dataset_key="cache/datasets/tiny/mnist.npz")
+    prefix = f"runs/{run_key}/train"
+    with tempfile.TemporaryDirectory() as tmp:
+        patch_model().save(Path(tmp) / "model.keras")
+        store.upload_file(Path(tmp) / "model.keras", f"{prefix}/model.keras")
+    write_json(store, f"{prefix}/history.json", {
+        "epoch": [1, 2], "loss": [1.2, 0.7], "accuracy": [0.5, 0.75], "val_accuracy": [0.6, 0.8],
+        "preset": "tiny"})
+    trained = train_result(model_uri=store.uri_for(f"{prefix}/model.keras"),
+                           history_uri=store.uri_for(f"{prefix}/history.json"),
+                           prepared_uri=prepared_uri,
+                           train_uri=store.uri_for(f"{prefix}/result.json"))
+    write_result(store, f"{prefix}/result.json", trained)
+    return evaluate(trained.model_uri, prepared_uri, store, run_key,
+                    history_uri=trained.history_uri, train_uri=trained.train_uri)
+
+
+def test_the_tracking_mirror_logs_a_run_and_never_fails_a_task(
+        mlflow_server: str, file_store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    evaluation = evaluated_run(file_store, "run-m")
+    kwargs: dict[str, Any] = {"model_name": "mirror-model", "run_key": "run-m",
+                              "run_id": "manual__run-m", "dag_id": "mnist_training",
+                              "code_fingerprint": "c0de"}
+    run_id = mirror_evaluation(mlflow_server, file_store, evaluation, **kwargs)
+    assert run_id is not None
+    # A retry logs into the same run.
+    assert mirror_evaluation(mlflow_server, file_store, evaluation, **kwargs) == run_id
+    rest = MlflowRest(mlflow_server)
+    run = rest.call("GET", "runs/get", params={"run_id": run_id})["run"]
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    assert params["preset"] == "tiny" and params["seed"] == "1"
+    assert metrics["test_accuracy"] == evaluation.test_accuracy == 1.0
+    assert metrics["recall_digit_7"] == 1.0 and metrics["val_accuracy"] == 0.8
+    history = rest.call("GET", "metrics/get-history",
+                        params={"run_id": run_id, "metric_key": "accuracy"})["metrics"]
+    assert sorted((m["step"], m["value"]) for m in history) == [(1, 0.5), (2, 0.75)]
+    assert tags["mnist.airflow_run_id"] == "manual__run-m"
+    assert tags["mnist.code_fingerprint"] == "c0de" and tags["mnist.dag_id"] == "mnist_training"
+    assert run["info"]["status"] == "FINISHED"
+    root = run["info"]["artifact_uri"].removeprefix("mlflow-artifacts:")
+    assert rest.get_artifact(f"{root}/plots/confusion_matrix.png").startswith(b"\x89PNG")
+    assert b"precision" in rest.get_artifact(f"{root}/report.txt")
+
+    down = f"mlflow+http://127.0.0.1:{free_port()}"
+    with caplog.at_level("WARNING", logger="mnist_tasks.tracking_mlflow"):
+        assert mirror_evaluation(down, file_store, evaluation, **kwargs) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and down in warnings[0] and "unreachable" in warnings[0]
+
+
+def test_two_attempts_of_one_run_make_one_version(mlflow_server: str) -> None:
+    registry = fresh(mlflow_server, "two-attempts")
+    # What two attempts that both found nothing leave: two unfinished versions of one run.
+    registry._ensure_model()
+    registry._create_version("r1")
+    registry._create_version("r1")
+    assert [(e.version, e.status) for e in registry.scan(include_incomplete=True)] == [
+        (1, "incomplete"), (2, "incomplete")]
+    assert register(registry, "r1") == 1  # the run's first version is completed
+    assert [v.version for v in registry.list_versions()] == [1]
+    assert registry.version_for_run("r1").version == 1  # type: ignore[union-attr]
