@@ -1027,7 +1027,7 @@ def test_polling_mode_has_no_landing_batches_task(watch) -> None:  # type: ignor
 
 
 @pytest.mark.parametrize("value", ["kafka:x", "sqs:not-a-url", "https://sqs.x/1/q"])
-def test_a_bad_landing_events_value_is_an_import_error_naming_the_variable(monkeypatch, value) -> None:  # type: ignore[no-untyped-def]
+def test_a_bad_landing_events_value_is_an_import_error(monkeypatch, value) -> None:  # type: ignore[no-untyped-def]
     bag = _events_bag(monkeypatch, value)
     assert set(bag.import_errors) >= {WATCH_FILE.name, SCORING_FILE.name}
     for message in bag.import_errors.values():
