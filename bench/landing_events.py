@@ -37,6 +37,7 @@ from tests.integration.airflow_services import (  # noqa: E402
     run_path,
     service_missing,
     wait_for_dag,
+    wait_for_watcher,
 )
 
 DAG_ID, WATCH_DAG_ID = "mnist_training", "mnist_increments_watch"
@@ -123,7 +124,7 @@ def main() -> int:
         for dag_id in (DAG_ID, WATCH_DAG_ID):
             wait_for_dag(services, api, dag_id)
             api.json("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
-        time.sleep(5)  # the triggerer picks up the asset's watcher (a start-up, not measured)
+        wait_for_watcher(services, api, WATCH_DAG_ID, "mnist_landing_events")
         for n in range(args.repeats):
             seen = {r["dag_run_id"] for r in _asset_runs(api)}
             prefix = f"source/increments/bench-{n:02d}"

@@ -309,6 +309,7 @@ WATCHED_PREFIX = "watched"  # the deployment's MNIST_STORE: the data-triggered s
 # The deployment's MNIST_SOURCE, in the bucket, so that a marker's PUT notifies the queue.
 SOURCE_PREFIX = "source"
 LANDING_QUEUE = "mnist-landing"  # the SQS queue of MNIST_LANDING_EVENTS on the moto server
+LANDING_EVENTS_ASSET = "mnist_landing_events"  # the asset its watcher feeds
 DAG_ID = "mnist_training"
 WATCH_DAG_ID = "mnist_increments_watch"
 DEPLOYMENT_FIXTURE = "celery_deployment"
@@ -395,6 +396,25 @@ def upload_tree(s3: Any, folder: Path, bucket: str, prefix: str) -> list[str]:
         s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
         keys.append(key)
     return keys
+
+
+def wait_for_watcher(services: Services, api: ApiClient, dag_id: str, asset: str,
+                     timeout: float = 120) -> None:
+    """Have the dag-processor parse ``dag_id``'s file again and wait until ``asset`` has its
+    watcher: Airflow starts an asset's watchers when it parses the file of an unpaused DAG
+    scheduled on it, and a DAG is paused when first parsed."""
+    token = api.json("GET", f"/api/v2/dags/{dag_id}/details")["file_token"]
+    response = api.request("PUT", f"/api/v2/parseDagFile/{token}")
+    assert response.status_code < 300, response.text
+    deadline = time.monotonic() + timeout
+    while True:
+        services.check_alive()
+        found = api.json("GET", "/api/v2/assets", params={"name_pattern": asset})["assets"]
+        if any(a["name"] == asset and a["watchers"] for a in found):
+            return
+        assert time.monotonic() < deadline, (
+            f"asset {asset} has no watcher within {timeout:.0f} s\n{services.all_logs()}")
+        time.sleep(1)
 
 
 def wait_for_dag(services: Services, api: ApiClient, dag_id: str, timeout: float = 180) -> None:

@@ -56,6 +56,7 @@ from tests.integration.airflow_services import (
     DAG_ID,
     DEPLOYMENT_BUCKET,
     DEPLOYMENT_FIXTURE,
+    LANDING_EVENTS_ASSET,
     LANDING_QUEUE,
     PG_PORT,
     REDIS_DB,
@@ -77,6 +78,7 @@ from tests.integration.airflow_services import (
     service_missing,
     upload_tree,
     wait_for_dag,
+    wait_for_watcher,
     worker_name,
 )
 
@@ -236,6 +238,7 @@ def celery_deployment(
         for dag_id in (DAG_ID, WATCH_DAG_ID, SCORING_DAG_ID):
             wait_for_dag(services, api, dag_id)
             api.json("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+        wait_for_watcher(services, api, WATCH_DAG_ID, LANDING_EVENTS_ASSET)
         deployment = CeleryDeployment(
             services=services, api=api, home=home, s3_endpoint=s3_server,
             watched_source=watched, static_source=static, mnist_dir=mnist_dir,
