@@ -46,6 +46,7 @@ from typing import Any
 import pytest
 
 from mnist_tasks.config import run_key
+from mnist_tasks.landing_events import parse_markers
 from mnist_tasks.pipeline import run_summary
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import S3Store
@@ -478,7 +479,8 @@ def test_new_increment_triggers_training(celery_deployment: CeleryDeployment,
     # is skipped (the record has the increment), so no event and no second training run.
     announcer = event["source_run_id"]
     marker = f"{SOURCE_PREFIX}/increments/{INCREMENT_ID}/_SUCCESS"
-    [body] = [b for b in _consumed_bodies(api, announcer) if marker in b]
+    [body] = [b for b in _consumed_bodies(api, announcer)
+              if [m.key for m in parse_markers([b])[0]] == [marker]]
     boto3.client("sqs", **deployment.s3_client_kwargs).send_message(
         QueueUrl=deployment.queue_url, MessageBody=body)
 
