@@ -18,9 +18,11 @@ each batch is checked for drift against the version's monitoring reference: OK, 
 
 Schedule: an event of the asset `mnist_model_registry` (the training DAG's register task, or
 `python -m mnist_tasks.registry promote|rollback --notify-airflow`), or every
-`MNIST_SCORING_INTERVAL_MINUTES` minutes (default 5) for new batches, whichever comes first.
-An interval run lists only the batch folders after its watermark (`landing.json`); a registry
-event's run, and one a day, lists them all.
+`MNIST_SCORING_INTERVAL_MINUTES` minutes (default 5) for new batches, whichever comes first;
+with landing events (`MNIST_LANDING_EVENTS`), an event of `mnist_landed_batches` (the watch
+announces each batch whose `_SUCCESS` S3 notifies) instead of the interval.
+An interval (or landed batches) run lists only the batch folders after its watermark
+(`landing.json`); a registry event's run, and one a day, lists them all.
 Nothing to score: the plan is skipped and nothing else runs. See docs/scoring.md.
 """
 
@@ -30,15 +32,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import dag, task
-from mnist_airflow import common, schedules, scoring
+from mnist_airflow import common, schedules, scoring, watch
+
+EVENTS = watch.events_queue() is not None
 
 
 @dag(
     dag_id=common.SCORING_DAG_ID,
-    # A new champion (promote or rollback), or the interval's landing check.
+    # A new champion (promote or rollback), or the interval's landing check (events mode: the
+    # watch's announcement of landed batches).
     schedule=scoring.scoring_timetable(),
-    description="Scores landed batches with the champion: on a new champion, or "
-                f"{schedules.every('MNIST_SCORING_INTERVAL_MINUTES')} for new batches.",
+    description=("Scores landed batches with the champion: on a new champion, or when the "
+                 "watch announces landed batches." if EVENTS else
+                 "Scores landed batches with the champion: on a new champion, or "
+                 f"{schedules.every('MNIST_SCORING_INTERVAL_MINUTES')} for new batches."),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -1,10 +1,14 @@
 """The landing check: which complete increments of a source are new since the last look.
 
-The ``mnist_increments_watch`` DAG calls :func:`announce_new` every few minutes; it costs one
-listing of ``<source>/increments/`` and one small JSON record in the store, reads no increment,
-and returns each complete increment once, however many watchers race (compare-and-swap)::
+The ``mnist_increments_watch`` DAG calls :func:`announce_new` every few minutes (or on landing
+events, restricted to the increments they name); it costs one listing of
+``<source>/increments/`` and one small JSON record in the store, reads no increment, and
+returns each complete increment once, however many watchers race or events repeat
+(compare-and-swap). :func:`announce_batches` does the same for the scoring landing's batches
+named by landing events::
 
     new = announce_new("s3://bucket/mnist", store, announcer=run_id)   # ["2026-11-20"] or []
+    new = announce_batches("s3://bucket/store/landing", ["b-07"], store)  # ["b-07"] or []
 
 Why a short-interval DAG and how the record stays exact: ``docs/data.md``.
 """
@@ -17,7 +21,8 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from mnist_tasks.config import ConfigError
@@ -26,7 +31,7 @@ from mnist_tasks.storage import ObjectNotFound, StorageError, Store, open_store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ANNOUNCED_FILE", "WATCH_PREFIX", "announce_new", "announced_key"]
+__all__ = ["ANNOUNCED_FILE", "WATCH_PREFIX", "announce_batches", "announce_new", "announced_key"]
 
 WATCH_PREFIX = "watch"
 ANNOUNCED_FILE = "announced.json"
@@ -52,7 +57,7 @@ def _listable_source(source: str) -> None:
         )
 
 
-def _read_announced(store: Store, key: str, source_uri: str
+def _read_announced(store: Store, key: str, subject_uri: str, kind: _Record
                     ) -> tuple[dict[str, dict[str, Any]], str | None]:
     """The recorded announcements (id -> record) and the object's ETag (None: no record)."""
     try:
@@ -64,18 +69,31 @@ def _read_announced(store: Store, key: str, source_uri: str
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StorageError(f"{uri}: not JSON ({exc}); delete it to announce every complete "
-                           "increment again") from None
-    recorded = doc.get("increments") if isinstance(doc, dict) else None
-    if (not isinstance(doc, dict) or doc.get("schema") != _ANNOUNCED_SCHEMA
+                           f"{kind.what} again") from None
+    recorded = doc.get(kind.field) if isinstance(doc, dict) else None
+    if (not isinstance(doc, dict) or doc.get("schema") != kind.schema
             or not isinstance(recorded, dict)
             or not all(isinstance(r, dict) for r in recorded.values())):
-        raise StorageError(f"{uri}: not an announcement record (schema {_ANNOUNCED_SCHEMA}); "
-                           "delete it to announce every complete increment again")
-    if doc.get("source") != source_uri:
+        raise StorageError(f"{uri}: not an announcement record (schema {kind.schema}); "
+                           f"delete it to announce every complete {kind.what} again")
+    if doc.get("source") != subject_uri:
         raise StorageError(f"{uri}: records the source {doc.get('source')!r}, not "
-                           f"{source_uri!r} (a hash collision or a copied file); delete it to "
+                           f"{subject_uri!r} (a hash collision or a copied file); delete it to "
                            "start over")
     return recorded, etag
+
+
+@dataclass(frozen=True)
+class _Record:
+    """One kind of announcement record: its schema, the field of its ids, what it counts."""
+
+    schema: str
+    field: str
+    what: str  # "increment", "batch": for the messages
+
+
+_INCREMENTS = _Record(_ANNOUNCED_SCHEMA, "increments", "increment")
+_BATCHES = _Record("mnist-tasks/announced-batches/1", "batches", "batch")
 
 
 def announce_new(
@@ -84,6 +102,7 @@ def announce_new(
     *,
     client_kwargs: Mapping[str, Any] | None = None,
     announcer: str | None = None,
+    only: Collection[str] | None = None,
 ) -> list[str]:
     """Record the complete increments of ``source`` not announced before, and return them.
 
@@ -103,6 +122,8 @@ def announce_new(
         client_kwargs: boto3 client arguments for ``s3://`` (e.g. from an Airflow connection);
             None uses the standard AWS configuration.
         announcer: who announces (a run id); recorded with each id.
+        only: the ids to consider (those named by landing events); None: every complete one.
+            A named id that is not a complete, valid increment is logged, by name, and dropped.
 
     Returns:
         The ids announced by this call (or by an earlier try of the same announcer), sorted;
@@ -118,32 +139,62 @@ def announce_new(
     _listable_source(source)
     found = discover(source, client_kwargs=client_kwargs)
     complete = [ref.id for ref in found.complete]
+    if only is not None:
+        invalid = dict(found.invalid)
+        for inc_id in sorted(set(only) - set(complete)):
+            why = ("incomplete (no marker)" if inc_id in found.incomplete
+                   else invalid.get(inc_id, "not found"))
+            log.warning("watch: increment %s named by a landing event is dropped: %s",
+                        inc_id, why)
+        complete = [i for i in complete if i in only]
     st = open_store(store, client_kwargs=client_kwargs) if isinstance(store, str) else store
-    key = announced_key(found.source_uri)
+    return _announce(st, announced_key(found.source_uri), found.source_uri, complete, announcer,
+                     _INCREMENTS)
+
+
+def announce_batches(landing_uri: str, batches: Collection[str], store: Store,
+                     *, announcer: str | None = None) -> list[str]:
+    """Record the landed batches not announced before, and return them: what
+    :func:`announce_new` does for increments, for the scoring landing's batches named by
+    landing events (a duplicate or replayed event announces nothing). The record is
+    ``watch/<landing key>/announced.json`` in ``store`` (:func:`announced_key` of the
+    landing's URI).
+
+    Raises:
+        StorageError: as :func:`announce_new`.
+    """
+    return _announce(store, announced_key(landing_uri), landing_uri, sorted(set(batches)),
+                     announcer, _BATCHES)
+
+
+def _announce(st: Store, key: str, subject_uri: str, candidates: list[str],
+              announcer: str | None, kind: _Record) -> list[str]:
+    """Record the ``candidates`` not in the record at ``key`` by compare-and-swap; the ids this
+    call (or an earlier try of ``announcer``) recorded."""
     token = uuid.uuid4().hex
     write_error: StorageError | None = None
     for attempt in range(_ANNOUNCE_ATTEMPTS + 1):
-        recorded, etag = _read_announced(st, key, found.source_uri)
+        recorded, etag = _read_announced(st, key, subject_uri, kind)
         mine = sorted(i for i, rec in recorded.items() if rec.get("token") == token
                       or (announcer is not None and rec.get("announcer") == announcer))
-        new = [i for i in complete if i not in recorded]
+        new = [i for i in candidates if i not in recorded]
         if not new:
             if mine:
-                log.info("watch: %d new increment(s) in %s: %s", len(mine), found.source_uri,
+                log.info("watch: %d new %s in %s: %s", len(mine), kind.field, subject_uri,
                          ", ".join(mine))
             else:
-                log.info("watch: nothing new in %s (%d complete increment(s), all announced "
-                         "before)", found.source_uri, len(complete))
+                log.info("watch: nothing new in %s (%d complete %s, all announced "
+                         "before)", subject_uri, len(candidates), kind.field)
             return mine
         if write_error is not None:
             raise write_error  # the re-read shows that our write did not land
         if attempt == _ANNOUNCE_ATTEMPTS:
             break
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        for inc_id in new:
-            recorded[inc_id] = {"token": token, "announcer": announcer, "at": now}
-        body = (json.dumps({"schema": _ANNOUNCED_SCHEMA, "source": found.source_uri,
-                            "increments": dict(sorted(recorded.items())), "updated_at": now},
+        for item in new:
+            recorded[item] = {"token": token, "announcer": announcer, "at": now}
+        body = (json.dumps({"schema": kind.schema, "source": subject_uri,
+                            kind.field: dict(sorted(recorded.items())), "updated_at": now},
                            indent=1, sort_keys=True) + "\n").encode()
         try:
             written = (st.write_if_absent(key, body) if etag is None
@@ -158,5 +209,5 @@ def announce_new(
         # trusted alone (some S3-compatible servers check and write in two steps).
         if not written:  # lost a race: back off with jitter before re-reading
             time.sleep(random.uniform(0, min(1.0, 0.02 * 2**attempt)))
-    raise StorageError(f"{st.uri_for(key)}: could not record new increments after "
+    raise StorageError(f"{st.uri_for(key)}: could not record new {kind.field} after "
                        f"{_ANNOUNCE_ATTEMPTS} attempts (concurrent announcers kept winning)")

@@ -36,6 +36,11 @@ MODEL_REGISTRY = Asset(name="mnist_model_registry", uri="mnist://registry/mnist-
 # (extra: {"increments": [ids], "source": ...}); the training DAG is scheduled on it.
 MNIST_INCREMENTS = Asset(name="mnist_increments", uri="mnist://increments")
 
+# Landed scoring batches, announced once each: the watch DAG's `land_batches` task emits its
+# events (extra: {"batches": [ids], "landing": ...}) in events mode (MNIST_LANDING_EVENTS), and
+# the scoring DAG is then scheduled on it instead of its interval.
+LANDED_BATCHES = Asset(name="mnist_landed_batches", uri="mnist://landing/batches")
+
 # An event whenever a model's health needs attention: a scored batch's drift ALARM or a live
 # accuracy ALARM from feedback; other DAGs (or a notifier) can be scheduled on it.
 MODEL_HEALTH = Asset(name="mnist_model_health", uri="mnist://health/mnist-classifier")

@@ -11,6 +11,7 @@ from typing import Any
 from airflow.sdk import get_current_context as _context
 
 from mnist_airflow.common import (
+    LANDED_BATCHES,
     MODEL_HEALTH,
     MODEL_REGISTRY,
     form_default,
@@ -20,7 +21,7 @@ from mnist_airflow.common import (
 )
 from mnist_airflow.stages import run_stage, typed
 from mnist_tasks import results
-from mnist_tasks.config import PARAM_SPECS, env_number
+from mnist_tasks.config import PARAM_SPECS, env_number, landing_events
 
 # Settings: MNIST_SCORING_STORE (default MNIST_STORE: the registry read and the outputs written),
 # MNIST_SCORING_LANDING (default <store>/landing), MNIST_SCORING_INTERVAL_MINUTES (how often new
@@ -31,13 +32,18 @@ from mnist_tasks.config import PARAM_SPECS, env_number
 def scoring_timetable(environ: Mapping[str, str] = os.environ) -> Any:
     """The scoring DAG's schedule: an event of the registry asset (a new champion, or a
     rollback posted by the registry CLI) or every MNIST_SCORING_INTERVAL_MINUTES (default 5; the
-    landing check for new batches), whichever comes first.
+    landing check for new batches), whichever comes first. In events mode
+    (MNIST_LANDING_EVENTS), an event of the registry asset or of the landed batches asset (the
+    watch announces each batch that S3 notifies), and no interval: nothing polls.
 
     Raises:
-        ValueError: naming the variable, for a value that is not 1 to 1440 whole minutes.
+        ValueError: naming the variable, for a bad MNIST_LANDING_EVENTS, or a minutes value
+            that is not 1 to 1440 whole minutes.
     """
     from airflow.sdk import AssetOrTimeSchedule, DeltaTriggerTimetable
 
+    if landing_events(environ) is not None:
+        return MODEL_REGISTRY | LANDED_BATCHES
     minutes = env_number(environ, "MNIST_SCORING_INTERVAL_MINUTES")
     return AssetOrTimeSchedule(timetable=DeltaTriggerTimetable(timedelta(minutes=minutes)),
                                assets=[MODEL_REGISTRY])

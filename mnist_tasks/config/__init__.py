@@ -36,6 +36,7 @@ from mnist_tasks.config.environment import EnvSetting as EnvSetting
 from mnist_tasks.config.environment import deployment_values as deployment_values
 from mnist_tasks.config.environment import env_number as env_number
 from mnist_tasks.config.environment import feedback_landing as feedback_landing
+from mnist_tasks.config.environment import landing_events as landing_events
 from mnist_tasks.config.environment import parse_checksums as parse_checksums
 from mnist_tasks.config.environment import read_json_file as read_json_file
 from mnist_tasks.config.environment import registry_location as registry_location

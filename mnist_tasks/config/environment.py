@@ -6,6 +6,7 @@ are given, and a bad value raises a :class:`ConfigError` naming the variable::
 
     deployment_values(os.environ)         # {"checksums": "pinned", "model_name": ...}
     env_number(os.environ, "MNIST_WATCH_INTERVAL_MINUTES")          # 5
+    landing_events(os.environ)             # the SQS queue URL, or None: poll
     scoring_config(os.environ, store_uri)  # a ScoringConfig from the MNIST_SCORING_* variables
 
 :data:`DEPLOYMENT_SETTINGS` are the pipeline settings a trigger may not change;
@@ -139,6 +140,10 @@ ENV_SETTINGS: tuple[EnvSetting, ...] = (
                "the time part of mnist_training's schedule: cron or a preset, UTC; off: only "
                "when increments land"),
     _minutes("MNIST_WATCH_INTERVAL_MINUTES", "mnist_increments_watch lists the increments"),
+    EnvSetting("MNIST_LANDING_EVENTS", "none",
+               "sqs:<queue URL>: the watch and scoring wait for the buckets' _SUCCESS "
+               "notifications on that SQS queue instead of polling; read when the DAG file is "
+               "parsed"),
     EnvSetting("MNIST_RETRY_DELAY_SECONDS", "30",
                "every task's first retry delay (doubled on each further retry)", float, 1, 3600,
                "seconds"),
@@ -225,6 +230,27 @@ def scoring_config(environ: Mapping[str, str], store_uri: str) -> ScoringConfig:
             if exc.param in given else ""
         raise ConfigError(f"{where}scoring setting {exc.param}={exc.value!r}: "
                           f"{exc.requirement}", exc.param, exc.value, exc.requirement) from None
+
+
+_SQS_QUEUE_URL = re.compile(r"https?://[^/\s]+/[^\s]+")
+
+
+def landing_events(environ: Mapping[str, str]) -> str | None:
+    """The SQS queue URL of ``MNIST_LANDING_EVENTS=sqs:<queue URL>``; None when unset, empty or
+    ``none`` (the watch and scoring poll, as they must for folders and MinIO).
+
+    Raises:
+        ConfigError: naming the variable, for any other value.
+    """
+    text = environ.get("MNIST_LANDING_EVENTS", "").strip()
+    if text.lower() in ("", "none", "off"):
+        return None
+    scheme, _, queue = text.partition(":")
+    if scheme.lower() != "sqs" or not _SQS_QUEUE_URL.fullmatch(queue):
+        raise ConfigError(f"MNIST_LANDING_EVENTS={text!r}: expected sqs:<queue URL> (e.g. "
+                          "sqs:https://sqs.eu-west-1.amazonaws.com/123456789012/mnist-landing) "
+                          "or none")
+    return queue
 
 
 def feedback_landing(environ: Mapping[str, str], store_uri: str) -> str:

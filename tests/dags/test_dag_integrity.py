@@ -977,3 +977,58 @@ def test_scoring_settings_errors_fail_the_task_naming_the_variable(glue, monkeyp
     monkeypatch.setenv("MNIST_SCORING_SHARD_SIZE", "0")
     with pytest.raises(AirflowFailException, match="shard_size=0"):
         glue.scoring.open_scoring({"MNIST_SCORING_SHARD_SIZE": "0", "MNIST_STORE": "file:///tmp/x"})
+
+
+QUEUE = "https://sqs.eu-west-1.amazonaws.com/123456789012/mnist-landing"
+
+
+def _events_bag(monkeypatch, value: str):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MNIST_LANDING_EVENTS", value)
+    return _bag(DAGS)
+
+
+def test_events_mode_schedules_on_landing_events_and_nothing_polls(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """MNIST_LANDING_EVENTS: the watch runs on the asset an SQS watcher feeds, with a second
+    task for the landed batches, and scoring on (registry | landed batches), no interval."""
+    from airflow.sdk import AssetAny
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    bag = _events_bag(monkeypatch, f"sqs:{QUEUE}")
+    assert bag.import_errors == {}
+    watch = bag.dags["mnist_increments_watch"]
+    served = DagSerialization.from_dict(DagSerialization.to_dict(watch)).timetable
+    assert type(served).__name__ == "AssetTriggeredTimetable"
+    (asset,) = watch.timetable.asset_condition.objects
+    assert asset.name == "mnist_landing_events"
+    (watcher,) = asset.watchers
+    classpath, kwargs = watcher.trigger.serialize()
+    assert classpath == "mnist_airflow.landing_trigger.SqsLandingTrigger"
+    assert kwargs["sqs_queue"] == QUEUE and kwargs["region_name"] == "eu-west-1"
+    assert kwargs["aws_conn_id"] is None and kwargs["delete_message_on_reception"] is True
+    assert kwargs["waiter_delay"] <= 1 and 1 <= kwargs["wait_time_seconds"] <= 20
+    assert sorted(t.task_id for t in watch.tasks) == ["land", "land_batches"]
+    assert [a.name for a in watch.get_task("land").outlets] == ["mnist_increments"]
+    assert [a.name for a in watch.get_task("land_batches").outlets] == ["mnist_landed_batches"]
+    assert "S3 notifies" in watch.description
+
+    scoring = bag.dags["mnist_batch_scoring"]
+    assert scoring.timetable.asset_condition == AssetAny(
+        importlib.import_module("mnist_airflow.common").MODEL_REGISTRY,
+        importlib.import_module("mnist_airflow.common").LANDED_BATCHES)
+    served = DagSerialization.from_dict(DagSerialization.to_dict(scoring)).timetable
+    assert type(served).__name__ == "AssetTriggeredTimetable"  # no interval
+    assert "watch announces" in scoring.description
+    # The training DAG is unchanged: it was on the increments asset already.
+    assert bag.dags["mnist_training"].timetable.asset_condition is not None
+
+
+def test_polling_mode_has_no_landing_batches_task(watch) -> None:  # type: ignore[no-untyped-def]
+    assert [t.task_id for t in watch.tasks] == ["land"]
+
+
+@pytest.mark.parametrize("value", ["kafka:x", "sqs:not-a-url", "https://sqs.x/1/q"])
+def test_a_bad_landing_events_value_is_an_import_error(monkeypatch, value) -> None:  # type: ignore[no-untyped-def]
+    bag = _events_bag(monkeypatch, value)
+    assert set(bag.import_errors) >= {WATCH_FILE.name, SCORING_FILE.name}
+    for message in bag.import_errors.values():
+        assert "MNIST_LANDING_EVENTS=" in message and repr(value) in message

@@ -118,16 +118,20 @@ class Services:
             timeout=timeout,
         )
 
-    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        """Start ``airflow <args>`` in the background as service ``name``."""
-        return self.start_command(name, [AIRFLOW, *args])
+    def start(self, name: str, *args: str, env: Mapping[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        """Start ``airflow <args>`` in the background as service ``name`` (``env``: variables
+        of this service's own, over the deployment's)."""
+        return self.start_command(name, [AIRFLOW, *args], env=env)
 
-    def start_command(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def start_command(self, name: str, argv: list[str], env: Mapping[str, str] | None = None
+                      ) -> subprocess.Popen[bytes]:
         """Start ``argv`` (in the repository, in a process group of its own) in the background
         as service ``name``."""
         with open(self.log_dir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
-                argv, env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                argv, env={**self.env, **(env or {})}, cwd=REPO, stdout=log,
+                stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
         self.procs[name] = proc
@@ -302,9 +306,12 @@ REDIS_PORT = 6379
 REDIS_DB = int(os.environ.get("MNIST_IT_REDIS_DB", "13"))
 DEPLOYMENT_BUCKET = "celery-deployment"
 WATCHED_PREFIX = "watched"  # the deployment's MNIST_STORE: the data-triggered scenario's
+# The deployment's MNIST_SOURCE, in the bucket, so that a marker's PUT notifies the queue.
+SOURCE_PREFIX = "source"
+LANDING_QUEUE = "mnist-landing"  # the SQS queue of MNIST_LANDING_EVENTS on the moto server
+LANDING_EVENTS_ASSET = "mnist_landing_events"  # the asset its watcher feeds
 DAG_ID = "mnist_training"
 WATCH_DAG_ID = "mnist_increments_watch"
-WATCH_INTERVAL_MINUTES = 1
 DEPLOYMENT_FIXTURE = "celery_deployment"
 SCORING_DAG_ID = "mnist_batch_scoring"  # scheduled on the registry asset (test_celery_scoring)
 SCORING_PREFIX = "scoring"
@@ -326,11 +333,18 @@ class CeleryDeployment:
     api: ApiClient
     home: Path
     s3_endpoint: str
-    watched_source: Path  # MNIST_SOURCE: the watch DAG looks for increments here
+    watched_source: Path  # a local copy of MNIST_SOURCE's base: add-increment writes here
     static_source: Path  # the same base, never changed: for runs triggered with a conf
     mnist_dir: Path
     started_s: float  # how long set-up took
     stopped: bool = field(default=False)
+
+    queue_url: str = ""  # MNIST_LANDING_EVENTS's SQS queue
+
+    @property
+    def source_uri(self) -> str:
+        """MNIST_SOURCE: in the deployment's bucket; its markers notify the queue."""
+        return self.store_uri(SOURCE_PREFIX)
 
     @property
     def s3_client_kwargs(self) -> dict[str, Any]:
@@ -369,6 +383,38 @@ def make_demo_source(mnist_dir: Path, out: Path) -> None:
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def upload_tree(s3: Any, folder: Path, bucket: str, prefix: str) -> list[str]:
+    """Upload every file under ``folder`` to ``s3://bucket/prefix/``, each ``_SUCCESS``
+    marker after the other files (as a producer lands data); the keys, in upload order."""
+    files = sorted((p for p in folder.rglob("*") if p.is_file()),
+                   key=lambda p: (p.name == "_SUCCESS", str(p)))
+    keys = []
+    for path in files:
+        key = f"{prefix}/{path.relative_to(folder).as_posix()}"
+        s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+        keys.append(key)
+    return keys
+
+
+def wait_for_watcher(services: Services, api: ApiClient, dag_id: str, asset: str,
+                     timeout: float = 120) -> None:
+    """Have the dag-processor parse ``dag_id``'s file again and wait until ``asset`` has its
+    watcher: Airflow starts an asset's watchers when it parses the file of an unpaused DAG
+    scheduled on it, and a DAG is paused when first parsed."""
+    token = api.json("GET", f"/api/v2/dags/{dag_id}/details")["file_token"]
+    response = api.request("PUT", f"/api/v2/parseDagFile/{token}")
+    assert response.status_code < 300, response.text
+    deadline = time.monotonic() + timeout
+    while True:
+        services.check_alive()
+        found = api.json("GET", "/api/v2/assets", params={"name_pattern": asset})["assets"]
+        if any(a["name"] == asset and a["watchers"] for a in found):
+            return
+        assert time.monotonic() < deadline, (
+            f"asset {asset} has no watcher within {timeout:.0f} s\n{services.all_logs()}")
+        time.sleep(1)
 
 
 def wait_for_dag(services: Services, api: ApiClient, dag_id: str, timeout: float = 180) -> None:

@@ -6,15 +6,19 @@ serving the ``default`` and ``gpu`` queues (the train task goes to the ``gpu`` q
 two slots: ``MNIST_TRAIN_QUEUE`` / ``MNIST_TRAIN_POOL``; two candidates train at once), on
 PostgreSQL and Redis, with the artifact store in S3 (the session's
 moto server over HTTP). It is the scheduler's deployment, not a test harness: the job schedule
-is on, both DAGs (``mnist_training`` and ``mnist_increments_watch``) are unpaused, the watch
-runs every minute, and the training DAG is data-triggered only (``MNIST_TRAINING_SCHEDULE=off``,
-so the weekly cron never fires during a test).
+is on, both DAGs (``mnist_training`` and ``mnist_increments_watch``) are unpaused, and the
+training DAG is data-triggered only (``MNIST_TRAINING_SCHEDULE=off``, so the weekly cron never
+fires during a test). Nothing polls: a triggerer runs the landing asset's watcher on an SQS
+queue of the moto server, which the bucket notifies of each ``_SUCCESS`` marker
+(``MNIST_LANDING_EVENTS``), so a marker's PUT starts the watch, and the watch starts training
+or scoring (docs/deployment.md, "Landing events from S3").
 
 Each scenario keeps out of the others' way: one S3 bucket made once (the function-scoped
 ``s3_env`` resets the moto server, so no test using this fixture may ask for it), a store
 prefix per scenario (:meth:`CeleryDeployment.store_uri`), and two demo sources made with
-``mnist_tasks data make-demo`` (base of 50,000 images, no increment): ``watched_source``, the
-deployment's ``MNIST_SOURCE`` (only the data-triggered scenario lands increments there, and
+``mnist_tasks data make-demo`` (base of 50,000 images, no increment): ``watched_source``,
+uploaded to the bucket as the deployment's ``MNIST_SOURCE`` (``source_uri``; only the
+data-triggered scenarios land increments there, and
 only it uses the deployment's ``MNIST_STORE``, which the watch and the Models page read), and
 ``static_source``, a copy that never changes, for the scenarios that trigger runs themselves.
 ``MNIST_CHECKSUMS`` pins the demo's payload hashes, which both sources share.
@@ -52,13 +56,16 @@ from tests.integration.airflow_services import (
     DAG_ID,
     DEPLOYMENT_BUCKET,
     DEPLOYMENT_FIXTURE,
+    LANDING_EVENTS_ASSET,
+    LANDING_QUEUE,
     PG_PORT,
     REDIS_DB,
     REDIS_PORT,
+    REPO,
     SCORING_DAG_ID,
     SCORING_PREFIX,
+    SOURCE_PREFIX,
     WATCH_DAG_ID,
-    WATCH_INTERVAL_MINUTES,
     WATCHED_PREFIX,
     WORKERS,
     ApiClient,
@@ -69,7 +76,9 @@ from tests.integration.airflow_services import (
     free_port,
     make_demo_source,
     service_missing,
+    upload_tree,
     wait_for_dag,
+    wait_for_watcher,
     worker_name,
 )
 
@@ -131,9 +140,23 @@ def celery_deployment(
     watched, static = data / "watched", data / "static"
     make_demo_source(mnist_dir, watched)
     shutil.copytree(watched, static)
-    s3 = boto3.client("s3", endpoint_url=s3_server, aws_access_key_id="testing",
-                      aws_secret_access_key="testing", region_name="us-east-1")
+    aws = {"endpoint_url": s3_server, "aws_access_key_id": "testing",
+           "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+    s3 = boto3.client("s3", **aws)
     s3.create_bucket(Bucket=DEPLOYMENT_BUCKET)
+    # Landing events: the bucket notifies an SQS queue (on the same moto server) of each
+    # created _SUCCESS marker, as docs/deployment.md sets it up on AWS; the source is in the
+    # bucket, so an increment's marker notifies.
+    sqs = boto3.client("sqs", **aws)
+    queue_url = sqs.create_queue(QueueName=LANDING_QUEUE)["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    s3.put_bucket_notification_configuration(
+        Bucket=DEPLOYMENT_BUCKET, NotificationConfiguration={"QueueConfigurations": [{
+            "QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"],
+            "Filter": {"Key": {"FilterRules": [{"Name": "suffix", "Value": "_SUCCESS"}]}}}]})
+    upload_tree(s3, watched, DEPLOYMENT_BUCKET, SOURCE_PREFIX)
+    sqs.purge_queue(QueueUrl=queue_url)  # the set-up's test event and the base's markers
 
     # The Airflow home and its logs hold the task logs the tests read: not under tmp_path's
     # retention, removed at the end.
@@ -165,21 +188,22 @@ def celery_deployment(
         AWS_SECRET_ACCESS_KEY="testing",
         AWS_DEFAULT_REGION="us-east-1",
         AWS_ENDPOINT_URL_S3=s3_server,
+        AWS_ENDPOINT_URL_SQS=s3_server,
         MNIST_STORE=f"s3://{DEPLOYMENT_BUCKET}/{WATCHED_PREFIX}",
-        MNIST_SOURCE=str(watched),
+        MNIST_SOURCE=f"s3://{DEPLOYMENT_BUCKET}/{SOURCE_PREFIX}",
+        # Nothing polls: the watch and scoring wait for the queue's landing events.
+        MNIST_LANDING_EVENTS=f"sqs:{queue_url}",
         MNIST_CHECKSUMS=f"@{watched / 'payload-sha256.json'}",
         # Data-triggered only: the weekly cron never fires during a test.
         MNIST_TRAINING_SCHEDULE="off",
         # Scheduled and data-triggered runs take the form's defaults: the fast preset here.
         MNIST_PRESET="fast_mlp",
         MNIST_RETRY_DELAY_SECONDS="2",
-        MNIST_WATCH_INTERVAL_MINUTES=str(WATCH_INTERVAL_MINUTES),
         MNIST_TRAIN_POOL="gpu",
         MNIST_TRAIN_QUEUE="gpu",
-        # The scoring DAG's store (registry + landing + outputs): its scenario's own prefix; its
-        # interval runs only on the hour, so registry events start the runs under test.
+        # The scoring DAG's store (registry + landing + outputs): its scenario's own prefix;
+        # registry events and landed batches' events start its runs (no interval).
         MNIST_SCORING_STORE=f"s3://{DEPLOYMENT_BUCKET}/{SCORING_PREFIX}",
-        MNIST_SCORING_INTERVAL_MINUTES="60",
         # Feedback under the scoring store (its default), looked for every minute once unpaused.
         MNIST_FEEDBACK_INTERVAL_MINUTES="1",
         # The training run's note: the DAG's callback (in the dag-processor) sets it through the
@@ -198,6 +222,8 @@ def celery_deployment(
         services.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(port))
         services.start("scheduler", "scheduler")
         services.start("dag-processor", "dag-processor")
+        # The asset watcher's SQS trigger runs here; it imports its class from the DAGs folder.
+        services.start("triggerer", "triggerer", env={"PYTHONPATH": str(REPO / "dags")})
         # Two workers of one slot each, on both queues: two candidates train at the same time
         # (test_celery_deployment.py, the first run). Task logs are files in the shared
         # AIRFLOW_HOME, which the api-server reads itself: only the first serves logs.
@@ -212,10 +238,11 @@ def celery_deployment(
         for dag_id in (DAG_ID, WATCH_DAG_ID, SCORING_DAG_ID):
             wait_for_dag(services, api, dag_id)
             api.json("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": False})
+        wait_for_watcher(services, api, WATCH_DAG_ID, LANDING_EVENTS_ASSET)
         deployment = CeleryDeployment(
             services=services, api=api, home=home, s3_endpoint=s3_server,
             watched_source=watched, static_source=static, mnist_dir=mnist_dir,
-            started_s=time.monotonic() - started,
+            started_s=time.monotonic() - started, queue_url=queue_url,
         )
         print(f"\ncelery deployment: set-up {deployment.started_s:.0f} s")
         _running.append(deployment)

@@ -16,13 +16,15 @@ and source, so their order does not matter.
 * A crashed worker: the train task's process is SIGKILLed after epoch 2; Airflow retries the
   task, and the retry resumes from the checkpoint in S3 and from the note in the task state
   store.
-* Triggered by data: after the first run, an increment lands in the deployment's source, and
-  with no one touching Airflow the watch DAG announces it (an ``mnist_increments`` asset
-  event), the scheduler starts an asset-triggered training run, and that run registers a
-  version trained on the increment, whose gate compared it with the champion on the
-  increment's fresh data, which the Models page (in Chromium, inside Airflow) shows above the
-  first, with both runs' outcomes; the next watch, with nothing new, is skipped and starts
-  nothing.
+* Triggered by data, with nothing polling: after the first run, an increment lands in the
+  deployment's source in S3; its marker's PUT notifies the SQS queue, the triggerer's asset
+  watcher turns the message into an event, and with no one touching Airflow the watch DAG
+  announces the increment (an ``mnist_increments`` asset event), the scheduler starts an
+  asset-triggered training run, and that run registers a version trained on the increment,
+  whose gate compared it with the champion on the increment's fresh data, which the Models
+  page (in Chromium, inside Airflow) shows above the first, with both runs' outcomes. The same
+  message delivered again starts a watch run that is skipped, and no second training run; no
+  interval-scheduled watch run exists.
 
 The first run is a module fixture shared by three tests (whichever runs first triggers it):
 fewer models to train, and the base of the data-triggered scenario is a run already checked.
@@ -44,6 +46,7 @@ from typing import Any
 import pytest
 
 from mnist_tasks.config import run_key
+from mnist_tasks.landing_events import parse_markers
 from mnist_tasks.pipeline import run_summary
 from mnist_tasks.registry import Registry
 from mnist_tasks.storage import S3Store
@@ -51,8 +54,8 @@ from tests.integration.airflow_services import (
     DAG_ID,
     DEPLOYMENT_BUCKET,
     REPO,
+    SOURCE_PREFIX,
     WATCH_DAG_ID,
-    WATCH_INTERVAL_MINUTES,
     WATCHED_PREFIX,
     WORKERS,
     ApiClient,
@@ -62,6 +65,7 @@ from tests.integration.airflow_services import (
     run_path,
     task_instances,
     task_log,
+    upload_tree,
     wait_for_run,
     worker_name,
 )
@@ -77,9 +81,9 @@ from tests.integration.browser import (
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 RUN_TIMEOUT_S = 15 * 60
-# From an increment landing to the watch's event: the rest of the current interval, the next
-# one, and the land task's queueing and start-up on a busy machine.
-ANNOUNCE_TIMEOUT_S = 2 * 60 * WATCH_INTERVAL_MINUTES + 120
+# From an increment's marker to the watch's event: the message's reception by the triggerer,
+# then the watch run's queueing and its land task's start-up on a busy machine.
+ANNOUNCE_TIMEOUT_S = 120
 # The DAG's tasks (approve: the approval step, which passes the decision on with approval off).
 STAGES = ("ingest", "check", "candidates", "preprocess", "train", "select", "evaluate", "gate",
           "approve", "register")
@@ -149,7 +153,7 @@ def base_run(celery_deployment: CeleryDeployment) -> BaseRun:
     good models."""
     deployment = celery_deployment
     conf = {"preset": "fast_mlp", "epochs": 1, "min_accuracy": 0.9,
-            "source": str(deployment.watched_source), "store": deployment.watched_store_uri,
+            "source": deployment.source_uri, "store": deployment.watched_store_uri,
             "candidates": [{"seed": [1, 2]}]}
     run_id = _trigger(deployment.api, conf)
     triggered = time.monotonic()
@@ -389,13 +393,23 @@ def _models_page_shows(deployment: CeleryDeployment, outcomes: dict[str, str],
         driver.quit()
 
 
+def _consumed_bodies(api: ApiClient, run_id: str) -> list[str]:
+    """The SQS message bodies of the landing events that started a watch run."""
+    events = api.json("GET", f"{run_path(WATCH_DAG_ID, run_id)}/upstreamAssetEvents")
+    return [message["Body"] for event in events["asset_events"]
+            for message in (event.get("extra") or {}).get("payload", {}).get("message_batch", [])]
+
+
 def test_new_increment_triggers_training(celery_deployment: CeleryDeployment,
                                         base_run: BaseRun, tmp_path: Path) -> None:
     """Triggered by data: nobody touches Airflow between the increment landing and the new
-    version (the deployment's MNIST_SOURCE and MNIST_STORE are this scenario's alone)."""
+    version (the deployment's MNIST_SOURCE and MNIST_STORE are this scenario's alone), and
+    nothing polls: the marker's notification starts the watch."""
+    import boto3
+
     deployment = celery_deployment
     api = deployment.api
-    source = str(deployment.watched_source)
+    source = deployment.source_uri
     registry = _registry(deployment, WATCHED_PREFIX)
     started = time.monotonic()
 
@@ -406,13 +420,19 @@ def test_new_increment_triggers_training(celery_deployment: CeleryDeployment,
     assert base_lineage["dataset_version"] and base_lineage["increments"] == [], base_lineage
     assert not _watch_events(api), "the watch announced increments before any landed"
 
-    # (b) An increment lands: 5,000 of the training images the demo's base held back.
+    # (b) An increment lands in the source in S3, its marker last: 5,000 of the training
+    # images the demo's base held back.
     result = subprocess.run(
         [sys.executable, "-m", "mnist_tasks", "data", "add-increment", "--mnist",
-         str(deployment.mnist_dir), "--out", source, "--id", INCREMENT_ID],
+         str(deployment.mnist_dir), "--out", str(deployment.watched_source),
+         "--id", INCREMENT_ID],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    s3 = boto3.client("s3", **deployment.s3_client_kwargs)
+    keys = upload_tree(s3, deployment.watched_source / "increments" / INCREMENT_ID,
+                       DEPLOYMENT_BUCKET, f"{SOURCE_PREFIX}/increments/{INCREMENT_ID}")
+    assert keys[-1].endswith("/_SUCCESS"), keys
     landed = time.monotonic()
 
     events = _wait_until(deployment, f"the watch announcing {INCREMENT_ID}",
@@ -455,24 +475,31 @@ def test_new_increment_triggers_training(celery_deployment: CeleryDeployment,
     _models_page_shows(deployment, {base_run.run_id: "PROMOTE", run_id: "PROMOTE"},
                        lineage["dataset_version"], tmp_path)
 
-    # (c) The next watch, with nothing new, is skipped: no event, no second training run.
+    # (c) At least once: the same message delivered again starts a watch run whose land task
+    # is skipped (the record has the increment), so no event and no second training run.
     announcer = event["source_run_id"]
-    watch_runs = _watch_runs(api)
-    after = [_time(r["run_after"]) for r in watch_runs if r["dag_run_id"] == announcer]
-    assert after, (announcer, watch_runs)
+    marker = f"{SOURCE_PREFIX}/increments/{INCREMENT_ID}/_SUCCESS"
+    [body] = [b for b in _consumed_bodies(api, announcer)
+              if [m.key for m in parse_markers([b])[0]] == [marker]]
+    boto3.client("sqs", **deployment.s3_client_kwargs).send_message(
+        QueueUrl=deployment.queue_url, MessageBody=body)
 
-    def next_watch_done() -> dict[str, Any] | None:
+    def duplicate_watch_done() -> dict[str, Any] | None:
         for run in _watch_runs(api):
-            if _time(run["run_after"]) > after[0] and run["state"] in ("success", "failed"):
+            if (run["dag_run_id"] != announcer and run["state"] in ("success", "failed")
+                    and body in _consumed_bodies(api, run["dag_run_id"])):
                 return run
         return None
 
-    next_watch = _wait_until(deployment, "the watch run after the announcing one to finish",
-                             60 * WATCH_INTERVAL_MINUTES + 120, next_watch_done)
-    land = task_instances(api, WATCH_DAG_ID, next_watch["dag_run_id"])["land"]
-    assert land["state"] == "skipped", (next_watch, land)
+    duplicate = _wait_until(deployment, "the watch run of the repeated message to finish",
+                            ANNOUNCE_TIMEOUT_S, duplicate_watch_done)
+    lands = task_instances(api, WATCH_DAG_ID, duplicate["dag_run_id"])
+    assert {t: ti["state"] for t, ti in lands.items()} == {
+        "land": "skipped", "land_batches": "skipped"}, (duplicate, lands)
     assert len(_watch_events(api)) == 1
     assert [r["dag_run_id"] for r in _asset_runs(api)] == [run_id]
+    # Nothing polled: every watch run was started by a landing event.
+    assert {r["run_type"] for r in _watch_runs(api)} == {"asset_triggered"}
     print(f"data-triggered: base run {base_run.seconds:.0f} s, landed -> announced "
           f"{announced_s:.0f} s, landed -> new version {trained_s:.0f} s, this test "
           f"{time.monotonic() - started:.0f} s; fresh accuracy: challenger "

@@ -1,10 +1,12 @@
-"""The scoring DAG under the scheduler, in the Celery deployment: started by registry events only.
+"""The scoring DAG under the scheduler, in the Celery deployment: started by events only.
 
 The deployment (conftest.py) runs ``mnist_batch_scoring`` unpaused, on the store
-``MNIST_SCORING_STORE`` (its own prefix), with its interval at an hour, so that within the test
-only registry asset events start it:
+``MNIST_SCORING_STORE`` (its own prefix), with landing events (``MNIST_LANDING_EVENTS``): no
+interval, so only asset events start it, a registry event or the watch's announcement of a
+landed batch (whose marker's PUT the bucket notifies to the SQS queue):
 
-1. a batch of 300 real MNIST test images lands (no champion yet: nothing scores it);
+1. a batch of 300 real MNIST test images lands: its event starts a scoring run, which finds no
+   champion yet and scores nothing;
 2. a training run (the fast preset, the static source, the scoring store) registers v1; its
    register task's ``mnist_model_registry`` event starts a scoring run, with nothing triggered
    by hand, which pins v1 from the event and scores the batch;
@@ -13,11 +15,13 @@ only registry asset events start it:
 4. ``rollback --notify-airflow``: a run pinned to v1 from the event, which finds the batch
    already scored with v1 and does nothing (the output is never rewritten).
 
-Then the monitoring loop closes under the scheduler, with no one copying files: a batch of
-held-back training images is scored; labels for it land as feedback; the feedback DAG merges
-them and lands the labelled images as an increment in the deployment's source; the watch
-announces it; the scheduler starts ``mnist_training`` on that asset event; and the version it
-registers names the feedback increment (and so the batch) in its lineage.
+Then the monitoring loop closes under the scheduler, with no one copying files or triggering
+a run: a batch of held-back training images lands, and its event starts the run that scores it
+with the champion; labels for it land as feedback; the feedback DAG merges them and lands the
+labelled images as an increment in the deployment's source (in S3); its marker's event starts
+the watch, which announces it; the scheduler starts ``mnist_training`` on that asset event; and
+the version it registers names the feedback increment (and so the batch) in its lineage.
+Nothing polled: every watch and scoring run was started by an asset event.
 """
 
 from __future__ import annotations
@@ -50,10 +54,10 @@ from tests.integration.airflow_services import (
     SCORING_DAG_ID,
     SCORING_PREFIX,
     WATCH_DAG_ID,
-    WATCH_INTERVAL_MINUTES,
     WATCHED_PREFIX,
     ApiClient,
     CeleryDeployment,
+    task_instances,
     wait_for_run,
     wait_until,
 )
@@ -69,6 +73,21 @@ def _scoring_runs(api: ApiClient) -> list[dict[str, Any]]:
     body = api.json("GET", f"/api/v2/dags/{SCORING_DAG_ID}/dagRuns",
                     params={"order_by": "run_after", "limit": 100})
     return list(body["dag_runs"])
+
+
+def _watch_events(api: ApiClient, task_id: str) -> list[dict[str, Any]]:
+    """The watch's asset events from one land task (land: increments; land_batches)."""
+    body = api.json("GET", "/api/v2/assets/events",
+                    params={"source_dag_id": WATCH_DAG_ID, "order_by": "timestamp"})
+    return [e for e in body["asset_events"] if e["source_task_id"] == task_id]
+
+
+def _nothing_polled(api: ApiClient) -> None:
+    """Every watch and scoring run so far was started by an asset event (none by an interval,
+    none by hand)."""
+    for dag_id in (WATCH_DAG_ID, SCORING_DAG_ID):
+        runs = api.json("GET", f"/api/v2/dags/{dag_id}/dagRuns", params={"limit": 100})
+        assert {r["run_type"] for r in runs["dag_runs"]} == {"asset_triggered"}, (dag_id, runs)
 
 
 def _next_event_run(deployment: CeleryDeployment, seen: set[str]) -> dict[str, Any]:
@@ -119,8 +138,15 @@ def test_registry_events_start_scoring_with_nothing_triggered_by_hand(
     x = parse_idx(decompress(images.read_bytes(), source=str(images)), source=str(images))[:N]
     landing = S3Store(DEPLOYMENT_BUCKET, f"{SCORING_PREFIX}/landing",
                       client_kwargs=deployment.s3_client_kwargs)
-    write_batch(landing, BATCH, {"batch-idx3-ubyte.gz": gzip.compress(encode_idx(x))})
     seen = {r["dag_run_id"] for r in _scoring_runs(api)}
+    write_batch(landing, BATCH, {"batch-idx3-ubyte.gz": gzip.compress(encode_idx(x))})
+
+    # 1. Its marker's event: the watch announces the batch, which starts scoring; no champion.
+    landed = _next_event_run(deployment, seen)
+    assert [e["extra"] for e in _watch_events(api, "land_batches")] == [
+        {"batches": [BATCH], "landing": cfg.landing}]
+    plan = task_instances(api, SCORING_DAG_ID, landed["dag_run_id"])["plan"]
+    assert plan["state"] == "skipped", plan
 
     # 2. A training run registers v1; its asset event starts scoring.
     run = api.json("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", json={
@@ -180,11 +206,12 @@ def test_feedback_closes_the_loop_under_the_scheduler(celery_deployment: CeleryD
     x = _read_mnist(deployment, "train-images-idx3-ubyte.gz")[50_000:50_000 + LOOP_N]
     y = _read_mnist(deployment, "train-labels-idx1-ubyte.gz")[50_000:50_000 + LOOP_N]
     landing = S3Store(DEPLOYMENT_BUCKET, f"{SCORING_PREFIX}/landing", client_kwargs=kwargs)
+    seen = {r["dag_run_id"] for r in _scoring_runs(api)}
     write_batch(landing, LOOP_BATCH, {"a-idx3-ubyte": encode_idx(x)})
-    run = api.json("POST", f"/api/v2/dags/{SCORING_DAG_ID}/dagRuns",
-                   json={"logical_date": None, "conf": {}})
-    wait_for_run(api, deployment.services, SCORING_DAG_ID, run["dag_run_id"], RUN_TIMEOUT_S)
+    run = _next_event_run(deployment, seen)  # started by the batch's landing event
     assert is_committed(store, cfg, LOOP_BATCH, champion)
+    [row] = [r for r in scoring_index.scored_batches(store)[champion] if r["batch"] == LOOP_BATCH]
+    assert row["run_id"] == run["dag_run_id"], row
 
     # 2. Labels come back for every image, and the feedback DAG is switched on.
     rows = "".join(f"a-idx3-ubyte#{i},{label}\n" for i, label in enumerate(y.tolist()))
@@ -194,10 +221,11 @@ def test_feedback_closes_the_loop_under_the_scheduler(celery_deployment: CeleryD
     api.json("PATCH", f"/api/v2/dags/{FEEDBACK_DAG_ID}", json={"is_paused": False})
 
     # 3. The feedback DAG lands the labelled images as an increment in the source.
-    source = str(deployment.watched_source)
+    source = deployment.source_uri
     [increment] = wait_until(
         deployment.services, "the feedback increment in the source", 4 * 60,
-        lambda: [ref for ref in discover(source).complete if ref.id.startswith("feedback-")])
+        lambda: [ref for ref in discover(source, client_kwargs=kwargs).complete
+                 if ref.id.startswith("feedback-")])
     assert increment.id.startswith(f"feedback-{LOOP_BATCH}-"), increment.id
 
     # 4. The watch announces it, and the scheduler starts a training run on the asset event.
@@ -207,9 +235,8 @@ def test_feedback_closes_the_loop_under_the_scheduler(celery_deployment: CeleryD
         return list(body["dag_runs"])
 
     [training] = wait_until(deployment.services, "an asset-triggered mnist_training run",
-                            2 * 60 * WATCH_INTERVAL_MINUTES + 120, asset_runs)
-    events = api.json("GET", "/api/v2/assets/events",
-                      params={"source_dag_id": WATCH_DAG_ID})["asset_events"]
+                            180, asset_runs)
+    events = _watch_events(api, "land")
     assert [e["extra"]["increments"] for e in events] == [[increment.id]], events
     wait_for_run(api, deployment.services, DAG_ID, training["dag_run_id"], RUN_TIMEOUT_S)
 
@@ -220,3 +247,4 @@ def test_feedback_closes_the_loop_under_the_scheduler(celery_deployment: CeleryD
     [trained_on] = info.metadata["lineage"]["increments"]
     assert trained_on["id"] == increment.id, trained_on
     assert trained_on["train"] > 0 and trained_on["fresh"] > 0, trained_on
+    _nothing_polled(api)

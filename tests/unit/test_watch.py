@@ -14,7 +14,7 @@ from mnist_tasks.config import ConfigError
 from mnist_tasks.demo_data import write_increment
 from mnist_tasks.storage import LocalStore, StorageError
 from mnist_tasks.userfiles import MARKER
-from mnist_tasks.watch import announce_new, announced_key
+from mnist_tasks.watch import announce_batches, announce_new, announced_key
 from tests.helpers import land_files
 from tests.helpers import sparse_digits as digits
 
@@ -179,3 +179,41 @@ def test_a_damaged_record_is_named(tmp_path: Path, content: bytes, problem: str)
     store.write_bytes(key, content)
     with pytest.raises(StorageError, match=f"announced.json: {problem}"):
         announce_new(str(source), store)
+
+
+def test_landing_events_announce_only_the_named_complete_increments(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Events mode: only the increments a message names; one that is incomplete, invalid or
+    absent is logged by name and dropped; a duplicate message announces nothing."""
+    source, store = tmp_path / "source", LocalStore(tmp_path / "store")
+    x, y = digits(20, seed=3)
+    land(source, "inc-1", x, y)
+    land(source, "inc-2", x, y)
+    land_files(source, "inc-3", {"images-idx3-ubyte.gz": b"partial"}, marker=False)
+    caplog.set_level("WARNING", logger="mnist_tasks.watch")
+    named = ["inc-1", "inc-3", "inc-9"]
+    assert announce_new(str(source), store, announcer="r1", only=named) == ["inc-1"]
+    dropped = [r.getMessage() for r in caplog.records]
+    assert any("inc-3" in m and "incomplete" in m for m in dropped), dropped
+    assert any("inc-9" in m and "not found" in m for m in dropped), dropped
+    assert announce_new(str(source), store, announcer="r2", only=["inc-1"]) == []  # duplicate
+    assert announce_new(str(source), store, announcer="r3") == ["inc-2"]  # polling finds it
+
+
+def test_batches_are_announced_once_apart_from_increments(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    landing = "s3://bucket/scoring/landing"
+    assert announce_batches(landing, ["b-2", "b-1", "b-1"], store, announcer="r1") == [
+        "b-1", "b-2"]
+    assert announce_batches(landing, ["b-1"], store, announcer="r2") == []  # replayed
+    assert announce_batches(landing, ["b-1"], store, announcer="r1") == ["b-1", "b-2"]  # retry
+    assert announce_batches(landing, ["b-3"], store) == ["b-3"]
+    doc = json.loads(store.read_bytes(announced_key(landing)))
+    assert doc["schema"] == "mnist-tasks/announced-batches/1" and doc["source"] == landing
+    assert sorted(doc["batches"]) == ["b-1", "b-2", "b-3"]
+    with pytest.raises(StorageError, match="not an announcement record"):
+        # An increments record under the batches' key is refused, not misread.
+        store.write_bytes(announced_key(landing), json.dumps(
+            {"schema": "mnist-tasks/announced-increments/1", "source": landing,
+             "increments": {}}).encode())
+        announce_batches(landing, ["b-4"], store)
