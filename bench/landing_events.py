@@ -118,7 +118,7 @@ def main() -> int:
                        str(api_port))
         services.start("scheduler", "scheduler")
         services.start("dag-processor", "dag-processor")
-        services.start("triggerer", "triggerer", env={"PYTHONPATH": str(REPO / "dags")})
+        services.start("triggerer", "triggerer")
         services.wait_http(f"http://127.0.0.1:{api_port}/api/v2/version")
         api = ApiClient(f"http://127.0.0.1:{api_port}")
         for dag_id in (DAG_ID, WATCH_DAG_ID):

@@ -7,10 +7,8 @@ module, each imported by name (nothing is re-exported here):
 - ``schedules``: interval timetables, and how often in words;
 - ``training``, ``notes``, ``approval``: the training DAG's tasks, run note and approve task;
 - ``watch``, ``scoring``, ``feedback``: the landing check, batch scoring, feedback DAGs;
-- ``landing_trigger``: the SQS trigger of landing events, which the triggerer imports.
 
 Not DAG files: ``.airflowignore`` keeps the DAG processor out of this folder. Airflow puts the
 bundle's folder on ``sys.path`` in the DAG processor, each task's process and ``airflow dags
-test``, so the DAG files import it by name; the triggerer needs it on ``PYTHONPATH``; the
-Models page plugin never imports it.
+test``, so the DAG files import it by name; the Models page plugin never imports it.
 """

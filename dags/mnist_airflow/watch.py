@@ -42,14 +42,16 @@ def events_queue(environ: Mapping[str, str] = os.environ) -> str | None:
 
 def landing_asset(queue: str) -> Any:
     """The asset that an ``AssetWatcher`` in the triggerer feeds from the SQS ``queue``."""
+    from airflow.providers.common.messaging.triggers.msg_queue import MessageQueueTrigger
     from airflow.sdk import Asset, AssetWatcher
 
-    from mnist_airflow.landing_trigger import SqsLandingTrigger
-
     region = queue.split(".")[1] if queue.startswith("https://sqs.") else None
-    trigger = SqsLandingTrigger(sqs_queue=queue, aws_conn_id=None, region_name=region,
-                                max_messages=10, wait_time_seconds=_SQS_WAIT_SECONDS,
-                                waiter_delay=_SQS_PAUSE_SECONDS)
+    # The provider's SQS trigger (SqsSensorTrigger, aiobotocore) on the triggerer's standard
+    # AWS configuration: no Airflow connection, the region from the queue URL.
+    trigger = MessageQueueTrigger(scheme="sqs", sqs_queue=queue, aws_conn_id=None,
+                                  region_name=region, max_messages=10,
+                                  wait_time_seconds=_SQS_WAIT_SECONDS,
+                                  waiter_delay=_SQS_PAUSE_SECONDS)
     return Asset(name=LANDING_EVENTS, uri="mnist://landing/events",
                  watchers=[AssetWatcher(name="mnist_landing_sqs", trigger=trigger)])
 

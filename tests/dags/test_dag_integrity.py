@@ -1002,7 +1002,7 @@ def test_events_mode_schedules_on_landing_events_and_nothing_polls(monkeypatch) 
     assert asset.name == "mnist_landing_events"
     (watcher,) = asset.watchers
     classpath, kwargs = watcher.trigger.serialize()
-    assert classpath == "mnist_airflow.landing_trigger.SqsLandingTrigger"
+    assert classpath == "airflow.providers.amazon.aws.triggers.sqs.SqsSensorTrigger"
     assert kwargs["sqs_queue"] == QUEUE and kwargs["region_name"] == "eu-west-1"
     assert kwargs["aws_conn_id"] is None and kwargs["delete_message_on_reception"] is True
     assert kwargs["waiter_delay"] <= 1 and 1 <= kwargs["wait_time_seconds"] <= 20

@@ -61,7 +61,6 @@ from tests.integration.airflow_services import (
     PG_PORT,
     REDIS_DB,
     REDIS_PORT,
-    REPO,
     SCORING_DAG_ID,
     SCORING_PREFIX,
     SOURCE_PREFIX,
@@ -223,7 +222,7 @@ def celery_deployment(
         services.start("scheduler", "scheduler")
         services.start("dag-processor", "dag-processor")
         # The asset watcher's SQS trigger runs here; it imports its class from the DAGs folder.
-        services.start("triggerer", "triggerer", env={"PYTHONPATH": str(REPO / "dags")})
+        services.start("triggerer", "triggerer")
         # Two workers of one slot each, on both queues: two candidates train at the same time
         # (test_celery_deployment.py, the first run). Task logs are files in the shared
         # AIRFLOW_HOME, which the api-server reads itself: only the first serves logs.
