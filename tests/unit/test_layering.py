@@ -27,7 +27,8 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("formats", "reading what users hand us; shared artifact I/O", (
         "idx", "userfiles", "validation", "artifacts")),
     ("services", "data, models, the registry, scoring's records", (
-        "base_data", "increment_files", "increments", "datasets", "watch", "monitor", "models",
+        "base_data", "increment_files", "increments", "datasets", "watch", "monitor", "augment",
+        "models",
         "runtime",
         "registry_read", "registry_aliases", "registry", "scoring_index", "scoring_batches",
         "scoring_outputs", "scoring_monitor", "labeling")),
