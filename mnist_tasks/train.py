@@ -282,6 +282,7 @@ def fit_arrays(
             "shift_pixels", "rotation_degrees", "zoom", "elastic_pixels") if getattr(cfg, k))
         raise ValueError(f"training data: {augmenting} needs 2-D images "
                          f"(N, rows, cols); x has shape {x_train.shape}")
+    # Whole-pixel shifts alone take shifted_batches' cheaper path (a strided view, no resampling).
     warped = distortion.active and distortion != Distortion(shift_pixels=cfg.shift_pixels)
     runtime = runtime or resolve_runtime(cfg)
     n_train = len(x_train)

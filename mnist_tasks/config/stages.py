@@ -220,8 +220,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A 24 (5x5) | 32 (3x3) convnet with batch norm and a 256-unit dense layer, trained on
     # images shifted by up to 2 pixels, rotated by up to 8 degrees and zoomed by up to 8 %
     # (made in the input pipeline), label smoothing 0.1, one-cycle LR, batches of 256, 7
-    # epochs (8 gave no more on the validation split): >= 99.55 % test accuracy in a few
-    # minutes on two CPU cores (docs/benchmarks.md).
+    # epochs (8 gave no more on the validation split): 99.50-99.52 % test accuracy in about 6x
+    # plain Keras's fit time on two CPU cores (docs/benchmarks.md).
     "cnn": {
         "description": "a small convnet with shift, rotation and zoom augmentation",
         "epochs": 7,
@@ -235,8 +235,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.1,
     },
     # The cnn's layout with 32 filters in both convolutions and dropout before the output,
-    # trained longer on images also distorted elastically: >= 99.65 % in about 2.5x the cnn's
-    # time (docs/benchmarks.md).
+    # trained twice as long on images also distorted elastically: 99.54-99.57 % in 14-18x
+    # plain Keras's fit time (docs/benchmarks.md).
     "cnn_best": {
         "description": "a wider convnet with elastic distortion, trained longer (best accuracy)",
         "epochs": 14,
@@ -251,8 +251,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "label_smoothing": 0.1,
     },
     # The notebooks' dense network done well: one 800-unit layer with batch norm and dropout,
-    # trained on the cnn's distortions plus elastic ones, one-cycle LR, 9 epochs: >= 98.5 % in
-    # about twice plain Keras's time (docs/benchmarks.md).
+    # trained on the cnn's distortions plus elastic ones, one-cycle LR, 9 epochs: 98.70-98.79 %
+    # in about 2.6x plain Keras's fit time (docs/benchmarks.md).
     "mlp_plus": {
         "description": "a dense-only network trained on distorted digits",
         "epochs": 9,
