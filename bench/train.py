@@ -33,14 +33,16 @@ sys.path.insert(0, str(REPO))
 
 from mnist_tasks.config import MNIST_FILES, PRESET_NAMES, train_config  # noqa: E402
 
-# What each row should reach: (mean test accuracy, lowest test accuracy of the repeats, fit
-# time as a multiple of plain Keras's in the same run or None).
-GOALS: dict[str, tuple[float, float, float | None]] = {
+# What each row should reach: (mean test accuracy, lowest test accuracy of the repeats or
+# None, median fit time as a multiple of plain Keras's median in the same run or None).
+GOALS: dict[str, tuple[float, float | None, float | None]] = {
     "plain keras": (0.975, 0.975, None),
     "seed_mlp": (0.975, 0.975, 1.0),
     "seed_wide_mlp": (0.975, 0.975, None),
     "fast_mlp": (0.975, 0.975, 0.5),
-    "cnn": (0.995, 0.9945, 6.0),
+    "cnn": (0.9955, 0.9955, 6.0),
+    "cnn_best": (0.9965, 0.996, 15.0),
+    "mlp_plus": (0.985, None, 2.0),
 }
 
 
@@ -104,14 +106,18 @@ def library_preset(raw: dict[str, np.ndarray], preset: str, epochs: int | None,
 def _goal(name: str, ratio: float | None, accuracies: list[float],
           epochs_override: bool) -> str:
     mean_target, min_target, max_ratio = GOALS[name]
-    text = f"≥ {mean_target:.1%}"
-    if min_target < mean_target and len(accuracies) > 1:
-        text += f" (none < {min_target:.2%})"
+    if min_target == mean_target:
+        text = f"every run ≥ {mean_target:.2%}" if len(accuracies) > 1 else f"≥ {mean_target:.2%}"
+    else:
+        text = f"mean ≥ {mean_target:.2%}"
+        if min_target is not None:
+            text += f", none < {min_target:.2%}"
     if max_ratio is not None:
         text += f" at ≤ {max_ratio:g}× plain"
     if epochs_override:
         return text + " (shortened run: not judged)"
-    met = statistics.mean(accuracies) >= mean_target and min(accuracies) >= min_target
+    met = statistics.mean(accuracies) >= mean_target and (
+        min_target is None or min(accuracies) >= min_target)
     if max_ratio is not None:
         met = met and ratio is not None and ratio <= max_ratio
     return f"{text} {'✓' if met else '✗'}"
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import keras
 
-    from mnist_tasks.train import describe_devices
+    from mnist_tasks.runtime import describe_devices
 
     print(f"\nMNIST training on {describe_devices().describe()}, Keras {keras.__version__} "
           f"({keras.backend.backend()}), {args.repeats} run(s) per row\n")
@@ -175,6 +181,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | {epochs} | {median:.1f} | "
               f"{'-' if ratio is None else f'{ratio:.2f}'} | {acc} | "
               f"{_goal(name, ratio, accs, shortened)} |")
+    seeds = [args.seed + r for r in range(args.repeats)]
+    print(f"\nSeeds {', '.join(map(str, seeds))} (run r: seed {args.seed} + r): each sets the "
+          "weights, the batch order, the distortions and, for a preset, the validation split "
+          "(`split_indices(n, val_fraction, seed)`, 10 % of the training set; plain Keras: "
+          "`validation_split=0.1`, the last 10 %). Every choice of the recipes was made on "
+          "validation splits; here each trained model meets the 10,000 test images once.")
+    for name, _, seconds, accs in rows:
+        runs = ", ".join(f"seed {s}: {a:.2%} in {t:.1f} s"
+                         for s, a, t in zip(seeds, accs, seconds, strict=True))
+        print(f"- {name}: {runs}")
 
 
 if __name__ == "__main__":

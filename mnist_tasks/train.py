@@ -5,9 +5,9 @@ Writes under ``runs/<run-key>/train/`` ``model.keras`` (loads with ``safe_mode=T
 finds it and returns it). While training, ``checkpoints/`` holds the model and optimizer state
 after the latest epoch and ``checkpoint.json`` naming it, written after the files it names: a
 killed task resumes from there (docs/architecture.md, Resume after a crash). Batches come from
-NumPy (:func:`shifted_batches`: shuffled each epoch, shifted for a preset with
-``shift_pixels``); one log line per epoch. Only Keras 3 APIs are used, so JAX works too;
-the backend-specific spot is :mod:`mnist_tasks.runtime`.
+NumPy (:func:`shifted_batches`: shuffled each epoch, shifted or distorted for a preset that
+augments, :mod:`mnist_tasks.augment`); one log line per epoch. Only Keras 3 APIs are used,
+so JAX works too; the backend-specific spot is :mod:`mnist_tasks.runtime`.
 
 Run it alone: ``python -m mnist_tasks train --prepared @preprocess.json --store URI --run-id ID``.
 """
@@ -36,6 +36,7 @@ from mnist_tasks.artifacts import (
     write_json,
     write_result,
 )
+from mnist_tasks.augment import Distortion
 from mnist_tasks.config import ConfigError, TrainConfig
 from mnist_tasks.results import TrainResult, to_json
 from mnist_tasks.runtime import Runtime, resolve_runtime
@@ -144,6 +145,7 @@ def shifted_batches(
     *,
     batch_size: int,
     max_shift: int = 0,
+    distortion: Distortion | None = None,
     seed: int | Sequence[int] = 0,
     shuffle: bool = True,
 ) -> Any:
@@ -164,6 +166,8 @@ def shifted_batches(
         y: labels (N, ...), passed through unchanged.
         batch_size: images per batch (the last batch may be smaller).
         max_shift: the largest shift in pixels (0: no shift).
+        distortion: if active, each image is distorted by it instead (rotation, zoom,
+            sub-pixel shift, elastic; :mod:`mnist_tasks.augment`) and ``max_shift`` is unused.
         seed: seeds the order and the shifts (``numpy.random.default_rng``).
         shuffle: draw a new order every epoch (else the arrays' order).
 
@@ -171,6 +175,8 @@ def shifted_batches(
         A ``keras.utils.PyDataset`` for ``model.fit`` (one pass is one epoch).
     """
     import keras
+
+    warp = distortion if distortion is not None and distortion.active else None
 
     class ShiftedBatches(keras.utils.PyDataset):
         def __init__(self) -> None:
@@ -192,6 +198,8 @@ def shifted_batches(
         def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
             rows = self.order[index * batch_size:(index + 1) * batch_size]
             images = x[rows]
+            if warp is not None:
+                return warp.apply(images, self.rng), y[rows]
             if max_shift:
                 s = max_shift
                 padded = np.pad(images, ((0, 0), (s, s), (s, s)))
@@ -202,6 +210,15 @@ def shifted_batches(
             return images, y[rows]
 
     return ShiftedBatches()
+
+
+def _describe(d: Distortion) -> str:
+    """``shifted by up to 2 px, rotated by up to 8°, ...`` for the log."""
+    parts = [f"shifted by up to {d.shift_pixels:g} px" if d.shift_pixels else "",
+             f"rotated by up to {d.rotation_degrees:g}°" if d.rotation_degrees else "",
+             f"zoomed by up to {d.zoom:.0%}" if d.zoom else "",
+             f"elastically distorted ({d.elastic_pixels:g} px)" if d.elastic_pixels else ""]
+    return ", ".join(p for p in parts if p)
 
 
 def _check_arrays(x: np.ndarray, y: np.ndarray, name: str, num_classes: int) -> None:
@@ -258,9 +275,15 @@ def fit_arrays(
     if has_val:
         assert x_val is not None and y_val is not None
         _check_arrays(x_val, y_val, "validation data", num_classes)
-    if cfg.shift_pixels and x_train.ndim != 3:
-        raise ValueError(f"training data: shift_pixels={cfg.shift_pixels} needs 2-D images "
+    distortion = Distortion(rotation_degrees=cfg.rotation_degrees, zoom=cfg.zoom,
+                            shift_pixels=cfg.shift_pixels, elastic_pixels=cfg.elastic_pixels)
+    if distortion.active and x_train.ndim != 3:
+        augmenting = ", ".join(f"{k}={getattr(cfg, k)}" for k in (
+            "shift_pixels", "rotation_degrees", "zoom", "elastic_pixels") if getattr(cfg, k))
+        raise ValueError(f"training data: {augmenting} needs 2-D images "
                          f"(N, rows, cols); x has shape {x_train.shape}")
+    # Whole-pixel shifts alone take shifted_batches' cheaper path (a strided view, no resampling).
+    warped = distortion.active and distortion != Distortion(shift_pixels=cfg.shift_pixels)
     runtime = runtime or resolve_runtime(cfg)
     n_train = len(x_train)
     steps = models.steps_per_epoch(n_train, runtime.batch_size)
@@ -283,7 +306,7 @@ def fit_arrays(
 
     log.info("fitting %s: %d epochs of %d steps (batch %d, %d steps per execution)%s",
              cfg.preset, cfg.epochs, steps, runtime.batch_size, cfg.steps_per_execution,
-             f", images shifted by up to {cfg.shift_pixels} px" if cfg.shift_pixels else "")
+             f", images {_describe(distortion)}" if distortion.active else "")
 
     def labels(y: np.ndarray) -> np.ndarray:
         if models.uses_one_hot(cfg):
@@ -333,6 +356,7 @@ def fit_arrays(
         # draws from a seed of its own, (seed, epoch), so it stays reproducible.
         train_batches = shifted_batches(x_train, labels(y_train), batch_size=runtime.batch_size,
                                         max_shift=cfg.shift_pixels,
+                                        distortion=distortion if warped else None,
                                         seed=(cfg.seed, initial_epoch))
         val_batches = None
         if x_val is not None and y_val is not None and has_val:  # inference: larger batches

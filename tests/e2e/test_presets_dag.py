@@ -2,9 +2,10 @@
 
 The DAG's wiring is the same for every preset (the preset is one parameter); every preset's
 model is trained by tests/unit/test_train.py, and fast_mlp and seed_mlp run through the whole
-DAG in tests/e2e/test_dag_e2e.py and the Celery deployment test. This runs the two presets
-those don't: cnn (shift augmentation in the input pipeline, batch norm, one-cycle schedule)
-and seed_wide_mlp (early stopping, a 20 % validation split).
+DAG in tests/e2e/test_dag_e2e.py and the Celery deployment test. This runs the presets
+those don't: cnn (shift augmentation in the input pipeline, batch norm, one-cycle schedule),
+seed_wide_mlp (early stopping, a 20 % validation split), and cnn_best and mlp_plus (rotation,
+zoom and elastic distortion in the input pipeline).
 
 To stay fast, the source is the first 10,000 training and 2,000 test images of the real
 MNIST, written as IDX files (so ``MNIST_CHECKSUMS=off``), and the cnn trains 3 epochs instead
@@ -12,12 +13,13 @@ of its 8. That still checks what matters for the cnn: one log line per epoch wit
 model that generalises (the gate, set to 95 %, judges its test accuracy on real digits: it
 reaches about 97 % here, while a model whose batch-norm statistics had not settled, or
 augmentation that garbled the images, scores far lower) and its registration. Its full-data
-accuracy (>= 99.5 %) is measured by bench/train.py (docs/benchmarks.md). seed_wide_mlp trains
-one epoch: a wiring check only.
+accuracy (>= 99.55 %) is measured by bench/train.py (docs/benchmarks.md). cnn_best trains 2
+epochs (after one its batch-norm statistics still lag: about 20 % validation accuracy, 97 %
+after two), seed_wide_mlp and mlp_plus one: wiring checks.
 
-Both train in one `airflow dags test` run, as two candidates (the ``candidates`` parameter:
-docs/candidates.md), which costs one Airflow start-up instead of two. The run goes on with the
-cnn (the better by validation accuracy), which the gate then judges.
+All train in one `airflow dags test` run, as candidates (the ``candidates`` parameter:
+docs/candidates.md), which costs one Airflow start-up instead of four. The run goes on with the
+convnet that is best by validation accuracy (about 97 % each), which the gate then judges.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from tests.helpers import AirflowCLI, write_folder
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 N_TRAIN, N_TEST = 10_000, 2_000
-# preset -> epochs, one candidate each; the first is the better one, which the gate judges
-RUNS = {"cnn": 3, "seed_wide_mlp": 1}
+# preset -> epochs, one candidate each; a convnet is the best, which the gate judges
+RUNS = {"cnn": 3, "seed_wide_mlp": 1, "cnn_best": 2, "mlp_plus": 1}
 MIN_ACCURACY = 0.95
 
 
@@ -81,9 +83,11 @@ def test_presets_train_through_the_dag(
     assert [(r["preset"], r["epochs"], r["status"]) for r in rows] == [
         (preset, epochs, "trained") for preset, epochs in RUNS.items()]
     assert all(0.2 < r["val_accuracy"] <= 1.0 for r in rows), rows  # better than chance
-    assert summary["chosen_candidate"] == 0, rows  # the cnn
-    assert summary["preset"] == "cnn" and summary["decision"] == "PROMOTE"
+    chosen = rows[summary["chosen_candidate"]]
+    assert chosen["val_accuracy"] == max(r["val_accuracy"] for r in rows), rows
+    assert summary["preset"] == chosen["preset"] in ("cnn", "cnn_best"), rows
+    assert summary["decision"] == "PROMOTE"
     assert summary["test_accuracy"] >= MIN_ACCURACY
     version = Registry(store).get(summary["version"])
-    assert version.metadata["parameters"]["preset"] == "cnn"
+    assert version.metadata["parameters"]["preset"] == chosen["preset"]
     assert [c["preset"] for c in version.metadata["candidates"]] == list(RUNS)

@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "idx", "userfiles", "validation", "artifacts")),
     ("services", "data, models, the registry, scoring's records", (
         "base_data", "increment_files", "increments", "datasets", "watch", "landing_events",
-        "monitor", "models",
+        "monitor", "augment", "models",
         "runtime",
         "registry_read", "registry_aliases", "registry", "mlflow_rest", "registry_mlflow",
         "registries", "tracking_mlflow", "scoring_index", "scoring_batches",

@@ -61,9 +61,31 @@ def test_cnn_is_a_small_convnet_with_batch_norm_and_no_augmentation_layers() -> 
     assert model.output_shape == (None, 10)
 
 
-def test_cnn_needs_two_dimensional_images() -> None:
-    with pytest.raises(ValueError, match=r"preset 'cnn' needs 2-D images"):
-        models.build_model(train_config("cnn"), input_shape=(784,))
+@pytest.mark.parametrize("preset", ["cnn", "cnn_best"])
+def test_convnets_need_two_dimensional_images(preset: str) -> None:
+    with pytest.raises(ValueError, match=rf"preset '{preset}' needs 2-D images"):
+        models.build_model(train_config(preset), input_shape=(784,))
+
+
+def test_cnn_best_is_the_cnn_wider_with_dropout_and_distortions_in_the_pipeline() -> None:
+    model = models.build_model(train_config("cnn_best"))
+    convs = [la.get_config() for la in model.layers if type(la).__name__ == "Conv2D"]
+    assert tuple(c["filters"] for c in convs) == models.CNN_BEST_FILTERS
+    assert models.CNN_BEST_FILTERS[0] > models.CNN_FILTERS[0]
+    assert ("Dropout", models.CNN_BEST_DROPOUT) in _layers(model)
+    assert not any("Random" in type(la).__name__ for la in model.layers)
+    cfg = train_config("cnn_best")
+    assert cfg.rotation_degrees > 0 and cfg.elastic_pixels > 0  # made in the input pipeline
+    assert cfg.epochs > train_config("cnn").epochs
+
+
+def test_mlp_plus_is_dense_only() -> None:
+    model = models.build_model(train_config("mlp_plus"))
+    kinds = {type(la).__name__ for la in model.layers}
+    assert kinds <= {"Flatten", "Dense", "BatchNormalization", "Activation", "Dropout"}, kinds
+    units = [d for kind, d in _layers(model) if kind == "Dense"]
+    assert tuple(units) == (*models.MLP_PLUS_UNITS, 10)
+    assert train_config("mlp_plus").rotation_degrees > 0  # distortions, in the pipeline
 
 
 @pytest.mark.parametrize("preset", PRESET_NAMES)
@@ -102,6 +124,11 @@ def test_losses_follow_the_notebooks() -> None:
     assert model.loss == "categorical_crossentropy"
     assert model.steps_per_execution == 4
     assert float(model.optimizer.learning_rate) == pytest.approx(1e-3)
+    # Label smoothing needs one-hot labels (Keras's sparse cross-entropy has none).
+    cfg = train_config("cnn", label_smoothing=0.1)
+    assert models.uses_one_hot(cfg)
+    model = models.compile_model(models.build_model(cfg), cfg, steps_per_epoch=10)
+    assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
 
 
 def test_fast_mlp_schedule_warms_up_then_decays_to_zero() -> None:
