@@ -44,6 +44,7 @@ from mnist_tasks.registry_api import (
     RegistryError,
     Verifier,
     VersionInfo,
+    file_contents,
     parse_version,
     validate_alias,
     validate_file_name,
@@ -310,16 +311,8 @@ class Registry(RegistryReader):
         verify: Verifier | None,
     ) -> dict[str, Any]:
         """Write every object of the version except the manifest; return the manifest."""
-        objects: dict[str, dict[str, Any]] = {}
-        # The model first: it is the largest object and what the verifier needs.
-        for name in sorted(files, key=lambda n: (n != MODEL_FILE, n)):
-            source = files[name]
-            if callable(source):
-                source = source(pending)
-            if not isinstance(source, bytes | Path):
-                raise TypeError(f"file {name!r}: expected a Path, bytes or a callable returning "
-                                f"bytes, got {type(source).__name__}")
-            objects[name] = self._put(pending, name, source)
+        objects = {name: self._put(pending, name, source)
+                   for name, source in file_contents(files, pending)}
         verification = verify(pending) if verify is not None else None
         full_meta = {
             **dict(metadata),

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import EllipsisType
@@ -261,6 +261,24 @@ class VersionEntry:
 # that names its own version number).
 FileSource = Path | bytes | Callable[[PendingVersion], bytes]
 Verifier = Callable[[PendingVersion], Mapping[str, Any] | None]
+
+
+def file_contents(files: Mapping[str, FileSource], pending: PendingVersion
+                  ) -> Iterator[tuple[str, bytes | Path]]:
+    """Each file of a version being registered, as bytes or a path, the model first (the
+    largest object, and what a verifier needs); a callable source is called with ``pending``.
+
+    Raises:
+        TypeError: naming the file, for a source that is not a Path, bytes or such a callable.
+    """
+    for name in sorted(files, key=lambda n: (n != MODEL_FILE, n)):
+        source = files[name]
+        if callable(source):
+            source = source(pending)
+        if not isinstance(source, bytes | Path):
+            raise TypeError(f"file {name!r}: expected a Path, bytes or a callable returning "
+                            f"bytes, got {type(source).__name__}")
+        yield name, source
 
 
 # --- the protocol ---------------------------------------------------------------------------------

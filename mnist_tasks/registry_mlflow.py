@@ -50,6 +50,7 @@ from mnist_tasks.registry_api import (
     VersionEntry,
     VersionInfo,
     VersionNotFound,
+    file_contents,
     parse_version,
     validate_alias,
     validate_file_name,
@@ -587,15 +588,8 @@ class MlflowRegistry:
                                  created_at=tags.get(TAG_CREATED, ""),
                                  uri=self._version_uri(number),
                                  model_uri=f"{self._version_uri(number)}/{MODEL_FILE}")
-        objects: dict[str, dict[str, Any]] = {}
-        for name in sorted(files, key=lambda n: (n != MODEL_FILE, n)):
-            source = files[name]
-            if callable(source):
-                source = source(pending)
-            if not isinstance(source, bytes | Path):
-                raise TypeError(f"file {name!r}: expected a Path, bytes or a callable returning "
-                                f"bytes, got {type(source).__name__}")
-            objects[name] = self._put(pending, name, source)
+        objects = {name: self._put(pending, name, source)
+                   for name, source in file_contents(files, pending)}
         self._put(pending, MLMODEL_FILE, mlmodel(pending.created_at, objects[MODEL_FILE]["sha256"]))
         self._put(pending, "data/keras_module.txt", b"keras")
         verification = verify(pending) if verify is not None else None
