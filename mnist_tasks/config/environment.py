@@ -203,13 +203,15 @@ def env_number(environ: Mapping[str, str], env: str) -> Any:
 
 
 def scoring_config(environ: Mapping[str, str], store_uri: str) -> ScoringConfig:
-    """The scoring config from ``MNIST_MODEL_NAME`` and the ``MNIST_SCORING_*`` variables of
-    :data:`ENV_SETTINGS`; the landing prefix defaults to ``<store_uri>/landing``.
+    """The scoring config from ``MNIST_MODEL_NAME``, ``MNIST_REGISTRY`` and the
+    ``MNIST_SCORING_*`` variables of :data:`ENV_SETTINGS`; the landing prefix defaults to
+    ``<store_uri>/landing``.
 
     Raises:
         ConfigError: naming the variable, for a value that does not parse or is out of range.
     """
-    values: dict[str, Any] = {"landing": store_uri.rstrip("/") + "/landing"}
+    values: dict[str, Any] = {"landing": store_uri.rstrip("/") + "/landing",
+                              "registry": registry_location(environ)}
     given: dict[str, str] = {}  # field -> the variable that set it
     sources = [("MNIST_MODEL_NAME", "model_name", str),
                *((s.env, s.scoring_field, s.kind or str) for s in ENV_SETTINGS
