@@ -77,6 +77,7 @@ class Pipeline:
             (``Settings.registry``, ``MNIST_REGISTRY``); None: the store's.
         mlflow_tracking: the MLflow server evaluate mirrors the run to
             (``Settings.mlflow_tracking``, ``MNIST_MLFLOW_TRACKING_URI``); None: no mirror.
+        airflow_run_url: the Airflow run's page, which the mirrored MLflow run links to.
     """
 
     def __init__(
@@ -88,10 +89,12 @@ class Pipeline:
         s3_client_kwargs: Mapping[str, Any] | None = None,
         registry: str | None = None,
         mlflow_tracking: str | None = None,
+        airflow_run_url: str | None = None,
     ) -> None:
         self.cfg = cfg
         self.registry_location = registry
         self.mlflow_tracking = mlflow_tracking
+        self.airflow_run_url = airflow_run_url
         self.run_id = run_id
         self.run_key = run_key(run_id)
         self.dag_id = dag_id
@@ -201,12 +204,15 @@ class Pipeline:
             from mnist_tasks.artifacts import code_fingerprint
             from mnist_tasks.tracking_mlflow import mirror_evaluation
 
-            mlflow_run = mirror_evaluation(
+            mirrored = mirror_evaluation(
                 tracking, self.store, result, model_name=self.cfg.model_name,
                 run_key=self.run_key, run_id=self.run_id, dag_id=self.dag_id,
-                code_fingerprint=code_fingerprint())
-            if mlflow_run:
-                self._update_summary(mlflow_run_id=mlflow_run, mlflow_tracking=tracking)
+                code_fingerprint=code_fingerprint(), airflow_run_url=self.airflow_run_url,
+                candidates=trained.candidates if isinstance(trained, SelectResult) else ())
+            if mirrored:
+                self._update_summary(mlflow_run_id=mirrored.run_id, mlflow_tracking=tracking,
+                                     mlflow_experiment_id=mirrored.experiment_id,
+                                     mlflow_run_url=mirrored.url)
         return result
 
     def gate(self, evaluation: EvaluateResult) -> GateDecision:

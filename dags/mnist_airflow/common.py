@@ -114,6 +114,20 @@ def deployment_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         raise AirflowFailException(str(exc)) from None
 
 
+def airflow_run_url(dag_id: str, run_id: str, settings: Settings) -> str | None:
+    """The Airflow UI's page of a run, for links from outside Airflow (the MLflow mirror):
+    under Airflow's ``[api] base_url``, else ``MNIST_AIRFLOW_API_URL``; None without either
+    (a root-relative link means nothing in another application)."""
+    from urllib.parse import quote
+
+    from airflow.configuration import conf
+
+    base = (conf.get("api", "base_url", fallback="") or settings.airflow_api_url or "")
+    if not base.startswith(("http://", "https://")):
+        return None
+    return f"{base.rstrip('/')}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
 def pipeline() -> Pipeline:
     """The library's Pipeline for the running task: its config, run id and S3 credentials."""
     from mnist_tasks.pipeline import Pipeline
@@ -127,6 +141,8 @@ def pipeline() -> Pipeline:
         s3_client_kwargs=s3_client_kwargs(),
         registry=settings.registry,
         mlflow_tracking=settings.mlflow_tracking,
+        airflow_run_url=airflow_run_url(ctx["dag"].dag_id, ctx["run_id"], settings)
+        if settings.mlflow_tracking else None,
     )
 
 
