@@ -25,7 +25,9 @@ response says ``X-Content-Type-Options: nosniff`` (a version's files come from t
 
 Settings (environment, parsed by :mod:`mnist_tasks.settings` as for the DAG): ``MNIST_STORE``
 (the registry's store, else the DAG's default store), ``MNIST_MODEL_NAME`` (the registry's model
-name). S3 credentials come as the tasks get them: the Airflow connection ``MNIST_S3_CONN_ID``
+name), ``MNIST_REGISTRY`` (an MLflow server's registry instead of the store's). A run the tracking
+mirror logged (its summary records its MLflow page) is linked to MLflow beside its Airflow link.
+S3 credentials come as the tasks get them: the Airflow connection ``MNIST_S3_CONN_ID``
 (default ``mnist_s3``) when it exists, else the standard AWS configuration
 (``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ...). A version's files are read through the
 registry, checked against its manifest.

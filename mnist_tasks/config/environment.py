@@ -173,7 +173,8 @@ ENV_SETTINGS: tuple[EnvSetting, ...] = (
                "(an MLflow server's registry; docs/registry.md)"),
     EnvSetting("MNIST_MLFLOW_TRACKING_URI", "off",
                "mlflow+http://host:port: each evaluated training run is also an MLflow run "
-               "(params, per-epoch metrics, plots); an outage is a warning"),
+               "(params, per-epoch metrics, plots; a sweep's candidates as child runs), linked "
+               "both ways with the Airflow run; an outage is a warning"),
     EnvSetting("MNIST_FEEDBACK_LANDING", "<scoring store>/feedback",
                "where the labels that come back land"),
     _minutes("MNIST_FEEDBACK_INTERVAL_MINUTES", "landed feedback is looked for"),
