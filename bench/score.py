@@ -41,7 +41,7 @@ import numpy as np
 
 from mnist_tasks import score
 from mnist_tasks.artifacts import save_npz
-from mnist_tasks.config import DEFAULT_MODEL_NAME, train_config
+from mnist_tasks.config import train_config
 from mnist_tasks.idx import decompress, encode_idx, parse_idx
 from mnist_tasks.monitor import REFERENCE_FILE, Forward, Reference
 from mnist_tasks.registry import Registry
@@ -102,8 +102,8 @@ def main() -> None:
         registry = Registry(store)
         registry.register("bench", {"model.keras": model_path}, {})
         registry.promote(1)
-        model = score.load_version(store, DEFAULT_MODEL_NAME, 1)
         cfg = score.ScoringConfig(landing=landing.uri)
+        model = score.load_version(store, cfg, 1)
 
         # The staged batch the stage's shards read (as prepare leaves it).
         staging = "scoring/bench/staging"

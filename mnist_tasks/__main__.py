@@ -53,6 +53,7 @@ from mnist_tasks.config import (
     pipeline_config,
     read_json_file,
 )
+from mnist_tasks.settings import Settings
 
 log = logging.getLogger("mnist_tasks")
 
@@ -271,7 +272,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return _feedback(args)
     cfg = pipeline_config(_params(args))
     run_id = getattr(args, "run_id", None) or datetime.now(UTC).strftime("manual__%Y%m%dT%H%M%S")
-    pipe = Pipeline(cfg, run_id)
+    settings = Settings.from_environ(os.environ)
+    pipe = Pipeline(cfg, run_id, registry=settings.registry,
+                    mlflow_tracking=settings.mlflow_tracking)
     if args.command == "ingest":
         return results.to_json(pipe.ingest())
     if args.command == "run-all":
@@ -338,7 +341,8 @@ def _feedback(args: argparse.Namespace) -> dict[str, Any]:
         args.feedback or config.feedback_landing(os.environ, store_uri), "feedback")
     model_name = args.model_name or cfg.model_name
     reports = fb.process_pending(
-        fb.FeedbackConfig(model_name=model_name, source=args.source), open_store(store_uri),
+        fb.FeedbackConfig(model_name=model_name, registry=cfg.registry, source=args.source),
+        open_store(store_uri),
         open_store(feedback_uri), open_store(landing),
         source=open_store(args.source) if args.source else None)
     return {"processed": [r.to_dict() for r in reports],

@@ -276,7 +276,7 @@ def process_batch(cfg: FeedbackConfig, store: Store, feedback: Store, landing: S
     from mnist_tasks.scoring_outputs import PREDICTIONS, is_committed, output_prefix, read_output
 
     files, labelled, problems, duplicates = read_feedback(feedback, batch)
-    scfg = ScoringConfig(landing=landing.uri, model_name=cfg.model_name)
+    scfg = ScoringConfig(landing=landing.uri, model_name=cfg.model_name, registry=cfg.registry)
     versions = sorted(int(v[1:]) for v in store.list_children(
         f"scoring/{cfg.model_name}/batches/{batch}") if re.fullmatch(r"v\d{6}", v)
         and is_committed(store, scfg, batch, int(v[1:])))
@@ -383,7 +383,7 @@ def process_pending(cfg: FeedbackConfig, store: Store, feedback: Store, landing:
     from mnist_tasks.registries import open_registry
     from mnist_tasks.registry_api import RegistryError
 
-    registry = open_registry(store, cfg.model_name)
+    registry = open_registry(store, cfg.model_name, cfg.registry)
     out = []
     for batch in pending_batches(feedback):
         key = _listing_key(cfg.model_name, feedback, batch)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import re
 import subprocess
 import time
@@ -41,7 +40,6 @@ from mnist_tasks.results import (
     TrainResult,
     to_json,
 )
-from mnist_tasks.settings import Settings
 from mnist_tasks.storage import ObjectNotFound, Store, open_store
 
 if TYPE_CHECKING:
@@ -75,6 +73,11 @@ class Pipeline:
         dag_id: recorded in the registry metadata.
         s3_client_kwargs: boto3 client arguments (endpoint, credentials) handed in by the DAG
             from an Airflow connection; None means the standard AWS configuration.
+        registry: the MLflow server whose registry the run reads and registers into
+            (``Settings.registry``, ``MNIST_REGISTRY``); None: the store's.
+        mlflow_tracking: the MLflow server evaluate mirrors the run to
+            (``Settings.mlflow_tracking``, ``MNIST_MLFLOW_TRACKING_URI``); None: no mirror.
+        airflow_run_url: the Airflow run's page, which the mirrored MLflow run links to.
     """
 
     def __init__(
@@ -84,8 +87,14 @@ class Pipeline:
         *,
         dag_id: str | None = None,
         s3_client_kwargs: Mapping[str, Any] | None = None,
+        registry: str | None = None,
+        mlflow_tracking: str | None = None,
+        airflow_run_url: str | None = None,
     ) -> None:
         self.cfg = cfg
+        self.registry_location = registry
+        self.mlflow_tracking = mlflow_tracking
+        self.airflow_run_url = airflow_run_url
         self.run_id = run_id
         self.run_key = run_key(run_id)
         self.dag_id = dag_id
@@ -95,7 +104,7 @@ class Pipeline:
     def registry(self) -> ModelRegistry:
         from mnist_tasks.registries import open_registry
 
-        return open_registry(self.store, self.cfg.model_name)
+        return open_registry(self.store, self.cfg.model_name, self.registry_location)
 
     def ingest(self) -> IngestResult:
         """Ingest the base data set and the increments; record the dataset version."""
@@ -190,17 +199,20 @@ class Pipeline:
             history_uri=trained.history_uri, train_uri=trained.train_uri,
         )
         self._update_summary(test_accuracy=result.test_accuracy, preset=trained.preset)
-        tracking = Settings.from_environ(os.environ).mlflow_tracking
+        tracking = self.mlflow_tracking
         if tracking:  # the mirror never fails the task (tracking_mlflow)
             from mnist_tasks.artifacts import code_fingerprint
             from mnist_tasks.tracking_mlflow import mirror_evaluation
 
-            mlflow_run = mirror_evaluation(
+            mirrored = mirror_evaluation(
                 tracking, self.store, result, model_name=self.cfg.model_name,
                 run_key=self.run_key, run_id=self.run_id, dag_id=self.dag_id,
-                code_fingerprint=code_fingerprint())
-            if mlflow_run:
-                self._update_summary(mlflow_run_id=mlflow_run, mlflow_tracking=tracking)
+                code_fingerprint=code_fingerprint(), airflow_run_url=self.airflow_run_url,
+                candidates=trained.candidates if isinstance(trained, SelectResult) else ())
+            if mirrored:
+                self._update_summary(mlflow_run_id=mirrored.run_id, mlflow_tracking=tracking,
+                                     mlflow_experiment_id=mirrored.experiment_id,
+                                     mlflow_run_url=mirrored.url)
         return result
 
     def gate(self, evaluation: EvaluateResult) -> GateDecision:

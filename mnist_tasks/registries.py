@@ -4,42 +4,37 @@ Unset (or ``store``), versions and aliases live in the store (:class:`~mnist_tas
 Registry`); ``mlflow+http://host:port``, in an MLflow server's registry
 (:class:`~mnist_tasks.registry_mlflow.MlflowRegistry`)::
 
-    registry = open_registry(store, "mnist-classifier")          # as MNIST_REGISTRY says
+    registry = open_registry(store, "mnist-classifier")          # the store's
     registry = open_registry(None, "mnist-classifier", "mlflow+http://mlflow:5000")
+    registry = open_registry(store, settings.model_name, settings.registry)  # MNIST_REGISTRY
 
 Every process that reaches the registry (the tasks, the scoring and feedback DAGs, the Models
-page, the CLI) must agree on it, like on the S3 endpoint boto3 reads from the environment: so
-with no ``location`` given it is read here, once per call, from the deployment's environment
-through :class:`~mnist_tasks.settings.Settings`, not threaded through every stage's config.
+page, the CLI) must agree on it: each edge reads ``MNIST_REGISTRY`` once through
+:class:`~mnist_tasks.settings.Settings` (or :func:`~mnist_tasks.config.scoring_config`) and
+passes it on (``Pipeline(registry=...)``, ``ScoringConfig.registry``, ``FeedbackConfig.registry``).
 """
 
 from __future__ import annotations
 
-import os
-from types import EllipsisType
-
 from mnist_tasks.registry_api import ModelRegistry
-from mnist_tasks.settings import Settings
 from mnist_tasks.storage import Store
 
 
 def open_registry(
-    store: Store | None, model_name: str, location: str | EllipsisType | None = ...
+    store: Store | None, model_name: str, location: str | None = None
 ) -> ModelRegistry:
     """The registry of ``model_name``.
 
     Args:
         store: where the store-backed registry lives (unused for MLflow).
         model_name: the registered model's name.
-        location: an MLflow server (``mlflow+http://host:port``), None for the store, or
-            ``...`` (default): ``MNIST_REGISTRY`` from the environment.
+        location: an MLflow server (``mlflow+http://host:port``: ``Settings.registry``), or
+            None (default) for the store's.
 
     Raises:
-        ConfigError: for a bad ``MNIST_REGISTRY``; ValueError: no store for a store-backed one.
+        ValueError: no store for a store-backed one; a location that is no MLflow server.
     """
-    if location is ...:
-        location = Settings.from_environ(os.environ).registry
-    if isinstance(location, str) and location:
+    if location:
         from mnist_tasks.registry_mlflow import MlflowRegistry
 
         return MlflowRegistry(location, model_name)

@@ -187,7 +187,7 @@ def plan(
         return recorded
     except ObjectNotFound:
         pass
-    model = resolve_model(open_registry(store, cfg.model_name), events)
+    model = resolve_model(open_registry(store, cfg.model_name, cfg.registry), events)
     version = model.version
     skipped: dict[str, str] = {}
     if batches is not None:
@@ -339,9 +339,9 @@ def _forward(model: keras.Model, images: np.ndarray, batch_size: int
     return forward(images, batch_size)
 
 
-def load_version(store: Store, model_name: str, version: int) -> keras.Model:
+def load_version(store: Store, cfg: ScoringConfig, version: int) -> keras.Model:
     """The registered model of ``version``, downloaded and SHA-256-verified, in safe mode."""
-    registry = open_registry(store, model_name)
+    registry = open_registry(store, cfg.model_name, cfg.registry)
     with tempfile.TemporaryDirectory(prefix="mnist-score-") as tmp:
         return load_keras_model(registry.fetch_model(version, tmp))
 
@@ -358,7 +358,7 @@ def score_shard(cfg: ScoringConfig, store: Store, shard: ScoreShard,
     images = load_npz(store, f"{staging}/images.npz", ("images",))["images"]
     part = images[shard.start:shard.stop]
     if model is None:
-        model = load_version(store, cfg.model_name, shard.version)
+        model = load_version(store, cfg, shard.version)
     import numpy as np
 
     start = time.perf_counter()
@@ -586,7 +586,7 @@ def score_batches(cfg: ScoringConfig, store: Store, landing: Store, run_key: str
         return ScoreCommit(model_version=planned.model_version, committed=(), unchanged=(),
                            rejected={}, skipped=dict(planned.skipped), images=0, outputs={})
     prepared = prepare(cfg, store, landing, planned)
-    model = (load_version(store, cfg.model_name, planned.model_version)
+    model = (load_version(store, cfg, planned.model_version)
              if prepared.shards else None)
     scored = [score_shard(cfg, store, s, model) for s in prepared.shards]
     return commit(cfg, store, planned, prepared, scored, run_id=run_id)

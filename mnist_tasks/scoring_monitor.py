@@ -109,7 +109,7 @@ def batch_health(store: Store, cfg: ScoringConfig, batch: str, version: int,
     if embeddings is None:
         return None
     try:
-        blob = open_registry(store, cfg.model_name).read_file(version, REFERENCE_FILE)
+        blob = open_registry(store, cfg.model_name, cfg.registry).read_file(version, REFERENCE_FILE)
     except RegistryError as exc:
         log.info("score: batch %s: v%d has no monitoring reference (%s); drift not checked",
                  batch, version, exc)

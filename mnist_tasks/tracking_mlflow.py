@@ -5,13 +5,15 @@ trained and measured into the experiment ``<model-name>`` of that server, throug
 API (:mod:`mnist_tasks.mlflow_rest`)::
 
     mirror_evaluation("mlflow+http://mlflow:5000", store, evaluation, model_name=...,
-                      run_key=..., run_id=..., dag_id=...)   # the MLflow run id, or None
+                      run_key=..., run_id=..., dag_id=...)   # a MirroredRun, or None
 
 params: the training config; metrics: the per-epoch history (one step per epoch), test and fresh
 accuracy, per-digit recall; artifacts: the plots, the report and the metrics; tags: the Airflow
-run id, the dataset version, the code fingerprint. One MLflow run per pipeline run (found again
-by its ``mnist.run_key`` tag: a retry finds it and logs nothing twice). The mirror never fails
-a task: an outage is one warning.
+run id and (given its URL) a link back to the Airflow run, the dataset version, the code
+fingerprint. One MLflow run per pipeline run (found again by its ``mnist.run_key`` tag: a retry
+finds it and logs nothing twice); a run that trained several candidates has one child run per
+candidate (``mlflow.parentRunId``: its config and final validation metrics, from select's table).
+The mirror never fails a task: an outage is one warning.
 """
 
 from __future__ import annotations
@@ -19,17 +21,45 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from mnist_tasks.artifacts import prepared_record_uri, read_result
-from mnist_tasks.mlflow_rest import MlflowError, MlflowRest
-from mnist_tasks.results import EvaluateResult, PreprocessResult, TrainResult
+from mnist_tasks.mlflow_rest import MlflowError, MlflowRest, http_base
+from mnist_tasks.results import CandidateRow, EvaluateResult, PreprocessResult, TrainResult
 from mnist_tasks.storage import Store
 
 log = logging.getLogger(__name__)
 
 TAG_RUN_KEY = "mnist.run_key"
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: the UI nests a child run under its parent
+TAG_NOTE = "mlflow.note.content"  # MLflow's own: the run's description (markdown)
+TAG_AIRFLOW_URL = "mnist.airflow_run_url"
+
+
+@dataclass(frozen=True)
+class MirroredRun:
+    """Where a pipeline run is in MLflow: ``url`` is its page in MLflow's UI."""
+
+    run_id: str
+    experiment_id: str
+    url: str
+    children: tuple[str, ...] = ()  # the candidates' child runs, by candidate
+
+
+def run_page_url(location: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI's page of a run (``http://host:port/#/experiments/<exp>/runs/<run>``)."""
+    return f"{http_base(location)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def airflow_note(run_id: str, dag_id: str | None, airflow_run_url: str | None) -> str:
+    """The MLflow run's description: which Airflow run it mirrors, linked when its URL is
+    known (markdown)."""
+    what = f"`{dag_id or '-'}` run `{run_id}`"
+    if airflow_run_url:
+        what = f"[{what}]({airflow_run_url})"
+    return f"Mirrored by the MNIST pipeline from Airflow: {what}."
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param's value
 BATCH = 900  # metrics per log-batch call (MLflow takes 1000)
 
@@ -61,9 +91,11 @@ def mirror_run(
     metrics: Mapping[str, float],
     tags: Mapping[str, str],
     artifacts: Mapping[str, bytes],
+    status: str = "FINISHED",
 ) -> dict[str, str]:
     """Log one pipeline run as the MLflow run tagged ``mnist.run_key=run_key`` (created on
-    first use); returns ``{"run_id", "artifact_uri", "experiment_id"}``.
+    first use; a ``mlflow.parentRunId`` tag makes it a child run); returns ``{"run_id",
+    "artifact_uri", "experiment_id"}``.
 
     Raises:
         MlflowError: one line naming the server, when a call fails (callers that must not
@@ -76,7 +108,7 @@ def mirror_run(
         "filter": f"tags.`{TAG_RUN_KEY}` = '{run_key}'"}).get("runs", [])
     if found:
         info = found[0]["info"]
-        if info.get("status") == "FINISHED":  # mirrored by an earlier attempt of this run
+        if info.get("status") in ("FINISHED", "FAILED"):  # an earlier attempt's, complete
             return {"run_id": str(info["run_id"]), "artifact_uri": str(info["artifact_uri"]),
                     "experiment_id": experiment_id}
     else:
@@ -103,7 +135,7 @@ def mirror_run(
     root = str(info["artifact_uri"]).removeprefix("mlflow-artifacts:").strip("/")
     for name, data in artifacts.items():
         rest.put_artifact(f"{root}/{name}", data)
-    rest.call("POST", "runs/update", body={"run_id": run_id, "status": "FINISHED",
+    rest.call("POST", "runs/update", body={"run_id": run_id, "status": status,
                                            "end_time": int(time.time() * 1000)})
     return {"run_id": run_id, "artifact_uri": str(info["artifact_uri"]),
             "experiment_id": experiment_id}
@@ -119,15 +151,26 @@ def mirror_evaluation(
     run_id: str,
     dag_id: str | None,
     code_fingerprint: str | None = None,
-) -> str | None:
+    airflow_run_url: str | None = None,
+    candidates: Sequence[CandidateRow] = (),
+) -> MirroredRun | None:
     """Mirror an evaluated run (its train record, history, metrics, plots and report, read
-    from the store) into MLflow; the MLflow run id, or None after a warning when anything
-    failed: the mirror never fails the task."""
+    from the store) into MLflow, and each of its ``candidates`` (select's table; a run with
+    one model has none) as a child run; None after a warning when anything failed: the mirror
+    never fails the task.
+
+    Args:
+        airflow_run_url: the Airflow run's page: the MLflow run links back to it (its
+            ``mnist.airflow_run_url`` tag and its description).
+    """
     try:
         metrics_doc = json.loads(store.read_bytes(store.key_of(evaluation.metrics_uri)))
         history: dict[str, list[float]] = {}
         params: dict[str, Any] = {}
-        tags = {"mnist.airflow_run_id": run_id, "mnist.dag_id": dag_id or "-"}
+        tags = {"mnist.airflow_run_id": run_id, "mnist.dag_id": dag_id or "-",
+                TAG_NOTE: airflow_note(run_id, dag_id, airflow_run_url)}
+        if airflow_run_url:
+            tags[TAG_AIRFLOW_URL] = airflow_run_url
         if code_fingerprint:
             tags["mnist.code_fingerprint"] = code_fingerprint
         if evaluation.history_uri:
@@ -155,10 +198,36 @@ def mirror_evaluation(
                 store.read_bytes(store.key_of(uri))
         run = mirror_run(location, model_name, run_key, run_name=run_id, params=params,
                          history=history, metrics=metrics, tags=tags, artifacts=artifacts)
+        children = tuple(
+            mirror_run(location, model_name, f"{run_key}.candidate-{row.candidate}",
+                       run_name=f"{run_id} candidate {row.candidate}: {row.label}",
+                       **_candidate(row, run["run_id"], tags))["run_id"]
+            for row in candidates)
     except Exception as exc:  # the mirror never fails a task: any failure is one warning
         log.warning("tracking mirror: run %s not mirrored to %s: %s", run_key, location,
                     " ".join(str(exc).split()) or type(exc).__name__)
         return None
-    log.info("tracking mirror: run %s is MLflow run %s in %s (experiment %s)", run_key,
-             run["run_id"], location, model_name)
-    return run["run_id"]
+    log.info("tracking mirror: run %s is MLflow run %s in %s (experiment %s)%s", run_key,
+             run["run_id"], location, model_name,
+             f", its {len(children)} candidates child runs" if children else "")
+    return MirroredRun(run["run_id"], run["experiment_id"],
+                       run_page_url(location, run["experiment_id"], run["run_id"]), children)
+
+
+def _candidate(row: CandidateRow, parent: str, tags: Mapping[str, str]) -> dict[str, Any]:
+    """A candidate's child run: its config as params, its final validation metrics, the
+    parent's tags (but its note) with ``mlflow.parentRunId``; FAILED when it did not train."""
+    metrics = {k: float(v) for k, v in (("val_accuracy", row.val_accuracy),
+                                        ("val_loss", row.val_loss),
+                                        ("fit_seconds", row.fit_seconds),
+                                        ("epochs_run", row.epochs_run)) if v is not None}
+    child_tags = {**{k: v for k, v in tags.items() if k != TAG_NOTE}, TAG_PARENT: parent,
+                  "mnist.candidate": str(row.candidate), "mnist.chosen": str(row.chosen).lower(),
+                  "mnist.status": row.status}
+    if row.error:
+        child_tags["mnist.error"] = row.error[:5000]
+    return {"params": {"label": row.label, "preset": row.preset, "epochs": row.epochs,
+                       "batch_size": row.batch_size, "learning_rate": row.learning_rate,
+                       "seed": row.seed, **{f"override.{k}": v for k, v in row.overrides.items()}},
+            "history": {}, "metrics": metrics, "tags": child_tags, "artifacts": {},
+            "status": "FINISHED" if row.status == "trained" else "FAILED"}

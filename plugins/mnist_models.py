@@ -25,7 +25,9 @@ response says ``X-Content-Type-Options: nosniff`` (a version's files come from t
 
 Settings (environment, parsed by :mod:`mnist_tasks.settings` as for the DAG): ``MNIST_STORE``
 (the registry's store, else the DAG's default store), ``MNIST_MODEL_NAME`` (the registry's model
-name). S3 credentials come as the tasks get them: the Airflow connection ``MNIST_S3_CONN_ID``
+name), ``MNIST_REGISTRY`` (an MLflow server's registry instead of the store's). A run the tracking
+mirror logged (its summary records its MLflow page) is linked to MLflow beside its Airflow link.
+S3 credentials come as the tasks get them: the Airflow connection ``MNIST_S3_CONN_ID``
 (default ``mnist_s3``) when it exists, else the standard AWS configuration
 (``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ...). A version's files are read through the
 registry, checked against its manifest.
@@ -133,6 +135,24 @@ def run_url(dag_id: str | None, run_id: str | None) -> str | None:
     return f"../dags/{quote(dag_id or TRAINING_DAG_ID, safe='')}/runs/{quote(run_id, safe='')}"
 
 
+def mlflow_url(summary: Mapping[str, Any]) -> str | None:
+    """The MLflow UI's page of a run the tracking mirror logged (its summary records it), or
+    None when the run was not mirrored."""
+    url = summary.get("mlflow_run_url")
+    if isinstance(url, str) and url.startswith(("http://", "https://")):
+        return url
+    location, experiment, run = (summary.get(k) for k in (
+        "mlflow_tracking", "mlflow_experiment_id", "mlflow_run_id"))
+    if not (location and experiment and run):
+        return None
+    from mnist_tasks.tracking_mlflow import run_page_url
+
+    try:
+        return run_page_url(str(location), str(experiment), str(run))
+    except ValueError:
+        return None
+
+
 def fresh_set(lineage: Mapping[str, Any] | None) -> str | None:
     """Which fresh images a fresh accuracy was measured on, e.g. ``2 increments (inc-a,
     inc-b), 300 images``: versions trained on other data were measured on other sets."""
@@ -146,7 +166,8 @@ def fresh_set(lineage: Mapping[str, Any] | None) -> str | None:
     return (f"{len(ids)} increment{'s' if len(ids) > 1 else ''} ({', '.join(ids)}), {count}")
 
 
-def _version_row(info: VersionInfo, champion: int | None) -> dict[str, Any]:
+def _version_row(info: VersionInfo, champion: int | None,
+                 mlflow: str | None = None) -> dict[str, Any]:
     from mnist_tasks.model_card import lineage_summary
 
     lineage = lineage_summary(info.metadata) or {}
@@ -169,6 +190,7 @@ def _version_row(info: VersionInfo, champion: int | None) -> dict[str, Any]:
         "run_id": info.run_id,
         "run_key": info.run_key,
         "run_url": run_url(run.get("dag_id"), info.run_id),
+        "mlflow_url": mlflow,  # the producing run in MLflow, when mirrored
         "champion": info.version == champion,
         "model_uri": info.model_uri,
         "files": sorted(info.files),
@@ -226,7 +248,9 @@ def _runs(store: Store, by_run_key: Mapping[str, int]) -> list[dict[str, Any]]:
         run_id = s.get("run_id")
         rows.append({
             "run_id": run_id or s["run_key"],
+            "run_key": s["run_key"],
             "run_url": run_url(s.get("dag_id"), run_id),
+            "mlflow_url": mlflow_url(s),
             "updated": _fmt_time(str(s.get("updated_at") or "")) if s.get("updated_at") else None,
             "decision": s.get("decision"),
             "approval": _approval_text(approval),
@@ -381,14 +405,17 @@ def build_app() -> FastAPI:
         runs: list[dict[str, Any]] = []
         card_html: str | None = None
         scored: dict[int, list[dict[str, Any]]] = {}
+        mirrored: dict[str, str] = {}  # run key -> the run's page in MLflow
         try:
             infos = reg.list_versions()
             champion = reg.get_alias("champion")
             scored = _scored(store, reg.model_name)
-            rows = [_version_row(i, champion) | {"scored": len(scored.get(i.version, []))}
+            runs = _runs(store, {i.run_key: i.version for i in infos})
+            mirrored = {r["run_key"]: r["mlflow_url"] for r in runs if r["mlflow_url"]}
+            rows = [_version_row(i, champion, mirrored.get(i.run_key))
+                    | {"scored": len(scored.get(i.version, []))}
                     for i in reversed(infos)]  # newest first
             by_number = {i.version: i for i in infos}
-            runs = _runs(store, {i.run_key: i.version for i in infos})
             if run_id:
                 run = _run_banner(store, reg, run_id, dag_id)
                 if run.get("version") in by_number:
@@ -413,7 +440,9 @@ def build_app() -> FastAPI:
             rows=rows,
             runs=runs,
             champion=champion,
-            selected=_version_row(selected, champion) if selected else None,
+            selected=_version_row(selected, champion, mirrored.get(selected.run_key)
+                                  or _mlflow_of(store, selected.run_key))
+            if selected else None,
             selected_meta=dict(selected.metadata) if selected else {},
             checks=gate_checks(store, gate.get("decision_uri"), gate.get("reasons"))
             if selected else [],
@@ -496,6 +525,18 @@ def build_app() -> FastAPI:
                         headers={"Cache-Control": "private, max-age=86400, immutable"})
 
     return app
+
+
+def _mlflow_of(store: Store, run_key: str) -> str | None:
+    """The MLflow page of the run ``run_key`` (older than the runs table), from its summary."""
+    import json
+
+    from mnist_tasks.storage import StorageError
+
+    try:
+        return mlflow_url(json.loads(store.read_bytes(f"runs/{run_key}/summary.json")))
+    except (StorageError, OSError, ValueError, AttributeError):
+        return None
 
 
 def _run_banner(store: Store, reg: ModelRegistry, run_id: str, dag_id: str | None

@@ -22,6 +22,7 @@ from mnist_tasks.config import TRIGGER_PARAMS, env_number
 if TYPE_CHECKING:
     from mnist_tasks.config import ParamSpec, PipelineConfig
     from mnist_tasks.pipeline import Pipeline
+    from mnist_tasks.settings import Settings
 
 log = logging.getLogger("mnist_training")
 
@@ -95,16 +96,53 @@ def pipeline_config(params: Mapping[str, Any], environ: Mapping[str, str] = os.e
         raise AirflowFailException(str(exc)) from None
 
 
+def deployment_settings(environ: Mapping[str, str] = os.environ) -> Settings:
+    """The deployment's settings (``MNIST_REGISTRY``, ``MNIST_MLFLOW_TRACKING_URI``, ...) that
+    the task hands to the library.
+
+    Raises:
+        AirflowFailException: (no retry) naming the variable with a bad value.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from mnist_tasks.config import ConfigError
+    from mnist_tasks.settings import Settings
+
+    try:
+        return Settings.from_environ(environ)
+    except ConfigError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+def airflow_run_url(dag_id: str, run_id: str, settings: Settings) -> str | None:
+    """The Airflow UI's page of a run, for links from outside Airflow (the MLflow mirror):
+    under Airflow's ``[api] base_url``, else ``MNIST_AIRFLOW_API_URL``; None without either
+    (a root-relative link means nothing in another application)."""
+    from urllib.parse import quote
+
+    from airflow.configuration import conf
+
+    base = (conf.get("api", "base_url", fallback="") or settings.airflow_api_url or "")
+    if not base.startswith(("http://", "https://")):
+        return None
+    return f"{base.rstrip('/')}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
 def pipeline() -> Pipeline:
     """The library's Pipeline for the running task: its config, run id and S3 credentials."""
     from mnist_tasks.pipeline import Pipeline
 
     ctx = _context()
+    settings = deployment_settings()
     return Pipeline(
         pipeline_config(ctx["params"]),
         run_id=ctx["run_id"],
         dag_id=ctx["dag"].dag_id,
         s3_client_kwargs=s3_client_kwargs(),
+        registry=settings.registry,
+        mlflow_tracking=settings.mlflow_tracking,
+        airflow_run_url=airflow_run_url(ctx["dag"].dag_id, ctx["run_id"], settings)
+        if settings.mlflow_tracking else None,
     )
 
 

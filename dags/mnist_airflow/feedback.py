@@ -49,7 +49,8 @@ def feedback(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
         config.check_store_uri(source_uri)
         source = open_store(source_uri, client_kwargs=kwargs)
     reports = fb.process_pending(
-        fb.FeedbackConfig(model_name=cfg.model_name, source=source_uri if source else None),
+        fb.FeedbackConfig(model_name=cfg.model_name, registry=cfg.registry,
+                          source=source_uri if source else None),
         store, open_store(feedback_uri, client_kwargs=kwargs), landing, source=source)
     if not reports:
         raise AirflowSkipException(f"no new feedback under {feedback_uri}")

@@ -173,7 +173,8 @@ ENV_SETTINGS: tuple[EnvSetting, ...] = (
                "(an MLflow server's registry; docs/registry.md)"),
     EnvSetting("MNIST_MLFLOW_TRACKING_URI", "off",
                "mlflow+http://host:port: each evaluated training run is also an MLflow run "
-               "(params, per-epoch metrics, plots); an outage is a warning"),
+               "(params, per-epoch metrics, plots; a sweep's candidates as child runs), linked "
+               "both ways with the Airflow run; an outage is a warning"),
     EnvSetting("MNIST_FEEDBACK_LANDING", "<scoring store>/feedback",
                "where the labels that come back land"),
     _minutes("MNIST_FEEDBACK_INTERVAL_MINUTES", "landed feedback is looked for"),
@@ -203,13 +204,15 @@ def env_number(environ: Mapping[str, str], env: str) -> Any:
 
 
 def scoring_config(environ: Mapping[str, str], store_uri: str) -> ScoringConfig:
-    """The scoring config from ``MNIST_MODEL_NAME`` and the ``MNIST_SCORING_*`` variables of
-    :data:`ENV_SETTINGS`; the landing prefix defaults to ``<store_uri>/landing``.
+    """The scoring config from ``MNIST_MODEL_NAME``, ``MNIST_REGISTRY`` and the
+    ``MNIST_SCORING_*`` variables of :data:`ENV_SETTINGS`; the landing prefix defaults to
+    ``<store_uri>/landing``.
 
     Raises:
         ConfigError: naming the variable, for a value that does not parse or is out of range.
     """
-    values: dict[str, Any] = {"landing": store_uri.rstrip("/") + "/landing"}
+    values: dict[str, Any] = {"landing": store_uri.rstrip("/") + "/landing",
+                              "registry": registry_location(environ)}
     given: dict[str, str] = {}  # field -> the variable that set it
     sources = [("MNIST_MODEL_NAME", "model_name", str),
                *((s.env, s.scoring_field, s.kind or str) for s in ENV_SETTINGS

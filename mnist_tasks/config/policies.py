@@ -143,10 +143,13 @@ class ScoringConfig:
         batch_size: the ``model.predict`` batch size.
         label_queue: how many of each batch's least confident images are exported for
             labelling (``scoring/<model>/labeling/``); 0 exports none.
+        registry: the MLflow server whose registry holds the model (``MNIST_REGISTRY``);
+            None: the store's.
     """
 
     landing: str
     model_name: str = DEFAULT_MODEL_NAME
+    registry: str | None = None
     shard_size: int = 5000
     rescore_window: int = 5
     confidence_threshold: float = 0.5
@@ -176,9 +179,12 @@ class FeedbackConfig:
         alarm_margin: ALARM when live accuracy is significantly below benchmark - margin.
         alpha: the one-sided binomial test's level.
         min_labels: fewer labels than this for a version: TOO_FEW, never an alarm.
+        registry: the MLflow server whose registry holds the model (``MNIST_REGISTRY``);
+            None: the store's.
     """
 
     model_name: str = DEFAULT_MODEL_NAME
+    registry: str | None = None
     source: str | None = None
     alarm_margin: float = 0.02
     alpha: float = 0.01

@@ -439,6 +439,28 @@ def test_the_dag_glue_and_the_library_settings_agree(glue) -> None:  # type: ign
     assert glue.common.MODEL_REGISTRY.name == settings.REGISTRY_ASSET
 
 
+def test_the_tasks_hand_the_mlflow_settings_and_their_run_url_to_the_library(
+        glue, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from airflow.sdk.exceptions import AirflowFailException
+
+    settings = glue.common.deployment_settings({
+        "MNIST_REGISTRY": "mlflow+http://mlflow:5000",
+        "MNIST_MLFLOW_TRACKING_URI": "mlflow+http://mlflow:5000"})
+    assert settings.registry == settings.mlflow_tracking == "mlflow+http://mlflow:5000"
+    with pytest.raises(AirflowFailException, match="MNIST_REGISTRY"):  # no retry: a bad setting
+        glue.common.deployment_settings({"MNIST_REGISTRY": "http://mlflow:5000"})
+    # The MLflow run links back to the Airflow run: under [api] base_url, else the API URL.
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example/sub/")
+    assert glue.common.airflow_run_url("mnist_training", "manual__2026-12-01T00:00:00+00:00",
+                                       settings) == ("https://airflow.example/sub/dags/"
+                                                     "mnist_training/runs/manual__2026-12-01T"
+                                                     "00%3A00%3A00%2B00%3A00")
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "")
+    assert glue.common.airflow_run_url("d", "r", settings) is None  # a relative link: none
+    with_api = glue.common.deployment_settings({"MNIST_AIRFLOW_API_URL": "http://af:8080"})
+    assert glue.common.airflow_run_url("d", "r", with_api) == "http://af:8080/dags/d/runs/r"
+
+
 def _dag_with_margin(monkeypatch, margin: str | None):  # type: ignore[no-untyped-def]
     """Parse the DAG file afresh with MNIST_DEADLINE_MARGIN_MINUTES set (or unset) for it."""
     if margin is None:

@@ -1,7 +1,9 @@
 """The MLflow-backed registry against a real MLflow server: what MLflow itself sees (a Keras model
 that ``mlflow.keras.load_model`` loads in the server's own environment), its faults (server down,
-a version made by hand, an alias left on a deleted version), the command line, and the
-read-check-set window of an alias move; and the tracking mirror. The contract every backend keeps is
+also half way through a registration, a version made by hand, an alias left on a deleted
+version), the command line, scoring from it, and the read-check-set window of an alias move; and
+the tracking mirror (a sweep's candidates as child runs, the link back to Airflow, the run's page
+in MLflow's UI: the README's screenshot). The contract every backend keeps is
 test_registry_contract.py."""
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from mnist_tasks.artifacts import write_json, write_result
 from mnist_tasks.mlflow_rest import MlflowError, MlflowRest
 from mnist_tasks.registry_api import CHAMPION, AliasConflict, RegistryError, VersionNotFound
 from mnist_tasks.registry_mlflow import MlflowRegistry
-from mnist_tasks.results import EvaluateResult
-from mnist_tasks.storage import Store
-from mnist_tasks.tracking_mlflow import mirror_evaluation
+from mnist_tasks.results import CandidateRow, EvaluateResult, SelectionRule, SelectResult
+from mnist_tasks.storage import LocalStore, Store
+from mnist_tasks.tracking_mlflow import MirroredRun, mirror_evaluation
 from tests.helpers import REPO, make_prepared, patch_images, patch_model, train_result
 from tests.mlflow_server import MLFLOW_VENV, free_port
 
@@ -120,6 +122,13 @@ def test_a_version_made_by_hand_is_foreign(mlflow_server: str) -> None:
     assert listed.returncode == 0, listed.stderr
     assert "foreign" in listed.stdout.splitlines()[2]
     assert "v2 foreign: not registered by this pipeline" in listed.stdout
+    # The champion alias moved onto it by hand in MLflow: scoring refuses to use it.
+    from mnist_tasks.score import resolve_model
+
+    rest.call("POST", "registered-models/alias",
+              body={"name": "hand-edited", "alias": CHAMPION, "version": "2"})
+    with pytest.raises(VersionNotFound, match=r"version 2 .* is foreign"):
+        resolve_model(registry)
 
 
 def test_an_alias_left_on_a_deleted_version_is_one_line_naming_both(mlflow_server: str) -> None:
@@ -172,6 +181,51 @@ def test_the_command_line_lists_shows_promotes_and_rolls_back(mlflow_server: str
     assert again.returncode == 0 and again.stdout.startswith("cli-model v1  [champion]")
 
 
+def test_a_server_lost_half_way_through_register_leaves_no_candidate(
+        mlflow_server: str) -> None:
+    registry = fresh(mlflow_server, "half-way")
+    down = f"mlflow+http://127.0.0.1:{free_port()}"  # nothing listens there
+
+    def server_goes_away(pending: Any) -> None:  # after the model's upload, before the rest
+        registry.client = MlflowRest(down)
+
+    with pytest.raises(RegistryError, match="unreachable") as err:
+        registry.register("r1", {"model.keras": b"weights", "metrics.json": b"{}"},
+                          {"gate": {"decision": "PROMOTE"}}, verify=server_goes_away)
+    assert down in str(err.value) and "\n" not in str(err.value)
+    registry = MlflowRegistry(mlflow_server, "half-way")  # the server is back
+    assert registry.list_versions() == [] and registry.latest() is None
+    assert [(e.version, e.status) for e in registry.scan(include_incomplete=True)] == [
+        (1, "incomplete")]  # marked (no mnist.complete tag), not deleted
+    with pytest.raises(VersionNotFound):
+        registry.promote(1)
+    assert register(registry, "r1") == 1  # the run's retry completes the same version
+    assert [v.version for v in registry.list_versions()] == [1]
+
+
+def test_scoring_reads_the_mlflow_registry(mlflow_server: str, tmp_path: Path) -> None:
+    from mnist_tasks import score
+    from mnist_tasks.idx import encode_idx
+    from mnist_tasks.scoring_batches import write_batch
+    from mnist_tasks.scoring_outputs import read_output
+
+    registry = fresh(mlflow_server, "scored")
+    patch_model().save(tmp_path / "model.keras")
+    register(registry, "r0")
+    registry.register("r1", {"model.keras": tmp_path / "model.keras"}, {})
+    registry.promote(2)
+    store, landing = LocalStore(tmp_path / "store"), LocalStore(tmp_path / "landing")
+    labels = np.arange(10, dtype=np.uint8)
+    write_batch(landing, "b001", {"a-idx3-ubyte": encode_idx(patch_images(labels))})
+    cfg = score.ScoringConfig(landing=landing.uri, model_name="scored", registry=mlflow_server)
+    done = score.score_batches(cfg, store, landing, "s1")
+    assert (done.model_version, done.committed, done.images) == (2, ("b001",), 10)
+    assert done.model_uri == f"{mlflow_server}/scored/versions/2/model.keras"
+    predictions = read_output(store, cfg, "b001", 2, "predictions.csv")
+    assert [int(line.split(",")[1]) for line in predictions.decode().splitlines()[1:]] == list(
+        range(10))
+
+
 def test_the_alias_read_check_set_window(mlflow_server: str) -> None:
     """MLflow has no compare-and-swap: measure how long a concurrent move could be lost."""
     registry = fresh(mlflow_server, "window")
@@ -189,10 +243,9 @@ def test_the_alias_read_check_set_window(mlflow_server: str) -> None:
     assert registry.alias_record(CHAMPION).history[-1]["seq"] == 20  # type: ignore[union-attr]
 
 
-def evaluated_run(store: Store, run_key: str) -> EvaluateResult:
-    """A model evaluated for real by the evaluate stage, with its train record and history."""
-    from mnist_tasks.evaluate import evaluate
-
+def trained_run(store: Store, run_key: str) -> SelectResult:
+    """What select hands to evaluate: a model (hand-set weights) with its train record and
+    history, chosen from :data:`SWEEP`."""
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(10, dtype=np.uint8), 5)
     prepared_uri = make_prepared(store, "prep", val_fraction=0.2, split_seed=1, arrays={
@@ -210,20 +263,58 @@ def evaluated_run(store: Store, run_key: str) -> EvaluateResult:
                            prepared_uri=prepared_uri,
                            train_uri=store.uri_for(f"{prefix}/result.json"))
     write_result(store, f"{prefix}/result.json", trained)
-    return evaluate(trained.model_uri, prepared_uri, store, run_key,
-                    history_uri=trained.history_uri, train_uri=trained.train_uri)
+    return SelectResult(model_uri=trained.model_uri, history_uri=trained.history_uri,
+                        prepared_uri=prepared_uri, train_uri=trained.train_uri, preset="tiny",
+                        chosen_candidate=0, candidates=SWEEP,
+                        selection=SelectionRule("val_accuracy", (), 1))
+
+
+AIRFLOW_RUN = "http://airflow.example:8080/dags/mnist_training/runs/manual__run-m"
+SWEEP = tuple(CandidateRow(
+    candidate=i, label=label, overrides=overrides, preset="tiny", epochs=2, batch_size=32,
+    learning_rate=rate, seed=1, status=status, val_accuracy=acc, val_loss=loss,
+    fit_seconds=None if acc is None else 1.5, epochs_run=None if acc is None else 2,
+    error=error, chosen=i == 0)
+    for i, (label, overrides, rate, status, acc, loss, error) in enumerate([
+        ("lr=0.001", {"learning_rate": 0.001}, 0.001, "trained", 0.8, 0.6, None),
+        ("lr=0.1", {"learning_rate": 0.1}, 0.1, "failed", None, None, "loss became NaN")]))
+
+
+@pytest.fixture(scope="module")
+def mirrored(mlflow_server: str, tmp_path_factory: pytest.TempPathFactory
+             ) -> tuple[Store, EvaluateResult, dict[str, Any], MirroredRun]:
+    """A run with two candidates evaluated for real by the Pipeline, which mirrors it once
+    (shared by the mirror's test and the screenshot)."""
+    from mnist_tasks.artifacts import code_fingerprint
+    from mnist_tasks.config import pipeline_config
+    from mnist_tasks.pipeline import Pipeline, run_summary
+
+    store = LocalStore(tmp_path_factory.mktemp("mirror") / "store")
+    pipe = Pipeline(pipeline_config({"store": store.uri, "model_name": "mirror-model"}),
+                    "manual__run-m", dag_id="mnist_training", mlflow_tracking=mlflow_server,
+                    airflow_run_url=AIRFLOW_RUN)
+    evaluation = pipe.evaluate(trained_run(store, pipe.run_key))
+    summary = run_summary(store, "manual__run-m")
+    run = MirroredRun(summary["mlflow_run_id"], summary["mlflow_experiment_id"],
+                      summary["mlflow_run_url"])
+    assert summary["mlflow_tracking"] == mlflow_server
+    kwargs: dict[str, Any] = {"model_name": "mirror-model", "run_key": pipe.run_key,
+                              "run_id": "manual__run-m", "dag_id": "mnist_training",
+                              "code_fingerprint": code_fingerprint(),
+                              "airflow_run_url": AIRFLOW_RUN, "candidates": SWEEP}
+    return store, evaluation, kwargs, run
 
 
 def test_the_tracking_mirror_logs_a_run_and_never_fails_a_task(
-        mlflow_server: str, file_store: Store, caplog: pytest.LogCaptureFixture) -> None:
-    evaluation = evaluated_run(file_store, "run-m")
-    kwargs: dict[str, Any] = {"model_name": "mirror-model", "run_key": "run-m",
-                              "run_id": "manual__run-m", "dag_id": "mnist_training",
-                              "code_fingerprint": "c0de"}
-    run_id = mirror_evaluation(mlflow_server, file_store, evaluation, **kwargs)
-    assert run_id is not None
-    # A retry logs into the same run.
-    assert mirror_evaluation(mlflow_server, file_store, evaluation, **kwargs) == run_id
+        mlflow_server: str, mirrored: tuple[Store, EvaluateResult, dict[str, Any], MirroredRun],
+        caplog: pytest.LogCaptureFixture) -> None:
+    store, evaluation, kwargs, mirror = mirrored
+    run_id = mirror.run_id
+    # A retry logs into the same runs.
+    again = mirror_evaluation(mlflow_server, store, evaluation, **kwargs)
+    assert again is not None and (again.run_id, again.url) == (run_id, mirror.url)
+    assert mirror.url == (f"{mlflow_server.removeprefix('mlflow+')}/#/experiments/"
+                          f"{mirror.experiment_id}/runs/{run_id}")
     rest = MlflowRest(mlflow_server)
     run = rest.call("GET", "runs/get", params={"run_id": run_id})["run"]
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
@@ -236,17 +327,80 @@ def test_the_tracking_mirror_logs_a_run_and_never_fails_a_task(
                         params={"run_id": run_id, "metric_key": "accuracy"})["metrics"]
     assert sorted((m["step"], m["value"]) for m in history) == [(1, 0.5), (2, 0.75)]
     assert tags["mnist.airflow_run_id"] == "manual__run-m"
-    assert tags["mnist.code_fingerprint"] == "c0de" and tags["mnist.dag_id"] == "mnist_training"
+    assert tags["mnist.code_fingerprint"] == kwargs["code_fingerprint"]
+    assert tags["mnist.dag_id"] == "mnist_training"
+    # The link back to the Airflow run: a tag, and the run's description in MLflow's UI.
+    assert tags["mnist.airflow_run_url"] == AIRFLOW_RUN
+    assert f"[`mnist_training` run `manual__run-m`]({AIRFLOW_RUN})" in tags[
+        "mlflow.note.content"]
     assert run["info"]["status"] == "FINISHED"
     root = run["info"]["artifact_uri"].removeprefix("mlflow-artifacts:")
     assert rest.get_artifact(f"{root}/plots/confusion_matrix.png").startswith(b"\x89PNG")
     assert b"precision" in rest.get_artifact(f"{root}/report.txt")
+    # Each candidate of the sweep is a child run of this one: its config, its final metrics.
+    children = rest.call("POST", "runs/search", body={
+        "experiment_ids": [mirror.experiment_id],
+        "filter": f"tags.`mlflow.parentRunId` = '{run_id}'"})["runs"]
+    by_id = {c["info"]["run_id"]: c for c in children}
+    assert sorted(by_id) == sorted(again.children) and len(again.children) == 2
+    first, second = (by_id[c] for c in again.children)
+    assert first["info"]["run_name"] == "manual__run-m candidate 0: lr=0.001"
+    assert {p["key"]: p["value"] for p in first["data"]["params"]}["learning_rate"] == "0.001"
+    assert {m["key"]: m["value"] for m in first["data"]["metrics"]} == {
+        "val_accuracy": 0.8, "val_loss": 0.6, "fit_seconds": 1.5, "epochs_run": 2.0}
+    second_tags = {t["key"]: t["value"] for t in second["data"]["tags"]}
+    assert second["info"]["status"] == "FAILED" and second["data"].get("metrics", []) == []
+    assert second_tags["mnist.error"] == "loss became NaN" and second_tags[
+        "mnist.chosen"] == "false"
 
     down = f"mlflow+http://127.0.0.1:{free_port()}"
     with caplog.at_level("WARNING", logger="mnist_tasks.tracking_mlflow"):
-        assert mirror_evaluation(down, file_store, evaluation, **kwargs) is None
+        assert mirror_evaluation(down, store, evaluation, **kwargs) is None
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and down in warnings[0] and "unreachable" in warnings[0]
+
+
+def test_the_mirrored_run_as_mlflow_shows_it(
+        mirrored: tuple[Store, EvaluateResult, dict[str, Any], MirroredRun],
+        tmp_path: Path) -> None:
+    """MLflow's own UI opens the mirrored run's page (the README's docs/ui/mlflow-run.png is
+    this screenshot, copied by hand)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.integration.browser import artifacts, chromium, save_docs_copy, save_screenshot
+
+    mirror = mirrored[3]
+    shots = artifacts(tmp_path)
+    driver = chromium(tmp_path / "chromium-profile")
+    try:
+        driver.get(mirror.url)
+        WebDriverWait(driver, 60).until(lambda d: "manual__run-m" in d.find_element(
+            By.TAG_NAME, "body").text and "test_accuracy" in d.find_element(
+            By.TAG_NAME, "body").text)
+        body = driver.find_element(By.TAG_NAME, "body").text
+        assert "mnist_training" in body  # the description's link back to Airflow
+        # A picture, not an assertion: MLflow's "Model training" view (its toggle, which
+        # MLflow remembers, leaves the run's page), without the assistant's panel.
+        for element in driver.find_elements(
+                By.XPATH, "//*[normalize-space(text())='Model training']")[:1]:
+            with contextlib.suppress(Exception):
+                element.click()
+        driver.get(mirror.url)
+        WebDriverWait(driver, 60).until(lambda d: "test_accuracy" in d.find_element(
+            By.TAG_NAME, "body").text)
+        for button in driver.find_elements(
+                By.XPATH, "//*[normalize-space(text())='MLflow Assistant']/following::button"
+                "[contains(translate(@aria-label, 'C', 'c'), 'close')]")[:1]:
+            with contextlib.suppress(Exception):
+                button.click()
+        shot = save_screenshot(driver, shots, "mlflow-run.png")
+    except Exception:
+        save_screenshot(driver, shots, "mlflow-run-failure.png")
+        raise
+    finally:
+        driver.quit()
+    save_docs_copy(shot)
 
 
 def test_two_attempts_of_one_run_make_one_version(mlflow_server: str) -> None:

@@ -80,3 +80,36 @@ def test_each_version_lists_the_batches_scored_with_it(tmp_path: Path, model_fil
         plots=[], card_html=None, scored=scored[1][:1], scored_total=2, run=None, error=None)
     assert 'data-batch="b002"' in html and 'data-batch="b001"' not in html
     assert "The newest 1 of 2 batches" in html and plugin.PAGE_BATCHES == 500
+
+
+def test_a_mirrored_run_links_to_its_mlflow_run(tmp_path: Path) -> None:
+    """A run the tracking mirror logged (its summary says where) links to MLflow's page of
+    it, in the runs table and from the version it registered; a run not mirrored does not."""
+    import json
+
+    store = LocalStore(tmp_path / "store")
+    reg = Registry(store)
+    info = reg.register("run-a", {"model.keras": b"weights"}, {"run": {"run_id": "run-a"}})
+    url = "http://mlflow.example:5000/#/experiments/3/runs/abc123"
+    store.write_bytes("runs/run-a/summary.json", json.dumps({
+        "run_id": "run-a", "dag_id": "mnist_training", "decision": "PROMOTE",
+        "updated_at": "2026-12-01T00:00:00", "mlflow_experiment_id": "3",
+        "mlflow_tracking": "mlflow+http://mlflow.example:5000", "mlflow_run_id": "abc123",
+    }).encode())
+    store.write_bytes("runs/run-b/summary.json", json.dumps({
+        "run_id": "run-b", "decision": "REJECT", "updated_at": "2026-12-02T00:00:00"}).encode())
+
+    plugin = _plugin()
+    runs = {r["run_id"]: r for r in plugin._runs(store, {"run-a": 1})}
+    assert runs["run-a"]["mlflow_url"] == url and runs["run-b"]["mlflow_url"] is None
+    assert plugin._mlflow_of(store, info.run_key) == url  # a version older than the table
+    selected = plugin._version_row(info, 1, url)
+    env = Environment(loader=FileSystemLoader(PLUGIN.parent / "templates"),
+                      autoescape=select_autoescape(["html"]))
+    html = env.get_template("mnist_models.html").render(
+        model_name="mnist-classifier", registry_uri=reg.uri, champion=1, rows=[selected],
+        runs=list(runs.values()), selected=selected, selected_meta={}, lineage=None, plots=[],
+        card_html=None, scored=[], run=None, error=None)
+    link = f'<a class="mlflow" href="{url}" target="_blank"'
+    assert html.count(link) == 3  # the version's row, its detail, the run's row
+    assert html.count('class="mlflow"') == 3  # run-b, not mirrored, has none
