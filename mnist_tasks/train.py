@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# Threads that make distorted training batches while the model trains (shifted_batches).
+AUGMENT_WORKERS = 2
 CHECKPOINT_MARKER = "checkpoint.json"
 
 
@@ -157,6 +159,12 @@ def shifted_batches(
     in NumPy: no projective transform, and nothing added to the model. Draws come from a NumPy
     generator seeded with ``seed``, so a run is reproducible.
 
+    A batch that is distorted (``distortion``) is made in one of :data:`AUGMENT_WORKERS`
+    threads (Keras's ``PyDataset`` workers), while the model trains on the batches before it:
+    made one at a time, in the thread that feeds the model, they kept the model waiting (mlp_plus's
+    fit took twice as long). Each batch draws from its own generator, seeded with ``seed``,
+    the epoch and the batch's index, so the threads' timing never changes what is drawn.
+
     This is also how the validation data reaches Keras (``max_shift=0, shuffle=False``): with
     TensorFlow's op determinism on, Keras's own array pipeline (a parallel ``tf.data`` map) is
     rewritten by TensorFlow, which logs an ``E0000 ... use_unbounded_threadpool`` line per fit.
@@ -177,19 +185,24 @@ def shifted_batches(
     import keras
 
     warp = distortion if distortion is not None and distortion.active else None
+    entropy = [int(s) for s in np.atleast_1d(np.asarray(seed))]
 
     class ShiftedBatches(keras.utils.PyDataset):
         def __init__(self) -> None:
-            super().__init__()
+            super().__init__(workers=AUGMENT_WORKERS if warp is not None else 1)
             self.rng = np.random.default_rng(seed)
             self.order = np.arange(len(x))
             self.offsets = np.zeros((len(x), 2), np.intp)
+            self.epoch = -1
             self.on_epoch_end()
 
         def __len__(self) -> int:
             return max(1, math.ceil(len(x) / batch_size))
 
         def on_epoch_end(self) -> None:
+            # Keras calls this between epochs, after the last batch of one and before the
+            # first of the next, never while a worker makes a batch.
+            self.epoch += 1
             if shuffle:
                 self.order = self.rng.permutation(len(x))
             if max_shift:
@@ -199,7 +212,8 @@ def shifted_batches(
             rows = self.order[index * batch_size:(index + 1) * batch_size]
             images = x[rows]
             if warp is not None:
-                return warp.apply(images, self.rng), y[rows]
+                rng = np.random.default_rng([*entropy, self.epoch, index])
+                return warp.apply(images, rng), y[rows]
             if max_shift:
                 s = max_shift
                 padded = np.pad(images, ((0, 0), (s, s), (s, s)))

@@ -197,6 +197,10 @@ def test_batches_with_a_distortion_are_distorted_reproducibly_and_keep_their_lab
     images, labels = _epoch(a)
     assert sorted(labels) == list(range(40))
     np.testing.assert_array_equal(images, _epoch(b)[0])
+    # Made by worker threads in any order: a batch is the same whichever is made first.
+    assert a.workers == train_mod.AUGMENT_WORKERS > 1
+    c = train_mod.shifted_batches(x, y, batch_size=16, max_shift=1, distortion=warp, seed=4)
+    np.testing.assert_array_equal(c[2][0], images[32:])  # the last batch made first
     changed = np.abs(images - x[labels]).mean(axis=(1, 2))
     assert (changed > 0.01).all()  # every image is distorted, none only copied
     assert images.dtype == np.float32 and images.shape == (40, 12, 12)
