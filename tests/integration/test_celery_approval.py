@@ -69,7 +69,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 PREFIX = "approval"
 RUN_TIMEOUT_S = 15 * 60
-TIMEOUT_MINUTES = 0.5  # run 2's request: 30 s, then the scheduler's sweep (every 15 s)
+TIMEOUT_MINUTES = 0.25  # run 2's request: 15 s, then the scheduler's sweep (every 15 s)
 RUN_PARAMETERS = "Run Parameters"  # the trigger form's first section
 CONF = {"preset": "fast_mlp", "epochs": 1, "min_accuracy": 0.9, "approval": "always",
         "force": True}
