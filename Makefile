@@ -126,11 +126,7 @@ airflow: $(AIRFLOW_HOME)/.migrated  ## start `airflow standalone` (UI on http://
 # rest (1,027 s against 1,094 s on two workers: docs/benchmarks.md). Tests that share a set-up
 # stay on one worker (tests/conftest.py).
 TEST_WORKERS ?= 3
-# Many TensorFlow processes share the two cores (xdist workers, `airflow dags test`, Celery
-# tasks): one intra-op and one inter-op thread each, instead of a pool per process that spins
-# waiting for the other processes' cores (3 probes at once: 28 CPU s instead of 31).
-PYTEST := TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 \
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
 
 test: test-deps $(BIN)/activate  ## the whole suite: unit, DAG, integration (services), end to end
 	$(PYTEST)
