@@ -414,3 +414,40 @@ def test_two_attempts_of_one_run_make_one_version(mlflow_server: str) -> None:
     assert register(registry, "r1") == 1  # the run's first version is completed
     assert [v.version for v in registry.list_versions()] == [1]
     assert registry.version_for_run("r1").version == 1  # type: ignore[union-attr]
+
+
+def test_the_models_page_reads_the_mlflow_registry(mlflow_server: str, tmp_path: Path) -> None:
+    """What the Models page opens for a deployment with ``MNIST_REGISTRY`` set is the MLflow
+    registry, and its versions table shows MLflow's versions and champion (the page itself, in
+    a real api-server, is tests/integration/test_models_page.py)."""
+    import importlib.util
+
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    from mnist_tasks.settings import Settings
+
+    registry = fresh(mlflow_server, "page-model")
+    register(registry, "run-1", 0.9712)
+    register(registry, "run-2", 0.9803)
+    registry.promote(2)
+    path = REPO / "plugins" / "mnist_models.py"
+    spec = importlib.util.spec_from_file_location("mnist_models_page", path)
+    assert spec and spec.loader
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    cfg = Settings.from_environ({"MNIST_REGISTRY": mlflow_server, "MNIST_MODEL_NAME": "page-model",
+                                 "MNIST_STORE": LocalStore(tmp_path / "store").uri})
+    _, reg = plugin._open(cfg)
+    assert isinstance(reg, MlflowRegistry) and reg.model_name == "page-model"
+    champion = reg.get_alias(CHAMPION)
+    rows = [plugin._version_row(i, champion) for i in reversed(reg.list_versions())]
+    assert [(r["version"], r["test_accuracy"], r["champion"]) for r in rows] == [
+        (2, 0.9803, True), (1, 0.9712, False)]
+    assert rows[0]["model_uri"] == f"{mlflow_server}/page-model/versions/2/model.keras"
+    env = Environment(loader=FileSystemLoader(path.parent / "templates"),
+                      autoescape=select_autoescape(["html"]))
+    html = env.get_template("mnist_models.html").render(
+        model_name="page-model", registry_uri=reg.uri, champion=champion, rows=rows, runs=[],
+        selected=rows[0], selected_meta={}, lineage=None, plots=[], card_html=None, scored=[],
+        run=None, error=None)
+    assert "page-model" in html and ">0.9803<" in html and ">0.9712<" in html, html[-3000:]
