@@ -5,7 +5,7 @@ learning rate, distortions) live in :mod:`mnist_tasks.config`, and what each pre
 the README's preset table. The recipes beyond the notebooks' (figures: docs/benchmarks.md):
 
 * ``cnn``, a small convnet: conv 5x5 (24) and conv 3x3 (32), each with batch norm and 2x2
-  max-pooling, a dense layer of 256 with batch norm, softmax. 9 epochs of Adam with a
+  max-pooling, a dense layer of 256 with batch norm, softmax. 10 epochs of Adam with a
   one-cycle schedule on images shifted (±2 px), rotated (±8°) and zoomed (±8 %), label
   smoothing 0.1.
 * ``cnn_best``, the same layout with 32 filters in both convolutions and dropout 0.2 before
