@@ -140,27 +140,10 @@ def _build(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> 
         # Valid padding keeps the maps small (28 -> 24 -> 12 -> 10 -> 5): about 1.2 M
         # multiply-adds per image. The batch-norm momentum is 0.9 (Keras: 0.99) so the
         # inference statistics follow the weights within tens of steps, not hundreds.
-        body = [
-            layers.Reshape((*input_shape, 1)),
-            *_conv_block(CNN_FILTERS[0], 5),
-            *_conv_block(CNN_FILTERS[1], 3),
-            layers.Flatten(),
-            layers.Dense(CNN_DENSE, use_bias=False),
-            layers.BatchNormalization(momentum=CNN_BN_MOMENTUM),
-            layers.Activation("relu"),
-        ]
+        body = _convnet(input_shape, CNN_FILTERS, CNN_DENSE)
     elif cfg.preset == "cnn_best":
-        f1, f2 = CNN_BEST_FILTERS
-        body = [
-            layers.Reshape((*input_shape, 1)),
-            *_conv_block(f1, 5),
-            *_conv_block(f2, 3),
-            layers.Flatten(),
-            layers.Dense(CNN_BEST_DENSE, use_bias=False),
-            layers.BatchNormalization(momentum=CNN_BN_MOMENTUM),
-            layers.Activation("relu"),
-            layers.Dropout(CNN_BEST_DROPOUT, seed=seed),
-        ]
+        body = [*_convnet(input_shape, CNN_BEST_FILTERS, CNN_BEST_DENSE),
+                layers.Dropout(CNN_BEST_DROPOUT, seed=seed)]
     elif cfg.preset == "mlp_plus":
         body = [layers.Flatten()]
         for i, units in enumerate(MLP_PLUS_UNITS):
@@ -177,6 +160,21 @@ def _build(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> 
     head = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")
     model = keras.Sequential([keras.Input(shape=input_shape), *body, head], name=cfg.preset)
     return model
+
+
+def _convnet(input_shape: tuple[int, ...], filters: tuple[int, int], dense: int) -> list[Any]:
+    """The convnets' body: conv 5x5 and conv 3x3 blocks, then a dense layer with batch norm."""
+    from keras import layers
+
+    return [
+        layers.Reshape((*input_shape, 1)),
+        *_conv_block(filters[0], 5),
+        *_conv_block(filters[1], 3),
+        layers.Flatten(),
+        layers.Dense(dense, use_bias=False),
+        layers.BatchNormalization(momentum=CNN_BN_MOMENTUM),
+        layers.Activation("relu"),
+    ]
 
 
 def _conv_block(filters: int, kernel: int) -> list[Any]:
