@@ -43,9 +43,10 @@ def _cpu():
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    cpu, wall = _cpu(), time.monotonic()
+    cpu, wall, start = _cpu(), time.monotonic(), time.time()
     yield
-    record = {"id": item.nodeid, "cpu": _cpu() - cpu, "wall": time.monotonic() - wall}
+    record = {"id": item.nodeid, "cpu": _cpu() - cpu, "wall": time.monotonic() - wall,
+              "start": start, "worker": os.environ.get("PYTEST_XDIST_WORKER", "")}
     with open(os.environ["SUITE_CPU_RECORDS"], "a") as out:
         out.write(json.dumps(record) + "\\n")
 '''
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="pytest-xdist workers (3, as make test)")
     parser.add_argument("--top", type=int, default=15, help="files to list (15)")
     parser.add_argument("--records", type=Path,
-                        help="also write each test's record (JSON lines: id, cpu, wall) here")
+                        help="also write each test's record (JSON lines: id, cpu, wall, start, "
+                        "worker) here")
     parser.add_argument("--no-probe", action="store_true",
                         help="skip the plain-Keras speed probe before and after the run")
     parser.add_argument("pytest_args", nargs="*", help="after --: pytest's arguments")
