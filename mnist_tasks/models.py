@@ -8,8 +8,9 @@ the README's preset table. The recipes beyond the notebooks' (figures: docs/benc
   max-pooling, a dense layer of 256 with batch norm, softmax. 10 epochs of Adam with a
   one-cycle schedule on images shifted (±2 px), rotated (±8°) and zoomed (±8 %), label
   smoothing 0.1.
-* ``cnn_best``, the same layout with 32 filters in both convolutions and dropout 0.2 before
-  the output; 14 epochs, and the digits are also distorted elastically.
+* ``cnn_best``, one block deeper: conv 5x5 (32) and conv 3x3 (32), each with batch norm and
+  2x2 max-pooling, then conv 3x3 (64, same padding) with batch norm on the 5x5 maps, the
+  dense layer of 256 and softmax; 14 epochs, and the digits are also distorted elastically.
 * ``mlp_plus``, dense only: 784-800-10 with batch norm and dropout 0.2, 9 epochs on the cnn's
   distortions plus elastic ones, label smoothing 0.1; the notebooks' MLPs stop at about
   97.8 %.
@@ -52,10 +53,12 @@ CONV_PRESETS: frozenset[str] = frozenset({"cnn", "cnn_best"})
 CNN_FILTERS: tuple[int, int] = (24, 32)
 CNN_DENSE = 256
 CNN_BN_MOMENTUM = 0.9
-# cnn_best: the cnn's layout, each block two convolutions wide and deep (see _build).
-CNN_BEST_FILTERS: tuple[int, int] = (32, 32)
+# cnn_best: the cnn's two blocks with 32 filters each, then a third convolution of 64 filters
+# (3x3, same padding: on the 5x5 maps it costs about a third of the second) before the dense
+# layer. On the validation splits of seeds 42-44 it ended lower in loss than the 32 | 32 net with
+# dropout 0.2 on every seed (docs/benchmarks.md); dropout lowered the cnn's accuracy there too.
+CNN_BEST_FILTERS: tuple[int, int, int] = (32, 32, 64)
 CNN_BEST_DENSE = 256
-CNN_BEST_DROPOUT = 0.2
 # mlp_plus: dense layers of MLP_PLUS_UNITS with batch norm and dropout MLP_PLUS_DROPOUT.
 MLP_PLUS_UNITS: tuple[int, ...] = (800,)
 MLP_PLUS_DROPOUT = 0.2
@@ -142,8 +145,7 @@ def _build(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> 
         # inference statistics follow the weights within tens of steps, not hundreds.
         body = _convnet(input_shape, CNN_FILTERS, CNN_DENSE)
     elif cfg.preset == "cnn_best":
-        body = [*_convnet(input_shape, CNN_BEST_FILTERS, CNN_BEST_DENSE),
-                layers.Dropout(CNN_BEST_DROPOUT, seed=seed)]
+        body = _convnet(input_shape, CNN_BEST_FILTERS, CNN_BEST_DENSE)
     elif cfg.preset == "mlp_plus":
         body = [layers.Flatten()]
         for i, units in enumerate(MLP_PLUS_UNITS):
@@ -162,14 +164,19 @@ def _build(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> 
     return model
 
 
-def _convnet(input_shape: tuple[int, ...], filters: tuple[int, int], dense: int) -> list[Any]:
-    """The convnets' body: conv 5x5 and conv 3x3 blocks, then a dense layer with batch norm."""
+def _convnet(input_shape: tuple[int, ...], filters: tuple[int, ...], dense: int) -> list[Any]:
+    """The convnets' body: conv 5x5 and conv 3x3 blocks, each pooled; a third filter count adds
+    a 3x3 convolution (same padding, not pooled) on the small maps; then a dense layer with
+    batch norm."""
     from keras import layers
 
+    deeper = [layers.Conv2D(n, 3, padding="same", use_bias=False) for n in filters[2:]]
     return [
         layers.Reshape((*input_shape, 1)),
         *_conv_block(filters[0], 5),
         *_conv_block(filters[1], 3),
+        *(layer for conv in deeper for layer in (
+            conv, layers.BatchNormalization(momentum=CNN_BN_MOMENTUM), layers.Activation("relu"))),
         layers.Flatten(),
         layers.Dense(dense, use_bias=False),
         layers.BatchNormalization(momentum=CNN_BN_MOMENTUM),

@@ -67,13 +67,20 @@ def test_convnets_need_two_dimensional_images(preset: str) -> None:
         models.build_model(train_config(preset), input_shape=(784,))
 
 
-def test_cnn_best_is_the_cnn_wider_with_dropout_and_distortions_in_the_pipeline() -> None:
+def test_cnn_best_is_the_cnn_one_block_deeper_with_distortions_in_the_pipeline() -> None:
     model = models.build_model(train_config("cnn_best"))
+    assert _layers(model) == [
+        ("Reshape", None),
+        ("Conv2D", 32), ("BatchNormalization", None), ("Activation", None), ("MaxPooling2D", None),
+        ("Conv2D", 32), ("BatchNormalization", None), ("Activation", None), ("MaxPooling2D", None),
+        ("Conv2D", 64), ("BatchNormalization", None), ("Activation", None),
+        ("Flatten", None), ("Dense", 256), ("BatchNormalization", None), ("Activation", None),
+        ("Dense", 10),
+    ]
     convs = [la.get_config() for la in model.layers if type(la).__name__ == "Conv2D"]
-    assert tuple(c["filters"] for c in convs) == models.CNN_BEST_FILTERS
-    assert models.CNN_BEST_FILTERS[0] > models.CNN_FILTERS[0]
-    assert ("Dropout", models.CNN_BEST_DROPOUT) in _layers(model)
-    assert not any("Random" in type(la).__name__ for la in model.layers)
+    assert [(c["kernel_size"], c["padding"]) for c in convs] == [
+        ((5, 5), "valid"), ((3, 3), "valid"), ((3, 3), "same")]
+    assert model.layers[-5].output.shape == (None, 5 * 5 * 64)  # flattened 5x5 maps of the third
     cfg = train_config("cnn_best")
     assert cfg.rotation_degrees > 0 and cfg.elastic_pixels > 0  # made in the input pipeline
     assert cfg.epochs > train_config("cnn").epochs
