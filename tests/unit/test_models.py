@@ -44,12 +44,13 @@ def test_cnn_is_a_small_convnet_with_batch_norm_and_no_augmentation_layers() -> 
         ("Reshape", None),
         ("Conv2D", 24), ("BatchNormalization", None), ("Activation", None), ("MaxPooling2D", None),
         ("Conv2D", 32), ("BatchNormalization", None), ("Activation", None), ("MaxPooling2D", None),
+        ("Conv2D", 32), ("BatchNormalization", None), ("Activation", None),
         ("Flatten", None), ("Dense", 256), ("BatchNormalization", None), ("Activation", None),
         ("Dense", 10),
     ]
     convs = [la.get_config() for la in model.layers if type(la).__name__ == "Conv2D"]
-    assert [(c["kernel_size"], c["padding"]) for c in convs] == [((5, 5), "valid"),
-                                                                 ((3, 3), "valid")]
+    assert [(c["kernel_size"], c["padding"]) for c in convs] == [
+        ((5, 5), "valid"), ((3, 3), "valid"), ((3, 3), "same")]
     # The shifts are made in the input pipeline (TrainConfig.shift_pixels), never flips.
     assert train_config("cnn").shift_pixels == 2
     assert not any("Random" in type(la).__name__ or "Flip" in type(la).__name__
@@ -67,7 +68,7 @@ def test_convnets_need_two_dimensional_images(preset: str) -> None:
         models.build_model(train_config(preset), input_shape=(784,))
 
 
-def test_cnn_best_is_the_cnn_one_block_deeper_with_distortions_in_the_pipeline() -> None:
+def test_cnn_best_is_the_cnn_wider_with_distortions_in_the_pipeline() -> None:
     model = models.build_model(train_config("cnn_best"))
     assert _layers(model) == [
         ("Reshape", None),
