@@ -172,6 +172,8 @@ def _convnet(input_shape: tuple[int, ...], filters: tuple[int, ...], dense: int)
     batch norm."""
     from keras import layers
 
+    # Built before the blocks: a layer's initial weights follow the order layers are created
+    # in, and the benchmarked figures (docs/benchmarks.md) are of this order.
     deeper = [layers.Conv2D(n, 3, padding="same", use_bias=False) for n in filters[2:]]
     return [
         layers.Reshape((*input_shape, 1)),
