@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from mnist_tasks import models
-from mnist_tasks.config import PRESET_NAMES, train_config
+from mnist_tasks.config import PRESET_NAMES, ConfigError, train_config
 
 
 def _layers(model: object) -> list[tuple[str, object]]:
@@ -75,7 +77,7 @@ def test_cnn_best_is_the_cnn_wider_with_distortions_in_the_pipeline() -> None:
         ("Conv2D", 32), ("BatchNormalization", None), ("Activation", None), ("MaxPooling2D", None),
         ("Conv2D", 32), ("BatchNormalization", None), ("Activation", None), ("MaxPooling2D", None),
         ("Conv2D", 64), ("BatchNormalization", None), ("Activation", None),
-        ("Flatten", None), ("Dense", 256), ("BatchNormalization", None), ("Activation", None),
+        ("Flatten", None), ("Dense", 512), ("BatchNormalization", None), ("Activation", None),
         ("Dense", 10),
     ]
     convs = [la.get_config() for la in model.layers if type(la).__name__ == "Conv2D"]
@@ -85,6 +87,7 @@ def test_cnn_best_is_the_cnn_wider_with_distortions_in_the_pipeline() -> None:
     cfg = train_config("cnn_best")
     assert cfg.rotation_degrees > 0 and cfg.elastic_pixels > 0  # made in the input pipeline
     assert cfg.epochs > train_config("cnn").epochs
+    assert cfg.weight_decay > 0 and train_config("cnn").weight_decay == 0  # AdamW, Adam
 
 
 def test_mlp_plus_is_dense_only() -> None:
@@ -148,6 +151,27 @@ def test_fast_mlp_schedule_warms_up_then_decays_to_zero() -> None:
     assert lrs[1] == pytest.approx(0.004, rel=1e-3)  # the peak
     assert lrs[1] > lrs[2] > lrs[3]
     assert lrs[3] < 1e-4  # about zero at the end
+
+
+def test_weight_decay_makes_the_optimizer_adamw_and_survives_a_checkpoint(tmp_path: Path) -> None:
+    import keras
+
+    cfg = train_config("cnn", epochs=1)
+    assert type(models.make_optimizer(cfg, steps_per_epoch=10, learning_rate=0.003)) is (
+        keras.optimizers.Adam)
+    cfg = train_config("cnn", epochs=1, weight_decay=0.05)
+    model = models.compile_model(models.build_model(cfg), cfg, steps_per_epoch=10)
+    assert type(model.optimizer) is keras.optimizers.AdamW
+    assert model.optimizer.weight_decay == pytest.approx(0.05)
+    # A checkpoint (the model with its optimizer) comes back with the same decay.
+    x = np.zeros((8, 28, 28), dtype=np.float32)
+    model.fit(x, np.eye(10, dtype=np.float32)[np.arange(8) % 10], epochs=1, verbose=0)
+    model.save(tmp_path / "checkpoint.keras")
+    restored = keras.saving.load_model(tmp_path / "checkpoint.keras", safe_mode=True)
+    assert type(restored.optimizer) is keras.optimizers.AdamW
+    assert restored.optimizer.weight_decay == pytest.approx(0.05)
+    with pytest.raises(ConfigError, match="weight_decay"):
+        train_config("cnn", weight_decay=-0.1)
 
 
 def test_steps_per_epoch_counts_the_partial_last_batch() -> None:
