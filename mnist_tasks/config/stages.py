@@ -224,8 +224,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # A 24 (5x5) | 32 (3x3) | 32 (3x3) convnet with batch norm and a 256-unit dense layer
     # (models.py), trained on images shifted by up to 2 pixels, rotated by up to 8 degrees and
     # zoomed by up to 8 % (made in the input pipeline, beside the model's steps), label
-    # smoothing 0.1, one-cycle LR, batches of 256, 10 epochs (on the validation splits of seeds 42-44: 99.55, 99.60
-    # and 99.33 % against 99.47, 99.57 and 99.32 % for 9; figures in docs/benchmarks.md).
+    # smoothing 0.1, one-cycle LR, batches of 256, 10 epochs (on the validation splits of
+    # seeds 42-44: 99.55, 99.60 and 99.33 % against 99.47, 99.57 and 99.32 % for 9; figures in
+    # docs/benchmarks.md).
     "cnn": {
         "description": "a small convnet with shift, rotation and zoom augmentation",
         "epochs": 10,
