@@ -5,14 +5,18 @@ resume, idempotent retries) is in tests/integration: test_train_resume.py, test_
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-from mnist_tasks import runtime
+from mnist_tasks import TENSORFLOW_CPU_DEFAULTS, runtime
 from mnist_tasks import train as train_mod
 from mnist_tasks.artifacts import save_npz
 from mnist_tasks.augment import Distortion
@@ -299,3 +303,18 @@ def test_train_rejects_malformed_prepared_data(file_store: Store) -> None:
     uri = file_store.uri_for(f"runs/{RUN}/preprocess/prepared.npz")
     with pytest.raises(ValueError, match=r"prepared.npz: x_train has shape \(10, 784\)"):
         train_mod.train(uri, small_cfg(), file_store, RUN)
+
+
+def test_importing_the_library_sets_tensorflows_cpu_defaults_unless_the_user_did() -> None:
+    """Both settings only count if they are in the environment before TensorFlow loads."""
+
+    code = ("import os, json, mnist_tasks as m; "
+            "print(json.dumps({k: os.environ.get(k) for k in m.TENSORFLOW_CPU_DEFAULTS}))")
+    env = {k: v for k, v in os.environ.items() if k not in TENSORFLOW_CPU_DEFAULTS}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out) == {"TF_CPU_ALLOCATOR_USE_BFC": "1", "TF_ENABLE_ONEDNN_OPTS": "1"}
+    env["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out)["TF_ENABLE_ONEDNN_OPTS"] == "0"
