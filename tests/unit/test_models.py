@@ -44,8 +44,8 @@ def test_cnn_is_a_small_convnet_with_batch_norm_and_no_augmentation_layers() -> 
     model = models.build_model(train_config("cnn"))
     assert _layers(model) == [
         ("Reshape", None),
-        ("Conv2D", 24), ("BatchNormalization", None), ("Activation", None), ("MaxPooling2D", None),
-        ("Conv2D", 32), ("BatchNormalization", None), ("Activation", None), ("MaxPooling2D", None),
+        ("Conv2D", 24), ("MaxPooling2D", None), ("BatchNormalization", None), ("Activation", None),
+        ("Conv2D", 32), ("MaxPooling2D", None), ("BatchNormalization", None), ("Activation", None),
         ("Conv2D", 32), ("BatchNormalization", None), ("Activation", None),
         ("Flatten", None), ("Dense", 256), ("BatchNormalization", None), ("Activation", None),
         ("Dense", 10),
@@ -74,8 +74,8 @@ def test_cnn_best_is_the_cnn_wider_with_distortions_in_the_pipeline() -> None:
     model = models.build_model(train_config("cnn_best"))
     assert _layers(model) == [
         ("Reshape", None),
-        ("Conv2D", 32), ("BatchNormalization", None), ("Activation", None), ("MaxPooling2D", None),
-        ("Conv2D", 32), ("BatchNormalization", None), ("Activation", None), ("MaxPooling2D", None),
+        ("Conv2D", 32), ("MaxPooling2D", None), ("BatchNormalization", None), ("Activation", None),
+        ("Conv2D", 32), ("MaxPooling2D", None), ("BatchNormalization", None), ("Activation", None),
         ("Conv2D", 64), ("BatchNormalization", None), ("Activation", None),
         ("Flatten", None), ("Dense", 512), ("BatchNormalization", None), ("Activation", None),
         ("Dense", 10),
