@@ -12,7 +12,7 @@ import os as _os
 #   buffers back to the system, and faulting them in again took more CPU than the convnets'
 #   arithmetic (a cnn epoch: 44 s, 39 s of it in the kernel; with the pool 23 s, 4 s).
 # - oneDNN's kernels, which TensorFlow turns on by itself only on CPUs with AVX-512: on an
-#   AVX2 CPU they take the cnn from 15 to 8-10 CPU s per 100 steps.
+#   AVX2 CPU they take the cnn from 15-17 to 7-10 CPU s per 100 steps.
 # Plain Keras's dense network took the same time either way (docs/benchmarks.md, session 13).
 TENSORFLOW_CPU_DEFAULTS: dict[str, str] = {
     "TF_CPU_ALLOCATOR_USE_BFC": "1",
