@@ -294,16 +294,34 @@ def load_model_from_store(store: Store, model_uri: str) -> keras.Model:
             raise ValueError(f"{model_uri}: {exc}") from exc
 
 
+def full_batches(x: np.ndarray, batch_size: int) -> Iterable[tuple[np.ndarray, int]]:
+    """``x`` in batches of exactly ``batch_size`` rows, each with its count of real rows: the
+    last is padded with zeros (slice its outputs to the count).
+
+    Batch by batch, not ``model.predict``: with TensorFlow's op determinism on (a training
+    process), predict's tf.data pipeline logs an "E0000 ... use_unbounded_threadpool" line. And
+    one shape: TensorFlow traces a model's predict step once per input shape, and a stage that
+    predicts with a few models on odd-sized sets traced often enough for TensorFlow to log its
+    "triggered tf.function retracing" warning in the task's log.
+    """
+    import numpy as np
+
+    for start in range(0, len(x), batch_size):
+        batch = x[start:start + batch_size]
+        n = len(batch)
+        if n < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
+        yield batch, n
+
+
 def predict_proba(model: keras.Model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """Class probabilities, float32 of shape (N, classes)."""
     import numpy as np
 
     if len(x) == 0:
         return np.zeros((0, int(model.output_shape[-1])), dtype=np.float32)
-    # Batch by batch, not model.predict: with TensorFlow's op determinism on (a training
-    # process), predict's tf.data pipeline logs an "E0000 ... use_unbounded_threadpool" line.
-    return np.concatenate([np.asarray(model.predict_on_batch(x[i:i + batch_size]), np.float32)
-                           for i in range(0, len(x), batch_size)])
+    return np.concatenate([np.asarray(model.predict_on_batch(batch), np.float32)[:n]
+                           for batch, n in full_batches(x, batch_size)])
 
 
 def predict_classes(model: keras.Model, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from mnist_tasks.artifacts import full_batches
 from mnist_tasks.config import MONITOR_LIMIT_FIELDS, MonitorPolicy
 from mnist_tasks.drift import (
     TwoSample,
@@ -133,11 +134,10 @@ class Forward:
             return (np.zeros((0, self.n_classes), np.float32),
                     np.zeros((0, self.embedding_dim), np.float32))
         embs, probs = [], []
-        # Batch by batch, as mnist_tasks.artifacts.predict_proba does (no tf.data pipeline).
-        for i in range(0, len(x), batch_size):
-            emb, prob = self._both.predict_on_batch(x[i:i + batch_size])
-            embs.append(np.asarray(emb, np.float32).reshape(len(emb), -1))
-            probs.append(np.asarray(prob, np.float32))
+        for batch, n in full_batches(x, batch_size):  # as artifacts.predict_proba does
+            emb, prob = self._both.predict_on_batch(batch)
+            embs.append(np.asarray(emb, np.float32)[:n].reshape(n, -1))
+            probs.append(np.asarray(prob, np.float32)[:n])
         return np.concatenate(probs), np.concatenate(embs)
 
 

@@ -13,7 +13,13 @@ import pytest
 
 from mnist_tasks import evaluate as ev
 from mnist_tasks import plots
-from mnist_tasks.artifacts import load_keras_model, load_prepared, predict_classes, predict_proba
+from mnist_tasks.artifacts import (
+    full_batches,
+    load_keras_model,
+    load_prepared,
+    predict_classes,
+    predict_proba,
+)
 from mnist_tasks.results import FreshDigitRecall, FreshIncrementMetrics, to_json
 from mnist_tasks.storage import Store
 from tests.helpers import PNG_SIGNATURE, RUN, make_prepared, put_model
@@ -202,12 +208,29 @@ def test_evaluate_refuses_fresh_arrays_that_do_not_fit(file_store: Store,
 def test_predict_helpers(model_file: Path) -> None:
     model = load_keras_model(model_file)
     x = np.random.default_rng(2).random((7, 28, 28), dtype=np.float32)
+    shapes: list[tuple[int, ...]] = []
+    predict_on_batch = model.predict_on_batch
+    model.predict_on_batch = lambda batch: shapes.append(batch.shape) or predict_on_batch(batch)
     proba = predict_proba(model, x, batch_size=3)
     assert proba.shape == (7, 10) and proba.dtype == np.float32
+    # One input shape (the tail padded), so TensorFlow traces the predict step once.
+    assert shapes == [(3, 28, 28)] * 3
+    np.testing.assert_allclose(proba, model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
     classes = predict_classes(model, x)
     assert classes.dtype == np.int64
     np.testing.assert_array_equal(classes, proba.argmax(1))
     assert predict_classes(model, x[:0]).shape == (0,)
+
+
+def test_full_batches_pad_only_the_tail_and_count_its_real_rows() -> None:
+    x = np.arange(7 * 2, dtype=np.uint8).reshape(7, 2) + 1
+    batches = list(full_batches(x, 3))
+    assert [(b.shape, n) for b, n in batches] == [((3, 2), 3), ((3, 2), 3), ((3, 2), 1)]
+    np.testing.assert_array_equal(np.concatenate([b[:n] for b, n in batches]), x)
+    np.testing.assert_array_equal(batches[-1][0][1:], 0)
+    assert batches[-1][0].dtype == np.uint8
+    assert list(full_batches(x[:0], 3)) == []
+    assert [n for _, n in full_batches(x[:6], 3)] == [3, 3]
 
 
 def test_load_keras_model_refuses_code_in_safe_mode(tmp_path: Path) -> None:
