@@ -150,7 +150,7 @@ TRIGGER_PARAMS: tuple[ParamSpec, ...] = (
               f"Overrides the preset's batch size. {_OVERRIDE}", "training",
               nullable=True, minimum=1, maximum=65536),
     ParamSpec("learning_rate", "number", None, "Learning rate",
-              f"Overrides the preset's Adam learning rate. {_OVERRIDE}", "training",
+              f"Overrides the preset's (peak) learning rate. {_OVERRIDE}", "training",
               nullable=True, minimum=1e-6, maximum=1.0),
     ParamSpec("seed", "integer", TrainConfig.seed, "Seed",
               "Seeds the validation split, weight initialisation and shuffling.", "training",
