@@ -261,7 +261,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The notebooks' dense network done well: one 800-unit layer with batch norm and dropout,
     # trained on the cnn's distortions plus elastic ones, one-cycle LR, 9 epochs: 98.69-98.73 %
-    # at 1.77x plain Keras's fit time on seeds 42-44 (docs/benchmarks.md, session 14).
+    # at 1.8-1.9x plain Keras's fit time on seeds 42-44 (docs/benchmarks.md, session 14).
     "mlp_plus": {
         "description": "a dense-only network trained on distorted digits",
         "epochs": 9,
